@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs Cairn's full test suite. Installs what the tests need first when it is missing:
+# protoc (the etcd-client crate used as a test client compiles etcd's protos with it),
+# etcdctl (compatibility tests) and etcd (the reference server for benchmarks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "warning: missing ${missing[*]} and cannot install them (need root and apt-get); dependent tests will skip" >&2
+  fi
+fi
+
+cargo test --workspace --all-targets "$@"

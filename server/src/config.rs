@@ -1,0 +1,171 @@
+//! Typed, validated member configuration, with etcd's flag names and defaults.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Whether this member starts a new cluster or joins an existing one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClusterState {
+    #[default]
+    New,
+    Existing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid URL {0:?}: {1}")]
+    Url(String, String),
+    #[error("invalid --initial-cluster entry {0:?}: expected name=url")]
+    InitialCluster(String),
+    #[error("--initial-cluster has no entry for this member's name {0:?}")]
+    MissingSelf(String),
+    #[error("--initial-cluster entry for {0:?} does not match --initial-advertise-peer-urls")]
+    SelfMismatch(String),
+}
+
+/// A member's configuration. [`Config::default`] is the embedded default: one member named
+/// `default`, data in `./default.cairn`, clients on 127.0.0.1:2379, peers on 127.0.0.1:2380.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// `(name, peer URLs)` per founding member; empty means "just this member".
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    /// Applied entries between snapshots; the log before a snapshot is purged.
+    pub snapshot_count: u64,
+    /// sled page cache size.
+    pub cache_bytes: u64,
+    /// How long a request may wait for a leader and for its commit.
+    pub request_timeout: Duration,
+    /// Largest accepted request, as etcd's `--max-request-bytes`.
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "default".into(),
+            data_dir: PathBuf::from("default.cairn"),
+            listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
+            listen_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            initial_advertise_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            initial_cluster: Vec::new(),
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "cairn-cluster".into(),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            snapshot_count: 10_000,
+            cache_bytes: 8 * 1024 * 1024,
+            request_timeout: Duration::from_secs(7),
+            max_request_bytes: 1024 * 1024 + 512 * 1024,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+impl Config {
+    /// A single member listening on OS-assigned loopback ports, for embedding and tests.
+    pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            listen_client_urls: vec!["http://127.0.0.1:0".into()],
+            advertise_client_urls: Vec::new(),
+            listen_peer_urls: vec!["http://127.0.0.1:0".into()],
+            initial_advertise_peer_urls: Vec::new(),
+            ..Config::default()
+        }
+    }
+
+    /// Parses etcd's `--initial-cluster` form: `a=http://h:p,b=http://h:p`.
+    pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+        let mut members: Vec<(String, Vec<String>)> = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, url) = part
+                .split_once('=')
+                .ok_or_else(|| ConfigError::InitialCluster(part.to_string()))?;
+            parse_url(url)?;
+            match members.iter_mut().find(|(n, _)| n == name) {
+                Some((_, urls)) => urls.push(url.to_string()),
+                None => members.push((name.to_string(), vec![url.to_string()])),
+            }
+        }
+        Ok(members)
+    }
+}
+
+/// `http://host:port` -> a socket address.
+pub fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let hostport = rest.trim_end_matches('/');
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::Url(url.to_string(), e.to_string()))?
+        .next()
+        .ok_or_else(|| ConfigError::Url(url.to_string(), "no address".into()))
+}
+
+/// etcd-style member id: a stable 64-bit hash of the member's name, peer URLs and cluster token.
+pub fn member_id(name: &str, peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let id = fnv1a(format!("{name}\n{}\n{token}", urls.join(",")).as_bytes());
+    id.max(1)
+}
+
+/// Cluster id: a hash of the founding member ids and the token.
+pub fn cluster_id(mut member_ids: Vec<u64>, token: &str) -> u64 {
+    member_ids.sort_unstable();
+    let mut bytes = Vec::new();
+    for id in member_ids {
+        bytes.extend_from_slice(&id.to_be_bytes());
+    }
+    bytes.extend_from_slice(token.as_bytes());
+    fnv1a(&bytes).max(1)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_groups_urls() {
+        let c = Config::parse_initial_cluster(
+            "a=http://127.0.0.1:1,b=http://127.0.0.1:2,a=http://127.0.0.1:3",
+        )
+        .unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].1, vec!["http://127.0.0.1:1", "http://127.0.0.1:3"]);
+        assert!(Config::parse_initial_cluster("nonsense").is_err());
+    }
+
+    #[test]
+    fn member_ids_are_stable_and_distinct() {
+        let a = member_id("a", &["http://127.0.0.1:1".into()], "t");
+        assert_eq!(a, member_id("a", &["http://127.0.0.1:1".into()], "t"));
+        assert_ne!(a, member_id("b", &["http://127.0.0.1:1".into()], "t"));
+        assert_ne!(a, member_id("a", &["http://127.0.0.1:1".into()], "u"));
+    }
+}

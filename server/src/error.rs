@@ -1,0 +1,54 @@
+//! Server errors, and the one place that turns them into gRPC statuses with etcd's codes and texts.
+
+use tonic::{Code, Status};
+
+use crate::mvcc::{MvccError, ShapeError};
+use crate::raft::ProposeError;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ServerError {
+    /// Malformed request: empty key, too many txn ops, duplicate txn key, value or lease given
+    /// together with ignore_value or ignore_lease.
+    #[error("etcdserver: {0}")]
+    Shape(#[from] ShapeError),
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: {0}")]
+    InvalidRequest(&'static str),
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl From<MvccError> for ServerError {
+    fn from(e: MvccError) -> Self {
+        match e {
+            MvccError::Compacted => ServerError::Compacted,
+            MvccError::FutureRevision => ServerError::FutureRevision,
+            MvccError::KeyNotFound => ServerError::KeyNotFound,
+            other => ServerError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ServerError> for Status {
+    fn from(e: ServerError) -> Status {
+        let code = match &e {
+            ServerError::Shape(_)
+            | ServerError::RequestTooLarge
+            | ServerError::KeyNotFound
+            | ServerError::InvalidRequest(_) => Code::InvalidArgument,
+            ServerError::Compacted | ServerError::FutureRevision => Code::OutOfRange,
+            ServerError::Propose(_) => Code::Unavailable,
+            ServerError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

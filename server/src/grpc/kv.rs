@@ -1,0 +1,127 @@
+//! The `KV` service: Range, Put, DeleteRange, Txn, Compact.
+
+use cairn_proto::etcdserverpb as pb;
+use cairn_proto::etcdserverpb::kv_server::Kv;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::ServerContext;
+use crate::error::ServerError;
+use crate::mvcc::{check_delete_shape, check_put_shape, check_range_shape, check_txn_shape};
+use crate::raft::types::{Applied, Command, CommandResponse};
+
+pub(crate) struct KvService {
+    pub ctx: ServerContext,
+}
+
+impl KvService {
+    fn check_size(&self, len: usize) -> Result<(), ServerError> {
+        if len > self.ctx.limits.max_request_bytes {
+            return Err(ServerError::RequestTooLarge);
+        }
+        Ok(())
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<(Applied, i64), ServerError> {
+        let CommandResponse { revision, result } = self.ctx.raft.propose(cmd).await?;
+        Ok((result?, revision))
+    }
+}
+
+fn unexpected(a: &Applied) -> ServerError {
+    ServerError::Internal(format!("unexpected apply result {a:?}"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let req = req.into_inner();
+        let serializable = req.serializable;
+        let range = convert::range_request(req);
+        check_range_shape(&range).map_err(ServerError::from)?;
+        if !serializable {
+            self.ctx
+                .raft
+                .read_index()
+                .await
+                .map_err(ServerError::from)?;
+        }
+        let (resp, revision) = self
+            .ctx
+            .raft
+            .state
+            .range(&range)
+            .map_err(ServerError::from)?;
+        Ok(Response::new(convert::range_response(
+            resp,
+            self.ctx.header(revision),
+        )))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let req = req.into_inner();
+        self.check_size(req.encoded_len())?;
+        let put = convert::put_request(req);
+        check_put_shape(&put).map_err(ServerError::from)?;
+        match self.propose(Command::Put(put)).await? {
+            (Applied::Put(r), rev) => Ok(Response::new(convert::put_response(
+                r,
+                self.ctx.header(rev),
+            ))),
+            (other, _) => Err(unexpected(&other).into()),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn delete_range(
+        &self,
+        req: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let req = req.into_inner();
+        self.check_size(req.encoded_len())?;
+        let del = convert::delete_request(req);
+        check_delete_shape(&del).map_err(ServerError::from)?;
+        match self.propose(Command::DeleteRange(del)).await? {
+            (Applied::DeleteRange(r), rev) => Ok(Response::new(convert::delete_response(
+                r,
+                self.ctx.header(rev),
+            ))),
+            (other, _) => Err(unexpected(&other).into()),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let req = req.into_inner();
+        self.check_size(req.encoded_len())?;
+        let txn = convert::txn_request(req)?;
+        check_txn_shape(&txn, self.ctx.limits.max_txn_ops).map_err(ServerError::from)?;
+        match self.propose(Command::Txn(txn)).await? {
+            (Applied::Txn(r), rev) => Ok(Response::new(convert::txn_response(
+                r,
+                self.ctx.header(rev),
+            ))),
+            (other, _) => Err(unexpected(&other).into()),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn compact(
+        &self,
+        req: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let req = req.into_inner();
+        match self.propose(Command::Compact(req.revision)).await? {
+            (Applied::Compact, rev) => Ok(Response::new(pb::CompactionResponse {
+                header: self.ctx.header(rev),
+            })),
+            (other, _) => Err(unexpected(&other).into()),
+        }
+    }
+}

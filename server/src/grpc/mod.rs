@@ -1,0 +1,44 @@
+//! The etcd v3 client API: one file per service. Each handler validates, proposes or reads, fills
+//! the response header and maps errors to etcd's statuses.
+
+pub(crate) mod convert;
+pub(crate) mod kv;
+
+use std::sync::Arc;
+
+use cairn_proto::etcdserverpb::ResponseHeader;
+
+use crate::raft::RaftHandle;
+
+/// What every service handler needs.
+#[derive(Clone)]
+pub(crate) struct ServerContext {
+    pub raft: RaftHandle,
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub limits: Arc<Limits>,
+}
+
+pub(crate) struct Limits {
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+impl ServerContext {
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.raft.term(),
+        })
+    }
+}
+
+/// Services answered with `Unimplemented` until they are built.
+pub(crate) struct Unimplemented;
+
+impl cairn_proto::etcdserverpb::watch_server::Watch for Unimplemented {}
+impl cairn_proto::etcdserverpb::lease_server::Lease for Unimplemented {}
+impl cairn_proto::etcdserverpb::cluster_server::Cluster for Unimplemented {}
+impl cairn_proto::etcdserverpb::maintenance_server::Maintenance for Unimplemented {}

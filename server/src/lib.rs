@@ -1,0 +1,15 @@
+//! Cairn: an embeddable, Raft-replicated key-value store that speaks etcd's v3 gRPC API.
+//!
+//! Start a member in-process with [`Node::start`] and talk to it with any etcd v3 client at
+//! [`Node::client_url`]; or run the `cairn` binary.
+
+pub(crate) mod backend;
+pub mod config;
+pub mod error;
+pub(crate) mod grpc;
+pub mod mvcc;
+pub mod node;
+pub mod raft;
+
+pub use config::{ClusterState, Config};
+pub use node::{Node, NodeError};

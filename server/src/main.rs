@@ -1,0 +1,158 @@
+//! `cairn`: run one Cairn member. With no flags, a single-member store with its data in
+//! `./default.cairn` and the etcd API on 127.0.0.1:2379.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use cairn_server::{ClusterState, Config, Node};
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum InitialState {
+    New,
+    Existing,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flag names and defaults follow etcd's.
+#[derive(Parser, Debug)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn: a Raft-replicated key-value store speaking etcd's v3 API"
+)]
+struct Args {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Path to the data directory (default: <name>.cairn).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to listen on for client traffic.
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    listen_client_urls: Vec<String>,
+    /// Comma-separated client URLs to advertise to the cluster (default: the listen URLs).
+    #[arg(long, value_delimiter = ',')]
+    advertise_client_urls: Vec<String>,
+    /// Comma-separated URLs to listen on for peer traffic.
+    #[arg(long, default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    listen_peer_urls: Vec<String>,
+    /// Comma-separated peer URLs to advertise to the cluster (default: the listen URLs).
+    #[arg(long, value_delimiter = ',')]
+    initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration for bootstrapping: name=url,name=url.
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// `new` for a new cluster, `existing` to join one.
+    #[arg(long, value_enum, default_value = "new")]
+    initial_cluster_state: InitialState,
+    /// Initial cluster token, mixed into member and cluster ids.
+    #[arg(long, default_value = "cairn-cluster")]
+    initial_cluster_token: String,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    election_timeout: u64,
+    /// Number of applied entries between snapshots (the log before a snapshot is purged).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_count: u64,
+    /// Maximum client request size in bytes.
+    #[arg(long, default_value_t = 1_572_864)]
+    max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128)]
+    max_txn_ops: usize,
+    /// Log level: error, warn, info, debug or trace (or a tracing filter directive).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let initial_cluster = match &self.initial_cluster {
+            Some(s) => Config::parse_initial_cluster(s)?,
+            None => Vec::new(),
+        };
+        let defaults = Config::default();
+        let advertise_client_urls = if self.advertise_client_urls.is_empty() {
+            self.listen_client_urls.clone()
+        } else {
+            self.advertise_client_urls
+        };
+        let initial_advertise_peer_urls = if self.initial_advertise_peer_urls.is_empty() {
+            self.listen_peer_urls.clone()
+        } else {
+            self.initial_advertise_peer_urls
+        };
+        Ok(Config {
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name))),
+            name: self.name,
+            listen_client_urls: self.listen_client_urls,
+            advertise_client_urls,
+            listen_peer_urls: self.listen_peer_urls,
+            initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state: match self.initial_cluster_state {
+                InitialState::New => ClusterState::New,
+                InitialState::Existing => ClusterState::Existing,
+            },
+            initial_cluster_token: self.initial_cluster_token,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
+            election_timeout: Duration::from_millis(self.election_timeout),
+            snapshot_count: self.snapshot_count,
+            max_request_bytes: self.max_request_bytes,
+            max_txn_ops: self.max_txn_ops,
+            ..defaults
+        })
+    }
+}
+
+fn init_tracing(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "{level},openraft=warn,h2=warn,tower=warn,sled=warn"
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args.log_level, args.log_format);
+    let config = args.into_config()?;
+    let node = Node::start(config).await.context("starting member")?;
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "shutting down");
+    node.shutdown().await.context("shutting down")?;
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! The embedding API: open storage, start Raft, serve the client and peer APIs, shut down cleanly.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cairn_server::NodeError> {
+//! let node = cairn_server::Node::start(cairn_server::Config::ephemeral("/tmp/cairn-demo")).await?;
+//! println!("etcd API at {}", node.client_url());
+//! node.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cairn_proto::etcdserverpb::{
+    cluster_server, kv_server, lease_server, maintenance_server, watch_server,
+};
+use cairn_proto::raftpb::raft_transport_server::RaftTransportServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+
+use crate::backend::Backend;
+use crate::config::{self, ClusterState, Config, ConfigError};
+use crate::grpc::kv::KvService;
+use crate::grpc::{Limits, ServerContext, Unimplemented};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{Network, PeerChannels, PEER_MAX_MESSAGE};
+use crate::raft::service::PeerService;
+use crate::raft::state_machine::StateMachineStore;
+use crate::raft::types::{decode, encode, Member, NodeId, Raft};
+use crate::raft::RaftHandle;
+
+/// Extra room gRPC needs around the largest request, as etcd allows.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+const KEY_IDENTITY: &[u8] = b"identity";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let context = context.into();
+    move |source| NodeError::Io { context, source }
+}
+
+fn storage(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Storage(e.to_string())
+}
+
+/// A running Cairn member.
+pub struct Node {
+    member_id: NodeId,
+    cluster_id: u64,
+    client_addrs: Vec<SocketAddr>,
+    peer_addrs: Vec<SocketAddr>,
+    raft: RaftHandle,
+    backend: Backend,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+async fn bind_all(urls: &[String], what: &str) -> Result<Vec<TcpListener>, NodeError> {
+    let mut listeners = Vec::new();
+    for url in urls {
+        let addr = config::parse_url(url)?;
+        listeners.push(
+            TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("binding {what} URL {url}")))?,
+        );
+    }
+    Ok(listeners)
+}
+
+/// Advertised URLs default to the bound addresses (which also resolves port 0).
+fn advertised(configured: &[String], bound: &[SocketAddr]) -> Vec<String> {
+    if configured.is_empty() || configured.iter().any(|u| u.ends_with(":0")) {
+        bound.iter().map(|a| format!("http://{a}")).collect()
+    } else {
+        configured.to_vec()
+    }
+}
+
+impl Node {
+    /// Opens (or creates) the member's data dir and starts serving.
+    #[tracing::instrument(skip_all, fields(name = %cfg.name, data_dir = %cfg.data_dir.display()))]
+    pub async fn start(cfg: Config) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
+        let backend = Backend::open(&cfg.data_dir, cfg.cache_bytes).map_err(storage)?;
+
+        let peer_listeners = bind_all(&cfg.listen_peer_urls, "peer").await?;
+        let client_listeners = bind_all(&cfg.listen_client_urls, "client").await?;
+        let peer_addrs: Vec<SocketAddr> = peer_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let client_addrs: Vec<SocketAddr> = client_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let peer_urls = advertised(&cfg.initial_advertise_peer_urls, &peer_addrs);
+        let client_urls = advertised(&cfg.advertise_client_urls, &client_addrs);
+
+        // The founding members, with this member's entry resolved to its real URLs.
+        let mut initial = if cfg.initial_cluster.is_empty() {
+            vec![(cfg.name.clone(), peer_urls.clone())]
+        } else {
+            cfg.initial_cluster.clone()
+        };
+        let me = initial
+            .iter_mut()
+            .find(|(n, _)| *n == cfg.name)
+            .ok_or_else(|| ConfigError::MissingSelf(cfg.name.clone()))?;
+        if me.1.iter().any(|u| u.ends_with(":0")) {
+            me.1 = peer_urls.clone();
+        } else if !cfg.initial_advertise_peer_urls.is_empty() && {
+            let (mut a, mut b) = (me.1.clone(), peer_urls.clone());
+            a.sort();
+            b.sort();
+            a != b
+        } {
+            return Err(ConfigError::SelfMismatch(cfg.name.clone()).into());
+        }
+        let token = &cfg.initial_cluster_token;
+        let founders: BTreeMap<NodeId, Member> = initial
+            .iter()
+            .map(|(name, urls)| {
+                let member = Member {
+                    name: name.clone(),
+                    peer_urls: urls.clone(),
+                    client_urls: if *name == cfg.name {
+                        client_urls.clone()
+                    } else {
+                        Vec::new()
+                    },
+                };
+                (config::member_id(name, urls, token), member)
+            })
+            .collect();
+
+        // Identity is fixed at first start; later starts keep it whatever the flags say, as etcd does.
+        let (member_id, cluster_id) = match backend.raft.get(KEY_IDENTITY).map_err(storage)? {
+            Some(bytes) => decode::<(u64, u64)>(&bytes).map_err(storage)?,
+            None => {
+                let member_id = config::member_id(&cfg.name, &peer_urls, token);
+                let cluster_id = config::cluster_id(founders.keys().copied().collect(), token);
+                let bytes = encode(&(member_id, cluster_id)).map_err(storage)?;
+                backend.raft.insert(KEY_IDENTITY, bytes).map_err(storage)?;
+                backend.db.flush_async().await.map_err(storage)?;
+                (member_id, cluster_id)
+            }
+        };
+
+        let raft_config = openraft::Config {
+            cluster_name: cfg.initial_cluster_token.clone(),
+            heartbeat_interval: cfg.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: cfg.election_timeout.as_millis() as u64,
+            election_timeout_max: 2 * cfg.election_timeout.as_millis() as u64,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+        let log_store = LogStore::new(&backend);
+        let sm = StateMachineStore::open(backend.clone()).map_err(storage)?;
+        let state = sm.state();
+        let channels = PeerChannels::default();
+        let network = Network {
+            channels: channels.clone(),
+        };
+        let raft = Raft::new(member_id, Arc::new(raft_config), network, log_store, sm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if cfg.initial_cluster_state == ClusterState::New
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?
+        {
+            // Every founder initializes with the same membership; openraft accepts that.
+            if let Err(e) = raft.initialize(founders).await {
+                tracing::warn!(error = %e, "cluster initialization skipped");
+            }
+        }
+
+        let handle = RaftHandle {
+            raft: raft.clone(),
+            id: member_id,
+            channels,
+            state,
+            request_timeout: cfg.request_timeout,
+        };
+        let ctx = ServerContext {
+            raft: handle.clone(),
+            cluster_id,
+            member_id,
+            limits: Arc::new(Limits {
+                max_request_bytes: cfg.max_request_bytes,
+                max_txn_ops: cfg.max_txn_ops,
+            }),
+        };
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut servers = Vec::new();
+        for listener in peer_listeners {
+            let svc = RaftTransportServer::new(PeerService { raft: raft.clone() })
+                .max_decoding_message_size(PEER_MAX_MESSAGE)
+                .max_encoding_message_size(PEER_MAX_MESSAGE);
+            let router = tonic::transport::Server::builder().add_service(svc);
+            let stop = stopped(shutdown_rx.clone());
+            servers.push(tokio::spawn(
+                router.serve_with_incoming_shutdown(incoming(listener), stop),
+            ));
+        }
+        let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        for listener in client_listeners {
+            let kv = kv_server::KvServer::new(KvService { ctx: ctx.clone() })
+                .max_decoding_message_size(max_msg);
+            let router = tonic::transport::Server::builder()
+                .add_service(kv)
+                .add_service(watch_server::WatchServer::new(Unimplemented))
+                .add_service(lease_server::LeaseServer::new(Unimplemented))
+                .add_service(cluster_server::ClusterServer::new(Unimplemented))
+                .add_service(maintenance_server::MaintenanceServer::new(Unimplemented));
+            let stop = stopped(shutdown_rx.clone());
+            servers.push(tokio::spawn(
+                router.serve_with_incoming_shutdown(incoming(listener), stop),
+            ));
+        }
+        tracing::info!(member_id = format!("{member_id:x}"), cluster_id = format!("{cluster_id:x}"),
+            client = ?client_urls, peer = ?peer_urls, "member started");
+        Ok(Node {
+            member_id,
+            cluster_id,
+            client_addrs,
+            peer_addrs,
+            raft: handle,
+            backend,
+            shutdown,
+            servers,
+        })
+    }
+
+    /// The first address clients can reach this member on.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addrs[0]
+    }
+
+    /// `http://` URL of [`Node::client_addr`], as etcd clients take it.
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.client_addr())
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addrs[0]
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.member_id
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// The member currently believed to lead, if any.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.leader()
+    }
+
+    /// Stops serving, stops Raft and flushes storage.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.shutdown.send(true);
+        for server in self.servers {
+            if let Ok(Err(e)) = server.await {
+                tracing::warn!(error = %e, "server ended with an error");
+            }
+        }
+        self.raft
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        self.backend.db.flush_async().await.map_err(storage)?;
+        tracing::info!("member stopped");
+        Ok(())
+    }
+}
+
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            // Small request/response messages: waiting to coalesce packets only adds latency.
+            let _ = stream.set_nodelay(true);
+        })
+    })
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,155 @@
+//! Outgoing peer traffic: openraft's RPCs plus write forwarding and read-index requests, over one
+//! long-lived HTTP/2 connection per peer (a tonic channel multiplexes every RPC on it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_proto::raftpb::raft_transport_client::RaftTransportClient;
+use cairn_proto::raftpb::RaftPayload;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::types::{decode, encode, Member, NodeId, TypeConfig};
+
+/// Largest message on the peer transport: a batch of log entries, each up to the request limit.
+pub(crate) const PEER_MAX_MESSAGE: usize = 512 * 1024 * 1024;
+
+/// Channels to peers by URL, shared by replication, forwarding and read-index requests.
+#[derive(Clone, Default)]
+pub struct PeerChannels {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerChannels {
+    pub(crate) fn client(
+        &self,
+        url: &str,
+    ) -> Result<RaftTransportClient<Channel>, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(url) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Endpoint::from_shared(url.to_string())?
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_while_idle(true)
+                    .connect_lazy();
+                channels.insert(url.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(RaftTransportClient::new(channel)
+            .max_decoding_message_size(PEER_MAX_MESSAGE)
+            .max_encoding_message_size(PEER_MAX_MESSAGE))
+    }
+}
+
+/// Builds a [`PeerClient`] per replication target.
+#[derive(Clone)]
+pub struct Network {
+    pub(crate) channels: PeerChannels,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        let url = node.peer_urls.first().cloned().unwrap_or_default();
+        PeerClient {
+            target,
+            client: self.channels.client(&url).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    client: Result<RaftTransportClient<Channel>, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        kind: RpcKind,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
+                    e.clone(),
+                ))))
+            }
+        };
+        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(RaftPayload { data });
+        request.set_timeout(option.hard_ttl());
+        let reply = match kind {
+            RpcKind::Append => client.append_entries(request).await,
+            RpcKind::Vote => client.vote(request).await,
+            RpcKind::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|status| match status.code() {
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+            _ => RPCError::Network(NetworkError::new(&status)),
+        })?;
+        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+enum RpcKind {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RpcKind::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(RpcKind::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RpcKind::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,406 @@
+//! The replicated state machine: MVCC over sled.
+//!
+//! Apply is deterministic: it reads only the entry and stored state. Each entry's effects, the applied
+//! log id, the membership and the store revisions go to sled in one atomic batch, so after a crash the
+//! stored state is exactly the state after some applied prefix of the log, and openraft re-applies the
+//! rest from the log.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::types::{
+    decode, encode, Applied, Command, CommandResponse, Entry, LogId, NodeId, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig,
+};
+use crate::backend::{
+    kv_key, Backend, SledValues, StoredKv, KV_PREFIX, META_APPLIED, META_COMPACT, META_MEMBERSHIP,
+    META_REVISION,
+};
+use crate::mvcc::{BackendOp, KvIndex, MvccError, RangeRequest, RangeResponse, Revision};
+
+fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&e)).into()
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::new(&e)).into()
+}
+
+const SNAP_META: &[u8] = b"meta";
+const SNAP_DATA: &[u8] = b"data";
+
+/// A snapshot's content: every key of the `sm` tree, meta included.
+#[derive(Serialize, Deserialize)]
+struct SnapshotImage {
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// State shared between the state machine (the only writer) and the read paths.
+pub struct StoreState {
+    backend: Backend,
+    index: RwLock<KvIndex>,
+    applied: Mutex<(Option<LogId>, StoredMembership)>,
+    revision_tx: watch::Sender<i64>,
+    snapshot_seq: AtomicU64,
+}
+
+impl StoreState {
+    /// Serves a read from local state.
+    pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64), MvccError> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let resp = index.range(req, &SledValues(&self.backend.sm))?;
+        Ok((resp, index.current_revision()))
+    }
+
+    pub fn current_revision(&self) -> i64 {
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .current_revision()
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .compact_revision()
+    }
+
+    /// Follows the store revision as entries are applied.
+    pub fn subscribe_revision(&self) -> watch::Receiver<i64> {
+        self.revision_tx.subscribe()
+    }
+
+    pub fn membership(&self) -> StoredMembership {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    pub fn backend_size(&self) -> u64 {
+        self.backend.size_on_disk()
+    }
+
+    /// Rebuilds the in-memory key index and applied state from the `sm` tree.
+    fn load(&self) -> Result<(), StorageError> {
+        let sm = &self.backend.sm;
+        let mut index = KvIndex::new();
+        for item in sm.scan_prefix([KV_PREFIX]) {
+            let (key, value) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            let rev = Revision::from_bytes(&key[1..]).ok_or_else(|| {
+                sm_err(ErrorVerb::Read, std::io::Error::other("bad revision key"))
+            })?;
+            let stored: StoredKv = decode(&value).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            index.restore(rev, &stored.kv.key, stored.tombstone);
+        }
+        let read = |key: &[u8]| -> Result<Option<sled::IVec>, StorageError> {
+            sm.get(key).map_err(|e| sm_err(ErrorVerb::Read, e))
+        };
+        let decode_or = |bytes: Option<sled::IVec>| -> Result<i64, StorageError> {
+            match bytes {
+                Some(b) => decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e)),
+                None => Ok(0),
+            }
+        };
+        let revision = decode_or(read(META_REVISION)?)?.max(1);
+        let compact = decode_or(read(META_COMPACT)?)?;
+        index.set_restored_meta(revision, compact);
+        let applied: Option<LogId> = match read(META_APPLIED)? {
+            Some(b) => decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+            None => None,
+        };
+        let membership: StoredMembership = match read(META_MEMBERSHIP)? {
+            Some(b) => decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+            None => StoredMembership::default(),
+        };
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = (applied, membership);
+        self.revision_tx.send_replace(revision);
+        Ok(())
+    }
+}
+
+/// The state machine handed to openraft.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    state: Arc<StoreState>,
+}
+
+impl StateMachineStore {
+    pub(crate) fn open(backend: Backend) -> Result<StateMachineStore, StorageError> {
+        let (revision_tx, _) = watch::channel(1);
+        let state = Arc::new(StoreState {
+            backend,
+            index: RwLock::new(KvIndex::new()),
+            applied: Mutex::new((None, StoredMembership::default())),
+            revision_tx,
+            snapshot_seq: AtomicU64::new(0),
+        });
+        state.load()?;
+        Ok(StateMachineStore { state })
+    }
+
+    pub fn state(&self) -> Arc<StoreState> {
+        self.state.clone()
+    }
+
+    fn execute(
+        index: &mut KvIndex,
+        values: &SledValues<'_>,
+        cmd: Command,
+    ) -> (CommandResponse, Vec<BackendOp>) {
+        let (result, ops) = match cmd {
+            Command::Put(req) => match index.put(req, values) {
+                Ok(w) => (Ok(Applied::Put(w.response)), w.ops),
+                Err(e) => (Err(e), Vec::new()),
+            },
+            Command::DeleteRange(req) => match index.delete_range(req, values) {
+                Ok(w) => (Ok(Applied::DeleteRange(w.response)), w.ops),
+                Err(e) => (Err(e), Vec::new()),
+            },
+            Command::Txn(req) => match index.txn(req, values) {
+                Ok(w) => (Ok(Applied::Txn(w.response)), w.ops),
+                Err(e) => (Err(e), Vec::new()),
+            },
+            Command::Compact(rev) => match index.compact(rev) {
+                Ok(ops) => (Ok(Applied::Compact), ops),
+                Err(e) => (Err(e), Vec::new()),
+            },
+        };
+        let response = CommandResponse {
+            revision: index.current_revision(),
+            result,
+        };
+        (response, ops)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok(self
+            .state
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let state = &self.state;
+        let sm = &state.backend.sm;
+        let mut responses = Vec::new();
+        for entry in entries {
+            let mut batch = sled::Batch::default();
+            let mut index = state.index.write().unwrap_or_else(|p| p.into_inner());
+            let response = match entry.payload {
+                EntryPayload::Blank => CommandResponse {
+                    revision: index.current_revision(),
+                    result: Ok(Applied::Nothing),
+                },
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), m);
+                    batch.insert(
+                        META_MEMBERSHIP,
+                        encode(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+                    );
+                    state.applied.lock().unwrap_or_else(|p| p.into_inner()).1 = stored;
+                    CommandResponse {
+                        revision: index.current_revision(),
+                        result: Ok(Applied::Nothing),
+                    }
+                }
+                EntryPayload::Normal(cmd) => {
+                    let (response, ops) = Self::execute(&mut index, &SledValues(sm), cmd);
+                    for op in ops {
+                        match op {
+                            BackendOp::Put { rev, kv, tombstone } => {
+                                let stored = StoredKv { kv, tombstone };
+                                batch.insert(
+                                    &kv_key(rev),
+                                    encode(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+                                );
+                            }
+                            BackendOp::Delete { rev } => batch.remove(&kv_key(rev)),
+                        }
+                    }
+                    batch.insert(
+                        META_REVISION,
+                        encode(&index.current_revision())
+                            .map_err(|e| sm_err(ErrorVerb::Write, e))?,
+                    );
+                    batch.insert(
+                        META_COMPACT,
+                        encode(&index.compact_revision())
+                            .map_err(|e| sm_err(ErrorVerb::Write, e))?,
+                    );
+                    response
+                }
+            };
+            batch.insert(
+                META_APPLIED,
+                encode(&Some(entry.log_id)).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+            );
+            sm.apply_batch(batch)
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            let revision = index.current_revision();
+            drop(index);
+            state.applied.lock().unwrap_or_else(|p| p.into_inner()).0 = Some(entry.log_id);
+            state.revision_tx.send_if_modified(|r| {
+                let changed = *r != revision;
+                *r = revision;
+                changed
+            });
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // Copy the state now, on the apply task, so the snapshot is a consistent point in time even
+        // if applying continues while it is being encoded.
+        let entries = self
+            .state
+            .backend
+            .sm
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        let (applied, membership) = self
+            .state
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        SnapshotBuilder {
+            state: self.state.clone(),
+            image: SnapshotImage { entries },
+            applied,
+            membership,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let image: SnapshotImage = decode(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let sm = &self.state.backend.sm;
+        // One batch replaces the whole tree, so a crash leaves either the old or the new state.
+        let mut batch = sled::Batch::default();
+        for key in sm.iter().keys() {
+            batch.remove(key.map_err(|e| sm_err(ErrorVerb::Read, e))?);
+        }
+        for (k, v) in image.entries {
+            batch.insert(k, v);
+        }
+        batch.insert(
+            META_APPLIED,
+            encode(&meta.last_log_id).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+        );
+        batch.insert(
+            META_MEMBERSHIP,
+            encode(&meta.last_membership).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+        );
+        sm.apply_batch(batch)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        save_snapshot(&self.state.backend, meta, &data).await?;
+        self.state.load()
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let tree = &self.state.backend.snapshot;
+        let meta = tree
+            .get(SNAP_META)
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let data = tree
+            .get(SNAP_DATA)
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        match (meta, data) {
+            (Some(meta), Some(data)) => Ok(Some(Snapshot {
+                meta: decode(&meta).map_err(|e| snap_err(ErrorVerb::Read, e))?,
+                snapshot: Box::new(Cursor::new(data.to_vec())),
+            })),
+            _ => Ok(None),
+        }
+    }
+}
+
+async fn save_snapshot(
+    backend: &Backend,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    let mut batch = sled::Batch::default();
+    batch.insert(
+        SNAP_META,
+        encode(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?,
+    );
+    batch.insert(SNAP_DATA, data);
+    backend
+        .snapshot
+        .apply_batch(batch)
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    // openraft purges the log up to a snapshot once it is reported, so it must be durable first.
+    backend
+        .db
+        .flush_async()
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    Ok(())
+}
+
+/// Encodes and stores a snapshot copied by [`StateMachineStore::get_snapshot_builder`].
+pub struct SnapshotBuilder {
+    state: Arc<StoreState>,
+    image: SnapshotImage,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let data = encode(&self.image).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let seq = self.state.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match self.applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, seq),
+            None => format!("empty-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        save_snapshot(&self.state.backend, &meta, &data).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_node_id(_: NodeId) {}

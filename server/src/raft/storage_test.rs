@@ -1,0 +1,27 @@
+//! openraft's storage conformance suite against the sled log store and state machine.
+
+use openraft::testing::{StoreBuilder, Suite};
+
+use super::log_store::LogStore;
+use super::state_machine::StateMachineStore;
+use super::types::{StorageError, TypeConfig};
+use crate::backend::Backend;
+
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let backend = Backend::open(dir.path(), 1024 * 1024).expect("open sled");
+        let log = LogStore::new(&backend);
+        let sm = StateMachineStore::open(backend)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() -> Result<(), StorageError> {
+    Suite::test_all(SledBuilder)
+}

@@ -1,0 +1,95 @@
+//! The Raft type configuration: what a log entry carries (a [`Command`]), what applying it returns
+//! (a [`CommandResponse`]), and how a member is described ([`Member`]).
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mvcc::{
+    DeleteRangeRequest, DeleteRangeResponse, MvccError, PutRequest, PutResponse, TxnRequest,
+    TxnResponse,
+};
+
+/// Member ids are etcd-style 64-bit ids derived from the member's name and peer URLs.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Cairn's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        Node = Member,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// How a member is known to the cluster: what `etcdctl member list` shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.peer_urls.join(","))
+    }
+}
+
+/// A state-machine command: one entry in the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(i64),
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Put(p) => write!(f, "put({} bytes key)", p.key.len()),
+            Command::DeleteRange(_) => f.write_str("delete_range"),
+            Command::Txn(t) => write!(f, "txn({} compares)", t.compare.len()),
+            Command::Compact(rev) => write!(f, "compact({rev})"),
+        }
+    }
+}
+
+/// The outcome of applying a [`Command`]. Expected failures (compacted, key not found) are values:
+/// every member computes the same one, so they are part of the replicated result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResponse {
+    /// The store revision after the command.
+    pub revision: i64,
+    pub result: Result<Applied, MvccError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact,
+    /// Blank and membership entries.
+    Nothing,
+}
+
+/// bincode settings shared by the log, the snapshots and the peer transport.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
+}
