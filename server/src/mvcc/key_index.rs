@@ -145,10 +145,14 @@ impl KeyIndex {
     pub fn compact(&mut self, at_rev: i64, removed: &mut Vec<Revision>) {
         let last = self.generations.len() - 1;
         // First generation that is still live at `at_rev` or starts after it.
+        // A generation deleted *at* `at_rev` is skipped too (etcd stops at it
+        // and then drops it below): when one transaction deletes and
+        // re-creates a key, the following generation also starts at
+        // `at_rev` and must be compacted as well.
         let mut gen_idx = 0;
         while gen_idx < last {
             let tomb = self.generations[gen_idx].revs.last().expect("closed");
-            if tomb.main >= at_rev {
+            if tomb.main > at_rev {
                 break;
             }
             gen_idx += 1;
@@ -327,6 +331,21 @@ mod tests {
         let (ki, removed) = compacted(ki, 4);
         assert_eq!(removed, vec![(2, 0), (3, 0)]);
         assert_eq!(gens(&ki), vec![vec![(4, 0), (5, 0)], vec![]]);
+    }
+
+    #[test]
+    fn compaction_when_recreated_in_the_same_revision() {
+        // One transaction at revision 5 deletes the key and puts it twice.
+        let mut ki = KeyIndex::new();
+        ki.put(r(3, 0));
+        assert!(ki.tombstone(r(5, 0)));
+        ki.put(r(5, 1));
+        ki.put(r(5, 2));
+        ki.put(r(6, 0));
+        let (c, removed) = compacted(ki.clone(), 5);
+        assert_eq!(removed, vec![(3, 0), (5, 0), (5, 1)]);
+        assert_eq!(gens(&c), vec![vec![(5, 2), (6, 0)]]);
+        assert_eq!(c.get(5), Some(r(5, 2)));
     }
 
     #[test]

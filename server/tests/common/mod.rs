@@ -1,0 +1,173 @@
+//! Shared test helpers: in-process members and clusters of real `cairn` processes on loopback.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_server::{Config, Node};
+
+/// A single in-process member on OS-assigned ports, with its data in a temp dir.
+pub struct TestNode {
+    pub node: Option<Node>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let node = Node::start(Config::ephemeral(dir.path()))
+            .await
+            .expect("start member");
+        wait_leader(&node).await;
+        TestNode {
+            node: Some(node),
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.node.as_ref().expect("running").client_url()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await.expect("shutdown");
+        }
+    }
+}
+
+pub async fn wait_leader(node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.leader().is_none() {
+        assert!(Instant::now() < deadline, "no leader elected within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Ports that were free a moment ago. The OS picks them; a collision with another process in the
+/// instant between release and reuse is possible but rare.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// One `cairn` process of a test cluster.
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+}
+
+/// A cluster of real `cairn` processes on loopback; killed when dropped.
+pub struct ProcessCluster {
+    pub members: Vec<Member>,
+    initial_cluster: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ProcessCluster {
+    pub fn start(n: usize) -> ProcessCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = free_ports(2 * n);
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
+                data_dir: dir.path().join(format!("m{i}.data")),
+                log: dir.path().join(format!("m{i}.log")),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = ProcessCluster {
+            members,
+            initial_cluster,
+            _dir: dir,
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        assert!(m.child.is_none(), "member {i} already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .arg("--listen-client-urls")
+            .arg(m.url())
+            .arg("--listen-peer-urls")
+            .arg(format!("http://127.0.0.1:{}", m.peer_port))
+            .arg("--initial-cluster")
+            .arg(&self.initial_cluster)
+            .arg("--log-level")
+            .arg("info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cairn");
+        m.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown path runs, only what was flushed survives.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.url()).collect()
+    }
+
+    pub fn log_of(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.members[i].log).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self, i: usize) -> &Path {
+        &self.members[i].data_dir
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
