@@ -25,6 +25,7 @@ use tokio_stream::StreamExt;
 use crate::backend::Backend;
 use crate::config::{self, ClusterState, Config, ConfigError};
 use crate::grpc::kv::KvService;
+use crate::grpc::maintenance::MaintenanceService;
 use crate::grpc::{Limits, ServerContext, Unimplemented};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, PeerChannels, PEER_MAX_MESSAGE};
@@ -239,7 +240,9 @@ impl Node {
                 .add_service(watch_server::WatchServer::new(Unimplemented))
                 .add_service(lease_server::LeaseServer::new(Unimplemented))
                 .add_service(cluster_server::ClusterServer::new(Unimplemented))
-                .add_service(maintenance_server::MaintenanceServer::new(Unimplemented));
+                .add_service(maintenance_server::MaintenanceServer::new(
+                    MaintenanceService { ctx: ctx.clone() },
+                ));
             let stop = stopped(shutdown_rx.clone());
             servers.push(tokio::spawn(
                 router.serve_with_incoming_shutdown(incoming(listener), stop),

@@ -3,6 +3,7 @@
 
 pub(crate) mod convert;
 pub(crate) mod kv;
+pub(crate) mod maintenance;
 
 use std::sync::Arc;
 
@@ -41,4 +42,3 @@ pub(crate) struct Unimplemented;
 impl cairn_proto::etcdserverpb::watch_server::Watch for Unimplemented {}
 impl cairn_proto::etcdserverpb::lease_server::Lease for Unimplemented {}
 impl cairn_proto::etcdserverpb::cluster_server::Cluster for Unimplemented {}
-impl cairn_proto::etcdserverpb::maintenance_server::Maintenance for Unimplemented {}

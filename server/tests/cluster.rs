@@ -1,0 +1,181 @@
+//! A 3-member cluster of real `cairn` processes on loopback: any member serves reads and writes, and
+//! killing the leader with SIGKILL under load loses no acknowledged write.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::ProcessCluster;
+use etcd_client::{Client, ConnectOptions, GetOptions};
+
+fn options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(Duration::from_secs(5))
+}
+
+/// Connects to one member only, so a failure is seen rather than retried elsewhere.
+async fn connect(url: &str) -> Option<Client> {
+    Client::connect([url], Some(options())).await.ok()
+}
+
+/// Waits until every running member answers a linearizable read.
+async fn wait_serving(cluster: &ProcessCluster, members: &[usize]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for &i in members {
+        loop {
+            if let Some(mut c) = connect(&cluster.members[i].url()).await {
+                if c.get("probe", None).await.is_ok() {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i} did not serve within 30 s; log:\n{}",
+                cluster.log_of(i)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The leader as the given members see it, once they agree.
+async fn leader_index(cluster: &ProcessCluster, members: &[usize]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut seen = BTreeSet::new();
+        let mut ids = Vec::new();
+        for &i in members {
+            if let Some(mut c) = connect(&cluster.members[i].url()).await {
+                if let Ok(s) = c.status().await {
+                    seen.insert(s.leader());
+                    ids.push((i, s.header().map(|h| h.member_id()).unwrap_or(0)));
+                }
+            }
+        }
+        if seen.len() == 1 && ids.len() == members.len() {
+            let leader = *seen.iter().next().unwrap();
+            if let Some((i, _)) = ids.iter().find(|(_, id)| *id == leader) {
+                return *i;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members {members:?} did not agree on a leader: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_linearizable_reads_through_every_member() {
+    let cluster = ProcessCluster::start(3);
+    wait_serving(&cluster, &[0, 1, 2]).await;
+    for round in 0..5 {
+        for i in 0..3 {
+            let mut c = connect(&cluster.members[i].url()).await.expect("connect");
+            let key = format!("k-{round}-{i}");
+            c.put(key.clone(), format!("from-{i}"), None)
+                .await
+                .expect("put through member");
+            // Read-your-write on every member, linearizably, right after the write.
+            for j in 0..3 {
+                let mut r = connect(&cluster.members[j].url()).await.expect("connect");
+                let got = r.get(key.clone(), None).await.expect("linearizable get");
+                assert_eq!(
+                    got.kvs().len(),
+                    1,
+                    "member {j} missed {key} written through {i}"
+                );
+            }
+        }
+    }
+    let mut c = connect(&cluster.members[1].url()).await.unwrap();
+    let all = c
+        .get("k-", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(all.count(), 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_no_acknowledged_write() {
+    let mut cluster = ProcessCluster::start(3);
+    wait_serving(&cluster, &[0, 1, 2]).await;
+    let old_leader = leader_index(&cluster, &[0, 1, 2]).await;
+
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop_at = Instant::now() + Duration::from_secs(6);
+    let mut writers = Vec::new();
+    for w in 0..12 {
+        let url = cluster.members[w % 3].url();
+        let acked = acked.clone();
+        writers.push(tokio::spawn(async move {
+            let mut client = None;
+            let mut n = 0;
+            while Instant::now() < stop_at {
+                if client.is_none() {
+                    client = connect(&url).await;
+                    if client.is_none() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+                let key = format!("w{w:02}-{n:05}");
+                n += 1;
+                match client.as_mut().unwrap().put(key.clone(), "v", None).await {
+                    Ok(_) => acked.lock().unwrap().push(key),
+                    Err(_) => {
+                        client = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_kill = acked.lock().unwrap().len();
+    cluster.kill(old_leader);
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != old_leader).collect();
+    let new_leader = leader_index(&cluster, &survivors).await;
+    assert_ne!(new_leader, old_leader);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(before_kill > 0, "no write was acknowledged before the kill");
+    assert!(
+        acked.len() > before_kill,
+        "no write was acknowledged after the kill"
+    );
+
+    cluster.spawn(old_leader);
+    wait_serving(&cluster, &[0, 1, 2]).await;
+    for i in 0..3 {
+        let mut c = connect(&cluster.members[i].url()).await.expect("connect");
+        let got = c
+            .get("w", Some(GetOptions::new().with_prefix().with_keys_only()))
+            .await
+            .unwrap();
+        let present: BTreeSet<String> = got
+            .kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap().to_string())
+            .collect();
+        let lost: Vec<&String> = acked.iter().filter(|k| !present.contains(*k)).collect();
+        assert!(
+            lost.is_empty(),
+            "member {i} lost {} acknowledged writes, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+    }
+    eprintln!(
+        "{} writes acknowledged ({} before the kill); all present on every member",
+        acked.len(),
+        before_kill
+    );
+}

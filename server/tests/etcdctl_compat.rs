@@ -1,0 +1,190 @@
+//! etcd compatibility through the real `etcdctl` (v3.4) binary. Skips, saying why, when etcdctl is
+//! not installed; the test script installs it.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::TestNode;
+use tokio::io::AsyncWriteExt;
+
+struct Ctl {
+    endpoint: String,
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ctl {
+    async fn run_with_input(&self, args: &[&str], input: Option<&str>) -> Out {
+        let mut cmd = tokio::process::Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(&self.endpoint)
+            .arg("--command-timeout=10s")
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn etcdctl");
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(input.as_bytes())
+                .await
+                .expect("write stdin");
+        }
+        let out =
+            tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+                .await
+                .expect("etcdctl finished in time")
+                .expect("etcdctl output");
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run_with_input(args, None).await;
+        assert!(out.ok, "etcdctl {args:?} failed: {}", out.stderr);
+        out.stdout
+    }
+
+    async fn fails(&self, args: &[&str]) -> String {
+        let out = self.run_with_input(args, None).await;
+        assert!(
+            !out.ok,
+            "etcdctl {args:?} unexpectedly succeeded: {}",
+            out.stdout
+        );
+        out.stderr
+    }
+}
+
+fn etcdctl_present() -> bool {
+    match std::process::Command::new("etcdctl")
+        .arg("version")
+        .output()
+    {
+        Ok(o) if o.status.success() => true,
+        _ => {
+            eprintln!("SKIPPED: etcdctl is not installed (apt-get install etcd-client); ./scripts/test.sh installs it");
+            false
+        }
+    }
+}
+
+fn lines(s: &str) -> Vec<&str> {
+    s.lines().collect()
+}
+
+#[tokio::test]
+async fn etcdctl_put_get_del_txn_compaction() {
+    if !etcdctl_present() {
+        return;
+    }
+    let mut node = TestNode::start().await;
+    let ctl = Ctl {
+        endpoint: node.url().trim_start_matches("http://").to_string(),
+    };
+
+    for (k, v) in [("a", "1"), ("b", "2"), ("b/x", "3"), ("c", "4")] {
+        assert_eq!(ctl.ok(&["put", k, v]).await.trim(), "OK");
+    }
+    assert_eq!(lines(&ctl.ok(&["get", "a"]).await), ["a", "1"]);
+    assert_eq!(
+        lines(&ctl.ok(&["get", "b", "--prefix", "--keys-only"]).await),
+        ["b", "", "b/x", ""]
+    );
+    assert_eq!(
+        lines(&ctl.ok(&["get", "a", "c"]).await),
+        ["a", "1", "b", "2", "b/x", "3"]
+    );
+    assert_eq!(
+        lines(
+            &ctl.ok(&["get", "b/x", "--from-key", "--print-value-only"])
+                .await
+        ),
+        ["3", "4"]
+    );
+    assert_eq!(
+        lines(
+            &ctl.ok(&[
+                "get",
+                "",
+                "--prefix",
+                "--limit=2",
+                "--order=DESCEND",
+                "--sort-by=KEY",
+                "--keys-only"
+            ])
+            .await
+        ),
+        ["c", "", "b/x", ""]
+    );
+    let json = ctl
+        .ok(&["get", "", "--prefix", "--keys-only", "-w", "json"])
+        .await;
+    assert!(json.contains("\"count\":4"), "{json}");
+
+    // History: overwrite, then read the old value at its revision.
+    let rev_of = |json: &str| -> i64 {
+        let at = json.find("\"revision\":").expect("revision in header") + "\"revision\":".len();
+        json[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    let first = rev_of(&ctl.ok(&["put", "a", "one", "-w", "json"]).await);
+    ctl.ok(&["put", "a", "two"]).await;
+    assert_eq!(
+        lines(
+            &ctl.ok(&["get", "a", &format!("--rev={first}"), "--print-value-only"])
+                .await
+        ),
+        ["one"]
+    );
+
+    // Transaction from stdin: compares, blank line, success ops, blank line, failure ops.
+    let txn = "value(\"a\") = \"two\"\n\nput a three\nget b\n\nput a never\n\n";
+    let out = ctl.run_with_input(&["txn"], Some(txn)).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(lines(&out.stdout), ["SUCCESS", "", "OK", "", "b", "2"]);
+    let txn = "value(\"a\") = \"two\"\n\nput a never\n\nget a\n\n";
+    let out = ctl.run_with_input(&["txn"], Some(txn)).await;
+    assert_eq!(lines(&out.stdout), ["FAILURE", "", "a", "three"]);
+
+    assert_eq!(ctl.ok(&["del", "b", "--prefix"]).await.trim(), "2");
+    assert_eq!(ctl.ok(&["get", "b", "--prefix"]).await, "");
+
+    // Compaction, then a read below it fails with etcd's text.
+    let now = rev_of(&ctl.ok(&["get", "a", "-w", "json"]).await);
+    assert_eq!(
+        ctl.ok(&["compaction", &now.to_string()]).await.trim(),
+        format!("compacted revision {now}")
+    );
+    let err = ctl.fails(&["get", "a", &format!("--rev={first}")]).await;
+    assert!(
+        err.contains("etcdserver: mvcc: required revision has been compacted"),
+        "{err}"
+    );
+
+    let err = ctl.fails(&["put", "", "v"]).await;
+    assert!(err.contains("etcdserver: key is not provided"), "{err}");
+    assert_eq!(
+        lines(&ctl.ok(&["get", "a", "--print-value-only"]).await),
+        ["three"]
+    );
+    node.stop().await;
+}
