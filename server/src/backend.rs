@@ -5,7 +5,7 @@
 //! - `log`: Raft log, key = index (u64 big-endian), value = bincode entry.
 //! - `raft`: vote, committed and last purged log ids; this member's identity.
 //! - `sm`: the state machine, replaced whole when a snapshot is installed. Keys starting with
-//!   [`KV_PREFIX`] hold MVCC revisions (`k` + 16-byte revision -> bincode [`StoredKv`]); keys
+//!   [`KV_PREFIX`] hold MVCC revisions (`r` + 16-byte revision -> bincode [`StoredKv`]); keys
 //!   starting with `m/` hold the applied log id, membership and store revisions. Everything an apply
 //!   changes goes into one `apply_batch`, so data, applied index and membership move together.
 //! - `snapshot`: the last built or installed snapshot (meta and data).
@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::mvcc::{KeyValue, MvccError, Revision, ValueReader};
 
-pub(crate) const KV_PREFIX: u8 = b'k';
+/// Sorts after the `m/` meta keys: revisions are appended at the right edge of the tree, and meta keys,
+/// rewritten on every apply, stay in a small leaf of their own instead of the growing last one.
+pub(crate) const KV_PREFIX: u8 = b'r';
 pub(crate) const META_APPLIED: &[u8] = b"m/applied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"m/membership";
 pub(crate) const META_REVISION: &[u8] = b"m/revision";

@@ -72,6 +72,8 @@ pub struct Node {
     backend: Backend,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    /// Background tasks that hold the storage open; shutdown waits for them to release it.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 async fn bind_all(urls: &[String], what: &str) -> Result<Vec<TcpListener>, NodeError> {
@@ -180,7 +182,7 @@ impl Node {
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        let log_store = LogStore::new(&backend);
+        let (log_store, flusher) = LogStore::new(&backend);
         let sm = StateMachineStore::open(backend.clone()).map_err(storage)?;
         let state = sm.state();
         let channels = PeerChannels::default();
@@ -202,13 +204,14 @@ impl Node {
             }
         }
 
-        let handle = RaftHandle {
-            raft: raft.clone(),
-            id: member_id,
+        let (handle, mut tasks) = RaftHandle::new(
+            raft.clone(),
+            member_id,
             channels,
             state,
-            request_timeout: cfg.request_timeout,
-        };
+            cfg.request_timeout,
+        );
+        tasks.push(flusher);
         let ctx = ServerContext {
             raft: handle.clone(),
             cluster_id,
@@ -222,9 +225,12 @@ impl Node {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut servers = Vec::new();
         for listener in peer_listeners {
-            let svc = RaftTransportServer::new(PeerService { raft: raft.clone() })
-                .max_decoding_message_size(PEER_MAX_MESSAGE)
-                .max_encoding_message_size(PEER_MAX_MESSAGE);
+            let svc = RaftTransportServer::new(PeerService {
+                raft: raft.clone(),
+                handle: handle.clone(),
+            })
+            .max_decoding_message_size(PEER_MAX_MESSAGE)
+            .max_encoding_message_size(PEER_MAX_MESSAGE);
             let router = tonic::transport::Server::builder().add_service(svc);
             let stop = stopped(shutdown_rx.clone());
             servers.push(tokio::spawn(
@@ -259,6 +265,7 @@ impl Node {
             backend,
             shutdown,
             servers,
+            tasks,
         })
     }
 
@@ -289,7 +296,8 @@ impl Node {
         self.raft.leader()
     }
 
-    /// Stops serving, stops Raft and flushes storage.
+    /// Stops serving, stops Raft, flushes storage and releases the data dir (it can be reopened
+    /// once this returns).
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let _ = self.shutdown.send(true);
         for server in self.servers {
@@ -298,11 +306,21 @@ impl Node {
             }
         }
         self.raft
-            .raft
+            .raft()
             .shutdown()
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         self.backend.db.flush_async().await.map_err(storage)?;
+        drop(self.raft);
+        drop(self.backend);
+        for task in self.tasks {
+            if tokio::time::timeout(std::time::Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a background task did not stop within 10 s");
+            }
+        }
         tracing::info!("member stopped");
         Ok(())
     }

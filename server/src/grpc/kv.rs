@@ -23,8 +23,8 @@ impl KvService {
         Ok(())
     }
 
-    async fn propose(&self, cmd: Command) -> Result<(Applied, i64), ServerError> {
-        let CommandResponse { revision, result } = self.ctx.raft.propose(cmd).await?;
+    async fn propose(&self, cmd: Command, bytes: usize) -> Result<(Applied, i64), ServerError> {
+        let CommandResponse { revision, result } = self.ctx.raft.propose(cmd, bytes).await?;
         Ok((result?, revision))
     }
 }
@@ -54,7 +54,7 @@ impl Kv for KvService {
         let (resp, revision) = self
             .ctx
             .raft
-            .state
+            .state()
             .range(&range)
             .map_err(ServerError::from)?;
         Ok(Response::new(convert::range_response(
@@ -66,10 +66,11 @@ impl Kv for KvService {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let req = req.into_inner();
-        self.check_size(req.encoded_len())?;
+        let bytes = req.encoded_len();
+        self.check_size(bytes)?;
         let put = convert::put_request(req);
         check_put_shape(&put).map_err(ServerError::from)?;
-        match self.propose(Command::Put(put)).await? {
+        match self.propose(Command::Put(put), bytes).await? {
             (Applied::Put(r), rev) => Ok(Response::new(convert::put_response(
                 r,
                 self.ctx.header(rev),
@@ -84,10 +85,11 @@ impl Kv for KvService {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let req = req.into_inner();
-        self.check_size(req.encoded_len())?;
+        let bytes = req.encoded_len();
+        self.check_size(bytes)?;
         let del = convert::delete_request(req);
         check_delete_shape(&del).map_err(ServerError::from)?;
-        match self.propose(Command::DeleteRange(del)).await? {
+        match self.propose(Command::DeleteRange(del), bytes).await? {
             (Applied::DeleteRange(r), rev) => Ok(Response::new(convert::delete_response(
                 r,
                 self.ctx.header(rev),
@@ -99,10 +101,11 @@ impl Kv for KvService {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let req = req.into_inner();
-        self.check_size(req.encoded_len())?;
+        let bytes = req.encoded_len();
+        self.check_size(bytes)?;
         let txn = convert::txn_request(req)?;
         check_txn_shape(&txn, self.ctx.limits.max_txn_ops).map_err(ServerError::from)?;
-        match self.propose(Command::Txn(txn)).await? {
+        match self.propose(Command::Txn(txn), bytes).await? {
             (Applied::Txn(r), rev) => Ok(Response::new(convert::txn_response(
                 r,
                 self.ctx.header(rev),
@@ -117,7 +120,7 @@ impl Kv for KvService {
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let req = req.into_inner();
-        match self.propose(Command::Compact(req.revision)).await? {
+        match self.propose(Command::Compact(req.revision), 16).await? {
             (Applied::Compact, rev) => Ok(Response::new(pb::CompactionResponse {
                 header: self.ctx.header(rev),
             })),

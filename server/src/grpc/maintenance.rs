@@ -20,8 +20,8 @@ impl Maintenance for MaintenanceService {
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let raft = &self.ctx.raft;
-        let metrics = raft.raft.metrics().borrow().clone();
-        let state = &raft.state;
+        let metrics = raft.raft().metrics().borrow().clone();
+        let state = raft.state();
         let db_size = state.backend_size() as i64;
         let is_learner = !metrics
             .membership_config

@@ -262,7 +262,8 @@ mod tests {
 
     #[test]
     fn compaction_follows_documented_example() {
-        let cases: Vec<(i64, Vec<Vec<(i64, i64)>>, Vec<(i64, i64)>)> = vec![
+        type Revs = Vec<(i64, i64)>;
+        let cases: Vec<(i64, Vec<Revs>, Revs)> = vec![
             (
                 1,
                 vec![vec![(1, 0), (2, 0), (3, 0)], vec![(4, 0), (5, 0)], vec![]],

@@ -231,11 +231,10 @@ struct Staged {
     events: Vec<Event>,
 }
 
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// Key bounds of a range request, or `None` if the range is empty.
-fn key_bounds<'a>(
-    key: &'a [u8],
-    range_end: &'a [u8],
-) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+fn key_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<KeyBounds<'a>> {
     match range_end {
         [] => Some((Bound::Included(key), Bound::Included(key))),
         [0] => Some((Bound::Included(key), Bound::Unbounded)),

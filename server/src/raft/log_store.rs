@@ -11,6 +11,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError, Vote};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::types::{decode, encode, Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::backend::Backend;
@@ -45,15 +46,17 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub(crate) fn new(backend: &Backend) -> LogStore {
+    /// Also returns the flusher task, which ends once every clone of the store is dropped.
+    pub(crate) fn new(backend: &Backend) -> (LogStore, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flush_loop(backend.db.clone(), rx));
-        LogStore {
+        let flusher = tokio::spawn(flush_loop(backend.db.clone(), rx));
+        let store = LogStore {
             db: backend.db.clone(),
             log: backend.log.clone(),
             raft: backend.raft.clone(),
             flusher: tx,
-        }
+        };
+        (store, flusher)
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(

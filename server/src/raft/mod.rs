@@ -5,6 +5,9 @@
 //! leadership with a heartbeat round and names a log index; this member waits until it has applied it,
 //! then serves the read from its own state).
 
+// openraft's trait signatures fix `StorageError`'s size; boxing it here would only add conversions.
+#![allow(clippy::result_large_err)]
+
 pub mod log_store;
 pub mod network;
 pub mod service;
@@ -16,15 +19,17 @@ use std::time::Duration;
 
 use cairn_proto::raftpb::RaftPayload;
 use openraft::error::{CheckIsLeaderError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::network::PeerChannels;
 use self::service::{forward_error, ForwardError};
 use self::state_machine::StoreState;
-use self::types::{decode, encode, Command, CommandResponse, NodeId, Raft};
+use self::types::{decode, encode, Applied, Command, CommandResponse, NodeId, Raft};
 
 /// Why a proposal or read-index request did not complete. Display texts are etcd's.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ProposeError {
     #[error("etcdserver: no leader")]
     NoLeader,
@@ -37,22 +42,212 @@ pub enum ProposeError {
     Internal(String),
 }
 
+/// Most commands one log entry carries, and roughly how many request bytes.
+const MAX_BATCH: usize = 512;
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Batches proposed but not yet applied. openraft 0.9 waits for each append's flush before it takes
+/// the next proposal, so every extra entry costs the leader an fsync: two in flight keep the pipeline
+/// busy (one replicating while the next gathers) without splitting load into many small entries.
+const MAX_BATCHES_IN_FLIGHT: usize = 2;
+/// A follower's batches merge into the leader's, so forwarding them eagerly costs no extra entries.
+const MAX_FORWARDS_IN_FLIGHT: usize = 16;
+
 /// A member's handle on its Raft node and state machine.
+///
+/// Client commands are batched: concurrent proposals share one log entry, and concurrent
+/// linearizable reads share one read-index round (each round starts after all of its reads arrived,
+/// so every read still observes every write committed before it began).
 #[derive(Clone)]
 pub struct RaftHandle {
-    pub raft: Raft,
-    pub id: NodeId,
-    pub(crate) channels: PeerChannels,
-    pub state: Arc<StoreState>,
-    pub request_timeout: Duration,
+    core: Arc<Core>,
+    proposals: mpsc::UnboundedSender<Proposal>,
+    reads: mpsc::UnboundedSender<oneshot::Sender<Result<(), ProposeError>>>,
+}
+
+struct Proposal {
+    cmd: Command,
+    bytes: usize,
+    reply: oneshot::Sender<Result<CommandResponse, ProposeError>>,
 }
 
 impl RaftHandle {
+    pub(crate) fn new(
+        raft: Raft,
+        id: NodeId,
+        channels: PeerChannels,
+        state: Arc<StoreState>,
+        request_timeout: Duration,
+    ) -> (RaftHandle, Vec<JoinHandle<()>>) {
+        let core = Arc::new(Core {
+            raft,
+            id,
+            channels,
+            state,
+            request_timeout,
+        });
+        let (proposals, rx) = mpsc::unbounded_channel();
+        let proposer = tokio::spawn(proposal_loop(core.clone(), rx));
+        let (reads, rx) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_loop(core.clone(), rx));
+        let handle = RaftHandle {
+            core,
+            proposals,
+            reads,
+        };
+        // Both loops end once every handle is dropped.
+        (handle, vec![proposer, reader])
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.core.raft
+    }
+
+    pub fn state(&self) -> &Arc<StoreState> {
+        &self.core.state
+    }
+
     pub fn term(&self) -> u64 {
-        self.raft.metrics().borrow().current_term
+        self.core.term()
     }
 
     pub fn leader(&self) -> Option<NodeId> {
+        self.core.leader()
+    }
+
+    /// Replicates and applies `cmd` (of about `bytes` request bytes), batched with concurrent ones.
+    pub async fn propose(
+        &self,
+        cmd: Command,
+        bytes: usize,
+    ) -> Result<CommandResponse, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.proposals
+            .send(Proposal { cmd, bytes, reply })
+            .map_err(|_| ProposeError::Internal("proposer stopped".into()))?;
+        rx.await
+            .map_err(|_| ProposeError::Internal("proposer stopped".into()))?
+    }
+
+    /// Returns once this member's state reflects every write committed before the call.
+    pub async fn read_index(&self) -> Result<(), ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        self.reads
+            .send(tx)
+            .map_err(|_| ProposeError::Internal("read loop stopped".into()))?;
+        rx.await
+            .map_err(|_| ProposeError::Internal("read loop stopped".into()))?
+    }
+}
+
+/// Gathers queued proposals into batches and proposes each as one entry.
+async fn proposal_loop(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+    let leader_slots = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    let forward_slots = Arc::new(Semaphore::new(MAX_FORWARDS_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // While every slot is busy, more proposals queue up and join this batch.
+        let slots = if core.leader() == Some(core.id) {
+            &leader_slots
+        } else {
+            &forward_slots
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.bytes;
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let core = core.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let (cmds, replies): (Vec<Command>, Vec<_>) =
+                batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            let single = cmds.len() == 1;
+            let cmd = if single {
+                cmds.into_iter().next().expect("one command")
+            } else {
+                Command::Batch(cmds)
+            };
+            match core.propose(cmd).await {
+                Ok(resp) if single => {
+                    let _ = replies
+                        .into_iter()
+                        .next()
+                        .expect("one reply")
+                        .send(Ok(resp));
+                }
+                Ok(CommandResponse {
+                    result: Ok(Applied::Batch(responses)),
+                    ..
+                }) if responses.len() == replies.len() => {
+                    for (reply, resp) in replies.into_iter().zip(responses) {
+                        let _ = reply.send(Ok(resp));
+                    }
+                }
+                Ok(other) => {
+                    let e = ProposeError::Internal(format!("unexpected batch result {other:?}"));
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Serves queued linearizable reads one read-index round at a time; a round covers exactly the
+/// reads that were queued when it started.
+async fn read_loop(
+    core: Arc<Core>,
+    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), ProposeError>>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let deadline = Instant::now() + core.request_timeout;
+        let index = core.read_log_index(deadline).await;
+        let core = core.clone();
+        // Waiting for the local apply does not hold up the next round.
+        tokio::spawn(async move {
+            let result = match index {
+                Ok(index) => core.wait_applied(index, deadline).await,
+                Err(e) => Err(e),
+            };
+            for w in waiters {
+                let _ = w.send(result.clone());
+            }
+        });
+    }
+}
+
+struct Core {
+    raft: Raft,
+    id: NodeId,
+    channels: PeerChannels,
+    state: Arc<StoreState>,
+    request_timeout: Duration,
+}
+
+impl Core {
+    fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader
     }
 
@@ -104,10 +299,10 @@ impl RaftHandle {
         }
     }
 
-    /// Replicates and applies `cmd`, returning its result. A command this member cannot propose is
+    /// Replicates and applies `cmd` as one entry, returning its result. A command this member cannot propose is
     /// handed to the leader. It is retried only when it certainly was not committed.
     #[tracing::instrument(level = "debug", skip_all, fields(cmd = %cmd))]
-    pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, ProposeError> {
+    async fn propose(&self, cmd: Command) -> Result<CommandResponse, ProposeError> {
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let leader = self.wait_leader(deadline).await?;
@@ -132,20 +327,19 @@ impl RaftHandle {
                 ForwardError::NotLeader(_) => self.backoff(deadline).await?,
                 ForwardError::LeaderChanged => return Err(ProposeError::LeaderChanged),
                 ForwardError::Failed(m) => return Err(ProposeError::Internal(m)),
+                ForwardError::Rejected(e) => return Err(e),
             }
         }
     }
 
-    /// Returns once this member's state machine reflects every write committed before the call.
-    #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn read_index(&self) -> Result<(), ProposeError> {
-        let deadline = Instant::now() + self.request_timeout;
+    /// Asks the leader (perhaps this member) for a log index that covers every write committed so far.
+    async fn read_log_index(&self, deadline: Instant) -> Result<Option<u64>, ProposeError> {
         loop {
             let leader = self.wait_leader(deadline).await?;
-            let index = if leader == self.id {
+            if leader == self.id {
                 match self.raft.get_read_log_id().await {
-                    Ok((read, _)) => Ok(read.map(|l| l.index)),
-                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(()),
+                    Ok((read, _)) => return Ok(read.map(|l| l.index)),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {}
                     Err(RaftError::APIError(e)) => {
                         return Err(ProposeError::Internal(e.to_string()))
                     }
@@ -156,26 +350,29 @@ impl RaftHandle {
                     .call_leader(leader, PeerMethod::ReadIndex, Vec::new(), deadline)
                     .await?;
                 match decode::<Result<u64, ForwardError>>(&reply) {
-                    Ok(Ok(i)) => Ok(Some(i)),
-                    Ok(Err(ForwardError::NotLeader(_))) => Err(()),
+                    Ok(Ok(i)) => return Ok(Some(i)),
+                    Ok(Err(ForwardError::NotLeader(_))) => {}
+                    Ok(Err(ForwardError::Rejected(e))) => return Err(e),
                     Ok(Err(e)) => return Err(ProposeError::Internal(e.to_string())),
                     Err(e) => return Err(ProposeError::Internal(e.to_string())),
                 }
-            };
-            match index {
-                Ok(index) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    return self
-                        .raft
-                        .wait(Some(remaining))
-                        .applied_index_at_least(index, "read index")
-                        .await
-                        .map(|_| ())
-                        .map_err(|_| ProposeError::Timeout);
-                }
-                Err(()) => self.backoff(deadline).await?,
             }
+            self.backoff(deadline).await?;
         }
+    }
+
+    async fn wait_applied(
+        &self,
+        index: Option<u64>,
+        deadline: Instant,
+    ) -> Result<(), ProposeError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(index, "read index")
+            .await
+            .map(|_| ())
+            .map_err(|_| ProposeError::Timeout)
     }
 
     async fn backoff(&self, deadline: Instant) -> Result<(), ProposeError> {

@@ -19,6 +19,9 @@ pub(crate) enum ForwardError {
     LeaderChanged,
     #[error("{0}")]
     Failed(String),
+    /// The leader's own proposal failed this way.
+    #[error(transparent)]
+    Rejected(super::ProposeError),
 }
 
 pub(crate) fn forward_error(
@@ -35,6 +38,8 @@ pub(crate) fn forward_error(
 
 pub struct PeerService {
     pub(crate) raft: Raft,
+    /// Forwarded commands join this member's own batches rather than becoming entries of their own.
+    pub(crate) handle: super::RaftHandle,
 }
 
 fn bad_payload(e: impl std::fmt::Display) -> Status {
@@ -72,12 +77,13 @@ impl RaftTransport for PeerService {
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let cmd: Command = decode(&req.into_inner().data).map_err(bad_payload)?;
-        let result: Result<CommandResponse, ForwardError> = match self.raft.client_write(cmd).await
-        {
-            Ok(resp) => Ok(resp.data),
-            Err(e) => Err(forward_error(e)),
-        };
+        let req = req.into_inner();
+        let cmd: Command = decode(&req.data).map_err(bad_payload)?;
+        let result: Result<CommandResponse, ForwardError> = self
+            .handle
+            .propose(cmd, req.data.len())
+            .await
+            .map_err(ForwardError::Rejected);
         reply(&result)
     }
 

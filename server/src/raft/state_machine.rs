@@ -5,6 +5,7 @@
 //! stored state is exactly the state after some applied prefix of the log, and openraft re-applies the
 //! rest from the log.
 
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,14 +18,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::types::{
-    decode, encode, Applied, Command, CommandResponse, Entry, LogId, NodeId, SnapshotMeta,
-    StorageError, StoredMembership, TypeConfig,
+    decode, encode, Applied, Command, CommandResponse, Entry, LogId, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
 };
 use crate::backend::{
     kv_key, Backend, SledValues, StoredKv, KV_PREFIX, META_APPLIED, META_COMPACT, META_MEMBERSHIP,
     META_REVISION,
 };
-use crate::mvcc::{BackendOp, KvIndex, MvccError, RangeRequest, RangeResponse, Revision};
+use crate::mvcc::{
+    BackendOp, KeyValue, KvIndex, MvccError, RangeRequest, RangeResponse, Revision, ValueReader,
+};
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&e)).into()
@@ -113,7 +116,10 @@ impl StoreState {
             }
         };
         let revision = decode_or(read(META_REVISION)?)?.max(1);
-        let compact = decode_or(read(META_COMPACT)?)?;
+        let compact = match read(META_COMPACT)? {
+            Some(b) => decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+            None => KvIndex::new().compact_revision(),
+        };
         index.set_restored_meta(revision, compact);
         let applied: Option<LogId> = match read(META_APPLIED)? {
             Some(b) => decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
@@ -154,34 +160,65 @@ impl StateMachineStore {
         self.state.clone()
     }
 
-    fn execute(
-        index: &mut KvIndex,
-        values: &SledValues<'_>,
-        cmd: Command,
-    ) -> (CommandResponse, Vec<BackendOp>) {
-        let (result, ops) = match cmd {
-            Command::Put(req) => match index.put(req, values) {
-                Ok(w) => (Ok(Applied::Put(w.response)), w.ops),
-                Err(e) => (Err(e), Vec::new()),
-            },
-            Command::DeleteRange(req) => match index.delete_range(req, values) {
-                Ok(w) => (Ok(Applied::DeleteRange(w.response)), w.ops),
-                Err(e) => (Err(e), Vec::new()),
-            },
-            Command::Txn(req) => match index.txn(req, values) {
-                Ok(w) => (Ok(Applied::Txn(w.response)), w.ops),
-                Err(e) => (Err(e), Vec::new()),
-            },
-            Command::Compact(rev) => match index.compact(rev) {
-                Ok(ops) => (Ok(Applied::Compact), ops),
-                Err(e) => (Err(e), Vec::new()),
-            },
+    /// Runs one command against the index; its writes go to `pending` so that later commands of the
+    /// same entry read them before they reach sled.
+    fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> CommandResponse {
+        let result = match cmd {
+            Command::Put(req) => index.put(req, pending).map(|w| {
+                pending.record(w.ops);
+                Applied::Put(w.response)
+            }),
+            Command::DeleteRange(req) => index.delete_range(req, pending).map(|w| {
+                pending.record(w.ops);
+                Applied::DeleteRange(w.response)
+            }),
+            Command::Txn(req) => index.txn(req, pending).map(|w| {
+                pending.record(w.ops);
+                Applied::Txn(w.response)
+            }),
+            Command::Compact(rev) => index.compact(rev).map(|ops| {
+                pending.record(ops);
+                Applied::Compact
+            }),
+            Command::Batch(cmds) => Ok(Applied::Batch(
+                cmds.into_iter()
+                    .map(|c| Self::execute(index, pending, c))
+                    .collect(),
+            )),
         };
-        let response = CommandResponse {
+        CommandResponse {
             revision: index.current_revision(),
             result,
-        };
-        (response, ops)
+        }
+    }
+}
+
+/// Writes of the entry being applied, not yet in sled, layered over the stored values.
+struct Pending<'a> {
+    stored: SledValues<'a>,
+    /// `None` marks a revision deleted by compaction.
+    overlay: HashMap<Revision, Option<KeyValue>>,
+    ops: Vec<BackendOp>,
+}
+
+impl Pending<'_> {
+    fn record(&mut self, ops: Vec<BackendOp>) {
+        for op in &ops {
+            match op {
+                BackendOp::Put { rev, kv, .. } => self.overlay.insert(*rev, Some(kv.clone())),
+                BackendOp::Delete { rev } => self.overlay.insert(*rev, None),
+            };
+        }
+        self.ops.extend(ops);
+    }
+}
+
+impl ValueReader for Pending<'_> {
+    fn read(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
+        match self.overlay.get(&rev) {
+            Some(v) => Ok(v.clone()),
+            None => self.stored.read(rev),
+        }
     }
 }
 
@@ -227,8 +264,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
                 EntryPayload::Normal(cmd) => {
-                    let (response, ops) = Self::execute(&mut index, &SledValues(sm), cmd);
-                    for op in ops {
+                    let mut pending = Pending {
+                        stored: SledValues(sm),
+                        overlay: HashMap::new(),
+                        ops: Vec::new(),
+                    };
+                    let response = Self::execute(&mut index, &mut pending, cmd);
+                    for op in pending.ops {
                         match op {
                             BackendOp::Put { rev, kv, tombstone } => {
                                 let stored = StoredKv { kv, tombstone };
@@ -401,6 +443,3 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
     }
 }
-
-#[allow(dead_code)]
-fn _assert_node_id(_: NodeId) {}

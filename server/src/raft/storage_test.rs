@@ -15,7 +15,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let backend = Backend::open(dir.path(), 1024 * 1024).expect("open sled");
-        let log = LogStore::new(&backend);
+        let (log, _flusher) = LogStore::new(&backend);
         let sm = StateMachineStore::open(backend)?;
         Ok((dir, log, sm))
     }
