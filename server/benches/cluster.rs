@@ -320,8 +320,10 @@ fn main() {
         }
     });
     println!();
-    println!("{} members on 127.0.0.1, fsync on,", members());
-    println!(" {VALUE_SIZE}-byte values, 8-byte keys from {KEY_SPACE}, {CONNECTIONS} connections, {secs} s per row");
+    println!(
+        "{} members on 127.0.0.1, fsync on, {VALUE_SIZE}-byte values, 8-byte keys from {KEY_SPACE}, {CONNECTIONS} connections, {secs} s per row",
+        members()
+    );
     println!();
     print!("| workload |");
     for s in &systems {

@@ -176,7 +176,8 @@ impl Node {
             election_timeout_max: 2 * cfg.election_timeout.as_millis() as u64,
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
-            max_in_snapshot_log_to_keep: 1_000,
+            // Enough log behind a snapshot for a briefly lagging member to catch up without one.
+            max_in_snapshot_log_to_keep: cfg.snapshot_count.min(1_000),
             ..Default::default()
         }
         .validate()

@@ -179,3 +179,60 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
         before_kill
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_a_purged_log_catches_up_by_snapshot() {
+    // Snapshot every 50 entries and keep only 50 entries behind it.
+    let mut cluster = ProcessCluster::start_with(3, &["--snapshot-count", "50"]);
+    wait_serving(&cluster, &[0, 1, 2]).await;
+    let leader = leader_index(&cluster, &[0, 1, 2]).await;
+    let lagging = (leader + 1) % 3;
+    let writer = (leader + 2) % 3;
+    cluster.kill(lagging);
+
+    // Sequential writes: one log entry each, far more than the log keeps.
+    let mut c = connect(&cluster.members[writer].url())
+        .await
+        .expect("connect");
+    for i in 0..400 {
+        c.put(format!("s{i:04}"), format!("{i}"), None)
+            .await
+            .expect("put");
+    }
+    let last = c
+        .get("s0399", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+
+    cluster.spawn(lagging);
+    wait_serving(&cluster, &[lagging]).await;
+    let mut r = connect(&cluster.members[lagging].url())
+        .await
+        .expect("connect");
+    let got = r
+        .get(
+            "s",
+            Some(GetOptions::new().with_prefix().with_serializable()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got.count(),
+        400,
+        "the restarted member serves every write from its own state"
+    );
+    assert!(got.header().unwrap().revision() >= last);
+    let log = cluster.log_of(lagging);
+    assert!(
+        log.contains("installed snapshot"),
+        "member did not catch up by snapshot; log:\n{log}"
+    );
+
+    // It keeps up through the log afterwards.
+    c.put("after-snapshot", "x", None).await.unwrap();
+    let got = r.get("after-snapshot", None).await.unwrap();
+    assert_eq!(got.kvs().len(), 1);
+}

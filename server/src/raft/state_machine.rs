@@ -370,7 +370,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         sm.apply_batch(batch)
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         save_snapshot(&self.state.backend, meta, &data).await?;
-        self.state.load()
+        self.state.load()?;
+        tracing::info!(last_log_id = ?meta.last_log_id, snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot");
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

@@ -82,11 +82,17 @@ impl Member {
 pub struct ProcessCluster {
     pub members: Vec<Member>,
     initial_cluster: String,
+    extra_args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl ProcessCluster {
     pub fn start(n: usize) -> ProcessCluster {
+        Self::start_with(n, &[])
+    }
+
+    /// Starts `n` members, each with `extra_args` on its command line.
+    pub fn start_with(n: usize, extra_args: &[&str]) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
@@ -107,6 +113,7 @@ impl ProcessCluster {
         let mut cluster = ProcessCluster {
             members,
             initial_cluster,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             _dir: dir,
         };
         for i in 0..n {
@@ -136,6 +143,7 @@ impl ProcessCluster {
             .arg(&self.initial_cluster)
             .arg("--log-level")
             .arg("info")
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
