@@ -49,6 +49,8 @@ pub struct Config {
     /// Largest accepted request, as etcd's `--max-request-bytes`.
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// How often watchers that asked for progress notifications get one when idle.
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(7),
             max_request_bytes: 1024 * 1024 + 512 * 1024,
             max_txn_ops: 128,
+            watch_progress_notify_interval: Duration::from_secs(600),
         }
     }
 }

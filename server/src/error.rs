@@ -19,6 +19,12 @@ pub enum ServerError {
     FutureRevision,
     #[error("etcdserver: key not found")]
     KeyNotFound,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: {0}")]
     InvalidRequest(&'static str),
     #[error(transparent)]
@@ -33,6 +39,7 @@ impl From<MvccError> for ServerError {
             MvccError::Compacted => ServerError::Compacted,
             MvccError::FutureRevision => ServerError::FutureRevision,
             MvccError::KeyNotFound => ServerError::KeyNotFound,
+            MvccError::LeaseNotFound => ServerError::LeaseNotFound,
             other => ServerError::Internal(other.to_string()),
         }
     }
@@ -45,7 +52,11 @@ impl From<ServerError> for Status {
             | ServerError::RequestTooLarge
             | ServerError::KeyNotFound
             | ServerError::InvalidRequest(_) => Code::InvalidArgument,
-            ServerError::Compacted | ServerError::FutureRevision => Code::OutOfRange,
+            ServerError::Compacted
+            | ServerError::FutureRevision
+            | ServerError::LeaseTtlTooLarge => Code::OutOfRange,
+            ServerError::LeaseNotFound => Code::NotFound,
+            ServerError::LeaseExists => Code::FailedPrecondition,
             ServerError::Propose(_) => Code::Unavailable,
             ServerError::Internal(_) => Code::Internal,
         };

@@ -10,6 +10,7 @@ pub(crate) mod grpc;
 pub mod mvcc;
 pub mod node;
 pub mod raft;
+pub mod watch;
 
 pub use config::{ClusterState, Config};
 pub use node::{Node, NodeError};

@@ -26,6 +26,7 @@ use crate::backend::Backend;
 use crate::config::{self, ClusterState, Config, ConfigError};
 use crate::grpc::kv::KvService;
 use crate::grpc::maintenance::MaintenanceService;
+use crate::grpc::watch::WatchService;
 use crate::grpc::{Limits, ServerContext, Unimplemented};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, PeerChannels, PEER_MAX_MESSAGE};
@@ -184,7 +185,8 @@ impl Node {
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let (log_store, flusher) = LogStore::new(&backend);
-        let sm = StateMachineStore::open(backend.clone()).map_err(storage)?;
+        let sm = StateMachineStore::open(backend.clone(), cfg.watch_progress_notify_interval)
+            .map_err(storage)?;
         let state = sm.state();
         let channels = PeerChannels::default();
         let network = Network {
@@ -238,13 +240,26 @@ impl Node {
                 router.serve_with_incoming_shutdown(incoming(listener), stop),
             ));
         }
+        let history: Arc<dyn crate::watch::History> = handle.state().clone();
+        tasks.push(tokio::spawn(
+            handle
+                .state()
+                .hub()
+                .clone()
+                .sync_loop(history, shutdown_rx.clone()),
+        ));
+        let next_stream = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
         for listener in client_listeners {
             let kv = kv_server::KvServer::new(KvService { ctx: ctx.clone() })
                 .max_decoding_message_size(max_msg);
             let router = tonic::transport::Server::builder()
                 .add_service(kv)
-                .add_service(watch_server::WatchServer::new(Unimplemented))
+                .add_service(watch_server::WatchServer::new(WatchService {
+                    ctx: ctx.clone(),
+                    next_stream: next_stream.clone(),
+                    shutdown: shutdown_rx.clone(),
+                }))
                 .add_service(lease_server::LeaseServer::new(Unimplemented))
                 .add_service(cluster_server::ClusterServer::new(Unimplemented))
                 .add_service(maintenance_server::MaintenanceServer::new(
@@ -301,9 +316,14 @@ impl Node {
     /// once this returns).
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let _ = self.shutdown.send(true);
-        for server in self.servers {
-            if let Ok(Err(e)) = server.await {
-                tracing::warn!(error = %e, "server ended with an error");
+        // Graceful shutdown waits for open streams (watches, keep-alives) that may never end on
+        // their own: give them a moment, then cut them.
+        let grace = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        for mut server in self.servers {
+            match tokio::time::timeout_at(grace, &mut server).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
+                Ok(_) => {}
+                Err(_) => server.abort(),
             }
         }
         self.raft

@@ -4,6 +4,7 @@
 pub(crate) mod convert;
 pub(crate) mod kv;
 pub(crate) mod maintenance;
+pub(crate) mod watch;
 
 use std::sync::Arc;
 
@@ -39,6 +40,5 @@ impl ServerContext {
 /// Services answered with `Unimplemented` until they are built.
 pub(crate) struct Unimplemented;
 
-impl cairn_proto::etcdserverpb::watch_server::Watch for Unimplemented {}
 impl cairn_proto::etcdserverpb::lease_server::Lease for Unimplemented {}
 impl cairn_proto::etcdserverpb::cluster_server::Cluster for Unimplemented {}

@@ -27,6 +27,8 @@ pub enum MvccError {
     FutureRevision,
     #[error("key not found")]
     KeyNotFound,
+    #[error("requested lease not found")]
+    LeaseNotFound,
     #[error("mvcc: storage error: {0}")]
     Storage(String),
 }
@@ -52,6 +54,12 @@ pub enum BackendOp {
 /// Reads stored values by revision (the caller's storage).
 pub trait ValueReader {
     fn read(&self, rev: Revision) -> Result<Option<KeyValue>, StoreError>;
+
+    /// Whether a put may attach lease `id` (non-zero). Leases live outside the MVCC model; the
+    /// default accepts every lease.
+    fn lease_exists(&self, _id: i64) -> bool {
+        true
+    }
 }
 
 /// Outcome of a write request.
@@ -129,6 +137,11 @@ impl KvIndex {
     /// -1 if the store was never compacted.
     pub fn compact_revision(&self) -> i64 {
         self.compact_rev
+    }
+
+    /// The revision holding `key`'s value as of `at_rev`, if the key existed then.
+    pub fn revision_at(&self, key: &[u8], at_rev: i64) -> Option<Revision> {
+        self.tree.get(key)?.get(at_rev)
     }
 
     /// Number of keys the index tracks, including deleted keys whose
@@ -415,6 +428,9 @@ impl<'a> Exec<'a> {
         let prev = self.current(&r.key)?;
         if (r.ignore_value || r.ignore_lease) && prev.is_none() {
             return Err(MvccError::KeyNotFound);
+        }
+        if !r.ignore_lease && r.lease != 0 && !self.reader.lease_exists(r.lease) {
+            return Err(MvccError::LeaseNotFound);
         }
         let rev = self.next_rev();
         let (create_revision, version) = match &prev {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -26,8 +27,10 @@ use crate::backend::{
     META_REVISION,
 };
 use crate::mvcc::{
-    BackendOp, KeyValue, KvIndex, MvccError, RangeRequest, RangeResponse, Revision, ValueReader,
+    BackendOp, Event, EventType, KeyValue, KvIndex, MvccError, RangeRequest, RangeResponse,
+    Revision, ValueReader,
 };
+use crate::watch::{History, WatchHub, WatchSpec};
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&e)).into()
@@ -49,6 +52,7 @@ struct SnapshotImage {
 /// State shared between the state machine (the only writer) and the read paths.
 pub struct StoreState {
     backend: Backend,
+    hub: Arc<WatchHub>,
     index: RwLock<KvIndex>,
     applied: Mutex<(Option<LogId>, StoredMembership)>,
     revision_tx: watch::Sender<i64>,
@@ -75,6 +79,11 @@ impl StoreState {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .compact_revision()
+    }
+
+    /// The watch hub fed by this state machine's applies.
+    pub fn hub(&self) -> &Arc<WatchHub> {
+        &self.hub
     }
 
     /// Follows the store revision as entries are applied.
@@ -132,7 +141,64 @@ impl StoreState {
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = (applied, membership);
         self.revision_tx.send_replace(revision);
+        self.hub.reset_published(revision);
         Ok(())
+    }
+}
+
+impl History for StoreState {
+    fn events(
+        &self,
+        spec: &WatchSpec,
+        from: i64,
+        to: i64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Event>, i64), MvccError> {
+        let storage = |e: &dyn std::fmt::Display| MvccError::Storage(e.to_string());
+        let start = kv_key(Revision::new(from, 0));
+        let end = kv_key(Revision::new(to + 1, 0));
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let values = SledValues(&self.backend.sm);
+        let mut events = Vec::new();
+        let mut last_main = from - 1;
+        let mut bytes = 0;
+        for item in self.backend.sm.range(start..end) {
+            let (key, value) = item.map_err(|e| storage(&e))?;
+            let rev = Revision::from_bytes(&key[1..])
+                .ok_or_else(|| MvccError::Storage("bad revision key".into()))?;
+            // Stop only between revisions: one revision's events always travel together.
+            if (events.len() >= max_events || bytes >= max_bytes) && rev.main > last_main {
+                return Ok((events, rev.main - 1));
+            }
+            last_main = rev.main;
+            let stored: StoredKv = decode(&value).map_err(|e| storage(&e))?;
+            let event = Event {
+                kind: if stored.tombstone {
+                    EventType::Delete
+                } else {
+                    EventType::Put
+                },
+                prev_kv: None,
+                kv: stored.kv,
+            };
+            if !spec.wants(&event) {
+                continue;
+            }
+            let prev_kv = match (spec.prev_kv, index.revision_at(&event.kv.key, rev.main - 1)) {
+                (true, Some(prev)) => values.read(prev)?,
+                _ => None,
+            };
+            bytes += event.kv.key.len()
+                + event.kv.value.len()
+                + prev_kv.as_ref().map_or(0, |p| p.value.len());
+            events.push(Event { prev_kv, ..event });
+        }
+        Ok((events, to))
+    }
+
+    fn compact_revision(&self) -> i64 {
+        StoreState::compact_revision(self)
     }
 }
 
@@ -143,10 +209,14 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub(crate) fn open(backend: Backend) -> Result<StateMachineStore, StorageError> {
+    pub(crate) fn open(
+        backend: Backend,
+        progress_interval: Duration,
+    ) -> Result<StateMachineStore, StorageError> {
         let (revision_tx, _) = watch::channel(1);
         let state = Arc::new(StoreState {
             backend,
+            hub: WatchHub::new(1, progress_interval),
             index: RwLock::new(KvIndex::new()),
             applied: Mutex::new((None, StoredMembership::default())),
             revision_tx,
@@ -165,19 +235,19 @@ impl StateMachineStore {
     fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> CommandResponse {
         let result = match cmd {
             Command::Put(req) => index.put(req, pending).map(|w| {
-                pending.record(w.ops);
+                pending.record(w.ops, w.events);
                 Applied::Put(w.response)
             }),
             Command::DeleteRange(req) => index.delete_range(req, pending).map(|w| {
-                pending.record(w.ops);
+                pending.record(w.ops, w.events);
                 Applied::DeleteRange(w.response)
             }),
             Command::Txn(req) => index.txn(req, pending).map(|w| {
-                pending.record(w.ops);
+                pending.record(w.ops, w.events);
                 Applied::Txn(w.response)
             }),
             Command::Compact(rev) => index.compact(rev).map(|ops| {
-                pending.record(ops);
+                pending.record(ops, Vec::new());
                 Applied::Compact
             }),
             Command::Batch(cmds) => Ok(Applied::Batch(
@@ -199,10 +269,12 @@ struct Pending<'a> {
     /// `None` marks a revision deleted by compaction.
     overlay: HashMap<Revision, Option<KeyValue>>,
     ops: Vec<BackendOp>,
+    events: Vec<Event>,
 }
 
 impl Pending<'_> {
-    fn record(&mut self, ops: Vec<BackendOp>) {
+    fn record(&mut self, ops: Vec<BackendOp>, events: Vec<Event>) {
+        self.events.extend(events);
         for op in &ops {
             match op {
                 BackendOp::Put { rev, kv, .. } => self.overlay.insert(*rev, Some(kv.clone())),
@@ -245,6 +317,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut responses = Vec::new();
         for entry in entries {
             let mut batch = sled::Batch::default();
+            let mut events = Vec::new();
             let mut index = state.index.write().unwrap_or_else(|p| p.into_inner());
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse {
@@ -268,8 +341,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         stored: SledValues(sm),
                         overlay: HashMap::new(),
                         ops: Vec::new(),
+                        events: Vec::new(),
                     };
                     let response = Self::execute(&mut index, &mut pending, cmd);
+                    events = pending.events;
                     for op in pending.ops {
                         match op {
                             BackendOp::Put { rev, kv, tombstone } => {
@@ -303,6 +378,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| sm_err(ErrorVerb::Write, e))?;
             let revision = index.current_revision();
             drop(index);
+            // Only now is the entry readable from sled, which watchers catching up depend on.
+            state.hub.publish(&events, revision);
             state.applied.lock().unwrap_or_else(|p| p.into_inner()).0 = Some(entry.log_id);
             state.revision_tx.send_if_modified(|r| {
                 let changed = *r != revision;

@@ -16,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let dir = tempfile::tempdir().expect("temp dir");
         let backend = Backend::open(dir.path(), 1024 * 1024).expect("open sled");
         let (log, _flusher) = LogStore::new(&backend);
-        let sm = StateMachineStore::open(backend)?;
+        let sm = StateMachineStore::open(backend, std::time::Duration::from_secs(600))?;
         Ok((dir, log, sm))
     }
 }
