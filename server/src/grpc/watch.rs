@@ -102,19 +102,18 @@ async fn serve_requests(
                     Err(WatchError::Closed) => break,
                 }
             }
-            Some(RequestUnion::CancelRequest(c)) => {
-                if hub.cancel(stream, c.watch_id) {
-                    let msg = WatchMessage::Canceled {
-                        watch_id: c.watch_id,
-                        revision: hub.published(),
-                        compact_revision: 0,
-                        reason: String::new(),
-                    };
-                    if tx.send(msg).await.is_err() {
-                        break;
-                    }
+            Some(RequestUnion::CancelRequest(c)) if hub.cancel(stream, c.watch_id) => {
+                let msg = WatchMessage::Canceled {
+                    watch_id: c.watch_id,
+                    revision: hub.published(),
+                    compact_revision: 0,
+                    reason: String::new(),
+                };
+                if tx.send(msg).await.is_err() {
+                    break;
                 }
             }
+            Some(RequestUnion::CancelRequest(_)) => {}
             Some(RequestUnion::ProgressRequest(_)) => hub.request_progress(stream, &tx),
             None => {}
         }

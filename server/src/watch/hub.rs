@@ -123,6 +123,9 @@ pub trait History: Send + Sync + 'static {
 
 type WatcherKey = (u64, i64);
 
+/// A catching-up watcher as the sync task copies it out of the lock.
+type Lagging = (WatcherKey, WatchSpec, i64, mpsc::Sender<WatchMessage>);
+
 struct Watcher {
     spec: WatchSpec,
     next_rev: i64,
@@ -362,10 +365,7 @@ impl WatchHub {
 
     /// One catch-up pass over every lagging watcher; true if it sent anything.
     fn sync_round(&self, history: &dyn History) -> bool {
-        let (published, lagging): (
-            i64,
-            Vec<(WatcherKey, WatchSpec, i64, mpsc::Sender<WatchMessage>)>,
-        ) = {
+        let (published, lagging): (i64, Vec<Lagging>) = {
             let st = self.lock();
             let lagging = st
                 .watchers

@@ -1,0 +1,3 @@
+//! Cairn orchestrator: node-side pieces that turn pods into processes.
+
+pub mod runtime;

@@ -1,0 +1,650 @@
+//! The single-threaded side of the runtime: hidden subcommands of the helper
+//! binary that create and join namespaces. They run before any async runtime
+//! exists, so `unshare`, `setns` and `fork` act on a process with one thread.
+//!
+//! Processes of a running container:
+//! - the *monitor* (`__init`, host PID namespace): joins the sandbox's UTS, IPC
+//!   and network namespaces, unshares a PID namespace, forks the container
+//!   process, moves it into its cgroup, copies its output into the size-capped
+//!   log file, and records the exit status on disk;
+//! - the *container process* (PID 1 of the new PID namespace): unshares its
+//!   mount namespace, builds the root filesystem, `pivot_root`s, drops
+//!   privileges and execs the command, which therefore runs as PID 1.
+
+use super::caps;
+use serde::{Deserialize, Serialize};
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+
+pub const HOLDER: &str = "__holder";
+pub const INIT: &str = "__init";
+pub const EXEC: &str = "__exec";
+pub const NETCFG: &str = "__netcfg";
+
+/// Everything the monitor and container process need, written by the
+/// runtime as JSON next to the container's other state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitConfig {
+    pub holder_pid: i32,
+    /// Directory (or host root when `None`) that becomes `/`.
+    pub rootfs: Option<PathBuf>,
+    /// Empty directory used as the mount point of the new root.
+    pub rootfs_mount: PathBuf,
+    pub mounts: Vec<BindMount>,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub no_new_privs: bool,
+    pub caps: Vec<u32>,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub oom_counter: (PathBuf, String),
+    pub log_path: PathBuf,
+    pub log_max_bytes: u64,
+    pub exit_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
+    pub is_file: bool,
+}
+
+/// Written by the monitor when the container process has exited.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExitRecord {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    pub finished_at_ms: u64,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs a hidden subcommand if the process was started as one. Must be
+/// called first thing in `main`, before any thread is spawned.
+pub fn helper_main() -> Option<i32> {
+    let args: Vec<String> = std::env::args().collect();
+    let sub = args.get(1)?.as_str();
+    let rest = &args[2..];
+    let result = match sub {
+        HOLDER => holder(rest),
+        INIT => monitor(rest),
+        EXEC => exec(rest),
+        NETCFG => return Some(super::network::netcfg_main(rest)),
+        _ => return None,
+    };
+    Some(match result {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "cairn {sub}: {e}");
+            126
+        }
+    })
+}
+
+fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> io::Result<T> {
+    r.map_err(|e| io::Error::other(format!("{what}: {e}")))
+}
+
+/// Namespace syscalls fail with EPERM for missing privilege and EINVAL for a
+/// namespace type the kernel was built without; say which.
+fn ns_ctx<T>(r: nix::Result<T>, what: &str) -> io::Result<T> {
+    r.map_err(|e| {
+        let why = match e {
+            nix::errno::Errno::EPERM => " (missing privilege: CAP_SYS_ADMIN is required)",
+            nix::errno::Errno::EINVAL => " (namespace type not supported by this kernel)",
+            nix::errno::Errno::ENOSPC | nix::errno::Errno::EUSERS => " (namespace limit reached)",
+            _ => "",
+        };
+        io::Error::other(format!("{what}: {e}{why}"))
+    })
+}
+
+/// Sandbox holder: owns the pod's UTS, IPC and network namespaces and sleeps
+/// until killed. It is not a PID-namespace init (each container has its own
+/// PID namespace); it still reaps any child it may acquire.
+fn holder(args: &[String]) -> io::Result<i32> {
+    let hostname = args
+        .first()
+        .ok_or_else(|| io::Error::other("hostname argument missing"))?;
+    ns_ctx(
+        unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET),
+        "unshare uts/ipc/net",
+    )?;
+    ctx(nix::unistd::sethostname(hostname), "sethostname")?;
+    let mut out = io::stdout();
+    out.write_all(b"ready\n")?;
+    out.flush()?;
+    // Nothing else will be written; the runtime closes its ends of these
+    // pipes once the holder is ready.
+    if let Ok(devnull) = File::options().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&devnull);
+        let _ = nix::unistd::dup2_stderr(&devnull);
+    }
+    loop {
+        match waitpid(None::<Pid>, None) {
+            Ok(_) => continue,
+            Err(_) => nix::unistd::pause(),
+        }
+    }
+}
+
+fn open_ns(pid: i32, kind: &str) -> io::Result<File> {
+    let p = format!("/proc/{pid}/ns/{kind}");
+    File::open(&p).map_err(|e| io::Error::other(format!("open {p}: {e}")))
+}
+
+/// Namespace join order (fixed): uts, ipc, net, then (exec only) pid and
+/// mnt. Mount last because joining it changes how `/proc` paths resolve.
+fn join_pod_namespaces(holder_pid: i32) -> io::Result<()> {
+    let fds = [
+        (open_ns(holder_pid, "uts")?, CloneFlags::CLONE_NEWUTS),
+        (open_ns(holder_pid, "ipc")?, CloneFlags::CLONE_NEWIPC),
+        (open_ns(holder_pid, "net")?, CloneFlags::CLONE_NEWNET),
+    ];
+    for (f, kind) in &fds {
+        ns_ctx(setns(f.as_fd(), *kind), &format!("setns {kind:?}"))?;
+    }
+    Ok(())
+}
+
+fn read_config(args: &[String]) -> io::Result<InitConfig> {
+    let path = args
+        .first()
+        .ok_or_else(|| io::Error::other("config path missing"))?;
+    let text = fs::read(path)?;
+    serde_json::from_slice(&text).map_err(|e| io::Error::other(format!("{path}: {e}")))
+}
+
+fn monitor(args: &[String]) -> io::Result<i32> {
+    let cfg = read_config(args)?;
+    join_pod_namespaces(cfg.holder_pid)?;
+    ns_ctx(unshare(CloneFlags::CLONE_NEWPID), "unshare pid")?;
+
+    let (log_r, log_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
+    let (go_r, go_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
+    let (err_r, err_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
+    let log = LogWriter::open(&cfg.log_path, cfg.log_max_bytes)?;
+
+    // SAFETY: this process is single-threaded (no runtime, no threads have
+    // been started), so the child may run arbitrary code after fork.
+    let child = match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            drop((log_r, go_w, err_r));
+            let code = match container_process(&cfg, log_w, go_r) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    let _ = nix::unistd::write(&err_w, e.to_string().as_bytes());
+                    127
+                }
+            };
+            // SAFETY: _exit skips atexit handlers and buffered-stream flushing
+            // that belong to the parent.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => return Err(io::Error::other(format!("fork: {e}"))),
+    };
+    drop((log_w, go_r, err_w));
+
+    // Join the cgroup from outside so that the monitor itself is not
+    // charged to the container's memory and pids limits.
+    let mut setup_err = None;
+    for f in &cfg.cgroup_procs {
+        if let Err(e) = fs::write(f, child.as_raw().to_string()) {
+            setup_err = Some(format!("join cgroup {}: {e}", f.display()));
+            break;
+        }
+    }
+    if setup_err.is_none() {
+        let _ = nix::unistd::write(&go_w, b"g");
+    }
+    drop(go_w);
+    // EOF without data means exec succeeded (the pipe is close-on-exec).
+    let mut msg = String::new();
+    let _ = File::from(err_r).read_to_string(&mut msg);
+    if setup_err.is_none() && !msg.is_empty() {
+        setup_err = Some(msg);
+    }
+    let mut out = io::stdout();
+    if let Some(e) = setup_err {
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        writeln!(out, "err {}", e.replace('\n', " "))?;
+        return Ok(1);
+    }
+    writeln!(out, "ok {}", child.as_raw())?;
+    out.flush()?;
+    if let Ok(devnull) = File::options().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&devnull);
+        let _ = nix::unistd::dup2_stderr(&devnull);
+    }
+
+    log.copy_from(File::from(log_r));
+    let status = loop {
+        match waitpid(child, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    let (exit_code, signal) = match status {
+        Ok(WaitStatus::Exited(_, c)) => (c, None),
+        Ok(WaitStatus::Signaled(_, s, _)) => (128 + s as i32, Some(s as i32)),
+        _ => (255, None),
+    };
+    let oom_killed =
+        super::cgroup::read_keyed(&cfg.oom_counter.0, &cfg.oom_counter.1).unwrap_or(0) > 0;
+    let rec = ExitRecord {
+        exit_code,
+        signal,
+        oom_killed,
+        finished_at_ms: now_ms(),
+    };
+    let tmp = cfg.exit_path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec(&rec).map_err(io::Error::other)?)?;
+    fs::rename(&tmp, &cfg.exit_path)?;
+    Ok(0)
+}
+
+/// Appends to the log file, rotating it to `<name>.1` when it would exceed
+/// the cap, so at most twice the cap is kept on disk.
+struct LogWriter {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max: u64,
+}
+
+impl LogWriter {
+    fn open(path: &Path, max: u64) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogWriter {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max: max.max(1024),
+        })
+    }
+
+    fn write(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            if self.size >= self.max {
+                let mut old = self.path.clone().into_os_string();
+                old.push(".1");
+                fs::rename(&self.path, &old)?;
+                self.file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?;
+                self.size = 0;
+            }
+            let n = ((self.max - self.size) as usize).min(buf.len());
+            self.file.write_all(&buf[..n])?;
+            self.size += n as u64;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    fn copy_from(mut self, mut src: File) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match src.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if self.write(&buf[..n]).is_err() {
+                        // Keep draining so the container never blocks on a
+                        // full pipe when the log disk is unusable.
+                        continue;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn mkdir_p(p: &Path) -> io::Result<()> {
+    fs::create_dir_all(p).map_err(|e| io::Error::other(format!("mkdir {}: {e}", p.display())))
+}
+
+fn ensure_mountpoint(p: &Path, is_file: bool) -> io::Result<()> {
+    if p.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    if is_file {
+        if let Some(parent) = p.parent() {
+            mkdir_p(parent)?;
+        }
+        File::create(p).map_err(|e| io::Error::other(format!("create {}: {e}", p.display())))?;
+        Ok(())
+    } else {
+        mkdir_p(p)
+    }
+}
+
+fn do_mount(
+    src: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> io::Result<()> {
+    mount(src, target, fstype, flags, data).map_err(|e| {
+        io::Error::other(format!(
+            "mount {} on {} ({}): {e}",
+            src.map(|s| s.display().to_string()).unwrap_or_default(),
+            target.display(),
+            fstype.unwrap_or("bind")
+        ))
+    })
+}
+
+fn bind(src: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+    do_mount(
+        Some(src),
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    if read_only {
+        do_mount(
+            None,
+            target,
+            None,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Targets under the container's own tmpfs mounts get their mount points
+/// created after those mounts, so nothing is created on the host below them.
+fn under_fresh_fs(target: &str) -> bool {
+    target.starts_with("/tmp/") || target.starts_with("/dev/")
+}
+
+fn inside(root: &Path, abs: &str) -> PathBuf {
+    root.join(abs.trim_start_matches('/'))
+}
+
+/// Builds the container's root under `cfg.rootfs_mount` and pivots into it.
+fn setup_rootfs(cfg: &InitConfig) -> io::Result<()> {
+    ns_ctx(unshare(CloneFlags::CLONE_NEWNS), "unshare mnt")?;
+    // Nothing done below may propagate back to the host.
+    do_mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    let root = cfg.rootfs_mount.as_path();
+    match &cfg.rootfs {
+        // Non-recursive: only the root filesystem, not the host's other mounts.
+        None => do_mount(Some(Path::new("/")), root, None, MsFlags::MS_BIND, None)?,
+        Some(dir) => do_mount(
+            Some(dir),
+            root,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?,
+    }
+    // Mount points must exist before the root becomes read-only.
+    for d in ["proc", "dev", "tmp"] {
+        ensure_mountpoint(&root.join(d), false)?;
+    }
+    for m in cfg.mounts.iter().filter(|m| !under_fresh_fs(&m.target)) {
+        ensure_mountpoint(&inside(root, &m.target), m.is_file)?;
+    }
+    do_mount(
+        None,
+        root,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None,
+    )?;
+
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    do_mount(
+        Some(Path::new("proc")),
+        &root.join("proc"),
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None,
+    )?;
+    do_mount(
+        Some(Path::new("tmpfs")),
+        &root.join("tmp"),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    setup_dev(&root.join("dev"))?;
+    for m in &cfg.mounts {
+        let target = inside(root, &m.target);
+        ensure_mountpoint(&target, m.is_file)?;
+        bind(&m.source, &target, m.read_only)?;
+    }
+
+    ctx(nix::unistd::chdir(root), "chdir new root")?;
+    // pivot_root(".", ".") stacks the old root on top of the new one; the
+    // detach below then removes it without needing a put_old directory.
+    ctx(nix::unistd::pivot_root(".", "."), "pivot_root")?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), "detach old root")?;
+    ctx(nix::unistd::chdir("/"), "chdir /")?;
+    Ok(())
+}
+
+fn setup_dev(dev: &Path) -> io::Result<()> {
+    do_mount(
+        Some(Path::new("tmpfs")),
+        dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    // Bind-mounting the host's nodes avoids mknod and keeps their exact
+    // device numbers and permissions.
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = dev.join(name);
+        File::create(&target)?;
+        bind(&Path::new("/dev").join(name), &target, false)?;
+    }
+    let pts = dev.join("pts");
+    mkdir_p(&pts)?;
+    do_mount(
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx"))?;
+    let shm = dev.join("shm");
+    mkdir_p(&shm)?;
+    do_mount(
+        Some(Path::new("shm")),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))?;
+    }
+    Ok(())
+}
+
+/// Looks `cmd` up in the container's PATH (from its env), as a shell would.
+fn resolve_command(cmd: &str, env: &[String]) -> io::Result<CString> {
+    let found = if cmd.contains('/') {
+        Some(PathBuf::from(cmd))
+    } else {
+        let path = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        path.split(':').map(|d| Path::new(d).join(cmd)).find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+    };
+    let p =
+        found.ok_or_else(|| io::Error::other(format!("executable {cmd:?} not found in PATH")))?;
+    CString::new(p.into_os_string().into_encoded_bytes()).map_err(io::Error::other)
+}
+
+fn cstrings(v: &[String]) -> io::Result<Vec<CString>> {
+    v.iter()
+        .map(|s| CString::new(s.as_bytes()).map_err(io::Error::other))
+        .collect()
+}
+
+/// Identity and privileges, in the only order that works: the bounding set
+/// needs CAP_SETPCAP, the id change needs CAP_SETUID/SETGID, and capset must
+/// come after setuid (which clears the sets for a non-root uid).
+fn drop_privileges(uid: u32, gid: u32, caps_keep: &[u32], no_new_privs: bool) -> io::Result<()> {
+    ctx(caps::drop_bounding(caps_keep), "drop bounding capabilities")?;
+    ctx(nix::unistd::setgroups(&[Gid::from_raw(gid)]), "setgroups")?;
+    ctx(nix::unistd::setgid(Gid::from_raw(gid)), "setgid")?;
+    ctx(nix::unistd::setuid(Uid::from_raw(uid)), "setuid")?;
+    if uid == 0 {
+        ctx(caps::set_process_caps(caps_keep), "capset")?;
+    }
+    if no_new_privs {
+        ctx(nix::sys::prctl::set_no_new_privs(), "no_new_privs")?;
+    }
+    Ok(())
+}
+
+fn exec_command(argv: &[String], env: &[String]) -> io::Result<std::convert::Infallible> {
+    let first = argv
+        .first()
+        .ok_or_else(|| io::Error::other("empty command"))?;
+    let path = resolve_command(first, env)?;
+    let args = cstrings(argv)?;
+    let envs = cstrings(env)?;
+    nix::unistd::execve(&path, &args, &envs)
+        .map_err(|e| io::Error::other(format!("exec {first}: {e}")))
+}
+
+fn container_process(
+    cfg: &InitConfig,
+    log_w: OwnedFd,
+    go_r: OwnedFd,
+) -> io::Result<std::convert::Infallible> {
+    let _ = nix::unistd::setsid();
+    let mut go = [0u8; 1];
+    if !matches!(nix::unistd::read(&go_r, &mut go), Ok(1)) {
+        return Err(io::Error::other("monitor did not release the container"));
+    }
+    drop(go_r);
+    setup_rootfs(cfg)?;
+    let devnull = File::open("/dev/null")?;
+    ctx(nix::unistd::dup2_stdin(&devnull), "stdin")?;
+    ctx(nix::unistd::dup2_stdout(&log_w), "stdout")?;
+    ctx(nix::unistd::dup2_stderr(&log_w), "stderr")?;
+    drop(log_w);
+    nix::unistd::chdir(cfg.cwd.as_str())
+        .map_err(|e| io::Error::other(format!("workingDir {}: {e}", cfg.cwd)))?;
+    drop_privileges(cfg.uid, cfg.gid, &cfg.caps, cfg.no_new_privs)?;
+    exec_command(&cfg.argv, &cfg.env)
+}
+
+/// `__exec <config> <container pid> <argv...>`: runs a command inside a
+/// running container with its namespaces, cgroup, identity and privileges.
+fn exec(args: &[String]) -> io::Result<i32> {
+    let cfg = read_config(args)?;
+    let pid: i32 = args
+        .get(1)
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| io::Error::other("container pid missing"))?;
+    let argv = &args[2..];
+    // Open every namespace before joining any: after joining the mount
+    // namespace /proc/<pid> no longer names the same process.
+    let order = [
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ];
+    let fds = order
+        .iter()
+        .map(|(k, f)| open_ns(pid, k).map(|fd| (fd, *f)))
+        .collect::<io::Result<Vec<_>>>()?;
+    for f in &cfg.cgroup_procs {
+        fs::write(f, std::process::id().to_string())
+            .map_err(|e| io::Error::other(format!("join cgroup {}: {e}", f.display())))?;
+    }
+    for (fd, kind) in &fds {
+        ns_ctx(setns(fd.as_fd(), *kind), &format!("setns {kind:?}"))?;
+    }
+    drop(fds);
+    // SAFETY: single-threaded process; the child only execs or exits.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            let r = (|| -> io::Result<std::convert::Infallible> {
+                nix::unistd::chdir(cfg.cwd.as_str())
+                    .or_else(|_| nix::unistd::chdir("/"))
+                    .map_err(io::Error::other)?;
+                drop_privileges(cfg.uid, cfg.gid, &cfg.caps, cfg.no_new_privs)?;
+                exec_command(argv, &cfg.env)
+            })();
+            let Err(e) = r;
+            let _ = writeln!(io::stderr(), "cairn exec: {e}");
+            // SAFETY: see the monitor's child.
+            unsafe { libc::_exit(127) }
+        }
+        Ok(ForkResult::Parent { child }) => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, c)) => return Ok(c),
+                Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+                Err(nix::errno::Errno::EINTR) | Ok(_) => continue,
+                Err(e) => return Err(io::Error::other(format!("wait: {e}"))),
+            }
+        },
+        Err(e) => Err(io::Error::other(format!("fork: {e}"))),
+    }
+}
+
+/// Makes sure the state directory a config points into is not world-readable.
+pub fn private_dir(p: &Path) -> io::Result<()> {
+    fs::create_dir_all(p)?;
+    fs::set_permissions(p, fs::Permissions::from_mode(0o711))
+}

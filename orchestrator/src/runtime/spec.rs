@@ -1,0 +1,588 @@
+//! Pod manifest types in the Kubernetes `v1/Pod` shape.
+//!
+//! Only the fields the runtime acts on are modelled. Every struct rejects
+//! unknown fields so that a typo in a manifest is reported instead of being
+//! silently ignored; [`Pod::from_yaml`] reports the offending field's path.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Data of the config maps a pod refers to, resolved by the caller:
+/// config map name -> (key -> value).
+pub type ConfigMaps = BTreeMap<String, BTreeMap<String, String>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid pod manifest at `{path}`: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid pod spec: field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pod {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: PodSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodSpec {
+    pub containers: Vec<Container>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_group: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Container {
+    pub name: String,
+    /// A local rootfs directory or tarball; empty means the host root,
+    /// bind-mounted read-only.
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub resources: ResourceRequirements,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvVarSource {
+    pub config_map_key_ref: ConfigMapKeySelector,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigMapKeySelector {
+    pub name: String,
+    pub key: String,
+    #[serde(default)]
+    pub optional: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResourceRequirements {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, Quantity>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, Quantity>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecurityContext {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_group: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_privilege_escalation: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Capabilities {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Volume {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir: Option<EmptyDirVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<HostPathVolumeSource>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EmptyDirVolumeSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<Quantity>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigMapVolumeSource {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    #[serde(default)]
+    pub optional: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeyToPath {
+    pub key: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostPathVolumeSource {
+    pub path: String,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// A Kubernetes resource quantity (`200m`, `0.5`, `64Mi`, `1G`, `100`).
+/// YAML numbers are accepted as well as strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quantity(pub String);
+
+impl fmt::Display for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Quantity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Quantity;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a quantity such as 200m, 0.5, 64Mi")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Quantity {
+    /// The value in thousandths of the base unit, rounded up (CPU millicores).
+    pub fn to_milli(&self) -> Option<u64> {
+        let s = self.0.trim();
+        if let Some(m) = s.strip_suffix('m') {
+            return m.parse::<u64>().ok();
+        }
+        let v = self.to_f64()?;
+        if v < 0.0 {
+            return None;
+        }
+        Some((v * 1000.0).ceil() as u64)
+    }
+
+    /// The value in base units (bytes for memory), rounded up.
+    pub fn to_units(&self) -> Option<u64> {
+        let v = self.to_f64()?;
+        if v < 0.0 {
+            return None;
+        }
+        Some(v.ceil() as u64)
+    }
+
+    fn to_f64(&self) -> Option<f64> {
+        const SUFFIXES: [(&str, f64); 13] = [
+            ("Ki", 1024.0),
+            ("Mi", 1048576.0),
+            ("Gi", 1073741824.0),
+            ("Ti", 1099511627776.0),
+            ("Pi", 1125899906842624.0),
+            ("Ei", 1152921504606846976.0),
+            ("k", 1e3),
+            ("M", 1e6),
+            ("G", 1e9),
+            ("T", 1e12),
+            ("P", 1e15),
+            ("E", 1e18),
+            ("m", 1e-3),
+        ];
+        let s = self.0.trim();
+        for (suffix, mult) in SUFFIXES {
+            if let Some(num) = s.strip_suffix(suffix) {
+                return num.parse::<f64>().ok().map(|n| n * mult);
+            }
+        }
+        s.parse::<f64>().ok().filter(|v| v.is_finite())
+    }
+}
+
+impl Pod {
+    /// Parses a manifest, rejecting unknown fields with their path
+    /// (e.g. `spec.containers[0].imagePullPolicyy`), then validates it.
+    pub fn from_yaml(text: &str) -> Result<Pod, SpecError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let pod: Pod = serde_path_to_error::deserialize(de).map_err(|e| SpecError::Parse {
+            path: e.path().to_string(),
+            message: e.inner().to_string(),
+        })?;
+        pod.validate()?;
+        Ok(pod)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    pub fn container(&self, name: &str) -> Option<&Container> {
+        self.spec.containers.iter().find(|c| c.name == name)
+    }
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.api_version != "v1" {
+            return Err(invalid("apiVersion", "must be \"v1\""));
+        }
+        if self.kind != "Pod" {
+            return Err(invalid("kind", "must be \"Pod\""));
+        }
+        check_dns_label("metadata.name", &self.metadata.name)?;
+        let spec = &self.spec;
+        if spec.containers.is_empty() {
+            return Err(invalid(
+                "spec.containers",
+                "at least one container is required",
+            ));
+        }
+        let mut volume_names = std::collections::BTreeSet::new();
+        for (i, v) in spec.volumes.iter().enumerate() {
+            let f = format!("spec.volumes[{i}]");
+            check_dns_label(&format!("{f}.name"), &v.name)?;
+            if !volume_names.insert(v.name.as_str()) {
+                return Err(invalid(
+                    format!("{f}.name"),
+                    format!("duplicate volume {:?}", v.name),
+                ));
+            }
+            let sources = [
+                v.empty_dir.is_some(),
+                v.config_map.is_some(),
+                v.host_path.is_some(),
+            ]
+            .iter()
+            .filter(|s| **s)
+            .count();
+            if sources != 1 {
+                return Err(invalid(
+                    f.clone(),
+                    "exactly one of emptyDir, configMap, hostPath is required",
+                ));
+            }
+            if let Some(hp) = &v.host_path {
+                if !hp.path.starts_with('/') {
+                    return Err(invalid(
+                        format!("{f}.hostPath.path"),
+                        "must be an absolute path",
+                    ));
+                }
+            }
+            if let Some(cm) = &v.config_map {
+                for (j, item) in cm.items.iter().enumerate() {
+                    check_relative(&format!("{f}.configMap.items[{j}].path"), &item.path)?;
+                }
+            }
+            if let Some(ed) = &v.empty_dir {
+                if let Some(m) = &ed.medium {
+                    if !m.is_empty() && m != "Memory" {
+                        return Err(invalid(
+                            format!("{f}.emptyDir.medium"),
+                            "must be \"\" or \"Memory\"",
+                        ));
+                    }
+                }
+            }
+        }
+        let mut container_names = std::collections::BTreeSet::new();
+        for (i, c) in spec.containers.iter().enumerate() {
+            let f = format!("spec.containers[{i}]");
+            check_dns_label(&format!("{f}.name"), &c.name)?;
+            if !container_names.insert(c.name.as_str()) {
+                return Err(invalid(
+                    format!("{f}.name"),
+                    format!("duplicate container {:?}", c.name),
+                ));
+            }
+            if c.command.is_empty() && c.args.is_empty() {
+                return Err(invalid(
+                    format!("{f}.command"),
+                    "command or args is required (images carry no entrypoint here)",
+                ));
+            }
+            if let Some(wd) = &c.working_dir {
+                if !wd.starts_with('/') {
+                    return Err(invalid(
+                        format!("{f}.workingDir"),
+                        "must be an absolute path",
+                    ));
+                }
+            }
+            for (j, e) in c.env.iter().enumerate() {
+                if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') {
+                    return Err(invalid(
+                        format!("{f}.env[{j}].name"),
+                        "invalid variable name",
+                    ));
+                }
+                if e.value.is_some() && e.value_from.is_some() {
+                    return Err(invalid(
+                        format!("{f}.env[{j}]"),
+                        "value and valueFrom are mutually exclusive",
+                    ));
+                }
+            }
+            for (kind, map) in [
+                ("requests", &c.resources.requests),
+                ("limits", &c.resources.limits),
+            ] {
+                for (name, q) in map {
+                    let field = format!("{f}.resources.{kind}.{name}");
+                    let ok = match name.as_str() {
+                        "cpu" => q.to_milli().is_some(),
+                        _ => q.to_units().is_some(),
+                    };
+                    if !ok {
+                        return Err(invalid(field, format!("invalid quantity {:?}", q.0)));
+                    }
+                }
+            }
+            for (j, m) in c.volume_mounts.iter().enumerate() {
+                let mf = format!("{f}.volumeMounts[{j}]");
+                if !volume_names.contains(m.name.as_str()) {
+                    return Err(invalid(
+                        format!("{mf}.name"),
+                        format!("no volume named {:?}", m.name),
+                    ));
+                }
+                if !m.mount_path.starts_with('/') || m.mount_path.split('/').any(|p| p == "..") {
+                    return Err(invalid(
+                        format!("{mf}.mountPath"),
+                        "must be an absolute path without `..`",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_dns_label(field: &str, v: &str) -> Result<(), SpecError> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !v.starts_with('-')
+        && !v.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{v:?} must be a DNS label (lowercase letters, digits, '-', at most 63)"),
+        ))
+    }
+}
+
+fn check_relative(field: &str, v: &str) -> Result<(), SpecError> {
+    if v.is_empty() || v.starts_with('/') || v.split('/').any(|p| p == "..") {
+        return Err(invalid(field, "must be a relative path without `..`"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 5
+  volumes:
+    - name: shared
+      emptyDir: {}
+    - name: cfg
+      configMap:
+        name: app-config
+  containers:
+    - name: app
+      image: ""
+      command: ["/bin/sh", "-c"]
+      args: ["echo hi"]
+      env:
+        - name: A
+          value: "1"
+        - name: B
+          valueFrom:
+            configMapKeyRef: {name: app-config, key: b}
+      resources:
+        requests: {cpu: 100m, memory: 32Mi}
+        limits: {cpu: 1, memory: 64Mi}
+      volumeMounts:
+        - {name: shared, mountPath: /data}
+        - {name: cfg, mountPath: /etc/app, readOnly: true}
+"#;
+
+    #[test]
+    fn parses_kubernetes_shape() {
+        let pod = Pod::from_yaml(GOOD).unwrap();
+        assert_eq!(pod.name(), "web");
+        assert_eq!(pod.spec.restart_policy, RestartPolicy::Never);
+        let c = &pod.spec.containers[0];
+        assert_eq!(c.resources.limits["cpu"].to_milli(), Some(1000));
+        assert_eq!(c.resources.requests["cpu"].to_milli(), Some(100));
+        assert_eq!(
+            c.resources.limits["memory"].to_units(),
+            Some(64 * 1024 * 1024)
+        );
+        assert!(c.volume_mounts[1].read_only);
+    }
+
+    #[test]
+    fn unknown_field_reports_path() {
+        let bad = GOOD.replace("      image: \"\"", "      imagePullPolicyy: Always");
+        let err = Pod::from_yaml(&bad).unwrap_err().to_string();
+        assert!(err.contains("spec.containers[0]"), "{err}");
+        assert!(err.contains("imagePullPolicyy"), "{err}");
+        let bad = GOOD.replace("  labels: {app: web}", "  labelz: {app: web}");
+        let err = Pod::from_yaml(&bad).unwrap_err().to_string();
+        assert!(err.contains("metadata"), "{err}");
+        assert!(err.contains("labelz"), "{err}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let bad = GOOD.replace("name: web", "name: Web_1");
+        let err = Pod::from_yaml(&bad).unwrap_err().to_string();
+        assert!(err.contains("metadata.name"), "{err}");
+        let bad = GOOD.replace(
+            "{name: shared, mountPath: /data}",
+            "{name: nope, mountPath: /data}",
+        );
+        let err = Pod::from_yaml(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.containers[0].volumeMounts[0].name"),
+            "{err}"
+        );
+        let bad = GOOD.replace("memory: 64Mi", "memory: lots");
+        let err = Pod::from_yaml(&bad).unwrap_err().to_string();
+        assert!(err.contains("resources.limits.memory"), "{err}");
+        let bad = GOOD.replace("kind: Pod", "kind: Deployment");
+        assert!(Pod::from_yaml(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("kind"));
+    }
+
+    #[test]
+    fn quantities() {
+        let q = |s: &str| Quantity(s.to_string());
+        assert_eq!(q("200m").to_milli(), Some(200));
+        assert_eq!(q("0.5").to_milli(), Some(500));
+        assert_eq!(q("2").to_milli(), Some(2000));
+        assert_eq!(q("1Gi").to_units(), Some(1 << 30));
+        assert_eq!(q("1k").to_units(), Some(1000));
+        assert_eq!(q("x").to_units(), None);
+    }
+}
