@@ -19,6 +19,8 @@ use crate::mvcc::{KeyValue, MvccError, Revision, ValueReader};
 /// Sorts after the `m/` meta keys: revisions are appended at the right edge of the tree, and meta keys,
 /// rewritten on every apply, stay in a small leaf of their own instead of the growing last one.
 pub(crate) const KV_PREFIX: u8 = b'r';
+/// Lease rows: `l/` + id (i64 big-endian) -> bincode TTL.
+pub(crate) const LEASE_PREFIX: &[u8] = b"l/";
 pub(crate) const META_APPLIED: &[u8] = b"m/applied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"m/membership";
 pub(crate) const META_REVISION: &[u8] = b"m/revision";

@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::mvcc::{MvccError, ShapeError};
+use crate::raft::types::ApplyError;
 use crate::raft::ProposeError;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -41,6 +42,15 @@ impl From<MvccError> for ServerError {
             MvccError::KeyNotFound => ServerError::KeyNotFound,
             MvccError::LeaseNotFound => ServerError::LeaseNotFound,
             other => ServerError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ApplyError> for ServerError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Mvcc(e) => e.into(),
+            ApplyError::LeaseExists => ServerError::LeaseExists,
         }
     }
 }

@@ -7,6 +7,7 @@ pub(crate) mod backend;
 pub mod config;
 pub mod error;
 pub(crate) mod grpc;
+pub mod lease;
 pub mod mvcc;
 pub mod node;
 pub mod raft;

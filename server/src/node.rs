@@ -25,6 +25,7 @@ use tokio_stream::StreamExt;
 use crate::backend::Backend;
 use crate::config::{self, ClusterState, Config, ConfigError};
 use crate::grpc::kv::KvService;
+use crate::grpc::lease::LeaseService;
 use crate::grpc::maintenance::MaintenanceService;
 use crate::grpc::watch::WatchService;
 use crate::grpc::{Limits, ServerContext, Unimplemented};
@@ -207,12 +208,15 @@ impl Node {
             }
         }
 
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let (handle, mut tasks) = RaftHandle::new(
             raft.clone(),
             member_id,
             channels,
             state,
             cfg.request_timeout,
+            cfg.election_timeout,
+            shutdown_rx.clone(),
         );
         tasks.push(flusher);
         let ctx = ServerContext {
@@ -222,10 +226,11 @@ impl Node {
             limits: Arc::new(Limits {
                 max_request_bytes: cfg.max_request_bytes,
                 max_txn_ops: cfg.max_txn_ops,
+                min_lease_ttl: (cfg.election_timeout.as_millis() as u64 * 3 / 2).div_ceil(1000)
+                    as i64,
             }),
         };
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let mut servers = Vec::new();
         for listener in peer_listeners {
             let svc = RaftTransportServer::new(PeerService {
@@ -260,7 +265,10 @@ impl Node {
                     next_stream: next_stream.clone(),
                     shutdown: shutdown_rx.clone(),
                 }))
-                .add_service(lease_server::LeaseServer::new(Unimplemented))
+                .add_service(lease_server::LeaseServer::new(LeaseService {
+                    ctx: ctx.clone(),
+                    shutdown: shutdown_rx.clone(),
+                }))
                 .add_service(cluster_server::ClusterServer::new(Unimplemented))
                 .add_service(maintenance_server::MaintenanceServer::new(
                     MaintenanceService { ctx: ctx.clone() },

@@ -3,6 +3,7 @@
 
 pub(crate) mod convert;
 pub(crate) mod kv;
+pub(crate) mod lease;
 pub(crate) mod maintenance;
 pub(crate) mod watch;
 
@@ -24,6 +25,8 @@ pub(crate) struct ServerContext {
 pub(crate) struct Limits {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// Shorter lease TTLs are raised to this (seconds): 1.5 election timeouts, as etcd.
+    pub min_lease_ttl: i64,
 }
 
 impl ServerContext {
@@ -40,5 +43,4 @@ impl ServerContext {
 /// Services answered with `Unimplemented` until they are built.
 pub(crate) struct Unimplemented;
 
-impl cairn_proto::etcdserverpb::lease_server::Lease for Unimplemented {}
 impl cairn_proto::etcdserverpb::cluster_server::Cluster for Unimplemented {}

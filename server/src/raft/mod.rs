@@ -27,6 +27,7 @@ use self::network::PeerChannels;
 use self::service::{forward_error, ForwardError};
 use self::state_machine::StoreState;
 use self::types::{decode, encode, Applied, Command, CommandResponse, NodeId, Raft};
+use crate::lease::lessor::Lessor;
 
 /// Why a proposal or read-index request did not complete. Display texts are etcd's.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -77,6 +78,8 @@ impl RaftHandle {
         channels: PeerChannels,
         state: Arc<StoreState>,
         request_timeout: Duration,
+        election_timeout: Duration,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> (RaftHandle, Vec<JoinHandle<()>>) {
         let core = Arc::new(Core {
             raft,
@@ -84,7 +87,9 @@ impl RaftHandle {
             channels,
             state,
             request_timeout,
+            lessor: Lessor::new(election_timeout),
         });
+        let expiry = tokio::spawn(lease_expiry_loop(core.clone(), stop));
         let (proposals, rx) = mpsc::unbounded_channel();
         let proposer = tokio::spawn(proposal_loop(core.clone(), rx));
         let (reads, rx) = mpsc::unbounded_channel();
@@ -95,7 +100,7 @@ impl RaftHandle {
             reads,
         };
         // Both loops end once every handle is dropped.
-        (handle, vec![proposer, reader])
+        (handle, vec![proposer, reader, expiry])
     }
 
     pub fn raft(&self) -> &Raft {
@@ -126,6 +131,34 @@ impl RaftHandle {
             .map_err(|_| ProposeError::Internal("proposer stopped".into()))?;
         rx.await
             .map_err(|_| ProposeError::Internal("proposer stopped".into()))?
+    }
+
+    /// Restarts a lease's TTL on the leader; returns the TTL, or 0 if the lease does not exist.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, ProposeError> {
+        match self.core.lease_call(LeaseCall::KeepAlive(id)).await? {
+            LeaseReply::KeepAlive(ttl) => Ok(ttl),
+            other => Err(ProposeError::Internal(format!(
+                "unexpected lease reply {other:?}"
+            ))),
+        }
+    }
+
+    /// `(remaining seconds, granted TTL, keys)` as the leader sees the lease, if it exists.
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+    ) -> Result<Option<(i64, i64, Vec<Vec<u8>>)>, ProposeError> {
+        match self.core.lease_call(LeaseCall::TimeToLive(id)).await? {
+            LeaseReply::TimeToLive(t) => Ok(t),
+            other => Err(ProposeError::Internal(format!(
+                "unexpected lease reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Answers a lease call from a follower, as the leader.
+    pub(crate) fn local_lease_call(&self, call: LeaseCall) -> Result<LeaseReply, ForwardError> {
+        self.core.local_lease_call(call)
     }
 
     /// Returns once this member's state reflects every write committed before the call.
@@ -240,9 +273,107 @@ struct Core {
     channels: PeerChannels,
     state: Arc<StoreState>,
     request_timeout: Duration,
+    lessor: Lessor,
+}
+
+/// Lease operations only the leader's clock can answer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) enum LeaseCall {
+    KeepAlive(i64),
+    TimeToLive(i64),
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) enum LeaseReply {
+    KeepAlive(i64),
+    TimeToLive(Option<(i64, i64, Vec<Vec<u8>>)>),
+}
+
+/// Keeps the leader's lease clock in step with leadership and proposes revokes for expired leases.
+async fn lease_expiry_loop(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let full_tick = Duration::from_millis(500);
+    let mut last_leading = None;
+    let mut last_tick = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let leading = {
+            let m = core.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader == Some(core.id)).then_some(m.current_term)
+        };
+        // A leadership change is handled at once; otherwise the table is scanned twice a second.
+        if leading == last_leading && last_tick.elapsed() < full_tick {
+            continue;
+        }
+        last_leading = leading;
+        last_tick = Instant::now();
+        let expired =
+            core.lessor
+                .tick(leading, &core.state.lease_ttls(), std::time::Instant::now());
+        if expired.is_empty() {
+            continue;
+        }
+        tracing::debug!(count = expired.len(), "revoking expired leases");
+        let revokes = Command::Batch(expired.into_iter().map(Command::LeaseRevoke).collect());
+        if let Err(e) = core.propose(revokes).await {
+            tracing::warn!(error = %e, "revoking expired leases failed; retrying");
+        }
+    }
 }
 
 impl Core {
+    async fn lease_call(&self, call: LeaseCall) -> Result<LeaseReply, ProposeError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let leader = self.wait_leader(deadline).await?;
+            let outcome = if leader == self.id {
+                self.local_lease_call(call.clone())
+            } else {
+                let data = encode(&call).map_err(|e| ProposeError::Internal(e.to_string()))?;
+                let reply = self
+                    .call_leader(leader, PeerMethod::Lease, data, deadline)
+                    .await?;
+                decode::<Result<LeaseReply, ForwardError>>(&reply)
+                    .map_err(|e| ProposeError::Internal(e.to_string()))?
+            };
+            match outcome {
+                Ok(reply) => return Ok(reply),
+                Err(ForwardError::NotLeader(_)) => self.backoff(deadline).await?,
+                Err(ForwardError::Rejected(e)) => return Err(e),
+                Err(e) => return Err(ProposeError::Internal(e.to_string())),
+            }
+        }
+    }
+
+    fn local_lease_call(&self, call: LeaseCall) -> Result<LeaseReply, ForwardError> {
+        // The clock starts within a tick of promotion; until then this member cannot answer.
+        if self.leader() != Some(self.id) || !self.lessor.is_leading() {
+            return Err(ForwardError::NotLeader(None));
+        }
+        let now = std::time::Instant::now();
+        Ok(match call {
+            LeaseCall::KeepAlive(id) => match self.state.lease(id) {
+                Some(lease) => {
+                    self.lessor.renew(id, lease.ttl, now);
+                    LeaseReply::KeepAlive(lease.ttl)
+                }
+                None => LeaseReply::KeepAlive(0),
+            },
+            LeaseCall::TimeToLive(id) => {
+                LeaseReply::TimeToLive(self.state.lease(id).map(|lease| {
+                    let remaining = self
+                        .lessor
+                        .remaining(id, now)
+                        .map_or(lease.ttl, |d| d.as_secs() as i64);
+                    (remaining, lease.ttl, lease.keys.into_iter().collect())
+                }))
+            }
+        })
+    }
+
     fn term(&self) -> u64 {
         self.raft.metrics().borrow().current_term
     }
@@ -289,6 +420,7 @@ impl Core {
         let reply = match method {
             PeerMethod::Forward => client.forward(req).await,
             PeerMethod::ReadIndex => client.read_index(req).await,
+            PeerMethod::Lease => client.lease(req).await,
         };
         match reply {
             Ok(r) => Ok(r.into_inner().data),
@@ -387,6 +519,7 @@ impl Core {
 enum PeerMethod {
     Forward,
     ReadIndex,
+    Lease,
 }
 
 #[cfg(test)]

@@ -87,6 +87,11 @@ impl RaftTransport for PeerService {
         reply(&result)
     }
 
+    async fn lease(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let call: super::LeaseCall = decode(&req.into_inner().data).map_err(bad_payload)?;
+        reply(&self.handle.local_lease_call(call))
+    }
+
     async fn read_index(
         &self,
         _req: Request<RaftPayload>,

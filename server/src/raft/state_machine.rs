@@ -19,16 +19,17 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::types::{
-    decode, encode, Applied, Command, CommandResponse, Entry, LogId, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
+    decode, encode, Applied, ApplyError, Command, CommandResponse, Entry, LogId, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig,
 };
 use crate::backend::{
-    kv_key, Backend, SledValues, StoredKv, KV_PREFIX, META_APPLIED, META_COMPACT, META_MEMBERSHIP,
-    META_REVISION,
+    kv_key, Backend, SledValues, StoredKv, KV_PREFIX, LEASE_PREFIX, META_APPLIED, META_COMPACT,
+    META_MEMBERSHIP, META_REVISION,
 };
+use crate::lease::{Lease, LeaseTable};
 use crate::mvcc::{
-    BackendOp, Event, EventType, KeyValue, KvIndex, MvccError, RangeRequest, RangeResponse,
-    Revision, ValueReader,
+    BackendOp, DeleteRangeRequest, Event, EventType, KeyValue, KvIndex, MvccError, RangeRequest,
+    RangeResponse, RequestOp, Revision, TxnRequest, ValueReader,
 };
 use crate::watch::{History, WatchHub, WatchSpec};
 
@@ -54,6 +55,7 @@ pub struct StoreState {
     backend: Backend,
     hub: Arc<WatchHub>,
     index: RwLock<KvIndex>,
+    leases: Mutex<LeaseTable>,
     applied: Mutex<(Option<LogId>, StoredMembership)>,
     revision_tx: watch::Sender<i64>,
     snapshot_seq: AtomicU64,
@@ -79,6 +81,20 @@ impl StoreState {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .compact_revision()
+    }
+
+    /// `(id, ttl)` of every lease.
+    pub fn lease_ttls(&self) -> Vec<(i64, i64)> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner()).ttls()
+    }
+
+    /// A lease's granted TTL and attached keys.
+    pub fn lease(&self, id: i64) -> Option<Lease> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// The watch hub fed by this state machine's applies.
@@ -138,6 +154,29 @@ impl StoreState {
             Some(b) => decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
             None => StoredMembership::default(),
         };
+        let mut leases = LeaseTable::default();
+        for item in sm.scan_prefix(LEASE_PREFIX) {
+            let (key, value) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            let id = key[LEASE_PREFIX.len()..]
+                .try_into()
+                .map(i64::from_be_bytes)
+                .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            leases.insert(id, decode(&value).map_err(|e| sm_err(ErrorVerb::Read, e))?);
+        }
+        if !leases.is_empty() {
+            let all = RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            };
+            let live = index
+                .range(&all, &SledValues(sm))
+                .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            for kv in live.kvs.iter().filter(|kv| kv.lease != 0) {
+                leases.attach(kv.lease, &kv.key);
+            }
+        }
+        *self.leases.lock().unwrap_or_else(|p| p.into_inner()) = leases;
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = (applied, membership);
         self.revision_tx.send_replace(revision);
@@ -218,6 +257,7 @@ impl StateMachineStore {
             backend,
             hub: WatchHub::new(1, progress_interval),
             index: RwLock::new(KvIndex::new()),
+            leases: Mutex::new(LeaseTable::default()),
             applied: Mutex::new((None, StoredMembership::default())),
             revision_tx,
             snapshot_seq: AtomicU64::new(0),
@@ -234,19 +274,22 @@ impl StateMachineStore {
     /// same entry read them before they reach sled.
     fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> CommandResponse {
         let result = match cmd {
-            Command::Put(req) => index.put(req, pending).map(|w| {
+            Command::Put(req) => index.put(req, pending).map_err(ApplyError::from).map(|w| {
                 pending.record(w.ops, w.events);
                 Applied::Put(w.response)
             }),
-            Command::DeleteRange(req) => index.delete_range(req, pending).map(|w| {
-                pending.record(w.ops, w.events);
-                Applied::DeleteRange(w.response)
-            }),
-            Command::Txn(req) => index.txn(req, pending).map(|w| {
+            Command::DeleteRange(req) => index
+                .delete_range(req, pending)
+                .map_err(ApplyError::from)
+                .map(|w| {
+                    pending.record(w.ops, w.events);
+                    Applied::DeleteRange(w.response)
+                }),
+            Command::Txn(req) => index.txn(req, pending).map_err(ApplyError::from).map(|w| {
                 pending.record(w.ops, w.events);
                 Applied::Txn(w.response)
             }),
-            Command::Compact(rev) => index.compact(rev).map(|ops| {
+            Command::Compact(rev) => index.compact(rev).map_err(ApplyError::from).map(|ops| {
                 pending.record(ops, Vec::new());
                 Applied::Compact
             }),
@@ -255,6 +298,40 @@ impl StateMachineStore {
                     .map(|c| Self::execute(index, pending, c))
                     .collect(),
             )),
+            Command::LeaseGrant { id, ttl } => {
+                if pending.leases.contains(id) {
+                    Err(ApplyError::LeaseExists)
+                } else {
+                    pending.leases.insert(id, ttl);
+                    pending.lease_ops.push((id, Some(ttl)));
+                    Ok(Applied::LeaseGrant { id, ttl })
+                }
+            }
+            Command::LeaseRevoke(id) => match pending.leases.get(id) {
+                None => Err(ApplyError::Mvcc(MvccError::LeaseNotFound)),
+                Some(lease) => {
+                    let deletes = lease
+                        .keys
+                        .iter()
+                        .map(|k| {
+                            RequestOp::DeleteRange(DeleteRangeRequest {
+                                key: k.clone(),
+                                ..Default::default()
+                            })
+                        })
+                        .collect();
+                    let txn = TxnRequest {
+                        success: deletes,
+                        ..Default::default()
+                    };
+                    index.txn(txn, pending).map_err(ApplyError::from).map(|w| {
+                        pending.record(w.ops, w.events);
+                        pending.leases.remove(id);
+                        pending.lease_ops.push((id, None));
+                        Applied::LeaseRevoke
+                    })
+                }
+            },
         };
         CommandResponse {
             revision: index.current_revision(),
@@ -270,10 +347,14 @@ struct Pending<'a> {
     overlay: HashMap<Revision, Option<KeyValue>>,
     ops: Vec<BackendOp>,
     events: Vec<Event>,
+    leases: &'a mut LeaseTable,
+    /// Lease rows to write (`Some(ttl)`) or delete (`None`).
+    lease_ops: Vec<(i64, Option<i64>)>,
 }
 
 impl Pending<'_> {
     fn record(&mut self, ops: Vec<BackendOp>, events: Vec<Event>) {
+        self.leases.track(&events);
         self.events.extend(events);
         for op in &ops {
             match op {
@@ -292,6 +373,17 @@ impl ValueReader for Pending<'_> {
             None => self.stored.read(rev),
         }
     }
+
+    fn lease_exists(&self, id: i64) -> bool {
+        self.leases.contains(id)
+    }
+}
+
+fn lease_key(id: i64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[..2].copy_from_slice(LEASE_PREFIX);
+    key[2..].copy_from_slice(&id.to_be_bytes());
+    key
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -337,14 +429,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
                 EntryPayload::Normal(cmd) => {
+                    let mut leases = state.leases.lock().unwrap_or_else(|p| p.into_inner());
                     let mut pending = Pending {
                         stored: SledValues(sm),
                         overlay: HashMap::new(),
                         ops: Vec::new(),
                         events: Vec::new(),
+                        leases: &mut leases,
+                        lease_ops: Vec::new(),
                     };
                     let response = Self::execute(&mut index, &mut pending, cmd);
                     events = pending.events;
+                    for (id, ttl) in pending.lease_ops {
+                        match ttl {
+                            Some(ttl) => batch.insert(
+                                &lease_key(id),
+                                encode(&ttl).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+                            ),
+                            None => batch.remove(&lease_key(id)),
+                        }
+                    }
                     for op in pending.ops {
                         match op {
                             BackendOp::Put { rev, kv, tombstone } => {

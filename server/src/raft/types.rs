@@ -51,6 +51,13 @@ pub enum Command {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(i64),
+    /// Creates a lease; the TTL is already clamped to the allowed range.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Deletes a lease and every key attached to it, in one revision.
+    LeaseRevoke(i64),
     /// Several client commands in one log entry, applied in order as if they were separate entries:
     /// each write still gets its own revision. Batching amortizes the per-entry cost of consensus
     /// and storage across concurrent clients.
@@ -65,6 +72,8 @@ impl fmt::Display for Command {
             Command::Txn(t) => write!(f, "txn({} compares)", t.compare.len()),
             Command::Compact(rev) => write!(f, "compact({rev})"),
             Command::Batch(cmds) => write!(f, "batch({})", cmds.len()),
+            Command::LeaseGrant { id, ttl } => write!(f, "lease_grant({id:x}, {ttl}s)"),
+            Command::LeaseRevoke(id) => write!(f, "lease_revoke({id:x})"),
         }
     }
 }
@@ -75,7 +84,16 @@ impl fmt::Display for Command {
 pub struct CommandResponse {
     /// The store revision after the command.
     pub revision: i64,
-    pub result: Result<Applied, MvccError>,
+    pub result: Result<Applied, ApplyError>,
+}
+
+/// Deterministic failures of a command: part of the replicated result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    #[error("lease already exists")]
+    LeaseExists,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +102,11 @@ pub enum Applied {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact,
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke,
     /// One response per command of a [`Command::Batch`], in order.
     Batch(Vec<CommandResponse>),
     /// Blank and membership entries.
