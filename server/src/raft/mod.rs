@@ -333,11 +333,17 @@ impl Core {
                 self.local_lease_call(call.clone())
             } else {
                 let data = encode(&call).map_err(|e| ProposeError::Internal(e.to_string()))?;
-                let reply = self
+                match self
                     .call_leader(leader, PeerMethod::Lease, data, deadline)
-                    .await?;
-                decode::<Result<LeaseReply, ForwardError>>(&reply)
-                    .map_err(|e| ProposeError::Internal(e.to_string()))?
+                    .await
+                {
+                    Ok(reply) => decode::<Result<LeaseReply, ForwardError>>(&reply)
+                        .map_err(|e| ProposeError::Internal(e.to_string()))?,
+                    // Keep-alives and queries are idempotent: a leader that vanished mid-call is
+                    // simply asked again once another one is known.
+                    Err(ProposeError::LeaderChanged) => Err(ForwardError::NotLeader(None)),
+                    Err(e) => return Err(e),
+                }
             };
             match outcome {
                 Ok(reply) => return Ok(reply),
@@ -478,9 +484,18 @@ impl Core {
                     Err(RaftError::Fatal(e)) => return Err(ProposeError::Internal(e.to_string())),
                 }
             } else {
-                let reply = self
+                let reply = match self
                     .call_leader(leader, PeerMethod::ReadIndex, Vec::new(), deadline)
-                    .await?;
+                    .await
+                {
+                    Ok(reply) => reply,
+                    // Asking for a read index has no effect: safe to ask the next leader.
+                    Err(ProposeError::LeaderChanged) => {
+                        self.backoff(deadline).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 match decode::<Result<u64, ForwardError>>(&reply) {
                     Ok(Ok(i)) => return Ok(Some(i)),
                     Ok(Err(ForwardError::NotLeader(_))) => {}
