@@ -188,3 +188,101 @@ async fn etcdctl_put_get_del_txn_compaction() {
     );
     node.stop().await;
 }
+
+/// Runs a long-lived etcdctl command (watch) until `want` lines arrived on stdout, then stops it.
+async fn collect_lines(endpoint: &str, args: &[&str], want: usize) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn etcdctl");
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while lines.len() < want {
+        match tokio::time::timeout_at(deadline, out.next_line()).await {
+            Ok(Ok(Some(l))) => lines.push(l),
+            _ => break,
+        }
+    }
+    let _ = child.kill().await;
+    lines
+}
+
+#[tokio::test]
+async fn etcdctl_watch_lease_and_lock() {
+    if !etcdctl_present() {
+        return;
+    }
+    let mut node = TestNode::start().await;
+    let endpoint = node.url().trim_start_matches("http://").to_string();
+    let ctl = Ctl {
+        endpoint: endpoint.clone(),
+    };
+
+    // watch --rev --prefix --prev-kv replays history, then follows.
+    ctl.ok(&["put", "w/a", "1"]).await;
+    let json = ctl.ok(&["put", "w/a", "2", "-w", "json"]).await;
+    let at = json.find("\"revision\":").unwrap() + "\"revision\":".len();
+    let second: i64 = json[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap();
+    ctl.ok(&["del", "w/a"]).await;
+    let lines = collect_lines(
+        &endpoint,
+        &[
+            "watch",
+            "--prefix",
+            "w/",
+            &format!("--rev={second}"),
+            "--prev-kv",
+        ],
+        8,
+    )
+    .await;
+    assert_eq!(
+        lines,
+        ["PUT", "w/a", "1", "w/a", "2", "DELETE", "w/a", "2"],
+        "{lines:?}"
+    );
+
+    // lease grant / put --lease / timetolive --keys / keep-alive --once / list / revoke
+    let out = ctl.ok(&["lease", "grant", "60"]).await;
+    let id = out.split_whitespace().nth(1).expect("lease id").to_string();
+    assert!(out.contains("granted with TTL(60s)"), "{out}");
+    ctl.ok(&["put", "leased", "v", &format!("--lease={id}")])
+        .await;
+    let ttl = ctl.ok(&["lease", "timetolive", &id, "--keys"]).await;
+    assert!(
+        ttl.contains("granted with TTL(60s)") && ttl.contains("attached keys([leased])"),
+        "{ttl}"
+    );
+    let ka = ctl.ok(&["lease", "keep-alive", "--once", &id]).await;
+    assert!(
+        ka.contains(&format!("lease {id} keepalived with TTL(60)")),
+        "{ka}"
+    );
+    assert!(ctl.ok(&["lease", "list"]).await.contains(&id));
+    let revoked = ctl.ok(&["lease", "revoke", &id]).await;
+    assert!(revoked.contains("revoked"), "{revoked}");
+    assert_eq!(ctl.ok(&["get", "leased"]).await, "");
+
+    // lock runs a command while holding the lock (a lease-backed client-side recipe).
+    let out = ctl.ok(&["lock", "mutex1", "echo", "inside"]).await;
+    assert_eq!(out.trim(), "inside");
+    assert_eq!(
+        ctl.ok(&["get", "mutex1", "--prefix"]).await,
+        "",
+        "the lock key is gone after unlock"
+    );
+    node.stop().await;
+}
