@@ -9,7 +9,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .generate_default_stubs(true)
         .compile_protos(
-            &["proto/kv.proto", "proto/rpc.proto", "proto/raft.proto"],
+            &[
+                "proto/kv.proto",
+                "proto/rpc.proto",
+                "proto/raft.proto",
+                "proto/v3lock.proto",
+                "proto/v3election.proto",
+            ],
             &["proto"],
         )?;
     Ok(())

@@ -16,3 +16,13 @@ pub mod etcdserverpb {
 pub mod raftpb {
     tonic::include_proto!("cairn.raft");
 }
+
+/// etcd's lock service.
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's election service.
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}

@@ -26,6 +26,12 @@ pub enum ServerError {
     LeaseExists,
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("concurrency: session expired")]
+    SessionExpired,
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    #[error("election: no leader")]
+    ElectionNoLeader,
     #[error("etcdserver: {0}")]
     InvalidRequest(&'static str),
     #[error(transparent)]
@@ -66,6 +72,9 @@ impl From<ServerError> for Status {
             | ServerError::FutureRevision
             | ServerError::LeaseTtlTooLarge => Code::OutOfRange,
             ServerError::LeaseNotFound => Code::NotFound,
+            ServerError::SessionExpired
+            | ServerError::ElectionNotLeader
+            | ServerError::ElectionNoLeader => Code::Unknown,
             ServerError::LeaseExists => Code::FailedPrecondition,
             ServerError::Propose(_) => Code::Unavailable,
             ServerError::Internal(_) => Code::Internal,

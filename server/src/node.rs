@@ -24,8 +24,10 @@ use tokio_stream::StreamExt;
 
 use crate::backend::Backend;
 use crate::config::{self, ClusterState, Config, ConfigError};
+use crate::grpc::election::ElectionService;
 use crate::grpc::kv::KvService;
 use crate::grpc::lease::LeaseService;
+use crate::grpc::lock::LockService;
 use crate::grpc::maintenance::MaintenanceService;
 use crate::grpc::watch::WatchService;
 use crate::grpc::{Limits, ServerContext, Unimplemented};
@@ -35,6 +37,8 @@ use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::types::{decode, encode, Member, NodeId, Raft};
 use crate::raft::RaftHandle;
+use cairn_proto::v3electionpb::election_server::ElectionServer;
+use cairn_proto::v3lockpb::lock_server::LockServer;
 
 /// Extra room gRPC needs around the largest request, as etcd allows.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -229,6 +233,7 @@ impl Node {
                 min_lease_ttl: (cfg.election_timeout.as_millis() as u64 * 3 / 2).div_ceil(1000)
                     as i64,
             }),
+            streams: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
 
         let mut servers = Vec::new();
@@ -253,7 +258,6 @@ impl Node {
                 .clone()
                 .sync_loop(history, shutdown_rx.clone()),
         ));
-        let next_stream = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
         for listener in client_listeners {
             let kv = kv_server::KvServer::new(KvService { ctx: ctx.clone() })
@@ -262,7 +266,6 @@ impl Node {
                 .add_service(kv)
                 .add_service(watch_server::WatchServer::new(WatchService {
                     ctx: ctx.clone(),
-                    next_stream: next_stream.clone(),
                     shutdown: shutdown_rx.clone(),
                 }))
                 .add_service(lease_server::LeaseServer::new(LeaseService {
@@ -270,6 +273,11 @@ impl Node {
                     shutdown: shutdown_rx.clone(),
                 }))
                 .add_service(cluster_server::ClusterServer::new(Unimplemented))
+                .add_service(LockServer::new(LockService { ctx: ctx.clone() }))
+                .add_service(ElectionServer::new(ElectionService {
+                    ctx: ctx.clone(),
+                    shutdown: shutdown_rx.clone(),
+                }))
                 .add_service(maintenance_server::MaintenanceServer::new(
                     MaintenanceService { ctx: ctx.clone() },
                 ));

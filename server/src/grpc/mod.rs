@@ -2,9 +2,12 @@
 //! the response header and maps errors to etcd's statuses.
 
 pub(crate) mod convert;
+pub(crate) mod election;
 pub(crate) mod kv;
 pub(crate) mod lease;
+pub(crate) mod lock;
 pub(crate) mod maintenance;
+pub(crate) mod recipes;
 pub(crate) mod watch;
 
 use std::sync::Arc;
@@ -20,6 +23,8 @@ pub(crate) struct ServerContext {
     pub cluster_id: u64,
     pub member_id: u64,
     pub limits: Arc<Limits>,
+    /// Ids for watch streams, including the private ones of the lock and election services.
+    pub streams: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub(crate) struct Limits {

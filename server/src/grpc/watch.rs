@@ -1,6 +1,6 @@
 //! The `Watch` service: one bidirectional stream carrying many watchers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use cairn_proto::etcdserverpb as pb;
@@ -23,7 +23,6 @@ const STREAM_BUFFER: usize = 128;
 
 pub(crate) struct WatchService {
     pub ctx: ServerContext,
-    pub next_stream: Arc<AtomicU64>,
     /// Ends every stream when the member shuts down, so connections can close.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -222,7 +221,7 @@ impl Watch for WatchService {
         if requires_leader(&req) && self.ctx.raft.leader().is_none() {
             return Err(Status::unavailable("etcdserver: no leader"));
         }
-        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let stream = self.ctx.streams.fetch_add(1, Ordering::Relaxed);
         let hub = self.ctx.raft.state().hub().clone();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(serve_requests(
