@@ -6,127 +6,17 @@
 //! only Cairn is measured). `CAIRN_BENCH_SECS` sets the seconds per measurement (default 10),
 //! `CAIRN_BENCH_SYSTEMS=cairn` skips etcd, `CAIRN_BENCH_CLIENTS=256` picks put concurrency levels.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, KvClient};
+use common::{connect, record, rss_kib, start, Row, System};
+use etcd_client::KvClient;
 
 const KEY_SPACE: u64 = 100_000;
 const VALUE_SIZE: usize = 256;
 const CONNECTIONS: usize = 16;
-
-#[derive(Clone, Copy, PartialEq)]
-enum System {
-    Cairn,
-    Etcd,
-}
-
-impl System {
-    fn name(self) -> &'static str {
-        match self {
-            System::Cairn => "cairn",
-            System::Etcd => "etcd 3.4",
-        }
-    }
-}
-
-struct Cluster {
-    children: Vec<Child>,
-    client_urls: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
-fn start(system: System, members: usize) -> Cluster {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ports = free_ports(2 * members);
-    let initial: Vec<String> = (0..members)
-        .map(|i| format!("m{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
-        .collect();
-    let mut children = Vec::new();
-    let mut client_urls = Vec::new();
-    for i in 0..members {
-        let client = format!("http://127.0.0.1:{}", ports[2 * i]);
-        let peer = format!("http://127.0.0.1:{}", ports[2 * i + 1]);
-        let bin = match system {
-            System::Cairn => env!("CARGO_BIN_EXE_cairn"),
-            System::Etcd => "etcd",
-        };
-        let mut cmd = Command::new(bin);
-        cmd.arg("--name")
-            .arg(format!("m{i}"))
-            .arg("--data-dir")
-            .arg(dir.path().join(format!("m{i}")))
-            .arg("--listen-client-urls")
-            .arg(&client)
-            .arg("--advertise-client-urls")
-            .arg(&client)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(initial.join(","))
-            .arg("--initial-cluster-state")
-            .arg("new")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if system == System::Cairn {
-            cmd.arg("--log-level").arg("warn");
-        }
-        children.push(cmd.spawn().expect("spawn member"));
-        client_urls.push(client);
-    }
-    Cluster {
-        children,
-        client_urls,
-        _dir: dir,
-    }
-}
-
-async fn connect(url: &str) -> Client {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut c) = Client::connect([url], Some(opts.clone())).await {
-            if c.get("bench-probe", None).await.is_ok() {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "{url} did not serve within 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
-        .unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 struct Measured {
     ops_per_sec: f64,
@@ -184,21 +74,6 @@ async fn load(kvs: &[KvClient], clients: usize, op: Op, secs: u64) -> Measured {
         ops_per_sec: all.len() as f64 / elapsed,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
-    }
-}
-
-struct Row {
-    workload: String,
-    results: Vec<(System, String)>,
-}
-
-fn record(rows: &mut Vec<Row>, workload: &str, system: System, cell: String) {
-    match rows.iter_mut().find(|r| r.workload == workload) {
-        Some(r) => r.results.push((system, cell)),
-        None => rows.push(Row {
-            workload: workload.to_string(),
-            results: vec![(system, cell)],
-        }),
     }
 }
 
@@ -282,70 +157,27 @@ fn client_counts() -> Vec<usize> {
 }
 
 fn main() {
-    // `cargo test --all-targets` runs bench targets without `--bench`: nothing to measure then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("cluster bench: run with `cargo bench -p cairn-server --bench cluster`");
+    if !common::benchmarking("cluster") {
         return;
     }
-    let secs: u64 = std::env::var("CAIRN_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let secs = common::secs();
+    let systems = common::systems();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let only = std::env::var("CAIRN_BENCH_SYSTEMS").unwrap_or_else(|_| "cairn,etcd".into());
-    let mut systems = Vec::new();
-    if only.contains("cairn") {
-        systems.push(System::Cairn);
-    }
-    let etcd_installed = || {
-        Command::new("etcd")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if only.contains("etcd") {
-        if etcd_installed() {
-            systems.push(System::Etcd);
-        } else {
-            eprintln!("etcd not installed (apt-get install etcd-server): measuring Cairn only");
-        }
-    }
     let mut rows = Vec::new();
     rt.block_on(async {
         for s in &systems {
             bench(*s, secs, &mut rows).await;
         }
     });
-    println!();
-    println!(
-        "{} members on 127.0.0.1, fsync on, {VALUE_SIZE}-byte values, 8-byte keys from {KEY_SPACE}, {CONNECTIONS} connections, {secs} s per row",
-        members()
+    common::print_table(
+        &format!(
+            "{} members on 127.0.0.1, fsync on, {VALUE_SIZE}-byte values, 8-byte keys from {KEY_SPACE}, {CONNECTIONS} connections, {secs} s per row",
+            members()
+        ),
+        &systems,
+        rows,
     );
-    println!();
-    print!("| workload |");
-    for s in &systems {
-        print!(" {} |", s.name());
-    }
-    println!();
-    print!("|---|");
-    for _ in &systems {
-        print!("---|");
-    }
-    println!();
-    for r in rows {
-        print!("| {} |", r.workload);
-        for s in &systems {
-            let cell = r
-                .results
-                .iter()
-                .find(|(x, _)| x == s)
-                .map(|(_, c)| c.as_str())
-                .unwrap_or("-");
-            print!(" {cell} |");
-        }
-        println!();
-    }
 }

@@ -1,0 +1,207 @@
+//! What both cluster benchmarks share: starting 3-member clusters of `cairn` or etcd processes on
+//! loopback, connecting, reading memory, choosing systems from the environment, printing the table.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum System {
+    Cairn,
+    Etcd,
+}
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Cairn => "cairn",
+            System::Etcd => "etcd 3.4",
+        }
+    }
+}
+
+pub struct Cluster {
+    pub children: Vec<Child>,
+    pub client_urls: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+pub fn start(system: System, members: usize) -> Cluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = free_ports(2 * members);
+    let initial: Vec<String> = (0..members)
+        .map(|i| format!("m{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
+        .collect();
+    let mut children = Vec::new();
+    let mut client_urls = Vec::new();
+    for i in 0..members {
+        let client = format!("http://127.0.0.1:{}", ports[2 * i]);
+        let peer = format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+        let bin = match system {
+            System::Cairn => env!("CARGO_BIN_EXE_cairn"),
+            System::Etcd => "etcd",
+        };
+        let mut cmd = Command::new(bin);
+        cmd.arg("--name")
+            .arg(format!("m{i}"))
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("m{i}")))
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(initial.join(","))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if system == System::Cairn {
+            cmd.arg("--log-level").arg("warn");
+        }
+        // Push before spawning the next member, so Drop reaps whatever already started if a later
+        // spawn panics.
+        children.push(cmd.spawn().expect("spawn member"));
+        client_urls.push(client);
+    }
+    Cluster {
+        children,
+        client_urls,
+        _dir: dir,
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut c) = Client::connect([url], Some(opts.clone())).await {
+            if c.get("bench-probe", None).await.is_ok() {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} did not serve within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
+        .unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User plus system CPU time in seconds; the kernel counts in ticks of 1/100 s on Linux.
+pub struct Row {
+    pub workload: String,
+    pub results: Vec<(System, String)>,
+}
+
+pub fn record(rows: &mut Vec<Row>, workload: &str, system: System, cell: String) {
+    match rows.iter_mut().find(|r| r.workload == workload) {
+        Some(r) => r.results.push((system, cell)),
+        None => rows.push(Row {
+            workload: workload.to_string(),
+            results: vec![(system, cell)],
+        }),
+    }
+}
+
+/// `--bench` is among the arguments: `cargo test --all-targets` runs bench targets without it, and
+/// then there is nothing to measure.
+pub fn benchmarking(name: &str) -> bool {
+    let yes = std::env::args().any(|a| a == "--bench");
+    if !yes {
+        println!("{name} bench: run with `cargo bench -p cairn-server --bench {name}`");
+    }
+    yes
+}
+
+/// `CAIRN_BENCH_SECS` (default 10).
+pub fn secs() -> u64 {
+    std::env::var("CAIRN_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+}
+
+/// The systems `CAIRN_BENCH_SYSTEMS` names (default both); etcd only where it is installed.
+pub fn systems() -> Vec<System> {
+    let only = std::env::var("CAIRN_BENCH_SYSTEMS").unwrap_or_else(|_| "cairn,etcd".into());
+    let mut systems = Vec::new();
+    if only.contains("cairn") {
+        systems.push(System::Cairn);
+    }
+    if only.contains("etcd") {
+        if Command::new("etcd")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            systems.push(System::Etcd);
+        } else {
+            eprintln!("etcd not installed (apt-get install etcd-server): measuring Cairn only");
+        }
+    }
+    systems
+}
+
+/// Prints the results as a markdown table under a one-line description.
+pub fn print_table(description: &str, systems: &[System], rows: Vec<Row>) {
+    println!();
+    println!("{description}");
+    println!();
+    print!("| workload |");
+    for s in systems {
+        print!(" {} |", s.name());
+    }
+    println!();
+    print!("|---|");
+    for _ in systems {
+        print!("---|");
+    }
+    println!();
+    for r in rows {
+        print!("| {} |", r.workload);
+        for s in systems {
+            let cell = r
+                .results
+                .iter()
+                .find(|(x, _)| x == s)
+                .map(|(_, c)| c.as_str())
+                .unwrap_or("-");
+            print!(" {cell} |");
+        }
+        println!();
+    }
+}
