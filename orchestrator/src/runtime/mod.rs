@@ -103,6 +103,8 @@ impl RuntimeConfig {
 pub enum ContainerState {
     /// Sandbox exists, container not started.
     Created,
+    /// Also while the process has exited but its monitor has not yet
+    /// recorded how, so that `Exited` always carries the real status.
     Running,
     Exited {
         exit_code: i32,
@@ -168,6 +170,21 @@ struct ContainerRecord {
     pid: i32,
     pid_start: u64,
     started_at_ms: u64,
+    /// The monitor outlives the container process by the time it takes to
+    /// reap it, drain its log and write the exit record; while it runs, a
+    /// dead container process means "exit not recorded yet", not "lost".
+    #[serde(default)]
+    monitor_pid: i32,
+    #[serde(default)]
+    monitor_start: u64,
+}
+
+impl ContainerRecord {
+    /// While either process lives, the exit is still to come or still being
+    /// recorded; only when both are gone without a record is it lost.
+    fn running(&self) -> bool {
+        alive(self.pid, self.pid_start) || alive(self.monitor_pid, self.monitor_start)
+    }
 }
 
 /// Start time of a live, non-zombie process (guards against PID reuse).
@@ -637,12 +654,12 @@ impl Runtime {
             .ok_or_else(|| RuntimeError::NotFound(format!("container {container} in pod {pod}")))?
             .clone();
         let cdir = self.container_dir(pod, container);
-        if let Some(cr) = read_json::<ContainerRecord>(&cdir.join("state.json"))? {
-            if alive(cr.pid, cr.pid_start) {
-                return Err(RuntimeError::InvalidState(format!(
-                    "container {pod}/{container} is running"
-                )));
-            }
+        // A monitor still recording the previous run's exit would write its
+        // exit record over the new run's state.
+        if self.container_status(pod, container)?.state == ContainerState::Running {
+            return Err(RuntimeError::InvalidState(format!(
+                "container {pod}/{container} is running"
+            )));
         }
         fs::create_dir_all(cdir.join("rootfs")).map_err(ioc("create container dir"))?;
         let _ = fs::remove_file(cdir.join("exit.json"));
@@ -662,6 +679,10 @@ impl Runtime {
             .process_group(0)
             .spawn()
             .map_err(ioc(format!("spawn helper {}", self.cfg.helper.display())))?;
+        // Read now: the start time is fixed at fork, and the monitor may be
+        // gone (and its PID reusable) by the time the container has started.
+        let monitor_pid = child.id().map_or(0, |p| p as i32);
+        let monitor_start = proc_start_time(monitor_pid).unwrap_or(0);
         let mut out = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
         let _ = tokio::time::timeout(Duration::from_secs(30), out.read_line(&mut line)).await;
@@ -694,6 +715,8 @@ impl Runtime {
             pid,
             pid_start: proc_start_time(pid).unwrap_or(0),
             started_at_ms,
+            monitor_pid,
+            monitor_start,
         };
         write_json(&cdir.join("state.json"), &cr)?;
         tracing::info!(pod, container, pid, "container started");
@@ -742,7 +765,7 @@ impl Runtime {
                     Some(x.finished_at_ms),
                 )
             }
-            None if alive(cr.pid, cr.pid_start) => (ContainerState::Running, None),
+            None if cr.running() => (ContainerState::Running, None),
             None => (ContainerState::Unknown, None),
         };
         Ok(ContainerStatus {
@@ -839,7 +862,9 @@ impl Runtime {
             return self.container_status(pod, container);
         }
         use nix::sys::signal::Signal;
-        if !grace.is_zero() {
+        // The process may already be dead (only its exit not yet recorded)
+        // and its PID reused; signal only the process that was started.
+        if !grace.is_zero() && alive(cr.pid, cr.pid_start) {
             kill(cr.pid, Signal::SIGTERM);
             if self.wait_exit(pod, container, grace).await? {
                 return self.container_status(pod, container);
@@ -1053,6 +1078,30 @@ mod tests {
         assert_eq!(tail_lines(b"a\nb\nc", 2), b"b\nc");
         assert_eq!(tail_lines(b"a\n", 5), b"a\n");
         assert_eq!(tail_lines(b"a\nb\n", 0), b"");
+    }
+
+    #[test]
+    fn exit_pending_while_monitor_runs() {
+        let me = std::process::id() as i32;
+        let me_start = proc_start_time(me).unwrap();
+        let gone = ContainerRecord {
+            pid: me,
+            pid_start: me_start + 1,
+            started_at_ms: 0,
+            monitor_pid: 0,
+            monitor_start: 0,
+        };
+        assert!(!gone.running());
+        let recording = ContainerRecord {
+            monitor_pid: me,
+            monitor_start: me_start,
+            ..gone.clone()
+        };
+        assert!(recording.running());
+        // Records written before the monitor was tracked still parse.
+        let old: ContainerRecord =
+            serde_json::from_str(r#"{"pid": 1, "pid_start": 2, "started_at_ms": 3}"#).unwrap();
+        assert_eq!((old.monitor_pid, old.monitor_start), (0, 0));
     }
 
     #[test]

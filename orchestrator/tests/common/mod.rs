@@ -15,13 +15,34 @@ pub fn can_run(test: &str) -> bool {
         println!("SKIPPED: {test}: needs root");
         return false;
     }
-    if cairn_orchestrator::runtime::cgroup::detect(Path::new("/sys/fs/cgroup")).is_err() {
+    let root = Path::new("/sys/fs/cgroup");
+    let Ok(version) = cairn_orchestrator::runtime::cgroup::detect(root) else {
         println!("SKIPPED: {test}: no cgroup hierarchy at /sys/fs/cgroup");
         return false;
-    }
-    if !Path::new("/proc/self/ns/pid").exists() {
-        println!("SKIPPED: {test}: kernel without namespaces");
+    };
+    // Every pod gets cgroups in all of these (at least a default pids limit).
+    let missing: Vec<&str> = match version {
+        cairn_orchestrator::runtime::CgroupVersion::V2 => {
+            let have = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+            ["cpu", "memory", "pids"]
+                .into_iter()
+                .filter(|c| !have.split_whitespace().any(|h| h == *c))
+                .collect()
+        }
+        _ => ["memory", "cpu", "cpuacct", "pids"]
+            .into_iter()
+            .filter(|c| !root.join(c).is_dir())
+            .collect(),
+    };
+    if !missing.is_empty() {
+        println!("SKIPPED: {test}: cgroup controllers missing: {missing:?}");
         return false;
+    }
+    for ns in ["pid", "net", "uts", "ipc", "mnt"] {
+        if !Path::new("/proc/self/ns").join(ns).exists() {
+            println!("SKIPPED: {test}: kernel without {ns} namespaces");
+            return false;
+        }
     }
     true
 }
