@@ -407,7 +407,8 @@ impl WatchHub {
                     }
                 }
             } else {
-                (Vec::new(), published)
+                // Starts in the future: nothing to read yet, and nothing to skip.
+                (Vec::new(), next_rev - 1)
             };
             let mut st = self.lock();
             let current = st.published;
@@ -455,5 +456,97 @@ impl WatchHub {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::KeyValue;
+
+    struct NoHistory;
+
+    impl History for NoHistory {
+        fn events(
+            &self,
+            _: &WatchSpec,
+            _: i64,
+            to: i64,
+            _: usize,
+            _: usize,
+        ) -> Result<(Vec<Event>, i64), MvccError> {
+            Ok((Vec::new(), to))
+        }
+        fn compact_revision(&self) -> i64 {
+            -1
+        }
+    }
+
+    fn put(key: &str, rev: i64) -> Event {
+        Event {
+            kind: EventType::Put,
+            kv: KeyValue {
+                key: key.into(),
+                mod_revision: rev,
+                ..Default::default()
+            },
+            prev_kv: None,
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<WatchMessage>) -> Vec<i64> {
+        let mut revs = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let WatchMessage::Events { events, .. } = m {
+                revs.extend(events.iter().map(|e| e.kv.mod_revision));
+            }
+        }
+        revs
+    }
+
+    #[tokio::test]
+    async fn a_future_start_revision_is_honoured_even_after_a_store_reset() {
+        let hub = WatchHub::new(5, Duration::from_secs(600));
+        let (tx, mut rx) = mpsc::channel(16);
+        let spec = WatchSpec {
+            key: b"k".to_vec(),
+            start_revision: 10,
+            ..Default::default()
+        };
+        hub.watch(1, 0, spec, &tx).await.unwrap();
+        hub.publish(&[put("k", 6)], 6);
+        // A snapshot install makes every watcher catch up; the future start must survive that.
+        hub.reset_published(8);
+        assert!(hub.sync_round(&NoHistory));
+        hub.publish(&[put("k", 9)], 9);
+        hub.publish(&[put("k", 10)], 10);
+        assert_eq!(drain(&mut rx), vec![10]);
+    }
+
+    #[tokio::test]
+    async fn a_full_stream_falls_back_to_catch_up_without_blocking_publish() {
+        let hub = WatchHub::new(1, Duration::from_secs(600));
+        let (tx, mut rx) = mpsc::channel(2);
+        hub.watch(
+            1,
+            0,
+            WatchSpec {
+                key: b"k".to_vec(),
+                ..Default::default()
+            },
+            &tx,
+        )
+        .await
+        .unwrap();
+        for rev in 2..10 {
+            hub.publish(&[put("k", rev)], rev);
+        }
+        // Created + one event fit; the rest were left for catch-up instead of blocking.
+        let st = hub.lock();
+        let w = st.watchers.get(&(1, 0)).unwrap();
+        assert!(!w.synced);
+        assert_eq!(w.next_rev, 3);
+        drop(st);
+        assert_eq!(drain(&mut rx), vec![2]);
     }
 }
