@@ -21,6 +21,8 @@ use crate::mvcc::{KeyValue, MvccError, Revision, ValueReader};
 pub(crate) const KV_PREFIX: u8 = b'r';
 /// Lease rows: `l/` + id (i64 big-endian) -> bincode TTL.
 pub(crate) const LEASE_PREFIX: &[u8] = b"l/";
+/// Published member attributes: `a/` + member id (u64 big-endian) -> bincode (name, client URLs).
+pub(crate) const MEMBER_PREFIX: &[u8] = b"a/";
 pub(crate) const META_APPLIED: &[u8] = b"m/applied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"m/membership";
 pub(crate) const META_REVISION: &[u8] = b"m/revision";

@@ -24,18 +24,19 @@ use tokio_stream::StreamExt;
 
 use crate::backend::Backend;
 use crate::config::{self, ClusterState, Config, ConfigError};
+use crate::grpc::cluster::ClusterService;
 use crate::grpc::election::ElectionService;
 use crate::grpc::kv::KvService;
 use crate::grpc::lease::LeaseService;
 use crate::grpc::lock::LockService;
 use crate::grpc::maintenance::MaintenanceService;
 use crate::grpc::watch::WatchService;
-use crate::grpc::{Limits, ServerContext, Unimplemented};
+use crate::grpc::{Limits, ServerContext};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, PeerChannels, PEER_MAX_MESSAGE};
 use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::types::{decode, encode, Member, NodeId, Raft};
+use crate::raft::types::{decode, encode, Command, Member, NodeId, Raft};
 use crate::raft::RaftHandle;
 use cairn_proto::v3electionpb::election_server::ElectionServer;
 use cairn_proto::v3lockpb::lock_server::LockServer;
@@ -236,6 +237,13 @@ impl Node {
             streams: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
 
+        tasks.push(tokio::spawn(publish(
+            handle.clone(),
+            member_id,
+            cfg.name.clone(),
+            client_urls.clone(),
+            shutdown_rx.clone(),
+        )));
         let mut servers = Vec::new();
         for listener in peer_listeners {
             let svc = RaftTransportServer::new(PeerService {
@@ -272,7 +280,9 @@ impl Node {
                     ctx: ctx.clone(),
                     shutdown: shutdown_rx.clone(),
                 }))
-                .add_service(cluster_server::ClusterServer::new(Unimplemented))
+                .add_service(cluster_server::ClusterServer::new(ClusterService {
+                    ctx: ctx.clone(),
+                }))
                 .add_service(LockServer::new(LockService { ctx: ctx.clone() }))
                 .add_service(ElectionServer::new(ElectionService {
                     ctx: ctx.clone(),
@@ -372,6 +382,36 @@ fn incoming(
             let _ = stream.set_nodelay(true);
         })
     })
+}
+
+/// Announces this member's name and client URLs through Raft until they are recorded (as etcd
+/// publishes member attributes), so MemberList shows how to reach every member.
+async fn publish(
+    handle: RaftHandle,
+    id: NodeId,
+    name: String,
+    client_urls: Vec<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let wanted = (name.clone(), client_urls.clone());
+    while handle.state().member_attrs(id).as_ref() != Some(&wanted) {
+        let cmd = Command::Publish {
+            id,
+            name: name.clone(),
+            client_urls: client_urls.clone(),
+        };
+        let result = tokio::select! {
+            result = handle.propose(cmd, 64) => result,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "publishing member attributes; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

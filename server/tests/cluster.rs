@@ -236,3 +236,41 @@ async fn a_member_behind_a_purged_log_catches_up_by_snapshot() {
     let got = r.get("after-snapshot", None).await.unwrap();
     assert_eq!(got.kvs().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_list_shows_every_member_with_its_published_urls() {
+    let cluster = ProcessCluster::start(3);
+    wait_serving(&cluster, &[0, 1, 2]).await;
+    let mut c = connect(&cluster.members[1].url()).await.expect("connect");
+    // Each member publishes its client URLs through Raft shortly after it starts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let members = loop {
+        let list = c.member_list().await.unwrap();
+        let members: Vec<(String, Vec<String>, Vec<String>, bool)> = list
+            .members()
+            .iter()
+            .map(|m| {
+                (
+                    m.name().to_string(),
+                    m.peer_urls().to_vec(),
+                    m.client_urls().to_vec(),
+                    m.is_learner(),
+                )
+            })
+            .collect();
+        if members.iter().all(|m| !m.2.is_empty()) || Instant::now() > deadline {
+            break members;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(members.len(), 3);
+    for m in &cluster.members {
+        let listed = members
+            .iter()
+            .find(|x| x.0 == m.name)
+            .expect("member listed by name");
+        assert_eq!(listed.1, vec![format!("http://127.0.0.1:{}", m.peer_port)]);
+        assert_eq!(listed.2, vec![m.url()]);
+        assert!(!listed.3, "founding members are voters");
+    }
+}

@@ -1,6 +1,7 @@
 //! The etcd v3 client API: one file per service. Each handler validates, proposes or reads, fills
 //! the response header and maps errors to etcd's statuses.
 
+pub(crate) mod cluster;
 pub(crate) mod convert;
 pub(crate) mod election;
 pub(crate) mod kv;
@@ -44,8 +45,3 @@ impl ServerContext {
         })
     }
 }
-
-/// Services answered with `Unimplemented` until they are built.
-pub(crate) struct Unimplemented;
-
-impl cairn_proto::etcdserverpb::cluster_server::Cluster for Unimplemented {}

@@ -5,7 +5,7 @@
 //! stored state is exactly the state after some applied prefix of the log, and openraft re-applies the
 //! rest from the log.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,8 +23,8 @@ use super::types::{
     StorageError, StoredMembership, TypeConfig,
 };
 use crate::backend::{
-    kv_key, Backend, SledValues, StoredKv, KV_PREFIX, LEASE_PREFIX, META_APPLIED, META_COMPACT,
-    META_MEMBERSHIP, META_REVISION,
+    kv_key, Backend, SledValues, StoredKv, KV_PREFIX, LEASE_PREFIX, MEMBER_PREFIX, META_APPLIED,
+    META_COMPACT, META_MEMBERSHIP, META_REVISION,
 };
 use crate::lease::{Lease, LeaseTable};
 use crate::mvcc::{
@@ -56,6 +56,8 @@ pub struct StoreState {
     hub: Arc<WatchHub>,
     index: RwLock<KvIndex>,
     leases: Mutex<LeaseTable>,
+    /// Name and client URLs each member published.
+    member_attrs: Mutex<BTreeMap<u64, (String, Vec<String>)>>,
     applied: Mutex<(Option<LogId>, StoredMembership)>,
     revision_tx: watch::Sender<i64>,
     snapshot_seq: AtomicU64,
@@ -81,6 +83,15 @@ impl StoreState {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .compact_revision()
+    }
+
+    /// What a member published about itself: its name and client URLs.
+    pub fn member_attrs(&self, id: u64) -> Option<(String, Vec<String>)> {
+        self.member_attrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     /// `(id, ttl)` of every lease.
@@ -177,6 +188,16 @@ impl StoreState {
             }
         }
         *self.leases.lock().unwrap_or_else(|p| p.into_inner()) = leases;
+        let mut attrs = BTreeMap::new();
+        for item in sm.scan_prefix(MEMBER_PREFIX) {
+            let (key, value) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            let id = key[MEMBER_PREFIX.len()..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            attrs.insert(id, decode(&value).map_err(|e| sm_err(ErrorVerb::Read, e))?);
+        }
+        *self.member_attrs.lock().unwrap_or_else(|p| p.into_inner()) = attrs;
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = (applied, membership);
         self.revision_tx.send_replace(revision);
@@ -258,6 +279,7 @@ impl StateMachineStore {
             hub: WatchHub::new(1, progress_interval),
             index: RwLock::new(KvIndex::new()),
             leases: Mutex::new(LeaseTable::default()),
+            member_attrs: Mutex::new(BTreeMap::new()),
             applied: Mutex::new((None, StoredMembership::default())),
             revision_tx,
             snapshot_seq: AtomicU64::new(0),
@@ -307,6 +329,14 @@ impl StateMachineStore {
                     Ok(Applied::LeaseGrant { id, ttl })
                 }
             }
+            Command::Publish {
+                id,
+                name,
+                client_urls,
+            } => {
+                pending.published.push((id, name, client_urls));
+                Ok(Applied::Nothing)
+            }
             Command::LeaseRevoke(id) => match pending.leases.get(id) {
                 None => Err(ApplyError::Mvcc(MvccError::LeaseNotFound)),
                 Some(lease) => {
@@ -350,6 +380,8 @@ struct Pending<'a> {
     leases: &'a mut LeaseTable,
     /// Lease rows to write (`Some(ttl)`) or delete (`None`).
     lease_ops: Vec<(i64, Option<i64>)>,
+    /// Member attributes announced by this entry.
+    published: Vec<(u64, String, Vec<String>)>,
 }
 
 impl Pending<'_> {
@@ -377,6 +409,13 @@ impl ValueReader for Pending<'_> {
     fn lease_exists(&self, id: i64) -> bool {
         self.leases.contains(id)
     }
+}
+
+fn member_key(id: u64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[..2].copy_from_slice(MEMBER_PREFIX);
+    key[2..].copy_from_slice(&id.to_be_bytes());
+    key
 }
 
 fn lease_key(id: i64) -> [u8; 10] {
@@ -437,9 +476,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         events: Vec::new(),
                         leases: &mut leases,
                         lease_ops: Vec::new(),
+                        published: Vec::new(),
                     };
                     let response = Self::execute(&mut index, &mut pending, cmd);
                     events = pending.events;
+                    let mut attrs = state.member_attrs.lock().unwrap_or_else(|p| p.into_inner());
+                    for (id, name, client_urls) in pending.published {
+                        let row = encode(&(&name, &client_urls))
+                            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                        batch.insert(&member_key(id), row);
+                        attrs.insert(id, (name, client_urls));
+                    }
+                    drop(attrs);
                     for (id, ttl) in pending.lease_ops {
                         match ttl {
                             Some(ttl) => batch.insert(

@@ -58,6 +58,12 @@ pub enum Command {
     },
     /// Deletes a lease and every key attached to it, in one revision.
     LeaseRevoke(i64),
+    /// A member announces how clients reach it (etcd's "publish"): stored beside the membership.
+    Publish {
+        id: NodeId,
+        name: String,
+        client_urls: Vec<String>,
+    },
     /// Several client commands in one log entry, applied in order as if they were separate entries:
     /// each write still gets its own revision. Batching amortizes the per-entry cost of consensus
     /// and storage across concurrent clients.
@@ -74,6 +80,7 @@ impl fmt::Display for Command {
             Command::Batch(cmds) => write!(f, "batch({})", cmds.len()),
             Command::LeaseGrant { id, ttl } => write!(f, "lease_grant({id:x}, {ttl}s)"),
             Command::LeaseRevoke(id) => write!(f, "lease_revoke({id:x})"),
+            Command::Publish { id, .. } => write!(f, "publish({id:x})"),
         }
     }
 }
