@@ -107,15 +107,18 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
     let old_leader = leader_index(&cluster, &[0, 1, 2]).await;
 
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stop_at = Instant::now() + Duration::from_secs(6);
+    // Writers run until told to stop, or for at most a minute.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hard_stop = Instant::now() + Duration::from_secs(60);
     let mut writers = Vec::new();
     for w in 0..12 {
         let url = cluster.members[w % 3].url();
         let acked = acked.clone();
+        let stop = stop.clone();
         writers.push(tokio::spawn(async move {
             let mut client = None;
             let mut n = 0;
-            while Instant::now() < stop_at {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < hard_stop {
                 if client.is_none() {
                     client = connect(&url).await;
                     if client.is_none() {
@@ -142,6 +145,12 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
     let survivors: Vec<usize> = (0..3).filter(|i| *i != old_leader).collect();
     let new_leader = leader_index(&cluster, &survivors).await;
     assert_ne!(new_leader, old_leader);
+    // Keep writing until the new leader has acknowledged a good number of writes (bounded).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < before_kill + 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
     }
