@@ -713,7 +713,41 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
         connect(url).await;
     }
     bench_watch(&cluster, system, secs, rows).await;
+    bench_watcher_entries(&cluster, system, rows).await;
     bench_leases(&cluster, system, rows).await;
+}
+
+/// Memory of watcher entries alone: 10,000 watchers added to one already open stream on the first
+/// member, so stream and connection buffers are not part of the difference.
+async fn bench_watcher_entries(cluster: &Cluster, system: System, rows: &mut Vec<Row>) {
+    const ENTRIES: usize = 10_000;
+    let pid = cluster.children[0].id();
+    let mut c = connect(&cluster.client_urls[0]).await;
+    let mut stream = c
+        .watch("we/0", Some(WatchOptions::new().with_watch_id(1)))
+        .await
+        .expect("watch stream");
+    created_id(&mut stream).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_kib(pid);
+    for i in 0..ENTRIES {
+        let opts = WatchOptions::new().with_watch_id(i as i64 + 2);
+        stream
+            .watch(format!("we/{i}"), Some(opts))
+            .await
+            .expect("add watcher");
+        created_id(&mut stream).await;
+    }
+    tokio::time::sleep(Duration::from_secs(IDLE_SECS)).await;
+    let after = rss_kib(pid);
+    let per = after.saturating_sub(before) * 1024 / ENTRIES as u64;
+    eprintln!("{} watcher entries: {per} B each", system.name());
+    record(
+        rows,
+        "idle watchers on one open stream: RSS growth per watcher, one member",
+        system,
+        format!("{per} B ({ENTRIES} watchers)"),
+    );
 }
 
 fn main() {
