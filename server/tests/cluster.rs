@@ -7,67 +7,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::ProcessCluster;
-use etcd_client::{Client, ConnectOptions, GetOptions};
-
-fn options() -> ConnectOptions {
-    ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(1))
-        .with_timeout(Duration::from_secs(5))
-}
-
-/// Connects to one member only, so a failure is seen rather than retried elsewhere.
-async fn connect(url: &str) -> Option<Client> {
-    Client::connect([url], Some(options())).await.ok()
-}
-
-/// Waits until every running member answers a linearizable read.
-async fn wait_serving(cluster: &ProcessCluster, members: &[usize]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for &i in members {
-        loop {
-            if let Some(mut c) = connect(&cluster.members[i].url()).await {
-                if c.get("probe", None).await.is_ok() {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "member {i} did not serve within 30 s; log:\n{}",
-                cluster.log_of(i)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// The leader as the given members see it, once they agree.
-async fn leader_index(cluster: &ProcessCluster, members: &[usize]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut seen = BTreeSet::new();
-        let mut ids = Vec::new();
-        for &i in members {
-            if let Some(mut c) = connect(&cluster.members[i].url()).await {
-                if let Ok(s) = c.status().await {
-                    seen.insert(s.leader());
-                    ids.push((i, s.header().map(|h| h.member_id()).unwrap_or(0)));
-                }
-            }
-        }
-        if seen.len() == 1 && ids.len() == members.len() {
-            let leader = *seen.iter().next().unwrap();
-            if let Some((i, _)) = ids.iter().find(|(_, id)| *id == leader) {
-                return *i;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "members {members:?} did not agree on a leader: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::{connect, leader_index, wait_serving, ProcessCluster};
+use etcd_client::GetOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_and_linearizable_reads_through_every_member() {

@@ -3,43 +3,10 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::ProcessCluster;
-use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
-
-async fn connect(url: &str) -> Option<Client> {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(1))
-        .with_timeout(Duration::from_secs(5));
-    Client::connect([url], Some(opts)).await.ok()
-}
-
-/// Index of the leader once all `members` answer Status and agree.
-async fn leader_of(cluster: &ProcessCluster, members: &[usize]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut ids = Vec::new();
-        let mut leaders = BTreeSet::new();
-        for &i in members {
-            if let Some(mut c) = connect(&cluster.members[i].url()).await {
-                if let Ok(s) = c.status().await {
-                    leaders.insert(s.leader());
-                    ids.push((i, s.header().unwrap().member_id()));
-                }
-            }
-        }
-        if ids.len() == members.len() && leaders.len() == 1 {
-            let l = *leaders.iter().next().unwrap();
-            if let Some((i, _)) = ids.iter().find(|(_, id)| *id == l) {
-                return *i;
-            }
-        }
-        assert!(Instant::now() < deadline, "no agreed leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::{connect, leader_index, ProcessCluster};
+use etcd_client::{GetOptions, WatchOptions};
 
 /// Revisions of PUT events seen on `url` for prefix `p`, from `from`, until `n` arrived.
 async fn collect(url: String, p: &'static str, from: i64, n: usize) -> Vec<i64> {
@@ -67,7 +34,7 @@ async fn collect(url: String, p: &'static str, from: i64, n: usize) -> Vec<i64> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_deliver_the_same_sequence_as_the_leader() {
     let cluster = ProcessCluster::start(3);
-    let leader = leader_of(&cluster, &[0, 1, 2]).await;
+    let leader = leader_index(&cluster, &[0, 1, 2]).await;
     let follower = (leader + 1) % 3;
     let writer = (leader + 2) % 3;
     let mut c = connect(&cluster.members[writer].url()).await.unwrap();
@@ -93,7 +60,7 @@ async fn followers_deliver_the_same_sequence_as_the_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_resumed_elsewhere_after_the_leader_dies_has_no_gap_or_duplicate() {
     let mut cluster = ProcessCluster::start(3);
-    let leader = leader_of(&cluster, &[0, 1, 2]).await;
+    let leader = leader_index(&cluster, &[0, 1, 2]).await;
     let survivor = (leader + 1) % 3;
     let writer_member = (leader + 2) % 3;
     let mut c = connect(&cluster.members[writer_member].url())

@@ -220,26 +220,7 @@ async fn leases_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_alive_lease_survives_a_leader_change() {
     let mut cluster = ProcessCluster::start(3);
-    // Find the leader through any member's status.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (leader, member_ids) = loop {
-        let mut ids = Vec::new();
-        let mut leader = 0;
-        for m in &cluster.members {
-            if let Ok(mut c) = Client::connect([m.url()], None).await {
-                if let Ok(s) = c.status().await {
-                    leader = s.leader();
-                    ids.push(s.header().unwrap().member_id());
-                }
-            }
-        }
-        if ids.len() == 3 && leader != 0 {
-            break (leader, ids);
-        }
-        assert!(Instant::now() < deadline, "cluster did not come up");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let leader_index = member_ids.iter().position(|id| *id == leader).unwrap();
+    let leader_index = common::leader_index(&cluster, &[0, 1, 2]).await;
     let via = (leader_index + 1) % 3;
     let mut c = client(&cluster.members[via].url()).await;
     let lease = c.lease_grant(3, None).await.unwrap().id();

@@ -1,12 +1,14 @@
 //! Shared test helpers: in-process members and clusters of real `cairn` processes on loopback.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_server::{Config, Node};
+use etcd_client::{Client, ConnectOptions};
 
 /// A single in-process member on OS-assigned ports, with its data in a temp dir.
 pub struct TestNode {
@@ -177,5 +179,64 @@ impl Drop for ProcessCluster {
         for i in 0..self.members.len() {
             self.kill(i);
         }
+    }
+}
+
+pub fn options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(Duration::from_secs(5))
+}
+
+/// Connects to one member only, so a failure is seen rather than retried elsewhere.
+pub async fn connect(url: &str) -> Option<Client> {
+    Client::connect([url], Some(options())).await.ok()
+}
+
+/// Waits until every running member answers a linearizable read.
+pub async fn wait_serving(cluster: &ProcessCluster, members: &[usize]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for &i in members {
+        loop {
+            if let Some(mut c) = connect(&cluster.members[i].url()).await {
+                if c.get("probe", None).await.is_ok() {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i} did not serve within 30 s; log:\n{}",
+                cluster.log_of(i)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The leader as the given members see it, once they agree.
+pub async fn leader_index(cluster: &ProcessCluster, members: &[usize]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut seen = BTreeSet::new();
+        let mut ids = Vec::new();
+        for &i in members {
+            if let Some(mut c) = connect(&cluster.members[i].url()).await {
+                if let Ok(s) = c.status().await {
+                    seen.insert(s.leader());
+                    ids.push((i, s.header().map(|h| h.member_id()).unwrap_or(0)));
+                }
+            }
+        }
+        if seen.len() == 1 && ids.len() == members.len() {
+            let leader = *seen.iter().next().unwrap();
+            if let Some((i, _)) = ids.iter().find(|(_, id)| *id == leader) {
+                return *i;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members {members:?} did not agree on a leader: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
