@@ -157,27 +157,17 @@ fn client_counts() -> Vec<usize> {
 }
 
 fn main() {
-    if !common::benchmarking("cluster") {
-        return;
-    }
-    let secs = common::secs();
-    let systems = common::systems();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut rows = Vec::new();
-    rt.block_on(async {
-        for s in &systems {
-            bench(*s, secs, &mut rows).await;
-        }
-    });
-    common::print_table(
-        &format!(
+    common::run(
+        "cluster",
+        |secs| {
+            format!(
             "{} members on 127.0.0.1, fsync on, {VALUE_SIZE}-byte values, 8-byte keys from {KEY_SPACE}, {CONNECTIONS} connections, {secs} s per row",
             members()
-        ),
-        &systems,
-        rows,
+        )
+        },
+        |system, secs, mut rows| async move {
+            bench(system, secs, &mut rows).await;
+            rows
+        },
     );
 }

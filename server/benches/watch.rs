@@ -751,26 +751,16 @@ async fn bench_watcher_entries(cluster: &Cluster, system: System, rows: &mut Vec
 }
 
 fn main() {
-    if !common::benchmarking("watch") {
-        return;
-    }
-    let secs = common::secs();
-    let systems = common::systems();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut rows = Vec::new();
-    rt.block_on(async {
-        for s in &systems {
-            bench(*s, secs, &mut rows).await;
-        }
-    });
-    common::print_table(
-        &format!(
+    common::run(
+        "watch",
+        |secs| {
+            format!(
             "3 members on 127.0.0.1, fsync on; {WATCHERS} watchers on one prefix over {WATCH_STREAMS} streams, 1 writer at {PUTS_PER_SEC} puts/s for {secs} s; {LEASES} leases (TTL {LEASE_TTL} s) kept alive {KEEPALIVE_SECS} s over {KEEPALIVE_STREAMS} streams"
-        ),
-        &systems,
-        rows,
+        )
+        },
+        |system, secs, mut rows| async move {
+            bench(system, secs, &mut rows).await;
+            rows
+        },
     );
 }

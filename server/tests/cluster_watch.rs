@@ -38,14 +38,7 @@ async fn followers_deliver_the_same_sequence_as_the_leader() {
     let follower = (leader + 1) % 3;
     let writer = (leader + 2) % 3;
     let mut c = connect(&cluster.members[writer].url()).await.unwrap();
-    let start = c
-        .put("probe", "x", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision()
-        + 1;
+    let start = common::put_rev(&mut c, "probe", "x").await + 1;
     let on_leader = tokio::spawn(collect(cluster.members[leader].url(), "f/", start, 200));
     let on_follower = tokio::spawn(collect(cluster.members[follower].url(), "f/", start, 200));
     for i in 0..200 {
@@ -66,14 +59,7 @@ async fn a_watch_resumed_elsewhere_after_the_leader_dies_has_no_gap_or_duplicate
     let mut c = connect(&cluster.members[writer_member].url())
         .await
         .unwrap();
-    let start = c
-        .put("probe", "x", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision()
-        + 1;
+    let start = common::put_rev(&mut c, "probe", "x").await + 1;
 
     // Writer: keeps writing unique keys, tolerating failures while leadership moves.
     let writer_url = cluster.members[writer_member].url();

@@ -111,13 +111,7 @@ async fn put_get_range_forms() {
 async fn revisions_versions_and_history() {
     let mut node = TestNode::start().await;
     let mut c = client(&node).await;
-    let r1 = c
-        .put("k", "1", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let r1 = common::put_rev(&mut c, "k", "1").await;
     let r2 = c
         .put("k", "2", Some(PutOptions::new().with_prev_key()))
         .await
@@ -147,13 +141,7 @@ async fn revisions_versions_and_history() {
     assert_eq!(del.prev_kvs()[0].value(), b"2");
     let r3 = del.header().unwrap().revision();
 
-    let recreated = c
-        .put("k", "3", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let recreated = common::put_rev(&mut c, "k", "3").await;
     let kv = c.get("k", None).await.unwrap().kvs()[0].clone();
     assert_eq!(
         (kv.create_revision(), kv.version()),
@@ -226,13 +214,7 @@ async fn delete_prefix_counts_and_returns_prev() {
 async fn txn_compares_and_branches() {
     let mut node = TestNode::start().await;
     let mut c = client(&node).await;
-    let rev = c
-        .put("lock", "free", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let rev = common::put_rev(&mut c, "lock", "free").await;
 
     let txn = Txn::new()
         .when([
@@ -300,27 +282,9 @@ async fn txn_compares_and_branches() {
 async fn compaction_and_compacted_reads() {
     let mut node = TestNode::start().await;
     let mut c = client(&node).await;
-    let r1 = c
-        .put("c", "1", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    let r2 = c
-        .put("c", "2", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    let r3 = c
-        .put("c", "3", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let r1 = common::put_rev(&mut c, "c", "1").await;
+    let r2 = common::put_rev(&mut c, "c", "2").await;
+    let r3 = common::put_rev(&mut c, "c", "3").await;
     c.compact(r2, None).await.unwrap();
 
     let s = status(

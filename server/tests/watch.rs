@@ -52,20 +52,8 @@ fn summary(r: &WatchResponse) -> Vec<(EventType, String, i64)> {
 async fn history_replay_prev_kv_and_filters() {
     let mut node = TestNode::start().await;
     let mut c = client(&node).await;
-    let r1 = c
-        .put("h/a", "1", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    let r2 = c
-        .put("h/a", "2", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let r1 = common::put_rev(&mut c, "h/a", "1").await;
+    let r2 = common::put_rev(&mut c, "h/a", "2").await;
     let r3 = c
         .delete("h/a", None)
         .await
@@ -109,13 +97,7 @@ async fn history_replay_prev_kv_and_filters() {
     );
 
     // A live event after the replay, then the same history through a NOPUT filter.
-    let r4 = c
-        .put("h/b", "x", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let r4 = common::put_rev(&mut c, "h/b", "x").await;
     assert_eq!(
         summary(&next_events(&mut w).await),
         vec![(EventType::Put, "h/b".into(), r4)]
@@ -187,13 +169,7 @@ async fn many_watchers_on_one_stream_cancel_and_progress() {
     assert!(canceled.canceled());
     assert_eq!(canceled.watch_id(), 105);
     c.put("m/5", "again", None).await.unwrap();
-    let last = c
-        .put("m/6", "again", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let last = common::put_rev(&mut c, "m/6", "again").await;
     let r = next_events(&mut w).await;
     assert_eq!(r.watch_id(), 106, "the canceled watcher gets nothing");
 
@@ -208,21 +184,9 @@ async fn many_watchers_on_one_stream_cancel_and_progress() {
 async fn compacted_start_revision_cancels_with_compact_revision() {
     let mut node = TestNode::start().await;
     let mut c = client(&node).await;
-    let first = c
-        .put("c", "1", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let first = common::put_rev(&mut c, "c", "1").await;
     c.put("c", "2", None).await.unwrap();
-    let rev = c
-        .put("c", "3", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let rev = common::put_rev(&mut c, "c", "3").await;
     c.compact(rev, None).await.unwrap();
     let mut w = c
         .watch("c", Some(WatchOptions::new().with_start_revision(first)))
@@ -268,13 +232,7 @@ async fn a_stalled_watcher_does_not_stall_writers_and_catches_up_without_gaps() 
     let started = std::time::Instant::now();
     let mut last = 0;
     for i in 0..writes {
-        last = c
-            .put(format!("s/{i:04}"), value.clone(), None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        last = common::put_rev(&mut c, format!("s/{i:04}"), value.clone()).await;
     }
     // ~10 MB of events is far beyond what the stalled stream buffers; writers were not held up by it.
     assert!(started.elapsed() < Duration::from_secs(60));

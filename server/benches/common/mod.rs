@@ -176,6 +176,29 @@ pub fn systems() -> Vec<System> {
     systems
 }
 
+/// Runs `bench` for every selected system in one runtime, then prints the table under
+/// `describe(secs)`. Does nothing unless invoked by `cargo bench`.
+pub fn run<F, Fut>(name: &str, describe: impl FnOnce(u64) -> String, bench: F)
+where
+    F: Fn(System, u64, Vec<Row>) -> Fut,
+    Fut: std::future::Future<Output = Vec<Row>>,
+{
+    if !benchmarking(name) {
+        return;
+    }
+    let secs = secs();
+    let systems = systems();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for s in &systems {
+        rows = rt.block_on(bench(*s, secs, rows));
+    }
+    print_table(&describe(secs), &systems, rows);
+}
+
 /// Prints the results as a markdown table under a one-line description.
 pub fn print_table(description: &str, systems: &[System], rows: Vec<Row>) {
     println!();

@@ -240,3 +240,13 @@ pub async fn leader_index(cluster: &ProcessCluster, members: &[usize]) -> usize 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Puts `value` at `key` and returns the revision of the write.
+pub async fn put_rev(c: &mut Client, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> i64 {
+    c.put(key, value, None)
+        .await
+        .expect("put")
+        .header()
+        .expect("response header")
+        .revision()
+}
