@@ -33,6 +33,8 @@ pub(crate) struct Limits {
     pub max_txn_ops: usize,
     /// Shorter lease TTLs are raised to this (seconds): 1.5 election timeouts, as etcd.
     pub min_lease_ttl: i64,
+    /// Space quota in bytes of stored key revisions; 0 = none.
+    pub quota_bytes: u64,
 }
 
 impl ServerContext {

@@ -8,6 +8,7 @@
 // openraft's trait signatures fix `StorageError`'s size; boxing it here would only add conversions.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod log_store;
 pub mod network;
 pub mod service;
@@ -23,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use self::admin::{AdminCall, AdminError, AdminReply};
 use self::network::PeerChannels;
 use self::service::{forward_error, ForwardError};
 use self::state_machine::StoreState;
@@ -77,8 +79,8 @@ impl RaftHandle {
         id: NodeId,
         channels: PeerChannels,
         state: Arc<StoreState>,
-        request_timeout: Duration,
-        election_timeout: Duration,
+        timing: Timing,
+        identity: (u64, String),
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> (RaftHandle, Vec<JoinHandle<()>>) {
         let core = Arc::new(Core {
@@ -86,10 +88,13 @@ impl RaftHandle {
             id,
             channels,
             state,
-            request_timeout,
-            lessor: Lessor::new(election_timeout),
+            request_timeout: timing.request_timeout,
+            lessor: Lessor::new(timing.election_timeout),
+            cluster_id: identity.0,
+            cluster_token: identity.1,
         });
-        let expiry = tokio::spawn(lease_expiry_loop(core.clone(), stop));
+        let expiry = tokio::spawn(lease_expiry_loop(core.clone(), stop.clone()));
+        let promoter = tokio::spawn(admin::promote_loop(core.clone(), stop));
         let (proposals, rx) = mpsc::unbounded_channel();
         let proposer = tokio::spawn(proposal_loop(core.clone(), rx));
         let (reads, rx) = mpsc::unbounded_channel();
@@ -100,7 +105,7 @@ impl RaftHandle {
             reads,
         };
         // Both loops end once every handle is dropped.
-        (handle, vec![proposer, reader, expiry])
+        (handle, vec![proposer, reader, expiry, promoter])
     }
 
     pub fn raft(&self) -> &Raft {
@@ -154,6 +159,27 @@ impl RaftHandle {
                 "unexpected lease reply {other:?}"
             ))),
         }
+    }
+
+    /// Carries out a membership change on the leader (wherever it is).
+    pub async fn admin(&self, call: AdminCall) -> Result<AdminReply, AdminError> {
+        self.core.admin_call(call).await
+    }
+
+    /// The current members, as this member knows them.
+    pub fn members(&self) -> Vec<admin::MemberInfo> {
+        admin::members(&self.core)
+    }
+
+    /// Serves a membership call from another member: `Members` anywhere, changes on the leader only.
+    pub(crate) async fn local_admin(
+        &self,
+        call: AdminCall,
+    ) -> Result<Result<AdminReply, AdminError>, ForwardError> {
+        if !matches!(call, AdminCall::Members) && self.leader() != Some(self.core.id) {
+            return Err(ForwardError::NotLeader(self.leader()));
+        }
+        Ok(admin::execute(&self.core, call).await)
     }
 
     /// Answers a lease call from a follower, as the leader.
@@ -267,6 +293,12 @@ async fn read_loop(
     }
 }
 
+/// Timeouts a [`RaftHandle`] works with.
+pub struct Timing {
+    pub request_timeout: Duration,
+    pub election_timeout: Duration,
+}
+
 struct Core {
     raft: Raft,
     id: NodeId,
@@ -274,6 +306,9 @@ struct Core {
     state: Arc<StoreState>,
     request_timeout: Duration,
     lessor: Lessor,
+    cluster_id: u64,
+    /// Mixed into the ids of added members, as into the founders'.
+    cluster_token: String,
 }
 
 /// Lease operations only the leader's clock can answer.
@@ -354,6 +389,36 @@ impl Core {
         }
     }
 
+    async fn admin_call(&self, call: AdminCall) -> Result<AdminReply, AdminError> {
+        let deadline = Instant::now() + self.request_timeout;
+        let unavailable = |e: ProposeError| AdminError::Failed(e.to_string());
+        loop {
+            let leader = self.wait_leader(deadline).await.map_err(unavailable)?;
+            let outcome = if leader == self.id {
+                Ok(admin::execute(self, call.clone()).await)
+            } else {
+                let data = encode(&call).map_err(|e| AdminError::Failed(e.to_string()))?;
+                match self
+                    .call_leader(leader, PeerMethod::Admin, data, deadline)
+                    .await
+                {
+                    Ok(reply) => {
+                        decode::<Result<Result<AdminReply, AdminError>, ForwardError>>(&reply)
+                            .map_err(|e| AdminError::Failed(e.to_string()))?
+                    }
+                    Err(e) => return Err(unavailable(e)),
+                }
+            };
+            match outcome {
+                Ok(result) => return result,
+                Err(ForwardError::NotLeader(_)) => {
+                    self.backoff(deadline).await.map_err(unavailable)?
+                }
+                Err(e) => return Err(AdminError::Failed(e.to_string())),
+            }
+        }
+    }
+
     fn local_lease_call(&self, call: LeaseCall) -> Result<LeaseReply, ForwardError> {
         // The clock starts within a tick of promotion; until then this member cannot answer.
         if self.leader() != Some(self.id) || !self.lessor.is_leading() {
@@ -427,6 +492,7 @@ impl Core {
             PeerMethod::Forward => client.forward(req).await,
             PeerMethod::ReadIndex => client.read_index(req).await,
             PeerMethod::Lease => client.lease(req).await,
+            PeerMethod::Admin => client.admin(req).await,
         };
         match reply {
             Ok(r) => Ok(r.into_inner().data),
@@ -535,6 +601,7 @@ enum PeerMethod {
     Forward,
     ReadIndex,
     Lease,
+    Admin,
 }
 
 #[cfg(test)]

@@ -95,6 +95,15 @@ impl ProcessCluster {
 
     /// Starts `n` members, each with `extra_args` on its command line.
     pub fn start_with(n: usize, extra_args: &[&str]) -> ProcessCluster {
+        let mut cluster = Self::define(n, extra_args);
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    /// Lays out `n` members (names, ports, data dirs) without starting any.
+    pub fn define(n: usize, extra_args: &[&str]) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
@@ -112,19 +121,38 @@ impl ProcessCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = ProcessCluster {
+        ProcessCluster {
             members,
             initial_cluster,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             _dir: dir,
-        };
-        for i in 0..n {
-            cluster.spawn(i);
         }
-        cluster
+    }
+
+    /// `name=peer URL` of the given members, as `--initial-cluster` takes them.
+    pub fn initial_cluster_of(&self, members: &[usize]) -> String {
+        members
+            .iter()
+            .map(|&i| {
+                let m = &self.members[i];
+                format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].peer_port)
     }
 
     pub fn spawn(&mut self, i: usize) {
+        let initial = self.initial_cluster.clone();
+        self.spawn_with(i, &initial, &[]);
+    }
+
+    /// Starts member `i` with its own `--initial-cluster` and extra flags (e.g. to join an
+    /// existing cluster).
+    pub fn spawn_with(&mut self, i: usize, initial_cluster: &str, args: &[&str]) {
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "member {i} already running");
         let log = std::fs::OpenOptions::new()
@@ -142,10 +170,11 @@ impl ProcessCluster {
             .arg("--listen-peer-urls")
             .arg(format!("http://127.0.0.1:{}", m.peer_port))
             .arg("--initial-cluster")
-            .arg(&self.initial_cluster)
+            .arg(initial_cluster)
             .arg("--log-level")
             .arg("info")
             .args(&self.extra_args)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -159,6 +188,23 @@ impl ProcessCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Waits up to `timeout` for member `i` to exit on its own; returns whether it did.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.members[i].child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    self.members[i].child = None;
+                    return true;
+                }
+            } else {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     pub fn endpoints(&self) -> Vec<String> {
