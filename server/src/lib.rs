@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub(crate) mod grpc;
 pub mod lease;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod raft;

@@ -32,6 +32,7 @@ use crate::grpc::lock::LockService;
 use crate::grpc::maintenance::MaintenanceService;
 use crate::grpc::watch::WatchService;
 use crate::grpc::{Limits, ServerContext};
+use crate::metrics::{HttpLayer, Metrics};
 use crate::raft::admin::{AdminCall, AdminReply};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, PeerChannels, PEER_MAX_MESSAGE};
@@ -209,9 +210,14 @@ impl Node {
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        let (log_store, flusher) = LogStore::new(&backend);
-        let sm = StateMachineStore::open(backend.clone(), cfg.watch_progress_notify_interval)
-            .map_err(storage)?;
+        let metrics = Metrics::new(cfg.quota_bytes());
+        let (log_store, flusher) = LogStore::new(&backend, metrics.wal_fsync_duration.clone());
+        let sm = StateMachineStore::open(
+            backend.clone(),
+            cfg.watch_progress_notify_interval,
+            metrics.apply_duration.clone(),
+        )
+        .map_err(storage)?;
         let state = sm.state();
         let channels = PeerChannels::default();
         let network = Network {
@@ -243,6 +249,7 @@ impl Node {
                 election_timeout: cfg.election_timeout,
             },
             (cluster_id, cfg.initial_cluster_token.clone()),
+            metrics.clone(),
             shutdown_rx.clone(),
         );
         tasks.push(flusher);
@@ -268,6 +275,28 @@ impl Node {
                 shutdown_rx.clone(),
             )));
         }
+        let mut servers = Vec::new();
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        tasks.push(tokio::spawn(watch_leader(
+            raft.clone(),
+            metrics.clone(),
+            health_reporter,
+            shutdown_rx.clone(),
+        )));
+        let http = HttpLayer {
+            metrics: metrics.clone(),
+            raft: handle.clone(),
+        };
+        for listener in bind_all(&cfg.listen_metrics_urls, "metrics").await? {
+            let router = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .layer(http.clone())
+                .add_service(health_service.clone());
+            let stop = stopped(shutdown_rx.clone());
+            servers.push(tokio::spawn(
+                router.serve_with_incoming_shutdown(incoming(listener), stop),
+            ));
+        }
         let (removed_tx, removed) = watch::channel(false);
         tasks.push(tokio::spawn(watch_removal(
             raft.clone(),
@@ -282,7 +311,6 @@ impl Node {
             client_urls.clone(),
             shutdown_rx.clone(),
         )));
-        let mut servers = Vec::new();
         for listener in peer_listeners {
             let svc = RaftTransportServer::new(PeerService {
                 raft: raft.clone(),
@@ -309,6 +337,10 @@ impl Node {
             let kv = kv_server::KvServer::new(KvService { ctx: ctx.clone() })
                 .max_decoding_message_size(max_msg);
             let router = tonic::transport::Server::builder()
+                // HTTP/1.1 for /health and /metrics, which etcd serves on its client URLs too.
+                .accept_http1(true)
+                .layer(http.clone())
+                .add_service(health_service.clone())
                 .add_service(kv)
                 .add_service(watch_server::WatchServer::new(WatchService {
                     ctx: ctx.clone(),
@@ -456,6 +488,40 @@ async fn publish(
                 _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+        }
+    }
+}
+
+/// Counts leader changes and reports gRPC health: SERVING while a leader is known, as etcd does.
+async fn watch_leader(
+    raft: Raft,
+    metrics: Arc<Metrics>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus;
+    let mut rx = raft.metrics();
+    let mut last_leader = None;
+    let mut last_serving = None;
+    loop {
+        let leader = rx.borrow_and_update().current_leader;
+        if leader.is_some() && leader != last_leader {
+            metrics.leader_changes.inc();
+            last_leader = leader;
+        }
+        let serving = leader.is_some();
+        if last_serving != Some(serving) {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            last_serving = Some(serving);
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

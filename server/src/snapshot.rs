@@ -1,8 +1,9 @@
 //! Backup files: what Maintenance.Snapshot streams and what a restore reads.
 //!
-//! A file is [`MAGIC`], then a consistent image of the store's state, then the SHA-256 of
-//! everything before it (etcd also ends its snapshots with a SHA-256 trailer, which `etcdctl
-//! snapshot save` writes along). Restoring keeps the data, revisions, compaction point and leases;
+//! A file is [`MAGIC`], the image length (u64 big-endian), a consistent image of the store's
+//! state, zero padding, then the SHA-256 of everything before it. etcd also ends its snapshots with
+//! a SHA-256 trailer, and `etcdctl snapshot save` insists on finding one where etcd puts it: the
+//! file size must be a multiple of 512 plus the 32 trailer bytes, hence the padding. Restoring keeps the data, revisions, compaction point and leases;
 //! it drops the old cluster's membership, member attributes and alarms, so the restored members
 //! form a new cluster from their own `--initial-cluster`.
 
@@ -37,9 +38,12 @@ pub enum RestoreError {
 
 /// The file body for an image (without the trailer, which is streamed last).
 pub fn file_body(image: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(MAGIC.len() + image.len());
+    let unpadded = MAGIC.len() + 8 + image.len();
+    let mut body = Vec::with_capacity(unpadded.next_multiple_of(512));
     body.extend_from_slice(MAGIC);
+    body.extend_from_slice(&(image.len() as u64).to_be_bytes());
     body.extend_from_slice(image);
+    body.resize(unpadded.next_multiple_of(512), 0);
     body
 }
 
@@ -57,7 +61,13 @@ fn verified_image(file: &[u8]) -> Result<&[u8], RestoreError> {
     if Sha256::digest(body).as_slice() != digest {
         return Err(RestoreError::Checksum);
     }
-    Ok(&body[MAGIC.len()..])
+    let rest = &body[MAGIC.len()..];
+    let len = rest
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or(RestoreError::NotASnapshot)? as usize;
+    rest.get(8..8 + len).ok_or(RestoreError::NotASnapshot)
 }
 
 /// Builds a new data dir from a backup file; returns the store revision it holds. The member that
@@ -103,9 +113,10 @@ mod tests {
         let body = file_body(b"image");
         let mut file = body.clone();
         file.extend(trailer(&body));
+        assert_eq!(file.len() % 512, 32, "where etcdctl looks for the checksum");
         assert_eq!(verified_image(&file).unwrap(), b"image");
         let mut flipped = file.clone();
-        flipped[MAGIC.len()] ^= 1;
+        flipped[MAGIC.len() + 8] ^= 1;
         assert!(matches!(
             verified_image(&flipped),
             Err(RestoreError::Checksum)

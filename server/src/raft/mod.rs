@@ -81,6 +81,7 @@ impl RaftHandle {
         state: Arc<StoreState>,
         timing: Timing,
         identity: (u64, String),
+        metrics: Arc<crate::metrics::Metrics>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> (RaftHandle, Vec<JoinHandle<()>>) {
         let core = Arc::new(Core {
@@ -92,6 +93,7 @@ impl RaftHandle {
             lessor: Lessor::new(timing.election_timeout),
             cluster_id: identity.0,
             cluster_token: identity.1,
+            metrics,
         });
         let expiry = tokio::spawn(lease_expiry_loop(core.clone(), stop.clone()));
         let promoter = tokio::spawn(admin::promote_loop(core.clone(), stop));
@@ -134,8 +136,17 @@ impl RaftHandle {
         self.proposals
             .send(Proposal { cmd, bytes, reply })
             .map_err(|_| ProposeError::Internal("proposer stopped".into()))?;
-        rx.await
-            .map_err(|_| ProposeError::Internal("proposer stopped".into()))?
+        let metrics = &self.core.metrics;
+        metrics.proposals_pending.inc();
+        let result = rx
+            .await
+            .map_err(|_| ProposeError::Internal("proposer stopped".into()))
+            .and_then(|r| r);
+        metrics.proposals_pending.dec();
+        if result.is_err() {
+            metrics.proposals_failed.inc();
+        }
+        result
     }
 
     /// Restarts a lease's TTL on the leader; returns the TTL, or 0 if the lease does not exist.
@@ -309,6 +320,7 @@ struct Core {
     cluster_id: u64,
     /// Mixed into the ids of added members, as into the founders'.
     cluster_token: String,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Lease operations only the leader's clock can answer.

@@ -15,6 +15,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
 };
+use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -375,12 +376,14 @@ impl History for StoreState {
 #[derive(Clone)]
 pub struct StateMachineStore {
     state: Arc<StoreState>,
+    apply_duration: Histogram,
 }
 
 impl StateMachineStore {
     pub(crate) fn open(
         backend: Backend,
         progress_interval: Duration,
+        apply_duration: Histogram,
     ) -> Result<StateMachineStore, StorageError> {
         let (revision_tx, _) = watch::channel(1);
         let state = Arc::new(StoreState {
@@ -396,7 +399,10 @@ impl StateMachineStore {
             bytes_in_use: AtomicU64::new(0),
         });
         state.load()?;
-        Ok(StateMachineStore { state })
+        Ok(StateMachineStore {
+            state,
+            apply_duration,
+        })
     }
 
     pub fn state(&self) -> Arc<StoreState> {
@@ -598,6 +604,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let sm = &state.backend.sm;
         let mut responses = Vec::new();
         for entry in entries {
+            let started = std::time::Instant::now();
             let mut batch = sled::Batch::default();
             let mut events = Vec::new();
             let mut index = state.index.write().unwrap_or_else(|p| p.into_inner());
@@ -725,6 +732,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 *r = revision;
                 changed
             });
+            self.apply_duration.observe(started.elapsed().as_secs_f64());
             responses.push(response);
         }
         Ok(responses)
