@@ -39,7 +39,7 @@ use crate::raft::network::{Network, PeerChannels, PEER_MAX_MESSAGE};
 use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::types::{decode, encode, Command, Member, NodeId, Raft};
-use crate::raft::{RaftHandle, Timing};
+use crate::raft::{HandleSettings, RaftHandle};
 use cairn_proto::v3electionpb::election_server::ElectionServer;
 use cairn_proto::v3lockpb::lock_server::LockServer;
 
@@ -244,12 +244,13 @@ impl Node {
             member_id,
             channels,
             state,
-            Timing {
+            HandleSettings {
                 request_timeout: cfg.request_timeout,
                 election_timeout: cfg.election_timeout,
+                cluster_id,
+                cluster_token: cfg.initial_cluster_token.clone(),
+                metrics: metrics.clone(),
             },
-            (cluster_id, cfg.initial_cluster_token.clone()),
-            metrics.clone(),
             shutdown_rx.clone(),
         );
         tasks.push(flusher);

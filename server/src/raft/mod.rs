@@ -79,9 +79,7 @@ impl RaftHandle {
         id: NodeId,
         channels: PeerChannels,
         state: Arc<StoreState>,
-        timing: Timing,
-        identity: (u64, String),
-        metrics: Arc<crate::metrics::Metrics>,
+        settings: HandleSettings,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> (RaftHandle, Vec<JoinHandle<()>>) {
         let core = Arc::new(Core {
@@ -89,11 +87,11 @@ impl RaftHandle {
             id,
             channels,
             state,
-            request_timeout: timing.request_timeout,
-            lessor: Lessor::new(timing.election_timeout),
-            cluster_id: identity.0,
-            cluster_token: identity.1,
-            metrics,
+            request_timeout: settings.request_timeout,
+            lessor: Lessor::new(settings.election_timeout),
+            cluster_id: settings.cluster_id,
+            cluster_token: settings.cluster_token,
+            metrics: settings.metrics,
         });
         let expiry = tokio::spawn(lease_expiry_loop(core.clone(), stop.clone()));
         let promoter = tokio::spawn(admin::promote_loop(core.clone(), stop));
@@ -304,10 +302,14 @@ async fn read_loop(
     }
 }
 
-/// Timeouts a [`RaftHandle`] works with.
-pub struct Timing {
+/// What a [`RaftHandle`] works with besides Raft itself.
+pub struct HandleSettings {
     pub request_timeout: Duration,
     pub election_timeout: Duration,
+    pub cluster_id: u64,
+    /// Mixed into the ids of added members.
+    pub cluster_token: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 struct Core {

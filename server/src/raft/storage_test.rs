@@ -16,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let backend = Backend::open(dir.path(), 1024 * 1024).expect("open sled");
-        let histogram = || Histogram::new([1.0].into_iter());
+        let histogram = || Histogram::new([1.0]);
         let (log, _flusher) = LogStore::new(&backend, histogram());
         let sm =
             StateMachineStore::open(backend, std::time::Duration::from_secs(600), histogram())?;
