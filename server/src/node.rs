@@ -24,6 +24,7 @@ use tokio_stream::StreamExt;
 
 use crate::backend::Backend;
 use crate::config::{self, ClusterState, Config, ConfigError};
+use crate::grpc::authority::AuthorityFix;
 use crate::grpc::cluster::ClusterService;
 use crate::grpc::election::ElectionService;
 use crate::grpc::kv::KvService;
@@ -364,7 +365,7 @@ impl Node {
                 ));
             let stop = stopped(shutdown_rx.clone());
             servers.push(tokio::spawn(
-                router.serve_with_incoming_shutdown(incoming(listener), stop),
+                router.serve_with_incoming_shutdown(client_incoming(listener), stop),
             ));
         }
         tracing::info!(member_id = format!("{member_id:x}"), cluster_id = format!("{cluster_id:x}"),
@@ -461,6 +462,13 @@ fn incoming(
             let _ = stream.set_nodelay(true);
         })
     })
+}
+
+/// Client connections, read through [`AuthorityFix`] for etcdctl 3.4's sake.
+fn client_incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AuthorityFix<tokio::net::TcpStream>>> {
+    incoming(listener).map(|conn| conn.map(AuthorityFix::new))
 }
 
 /// Announces this member's name and client URLs through Raft until they are recorded (as etcd

@@ -1,6 +1,7 @@
 //! The etcd v3 client API: one file per service. Each handler validates, proposes or reads, fills
 //! the response header and maps errors to etcd's statuses.
 
+pub(crate) mod authority;
 pub(crate) mod cluster;
 pub(crate) mod convert;
 pub(crate) mod election;
