@@ -1,6 +1,8 @@
 //! Shared test helpers: in-process members and clusters of real `cairn` processes on loopback.
 #![allow(dead_code)]
 
+pub mod etcdctl;
+
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
