@@ -20,8 +20,13 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start() -> TestNode {
+        Self::start_with(|c| c).await
+    }
+
+    /// Starts a member whose configuration `adjust` changed from the ephemeral default.
+    pub async fn start_with(adjust: impl FnOnce(Config) -> Config) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
-        let node = Node::start(Config::ephemeral(dir.path()))
+        let node = Node::start(adjust(Config::ephemeral(dir.path())))
             .await
             .expect("start member");
         wait_leader(&node).await;
@@ -297,4 +302,12 @@ pub async fn put_rev(c: &mut Client, key: impl Into<Vec<u8>>, value: impl Into<V
         .header()
         .expect("response header")
         .revision()
+}
+
+/// The gRPC status inside a client error (panics on any other kind of error).
+pub fn status(e: etcd_client::Error) -> tonic::Status {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s,
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
 }
