@@ -91,7 +91,7 @@ impl From<ServerError> for Status {
                 | AdminError::NotLearner
                 | AdminError::LearnerNotReady
                 | AdminError::NotEnoughStarted => Code::FailedPrecondition,
-                AdminError::Failed(_) => Code::Unavailable,
+                AdminError::Failed(_) | AdminError::TransferFailed => Code::Unavailable,
             },
             ServerError::Internal(_) => Code::Internal,
         };

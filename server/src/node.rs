@@ -299,11 +299,10 @@ impl Node {
                 router.serve_with_incoming_shutdown(incoming(listener), stop),
             ));
         }
-        let (removed_tx, removed) = watch::channel(false);
+        let removed = handle.removed();
         tasks.push(tokio::spawn(watch_removal(
-            raft.clone(),
+            handle.clone(),
             member_id,
-            removed_tx,
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(publish(
@@ -535,13 +534,8 @@ async fn watch_leader(
     }
 }
 
-async fn watch_removal(
-    raft: Raft,
-    id: NodeId,
-    removed: watch::Sender<bool>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut metrics = raft.metrics();
+async fn watch_removal(handle: RaftHandle, id: NodeId, mut stop: watch::Receiver<bool>) {
+    let mut metrics = handle.raft().metrics();
     let mut seen = false;
     loop {
         let present = metrics
@@ -553,8 +547,7 @@ async fn watch_removal(
         if present {
             seen = true;
         } else if seen {
-            tracing::warn!("this member has been removed from the cluster");
-            let _ = removed.send(true);
+            handle.mark_removed();
             return;
         }
         tokio::select! {

@@ -114,10 +114,21 @@ async fn etcdctl_grows_checks_shrinks_backs_up_and_restores_a_cluster() {
     })
     .await;
 
-    // Shrink: remove m0 through m1; m0 leaves and the other two keep serving.
+    // Hand leadership from the founder to m1.
+    let everyone = Ctl {
+        endpoint: cluster.endpoints()[..3].join(","),
+    };
+    let moved = everyone.ok(&["move-leader", &m1]).await;
+    assert!(moved.contains("Leadership transferred"), "{moved}");
+    let m1_decimal = u64::from_str_radix(&m1, 16).unwrap().to_string();
     let via1 = Ctl {
         endpoint: cluster.members[1].url(),
     };
+    let st = via1.ok(&["endpoint", "status", "-w", "json"]).await;
+    assert!(st.contains(&format!("\"leader\":{m1_decimal}")), "{st}");
+    via1.ok(&["put", "after-move", "yes"]).await;
+
+    // Shrink: remove m0 through m1; m0 leaves and the other two keep serving.
     let list = via1.ok(&["member", "list"]).await;
     let m0 = list
         .lines()

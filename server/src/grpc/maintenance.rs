@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::ServerContext;
 use crate::error::ServerError;
+use crate::raft::admin::AdminCall;
 use crate::raft::state_machine::ALARM_NOSPACE;
 use crate::raft::types::Command;
 
@@ -191,13 +192,23 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
+    #[tracing::instrument(skip_all, fields(target = format!("{:x}", req.get_ref().target_id)))]
     async fn move_leader(
         &self,
-        _req: Request<pb::MoveLeaderRequest>,
+        req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented(
-            "etcdserver: leadership transfer is not supported by this server",
-        ))
+        // etcd serves MoveLeader on the leader only; etcdctl finds the leader first.
+        if self.ctx.raft.leader() != Some(self.ctx.member_id) {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        self.ctx
+            .raft
+            .admin(AdminCall::MoveLeader(req.into_inner().target_id))
+            .await
+            .map_err(ServerError::from)?;
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: self.ctx.header(self.ctx.raft.state().current_revision()),
+        }))
     }
 }
 

@@ -40,6 +40,16 @@ pub enum AdminCall {
         id: NodeId,
         peer_urls: Vec<String>,
     },
+    /// Hands leadership to this voter (etcd's MoveLeader).
+    MoveLeader(NodeId),
+    /// Sent by a leader handing over: stand for election now.
+    Campaign,
+    /// Sent by a leader handing over: do not start elections of your own for this many
+    /// milliseconds, so that the chosen member is the one that wins.
+    HoldElections(u64),
+    /// Sent by the leader to a member it just removed: a removed follower stops hearing from the
+    /// cluster and would not learn of its removal otherwise.
+    Removed(NodeId),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -70,6 +80,8 @@ pub enum AdminError {
     NotEnoughStarted,
     #[error("etcdserver: {0}")]
     Failed(String),
+    #[error("etcdserver: leadership transfer failed")]
+    TransferFailed,
 }
 
 /// Every member of `raft`'s current membership, with the attributes each published.
@@ -196,6 +208,50 @@ pub(super) async fn execute(core: &Core, call: AdminCall) -> Result<AdminReply, 
             raft.change_membership(change, false)
                 .await
                 .map_err(failed)?;
+            if id != core.id {
+                // Best effort: a member that is down learns nothing, and only serves stale reads
+                // until it is stopped.
+                if let Err(e) = core
+                    .call_member_at(&nodes[&id], AdminCall::Removed(id))
+                    .await
+                {
+                    tracing::info!(member = format!("{id:x}"), error = %e, "telling a removed member");
+                }
+            }
+            Ok(AdminReply::Done)
+        }
+        AdminCall::MoveLeader(target) => {
+            if !nodes.contains_key(&target) {
+                return Err(AdminError::MemberNotFound);
+            }
+            if !voters.contains(&target) {
+                return Err(AdminError::Failed(
+                    "leadership can only move to a voting member".into(),
+                ));
+            }
+            if target == core.id {
+                return Ok(AdminReply::Done);
+            }
+            move_leader(core, target, &voters).await?;
+            Ok(AdminReply::Done)
+        }
+        AdminCall::Removed(id) => {
+            if id == core.id && !core.removed.send_replace(true) {
+                tracing::warn!("this member has been removed from the cluster");
+            }
+            Ok(AdminReply::Done)
+        }
+        AdminCall::Campaign => {
+            raft.trigger().elect().await.map_err(failed)?;
+            Ok(AdminReply::Done)
+        }
+        AdminCall::HoldElections(ms) => {
+            raft.runtime_config().elect(false);
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                raft.runtime_config().elect(true);
+            });
             Ok(AdminReply::Done)
         }
         AdminCall::Update { id, peer_urls } => {
@@ -223,6 +279,74 @@ pub(super) async fn execute(core: &Core, call: AdminCall) -> Result<AdminReply, 
             .map_err(failed)?;
             Ok(AdminReply::Done)
         }
+    }
+}
+
+/// Hands leadership from this member (the leader) to `target`.
+///
+/// openraft 0.9 has no leadership transfer, and its followers refuse to vote while their leader
+/// lease (the longest election timeout) runs. So the leader goes quiet: it holds back new
+/// proposals and heartbeats until every follower's lease has run out, the other followers hold
+/// their own elections back, and `target`, whose log has caught up, stands for election and wins.
+/// Writes wait (they are not refused) for the two or so election timeouts this takes.
+async fn move_leader(
+    core: &Core,
+    target: NodeId,
+    voters: &BTreeSet<NodeId>,
+) -> Result<(), AdminError> {
+    let raft = &core.raft;
+    let election_max = Duration::from_millis(raft.config().election_timeout_max);
+    let deadline = tokio::time::Instant::now() + 4 * election_max;
+    // The target must hold every entry the leader has, or it cannot win.
+    loop {
+        let m = raft.metrics().borrow().clone();
+        let last = m.last_log_index;
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&target).cloned().flatten())
+            .map(|l| l.index);
+        if matched.is_some() && matched == last {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AdminError::TransferFailed);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hold = (3 * election_max).as_millis() as u64;
+    for id in voters.iter().filter(|id| **id != target && **id != core.id) {
+        // A follower that misses this may win the election itself: leadership still moves.
+        if let Err(e) = core.call_member(*id, AdminCall::HoldElections(hold)).await {
+            tracing::debug!(member = format!("{id:x}"), error = %e, "holding elections back");
+        }
+    }
+    core.hold_proposals(true);
+    raft.runtime_config().heartbeat(false);
+    tokio::time::sleep(election_max + Duration::from_millis(200)).await;
+    let campaign = core.call_member(target, AdminCall::Campaign).await;
+    let moved = match campaign {
+        Ok(_) => {
+            let mut rx = raft.metrics();
+            tokio::time::timeout(
+                2 * election_max,
+                rx.wait_for(|m| m.current_leader.is_some() && m.current_leader != Some(core.id)),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "asking the new leader to campaign");
+            false
+        }
+    };
+    raft.runtime_config().heartbeat(true);
+    core.hold_proposals(false);
+    if moved {
+        tracing::info!(to = format!("{target:x}"), "moved leadership");
+        Ok(())
+    } else {
+        Err(AdminError::TransferFailed)
     }
 }
 

@@ -92,6 +92,8 @@ impl RaftHandle {
             cluster_id: settings.cluster_id,
             cluster_token: settings.cluster_token,
             metrics: settings.metrics,
+            holding: tokio::sync::watch::channel(false).0,
+            removed: tokio::sync::watch::channel(false).0,
         });
         let expiry = tokio::spawn(lease_expiry_loop(core.clone(), stop.clone()));
         let promoter = tokio::spawn(admin::promote_loop(core.clone(), stop));
@@ -175,6 +177,18 @@ impl RaftHandle {
         self.core.admin_call(call).await
     }
 
+    /// Becomes true once this member has been removed from the cluster.
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.core.removed.subscribe()
+    }
+
+    /// Records that this member was removed from the cluster.
+    pub(crate) fn mark_removed(&self) {
+        if !self.core.removed.send_replace(true) {
+            tracing::warn!("this member has been removed from the cluster");
+        }
+    }
+
     /// The current members, as this member knows them.
     pub fn members(&self) -> Vec<admin::MemberInfo> {
         admin::members(&self.core)
@@ -185,7 +199,14 @@ impl RaftHandle {
         &self,
         call: AdminCall,
     ) -> Result<Result<AdminReply, AdminError>, ForwardError> {
-        if !matches!(call, AdminCall::Members) && self.leader() != Some(self.core.id) {
+        let anywhere = matches!(
+            call,
+            AdminCall::Members
+                | AdminCall::Campaign
+                | AdminCall::HoldElections(_)
+                | AdminCall::Removed(_)
+        );
+        if !anywhere && self.leader() != Some(self.core.id) {
             return Err(ForwardError::NotLeader(self.leader()));
         }
         Ok(admin::execute(&self.core, call).await)
@@ -323,6 +344,10 @@ struct Core {
     /// Mixed into the ids of added members, as into the founders'.
     cluster_token: String,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Set while leadership is being handed over: new proposals wait, so the leader stays quiet.
+    holding: tokio::sync::watch::Sender<bool>,
+    /// Set once this member knows it was removed from the cluster.
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Lease operations only the leader's clock can answer.
@@ -433,6 +458,45 @@ impl Core {
         }
     }
 
+    fn hold_proposals(&self, hold: bool) {
+        self.holding.send_replace(hold);
+    }
+
+    /// Sends an admin call to one member (not necessarily the leader).
+    async fn call_member(&self, id: NodeId, call: AdminCall) -> Result<AdminReply, AdminError> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let data = encode(&call).map_err(|e| AdminError::Failed(e.to_string()))?;
+        let reply = self
+            .call_leader(id, PeerMethod::Admin, data, deadline)
+            .await
+            .map_err(|e| AdminError::Failed(e.to_string()))?;
+        Self::admin_result(&reply)
+    }
+
+    /// Sends an admin call to a member that may no longer be in the membership.
+    async fn call_member_at(
+        &self,
+        member: &types::Member,
+        call: AdminCall,
+    ) -> Result<AdminReply, AdminError> {
+        let failed = |e: &dyn std::fmt::Display| AdminError::Failed(e.to_string());
+        let url = member.peer_urls.first().ok_or(AdminError::BadUrls)?;
+        let mut client = self.channels.client(url).map_err(|e| failed(&e))?;
+        let data = encode(&call).map_err(|e| failed(&e))?;
+        let mut req = tonic::Request::new(RaftPayload { data });
+        req.set_timeout(Duration::from_secs(2));
+        let reply = client.admin(req).await.map_err(|e| failed(&e))?;
+        Self::admin_result(&reply.into_inner().data)
+    }
+
+    fn admin_result(reply: &[u8]) -> Result<AdminReply, AdminError> {
+        match decode::<Result<Result<AdminReply, AdminError>, ForwardError>>(&reply) {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(AdminError::Failed(e.to_string())),
+            Err(e) => Err(AdminError::Failed(e.to_string())),
+        }
+    }
+
     fn local_lease_call(&self, call: LeaseCall) -> Result<LeaseReply, ForwardError> {
         // The clock starts within a tick of promotion; until then this member cannot answer.
         if self.leader() != Some(self.id) || !self.lessor.is_leading() {
@@ -525,6 +589,9 @@ impl Core {
         loop {
             let leader = self.wait_leader(deadline).await?;
             let outcome = if leader == self.id {
+                // While leadership is handed over, wait rather than keep followers' leases alive.
+                let mut holding = self.holding.subscribe();
+                let _ = tokio::time::timeout_at(deadline, holding.wait_for(|h| !*h)).await;
                 match self.raft.client_write(cmd.clone()).await {
                     Ok(r) => return Ok(r.data),
                     Err(e) => forward_error(e),
