@@ -490,7 +490,7 @@ impl Core {
     }
 
     fn admin_result(reply: &[u8]) -> Result<AdminReply, AdminError> {
-        match decode::<Result<Result<AdminReply, AdminError>, ForwardError>>(&reply) {
+        match decode::<Result<Result<AdminReply, AdminError>, ForwardError>>(reply) {
             Ok(Ok(result)) => result,
             Ok(Err(e)) => Err(AdminError::Failed(e.to_string())),
             Err(e) => Err(AdminError::Failed(e.to_string())),
