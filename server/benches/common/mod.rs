@@ -51,20 +51,46 @@ pub fn start(system: System, members: usize) -> Cluster {
     let initial: Vec<String> = (0..members)
         .map(|i| format!("m{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
         .collect();
-    let mut children = Vec::new();
-    let mut client_urls = Vec::new();
+    let mut cluster = Cluster {
+        children: Vec::new(),
+        client_urls: Vec::new(),
+        _dir: dir,
+    };
     for i in 0..members {
-        let client = format!("http://127.0.0.1:{}", ports[2 * i]);
-        let peer = format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+        // Each member is pushed before the next one spawns, so Drop reaps whatever already started
+        // if a later spawn panics.
+        cluster.spawn_member(
+            system,
+            &format!("m{i}"),
+            (ports[2 * i], ports[2 * i + 1]),
+            &initial.join(","),
+            "new",
+        );
+    }
+    cluster
+}
+
+impl Cluster {
+    /// Starts one member (`ports` = client, peer) with the given `--initial-cluster` and state.
+    pub fn spawn_member(
+        &mut self,
+        system: System,
+        name: &str,
+        ports: (u16, u16),
+        initial_cluster: &str,
+        state: &str,
+    ) {
+        let client = format!("http://127.0.0.1:{}", ports.0);
+        let peer = format!("http://127.0.0.1:{}", ports.1);
         let bin = match system {
             System::Cairn => env!("CARGO_BIN_EXE_cairn"),
             System::Etcd => "etcd",
         };
         let mut cmd = Command::new(bin);
         cmd.arg("--name")
-            .arg(format!("m{i}"))
+            .arg(name)
             .arg("--data-dir")
-            .arg(dir.path().join(format!("m{i}")))
+            .arg(self._dir.path().join(name))
             .arg("--listen-client-urls")
             .arg(&client)
             .arg("--advertise-client-urls")
@@ -74,23 +100,16 @@ pub fn start(system: System, members: usize) -> Cluster {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer)
             .arg("--initial-cluster")
-            .arg(initial.join(","))
+            .arg(initial_cluster)
             .arg("--initial-cluster-state")
-            .arg("new")
+            .arg(state)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if system == System::Cairn {
             cmd.arg("--log-level").arg("warn");
         }
-        // Push before spawning the next member, so Drop reaps whatever already started if a later
-        // spawn panics.
-        children.push(cmd.spawn().expect("spawn member"));
-        client_urls.push(client);
-    }
-    Cluster {
-        children,
-        client_urls,
-        _dir: dir,
+        self.children.push(cmd.spawn().expect("spawn member"));
+        self.client_urls.push(client);
     }
 }
 

@@ -1,0 +1,165 @@
+//! Cluster operations beside etcd: how long a backup, a member join (to promotable) and a
+//! leadership move take on a store holding `CAIRN_BENCH_KEYS` keys (default 50,000 × 256 B).
+//!
+//! `cargo bench -p cairn-server --bench ops`; `CAIRN_BENCH_SYSTEMS=cairn` to skip etcd.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{connect, free_ports, record, Row, System};
+use etcd_client::{Client, MemberAddOptions};
+
+const VALUE_SIZE: usize = 256;
+const WRITERS: usize = 64;
+
+fn keys() -> usize {
+    std::env::var("CAIRN_BENCH_KEYS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50_000)
+}
+
+async fn fill(url: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let url = url.to_string();
+            tokio::spawn(async move {
+                let mut c = connect(&url).await;
+                for i in (w..n).step_by(WRITERS) {
+                    c.put(format!("key/{i:08}"), vec![b'v'; VALUE_SIZE], None)
+                        .await
+                        .expect("put");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    started.elapsed()
+}
+
+/// Retries `op` for up to a minute; returns how long it took to succeed.
+async fn until_ok<F, Fut, T>(mut op: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let started = Instant::now();
+    loop {
+        if op().await.is_ok() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "gave up after a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn bench(system: System, mut rows: Vec<Row>) -> Vec<Row> {
+    let n = keys();
+    let mut cluster = common::start(system, 1);
+    let url = cluster.client_urls[0].clone();
+    let mut c: Client = connect(&url).await;
+    let took = fill(&url, n).await;
+    record(
+        &mut rows,
+        &format!("load {n} keys ({WRITERS} writers)"),
+        system,
+        format!("{:.1} s", took.as_secs_f64()),
+    );
+
+    let started = Instant::now();
+    let mut stream = c.snapshot().await.expect("snapshot");
+    let mut bytes = 0;
+    while let Some(msg) = stream.message().await.expect("snapshot chunk") {
+        bytes += msg.blob().len();
+    }
+    record(
+        &mut rows,
+        "snapshot save (time, size)",
+        system,
+        format!("{}, {:.1} MB", ms(started.elapsed()), bytes as f64 / 1e6),
+    );
+
+    let started = Instant::now();
+    c.hash_kv(0).await.expect("hashkv");
+    record(&mut rows, "hashkv", system, ms(started.elapsed()));
+
+    // A learner joins and catches up until the leader lets it be promoted.
+    let ports = free_ports(2);
+    let peer = format!("http://127.0.0.1:{}", ports[1]);
+    let list = c.member_list().await.expect("member list");
+    let founder = &list.members()[0];
+    let initial = format!("{}={},m1={peer}", founder.name(), founder.peer_urls()[0]);
+    let added = c
+        .member_add(
+            [peer.as_str()],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect("member add");
+    let id = added.member().expect("member").id();
+    cluster.spawn_member(system, "m1", (ports[0], ports[1]), &initial, "existing");
+    let joined = until_ok(|| {
+        let mut c = c.clone();
+        async move { c.member_promote(id).await }
+    })
+    .await;
+    record(
+        &mut rows,
+        "learner join until promotable",
+        system,
+        ms(joined),
+    );
+
+    // Leadership moves to the new member; writes resume through it.
+    let started = Instant::now();
+    c.move_leader(id).await.expect("move leader");
+    let moved = started.elapsed();
+    let mut to_new = connect(&cluster.client_urls[1]).await;
+    let resumed = until_ok(|| {
+        let mut c = to_new.clone();
+        async move { c.put("after-move", "x", None).await }
+    })
+    .await;
+    let _ = to_new.get("after-move", None).await;
+    record(
+        &mut rows,
+        "move-leader (call, then first write)",
+        system,
+        format!("{}, +{}", ms(moved), ms(resumed)),
+    );
+    rows
+}
+
+fn main() {
+    if !common::benchmarking("ops") {
+        return;
+    }
+    let systems = common::systems();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for s in &systems {
+        rows = rt.block_on(bench(*s, rows));
+    }
+    common::print_table(
+        &format!(
+            "1 member + 1 joining on 127.0.0.1, fsync on, {} keys of {VALUE_SIZE} B",
+            keys()
+        ),
+        &systems,
+        rows,
+    );
+}
