@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::etcdctl::{etcdctl_present, Ctl};
 use common::{status, TestNode};
 use etcd_client::{AlarmAction, AlarmType, Client, GetOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

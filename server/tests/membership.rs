@@ -236,3 +236,57 @@ async fn grow_one_to_three_then_remove_the_leader() {
         "members disagree at revision {revision}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_moves_to_new_peer_urls() {
+    let mut cluster = ProcessCluster::start(3);
+    wait_serving(&cluster, &[0, 1, 2]).await;
+    let leader = leader_index(&cluster, &[0, 1, 2]).await;
+    let mover = (leader + 1) % 3;
+    let mut c = connect(&cluster.members[leader].url())
+        .await
+        .expect("connect");
+    let id = connect(&cluster.members[mover].url())
+        .await
+        .expect("connect")
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .unwrap()
+        .member_id();
+    let new_port = common::free_ports(1)[0];
+    let new_url = format!("http://127.0.0.1:{new_port}");
+    let updated = c
+        .member_update(id, vec![new_url.clone()])
+        .await
+        .expect("member update");
+    let listed = updated
+        .members()
+        .iter()
+        .find(|m| m.id() == id)
+        .expect("listed");
+    assert_eq!(listed.peer_urls(), [new_url.clone()]);
+
+    // The member restarts on its new address; the cluster reaches it there.
+    cluster.kill(mover);
+    cluster.members[mover].peer_port = new_port;
+    let initial = cluster.initial_cluster_of(&[0, 1, 2]);
+    cluster.spawn_with(mover, &initial, &[]);
+    let rev = common::put_rev(&mut c, "moved", "yes").await;
+    eventually(30, "the moved member catching up", || {
+        let url = cluster.members[mover].url();
+        async move {
+            let mut m = connect(&url).await.ok_or("connect")?;
+            let got = m
+                .get("moved", Some(GetOptions::new().with_serializable()))
+                .await
+                .map_err(|e| e.to_string())?;
+            match got.kvs().first() {
+                Some(kv) if kv.mod_revision() == rev => Ok(()),
+                _ => Err("not there yet".to_string()),
+            }
+        }
+    })
+    .await;
+}
