@@ -76,16 +76,28 @@ async fn quota_alarm_rejects_writes_until_space_is_freed_and_the_alarm_disarmed(
     let rev = deleted.header().unwrap().revision();
     c.compact(rev, None).await.unwrap();
     c.defragment().await.unwrap();
-    let alarms = c
-        .alarm(AlarmAction::Get, AlarmType::None, None)
-        .await
-        .unwrap();
-    for a in alarms.alarms() {
-        let mut opts = etcd_client::AlarmOptions::new();
-        opts.with_member(a.member_id());
-        c.alarm(AlarmAction::Deactivate, a.alarm(), Some(opts))
+    if etcdctl_present() {
+        // etcdctl lists alarms as etcd does, and disarms every one of them.
+        let ctl = Ctl {
+            endpoint: node.url(),
+        };
+        let listed = ctl.ok(&["alarm", "list"]).await;
+        let member = node.node.as_ref().unwrap().member_id();
+        assert_eq!(listed, format!("memberID:{member} alarm:NOSPACE \n"));
+        let disarmed = ctl.ok(&["alarm", "disarm"]).await;
+        assert_eq!(disarmed, listed);
+    } else {
+        let alarms = c
+            .alarm(AlarmAction::Get, AlarmType::None, None)
             .await
             .unwrap();
+        for a in alarms.alarms() {
+            let mut opts = etcd_client::AlarmOptions::new();
+            opts.with_member(a.member_id());
+            c.alarm(AlarmAction::Deactivate, a.alarm(), Some(opts))
+                .await
+                .unwrap();
+        }
     }
     c.put("after", "ok", None)
         .await

@@ -266,7 +266,7 @@ async fn a_member_moves_to_new_peer_urls() {
         .iter()
         .find(|m| m.id() == id)
         .expect("listed");
-    assert_eq!(listed.peer_urls(), [new_url.clone()]);
+    assert_eq!(listed.peer_urls(), std::slice::from_ref(&new_url));
 
     // The member restarts on its new address; the cluster reaches it there.
     cluster.kill(mover);
