@@ -142,24 +142,14 @@ async fn bench(system: System, mut rows: Vec<Row>) -> Vec<Row> {
 }
 
 fn main() {
-    if !common::benchmarking("ops") {
-        return;
-    }
-    let systems = common::systems();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut rows = Vec::new();
-    for s in &systems {
-        rows = rt.block_on(bench(*s, rows));
-    }
-    common::print_table(
-        &format!(
-            "1 member + 1 joining on 127.0.0.1, fsync on, {} keys of {VALUE_SIZE} B",
-            keys()
-        ),
-        &systems,
-        rows,
+    common::run(
+        "ops",
+        |_| {
+            format!(
+                "1 member + 1 joining on 127.0.0.1, fsync on, {} keys of {VALUE_SIZE} B",
+                keys()
+            )
+        },
+        |system, _secs, rows| bench(system, rows),
     );
 }

@@ -168,15 +168,7 @@ async fn grow_one_to_three_then_remove_the_leader() {
     // Shrink: remove the leader through another member; it steps down and exits by itself.
     let leader = leader_index(&cluster, &[0, 1, 2]).await;
     let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let leader_id = connect(&cluster.members[leader].url())
-        .await
-        .expect("connect")
-        .status()
-        .await
-        .expect("status")
-        .header()
-        .unwrap()
-        .member_id();
+    let leader_id = common::member_id(&cluster, leader).await;
     *targets.lock().unwrap() = survivors
         .iter()
         .map(|&i| cluster.members[i].url())
@@ -246,15 +238,7 @@ async fn a_member_moves_to_new_peer_urls() {
     let mut c = connect(&cluster.members[leader].url())
         .await
         .expect("connect");
-    let id = connect(&cluster.members[mover].url())
-        .await
-        .expect("connect")
-        .status()
-        .await
-        .expect("status")
-        .header()
-        .unwrap()
-        .member_id();
+    let id = common::member_id(&cluster, mover).await;
     let new_port = common::free_ports(1)[0];
     let new_url = format!("http://127.0.0.1:{new_port}");
     let updated = c

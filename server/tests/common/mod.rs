@@ -294,6 +294,19 @@ pub async fn leader_index(cluster: &ProcessCluster, members: &[usize]) -> usize 
     }
 }
 
+/// The member id of process `i`, as it reports it.
+pub async fn member_id(cluster: &ProcessCluster, i: usize) -> u64 {
+    connect(&cluster.members[i].url())
+        .await
+        .expect("connect")
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("response header")
+        .member_id()
+}
+
 /// Puts `value` at `key` and returns the revision of the write.
 pub async fn put_rev(c: &mut Client, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> i64 {
     c.put(key, value, None)
