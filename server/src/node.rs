@@ -117,14 +117,21 @@ impl Node {
     /// Opens (or creates) the member's data dir and starts serving.
     #[tracing::instrument(skip_all, fields(name = %cfg.name, data_dir = %cfg.data_dir.display()))]
     pub async fn start(cfg: Config) -> Result<Node, NodeError> {
-        if let Some(file) = &cfg.restore_from {
-            let revision = crate::snapshot::restore(file, &cfg.data_dir)
-                .map_err(|e| NodeError::Restore(e.to_string()))?;
-            tracing::info!(file = %file.display(), revision, "restored the store from a snapshot");
-        }
+        let backup = match &cfg.restore_from {
+            Some(file) => Some(
+                crate::snapshot::read_backup(file, &cfg.data_dir)
+                    .map_err(|e| NodeError::Restore(e.to_string()))?,
+            ),
+            None => None,
+        };
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
         let backend = Backend::open(&cfg.data_dir, cfg.cache_bytes).map_err(storage)?;
+        if let (Some(backup), Some(file)) = (backup, &cfg.restore_from) {
+            let revision = crate::snapshot::write_backup(backup, &backend)
+                .map_err(|e| NodeError::Restore(e.to_string()))?;
+            tracing::info!(file = %file.display(), revision, "restored the store from a backup");
+        }
 
         let peer_listeners = bind_all(&cfg.listen_peer_urls, "peer").await?;
         let client_listeners = bind_all(&cfg.listen_client_urls, "client").await?;

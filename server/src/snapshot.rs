@@ -70,20 +70,28 @@ fn verified_image(file: &[u8]) -> Result<&[u8], RestoreError> {
     rest.get(8..8 + len).ok_or(RestoreError::NotASnapshot)
 }
 
-/// Builds a new data dir from a backup file; returns the store revision it holds. The member that
-/// then starts on `data_dir` founds a new cluster (with `--initial-cluster-state new`).
-pub fn restore(file: &Path, data_dir: &Path) -> Result<i64, RestoreError> {
-    let bytes =
-        std::fs::read(file).map_err(|e| RestoreError::Read(file.display().to_string(), e))?;
-    let entries = crate::raft::state_machine::decode_image(verified_image(&bytes)?)
-        .map_err(RestoreError::Image)?;
+/// A verified backup, ready to be written into a new data dir.
+pub struct Backup {
+    rows: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Reads and verifies a backup file meant for a new store at `data_dir`.
+pub fn read_backup(file: &Path, data_dir: &Path) -> Result<Backup, RestoreError> {
     if data_dir.join("db").exists() {
         return Err(RestoreError::DataDirInUse(data_dir.display().to_string()));
     }
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| RestoreError::Read(data_dir.display().to_string(), e))?;
+    let bytes =
+        std::fs::read(file).map_err(|e| RestoreError::Read(file.display().to_string(), e))?;
+    let rows = crate::raft::state_machine::decode_image(verified_image(&bytes)?)
+        .map_err(RestoreError::Image)?;
+    Ok(Backup { rows })
+}
+
+/// Writes a backup into a freshly opened store; returns the store revision it holds. The member
+/// that starts on it founds a new cluster (with `--initial-cluster-state new`).
+pub(crate) fn write_backup(backup: Backup, backend: &Backend) -> Result<i64, RestoreError> {
     let storage = |e: sled::Error| RestoreError::Storage(e.to_string());
-    let backend = Backend::open(data_dir, 8 * 1024 * 1024).map_err(storage)?;
+    let entries = backup.rows;
     let mut batch = sled::Batch::default();
     let mut revision = 1;
     for (key, value) in entries {

@@ -169,10 +169,12 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        let state = self.ctx.raft.state().clone();
-        let (image, revision) = tokio::task::spawn_blocking(move || state.snapshot_image())
+        let (image, revision) = self
+            .ctx
+            .raft
+            .state()
+            .snapshot_image()
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
             .map_err(ServerError::from)?;
         let body = crate::snapshot::file_body(&image);
         let trailer = crate::snapshot::trailer(&body);

@@ -77,6 +77,18 @@ pub struct StoreState {
     /// Bytes of stored key revisions (keys and values as stored): what the space quota limits.
     /// Compaction lowers it.
     bytes_in_use: AtomicU64,
+    /// Held (shared) by copies in progress; compaction and snapshot installs, which delete stored
+    /// revisions, take it exclusively.
+    rewrite_guard: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// A copy of the store being taken; see [`StoreState::capture`].
+pub(crate) struct Capture {
+    rows: Rows,
+    revision: i64,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    _guard: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 /// etcd's AlarmType NOSPACE.
@@ -210,20 +222,63 @@ impl StoreState {
         Ok((hasher.finalize(), compact, revision))
     }
 
-    /// A consistent copy of the whole store (as a snapshot image) with the revision it reflects.
-    pub fn snapshot_image(&self) -> Result<(Vec<u8>, i64), MvccError> {
+    /// Starts a point-in-time copy of the store: takes the small rows (meta, leases, members,
+    /// alarms) and the current revision now; [`StoreState::complete`] adds the key revisions up to
+    /// that revision later, without holding up applies.
+    ///
+    /// Stored revisions never change once written, except when compaction deletes them or a
+    /// snapshot install replaces the store; both wait for the capture to be completed or dropped.
+    /// `applied` matches the rows only when no apply is in progress (on the apply task).
+    pub(crate) async fn capture(self: &Arc<Self>) -> Result<Capture, sled::Error> {
+        let guard = self.rewrite_guard.clone().read_owned().await;
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let entries = self
-            .backend
-            .sm
-            .iter()
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| MvccError::Storage(e.to_string()))?;
         let revision = index.current_revision();
+        let sm = &self.backend.sm;
+        let mut rows = Vec::new();
+        let after_kv = [KV_PREFIX + 1];
+        for item in sm
+            .range(..&[KV_PREFIX][..])
+            .chain(sm.range(&after_kv[..]..))
+        {
+            let (k, v) = item?;
+            rows.push((k.to_vec(), v.to_vec()));
+        }
+        let (applied, membership) = self
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         drop(index);
-        let bytes =
-            encode(&SnapshotImage { entries }).map_err(|e| MvccError::Storage(e.to_string()))?;
+        Ok(Capture {
+            rows,
+            revision,
+            applied,
+            membership,
+            _guard: guard,
+        })
+    }
+
+    /// Adds the key revisions to a capture: blocking reads, to run off the async threads.
+    pub(crate) fn complete(&self, capture: Capture) -> Result<(Rows, i64), sled::Error> {
+        let mut rows = capture.rows;
+        let end = kv_key(Revision::new(capture.revision + 1, 0));
+        for item in self.backend.sm.range(&[KV_PREFIX][..]..&end[..]) {
+            let (k, v) = item?;
+            rows.push((k.to_vec(), v.to_vec()));
+        }
+        Ok((rows, capture.revision))
+    }
+
+    /// A consistent copy of the whole store (as a snapshot image) with the revision it reflects.
+    pub async fn snapshot_image(self: &Arc<Self>) -> Result<(Vec<u8>, i64), MvccError> {
+        let storage = |e: &dyn std::fmt::Display| MvccError::Storage(e.to_string());
+        let capture = self.capture().await.map_err(|e| storage(&e))?;
+        let state = self.clone();
+        let (entries, revision) = tokio::task::spawn_blocking(move || state.complete(capture))
+            .await
+            .map_err(|e| storage(&e))?
+            .map_err(|e| storage(&e))?;
+        let bytes = encode(&SnapshotImage { entries }).map_err(|e| storage(&e))?;
         Ok((bytes, revision))
     }
 
@@ -397,6 +452,7 @@ impl StateMachineStore {
             snapshot_seq: AtomicU64::new(0),
             alarms: Mutex::new(BTreeSet::new()),
             bytes_in_use: AtomicU64::new(0),
+            rewrite_guard: Arc::new(tokio::sync::RwLock::new(())),
         });
         state.load()?;
         Ok(StateMachineStore {
@@ -605,6 +661,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut responses = Vec::new();
         for entry in entries {
             let started = std::time::Instant::now();
+            // A compaction deletes stored revisions: it waits for copies in progress.
+            let _rewriting = match &entry.payload {
+                EntryPayload::Normal(cmd) if cmd.compacts() => {
+                    Some(state.rewrite_guard.write().await)
+                }
+                _ => None,
+            };
             let mut batch = sled::Batch::default();
             let mut events = Vec::new();
             let mut index = state.index.write().unwrap_or_else(|p| p.into_inner());
@@ -739,27 +802,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // Copy the state now, on the apply task, so the snapshot is a consistent point in time even
-        // if applying continues while it is being encoded.
-        let entries = self
-            .state
-            .backend
-            .sm
-            .iter()
-            .filter_map(|r| r.ok())
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect();
-        let (applied, membership) = self
-            .state
-            .applied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        // Capture the point in time now, on the apply task (so `applied` matches the rows); the
+        // key revisions are copied while applying goes on.
         SnapshotBuilder {
             state: self.state.clone(),
-            image: SnapshotImage { entries },
-            applied,
-            membership,
+            capture: Some(self.state.capture().await),
         }
     }
 
@@ -774,6 +821,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let image: SnapshotImage = decode(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        // Replacing the store must not happen under a copy in progress.
+        let _rewriting = self.state.rewrite_guard.write().await;
         let sm = &self.state.backend.sm;
         // One batch replaces the whole tree, so a crash leaves either the old or the new state.
         let mut batch = sled::Batch::default();
@@ -841,25 +890,43 @@ async fn save_snapshot(
     Ok(())
 }
 
-/// Encodes and stores a snapshot copied by [`StateMachineStore::get_snapshot_builder`].
+/// Completes, encodes and stores a snapshot captured by
+/// [`StateMachineStore::get_snapshot_builder`].
 pub struct SnapshotBuilder {
     state: Arc<StoreState>,
-    image: SnapshotImage,
-    applied: Option<LogId>,
-    membership: StoredMembership,
+    capture: Option<Result<Capture, sled::Error>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let data = encode(&self.image).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let capture = self
+            .capture
+            .take()
+            .ok_or_else(|| {
+                snap_err(
+                    ErrorVerb::Read,
+                    std::io::Error::other("snapshot built twice"),
+                )
+            })?
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let (applied, membership) = (capture.applied, capture.membership.clone());
+        let state = self.state.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let (entries, _) = state
+                .complete(capture)
+                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            encode(&SnapshotImage { entries }).map_err(|e| snap_err(ErrorVerb::Write, e))
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))??;
         let seq = self.state.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-        let snapshot_id = match self.applied {
+        let snapshot_id = match applied {
             Some(id) => format!("{}-{}-{}", id.leader_id, id.index, seq),
             None => format!("empty-{seq}"),
         };
         let meta = SnapshotMeta {
-            last_log_id: self.applied,
-            last_membership: self.membership.clone(),
+            last_log_id: applied,
+            last_membership: membership,
             snapshot_id,
         };
         save_snapshot(&self.state.backend, &meta, &data).await?;

@@ -121,6 +121,15 @@ pub enum ApplyError {
 }
 
 impl Command {
+    /// Whether the command deletes stored revisions (a compaction, perhaps inside a batch).
+    pub fn compacts(&self) -> bool {
+        match self {
+            Command::Compact(_) => true,
+            Command::Batch(cmds) => cmds.iter().any(Command::compacts),
+            _ => false,
+        }
+    }
+
     /// Whether the command adds data (and so is refused while the NOSPACE alarm is raised).
     /// Deletes, compactions and revokes free space and stay allowed, as in etcd.
     pub fn grows_store(&self) -> bool {
