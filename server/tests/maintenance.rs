@@ -368,11 +368,17 @@ async fn a_backup_taken_under_writes_and_compactions_restores_a_point_in_time() 
         .get("k", Some(all.with_revision(at)))
         .await
         .expect("the backup's revision is still readable on the original");
-    let shape = |kvs: &[etcd_client::KeyValue]| -> Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)> {
+    let shape = |kvs: &[etcd_client::KeyValue]| -> Vec<String> {
         kvs.iter()
             .map(|kv| {
-                let (k, v) = (kv.key().to_vec(), kv.value().to_vec());
-                (k, v, kv.create_revision(), kv.mod_revision(), kv.version())
+                format!(
+                    "{:?}={:?} c{} m{} v{}",
+                    kv.key(),
+                    kv.value(),
+                    kv.create_revision(),
+                    kv.mod_revision(),
+                    kv.version()
+                )
             })
             .collect()
     };
