@@ -77,17 +77,35 @@ async fn bench(system: System, mut rows: Vec<Row>) -> Vec<Row> {
         format!("{:.1} s", took.as_secs_f64()),
     );
 
+    // One writer keeps writing while the backup streams: how long does a write wait at worst?
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (mut w, stop) = (c.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                w.put("during-backup", "x", None).await.expect("put");
+                worst = worst.max(t.elapsed());
+            }
+            worst
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     let mut stream = c.snapshot().await.expect("snapshot");
     let mut bytes = 0;
     while let Some(msg) = stream.message().await.expect("snapshot chunk") {
         bytes += msg.blob().len();
     }
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = writer.await.expect("writer");
     record(
         &mut rows,
-        "snapshot save (time, size)",
+        "snapshot save (time, size, slowest concurrent put)",
         system,
-        format!("{}, {:.1} MB", ms(started.elapsed()), bytes as f64 / 1e6),
+        format!("{}, {:.1} MB, {}", ms(took), bytes as f64 / 1e6, ms(worst)),
     );
 
     let started = Instant::now();

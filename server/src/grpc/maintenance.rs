@@ -156,6 +156,7 @@ impl Maintenance for MaintenanceService {
             .raft
             .state()
             .hash_kv(req.into_inner().revision)
+            .await
             .map_err(ServerError::from)?;
         Ok(Response::new(pb::HashKvResponse {
             header: self.ctx.header(revision),
@@ -169,28 +170,34 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        let (image, revision) = self
+        let ((body, trailer), revision) = self
             .ctx
             .raft
             .state()
-            .snapshot_image()
+            .snapshot_image(|image| {
+                let body = crate::snapshot::file_body(&image);
+                let trailer = crate::snapshot::trailer(&body);
+                (body, trailer)
+            })
             .await
             .map_err(ServerError::from)?;
-        let body = crate::snapshot::file_body(&image);
-        let trailer = crate::snapshot::trailer(&body);
         tracing::info!(bytes = body.len(), revision, "sending snapshot");
         let header = self.ctx.header(revision);
         let total = body.len() + trailer.len();
-        let mut sent = 0;
-        let mut messages = Vec::new();
-        for chunk in body.chunks(SNAPSHOT_CHUNK).chain([trailer.as_slice()]) {
-            sent += chunk.len();
-            messages.push(Ok(pb::SnapshotResponse {
-                header,
-                remaining_bytes: (total - sent) as u64,
-                blob: chunk.to_vec(),
-            }));
-        }
+        // Chunks are cut as the stream is read, not all at once.
+        let chunks = (0..body.len().div_ceil(SNAPSHOT_CHUNK)).map(move |i| {
+            let end = ((i + 1) * SNAPSHOT_CHUNK).min(body.len());
+            (body[i * SNAPSHOT_CHUNK..end].to_vec(), end)
+        });
+        let messages = chunks
+            .chain(std::iter::once((trailer, total)))
+            .map(move |(blob, sent)| {
+                Ok(pb::SnapshotResponse {
+                    header,
+                    remaining_bytes: (total - sent) as u64,
+                    blob,
+                })
+            });
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 

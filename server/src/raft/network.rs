@@ -10,7 +10,7 @@ use cairn_proto::raftpb::RaftPayload;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -151,5 +151,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         self.call(RpcKind::Vote, &rpc, &option).await
+    }
+
+    /// Retries an unreachable peer after 50 ms, doubling up to 1 s: a member that was just added
+    /// (or restarted) is reached soon after it starts listening, and a dead one is not hammered.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            std::iter::successors(Some(Duration::from_millis(50)), |d| Some(*d * 2))
+                .map(|d| d.min(Duration::from_secs(1))),
+        )
     }
 }

@@ -200,11 +200,15 @@ impl StoreState {
     /// etcd's HashKV: a CRC-32 over every stored key revision up to `revision` (0 = the current one),
     /// as stored. Members that applied the same log (and the same compactions) hash alike.
     /// Returns (hash, compact revision, hashed revision).
-    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), MvccError> {
-        // The read lock keeps applies (and compactions) out while the revisions are read.
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let current = index.current_revision();
-        let compact = index.compact_revision();
+    pub async fn hash_kv(self: &Arc<Self>, revision: i64) -> Result<(u32, i64, i64), MvccError> {
+        let storage = |e: &dyn std::fmt::Display| MvccError::Storage(e.to_string());
+        // Revisions up to the current one do not change while compaction is held off, so they
+        // are read without holding up applies.
+        let guard = self.rewrite_guard.clone().read_owned().await;
+        let (current, compact) = {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            (index.current_revision(), index.compact_revision())
+        };
         let revision = if revision <= 0 { current } else { revision };
         if revision > current {
             return Err(MvccError::FutureRevision);
@@ -212,14 +216,22 @@ impl StoreState {
         if revision < compact {
             return Err(MvccError::Compacted);
         }
-        let mut hasher = crc32fast::Hasher::new();
-        let end = kv_key(Revision::new(revision + 1, 0));
-        for item in self.backend.sm.range(&[KV_PREFIX][..]..&end[..]) {
-            let (key, value) = item.map_err(|e| MvccError::Storage(e.to_string()))?;
-            hasher.update(&key);
-            hasher.update(&value);
-        }
-        Ok((hasher.finalize(), compact, revision))
+        let state = self.clone();
+        let hash = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            let mut hasher = crc32fast::Hasher::new();
+            let end = kv_key(Revision::new(revision + 1, 0));
+            for item in state.backend.sm.range(&[KV_PREFIX][..]..&end[..]) {
+                let (key, value) = item?;
+                hasher.update(&key);
+                hasher.update(&value);
+            }
+            Ok::<_, sled::Error>(hasher.finalize())
+        })
+        .await
+        .map_err(|e| storage(&e))?
+        .map_err(|e| storage(&e))?;
+        Ok((hash, compact, revision))
     }
 
     /// Starts a point-in-time copy of the store: takes the small rows (meta, leases, members,
@@ -269,17 +281,22 @@ impl StoreState {
         Ok((rows, capture.revision))
     }
 
-    /// A consistent copy of the whole store (as a snapshot image) with the revision it reflects.
-    pub async fn snapshot_image(self: &Arc<Self>) -> Result<(Vec<u8>, i64), MvccError> {
+    /// A consistent copy of the whole store with the revision it reflects, turned into bytes by
+    /// `finish` (given the encoded image) off the async threads.
+    pub async fn snapshot_image<T: Send + 'static>(
+        self: &Arc<Self>,
+        finish: impl FnOnce(Vec<u8>) -> T + Send + 'static,
+    ) -> Result<(T, i64), MvccError> {
         let storage = |e: &dyn std::fmt::Display| MvccError::Storage(e.to_string());
         let capture = self.capture().await.map_err(|e| storage(&e))?;
         let state = self.clone();
-        let (entries, revision) = tokio::task::spawn_blocking(move || state.complete(capture))
-            .await
-            .map_err(|e| storage(&e))?
-            .map_err(|e| storage(&e))?;
-        let bytes = encode(&SnapshotImage { entries }).map_err(|e| storage(&e))?;
-        Ok((bytes, revision))
+        tokio::task::spawn_blocking(move || {
+            let (entries, revision) = state.complete(capture).map_err(|e| storage(&e))?;
+            let bytes = encode(&SnapshotImage { entries }).map_err(|e| storage(&e))?;
+            Ok((finish(bytes), revision))
+        })
+        .await
+        .map_err(|e| storage(&e))?
     }
 
     /// Rebuilds the in-memory key index and applied state from the `sm` tree.
