@@ -301,6 +301,25 @@ impl Client {
         .await
     }
 
+    pub(crate) async fn put_request(&self, req: PutRequest) -> Result<PutResponse> {
+        self.unary(false, |ch, _| {
+            let req = req.clone();
+            async move { Ok(KvClient::new(ch).put(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_request(
+        &self,
+        req: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse> {
+        self.unary(false, |ch, _| {
+            let req = req.clone();
+            async move { Ok(KvClient::new(ch).delete_range(req).await?.into_inner()) }
+        })
+        .await
+    }
+
     /// Writes `value` at `key`. Not retried once sent.
     pub async fn put(
         &self,
@@ -309,11 +328,7 @@ impl Client {
         options: Option<PutOptions>,
     ) -> Result<PutResponse> {
         let req = options.unwrap_or_default().build(key.into(), value.into());
-        self.unary(false, |ch, _| {
-            let req = req.clone();
-            async move { Ok(KvClient::new(ch).put(req).await?.into_inner()) }
-        })
-        .await
+        self.put_request(req).await
     }
 
     /// Deletes a key or range. Not retried once sent.
@@ -323,11 +338,7 @@ impl Client {
         options: Option<DeleteOptions>,
     ) -> Result<DeleteRangeResponse> {
         let req = options.unwrap_or_default().build(key.into());
-        self.unary(false, |ch, _| {
-            let req = req.clone();
-            async move { Ok(KvClient::new(ch).delete_range(req).await?.into_inner()) }
-        })
-        .await
+        self.delete_request(req).await
     }
 
     /// Runs a transaction: one revision for all its writes. Retried only when it contains no writes.

@@ -19,20 +19,24 @@
 
 mod client;
 mod cluster;
+pub mod concurrency;
 mod error;
 mod kv;
 mod lease;
 mod maintenance;
+mod namespace;
 mod txn;
 mod watch;
 
 pub use client::{Client, ConnectOptions};
+pub use concurrency::{Election, Fence, LeaderKey, Mutex, Session};
 pub use error::{Error, Result};
 pub use kv::{
     prefix_end, CompactOptions, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget,
 };
 pub use lease::{KeeperState, LeaseKeeper};
 pub use maintenance::AlarmAction;
+pub use namespace::Namespace;
 pub use txn::{Compare, CompareInt, CompareValue, Txn, TxnOp};
 pub use watch::{WatchOptions, WatchResponse, WatchStream};
 

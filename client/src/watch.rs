@@ -95,7 +95,7 @@ impl WatchOptions {
         self
     }
 
-    fn build(&self, key: Vec<u8>) -> WatchCreateRequest {
+    pub(crate) fn build(&self, key: Vec<u8>) -> WatchCreateRequest {
         let mut filters = Vec::new();
         if self.no_put {
             filters.push(FilterType::Noput as i32);
@@ -200,6 +200,15 @@ impl Client {
         options: Option<WatchOptions>,
     ) -> Result<WatchStream> {
         let create = options.unwrap_or_default().build(key.into());
+        self.watch_request(create, None).await
+    }
+
+    /// Starts a watch from a raw create request; `strip` is removed from the front of every delivered key.
+    pub(crate) async fn watch_request(
+        &self,
+        create: WatchCreateRequest,
+        strip: Option<Vec<u8>>,
+    ) -> Result<WatchStream> {
         if create.start_revision < 0 {
             return Err(Error::InvalidArgument(
                 "watch start revision must not be negative".into(),
@@ -217,6 +226,7 @@ impl Client {
             tx,
             control: control_rx,
             created: Some(created_tx),
+            strip,
         };
         tokio::spawn(task.run());
         let created_revision = match created_rx.await {
@@ -254,6 +264,7 @@ struct WatchTask {
     control: mpsc::UnboundedReceiver<Control>,
     created: Option<oneshot::Sender<Result<i64>>>,
     resumes: Arc<AtomicU64>,
+    strip: Option<Vec<u8>>,
 }
 
 fn watch_request(union: RequestUnion) -> WatchRequest {
@@ -429,10 +440,16 @@ impl WatchTask {
             if let Some(last) = events.last().and_then(|e| e.kv.as_ref()) {
                 self.next = last.mod_revision + 1;
             }
-            let batch = WatchResponse {
+            let mut batch = WatchResponse {
                 header: resp.header,
                 events,
             };
+            if let Some(prefix) = &self.strip {
+                for e in &mut batch.events {
+                    crate::namespace::strip_kv(prefix, e.kv.as_mut());
+                    crate::namespace::strip_kv(prefix, e.prev_kv.as_mut());
+                }
+            }
             if self.tx.send(Ok(batch)).await.is_err() {
                 return Ended::Done;
             }
