@@ -12,8 +12,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The requested revision has been compacted away. For watches `compact_revision` is the store's
     /// compaction point (resume from `compact_revision` or later); for reads the server does not say, and it
-    /// is 0.
-    #[error("etcdserver: mvcc: required revision has been compacted (compact revision {compact_revision})")]
+    /// is 0. The message is etcd's, unchanged.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted {
         /// The compaction point the server reported, 0 when unknown.
         compact_revision: i64,
@@ -79,8 +79,9 @@ pub enum Error {
     /// A caller-side argument is invalid (checked before anything is sent).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// Any other status from the server, with etcd's code and message kept.
-    #[error("{message} (code {code:?})")]
+    /// Any other status from the server, with etcd's code and message kept (the message is shown as the
+    /// server sent it; the code is in [`Error::code`]).
+    #[error("{message}")]
     Server {
         /// The gRPC code.
         code: Code,
@@ -200,6 +201,6 @@ mod tests {
         }
         let other = Error::from(Status::permission_denied("nope"));
         assert_eq!(other.code(), Code::PermissionDenied);
-        assert_eq!(other.to_string(), "nope (code PermissionDenied)");
+        assert_eq!(other.to_string(), "nope");
     }
 }

@@ -44,12 +44,18 @@ pub(crate) enum RangeSpec {
 }
 
 impl RangeSpec {
-    pub(crate) fn end_for(&self, key: &[u8]) -> Vec<u8> {
+    /// The (key, range end) pair sent for `key`. An empty key with a prefix or from-key range means every
+    /// key, which etcd spells `"\0"`..`"\0"` (an empty key alone is refused by the server).
+    pub(crate) fn resolve(&self, key: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
         match self {
-            RangeSpec::Key => Vec::new(),
-            RangeSpec::Prefix => prefix_end(key),
-            RangeSpec::FromKey => vec![0],
-            RangeSpec::End(end) => end.clone(),
+            RangeSpec::Key => (key, Vec::new()),
+            RangeSpec::Prefix | RangeSpec::FromKey if key.is_empty() => (vec![0], vec![0]),
+            RangeSpec::Prefix => {
+                let end = prefix_end(&key);
+                (key, end)
+            }
+            RangeSpec::FromKey => (key, vec![0]),
+            RangeSpec::End(end) => (key, end.clone()),
         }
     }
 }
@@ -172,8 +178,9 @@ impl GetOptions {
     }
 
     pub(crate) fn build(&self, key: Vec<u8>) -> RangeRequest {
+        let (key, range_end) = self.range.resolve(key);
         RangeRequest {
-            range_end: self.range.end_for(&key),
+            range_end,
             key,
             ..self.req.clone()
         }
@@ -255,8 +262,9 @@ impl DeleteOptions {
     }
 
     pub(crate) fn build(&self, key: Vec<u8>) -> DeleteRangeRequest {
+        let (key, range_end) = self.range.resolve(key);
         DeleteRangeRequest {
-            range_end: self.range.end_for(&key),
+            range_end,
             key,
             prev_kv: self.prev_kv,
         }
@@ -395,5 +403,9 @@ mod tests {
         let d = DeleteOptions::new().with_range("z").build(b"a".to_vec());
         assert_eq!(d.range_end, b"z");
         assert!(GetOptions::new().build(b"a".to_vec()).range_end.is_empty());
+        let all = GetOptions::new().with_prefix().build(Vec::new());
+        assert_eq!((all.key, all.range_end), (b"\0".to_vec(), b"\0".to_vec()));
+        let all = DeleteOptions::new().with_from_key().build(Vec::new());
+        assert_eq!((all.key, all.range_end), (b"\0".to_vec(), b"\0".to_vec()));
     }
 }

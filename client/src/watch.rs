@@ -103,8 +103,9 @@ impl WatchOptions {
         if self.no_delete {
             filters.push(FilterType::Nodelete as i32);
         }
+        let (key, range_end) = self.range.resolve(key);
         WatchCreateRequest {
-            range_end: self.range.end_for(&key),
+            range_end,
             key,
             start_revision: self.start_revision,
             progress_notify: self.progress_notify,

@@ -1,6 +1,6 @@
 //! `lease grant|revoke|timetolive|list|keep-alive`, printed as etcdctl prints them (ids in hex).
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Result};
 use cairn_client::Error;
 use clap::Subcommand;
 use serde_json::{json, Map, Value};
@@ -55,7 +55,7 @@ pub async fn run(g: &Global, c: LeaseCommand) -> Result<i32> {
             let r = client
                 .lease_grant(ttl, 0)
                 .await
-                .context("failed to grant lease")?;
+                .map_err(|e| anyhow!("failed to grant lease ({e})"))?;
             if json {
                 let mut m = flat(r.header.as_ref());
                 m.insert("ID".into(), json!(r.id));
@@ -71,7 +71,7 @@ pub async fn run(g: &Global, c: LeaseCommand) -> Result<i32> {
             let r = client
                 .lease_revoke(id)
                 .await
-                .context("failed to revoke lease")?;
+                .map_err(|e| anyhow!("failed to revoke lease ({e})"))?;
             if json {
                 p.json(&json!({"header": output::header(r.header.as_ref())}));
             } else {
@@ -108,7 +108,10 @@ pub async fn run(g: &Global, c: LeaseCommand) -> Result<i32> {
             }
         }
         LeaseCommand::List => {
-            let r = client.leases().await.context("failed to list leases")?;
+            let r = client
+                .leases()
+                .await
+                .map_err(|e| anyhow!("failed to list leases ({e})"))?;
             if json {
                 let mut m = flat(r.header.as_ref());
                 let ls: Vec<Value> = r.leases.iter().map(|l| json!({"id": l.id})).collect();
