@@ -254,3 +254,38 @@ async fn reads_and_refused_writes_fail_over_on_a_three_member_cluster() {
     .unwrap();
     assert_eq!(one.endpoints().len(), 3, "{:?}", one.endpoints());
 }
+
+/// A member that stops answering (frozen, not dead: its socket stays open) is detected by HTTP/2 keep-alive.
+/// A read caught on it moves to another member; a write caught on it is reported as outcome unknown, never
+/// retried.
+#[tokio::test]
+async fn frozen_member_fails_reads_over_and_leaves_writes_unknown() {
+    let mut cluster = Cluster::cairn(3).await;
+    let leader = cluster.leader().await;
+    let frozen = (leader + 1) % 3;
+    let first = cluster.members[frozen].url();
+    let mut order = vec![first.clone()];
+    order.extend(cluster.endpoints().into_iter().filter(|u| *u != first));
+    let c = Client::connect(order, Some(common::options()))
+        .await
+        .unwrap();
+    c.put("fz/a", "1", None).await.unwrap();
+
+    cluster.signal(frozen, "STOP");
+    let started = tokio::time::Instant::now();
+    let (read, write) = tokio::join!(c.get("fz/a", None), c.put("fz/b", "2", None));
+    let elapsed = started.elapsed();
+    cluster.signal(frozen, "CONT");
+    cluster.kill(frozen);
+
+    let read = read.expect("the read should have failed over");
+    assert_eq!(read.kvs[0].value, b"1");
+    match write {
+        Err(Error::OutcomeUnknown { endpoint, .. }) => assert_eq!(endpoint, first),
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
+    assert!(
+        elapsed < Duration::from_secs(9),
+        "detection took {elapsed:?}"
+    );
+}

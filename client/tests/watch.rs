@@ -226,3 +226,62 @@ async fn watch_delivers_every_event_once_across_a_leader_kill() {
         "the watch never lost its stream: the test did not exercise resume"
     );
 }
+
+/// A watch on a member that freezes (socket open, no answers) notices through HTTP/2 keep-alive and resumes
+/// on another member without losing or repeating events.
+#[tokio::test]
+async fn watch_resumes_when_its_member_freezes() {
+    let mut cluster = Cluster::cairn(3).await;
+    let leader = cluster.leader().await;
+    let frozen = (leader + 1) % 3;
+    let first = cluster.members[frozen].url();
+    let mut order = vec![first.clone()];
+    order.extend(cluster.endpoints().into_iter().filter(|u| *u != first));
+    let watcher = Client::connect(order, Some(common::options()))
+        .await
+        .unwrap();
+    let leader_url = cluster.members[leader].url();
+    let writer = Client::connect([leader_url], Some(common::options()))
+        .await
+        .unwrap();
+    let mut w = watcher
+        .watch("fzw/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let mut revs = Vec::new();
+    for i in 0..5 {
+        revs.push(
+            writer
+                .put(format!("fzw/{i}"), "v", None)
+                .await
+                .unwrap()
+                .header
+                .unwrap()
+                .revision,
+        );
+    }
+    cluster.signal(frozen, "STOP");
+    for i in 5..10 {
+        revs.push(
+            writer
+                .put(format!("fzw/{i}"), "v", None)
+                .await
+                .unwrap()
+                .header
+                .unwrap()
+                .revision,
+        );
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < revs.len() {
+        assert!(Instant::now() < deadline, "watch stalled after {got:?}");
+        for e in next(&mut w).await.unwrap().events {
+            got.push(e.kv.unwrap().mod_revision);
+        }
+    }
+    cluster.signal(frozen, "CONT");
+    cluster.kill(frozen);
+    assert_eq!(got, revs);
+    assert!(w.resumes() >= 1);
+}
