@@ -1,8 +1,7 @@
 //! `cairnctl` golden tests: one script of everyday commands run against a fresh `cairn` member and a fresh
 //! `etcd` (when installed). Outputs, with ids, ports and timings masked, must equal the expected transcript
 //! below (taken from etcd's behaviour) on both. Plus: two `cairnctl lock` processes on a 3-member cluster
-//! never overlap and see increasing fencing revisions, and the maintenance commands Cairn does not serve yet
-//! are checked against etcd.
+//! never overlap and see increasing fencing revisions; watch, maintenance and membership commands.
 
 mod common;
 
@@ -433,63 +432,87 @@ async fn watch_command_prints_events_like_etcdctl() {
     }
 }
 
-/// Commands whose server side Cairn does not serve yet, checked against etcd.
+/// Maintenance and membership commands, on both servers.
 #[tokio::test]
-async fn maintenance_commands_against_etcd() {
-    let Some(etcd) = Cluster::etcd().await else {
-        return;
-    };
-    let eps = etcd.endpoints().join(",");
-    let (t, _) = run(&eps, &["alarm", "list"], None);
-    assert_eq!(t, "$ alarm list\n");
-    let (t, _) = run(&eps, &["defrag"], None);
-    assert_eq!(
-        t,
-        "$ defrag\nFinished defragmenting etcd member[http://127.0.0.1:PORT]\n"
-    );
-    let (t, _) = run(&eps, &["endpoint", "hashkv", "-w", "table"], None);
-    assert!(
-        t.contains("|         ENDPOINT         |    HASH    |") || t.contains("ENDPOINT"),
-        "{t}"
-    );
-    let (t, _) = run(
-        &eps,
-        &["endpoint", "status", "--cluster", "-w", "json"],
-        None,
-    );
-    assert!(
-        t.contains("\"Endpoint\":\"http://127.0.0.1:PORT\"") && t.contains("\"version\""),
-        "{t}"
-    );
-    let snap = etcd.dir().join("snap.db");
-    let (t, _) = run(&eps, &["snapshot", "save", snap.to_str().unwrap()], None);
-    assert!(t.contains("Snapshot saved at"), "{t}");
-    assert!(std::fs::metadata(&snap).unwrap().len() > 0);
-    // A learner with an unused peer URL can be added and removed without touching quorum.
-    let peer = format!("http://127.0.0.1:{}", common::free_ports(1)[0]);
-    let (t, out) = run(
-        &eps,
-        &[
-            "member",
-            "add",
-            "newbie",
-            &format!("--peer-urls={peer}"),
-            "--learner",
-        ],
-        None,
-    );
-    assert!(
-        t.contains("added to cluster") && t.contains("ETCD_NAME=\"newbie\""),
-        "{t}"
-    );
-    let id = out.split_whitespace().nth(1).unwrap().to_string();
-    let (t, _) = run(&eps, &["member", "list"], None);
-    assert!(t.contains("unstarted") && t.contains("true"), "{t}");
-    let (t, _) = run(&eps, &["member", "promote", &id], None);
-    assert!(
-        t.contains("exit: 1") && t.contains("Error: "),
-        "promoting an unstarted learner: {t}"
-    );
-    let (t, _) = run(&eps, &["member", "remove", &id], None);
-    assert!(t.contains("removed from cluster"), "{t}");
+async fn maintenance_and_member_commands() {
+    for cluster in Cluster::each_single().await {
+        let kind = cluster.kind;
+        let eps = cluster.endpoints().join(",");
+        let (t, _) = run(&eps, &["alarm", "list"], None);
+        assert_eq!(t, "$ alarm list\n", "{kind:?}");
+        let (t, _) = run(&eps, &["defrag"], None);
+        assert_eq!(
+            t, "$ defrag\nFinished defragmenting etcd member[http://127.0.0.1:PORT]\n",
+            "{kind:?}"
+        );
+        let (t, _) = run(&eps, &["endpoint", "hashkv", "-w", "table"], None);
+        let head: Vec<&str> = t.lines().nth(2).unwrap_or("").split_whitespace().collect();
+        assert_eq!(head, ["|", "ENDPOINT", "|", "HASH", "|"], "{kind:?}: {t}");
+        let (t, _) = run(
+            &eps,
+            &["endpoint", "status", "--cluster", "-w", "json"],
+            None,
+        );
+        assert!(
+            t.contains("\"Endpoint\":\"http://127.0.0.1:PORT\"") && t.contains("\"version\""),
+            "{kind:?}: {t}"
+        );
+        let (t, _) = run(&eps, &["endpoint", "status", "-w", "table"], None);
+        assert!(
+            t.contains("| RAFT APPLIED INDEX | ERRORS |") && t.contains("|      true |"),
+            "{kind:?}: {t}"
+        );
+        let snap = cluster.dir().join("snap.db");
+        let (t, _) = run(&eps, &["snapshot", "save", snap.to_str().unwrap()], None);
+        assert!(t.contains("Snapshot saved at"), "{kind:?}: {t}");
+        assert!(std::fs::metadata(&snap).unwrap().len() > 0, "{kind:?}");
+        let (t, _) = run(&eps, &["snapshot", "restore", snap.to_str().unwrap()], None);
+        assert!(
+            t.contains("cairn --restore-from") && t.contains("exit: 1"),
+            "{kind:?}: {t}"
+        );
+        // A learner with an unused peer URL can be added and removed without touching quorum.
+        let peer = format!("http://127.0.0.1:{}", common::free_ports(1)[0]);
+        let (t, out) = run(
+            &eps,
+            &[
+                "member",
+                "add",
+                "newbie",
+                &format!("--peer-urls={peer}"),
+                "--learner",
+            ],
+            None,
+        );
+        assert!(
+            t.contains("added to cluster") && t.contains("ETCD_NAME=\"newbie\""),
+            "{kind:?}: {t}"
+        );
+        let id = out.split_whitespace().nth(1).unwrap().to_string();
+        let (t, _) = run(&eps, &["member", "list"], None);
+        assert!(
+            t.contains("unstarted") && t.contains("true"),
+            "{kind:?}: {t}"
+        );
+        let (t, _) = run(&eps, &["member", "promote", &id], None);
+        assert!(
+            t.contains("stderr: Error: etcdserver: can only promote a learner member which is in sync with leader")
+                && t.contains("exit: 1"),
+            "{kind:?}: promoting an unstarted learner: {t}"
+        );
+        let (t, _) = run(&eps, &["member", "remove", &id], None);
+        assert!(t.contains("removed from cluster"), "{kind:?}: {t}");
+        let (t, out) = run(&eps, &["member", "list"], None);
+        assert_eq!(out.lines().count(), 1, "{kind:?}: {t}");
+        let own = out.split(',').next().unwrap().to_string();
+        let (t, _) = run(&eps, &["move-leader", &own], None);
+        match kind {
+            common::Kind::Etcd => assert!(t.contains("Leadership transferred from"), "{t}"),
+            // Cairn does not transfer leadership on request.
+            common::Kind::Cairn => assert!(
+                t.contains("stderr: Error: ") && t.contains("exit: 1"),
+                "{t}"
+            ),
+        }
+    }
 }

@@ -173,6 +173,8 @@ enum Command {
     Snapshot(snapshot::SnapshotCommand),
     /// Defragments the storage of the members with the given endpoints
     Defrag(maintenance::DefragArgs),
+    /// Transfers leadership to another member
+    MoveLeader(maintenance::MoveLeaderArgs),
     /// Alarm related commands
     #[command(subcommand)]
     Alarm(maintenance::AlarmCommand),
@@ -197,6 +199,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Snapshot(c) => snapshot::run(g, c).await,
         Command::Defrag(a) => maintenance::defrag(g, a).await,
         Command::Alarm(c) => maintenance::alarm(g, c).await,
+        Command::MoveLeader(a) => maintenance::move_leader(g, a).await,
         Command::Lock(a) => lock::run(g, a).await,
         Command::Elect(a) => elect::run(g, a).await,
     }

@@ -1,4 +1,4 @@
-//! `defrag` and `alarm list|disarm`.
+//! `defrag`, `alarm list|disarm` and `move-leader`.
 
 use anyhow::{bail, Result};
 use cairn_client::proto::{AlarmResponse, AlarmType};
@@ -15,6 +15,12 @@ pub struct DefragArgs {
     /// Use all endpoints from the cluster member list
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     pub cluster: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MoveLeaderArgs {
+    /// The member ID (in hex) to transfer leadership to
+    pub transferee: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,5 +101,32 @@ pub async fn alarm(g: &Global, c: AlarmCommand) -> Result<i32> {
             print_alarms(&p, &last);
         }
     }
+    Ok(0)
+}
+
+/// Finds the leader among the given endpoints and asks it to hand leadership over.
+pub async fn move_leader(g: &Global, a: MoveLeaderArgs) -> Result<i32> {
+    let target = u64::from_str_radix(&a.transferee, 16).map_err(|_| {
+        anyhow::anyhow!(
+            "bad transferee ID arg ({}), expecting ID in Hex",
+            a.transferee
+        )
+    })?;
+    let mut leader = None;
+    for ep in &g.endpoints {
+        let Ok(c) = single(g, ep).await else { continue };
+        if let Ok(s) = c.status().await {
+            let id = s.header.as_ref().map(|h| h.member_id).unwrap_or(0);
+            if s.leader == id {
+                leader = Some((c, id));
+                break;
+            }
+        }
+    }
+    let Some((client, from)) = leader else {
+        bail!("no leader endpoint given at {:?}", g.endpoints);
+    };
+    client.move_leader(target).await?;
+    println!("Leadership transferred from {from:x} to {target:x}");
     Ok(0)
 }

@@ -16,7 +16,7 @@ pub enum SnapshotCommand {
         /// Destination file
         filename: String,
     },
-    /// Restores a member's data directory from a snapshot
+    /// Explains how to restore: a Cairn member restores from a snapshot as it starts (`cairn --restore-from`)
     Restore {
         /// The snapshot file
         filename: String,
@@ -58,10 +58,12 @@ pub async fn run(g: &Global, c: SnapshotCommand) -> Result<i32> {
             println!("Snapshot saved at {filename}");
             Ok(0)
         }
-        SnapshotCommand::Restore { filename, .. } => {
+        SnapshotCommand::Restore { filename, data_dir } => {
+            // A Cairn member restores while it starts; there is no offline restore to run here.
+            let dir = data_dir.unwrap_or_else(|| "<new dir>".into());
             bail!(
-                "snapshot restore of {filename} is done by the server: restoring a Cairn data directory \
-                 from a snapshot is not available yet"
+                "cairnctl cannot restore offline; start a new member on the snapshot instead: \
+                 cairn --restore-from {filename} --data-dir {dir} --name <name> --initial-cluster <...>"
             )
         }
     }
