@@ -371,8 +371,17 @@ impl WatchTask {
             let message = tokio::select! {
                 m = stream.message() => m,
                 c = self.control.recv() => {
-                    if let Some(Control::Progress) = c {
-                        let _ = req_tx.send(watch_request(RequestUnion::ProgressRequest(WatchProgressRequest {}))).await;
+                    match c {
+                        Some(Control::Progress) => {
+                            let _ = req_tx.send(watch_request(RequestUnion::ProgressRequest(WatchProgressRequest {}))).await;
+                        }
+                        // The WatchStream (which holds the control sender) is gone: cancel.
+                        None => {
+                            if let Some(id) = watch_id {
+                                let _ = req_tx.try_send(watch_request(RequestUnion::CancelRequest(WatchCancelRequest { watch_id: id })));
+                            }
+                            return Ended::Done;
+                        }
                     }
                     continue;
                 }

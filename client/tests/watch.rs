@@ -285,3 +285,51 @@ async fn watch_resumes_when_its_member_freezes() {
     assert_eq!(got, revs);
     assert!(w.resumes() >= 1);
 }
+
+/// The server's watcher gauge (`etcd_debugging_mvcc_watcher_total` on /metrics), read over plain HTTP/1.
+fn watchers(url: &str) -> i64 {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect for /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .unwrap_or_else(|| panic!("no watcher gauge in /metrics:\n{body}"))
+        .trim()
+        .parse::<f64>()
+        .expect("gauge value") as i64
+}
+
+/// Dropping a WatchStream cancels the watch on the server.
+#[tokio::test]
+async fn dropping_a_watch_cancels_it_on_the_server() {
+    for cluster in Cluster::each_single().await {
+        let url = cluster.endpoints()[0].clone();
+        let c = cluster.client().await;
+        let before = watchers(&url);
+        let w1 = c
+            .watch("drop/", Some(WatchOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        let w2 = c.watch("drop/x", None).await.unwrap();
+        assert_eq!(watchers(&url), before + 2, "{:?}", cluster.kind);
+        drop(w1);
+        drop(w2);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while watchers(&url) != before {
+            assert!(
+                Instant::now() < deadline,
+                "{:?}: watchers not canceled",
+                cluster.kind
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
