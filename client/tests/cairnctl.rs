@@ -516,3 +516,41 @@ async fn maintenance_and_member_commands() {
         }
     }
 }
+
+/// Flags from `CAIRNCTL_*` variables; an unreachable cluster is one clear line and exit code 2.
+#[tokio::test]
+async fn environment_flags_and_connection_errors() {
+    let cluster = Cluster::cairn(1).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args(["put", "env", "ok"])
+        .env("CAIRNCTL_ENDPOINTS", cluster.endpoints().join(","))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args(["get", "env"])
+        .env("CAIRNCTL_ENDPOINTS", cluster.endpoints().join(","))
+        .env("CAIRNCTL_WRITE_OUT", "json")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("{\"header\":") && text.contains("\"count\":1"),
+        "{text}"
+    );
+
+    let closed = common::free_ports(1)[0];
+    let out = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args([
+            &format!("--endpoints=127.0.0.1:{closed}"),
+            "--dial-timeout=300ms",
+            "get",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("Error: "), "{err}");
+}
