@@ -278,6 +278,7 @@ impl Client {
 
     /// Runs one unary call with failover. `call` gets a channel and the time left, and is run again on
     /// another endpoint when that is safe (see the module docs).
+    #[tracing::instrument(level = "debug", skip_all, fields(idempotent))]
     pub(crate) async fn unary<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T>
     where
         F: FnMut(Channel, Duration) -> Fut,
@@ -424,6 +425,18 @@ pub(crate) fn was_not_sent(status: &Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_can_be_shared_across_tasks() {
+        fn shared<T: Send + Sync + Clone + 'static>() {}
+        fn sent<T: Send + 'static>() {}
+        shared::<Client>();
+        sent::<crate::WatchStream>();
+        sent::<crate::LeaseKeeper>();
+        sent::<crate::Session>();
+        sent::<crate::Mutex>();
+        sent::<crate::Election>();
+    }
 
     #[test]
     fn bare_endpoints_get_a_scheme() {
