@@ -307,6 +307,7 @@ impl WatchTask {
                 }
             };
             let url = picked.url.clone();
+            let opened_at = Instant::now();
             match self.stream_once(picked.channel, picked.index).await {
                 Ended::Done => return,
                 Ended::Resume { endpoint, broken } => {
@@ -316,6 +317,10 @@ impl WatchTask {
                         self.resumes.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+            }
+            // A stream that served for a while starts the backoff afresh; quick failures back off further.
+            if opened_at.elapsed() > self.client.options().max_backoff * 4 {
+                attempt = 0;
             }
             attempt += 1;
             let pause = self.client.backoff(attempt);
