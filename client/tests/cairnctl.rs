@@ -432,6 +432,40 @@ async fn watch_command_prints_events_like_etcdctl() {
     }
 }
 
+/// `watch ... -- command` runs the command once per event with the event in ETCD_WATCH_* variables.
+#[tokio::test]
+async fn watch_runs_a_command_per_event() {
+    let cluster = Cluster::cairn(1).await;
+    let eps = cluster.endpoints().join(",");
+    run(&eps, &["put", "x/a", "1"], None);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .arg(format!("--endpoints={eps}"))
+        .args(["watch", "x/", "--prefix", "--rev=2", "--", "sh", "-c"])
+        .arg("echo \"EXEC $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_KEY $ETCD_WATCH_VALUE $ETCD_WATCH_REVISION\"")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(4)
+            .map(|l| l.unwrap())
+            .collect::<Vec<_>>()
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        reader.join().unwrap(),
+        vec!["PUT", "x/a", "1", "EXEC PUT x/a 1 2"]
+    );
+}
+
 /// Maintenance and membership commands, on both servers.
 #[tokio::test]
 async fn maintenance_and_member_commands() {
