@@ -301,9 +301,10 @@ impl Cluster {
     /// Sends `signal` (e.g. "STOP", "CONT") to member `i`'s process, by pid.
     pub fn signal(&self, i: usize, signal: &str) {
         let pid = self.members[i].child.as_ref().expect("member running").id();
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
+        // The shell's builtin kill: present wherever `sh` is, unlike a separate kill binary.
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{signal} {pid}"))
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{signal} {pid} failed");
