@@ -217,6 +217,23 @@ async fn reads_and_refused_writes_fail_over_on_a_three_member_cluster() {
     let mut cluster = Cluster::cairn(3).await;
     let c = cluster.client().await;
     c.put("fo/a", "1", None).await.unwrap();
+    // Members publish their client URLs through the log shortly after they start; discovery below
+    // needs member 0's to be recorded before it goes.
+    let published = tokio::time::Instant::now() + Duration::from_secs(10);
+    while c
+        .member_list()
+        .await
+        .unwrap()
+        .members
+        .iter()
+        .any(|m| m.client_ur_ls.is_empty())
+    {
+        assert!(
+            tokio::time::Instant::now() < published,
+            "members never published their URLs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The client prefers the first endpoint; with it gone, a read moves on and a write whose connection is
     // refused is retried safely (it never left the client).
     cluster.kill(0);

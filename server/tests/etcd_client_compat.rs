@@ -229,11 +229,19 @@ async fn txn_compares_and_branches() {
         "one txn, one revision"
     );
     match &resp.op_responses()[2] {
-        TxnOpResponse::Get(g) => assert_eq!(
-            g.kvs()[0].value(),
-            b"held",
-            "reads see the txn's own writes"
-        ),
+        TxnOpResponse::Get(g) => {
+            assert_eq!(
+                g.kvs()[0].value(),
+                b"held",
+                "reads see the txn's own writes"
+            );
+            // As etcd: a range inside a txn reports the revision it read at.
+            assert_eq!(g.header().unwrap().revision(), rev + 1);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match &resp.op_responses()[0] {
+        TxnOpResponse::Put(p) => assert_eq!(p.header().unwrap().revision(), rev + 1),
         other => panic!("unexpected {other:?}"),
     }
 
@@ -250,7 +258,10 @@ async fn txn_compares_and_branches() {
         "read-only branch keeps the revision"
     );
     match &resp.op_responses()[0] {
-        TxnOpResponse::Get(g) => assert_eq!(g.kvs()[0].value(), b"me"),
+        TxnOpResponse::Get(g) => {
+            assert_eq!(g.kvs()[0].value(), b"me");
+            assert_eq!(g.header().unwrap().revision(), rev + 1);
+        }
         other => panic!("unexpected {other:?}"),
     }
 

@@ -158,24 +158,57 @@ pub(crate) fn delete_response(
 
 /// Inner responses carry no header, as etcd's; a nested txn gets the outer one.
 pub(crate) fn txn_response(r: TxnResponse, header: Option<pb::ResponseHeader>) -> pb::TxnResponse {
-    use pb::response_op::Response;
-    let responses = r
-        .responses
-        .into_iter()
-        .map(|op| pb::ResponseOp {
-            response: Some(match op {
-                ResponseOp::Range(r) => Response::ResponseRange(range_response(r, None)),
-                ResponseOp::Put(r) => Response::ResponsePut(put_response(r, None)),
-                ResponseOp::DeleteRange(r) => {
-                    Response::ResponseDeleteRange(delete_response(r, None))
-                }
-                ResponseOp::Txn(r) => Response::ResponseTxn(txn_response(r, header)),
-            }),
+    // As etcd, each response inside a txn carries a header holding only a revision: the one a
+    // range observed (before or after the txn's earlier writes), the txn's own for writes.
+    fn writes(r: &TxnResponse) -> bool {
+        r.responses.iter().any(|op| match op {
+            ResponseOp::Put(_) => true,
+            ResponseOp::DeleteRange(d) => d.deleted > 0,
+            ResponseOp::Txn(t) => writes(t),
+            ResponseOp::Range(_) => false,
         })
-        .collect();
+    }
+    fn inner(r: TxnResponse, base: i64, fin: i64, wrote: &mut bool) -> Vec<pb::ResponseOp> {
+        use pb::response_op::Response;
+        let at = |revision| {
+            Some(pb::ResponseHeader {
+                revision,
+                ..Default::default()
+            })
+        };
+        r.responses
+            .into_iter()
+            .map(|op| pb::ResponseOp {
+                response: Some(match op {
+                    ResponseOp::Range(r) => Response::ResponseRange(range_response(
+                        r,
+                        at(if *wrote { fin } else { base }),
+                    )),
+                    ResponseOp::Put(r) => {
+                        *wrote = true;
+                        Response::ResponsePut(put_response(r, at(fin)))
+                    }
+                    ResponseOp::DeleteRange(r) => {
+                        *wrote |= r.deleted > 0;
+                        Response::ResponseDeleteRange(delete_response(r, at(fin)))
+                    }
+                    ResponseOp::Txn(t) => {
+                        let succeeded = t.succeeded;
+                        Response::ResponseTxn(pb::TxnResponse {
+                            header: at(fin),
+                            succeeded,
+                            responses: inner(t, base, fin, wrote),
+                        })
+                    }
+                }),
+            })
+            .collect()
+    }
+    let fin = header.map_or(0, |h| h.revision);
+    let base = if writes(&r) { fin - 1 } else { fin };
     pb::TxnResponse {
         header,
         succeeded: r.succeeded,
-        responses,
+        responses: inner(r, base, fin, &mut false),
     }
 }
