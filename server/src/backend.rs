@@ -10,7 +10,9 @@
 //!   changes goes into one `apply_batch`, so data, applied index and membership move together.
 //! - `snapshot`: the last built or installed snapshot (meta and data).
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -51,23 +53,94 @@ pub(crate) struct Backend {
     pub raft: sled::Tree,
     pub sm: sled::Tree,
     pub snapshot: sled::Tree,
+    disk: Arc<Disk>,
+}
+
+/// What it takes to make sled's writes durable.
+///
+/// sled's flush writes its log with `sync_file_range`, which neither empties the drive's write
+/// cache nor commits file metadata, and it writes large values to blob files it never syncs. A
+/// power cut could then lose writes Cairn acknowledged. So after each flush the data file is
+/// `fdatasync`ed, and blob files (and their directory) are synced once, when they first appear.
+struct Disk {
+    data: std::fs::File,
+    blobs: PathBuf,
+    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
+}
+
+impl Disk {
+    fn sync(&self) -> std::io::Result<()> {
+        self.data.sync_data()?;
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut synced = self.synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut present = HashSet::new();
+        let mut new_files = false;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                match std::fs::File::open(entry.path()) {
+                    Ok(f) => f.sync_all()?,
+                    // Removed by sled since it was listed: nothing left to make durable.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                new_files = true;
+            }
+            present.insert(name);
+        }
+        if new_files {
+            std::fs::File::open(&self.blobs)?.sync_all()?;
+        }
+        *synced = present;
+        Ok(())
+    }
 }
 
 impl Backend {
     pub fn open(dir: &Path, cache_bytes: u64) -> sled::Result<Backend> {
+        let path = dir.join("db");
         let db = sled::Config::new()
-            .path(dir.join("db"))
+            .path(&path)
             .cache_capacity(cache_bytes)
             // Durability is driven by explicit flushes after log appends; a timer adds nothing.
             .flush_every_ms(None)
             .open()?;
+        // The data dir's own entries (sled's files) must survive a power cut too.
+        std::fs::File::open(&path)?.sync_all()?;
+        std::fs::File::open(dir)?.sync_all()?;
+        let disk = Disk {
+            data: std::fs::File::open(path.join("db"))?,
+            blobs: path.join("blobs"),
+            synced_blobs: Mutex::new(HashSet::new()),
+        };
         Ok(Backend {
             log: db.open_tree("log")?,
             raft: db.open_tree("raft")?,
             sm: db.open_tree("sm")?,
             snapshot: db.open_tree("snapshot")?,
             db,
+            disk: Arc::new(disk),
         })
+    }
+
+    /// Makes every write so far durable: sled's flush, then an `fdatasync` (see [`Disk`]).
+    pub async fn flush(&self) -> std::io::Result<()> {
+        self.db.flush_async().await.map_err(std::io::Error::other)?;
+        let disk = self.disk.clone();
+        tokio::task::spawn_blocking(move || disk.sync())
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// [`Backend::flush`] for callers outside an async runtime.
+    pub fn flush_blocking(&self) -> std::io::Result<()> {
+        self.db.flush().map_err(std::io::Error::other)?;
+        self.disk.sync()
     }
 
     /// Bytes the database occupies on disk.

@@ -199,7 +199,7 @@ impl Node {
                 };
                 let bytes = encode(&(member_id, cluster_id)).map_err(storage)?;
                 backend.raft.insert(KEY_IDENTITY, bytes).map_err(storage)?;
-                backend.db.flush_async().await.map_err(storage)?;
+                backend.flush().await.map_err(storage)?;
                 (member_id, cluster_id)
             }
         };
@@ -443,7 +443,7 @@ impl Node {
             .shutdown()
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        self.backend.db.flush_async().await.map_err(storage)?;
+        self.backend.flush().await.map_err(storage)?;
         drop(self.raft);
         drop(self.backend);
         for task in self.tasks {

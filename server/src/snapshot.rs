@@ -108,7 +108,9 @@ pub(crate) fn write_backup(backup: Backup, backend: &Backend) -> Result<i64, Res
         batch.insert(key, value);
     }
     backend.sm.apply_batch(batch).map_err(storage)?;
-    backend.db.flush().map_err(storage)?;
+    backend
+        .flush_blocking()
+        .map_err(|e| RestoreError::Storage(e.to_string()))?;
     Ok(revision)
 }
 

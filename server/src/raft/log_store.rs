@@ -40,7 +40,7 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 /// The log storage handed to openraft.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    backend: Backend,
     log: sled::Tree,
     raft: sled::Tree,
     flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
@@ -50,9 +50,9 @@ impl LogStore {
     /// Also returns the flusher task, which ends once every clone of the store is dropped.
     pub(crate) fn new(backend: &Backend, fsync: Histogram) -> (LogStore, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let flusher = tokio::spawn(flush_loop(backend.db.clone(), rx, fsync));
+        let flusher = tokio::spawn(flush_loop(backend.clone(), rx, fsync));
         let store = LogStore {
-            db: backend.db.clone(),
+            backend: backend.clone(),
             log: backend.log.clone(),
             raft: backend.raft.clone(),
             flusher: tx,
@@ -79,7 +79,7 @@ impl LogStore {
         let bytes = encode(value).map_err(write_err)?;
         self.raft.insert(key, bytes).map_err(write_err)?;
         if flush {
-            self.db.flush_async().await.map_err(write_err)?;
+            self.backend.flush().await.map_err(write_err)?;
         }
         Ok(())
     }
@@ -87,7 +87,7 @@ impl LogStore {
 
 /// Completes appends in groups: wait for one, take all that queued behind it, flush once.
 async fn flush_loop(
-    db: sled::Db,
+    backend: Backend,
     mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
     fsync: Histogram,
 ) {
@@ -98,7 +98,7 @@ async fn flush_loop(
             pending.push(more);
         }
         let started = std::time::Instant::now();
-        let result = db.flush_async().await;
+        let result = backend.flush().await;
         fsync.observe(started.elapsed().as_secs_f64());
         for cb in pending.drain(..) {
             let r = match &result {

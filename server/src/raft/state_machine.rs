@@ -162,8 +162,8 @@ impl StoreState {
     }
 
     /// Makes everything applied so far durable.
-    pub async fn flush(&self) -> Result<usize, sled::Error> {
-        self.backend.db.flush_async().await
+    pub async fn flush(&self) -> std::io::Result<()> {
+        self.backend.flush().await
     }
 
     /// Bytes of stored key revisions, what the space quota counts.
@@ -900,8 +900,7 @@ async fn save_snapshot(
         .map_err(|e| snap_err(ErrorVerb::Write, e))?;
     // openraft purges the log up to a snapshot once it is reported, so it must be durable first.
     backend
-        .db
-        .flush_async()
+        .flush()
         .await
         .map_err(|e| snap_err(ErrorVerb::Write, e))?;
     Ok(())
