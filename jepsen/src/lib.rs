@@ -5,4 +5,11 @@
 //! the history could have come from a correct store.
 
 pub mod checker;
+pub mod cluster;
 pub mod history;
+pub mod lazyfs;
+pub mod nemesis;
+pub mod net;
+pub mod report;
+pub mod runner;
+pub mod workload;

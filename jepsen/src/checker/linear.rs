@@ -122,9 +122,13 @@ pub fn check<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>], budget
         }
     }
 
-    let words = n.div_ceil(64);
-    let mut linearized = vec![0u64; words];
-    let mut cache: HashSet<(Vec<u64>, M::State)> = HashSet::new();
+    // The set of linearized operations is kept as a 128-bit Zobrist hash (XOR of a random key
+    // per operation) so memoizing a step costs no allocation; a false "seen before" needs a
+    // 128-bit collision.
+    let mut rng = fastrand::Rng::with_seed(0x5eed_cafe);
+    let keys: Vec<u128> = (0..n).map(|_| rng.u128(..)).collect();
+    let mut linearized: u128 = 0;
+    let mut cache: HashSet<(u128, M::State)> = HashSet::new();
     let mut stack: Vec<Choice<M::State>> = Vec::new();
     let mut state = model.init();
     let mut cursor = events[0].next;
@@ -147,21 +151,18 @@ pub fn check<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>], budget
             events[nx].prev = e;
         }
     };
-    let bit = |op: usize| (op / 64, 1u64 << (op % 64));
 
     // Tries the alternatives in order; on success the operation is linearized and pushed.
     let mut descend = |events: &mut Vec<Event>,
                        stack: &mut Vec<Choice<M::State>>,
-                       linearized: &mut Vec<u64>,
+                       linearized: &mut u128,
                        state: &mut M::State,
                        e: usize,
                        mut alts: Vec<M::State>|
      -> bool {
-        let (w, b) = bit(events[e].op);
+        let lin = *linearized ^ keys[events[e].op];
         while let Some(next) = alts.pop() {
-            let mut lin = linearized.clone();
-            lin[w] |= b;
-            if cache.insert((lin.clone(), next.clone())) {
+            if cache.insert((lin, next.clone())) {
                 stack.push((e, std::mem::replace(state, next), alts));
                 *linearized = lin;
                 lift(events, e);
@@ -210,8 +211,7 @@ pub fn check<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>], budget
                     longest: deepest.2,
                 };
             };
-            let (w, b) = bit(events[call].op);
-            linearized[w] &= !b;
+            linearized ^= keys[events[call].op];
             state = prev_state;
             unlift(&mut events, call);
             cursor = if descend(

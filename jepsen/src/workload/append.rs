@@ -1,0 +1,138 @@
+//! List-append workload (Elle): transactions of 1-4 micro-operations, each a read of a list or
+//! an append of a unique value, over a few keys. A transaction reads its keys in one snapshot,
+//! then commits its appends with a transaction guarded by every key's mod_revision, so the reads
+//! are still current at the commit point. A guard that failed makes the transaction `fail`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::client::{ClientError, Conn, Guarded};
+use super::{spawn_clients, Ctx};
+
+/// Keys the transactions share.
+pub const KEYS: usize = 5;
+
+/// Runs the append clients until stopped.
+pub async fn run(ctx: Ctx) {
+    spawn_clients(&ctx, |ctx, slot| async move { client(ctx, slot).await }).await;
+}
+
+#[derive(Clone, Debug)]
+enum Mop {
+    Read(String),
+    Append(String, i64),
+}
+
+async fn client(ctx: Ctx, slot: u64) {
+    let mut p = slot;
+    let conn = ctx.conn(slot);
+    while ctx.pace().await {
+        let mops: Vec<Mop> = (0..fastrand::usize(1..=4))
+            .map(|_| {
+                let k = format!("a{}", fastrand::usize(..KEYS));
+                if fastrand::bool() {
+                    Mop::Read(k)
+                } else {
+                    Mop::Append(k, ctx.unique())
+                }
+            })
+            .collect();
+        let invoke = json!({ "ops": encode(&mops, None) });
+        p = ctx
+            .record(
+                p,
+                "txn",
+                invoke,
+                || execute(&conn, &mops),
+                |reads| json!({ "ops": encode(&mops, Some(reads)) }),
+            )
+            .await
+            .0;
+    }
+}
+
+fn encode(mops: &[Mop], reads: Option<&Vec<Option<Vec<i64>>>>) -> Value {
+    Value::Array(
+        mops.iter()
+            .enumerate()
+            .map(|(i, m)| match m {
+                Mop::Read(k) => json!(["r", k, reads.and_then(|r| r[i].clone())]),
+                Mop::Append(k, v) => json!(["append", k, v]),
+            })
+            .collect(),
+    )
+}
+
+fn parse(v: &str) -> Vec<i64> {
+    v.split(',').filter_map(|x| x.parse().ok()).collect()
+}
+
+/// Runs one transaction; returns per micro-op the list a read saw.
+async fn execute(conn: &Conn, mops: &[Mop]) -> Result<Vec<Option<Vec<i64>>>, ClientError> {
+    let mut keys: Vec<String> = mops
+        .iter()
+        .map(|m| match m {
+            Mop::Read(k) | Mop::Append(k, _) => k.clone(),
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    // One snapshot of every involved key.
+    let snapshot = Guarded {
+        reads: keys.clone(),
+        ..Default::default()
+    };
+    let (_, _, kvs) = conn.guarded(&snapshot).await.map_err(|mut e| {
+        e.definite = true;
+        e
+    })?;
+    let mut lists: BTreeMap<String, (Vec<i64>, i64)> = BTreeMap::new();
+    for (k, kv) in keys.iter().zip(kvs) {
+        let (list, rev) = kv
+            .map(|kv| (parse(&kv.value), kv.mod_revision))
+            .unwrap_or_default();
+        lists.insert(k.clone(), (list, rev));
+    }
+    let mut reads = Vec::with_capacity(mops.len());
+    let mut written: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for m in mops {
+        match m {
+            Mop::Read(k) => {
+                let mut l = lists[k].0.clone();
+                l.extend(written.get(k).into_iter().flatten());
+                reads.push(Some(l));
+            }
+            Mop::Append(k, v) => {
+                written.entry(k.clone()).or_default().push(*v);
+                reads.push(None);
+            }
+        }
+    }
+    if written.is_empty() {
+        return Ok(reads);
+    }
+    let commit = Guarded {
+        mod_revisions: lists.iter().map(|(k, (_, r))| (k.clone(), *r)).collect(),
+        puts: written
+            .iter()
+            .map(|(k, new)| {
+                let mut l = lists[k].0.clone();
+                l.extend(new);
+                let s: Vec<String> = l.iter().map(i64::to_string).collect();
+                (k.clone(), s.join(","))
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let (ok, _, _) = conn.guarded(&commit).await?;
+    if ok {
+        Ok(reads)
+    } else {
+        Err(ClientError {
+            code: tonic::Code::Aborted,
+            message: "a key changed since the snapshot".into(),
+            definite: true,
+        })
+    }
+}
