@@ -23,6 +23,8 @@ pub(crate) const KV_PREFIX: u8 = b'r';
 pub(crate) const LEASE_PREFIX: &[u8] = b"l/";
 /// Published member attributes: `a/` + member id (u64 big-endian) -> bincode (name, client URLs).
 pub(crate) const MEMBER_PREFIX: &[u8] = b"a/";
+/// Raised alarms: `x/` + member id (u64 big-endian) + alarm type (i32 big-endian) -> empty.
+pub(crate) const ALARM_PREFIX: &[u8] = b"x/";
 pub(crate) const META_APPLIED: &[u8] = b"m/applied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"m/membership";
 pub(crate) const META_REVISION: &[u8] = b"m/revision";

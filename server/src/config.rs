@@ -51,6 +51,39 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// How often watchers that asked for progress notifications get one when idle.
     pub watch_progress_notify_interval: Duration,
+    /// Space quota (etcd's `--quota-backend-bytes`): past it the NOSPACE alarm is raised and writes
+    /// that add data fail until space is freed and the alarm disarmed. 0 = the 2 GiB default,
+    /// negative = no quota.
+    pub quota_backend_bytes: i64,
+    /// Build the data dir from this backup file before starting (it must not exist yet).
+    pub restore_from: Option<PathBuf>,
+    /// When the leader compacts on its own (etcd's `--auto-compaction-mode/-retention`).
+    pub auto_compaction: Option<AutoCompaction>,
+    /// Extra plain-HTTP listeners for /metrics and /health (the client URLs serve them too).
+    pub listen_metrics_urls: Vec<String>,
+}
+
+/// etcd's auto-compaction policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep the history of the last this long.
+    Periodic(Duration),
+    /// Keep the last this many revisions.
+    Revision(i64),
+}
+
+/// etcd's default space quota.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+impl Config {
+    /// The effective space quota in bytes (0 = none).
+    pub fn quota_bytes(&self) -> u64 {
+        match self.quota_backend_bytes {
+            q if q < 0 => 0,
+            0 => DEFAULT_QUOTA_BYTES,
+            q => q as u64,
+        }
+    }
 }
 
 impl Default for Config {
@@ -73,6 +106,10 @@ impl Default for Config {
             max_request_bytes: 1024 * 1024 + 512 * 1024,
             max_txn_ops: 128,
             watch_progress_notify_interval: Duration::from_secs(600),
+            quota_backend_bytes: 0,
+            restore_from: None,
+            auto_compaction: None,
+            listen_metrics_urls: Vec::new(),
         }
     }
 }

@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::mvcc::{MvccError, ShapeError};
+use crate::raft::admin::AdminError;
 use crate::raft::types::ApplyError;
 use crate::raft::ProposeError;
 
@@ -20,6 +21,8 @@ pub enum ServerError {
     FutureRevision,
     #[error("etcdserver: key not found")]
     KeyNotFound,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
     #[error("etcdserver: lease already exists")]
@@ -36,6 +39,8 @@ pub enum ServerError {
     InvalidRequest(&'static str),
     #[error(transparent)]
     Propose(#[from] ProposeError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     #[error("etcdserver: {0}")]
     Internal(String),
 }
@@ -57,6 +62,7 @@ impl From<ApplyError> for ServerError {
         match e {
             ApplyError::Mvcc(e) => e.into(),
             ApplyError::LeaseExists => ServerError::LeaseExists,
+            ApplyError::NoSpace => ServerError::NoSpace,
         }
     }
 }
@@ -72,11 +78,21 @@ impl From<ServerError> for Status {
             | ServerError::FutureRevision
             | ServerError::LeaseTtlTooLarge => Code::OutOfRange,
             ServerError::LeaseNotFound => Code::NotFound,
+            ServerError::NoSpace => Code::ResourceExhausted,
             ServerError::SessionExpired
             | ServerError::ElectionNotLeader
             | ServerError::ElectionNoLeader => Code::Unknown,
             ServerError::LeaseExists => Code::FailedPrecondition,
             ServerError::Propose(_) => Code::Unavailable,
+            ServerError::Admin(a) => match a {
+                AdminError::MemberNotFound => Code::NotFound,
+                AdminError::BadUrls => Code::InvalidArgument,
+                AdminError::PeerUrlExists
+                | AdminError::NotLearner
+                | AdminError::LearnerNotReady
+                | AdminError::NotEnoughStarted => Code::FailedPrecondition,
+                AdminError::Failed(_) => Code::Unavailable,
+            },
             ServerError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

@@ -4,14 +4,18 @@
 //! [`Node::client_url`]; or run the `cairn` binary.
 
 pub(crate) mod backend;
+pub(crate) mod compactor;
 pub mod config;
 pub mod error;
 pub(crate) mod grpc;
 pub mod lease;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod raft;
+pub mod snapshot;
 pub mod watch;
 
-pub use config::{ClusterState, Config};
+pub use compactor::parse_policy as parse_auto_compaction;
+pub use config::{AutoCompaction, ClusterState, Config};
 pub use node::{Node, NodeError};

@@ -70,6 +70,25 @@ struct Args {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = 128)]
     max_txn_ops: usize,
+    /// Raise the NOSPACE alarm when the stored key revisions pass this many bytes (0 = 2 GiB,
+    /// negative = no quota).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    quota_backend_bytes: i64,
+    /// Auto compaction: `periodic` (keep --auto-compaction-retention of history) or `revision`
+    /// (keep that many revisions).
+    #[arg(long, default_value = "periodic")]
+    auto_compaction_mode: String,
+    /// For periodic mode a duration (`30m`, `1h`; a bare number means hours), for revision mode a
+    /// count; 0 turns auto compaction off.
+    #[arg(long, default_value = "0")]
+    auto_compaction_retention: String,
+    /// Build a fresh data dir from this snapshot file (saved by `etcdctl snapshot save`) and found
+    /// a new cluster on it. The data dir must not exist yet.
+    #[arg(long)]
+    restore_from: Option<PathBuf>,
+    /// Comma-separated URLs to serve /metrics and /health on (plain HTTP), besides the client URLs.
+    #[arg(long, value_delimiter = ',')]
+    listen_metrics_urls: Vec<String>,
     /// Log level: error, warn, info, debug or trace (or a tracing filter directive).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -85,6 +104,11 @@ impl Args {
             None => Vec::new(),
         };
         let defaults = Config::default();
+        let auto_compaction = cairn_server::parse_auto_compaction(
+            &self.auto_compaction_mode,
+            &self.auto_compaction_retention,
+        )
+        .map_err(anyhow::Error::msg)?;
         let advertise_client_urls = if self.advertise_client_urls.is_empty() {
             self.listen_client_urls.clone()
         } else {
@@ -115,6 +139,10 @@ impl Args {
             snapshot_count: self.snapshot_count,
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            quota_backend_bytes: self.quota_backend_bytes,
+            restore_from: self.restore_from,
+            auto_compaction,
+            listen_metrics_urls: self.listen_metrics_urls,
             ..defaults
         })
     }
@@ -151,8 +179,11 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(&args.log_level, args.log_format);
     let config = args.into_config()?;
     let node = Node::start(config).await.context("starting member")?;
-    let signal = shutdown_signal().await?;
-    tracing::info!(signal, "shutting down");
+    let signal = tokio::select! {
+        signal = shutdown_signal() => signal?,
+        _ = node.removed() => "removed from the cluster",
+    };
+    tracing::info!(reason = signal, "shutting down");
     node.shutdown().await.context("shutting down")?;
     Ok(())
 }

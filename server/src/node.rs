@@ -24,6 +24,7 @@ use tokio_stream::StreamExt;
 
 use crate::backend::Backend;
 use crate::config::{self, ClusterState, Config, ConfigError};
+use crate::grpc::authority::AuthorityFix;
 use crate::grpc::cluster::ClusterService;
 use crate::grpc::election::ElectionService;
 use crate::grpc::kv::KvService;
@@ -32,12 +33,14 @@ use crate::grpc::lock::LockService;
 use crate::grpc::maintenance::MaintenanceService;
 use crate::grpc::watch::WatchService;
 use crate::grpc::{Limits, ServerContext};
+use crate::metrics::{HttpLayer, Metrics};
+use crate::raft::admin::{AdminCall, AdminReply};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, PeerChannels, PEER_MAX_MESSAGE};
 use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::types::{decode, encode, Command, Member, NodeId, Raft};
-use crate::raft::RaftHandle;
+use crate::raft::{HandleSettings, RaftHandle};
 use cairn_proto::v3electionpb::election_server::ElectionServer;
 use cairn_proto::v3lockpb::lock_server::LockServer;
 
@@ -58,6 +61,10 @@ pub enum NodeError {
     Storage(String),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("joining the cluster: {0}")]
+    Join(String),
+    #[error("restoring: {0}")]
+    Restore(String),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -81,6 +88,7 @@ pub struct Node {
     servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
     /// Background tasks that hold the storage open; shutdown waits for them to release it.
     tasks: Vec<JoinHandle<()>>,
+    removed: watch::Receiver<bool>,
 }
 
 async fn bind_all(urls: &[String], what: &str) -> Result<Vec<TcpListener>, NodeError> {
@@ -109,6 +117,11 @@ impl Node {
     /// Opens (or creates) the member's data dir and starts serving.
     #[tracing::instrument(skip_all, fields(name = %cfg.name, data_dir = %cfg.data_dir.display()))]
     pub async fn start(cfg: Config) -> Result<Node, NodeError> {
+        if let Some(file) = &cfg.restore_from {
+            let revision = crate::snapshot::restore(file, &cfg.data_dir)
+                .map_err(|e| NodeError::Restore(e.to_string()))?;
+            tracing::info!(file = %file.display(), revision, "restored the store from a snapshot");
+        }
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
         let backend = Backend::open(&cfg.data_dir, cfg.cache_bytes).map_err(storage)?;
@@ -158,6 +171,7 @@ impl Node {
                     } else {
                         Vec::new()
                     },
+                    promote: false,
                 };
                 (config::member_id(name, urls, token), member)
             })
@@ -167,8 +181,15 @@ impl Node {
         let (member_id, cluster_id) = match backend.raft.get(KEY_IDENTITY).map_err(storage)? {
             Some(bytes) => decode::<(u64, u64)>(&bytes).map_err(storage)?,
             None => {
-                let member_id = config::member_id(&cfg.name, &peer_urls, token);
-                let cluster_id = config::cluster_id(founders.keys().copied().collect(), token);
+                let (member_id, cluster_id) = if cfg.initial_cluster_state == ClusterState::Existing
+                {
+                    join_identity(&initial, &cfg.name, &peer_urls, cfg.request_timeout).await?
+                } else {
+                    (
+                        config::member_id(&cfg.name, &peer_urls, token),
+                        config::cluster_id(founders.keys().copied().collect(), token),
+                    )
+                };
                 let bytes = encode(&(member_id, cluster_id)).map_err(storage)?;
                 backend.raft.insert(KEY_IDENTITY, bytes).map_err(storage)?;
                 backend.db.flush_async().await.map_err(storage)?;
@@ -190,9 +211,14 @@ impl Node {
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        let (log_store, flusher) = LogStore::new(&backend);
-        let sm = StateMachineStore::open(backend.clone(), cfg.watch_progress_notify_interval)
-            .map_err(storage)?;
+        let metrics = Metrics::new(cfg.quota_bytes());
+        let (log_store, flusher) = LogStore::new(&backend, metrics.wal_fsync_duration.clone());
+        let sm = StateMachineStore::open(
+            backend.clone(),
+            cfg.watch_progress_notify_interval,
+            metrics.apply_duration.clone(),
+        )
+        .map_err(storage)?;
         let state = sm.state();
         let channels = PeerChannels::default();
         let network = Network {
@@ -219,8 +245,13 @@ impl Node {
             member_id,
             channels,
             state,
-            cfg.request_timeout,
-            cfg.election_timeout,
+            HandleSettings {
+                request_timeout: cfg.request_timeout,
+                election_timeout: cfg.election_timeout,
+                cluster_id,
+                cluster_token: cfg.initial_cluster_token.clone(),
+                metrics: metrics.clone(),
+            },
             shutdown_rx.clone(),
         );
         tasks.push(flusher);
@@ -233,10 +264,48 @@ impl Node {
                 max_txn_ops: cfg.max_txn_ops,
                 min_lease_ttl: (cfg.election_timeout.as_millis() as u64 * 3 / 2).div_ceil(1000)
                     as i64,
+                quota_bytes: cfg.quota_bytes(),
             }),
             streams: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
 
+        if let Some(policy) = cfg.auto_compaction {
+            tasks.push(tokio::spawn(crate::compactor::run(
+                handle.clone(),
+                member_id,
+                policy,
+                shutdown_rx.clone(),
+            )));
+        }
+        let mut servers = Vec::new();
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        tasks.push(tokio::spawn(watch_leader(
+            raft.clone(),
+            metrics.clone(),
+            health_reporter,
+            shutdown_rx.clone(),
+        )));
+        let http = HttpLayer {
+            metrics: metrics.clone(),
+            raft: handle.clone(),
+        };
+        for listener in bind_all(&cfg.listen_metrics_urls, "metrics").await? {
+            let router = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .layer(http.clone())
+                .add_service(health_service.clone());
+            let stop = stopped(shutdown_rx.clone());
+            servers.push(tokio::spawn(
+                router.serve_with_incoming_shutdown(incoming(listener), stop),
+            ));
+        }
+        let (removed_tx, removed) = watch::channel(false);
+        tasks.push(tokio::spawn(watch_removal(
+            raft.clone(),
+            member_id,
+            removed_tx,
+            shutdown_rx.clone(),
+        )));
         tasks.push(tokio::spawn(publish(
             handle.clone(),
             member_id,
@@ -244,7 +313,6 @@ impl Node {
             client_urls.clone(),
             shutdown_rx.clone(),
         )));
-        let mut servers = Vec::new();
         for listener in peer_listeners {
             let svc = RaftTransportServer::new(PeerService {
                 raft: raft.clone(),
@@ -271,6 +339,10 @@ impl Node {
             let kv = kv_server::KvServer::new(KvService { ctx: ctx.clone() })
                 .max_decoding_message_size(max_msg);
             let router = tonic::transport::Server::builder()
+                // HTTP/1.1 for /health and /metrics, which etcd serves on its client URLs too.
+                .accept_http1(true)
+                .layer(http.clone())
+                .add_service(health_service.clone())
                 .add_service(kv)
                 .add_service(watch_server::WatchServer::new(WatchService {
                     ctx: ctx.clone(),
@@ -293,7 +365,7 @@ impl Node {
                 ));
             let stop = stopped(shutdown_rx.clone());
             servers.push(tokio::spawn(
-                router.serve_with_incoming_shutdown(incoming(listener), stop),
+                router.serve_with_incoming_shutdown(client_incoming(listener), stop),
             ));
         }
         tracing::info!(member_id = format!("{member_id:x}"), cluster_id = format!("{cluster_id:x}"),
@@ -308,7 +380,15 @@ impl Node {
             shutdown,
             servers,
             tasks,
+            removed,
         })
+    }
+
+    /// Resolves once this member has been removed from the cluster's membership: from then on it
+    /// can only serve stale data, so it should be shut down, as etcd does.
+    pub async fn removed(&self) {
+        let mut rx = self.removed.clone();
+        let _ = rx.wait_for(|r| *r).await;
     }
 
     /// The first address clients can reach this member on.
@@ -384,6 +464,13 @@ fn incoming(
     })
 }
 
+/// Client connections, read through [`AuthorityFix`] for etcdctl 3.4's sake.
+fn client_incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AuthorityFix<tokio::net::TcpStream>>> {
+    incoming(listener).map(|conn| conn.map(AuthorityFix::new))
+}
+
 /// Announces this member's name and client URLs through Raft until they are recorded (as etcd
 /// publishes member attributes), so MemberList shows how to reach every member.
 async fn publish(
@@ -411,6 +498,143 @@ async fn publish(
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
+    }
+}
+
+/// Counts leader changes and reports gRPC health: SERVING while a leader is known, as etcd does.
+async fn watch_leader(
+    raft: Raft,
+    metrics: Arc<Metrics>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus;
+    let mut rx = raft.metrics();
+    let mut last_leader = None;
+    let mut last_serving = None;
+    loop {
+        let leader = rx.borrow_and_update().current_leader;
+        if leader.is_some() && leader != last_leader {
+            metrics.leader_changes.inc();
+            last_leader = leader;
+        }
+        let serving = leader.is_some();
+        if last_serving != Some(serving) {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            last_serving = Some(serving);
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn watch_removal(
+    raft: Raft,
+    id: NodeId,
+    removed: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut metrics = raft.metrics();
+    let mut seen = false;
+    loop {
+        let present = metrics
+            .borrow_and_update()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        if present {
+            seen = true;
+        } else if seen {
+            tracing::warn!("this member has been removed from the cluster");
+            let _ = removed.send(true);
+            return;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// A member joining an existing cluster takes the id the cluster gave it in MemberAdd: it asks the
+/// other members listed in `--initial-cluster` for the member list and finds itself by peer URLs.
+async fn join_identity(
+    initial: &[(String, Vec<String>)],
+    name: &str,
+    peer_urls: &[String],
+    timeout: std::time::Duration,
+) -> Result<(u64, u64), NodeError> {
+    let channels = PeerChannels::default();
+    let mut mine = peer_urls.to_vec();
+    mine.sort();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = String::from("no other member listed in --initial-cluster");
+    loop {
+        for url in initial
+            .iter()
+            .filter(|(n, _)| n != name)
+            .flat_map(|(_, urls)| urls)
+        {
+            let mut client = match channels.client(url) {
+                Ok(c) => c,
+                Err(e) => {
+                    last_error = format!("{url}: {e}");
+                    continue;
+                }
+            };
+            let data = encode(&AdminCall::Members).map_err(storage)?;
+            let mut req = tonic::Request::new(cairn_proto::raftpb::RaftPayload { data });
+            req.set_timeout(std::time::Duration::from_secs(2));
+            let reply = match client.admin(req).await {
+                Ok(r) => r.into_inner().data,
+                Err(status) => {
+                    last_error = format!("{url}: {}", status.message());
+                    continue;
+                }
+            };
+            type Reply = Result<
+                Result<AdminReply, crate::raft::admin::AdminError>,
+                crate::raft::service::ForwardError,
+            >;
+            if let Ok(Ok(AdminReply::Members {
+                cluster_id,
+                members,
+            })) = decode::<Reply>(&reply).map_err(storage)?
+            {
+                let me = members.iter().find(|m| {
+                    let mut urls = m.peer_urls.clone();
+                    urls.sort();
+                    urls == mine
+                });
+                return match me {
+                    Some(m) => {
+                        tracing::info!(
+                            member_id = format!("{:x}", m.id),
+                            "joining existing cluster"
+                        );
+                        Ok((m.id, cluster_id))
+                    }
+                    None => Err(NodeError::Join(format!(
+                        "no member of the cluster has peer URLs {peer_urls:?}; add this member \
+                         with MemberAdd first"
+                    ))),
+                };
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NodeError::Join(format!(
+                "could not reach the cluster to join it: {last_error}"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

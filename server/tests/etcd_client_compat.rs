@@ -3,18 +3,11 @@
 
 mod common;
 
-use common::TestNode;
+use common::{status, TestNode};
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
     TxnOp, TxnOpResponse,
 };
-
-fn status(e: etcd_client::Error) -> tonic::Status {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => s,
-        other => panic!("expected a gRPC status, got {other:?}"),
-    }
-}
 
 async fn client(node: &TestNode) -> Client {
     Client::connect([node.url()], None).await.expect("connect")

@@ -70,6 +70,7 @@ impl Kv for KvService {
         self.check_size(bytes)?;
         let put = convert::put_request(req);
         check_put_shape(&put).map_err(ServerError::from)?;
+        super::maintenance::check_quota(&self.ctx, bytes).await?;
         match self.propose(Command::Put(put), bytes).await? {
             (Applied::Put(r), rev) => Ok(Response::new(convert::put_response(
                 r,
@@ -105,7 +106,11 @@ impl Kv for KvService {
         self.check_size(bytes)?;
         let txn = convert::txn_request(req)?;
         check_txn_shape(&txn, self.ctx.limits.max_txn_ops).map_err(ServerError::from)?;
-        match self.propose(Command::Txn(txn), bytes).await? {
+        let cmd = Command::Txn(txn);
+        if cmd.grows_store() {
+            super::maintenance::check_quota(&self.ctx, bytes).await?;
+        }
+        match self.propose(cmd, bytes).await? {
             (Applied::Txn(r), rev) => Ok(Response::new(convert::txn_response(
                 r,
                 self.ctx.header(rev),

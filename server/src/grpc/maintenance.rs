@@ -1,17 +1,50 @@
-//! The `Maintenance` service. Status is served; the rest answer Unimplemented for now.
+//! The `Maintenance` service: status, alarms and the space quota, backups, consistency hashes.
+
+use std::pin::Pin;
 
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::etcdserverpb::maintenance_server::Maintenance;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::ServerContext;
+use crate::error::ServerError;
+use crate::raft::state_machine::ALARM_NOSPACE;
+use crate::raft::types::Command;
 
 /// The etcd API version Cairn reports in Status. Clients (Kubernetes among them) gate features on it.
 pub const ETCD_API_VERSION: &str = "3.5.13";
 
+/// Bytes per Snapshot stream message.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+
 pub(crate) struct MaintenanceService {
     pub ctx: ServerContext,
 }
+
+fn alarm_name(alarm: i32) -> &'static str {
+    match pb::AlarmType::try_from(alarm) {
+        Ok(pb::AlarmType::Nospace) => "NOSPACE",
+        Ok(pb::AlarmType::Corrupt) => "CORRUPT",
+        _ => "NONE",
+    }
+}
+
+impl MaintenanceService {
+    fn alarm_members(&self, filter: i32) -> Vec<pb::AlarmMember> {
+        self.ctx
+            .raft
+            .state()
+            .alarms()
+            .into_iter()
+            .filter(|(_, a)| filter == pb::AlarmType::None as i32 || *a == filter)
+            .map(|(member_id, alarm)| pb::AlarmMember { member_id, alarm })
+            .collect()
+    }
+}
+
+type SnapshotStream =
+    Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
@@ -22,23 +55,173 @@ impl Maintenance for MaintenanceService {
         let raft = &self.ctx.raft;
         let metrics = raft.raft().metrics().borrow().clone();
         let state = raft.state();
-        let db_size = state.backend_size() as i64;
         let is_learner = !metrics
             .membership_config
             .membership()
             .voter_ids()
             .any(|id| id == self.ctx.member_id);
+        let errors = state
+            .alarms()
+            .into_iter()
+            .map(|(member, alarm)| format!("memberID:{member} alarm:{} ", alarm_name(alarm)))
+            .collect();
         Ok(Response::new(pb::StatusResponse {
             header: self.ctx.header(state.current_revision()),
             version: ETCD_API_VERSION.to_string(),
-            db_size,
+            db_size: state.backend_size() as i64,
             leader: metrics.current_leader.unwrap_or(0),
             raft_index: metrics.last_log_index.unwrap_or(0),
             raft_term: metrics.current_term,
             raft_applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
-            errors: Vec::new(),
-            db_size_in_use: db_size,
+            errors,
+            db_size_in_use: state.bytes_in_use() as i64,
             is_learner,
         }))
     }
+
+    #[tracing::instrument(skip_all, fields(action = req.get_ref().action, alarm = req.get_ref().alarm))]
+    async fn alarm(
+        &self,
+        req: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        let req = req.into_inner();
+        let action = pb::alarm_request::AlarmAction::try_from(req.action)
+            .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
+        let alarms = match action {
+            pb::alarm_request::AlarmAction::Get => self.alarm_members(req.alarm),
+            pb::alarm_request::AlarmAction::Activate
+            | pb::alarm_request::AlarmAction::Deactivate => {
+                if req.alarm == pb::AlarmType::None as i32 {
+                    return Err(Status::invalid_argument("etcdserver: no alarm given"));
+                }
+                let activate = action == pb::alarm_request::AlarmAction::Activate;
+                let existed = self
+                    .ctx
+                    .raft
+                    .state()
+                    .alarms()
+                    .contains(&(req.member_id, req.alarm));
+                let cmd = Command::Alarm {
+                    activate,
+                    member: req.member_id,
+                    alarm: req.alarm,
+                };
+                self.ctx
+                    .raft
+                    .propose(cmd, 32)
+                    .await
+                    .map_err(ServerError::from)?;
+                // etcd answers with the alarms the request changed.
+                if activate != existed {
+                    vec![pb::AlarmMember {
+                        member_id: req.member_id,
+                        alarm: req.alarm,
+                    }]
+                } else {
+                    Vec::new()
+                }
+            }
+        };
+        Ok(Response::new(pb::AlarmResponse {
+            header: self.ctx.header(self.ctx.raft.state().current_revision()),
+            alarms,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn defragment(
+        &self,
+        _req: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // sled rewrites sparse segments on its own as data is freed (by compaction); what is
+        // left is to make the freed state durable so the space can be reused.
+        self.ctx
+            .raft
+            .state()
+            .flush()
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))?;
+        Ok(Response::new(pb::DefragmentResponse {
+            header: self.ctx.header(self.ctx.raft.state().current_revision()),
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let (hash, compact_revision, revision) = self
+            .ctx
+            .raft
+            .state()
+            .hash_kv(req.into_inner().revision)
+            .map_err(ServerError::from)?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: self.ctx.header(revision),
+            hash,
+            compact_revision,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn snapshot(
+        &self,
+        _req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let state = self.ctx.raft.state().clone();
+        let (image, revision) = tokio::task::spawn_blocking(move || state.snapshot_image())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(ServerError::from)?;
+        let body = crate::snapshot::file_body(&image);
+        let trailer = crate::snapshot::trailer(&body);
+        tracing::info!(bytes = body.len(), revision, "sending snapshot");
+        let header = self.ctx.header(revision);
+        let total = body.len() + trailer.len();
+        let mut sent = 0;
+        let mut messages = Vec::new();
+        for chunk in body.chunks(SNAPSHOT_CHUNK).chain([trailer.as_slice()]) {
+            sent += chunk.len();
+            messages.push(Ok(pb::SnapshotResponse {
+                header,
+                remaining_bytes: (total - sent) as u64,
+                blob: chunk.to_vec(),
+            }));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
+    async fn move_leader(
+        &self,
+        _req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(Status::unimplemented(
+            "etcdserver: leadership transfer is not supported by this server",
+        ))
+    }
+}
+
+/// Refuses a write that would grow the store while the space quota is exhausted, raising the
+/// NOSPACE alarm (through Raft, for every member to see) the first time the quota is passed.
+pub(crate) async fn check_quota(ctx: &ServerContext, cost: usize) -> Result<(), ServerError> {
+    let state = ctx.raft.state();
+    if state.has_alarm(ALARM_NOSPACE) {
+        return Err(ServerError::NoSpace);
+    }
+    let quota = ctx.limits.quota_bytes;
+    if quota > 0 && state.bytes_in_use() + cost as u64 > quota {
+        tracing::warn!(
+            quota,
+            in_use = state.bytes_in_use(),
+            "space quota exceeded; raising the NOSPACE alarm"
+        );
+        let cmd = Command::Alarm {
+            activate: true,
+            member: ctx.member_id,
+            alarm: ALARM_NOSPACE,
+        };
+        ctx.raft.propose(cmd, 32).await?;
+        return Err(ServerError::NoSpace);
+    }
+    Ok(())
 }

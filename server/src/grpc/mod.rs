@@ -1,6 +1,7 @@
 //! The etcd v3 client API: one file per service. Each handler validates, proposes or reads, fills
 //! the response header and maps errors to etcd's statuses.
 
+pub(crate) mod authority;
 pub(crate) mod cluster;
 pub(crate) mod convert;
 pub(crate) mod election;
@@ -33,6 +34,8 @@ pub(crate) struct Limits {
     pub max_txn_ops: usize,
     /// Shorter lease TTLs are raised to this (seconds): 1.5 election timeouts, as etcd.
     pub min_lease_ttl: i64,
+    /// Space quota in bytes of stored key revisions; 0 = none.
+    pub quota_bytes: u64,
 }
 
 impl ServerContext {

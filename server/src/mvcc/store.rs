@@ -134,6 +134,14 @@ impl KvIndex {
         self.current_rev
     }
 
+    /// Keys that exist at the current revision (a full scan of the index).
+    pub fn key_count(&self) -> usize {
+        self.tree
+            .values()
+            .filter(|ki| ki.get(self.current_rev).is_some())
+            .count()
+    }
+
     /// -1 if the store was never compacted.
     pub fn compact_revision(&self) -> i64 {
         self.compact_rev

@@ -10,6 +10,7 @@ use std::ops::{Bound, RangeBounds};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError, Vote};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -47,9 +48,9 @@ pub struct LogStore {
 
 impl LogStore {
     /// Also returns the flusher task, which ends once every clone of the store is dropped.
-    pub(crate) fn new(backend: &Backend) -> (LogStore, JoinHandle<()>) {
+    pub(crate) fn new(backend: &Backend, fsync: Histogram) -> (LogStore, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let flusher = tokio::spawn(flush_loop(backend.db.clone(), rx));
+        let flusher = tokio::spawn(flush_loop(backend.db.clone(), rx, fsync));
         let store = LogStore {
             db: backend.db.clone(),
             log: backend.log.clone(),
@@ -85,14 +86,20 @@ impl LogStore {
 }
 
 /// Completes appends in groups: wait for one, take all that queued behind it, flush once.
-async fn flush_loop(db: sled::Db, mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+async fn flush_loop(
+    db: sled::Db,
+    mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
+    fsync: Histogram,
+) {
     let mut pending = Vec::new();
     while let Some(first) = rx.recv().await {
         pending.push(first);
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
+        let started = std::time::Instant::now();
         let result = db.flush_async().await;
+        fsync.observe(started.elapsed().as_secs_f64());
         for cb in pending.drain(..) {
             let r = match &result {
                 Ok(_) => Ok(()),

@@ -8,6 +8,7 @@
 // openraft's trait signatures fix `StorageError`'s size; boxing it here would only add conversions.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod log_store;
 pub mod network;
 pub mod service;
@@ -23,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use self::admin::{AdminCall, AdminError, AdminReply};
 use self::network::PeerChannels;
 use self::service::{forward_error, ForwardError};
 use self::state_machine::StoreState;
@@ -77,8 +79,7 @@ impl RaftHandle {
         id: NodeId,
         channels: PeerChannels,
         state: Arc<StoreState>,
-        request_timeout: Duration,
-        election_timeout: Duration,
+        settings: HandleSettings,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> (RaftHandle, Vec<JoinHandle<()>>) {
         let core = Arc::new(Core {
@@ -86,10 +87,14 @@ impl RaftHandle {
             id,
             channels,
             state,
-            request_timeout,
-            lessor: Lessor::new(election_timeout),
+            request_timeout: settings.request_timeout,
+            lessor: Lessor::new(settings.election_timeout),
+            cluster_id: settings.cluster_id,
+            cluster_token: settings.cluster_token,
+            metrics: settings.metrics,
         });
-        let expiry = tokio::spawn(lease_expiry_loop(core.clone(), stop));
+        let expiry = tokio::spawn(lease_expiry_loop(core.clone(), stop.clone()));
+        let promoter = tokio::spawn(admin::promote_loop(core.clone(), stop));
         let (proposals, rx) = mpsc::unbounded_channel();
         let proposer = tokio::spawn(proposal_loop(core.clone(), rx));
         let (reads, rx) = mpsc::unbounded_channel();
@@ -100,7 +105,7 @@ impl RaftHandle {
             reads,
         };
         // Both loops end once every handle is dropped.
-        (handle, vec![proposer, reader, expiry])
+        (handle, vec![proposer, reader, expiry, promoter])
     }
 
     pub fn raft(&self) -> &Raft {
@@ -129,8 +134,17 @@ impl RaftHandle {
         self.proposals
             .send(Proposal { cmd, bytes, reply })
             .map_err(|_| ProposeError::Internal("proposer stopped".into()))?;
-        rx.await
-            .map_err(|_| ProposeError::Internal("proposer stopped".into()))?
+        let metrics = &self.core.metrics;
+        metrics.proposals_pending.inc();
+        let result = rx
+            .await
+            .map_err(|_| ProposeError::Internal("proposer stopped".into()))
+            .and_then(|r| r);
+        metrics.proposals_pending.dec();
+        if result.is_err() {
+            metrics.proposals_failed.inc();
+        }
+        result
     }
 
     /// Restarts a lease's TTL on the leader; returns the TTL, or 0 if the lease does not exist.
@@ -154,6 +168,27 @@ impl RaftHandle {
                 "unexpected lease reply {other:?}"
             ))),
         }
+    }
+
+    /// Carries out a membership change on the leader (wherever it is).
+    pub async fn admin(&self, call: AdminCall) -> Result<AdminReply, AdminError> {
+        self.core.admin_call(call).await
+    }
+
+    /// The current members, as this member knows them.
+    pub fn members(&self) -> Vec<admin::MemberInfo> {
+        admin::members(&self.core)
+    }
+
+    /// Serves a membership call from another member: `Members` anywhere, changes on the leader only.
+    pub(crate) async fn local_admin(
+        &self,
+        call: AdminCall,
+    ) -> Result<Result<AdminReply, AdminError>, ForwardError> {
+        if !matches!(call, AdminCall::Members) && self.leader() != Some(self.core.id) {
+            return Err(ForwardError::NotLeader(self.leader()));
+        }
+        Ok(admin::execute(&self.core, call).await)
     }
 
     /// Answers a lease call from a follower, as the leader.
@@ -267,6 +302,16 @@ async fn read_loop(
     }
 }
 
+/// What a [`RaftHandle`] works with besides Raft itself.
+pub struct HandleSettings {
+    pub request_timeout: Duration,
+    pub election_timeout: Duration,
+    pub cluster_id: u64,
+    /// Mixed into the ids of added members.
+    pub cluster_token: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 struct Core {
     raft: Raft,
     id: NodeId,
@@ -274,6 +319,10 @@ struct Core {
     state: Arc<StoreState>,
     request_timeout: Duration,
     lessor: Lessor,
+    cluster_id: u64,
+    /// Mixed into the ids of added members, as into the founders'.
+    cluster_token: String,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Lease operations only the leader's clock can answer.
@@ -354,6 +403,36 @@ impl Core {
         }
     }
 
+    async fn admin_call(&self, call: AdminCall) -> Result<AdminReply, AdminError> {
+        let deadline = Instant::now() + self.request_timeout;
+        let unavailable = |e: ProposeError| AdminError::Failed(e.to_string());
+        loop {
+            let leader = self.wait_leader(deadline).await.map_err(unavailable)?;
+            let outcome = if leader == self.id {
+                Ok(admin::execute(self, call.clone()).await)
+            } else {
+                let data = encode(&call).map_err(|e| AdminError::Failed(e.to_string()))?;
+                match self
+                    .call_leader(leader, PeerMethod::Admin, data, deadline)
+                    .await
+                {
+                    Ok(reply) => {
+                        decode::<Result<Result<AdminReply, AdminError>, ForwardError>>(&reply)
+                            .map_err(|e| AdminError::Failed(e.to_string()))?
+                    }
+                    Err(e) => return Err(unavailable(e)),
+                }
+            };
+            match outcome {
+                Ok(result) => return result,
+                Err(ForwardError::NotLeader(_)) => {
+                    self.backoff(deadline).await.map_err(unavailable)?
+                }
+                Err(e) => return Err(AdminError::Failed(e.to_string())),
+            }
+        }
+    }
+
     fn local_lease_call(&self, call: LeaseCall) -> Result<LeaseReply, ForwardError> {
         // The clock starts within a tick of promotion; until then this member cannot answer.
         if self.leader() != Some(self.id) || !self.lessor.is_leading() {
@@ -427,6 +506,7 @@ impl Core {
             PeerMethod::Forward => client.forward(req).await,
             PeerMethod::ReadIndex => client.read_index(req).await,
             PeerMethod::Lease => client.lease(req).await,
+            PeerMethod::Admin => client.admin(req).await,
         };
         match reply {
             Ok(r) => Ok(r.into_inner().data),
@@ -535,6 +615,7 @@ enum PeerMethod {
     Forward,
     ReadIndex,
     Lease,
+    Admin,
 }
 
 #[cfg(test)]

@@ -92,6 +92,11 @@ impl RaftTransport for PeerService {
         reply(&self.handle.local_lease_call(call))
     }
 
+    async fn admin(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let call: super::admin::AdminCall = decode(&req.into_inner().data).map_err(bad_payload)?;
+        reply(&self.handle.local_admin(call).await)
+    }
+
     async fn read_index(
         &self,
         _req: Request<RaftPayload>,

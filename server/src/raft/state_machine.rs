@@ -5,7 +5,7 @@
 //! stored state is exactly the state after some applied prefix of the log, and openraft re-applies the
 //! rest from the log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,6 +15,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
 };
+use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -23,8 +24,8 @@ use super::types::{
     StorageError, StoredMembership, TypeConfig,
 };
 use crate::backend::{
-    kv_key, Backend, SledValues, StoredKv, KV_PREFIX, LEASE_PREFIX, MEMBER_PREFIX, META_APPLIED,
-    META_COMPACT, META_MEMBERSHIP, META_REVISION,
+    kv_key, Backend, SledValues, StoredKv, ALARM_PREFIX, KV_PREFIX, LEASE_PREFIX, MEMBER_PREFIX,
+    META_APPLIED, META_COMPACT, META_MEMBERSHIP, META_REVISION,
 };
 use crate::lease::{Lease, LeaseTable};
 use crate::mvcc::{
@@ -44,10 +45,20 @@ fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageErro
 const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
 
+/// Rows of the `sm` tree.
+pub(crate) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A snapshot's content: every key of the `sm` tree, meta included.
 #[derive(Serialize, Deserialize)]
 struct SnapshotImage {
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    entries: Rows,
+}
+
+/// The `sm` tree rows of an image made by [`StoreState::snapshot_image`].
+pub(crate) fn decode_image(bytes: &[u8]) -> Result<Rows, String> {
+    decode::<SnapshotImage>(bytes)
+        .map(|i| i.entries)
+        .map_err(|e| e.to_string())
 }
 
 /// State shared between the state machine (the only writer) and the read paths.
@@ -61,7 +72,15 @@ pub struct StoreState {
     applied: Mutex<(Option<LogId>, StoredMembership)>,
     revision_tx: watch::Sender<i64>,
     snapshot_seq: AtomicU64,
+    /// Raised alarms: (member id, etcd AlarmType number).
+    alarms: Mutex<BTreeSet<(u64, i32)>>,
+    /// Bytes of stored key revisions (keys and values as stored): what the space quota limits.
+    /// Compaction lowers it.
+    bytes_in_use: AtomicU64,
 }
+
+/// etcd's AlarmType NOSPACE.
+pub const ALARM_NOSPACE: i32 = 1;
 
 impl StoreState {
     /// Serves a read from local state.
@@ -130,10 +149,89 @@ impl StoreState {
         self.backend.size_on_disk()
     }
 
+    /// Makes everything applied so far durable.
+    pub async fn flush(&self) -> Result<usize, sled::Error> {
+        self.backend.db.flush_async().await
+    }
+
+    /// Bytes of stored key revisions, what the space quota counts.
+    pub fn bytes_in_use(&self) -> u64 {
+        self.bytes_in_use.load(Ordering::Relaxed)
+    }
+
+    /// Raised alarms as (member id, AlarmType number).
+    pub fn alarms(&self) -> Vec<(u64, i32)> {
+        self.alarms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    pub fn has_alarm(&self, alarm: i32) -> bool {
+        self.alarms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(_, a)| *a == alarm)
+    }
+
+    /// Number of keys that currently exist.
+    pub fn key_count(&self) -> usize {
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .key_count()
+    }
+
+    /// etcd's HashKV: a CRC-32 over every stored key revision up to `revision` (0 = the current one),
+    /// as stored. Members that applied the same log (and the same compactions) hash alike.
+    /// Returns (hash, compact revision, hashed revision).
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), MvccError> {
+        // The read lock keeps applies (and compactions) out while the revisions are read.
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let current = index.current_revision();
+        let compact = index.compact_revision();
+        let revision = if revision <= 0 { current } else { revision };
+        if revision > current {
+            return Err(MvccError::FutureRevision);
+        }
+        if revision < compact {
+            return Err(MvccError::Compacted);
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        let end = kv_key(Revision::new(revision + 1, 0));
+        for item in self.backend.sm.range(&[KV_PREFIX][..]..&end[..]) {
+            let (key, value) = item.map_err(|e| MvccError::Storage(e.to_string()))?;
+            hasher.update(&key);
+            hasher.update(&value);
+        }
+        Ok((hasher.finalize(), compact, revision))
+    }
+
+    /// A consistent copy of the whole store (as a snapshot image) with the revision it reflects.
+    pub fn snapshot_image(&self) -> Result<(Vec<u8>, i64), MvccError> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let entries = self
+            .backend
+            .sm
+            .iter()
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| MvccError::Storage(e.to_string()))?;
+        let revision = index.current_revision();
+        drop(index);
+        let bytes =
+            encode(&SnapshotImage { entries }).map_err(|e| MvccError::Storage(e.to_string()))?;
+        Ok((bytes, revision))
+    }
+
     /// Rebuilds the in-memory key index and applied state from the `sm` tree.
     fn load(&self) -> Result<(), StorageError> {
         let sm = &self.backend.sm;
         let mut index = KvIndex::new();
+        let mut in_use = 0u64;
         for item in sm.scan_prefix([KV_PREFIX]) {
             let (key, value) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
             let rev = Revision::from_bytes(&key[1..]).ok_or_else(|| {
@@ -141,7 +239,19 @@ impl StoreState {
             })?;
             let stored: StoredKv = decode(&value).map_err(|e| sm_err(ErrorVerb::Read, e))?;
             index.restore(rev, &stored.kv.key, stored.tombstone);
+            in_use += (key.len() + value.len()) as u64;
         }
+        let mut alarms = BTreeSet::new();
+        for item in sm.scan_prefix(ALARM_PREFIX) {
+            let (key, _) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            alarms.insert(
+                decode_alarm_key(&key).ok_or_else(|| {
+                    sm_err(ErrorVerb::Read, std::io::Error::other("bad alarm key"))
+                })?,
+            );
+        }
+        *self.alarms.lock().unwrap_or_else(|p| p.into_inner()) = alarms;
+        self.bytes_in_use.store(in_use, Ordering::Relaxed);
         let read = |key: &[u8]| -> Result<Option<sled::IVec>, StorageError> {
             sm.get(key).map_err(|e| sm_err(ErrorVerb::Read, e))
         };
@@ -266,12 +376,14 @@ impl History for StoreState {
 #[derive(Clone)]
 pub struct StateMachineStore {
     state: Arc<StoreState>,
+    apply_duration: Histogram,
 }
 
 impl StateMachineStore {
     pub(crate) fn open(
         backend: Backend,
         progress_interval: Duration,
+        apply_duration: Histogram,
     ) -> Result<StateMachineStore, StorageError> {
         let (revision_tx, _) = watch::channel(1);
         let state = Arc::new(StoreState {
@@ -283,9 +395,14 @@ impl StateMachineStore {
             applied: Mutex::new((None, StoredMembership::default())),
             revision_tx,
             snapshot_seq: AtomicU64::new(0),
+            alarms: Mutex::new(BTreeSet::new()),
+            bytes_in_use: AtomicU64::new(0),
         });
         state.load()?;
-        Ok(StateMachineStore { state })
+        Ok(StateMachineStore {
+            state,
+            apply_duration,
+        })
     }
 
     pub fn state(&self) -> Arc<StoreState> {
@@ -295,7 +412,29 @@ impl StateMachineStore {
     /// Runs one command against the index; its writes go to `pending` so that later commands of the
     /// same entry read them before they reach sled.
     fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> CommandResponse {
+        let no_space = pending.alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE);
+        if no_space && !matches!(cmd, Command::Batch(_)) && cmd.grows_store() {
+            return CommandResponse {
+                revision: index.current_revision(),
+                result: Err(ApplyError::NoSpace),
+            };
+        }
         let result = match cmd {
+            Command::Alarm {
+                activate,
+                member,
+                alarm,
+            } => {
+                let changed = if activate {
+                    pending.alarms.insert((member, alarm))
+                } else {
+                    pending.alarms.remove(&(member, alarm))
+                };
+                if changed {
+                    pending.alarm_ops.push((activate, member, alarm));
+                }
+                Ok(Applied::Nothing)
+            }
             Command::Put(req) => index.put(req, pending).map_err(ApplyError::from).map(|w| {
                 pending.record(w.ops, w.events);
                 Applied::Put(w.response)
@@ -382,6 +521,9 @@ struct Pending<'a> {
     lease_ops: Vec<(i64, Option<i64>)>,
     /// Member attributes announced by this entry.
     published: Vec<(u64, String, Vec<String>)>,
+    /// Alarms as this entry leaves them, and the rows to write (`true`) or delete.
+    alarms: BTreeSet<(u64, i32)>,
+    alarm_ops: Vec<(bool, u64, i32)>,
 }
 
 impl Pending<'_> {
@@ -418,6 +560,21 @@ fn member_key(id: u64) -> [u8; 10] {
     key
 }
 
+fn alarm_key(member: u64, alarm: i32) -> [u8; 14] {
+    let mut key = [0u8; 14];
+    key[..2].copy_from_slice(ALARM_PREFIX);
+    key[2..10].copy_from_slice(&member.to_be_bytes());
+    key[10..].copy_from_slice(&alarm.to_be_bytes());
+    key
+}
+
+fn decode_alarm_key(key: &[u8]) -> Option<(u64, i32)> {
+    let rest = key.strip_prefix(ALARM_PREFIX)?;
+    let member = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let alarm = i32::from_be_bytes(rest.get(8..12)?.try_into().ok()?);
+    Some((member, alarm))
+}
+
 fn lease_key(id: i64) -> [u8; 10] {
     let mut key = [0u8; 10];
     key[..2].copy_from_slice(LEASE_PREFIX);
@@ -447,6 +604,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let sm = &state.backend.sm;
         let mut responses = Vec::new();
         for entry in entries {
+            let started = std::time::Instant::now();
             let mut batch = sled::Batch::default();
             let mut events = Vec::new();
             let mut index = state.index.write().unwrap_or_else(|p| p.into_inner());
@@ -477,6 +635,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         leases: &mut leases,
                         lease_ops: Vec::new(),
                         published: Vec::new(),
+                        alarms: state
+                            .alarms
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone(),
+                        alarm_ops: Vec::new(),
                     };
                     let response = Self::execute(&mut index, &mut pending, cmd);
                     events = pending.events;
@@ -488,6 +652,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         attrs.insert(id, (name, client_urls));
                     }
                     drop(attrs);
+                    for (activate, member, alarm) in pending.alarm_ops {
+                        let key = alarm_key(member, alarm);
+                        if activate {
+                            batch.insert(&key, &[]);
+                        } else {
+                            batch.remove(&key);
+                        }
+                    }
+                    if !pending.alarms.is_empty()
+                        || !state
+                            .alarms
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .is_empty()
+                    {
+                        *state.alarms.lock().unwrap_or_else(|p| p.into_inner()) = pending.alarms;
+                    }
+                    let (mut added, mut freed) = (0u64, 0u64);
                     for (id, ttl) in pending.lease_ops {
                         match ttl {
                             Some(ttl) => batch.insert(
@@ -501,14 +683,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         match op {
                             BackendOp::Put { rev, kv, tombstone } => {
                                 let stored = StoredKv { kv, tombstone };
-                                batch.insert(
-                                    &kv_key(rev),
-                                    encode(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?,
-                                );
+                                let value =
+                                    encode(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                                added += (17 + value.len()) as u64;
+                                batch.insert(&kv_key(rev), value);
                             }
-                            BackendOp::Delete { rev } => batch.remove(&kv_key(rev)),
+                            BackendOp::Delete { rev } => {
+                                let key = kv_key(rev);
+                                if let Some(old) =
+                                    sm.get(key).map_err(|e| sm_err(ErrorVerb::Read, e))?
+                                {
+                                    freed += (key.len() + old.len()) as u64;
+                                }
+                                batch.remove(&key);
+                            }
                         }
                     }
+                    let in_use = state.bytes_in_use.load(Ordering::Relaxed);
+                    state
+                        .bytes_in_use
+                        .store((in_use + added).saturating_sub(freed), Ordering::Relaxed);
                     batch.insert(
                         META_REVISION,
                         encode(&index.current_revision())
@@ -538,6 +732,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 *r = revision;
                 changed
             });
+            self.apply_duration.observe(started.elapsed().as_secs_f64());
             responses.push(response);
         }
         Ok(responses)

@@ -7,8 +7,8 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 use crate::mvcc::{
-    DeleteRangeRequest, DeleteRangeResponse, MvccError, PutRequest, PutResponse, TxnRequest,
-    TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, MvccError, PutRequest, PutResponse, RequestOp,
+    TxnRequest, TxnResponse,
 };
 
 /// Member ids are etcd-style 64-bit ids derived from the member's name and peer URLs.
@@ -36,6 +36,9 @@ pub struct Member {
     pub name: String,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
+    /// Added as a voter: it joins as a learner and the leader promotes it once it has caught up, so
+    /// an added member that has not started yet never counts toward (and blocks) the quorum.
+    pub promote: bool,
 }
 
 impl fmt::Display for Member {
@@ -64,6 +67,12 @@ pub enum Command {
         name: String,
         client_urls: Vec<String>,
     },
+    /// Raises (`activate`) or clears an alarm of a member; `alarm` is etcd's AlarmType number.
+    Alarm {
+        activate: bool,
+        member: NodeId,
+        alarm: i32,
+    },
     /// Several client commands in one log entry, applied in order as if they were separate entries:
     /// each write still gets its own revision. Batching amortizes the per-entry cost of consensus
     /// and storage across concurrent clients.
@@ -81,6 +90,11 @@ impl fmt::Display for Command {
             Command::LeaseGrant { id, ttl } => write!(f, "lease_grant({id:x}, {ttl}s)"),
             Command::LeaseRevoke(id) => write!(f, "lease_revoke({id:x})"),
             Command::Publish { id, .. } => write!(f, "publish({id:x})"),
+            Command::Alarm {
+                activate,
+                member,
+                alarm,
+            } => write!(f, "alarm({member:x}, {alarm}, activate={activate})"),
         }
     }
 }
@@ -101,6 +115,29 @@ pub enum ApplyError {
     Mvcc(#[from] MvccError),
     #[error("lease already exists")]
     LeaseExists,
+    /// A write while the NOSPACE alarm is raised.
+    #[error("database space exceeded")]
+    NoSpace,
+}
+
+impl Command {
+    /// Whether the command adds data (and so is refused while the NOSPACE alarm is raised).
+    /// Deletes, compactions and revokes free space and stay allowed, as in etcd.
+    pub fn grows_store(&self) -> bool {
+        fn txn_puts(t: &TxnRequest) -> bool {
+            t.success.iter().chain(&t.failure).any(|op| match op {
+                RequestOp::Put(_) => true,
+                RequestOp::Txn(t) => txn_puts(t),
+                _ => false,
+            })
+        }
+        match self {
+            Command::Put(_) | Command::LeaseGrant { .. } => true,
+            Command::Txn(t) => txn_puts(t),
+            Command::Batch(cmds) => cmds.iter().any(Command::grows_store),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

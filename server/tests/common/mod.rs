@@ -1,6 +1,8 @@
 //! Shared test helpers: in-process members and clusters of real `cairn` processes on loopback.
 #![allow(dead_code)]
 
+pub mod etcdctl;
+
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -18,8 +20,13 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start() -> TestNode {
+        Self::start_with(|c| c).await
+    }
+
+    /// Starts a member whose configuration `adjust` changed from the ephemeral default.
+    pub async fn start_with(adjust: impl FnOnce(Config) -> Config) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
-        let node = Node::start(Config::ephemeral(dir.path()))
+        let node = Node::start(adjust(Config::ephemeral(dir.path())))
             .await
             .expect("start member");
         wait_leader(&node).await;
@@ -95,6 +102,15 @@ impl ProcessCluster {
 
     /// Starts `n` members, each with `extra_args` on its command line.
     pub fn start_with(n: usize, extra_args: &[&str]) -> ProcessCluster {
+        let mut cluster = Self::define(n, extra_args);
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    /// Lays out `n` members (names, ports, data dirs) without starting any.
+    pub fn define(n: usize, extra_args: &[&str]) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
@@ -112,19 +128,38 @@ impl ProcessCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = ProcessCluster {
+        ProcessCluster {
             members,
             initial_cluster,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             _dir: dir,
-        };
-        for i in 0..n {
-            cluster.spawn(i);
         }
-        cluster
+    }
+
+    /// `name=peer URL` of the given members, as `--initial-cluster` takes them.
+    pub fn initial_cluster_of(&self, members: &[usize]) -> String {
+        members
+            .iter()
+            .map(|&i| {
+                let m = &self.members[i];
+                format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].peer_port)
     }
 
     pub fn spawn(&mut self, i: usize) {
+        let initial = self.initial_cluster.clone();
+        self.spawn_with(i, &initial, &[]);
+    }
+
+    /// Starts member `i` with its own `--initial-cluster` and extra flags (e.g. to join an
+    /// existing cluster).
+    pub fn spawn_with(&mut self, i: usize, initial_cluster: &str, args: &[&str]) {
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "member {i} already running");
         let log = std::fs::OpenOptions::new()
@@ -142,10 +177,11 @@ impl ProcessCluster {
             .arg("--listen-peer-urls")
             .arg(format!("http://127.0.0.1:{}", m.peer_port))
             .arg("--initial-cluster")
-            .arg(&self.initial_cluster)
+            .arg(initial_cluster)
             .arg("--log-level")
             .arg("info")
             .args(&self.extra_args)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -159,6 +195,23 @@ impl ProcessCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Waits up to `timeout` for member `i` to exit on its own; returns whether it did.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.members[i].child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    self.members[i].child = None;
+                    return true;
+                }
+            } else {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -249,4 +302,12 @@ pub async fn put_rev(c: &mut Client, key: impl Into<Vec<u8>>, value: impl Into<V
         .header()
         .expect("response header")
         .revision()
+}
+
+/// The gRPC status inside a client error (panics on any other kind of error).
+pub fn status(e: etcd_client::Error) -> tonic::Status {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s,
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
 }

@@ -1,0 +1,264 @@
+//! Membership changes, carried out by the leader through openraft's joint consensus.
+//!
+//! etcd's single-step configuration changes let a voter be added before it runs; under joint
+//! consensus that would stall every write until the new member caught up. So a member added as a
+//! voter joins as a learner marked `promote`, and the leader promotes it as soon as its log has caught
+//! up ([`promote_loop`]). A member added as a learner waits for an explicit MemberPromote, which is
+//! refused until it is in sync, as etcd refuses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+use serde::{Deserialize, Serialize};
+
+use super::types::{Member, NodeId, Raft};
+use super::Core;
+
+/// A member as MemberList reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+/// A request only the leader can serve (except `Members`, which any member answers).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AdminCall {
+    Members,
+    Add {
+        peer_urls: Vec<String>,
+        learner: bool,
+    },
+    Promote(NodeId),
+    Remove(NodeId),
+    Update {
+        id: NodeId,
+        peer_urls: Vec<String>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+/// What a served [`AdminCall`] returns.
+pub enum AdminReply {
+    Members {
+        cluster_id: u64,
+        members: Vec<MemberInfo>,
+    },
+    Added(MemberInfo),
+    Done,
+}
+
+/// Why a membership change was refused. Display texts are etcd's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AdminError {
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: given member URLs are invalid")]
+    BadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStarted,
+    #[error("etcdserver: {0}")]
+    Failed(String),
+}
+
+/// Every member of `raft`'s current membership, with the attributes each published.
+pub(super) fn members(core: &Core) -> Vec<MemberInfo> {
+    let metrics = core.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, node)| {
+            let (name, client_urls) = core
+                .state
+                .member_attrs(*id)
+                .unwrap_or_else(|| (node.name.clone(), node.client_urls.clone()));
+            MemberInfo {
+                id: *id,
+                name,
+                peer_urls: node.peer_urls.clone(),
+                client_urls,
+                // A member added as a voter is one, as far as the operator is concerned, even while
+                // it catches up as a learner.
+                is_learner: !voters.contains(id) && !node.promote,
+            }
+        })
+        .collect()
+}
+
+fn failed(e: impl std::fmt::Display) -> AdminError {
+    AdminError::Failed(e.to_string())
+}
+
+fn valid_urls(urls: &[String]) -> bool {
+    !urls.is_empty() && urls.iter().all(|u| crate::config::parse_url(u).is_ok())
+}
+
+/// A fresh member id: etcd derives it from the peer URLs and the time of the request, so re-adding
+/// a member under the same URLs gets a new id.
+fn new_member_id(peer_urls: &[String], token: &str) -> NodeId {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    crate::config::member_id(&format!("{now}"), peer_urls, token)
+}
+
+/// How far behind the leader's log a learner may be and still be promoted (etcd: 90% of it).
+fn in_sync(raft: &Raft, id: NodeId) -> bool {
+    let m = raft.metrics().borrow().clone();
+    let last = m.last_log_index.unwrap_or(0);
+    let matched = m
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map(|l| l.index);
+    matches!(matched, Some(i) if i as f64 >= last as f64 * 0.9)
+}
+
+/// Serves `call` as the leader.
+pub(super) async fn execute(core: &Core, call: AdminCall) -> Result<AdminReply, AdminError> {
+    let raft = &core.raft;
+    let metrics = raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership().clone();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let nodes: BTreeMap<NodeId, Member> =
+        membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+    match call {
+        AdminCall::Members => Ok(AdminReply::Members {
+            cluster_id: core.cluster_id,
+            members: members(core),
+        }),
+        AdminCall::Add { peer_urls, learner } => {
+            if !valid_urls(&peer_urls) {
+                return Err(AdminError::BadUrls);
+            }
+            if nodes
+                .values()
+                .any(|n| n.peer_urls.iter().any(|u| peer_urls.contains(u)))
+            {
+                return Err(AdminError::PeerUrlExists);
+            }
+            let id = new_member_id(&peer_urls, &core.cluster_token);
+            let member = Member {
+                name: String::new(),
+                peer_urls: peer_urls.clone(),
+                client_urls: Vec::new(),
+                promote: !learner,
+            };
+            raft.add_learner(id, member, false).await.map_err(failed)?;
+            Ok(AdminReply::Added(MemberInfo {
+                id,
+                name: String::new(),
+                peer_urls,
+                client_urls: Vec::new(),
+                is_learner: learner,
+            }))
+        }
+        AdminCall::Promote(id) => {
+            if !nodes.contains_key(&id) {
+                return Err(AdminError::MemberNotFound);
+            }
+            if voters.contains(&id) {
+                return Err(AdminError::NotLearner);
+            }
+            if !in_sync(raft, id) {
+                return Err(AdminError::LearnerNotReady);
+            }
+            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                .await
+                .map_err(failed)?;
+            Ok(AdminReply::Done)
+        }
+        AdminCall::Remove(id) => {
+            if !nodes.contains_key(&id) {
+                return Err(AdminError::MemberNotFound);
+            }
+            let change = if voters.contains(&id) {
+                if voters.len() == 1 {
+                    return Err(AdminError::NotEnoughStarted);
+                }
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+            };
+            raft.change_membership(change, false)
+                .await
+                .map_err(failed)?;
+            Ok(AdminReply::Done)
+        }
+        AdminCall::Update { id, peer_urls } => {
+            if !valid_urls(&peer_urls) {
+                return Err(AdminError::BadUrls);
+            }
+            let Some(current) = nodes.get(&id) else {
+                return Err(AdminError::MemberNotFound);
+            };
+            if nodes
+                .iter()
+                .any(|(other, n)| *other != id && n.peer_urls.iter().any(|u| peer_urls.contains(u)))
+            {
+                return Err(AdminError::PeerUrlExists);
+            }
+            let member = Member {
+                peer_urls,
+                ..current.clone()
+            };
+            raft.change_membership(
+                ChangeMembers::SetNodes(BTreeMap::from([(id, member)])),
+                true,
+            )
+            .await
+            .map_err(failed)?;
+            Ok(AdminReply::Done)
+        }
+    }
+}
+
+/// On the leader, promotes learners that were added as voters once they have caught up.
+pub(super) async fn promote_loop(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if core.leader() != Some(core.id) {
+            continue;
+        }
+        let pending: Vec<NodeId> = {
+            let m = core.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            membership
+                .nodes()
+                .filter(|(id, n)| n.promote && !voters.contains(id))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in pending {
+            if !in_sync(&core.raft, id) {
+                continue;
+            }
+            match core
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                .await
+            {
+                Ok(_) => tracing::info!(member = format!("{id:x}"), "promoted member to voter"),
+                Err(e) => tracing::debug!(error = %e, "promoting member; retrying"),
+            }
+        }
+    }
+}

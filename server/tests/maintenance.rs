@@ -1,0 +1,291 @@
+//! Maintenance and observability of one in-process member over real gRPC and HTTP: the space
+//! quota and its alarm, HashKV, auto compaction, `/metrics` (parsed as Prometheus text), `/health`
+//! and the gRPC health service.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{status, TestNode};
+use etcd_client::{AlarmAction, AlarmType, Client, GetOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn client(node: &TestNode) -> Client {
+    Client::connect([node.url()], None).await.expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_alarm_rejects_writes_until_space_is_freed_and_the_alarm_disarmed() {
+    let node = TestNode::start_with(|c| cairn_server::Config {
+        quota_backend_bytes: 64 * 1024,
+        ..c
+    })
+    .await;
+    let mut c = client(&node).await;
+    let value = vec![b'x'; 1024];
+    let mut written = 0;
+    let err = loop {
+        match c.put(format!("k{written}"), value.clone(), None).await {
+            Ok(_) => written += 1,
+            Err(e) => break status(e),
+        }
+        assert!(written < 1000, "the quota never tripped");
+    };
+    assert!(written > 40, "tripped too early, after {written} puts");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(err.message(), "etcdserver: mvcc: database space exceeded");
+
+    // Reads still work; the alarm is listed; Status reports it; every write that adds data fails.
+    let all = c
+        .get("k", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap();
+    assert_eq!(all.count(), written);
+    let alarms = c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .unwrap();
+    assert_eq!(alarms.alarms().len(), 1);
+    assert_eq!(alarms.alarms()[0].alarm(), AlarmType::Nospace);
+    assert_eq!(
+        alarms.alarms()[0].member_id(),
+        node.node.as_ref().unwrap().member_id()
+    );
+    let s = c.status().await.unwrap();
+    assert!(
+        s.errors().iter().any(|e| e.contains("NOSPACE")),
+        "{:?}",
+        s.errors()
+    );
+    let small = c.put("tiny", "1", None).await.map_err(status).unwrap_err();
+    assert_eq!(small.code(), tonic::Code::ResourceExhausted);
+    assert!(c.lease_grant(60, None).await.is_err());
+
+    // Disarming alone does not help: the next write trips the alarm again.
+    c.alarm(AlarmAction::Deactivate, AlarmType::Nospace, None)
+        .await
+        .unwrap();
+    assert!(c.put("tiny", "1", None).await.is_err());
+
+    // Delete, compact, defragment, disarm: writes go through again.
+    let deleted = c
+        .delete("k", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let rev = deleted.header().unwrap().revision();
+    c.compact(rev, None).await.unwrap();
+    c.defragment().await.unwrap();
+    let alarms = c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .unwrap();
+    for a in alarms.alarms() {
+        let mut opts = etcd_client::AlarmOptions::new();
+        opts.with_member(a.member_id());
+        c.alarm(AlarmAction::Deactivate, a.alarm(), Some(opts))
+            .await
+            .unwrap();
+    }
+    c.put("after", "ok", None)
+        .await
+        .expect("writes work after disarm");
+    let alarms = c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .unwrap();
+    assert!(alarms.alarms().is_empty());
+}
+
+#[tokio::test]
+async fn hash_kv_is_stable_and_checks_its_revision() {
+    let node = TestNode::start().await;
+    let mut c = client(&node).await;
+    for i in 0..10 {
+        c.put(format!("h{i}"), format!("{i}"), None).await.unwrap();
+    }
+    let rev = c
+        .get("h0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let a = c.hash_kv(rev).await.unwrap();
+    c.put("later", "x", None).await.unwrap();
+    let b = c.hash_kv(rev).await.unwrap();
+    assert_eq!(
+        a.hash(),
+        b.hash(),
+        "a later write must not change the hash at {rev}"
+    );
+    assert_ne!(c.hash_kv(0).await.unwrap().hash(), a.hash());
+    let future = status(c.hash_kv(rev + 100).await.unwrap_err());
+    assert_eq!(
+        future.message(),
+        "etcdserver: mvcc: required revision is a future revision"
+    );
+    c.compact(rev, None).await.unwrap();
+    let old = status(c.hash_kv(rev - 5).await.unwrap_err());
+    assert_eq!(
+        old.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_auto_compaction_compacts_on_its_own() {
+    let node = TestNode::start_with(|c| cairn_server::Config {
+        auto_compaction: Some(cairn_server::AutoCompaction::Periodic(Duration::from_secs(
+            1,
+        ))),
+        ..c
+    })
+    .await;
+    let mut c = client(&node).await;
+    for i in 0..20 {
+        c.put("churn", format!("{i}"), None).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match c
+            .get("churn", Some(GetOptions::new().with_revision(2)))
+            .await
+        {
+            Err(e) => {
+                assert_eq!(
+                    status(e).message(),
+                    "etcdserver: mvcc: required revision has been compacted"
+                );
+                break;
+            }
+            Ok(_) => assert!(Instant::now() < deadline, "never auto-compacted"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
+    // Bodies may come chunked.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(ref h) => {
+                h.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            _ => 0.0,
+        })
+        .sum()
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> prometheus_parse::Scrape {
+    let (code, body) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("valid Prometheus text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_under_load_and_health_answers() {
+    let node = TestNode::start().await;
+    let addr = node.node.as_ref().unwrap().client_addr();
+    let before = scrape(addr).await;
+    assert_eq!(sample(&before, "etcd_server_has_leader", None), 1.0);
+    let mut c = client(&node).await;
+    for i in 0..50 {
+        c.put(format!("m{i}"), "v", None).await.unwrap();
+    }
+    let _ = c
+        .get("missing", Some(GetOptions::new().with_revision(1_000_000)))
+        .await;
+    let after = scrape(addr).await;
+    let applied = |s| sample(s, "etcd_server_proposals_applied_total", None);
+    assert!(
+        applied(&after) >= applied(&before) + 1.0,
+        "applied index did not move"
+    );
+    let puts = Some(("grpc_method", "Put"));
+    assert!(sample(&after, "grpc_server_handled_total", puts) >= 50.0);
+    assert!(
+        sample(
+            &after,
+            "grpc_server_handled_total",
+            Some(("grpc_code", "OutOfRange"))
+        ) >= 1.0,
+        "the failed read is counted with its code"
+    );
+    assert!(sample(&after, "etcd_disk_wal_fsync_duration_seconds_count", None) > 0.0);
+    assert!(
+        sample(
+            &after,
+            "etcd_disk_backend_commit_duration_seconds_count",
+            None
+        ) > 0.0
+    );
+    assert_eq!(sample(&after, "etcd_debugging_mvcc_keys_total", None), 50.0);
+    assert!(sample(&after, "etcd_mvcc_db_total_size_in_use_in_bytes", None) > 50.0 * 20.0);
+
+    let (code, body) = http_get(addr, "/health").await;
+    assert_eq!(code, 200);
+    assert_eq!(body, r#"{"health":"true","reason":""}"#);
+
+    let channel = tonic::transport::Endpoint::from_shared(node.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("grpc health check");
+    assert_eq!(
+        resp.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
