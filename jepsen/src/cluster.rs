@@ -7,9 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn_proto::etcdserverpb::StatusRequest;
-
 use crate::net::{Net, Pids};
 use crate::workload::client::Conn;
 
@@ -285,18 +282,10 @@ impl Cluster {
         let mut leaders = Vec::new();
         let mut ids = Vec::new();
         for &i in members {
-            let ch = tonic::transport::Endpoint::from_shared(self.members[i].url())
-                .ok()?
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(1))
-                .connect_lazy();
-            let s = MaintenanceClient::new(ch)
-                .status(StatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            leaders.push(s.leader);
-            ids.push((i, s.header.map(|h| h.member_id).unwrap_or(0)));
+            let conn = Conn::connect(&self.members[i].url(), Duration::from_secs(1));
+            let (leader, id) = conn.status().await.ok()?;
+            leaders.push(leader);
+            ids.push((i, id));
         }
         let first = *leaders.first()?;
         if leaders.iter().any(|l| *l != first) {

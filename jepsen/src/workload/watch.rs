@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::client::{Conn, Guarded};
+use super::client::{Batch, Conn, Guarded};
 use super::{spawn_clients, Ctx, PROCESS_STRIDE};
 use crate::history::OpType;
-use cairn_proto::etcdserverpb::WatchResponse;
 
 /// Concurrent watchers.
 pub const WATCHERS: u64 = 3;
@@ -61,7 +60,7 @@ async fn writer(ctx: Ctx, slot: u64) {
 }
 
 /// The JSON form of a watch response's events.
-fn events(r: &WatchResponse) -> Vec<Value> {
+fn events(r: &Batch) -> Vec<Value> {
     r.events
         .iter()
         .filter_map(|e| {
@@ -88,6 +87,7 @@ async fn watcher(ctx: Ctx, w: u64) {
             .invoke(p, "watch", json!({"watcher": w, "from": from}));
         let mut responses: Vec<Value> = Vec::new();
         let mut broken: Option<String> = None;
+        let mut resumes = 0;
         match conn.watch(PREFIX, from, true).await {
             Err(e) => broken = Some(e.to_string()),
             Ok(mut stream) => {
@@ -98,14 +98,7 @@ async fn watcher(ctx: Ctx, w: u64) {
                         _ = progress.tick() => stream.request_progress().await,
                         msg = stream.next() => match msg {
                             Ok(Some(r)) => {
-                                if r.created {
-                                    continue;
-                                }
-                                if r.canceled {
-                                    broken = Some(format!("canceled: {}", r.cancel_reason));
-                                    break;
-                                }
-                                let rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
+                                let rev = r.revision;
                                 let ev = events(&r);
                                 let is_progress = ev.is_empty();
                                 if let Some(last) = ev.last().and_then(|e| e["rev"].as_i64()) {
@@ -120,9 +113,10 @@ async fn watcher(ctx: Ctx, w: u64) {
                         }
                     }
                 }
+                resumes = stream.resumes();
             }
         }
-        let value = json!({"watcher": w, "responses": responses});
+        let value = json!({"watcher": w, "resumes": resumes, "responses": responses});
         match broken {
             None => ctx.recorder.complete(p, OpType::Ok, "watch", value, None),
             Some(e) => {
@@ -195,8 +189,8 @@ async fn reference(conn: &Conn, target: i64) -> Result<Vec<Value>, String> {
         let ev = events(&msg);
         if let Some(r) = ev.last().and_then(|e| e["rev"].as_i64()) {
             seen_rev = r;
-        } else if !msg.created {
-            seen_rev = seen_rev.max(msg.header.map(|h| h.revision).unwrap_or(0));
+        } else {
+            seen_rev = seen_rev.max(msg.revision);
         }
         all.extend(ev);
     }
