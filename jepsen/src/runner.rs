@@ -183,6 +183,7 @@ pub async fn run(cfg: TestConfig) -> Result<TestOutcome, HarnessError> {
         });
         tokio::time::sleep_until((Instant::now() + cfg.fault_duration).min(deadline)).await;
         let (status, detail) = nemesis::heal(&mut cluster, undo).await?;
+        tracing::info!(nemesis = %n, ?status, %detail, "nemesis healed");
         reports.push(Report {
             nemesis: n,
             status,
@@ -191,7 +192,15 @@ pub async fn run(cfg: TestConfig) -> Result<TestOutcome, HarnessError> {
         });
     }
     let _ = stop_tx.send(true);
-    let _ = clients.await;
+    // Every client call is bounded, so this only guards against a harness bug.
+    let abort = clients.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(60), clients)
+        .await
+        .is_err()
+    {
+        abort.abort();
+        notes.push("clients did not stop within 60 s and were aborted".into());
+    }
 
     // Heal everything, then let the cluster settle before the final phase.
     cluster.net.heal();
@@ -208,7 +217,15 @@ pub async fn run(cfg: TestConfig) -> Result<TestOutcome, HarnessError> {
         // Not a harness failure: a cluster that does not recover shows in the final reads.
         notes.push(format!("after healing: {e}"));
     }
-    workload::finish(&cfg.workload, ctx).await;
+    if tokio::time::timeout(
+        Duration::from_secs(180),
+        workload::finish(&cfg.workload, ctx),
+    )
+    .await
+    .is_err()
+    {
+        notes.push("final phase did not finish within 180 s".into());
+    }
 
     let history = recorder.history();
     let mut verdict = checker::check(&history, &cfg.workload);

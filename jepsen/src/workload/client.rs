@@ -99,6 +99,22 @@ impl Conn {
         }
     }
 
+    /// Bounds a call: a request the client library does not time out (or a dial that hangs)
+    /// must not stall a workload; it becomes an unknown outcome.
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.timeout * 2 + Duration::from_secs(1), fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError {
+                code: tonic::Code::DeadlineExceeded,
+                message: "no answer within the harness's bound".into(),
+                definite: false,
+            }),
+        }
+    }
+
     async fn client(&self) -> Result<Client, ClientError> {
         let mut slot = self.client.lock().await;
         if let Some(c) = slot.as_ref() {
@@ -118,84 +134,102 @@ impl Conn {
         key: &str,
         serializable: bool,
     ) -> Result<(Option<Kv>, i64), ClientError> {
-        let mut opts = GetOptions::new();
-        if serializable {
-            opts = opts.with_serializable();
-        }
-        let r = self.client().await?.get(key, Some(opts)).await?;
-        let rev = r.header.map(|h| h.revision).unwrap_or(0);
-        Ok((r.kvs.into_iter().next().map(kv), rev))
+        self.bounded(async {
+            let mut opts = GetOptions::new();
+            if serializable {
+                opts = opts.with_serializable();
+            }
+            let r = self.client().await?.get(key, Some(opts)).await?;
+            let rev = r.header.map(|h| h.revision).unwrap_or(0);
+            Ok((r.kvs.into_iter().next().map(kv), rev))
+        })
+        .await
     }
 
     /// Every key under `prefix`.
     pub async fn get_prefix(&self, prefix: &str) -> Result<(Vec<Kv>, i64), ClientError> {
-        let r = self
-            .client()
-            .await?
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await?;
-        let rev = r.header.map(|h| h.revision).unwrap_or(0);
-        Ok((r.kvs.into_iter().map(kv).collect(), rev))
+        self.bounded(async {
+            let r = self
+                .client()
+                .await?
+                .get(prefix, Some(GetOptions::new().with_prefix()))
+                .await?;
+            let rev = r.header.map(|h| h.revision).unwrap_or(0);
+            Ok((r.kvs.into_iter().map(kv).collect(), rev))
+        })
+        .await
     }
 
     /// Puts `key`, optionally attached to a lease; returns the revision.
     pub async fn put(&self, key: &str, value: &str, lease: i64) -> Result<i64, ClientError> {
-        let opts = (lease != 0).then(|| PutOptions::new().with_lease(lease));
-        let r = self.client().await?.put(key, value, opts).await?;
-        Ok(r.header.map(|h| h.revision).unwrap_or(0))
+        self.bounded(async {
+            let opts = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+            let r = self.client().await?.put(key, value, opts).await?;
+            Ok(r.header.map(|h| h.revision).unwrap_or(0))
+        })
+        .await
     }
 
     /// A transaction: when every guard holds, the puts and then the reads run; returns whether
     /// the guards held, the revision and (on success) the values read.
     pub async fn guarded(&self, g: &Guarded) -> Result<(bool, i64, Vec<Option<Kv>>), ClientError> {
-        let mut when: Vec<Compare> = g
-            .mod_revisions
-            .iter()
-            .map(|(k, r)| Compare::mod_revision(k.as_str()).eq(*r))
-            .collect();
-        when.extend(
-            g.values
+        self.bounded(async {
+            let mut when: Vec<Compare> = g
+                .mod_revisions
                 .iter()
-                .map(|(k, v)| Compare::value(k.as_str()).eq(v.as_str())),
-        );
-        let mut then: Vec<TxnOp> = g
-            .puts
-            .iter()
-            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
-            .collect();
-        then.extend(g.reads.iter().map(|k| TxnOp::get(k.as_str(), None)));
-        let r = self
-            .client()
-            .await?
-            .txn(Txn::new().when(when).and_then(then))
-            .await?;
-        let rev = r.header.map(|h| h.revision).unwrap_or(0);
-        let reads = r
-            .responses
-            .into_iter()
-            .filter_map(|op| match op.response {
-                Some(cairn_client::proto::response_op::Response::ResponseRange(rr)) => {
-                    Some(rr.kvs.into_iter().next().map(kv))
-                }
-                _ => None,
-            })
-            .collect();
-        Ok((r.succeeded, rev, reads))
+                .map(|(k, r)| Compare::mod_revision(k.as_str()).eq(*r))
+                .collect();
+            when.extend(
+                g.values
+                    .iter()
+                    .map(|(k, v)| Compare::value(k.as_str()).eq(v.as_str())),
+            );
+            let mut then: Vec<TxnOp> = g
+                .puts
+                .iter()
+                .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
+                .collect();
+            then.extend(g.reads.iter().map(|k| TxnOp::get(k.as_str(), None)));
+            let r = self
+                .client()
+                .await?
+                .txn(Txn::new().when(when).and_then(then))
+                .await?;
+            let rev = r.header.map(|h| h.revision).unwrap_or(0);
+            let reads = r
+                .responses
+                .into_iter()
+                .filter_map(|op| match op.response {
+                    Some(cairn_client::proto::response_op::Response::ResponseRange(rr)) => {
+                        Some(rr.kvs.into_iter().next().map(kv))
+                    }
+                    _ => None,
+                })
+                .collect();
+            Ok((r.succeeded, rev, reads))
+        })
+        .await
     }
 
     /// Grants a lease; returns (id, ttl).
     pub async fn lease_grant(&self, ttl: i64) -> Result<(i64, i64), ClientError> {
-        let r = self.client().await?.lease_grant(ttl, 0).await?;
-        Ok((r.id, r.ttl))
+        self.bounded(async {
+            let r = self.client().await?.lease_grant(ttl, 0).await?;
+            Ok((r.id, r.ttl))
+        })
+        .await
     }
 
     /// One keep-alive round; returns the TTL (<= 0: the lease is gone).
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, ClientError> {
-        match self.client().await?.lease_keep_alive_once(id).await {
-            Ok(r) => Ok(r.ttl),
-            Err(Error::LeaseNotFound) => Ok(0),
-            Err(e) => Err(e.into()),
-        }
+        self.bounded(async {
+            match self.client().await?.lease_keep_alive_once(id).await {
+                Ok(r) => Ok(r.ttl),
+                Err(Error::LeaseNotFound) => Ok(0),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     /// Opens a watch on `prefix` from revision `from`, with progress notifications.
@@ -205,42 +239,55 @@ impl Conn {
         from: i64,
         prev_kv: bool,
     ) -> Result<Watch, ClientError> {
-        let mut opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(from)
-            .with_progress_notify();
-        if prev_kv {
-            opts = opts.with_prev_kv();
-        }
-        let stream = self.client().await?.watch(prefix, Some(opts)).await?;
-        Ok(Watch { stream })
+        self.bounded(async {
+            let mut opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(from)
+                .with_progress_notify();
+            if prev_kv {
+                opts = opts.with_prev_kv();
+            }
+            let stream = self.client().await?.watch(prefix, Some(opts)).await?;
+            Ok(Watch { stream })
+        })
+        .await
     }
 
     /// (leader id, this member's id) as the member reports them.
     pub async fn status(&self) -> Result<(u64, u64), ClientError> {
-        let s = self.client().await?.status().await?;
-        Ok((s.leader, s.header.map(|h| h.member_id).unwrap_or(0)))
+        self.bounded(async {
+            let s = self.client().await?.status().await?;
+            Ok((s.leader, s.header.map(|h| h.member_id).unwrap_or(0)))
+        })
+        .await
     }
 
     /// The cluster's members.
     pub async fn member_list(&self) -> Result<Vec<Member>, ClientError> {
-        Ok(self.client().await?.member_list().await?.members)
+        self.bounded(async { Ok(self.client().await?.member_list().await?.members) })
+            .await
     }
 
     /// Removes a member.
     pub async fn member_remove(&self, id: u64) -> Result<(), ClientError> {
-        self.client().await?.member_remove(id).await?;
-        Ok(())
+        self.bounded(async {
+            self.client().await?.member_remove(id).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Adds a voting member with the given peer URL; returns its id.
     pub async fn member_add(&self, peer_url: &str) -> Result<u64, ClientError> {
-        let r = self
-            .client()
-            .await?
-            .member_add(vec![peer_url.to_string()], false)
-            .await?;
-        Ok(r.member.map(|m| m.id).unwrap_or(0))
+        self.bounded(async {
+            let r = self
+                .client()
+                .await?
+                .member_add(vec![peer_url.to_string()], false)
+                .await?;
+            Ok(r.member.map(|m| m.id).unwrap_or(0))
+        })
+        .await
     }
 }
 
