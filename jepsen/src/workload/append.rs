@@ -136,3 +136,28 @@ async fn execute(conn: &Conn, mops: &[Mop]) -> Result<Vec<Option<Vec<i64>>>, Cli
         })
     }
 }
+
+/// One last read of every list once the cluster serves again, so every acknowledged append has
+/// a place in the version order.
+pub async fn finish(ctx: Ctx) {
+    let conn = Conn::connect(&ctx.endpoints[0], ctx.timeout);
+    let mops: Vec<Mop> = (0..KEYS).map(|k| Mop::Read(format!("a{k}"))).collect();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut p = 999_997;
+    loop {
+        let (np, done) = ctx
+            .record(
+                p,
+                "txn",
+                json!({ "ops": encode(&mops, None) }),
+                || execute(&conn, &mops),
+                |reads| json!({ "ops": encode(&mops, Some(reads)) }),
+            )
+            .await;
+        p = np;
+        if done.is_some() || tokio::time::Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}

@@ -139,6 +139,7 @@ pub async fn run(workload: &str, ctx: Ctx) {
 /// The final phase after faults healed (final reads, reference watch, expiry reads).
 pub async fn finish(workload: &str, ctx: Ctx) {
     match workload {
+        "append" => append::finish(ctx).await,
         "set" => set::finish(ctx).await,
         "watch" => watch::finish(ctx).await,
         "lease" => lease::finish(ctx).await,
