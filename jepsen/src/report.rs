@@ -82,6 +82,20 @@ pub fn timeline(history: &History, verdict: &Verdict) -> String {
             p.invoke.time <= t1 && end >= t0
         })
         .collect();
+    // For per-key anomalies only that key's operations matter.
+    let keys: std::collections::HashSet<&str> = involved
+        .iter()
+        .filter_map(|p| p.invoke.value.get("key").and_then(|k| k.as_str()))
+        .collect();
+    if !keys.is_empty() {
+        shown.retain(|p| {
+            p.invoke
+                .value
+                .get("key")
+                .and_then(|k| k.as_str())
+                .is_none_or(|k| keys.contains(k))
+        });
+    }
     // Keep marked ops, then the nearest others, to stay readable.
     shown.sort_by_key(|p| {
         (
