@@ -104,7 +104,7 @@ pub fn workload_of(history: &History) -> Option<&'static str> {
         "txn" => Some("append"),
         "add" | "final-read" => Some("set"),
         "watch" | "put" | "watch-reference" => Some("watch"),
-        "grant" | "keepalive" | "lease-read" | "lease-put" => Some("lease"),
+        "grant" | "keepalive" | "lease-read" | "lease-put" | "lease-final-read" => Some("lease"),
         _ => None,
     })
 }

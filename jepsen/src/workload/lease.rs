@@ -92,9 +92,13 @@ async fn holder(ctx: Ctx, slot: u64, keys: Keys) {
 }
 
 async fn read_key(ctx: &Ctx, conn: &Conn, p: u64, key: &str) -> u64 {
+    read_as(ctx, conn, p, key, "lease-read").await
+}
+
+async fn read_as(ctx: &Ctx, conn: &Conn, p: u64, key: &str, f: &str) -> u64 {
     ctx.record(
         p,
-        "lease-read",
+        f,
         json!({"key": key}),
         || conn.get(key, false),
         |(kv, _)| json!({"present": kv.is_some()}),
@@ -127,6 +131,6 @@ pub async fn finish(ctx: Ctx) {
     let conn = Conn::connect(&ctx.endpoints[0], ctx.timeout);
     let mut p = 800;
     for key in keys {
-        p = read_key(&ctx, &conn, p, &key).await;
+        p = read_as(&ctx, &conn, p, &key, "lease-final-read").await;
     }
 }
