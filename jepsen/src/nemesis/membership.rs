@@ -85,15 +85,28 @@ pub async fn heal(cluster: &mut Cluster, target: usize) -> Result<(Status, Strin
         return Ok((Status::Indeterminate, "no member to add through".into()));
     };
     let url = cluster.members[target].peer_url();
-    match conn.member_add(&url).await {
-        Ok(id) => {
-            let view: Vec<usize> = (0..cluster.members.len()).collect();
-            cluster.spawn_joining(target, &view)?;
-            Ok((
-                Status::Healed,
-                format!("re-added member {target} as {id:x}"),
-            ))
+    // A lost leader makes MemberAdd fail or leaves its outcome unknown; the member list tells
+    // whether it happened, so retry until the member is in or the time is up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(members) = conn.member_list().await {
+            if let Some(m) = members.iter().find(|m| m.peer_ur_ls.contains(&url)) {
+                let view: Vec<usize> = (0..cluster.members.len()).collect();
+                cluster.spawn_joining(target, &view)?;
+                return Ok((
+                    Status::Healed,
+                    format!("re-added member {target} as {:x}", m.id),
+                ));
+            }
         }
-        Err(e) => Ok((Status::Indeterminate, format!("MemberAdd failed: {e}"))),
+        if let Err(e) = conn.member_add(&url).await {
+            last = e.to_string();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
+    Ok((
+        Status::Indeterminate,
+        format!("MemberAdd did not succeed: {last}"),
+    ))
 }
