@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::client::{ClientError, Conn, Guarded};
-use super::{spawn_clients, Ctx};
+use super::{spawn_clients, Ctx, Fault};
 
 /// Keys the transactions share.
 pub const KEYS: usize = 5;
@@ -27,11 +27,15 @@ enum Mop {
 async fn client(ctx: Ctx, slot: u64) {
     let mut p = slot;
     let conn = ctx.conn(slot);
+    let stale = ctx.fault == Some(Fault::StaleReads);
     while ctx.pace().await {
+        // The faulty mode mostly reads: only read-only transactions are served wrongly, and a
+        // write on a partitioned member blocks the client for a whole timeout.
+        let read_only = stale && fastrand::u8(..100) < 80;
         let mops: Vec<Mop> = (0..fastrand::usize(1..=4))
             .map(|_| {
                 let k = format!("a{}", fastrand::usize(..KEYS));
-                if fastrand::bool() {
+                if read_only || fastrand::bool() {
                     Mop::Read(k)
                 } else {
                     Mop::Append(k, ctx.unique())
@@ -44,7 +48,7 @@ async fn client(ctx: Ctx, slot: u64) {
                 p,
                 "txn",
                 invoke,
-                || execute(&conn, &mops),
+                || execute(&conn, &mops, stale),
                 |reads| json!({ "ops": encode(&mops, Some(reads)) }),
             )
             .await
@@ -69,7 +73,11 @@ fn parse(v: &str) -> Vec<i64> {
 }
 
 /// Runs one transaction; returns per micro-op the list a read saw.
-async fn execute(conn: &Conn, mops: &[Mop]) -> Result<Vec<Option<Vec<i64>>>, ClientError> {
+async fn execute(
+    conn: &Conn,
+    mops: &[Mop],
+    stale: bool,
+) -> Result<Vec<Option<Vec<i64>>>, ClientError> {
     let mut keys: Vec<String> = mops
         .iter()
         .map(|m| match m {
@@ -79,6 +87,22 @@ async fn execute(conn: &Conn, mops: &[Mop]) -> Result<Vec<Option<Vec<i64>>>, Cli
     keys.sort();
     keys.dedup();
     // One snapshot of every involved key.
+    let read_only = mops.iter().all(|m| matches!(m, Mop::Read(_)));
+    if stale && read_only {
+        // Wrong on purpose: each list read separately and locally (serializable) by the member
+        // this client is bound to, which may be partitioned away and behind.
+        let mut reads = Vec::new();
+        for m in mops {
+            if let Mop::Read(k) = m {
+                let (kv, _) = conn.get(k, true).await.map_err(|mut e| {
+                    e.definite = true;
+                    e
+                })?;
+                reads.push(Some(kv.map(|kv| parse(&kv.value)).unwrap_or_default()));
+            }
+        }
+        return Ok(reads);
+    }
     let snapshot = Guarded {
         reads: keys.clone(),
         ..Default::default()
@@ -150,7 +174,7 @@ pub async fn finish(ctx: Ctx) {
                 p,
                 "txn",
                 json!({ "ops": encode(&mops, None) }),
-                || execute(&conn, &mops),
+                || execute(&conn, &mops, false),
                 |reads| json!({ "ops": encode(&mops, Some(reads)) }),
             )
             .await;

@@ -29,8 +29,9 @@ pub const NAMES: &[&str] = &["register", "append", "set", "watch", "lease"];
 /// Ways to make the system look wrong on purpose, to prove the checkers catch it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// Register reads are served with `serializable=true` from whatever member a client is
-    /// bound to, so a partitioned minority member answers from its stale local state.
+    /// Reads are served with `serializable=true` from whatever member a client is bound to, so
+    /// a partitioned minority member answers from its stale local state: register reads, and
+    /// the read-only transactions of the append workload.
     StaleReads,
 }
 
