@@ -187,8 +187,14 @@ impl Drop for Net {
 async fn accept_loop(listener: TcpListener, dst: usize, target: u16, state: Arc<State>) {
     let proxy_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     loop {
-        let Ok((inbound, peer)) = listener.accept().await else {
-            continue;
+        let (inbound, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, dst, "proxy accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let state = state.clone();
         tokio::spawn(async move {
