@@ -71,13 +71,17 @@ pub struct Cluster {
     cfg: ClusterConfig,
 }
 
-fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+/// Ports for the members, held until the proxies are bound so the OS cannot hand one of them
+/// to a proxy; released just before the members start.
+fn reserve_ports(n: usize) -> std::io::Result<(Vec<u16>, Vec<std::net::TcpListener>)> {
     let ls: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()?;
-    ls.iter()
+    let ports = ls
+        .iter()
         .map(|l| l.local_addr().map(|a| a.port()))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((ports, ls))
 }
 
 impl Cluster {
@@ -88,9 +92,10 @@ impl Cluster {
         }
         std::fs::create_dir_all(&cfg.dir)?;
         let n = cfg.nodes;
-        let ports = free_ports(2 * n)?;
+        let (ports, held) = reserve_ports(2 * n)?;
         let pids: Pids = Arc::new(Mutex::new(vec![None; n]));
         let net = Net::start((0..n).map(|i| ports[2 * i + 1]).collect(), pids.clone()).await?;
+        drop(held);
         let data_root = cfg.data_root.clone().unwrap_or_else(|| cfg.dir.clone());
         let members = (0..n)
             .map(|i| Member {
