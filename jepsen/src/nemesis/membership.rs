@@ -52,7 +52,7 @@ pub async fn install(cluster: &mut Cluster) -> Result<(Status, String, Undo), Cl
             Ok((
                 Status::Installed,
                 format!("removed {name} ({id:x})"),
-                Undo::Readd(target),
+                Undo::Readd(target, id),
             ))
         }
         Err(e) if e.code == tonic::Code::Unimplemented => Ok((
@@ -69,21 +69,44 @@ pub async fn install(cluster: &mut Cluster) -> Result<(Status, String, Undo), Cl
         Err(e) => Ok((
             Status::Indeterminate,
             format!("MemberRemove: {e}"),
-            Undo::Readd(target),
+            Undo::Readd(target, id),
         )),
     }
 }
 
 /// Wipes the removed member's data, adds it back and starts it as joining.
-pub async fn heal(cluster: &mut Cluster, target: usize) -> Result<(Status, String), ClusterError> {
+pub async fn heal(
+    cluster: &mut Cluster,
+    target: usize,
+    old_id: u64,
+) -> Result<(Status, String), ClusterError> {
     cluster.kill(target);
+    let Some(conn) = conn_to_other(cluster, target) else {
+        return Ok((Status::Indeterminate, "no member to add through".into()));
+    };
+    // A removal with an unknown outcome may not have happened: then the member is still a
+    // voter and must come back with its data, never wiped (that would be a lost disk).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let still_member = loop {
+        match conn.member_list().await {
+            Ok(members) => break members.iter().any(|m| m.id == old_id),
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            Err(e) => return Ok((Status::Indeterminate, format!("member list failed: {e}"))),
+        }
+    };
+    if still_member {
+        cluster.spawn(target)?;
+        return Ok((
+            Status::Healed,
+            format!("removal of {old_id:x} had not happened; restarted {target} with its data"),
+        ));
+    }
     let dir = cluster.members[target].data_dir.clone();
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
-    let Some(conn) = conn_to_other(cluster, target) else {
-        return Ok((Status::Indeterminate, "no member to add through".into()));
-    };
     let url = cluster.members[target].peer_url();
     // A lost leader makes MemberAdd fail or leaves its outcome unknown; the member list tells
     // whether it happened, so retry until the member is in or the time is up.

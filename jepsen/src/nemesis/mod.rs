@@ -53,7 +53,8 @@ pub enum Undo {
     Restart(Vec<usize>),
     Resume(Vec<usize>),
     Net,
-    Readd(usize),
+    /// Member index and the id it had when its removal was asked for.
+    Readd(usize, u64),
     Nothing,
 }
 
@@ -98,7 +99,7 @@ pub async fn heal(cluster: &mut Cluster, undo: Undo) -> Result<(Status, String),
             cluster.net.heal();
             Ok((Status::Healed, "network healed".into()))
         }
-        Undo::Readd(m) => membership::heal(cluster, m).await,
+        Undo::Readd(m, id) => membership::heal(cluster, m, id).await,
         Undo::Nothing => Ok((Status::Healed, String::new())),
     }
 }
