@@ -73,14 +73,19 @@ impl Lessor {
             .collect()
     }
 
-    /// Restarts a lease's TTL. False if this member is not the leading lessor.
-    pub fn renew(&self, id: i64, ttl: i64, now: Instant) -> bool {
+    /// Restarts a lease's TTL, unless it has already expired: its revoke is then on its way
+    /// (or will be proposed at the next tick) and renewing it would acknowledge a keep-alive for a
+    /// lease whose keys are about to go, as etcd's lessor also refuses.
+    pub fn renew(&self, id: i64, ttl: i64, now: Instant) -> Renewal {
         let mut clock = self.lock();
         if clock.term.is_none() {
-            return false;
+            return Renewal::NotLeading;
+        }
+        if clock.deadlines.get(&id).is_some_and(|d| *d <= now) {
+            return Renewal::Expired;
         }
         clock.deadlines.insert(id, now + ttl_duration(ttl));
-        true
+        Renewal::Renewed
     }
 
     /// Time left on a lease, if this member leads and tracks it.
@@ -98,6 +103,15 @@ impl Lessor {
     }
 }
 
+/// The outcome of [`Lessor::renew`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// Past its deadline: about to be revoked.
+    Expired,
+    NotLeading,
+}
+
 fn ttl_duration(ttl: i64) -> Duration {
     Duration::from_secs(ttl.max(0) as u64)
 }
@@ -111,7 +125,11 @@ mod tests {
         let l = Lessor::new(Duration::from_secs(1));
         let t0 = Instant::now();
         assert!(l.tick(None, &[(1, 5)], t0).is_empty());
-        assert!(!l.renew(1, 5, t0), "a follower does not renew");
+        assert_eq!(
+            l.renew(1, 5, t0),
+            Renewal::NotLeading,
+            "a follower does not renew"
+        );
         assert!(l.tick(Some(3), &[(1, 5), (2, 10)], t0).is_empty());
         assert_eq!(
             l.remaining(1, t0),
@@ -125,9 +143,14 @@ mod tests {
             l.tick(Some(3), &[(1, 5), (2, 10)], t0 + Duration::from_secs(6)),
             vec![1]
         );
-        assert!(l.renew(1, 5, t0 + Duration::from_secs(6)));
+        // Past its deadline a lease is not renewed: its revoke is on its way.
+        assert_eq!(l.renew(1, 5, t0 + Duration::from_secs(6)), Renewal::Expired);
+        assert_eq!(
+            l.renew(2, 10, t0 + Duration::from_secs(6)),
+            Renewal::Renewed
+        );
         assert!(l
-            .tick(Some(3), &[(1, 5), (2, 10)], t0 + Duration::from_secs(7))
+            .tick(Some(3), &[(2, 10)], t0 + Duration::from_secs(15))
             .is_empty());
         // A new term re-extends everything; losing leadership forgets deadlines.
         assert!(l

@@ -29,7 +29,7 @@ use self::network::PeerChannels;
 use self::service::{forward_error, ForwardError};
 use self::state_machine::StoreState;
 use self::types::{decode, encode, Applied, Command, CommandResponse, NodeId, Raft};
-use crate::lease::lessor::Lessor;
+use crate::lease::lessor::{Lessor, Renewal};
 
 /// Why a proposal or read-index request did not complete. Display texts are etcd's.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -64,8 +64,12 @@ const MAX_FORWARDS_IN_FLIGHT: usize = 16;
 pub struct RaftHandle {
     core: Arc<Core>,
     proposals: mpsc::UnboundedSender<Proposal>,
-    reads: mpsc::UnboundedSender<oneshot::Sender<Result<(), ProposeError>>>,
+    /// Keeps the read loop alive; the core only holds a weak sender, so the loop (and the storage
+    /// it keeps open) ends once every handle is dropped.
+    _reads: mpsc::UnboundedSender<ReadWaiter>,
 }
+
+type ReadWaiter = oneshot::Sender<Result<(), ProposeError>>;
 
 struct Proposal {
     cmd: Command,
@@ -94,17 +98,19 @@ impl RaftHandle {
             metrics: settings.metrics,
             holding: tokio::sync::watch::channel(false).0,
             removed: tokio::sync::watch::channel(false).0,
+            reads: std::sync::OnceLock::new(),
         });
         let expiry = tokio::spawn(lease_expiry_loop(core.clone(), stop.clone()));
         let promoter = tokio::spawn(admin::promote_loop(core.clone(), stop));
         let (proposals, rx) = mpsc::unbounded_channel();
         let proposer = tokio::spawn(proposal_loop(core.clone(), rx));
         let (reads, rx) = mpsc::unbounded_channel();
+        let _ = core.reads.set(reads.downgrade());
         let reader = tokio::spawn(read_loop(core.clone(), rx));
         let handle = RaftHandle {
             core,
             proposals,
-            reads,
+            _reads: reads,
         };
         // Both loops end once every handle is dropped.
         (handle, vec![proposer, reader, expiry, promoter])
@@ -213,18 +219,16 @@ impl RaftHandle {
     }
 
     /// Answers a lease call from a follower, as the leader.
-    pub(crate) fn local_lease_call(&self, call: LeaseCall) -> Result<LeaseReply, ForwardError> {
-        self.core.local_lease_call(call)
+    pub(crate) async fn local_lease_call(
+        &self,
+        call: LeaseCall,
+    ) -> Result<LeaseReply, ForwardError> {
+        self.core.confirmed_lease_call(call).await
     }
 
     /// Returns once this member's state reflects every write committed before the call.
     pub async fn read_index(&self) -> Result<(), ProposeError> {
-        let (tx, rx) = oneshot::channel();
-        self.reads
-            .send(tx)
-            .map_err(|_| ProposeError::Internal("read loop stopped".into()))?;
-        rx.await
-            .map_err(|_| ProposeError::Internal("read loop stopped".into()))?
+        self.core.read_index().await
     }
 }
 
@@ -298,10 +302,7 @@ async fn proposal_loop(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Proposal
 
 /// Serves queued linearizable reads one read-index round at a time; a round covers exactly the
 /// reads that were queued when it started.
-async fn read_loop(
-    core: Arc<Core>,
-    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), ProposeError>>>,
-) {
+async fn read_loop(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<ReadWaiter>) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
@@ -348,6 +349,8 @@ struct Core {
     holding: tokio::sync::watch::Sender<bool>,
     /// Set once this member knows it was removed from the cluster.
     removed: tokio::sync::watch::Sender<bool>,
+    /// Queue of the read-index batching loop (set once it runs).
+    reads: std::sync::OnceLock<mpsc::WeakUnboundedSender<ReadWaiter>>,
 }
 
 /// Lease operations only the leader's clock can answer.
@@ -404,7 +407,7 @@ impl Core {
         loop {
             let leader = self.wait_leader(deadline).await?;
             let outcome = if leader == self.id {
-                self.local_lease_call(call.clone())
+                self.confirmed_lease_call(call.clone()).await
             } else {
                 let data = encode(&call).map_err(|e| ProposeError::Internal(e.to_string()))?;
                 match self
@@ -497,6 +500,33 @@ impl Core {
         }
     }
 
+    async fn read_index(&self) -> Result<(), ProposeError> {
+        let stopped = || ProposeError::Internal("read loop stopped".into());
+        let (tx, rx) = oneshot::channel();
+        self.reads
+            .get()
+            .and_then(|weak| weak.upgrade())
+            .ok_or_else(stopped)?
+            .send(tx)
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// A lease call as the leader. A keep-alive first confirms that this member still leads (a
+    /// heartbeat round, shared with concurrent linearizable reads): a leader cut off from its
+    /// followers must not renew a lease that the new leader's clock will expire (etcd too checks
+    /// its leadership before renewing). A new leader cannot be elected until the followers'
+    /// leader leases from that round have run out, and it then adds TTL plus an election timeout.
+    async fn confirmed_lease_call(&self, call: LeaseCall) -> Result<LeaseReply, ForwardError> {
+        if matches!(call, LeaseCall::KeepAlive(_)) {
+            if self.leader() != Some(self.id) {
+                return Err(ForwardError::NotLeader(self.leader()));
+            }
+            self.read_index().await.map_err(ForwardError::Rejected)?;
+        }
+        self.local_lease_call(call)
+    }
+
     fn local_lease_call(&self, call: LeaseCall) -> Result<LeaseReply, ForwardError> {
         // The clock starts within a tick of promotion; until then this member cannot answer.
         if self.leader() != Some(self.id) || !self.lessor.is_leading() {
@@ -505,10 +535,12 @@ impl Core {
         let now = std::time::Instant::now();
         Ok(match call {
             LeaseCall::KeepAlive(id) => match self.state.lease(id) {
-                Some(lease) => {
-                    self.lessor.renew(id, lease.ttl, now);
-                    LeaseReply::KeepAlive(lease.ttl)
-                }
+                Some(lease) => match self.lessor.renew(id, lease.ttl, now) {
+                    Renewal::Renewed => LeaseReply::KeepAlive(lease.ttl),
+                    // Answered as etcd does for a lease it is revoking: not found (TTL 0).
+                    Renewal::Expired => LeaseReply::KeepAlive(0),
+                    Renewal::NotLeading => return Err(ForwardError::NotLeader(None)),
+                },
                 None => LeaseReply::KeepAlive(0),
             },
             LeaseCall::TimeToLive(id) => {

@@ -89,7 +89,7 @@ impl RaftTransport for PeerService {
 
     async fn lease(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let call: super::LeaseCall = decode(&req.into_inner().data).map_err(bad_payload)?;
-        reply(&self.handle.local_lease_call(call))
+        reply(&self.handle.local_lease_call(call).await)
     }
 
     async fn admin(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
