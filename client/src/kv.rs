@@ -33,6 +33,28 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// The range setters every option builder with a `range: RangeSpec` field shares.
+macro_rules! range_setters {
+    () => {
+        /// Every key starting with the given key.
+        pub fn with_prefix(mut self) -> Self {
+            self.range = RangeSpec::Prefix;
+            self
+        }
+        /// Every key greater than or equal to the given key.
+        pub fn with_from_key(mut self) -> Self {
+            self.range = RangeSpec::FromKey;
+            self
+        }
+        /// Keys in `[key, end)`.
+        pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
+            self.range = RangeSpec::End(end.into());
+            self
+        }
+    };
+}
+pub(crate) use range_setters;
+
 /// What a range covers, resolved against a key when the request is built.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) enum RangeSpec {
@@ -100,21 +122,7 @@ impl GetOptions {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Every key starting with the given key.
-    pub fn with_prefix(mut self) -> Self {
-        self.range = RangeSpec::Prefix;
-        self
-    }
-    /// Every key greater than or equal to the given key.
-    pub fn with_from_key(mut self) -> Self {
-        self.range = RangeSpec::FromKey;
-        self
-    }
-    /// Keys in `[key, end)`.
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.range = RangeSpec::End(end.into());
-        self
-    }
+    range_setters!();
     /// Reads the store as of `revision` (0 or less: latest).
     pub fn with_revision(mut self, revision: i64) -> Self {
         self.req.revision = revision;
@@ -240,21 +248,7 @@ impl DeleteOptions {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Every key starting with the given key.
-    pub fn with_prefix(mut self) -> Self {
-        self.range = RangeSpec::Prefix;
-        self
-    }
-    /// Every key greater than or equal to the given key.
-    pub fn with_from_key(mut self) -> Self {
-        self.range = RangeSpec::FromKey;
-        self
-    }
-    /// Keys in `[key, end)`.
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.range = RangeSpec::End(end.into());
-        self
-    }
+    range_setters!();
     /// Returns the deleted key-value pairs.
     pub fn with_prev_kv(mut self) -> Self {
         self.prev_kv = true;

@@ -54,21 +54,7 @@ impl WatchOptions {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Every key starting with the given key.
-    pub fn with_prefix(mut self) -> Self {
-        self.range = RangeSpec::Prefix;
-        self
-    }
-    /// Every key greater than or equal to the given key.
-    pub fn with_from_key(mut self) -> Self {
-        self.range = RangeSpec::FromKey;
-        self
-    }
-    /// Keys in `[key, end)`.
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.range = RangeSpec::End(end.into());
-        self
-    }
+    crate::kv::range_setters!();
     /// Starts at `revision` (replaying history from there); 0 means after the current revision.
     pub fn with_start_revision(mut self, revision: i64) -> Self {
         self.start_revision = revision;
