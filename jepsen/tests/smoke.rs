@@ -40,7 +40,9 @@ async fn run(
     cfg.rate = rate;
     cfg.clients = 6;
     cfg.fault = fault;
-    cfg.fault_duration = Duration::from_secs(4);
+    // A partition must outlast the isolated leader's lease (about 2 s) by enough for the majority
+    // to elect a leader and write while the minority still answers reads: 8 s for faulty runs.
+    cfg.fault_duration = Duration::from_secs(if fault.is_some() { 8 } else { 4 });
     let outcome = runner::run(cfg).await.expect("harness ran");
     for r in &outcome.nemesis {
         eprintln!(
@@ -96,7 +98,7 @@ async fn watch_under_kills_keeps_the_guarantees() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_reads_from_a_minority_are_caught() {
-    let (o, _dir) = run("register", "partition", 12, Some(Fault::StaleReads)).await;
+    let (o, _dir) = run("register", "partition", 16, Some(Fault::StaleReads)).await;
     assert!(o.installed("partition") >= 1);
     assert!(
         !o.verdict.valid,
@@ -116,7 +118,7 @@ async fn stale_reads_from_a_minority_are_caught() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_transactions_from_a_minority_are_caught() {
-    let (o, _dir) = run("append", "partition", 12, Some(Fault::StaleReads)).await;
+    let (o, _dir) = run("append", "partition", 16, Some(Fault::StaleReads)).await;
     assert!(o.installed("partition") >= 1);
     assert!(
         !o.verdict.valid,
