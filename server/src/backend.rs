@@ -7,7 +7,8 @@
 //! - `sm`: the state machine, replaced whole when a snapshot is installed. Keys starting with
 //!   [`KV_PREFIX`] hold MVCC revisions (`r` + 16-byte revision -> bincode [`StoredKv`]); keys
 //!   starting with `m/` hold the applied log id, membership and store revisions. Everything an apply
-//!   changes goes into one `apply_batch`, so data, applied index and membership move together.
+//!   changes is first written as one redo record ([`META_APPLY_RECORD`]), then row by row; see
+//!   [`RowWrites`].
 //! - `snapshot`: the last built or installed snapshot (meta and data).
 
 use std::collections::HashSet;
@@ -31,6 +32,122 @@ pub(crate) const META_APPLIED: &[u8] = b"m/applied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"m/membership";
 pub(crate) const META_REVISION: &[u8] = b"m/revision";
 pub(crate) const META_COMPACT: &[u8] = b"m/compact";
+/// The redo record of the last applied entry; see [`RowWrites`].
+pub(crate) const META_APPLY_RECORD: &[u8] = b"m/apply";
+
+/// The row changes of one applied entry, made crash-atomic without a sled batch.
+///
+/// A sled batch forces two synchronous log writes of its own (it seals sled's IO buffer before and
+/// after pinning it) and blocks every reader meanwhile; at one batch per applied entry that was most
+/// of a write's latency. Instead the whole change set is first stored as one value (the redo record),
+/// then applied row by row. sled recovers a prefix of its log, and one task writes these in order, so
+/// after a crash either the record is missing (and so is every row after it), or it is present and
+/// replaying it on open ([`RowWrites::replay`]) completes whatever rows were lost. Every change is a
+/// plain set or delete, so replaying a record that was already complete changes nothing.
+///
+/// Record layout, per change: key length (u32 LE), key, then 0 for a delete or 1, value length
+/// (u32 LE), value.
+#[derive(Default)]
+pub(crate) struct RowWrites {
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl RowWrites {
+    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) {
+        self.writes
+            .push((key.as_ref().to_vec(), Some(value.into())));
+    }
+
+    pub fn remove(&mut self, key: impl AsRef<[u8]>) {
+        self.writes.push((key.as_ref().to_vec(), None));
+    }
+
+    /// Stores the redo record, then each row.
+    pub fn commit(self, tree: &sled::Tree) -> Result<(), RowWriteError> {
+        tree.insert(META_APPLY_RECORD, self.encode())?;
+        self.apply(tree)
+    }
+
+    fn apply(self, tree: &sled::Tree) -> Result<(), RowWriteError> {
+        for (key, value) in self.writes {
+            match value {
+                Some(v) => tree.insert(key, v)?,
+                None => tree.remove(key)?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Completes the last record's rows, which a crash may have cut short.
+    pub fn replay(tree: &sled::Tree) -> Result<(), RowWriteError> {
+        if let Some(bytes) = tree.get(META_APPLY_RECORD)? {
+            RowWrites::decode(&bytes)?.apply(tree)?;
+        }
+        Ok(())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let size: usize = self
+            .writes
+            .iter()
+            .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        let mut out = Vec::with_capacity(size);
+        for (key, value) in &self.writes {
+            out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            out.extend_from_slice(key);
+            match value {
+                None => out.push(0),
+                Some(v) => {
+                    out.push(1);
+                    out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                    out.extend_from_slice(v);
+                }
+            }
+        }
+        out
+    }
+
+    fn decode(mut bytes: &[u8]) -> Result<RowWrites, RowWriteError> {
+        fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], RowWriteError> {
+            if bytes.len() < n {
+                return Err(RowWriteError::Truncated);
+            }
+            let (head, rest) = bytes.split_at(n);
+            *bytes = rest;
+            Ok(head)
+        }
+        fn len(bytes: &mut &[u8]) -> Result<usize, RowWriteError> {
+            let raw = take(bytes, 4)?;
+            Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize)
+        }
+        let mut writes = Vec::new();
+        while !bytes.is_empty() {
+            let n = len(&mut bytes)?;
+            let key = take(&mut bytes, n)?.to_vec();
+            let value = match take(&mut bytes, 1)?[0] {
+                0 => None,
+                1 => {
+                    let n = len(&mut bytes)?;
+                    Some(take(&mut bytes, n)?.to_vec())
+                }
+                tag => return Err(RowWriteError::Tag(tag)),
+            };
+            writes.push((key, value));
+        }
+        Ok(RowWrites { writes })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RowWriteError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("redo record cut short")]
+    Truncated,
+    #[error("redo record: unknown change tag {0}")]
+    Tag(u8),
+}
 
 /// One stored revision of a key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -130,9 +247,9 @@ impl Backend {
 
     /// Makes every write so far durable: sled's flush, then an `fdatasync` (see [`Disk`]).
     pub async fn flush(&self) -> std::io::Result<()> {
-        self.db.flush_async().await.map_err(std::io::Error::other)?;
-        let disk = self.disk.clone();
-        tokio::task::spawn_blocking(move || disk.sync())
+        // One blocking task for both steps: sled's flush_async would hop to a thread of its own first.
+        let backend = self.clone();
+        tokio::task::spawn_blocking(move || backend.flush_blocking())
             .await
             .map_err(std::io::Error::other)?
     }
@@ -161,5 +278,79 @@ impl ValueReader for SledValues<'_> {
             Ok(None) => Ok(None),
             Err(e) => Err(MvccError::Storage(e.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(tree: &sled::Tree) -> Vec<(Vec<u8>, Vec<u8>)> {
+        tree.iter()
+            .map(|r| r.unwrap())
+            .filter(|(k, _)| &k[..] != META_APPLY_RECORD)
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    fn change_set() -> RowWrites {
+        let mut w = RowWrites::default();
+        w.insert(b"a", b"1".to_vec());
+        w.remove(b"gone");
+        w.insert(b"big", vec![7u8; 70_000]);
+        w.insert(b"empty", Vec::new());
+        w
+    }
+
+    #[test]
+    fn a_record_cut_short_is_completed_on_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::open(dir.path(), 1 << 20).unwrap();
+        let sm = &backend.sm;
+        sm.insert(b"gone", b"old").unwrap();
+        sm.insert(b"a", b"0").unwrap();
+
+        // A crash after the record and the first row: the rest never reached the tree.
+        let record = change_set();
+        sm.insert(META_APPLY_RECORD, record.encode()).unwrap();
+        sm.insert(b"a", b"1").unwrap();
+        RowWrites::replay(sm).unwrap();
+
+        let expected = {
+            let other = tempfile::tempdir().unwrap();
+            let clean = Backend::open(other.path(), 1 << 20).unwrap();
+            clean.sm.insert(b"gone", b"old").unwrap();
+            change_set().commit(&clean.sm).unwrap();
+            rows(&clean.sm)
+        };
+        assert_eq!(rows(sm), expected);
+        assert!(sm.get(b"gone").unwrap().is_none());
+        // Replaying a complete record again changes nothing.
+        RowWrites::replay(sm).unwrap();
+        assert_eq!(rows(sm), expected);
+    }
+
+    #[test]
+    fn records_survive_reopening_and_reject_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let backend = Backend::open(dir.path(), 1 << 20).unwrap();
+            change_set().commit(&backend.sm).unwrap();
+            backend.flush_blocking().unwrap();
+        }
+        let backend = Backend::open(dir.path(), 1 << 20).unwrap();
+        let bytes = backend.sm.get(META_APPLY_RECORD).unwrap().unwrap();
+        let decoded = RowWrites::decode(&bytes).unwrap();
+        assert_eq!(decoded.writes, change_set().writes);
+        assert!(matches!(
+            RowWrites::decode(&bytes[..bytes.len() - 1]),
+            Err(RowWriteError::Truncated)
+        ));
+        let mut bad = bytes.to_vec();
+        bad[5] = 9; // the first change's tag (after a 4-byte length and the 1-byte key "a")
+        assert!(matches!(
+            RowWrites::decode(&bad),
+            Err(RowWriteError::Tag(9))
+        ));
     }
 }

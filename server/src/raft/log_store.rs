@@ -50,7 +50,10 @@ impl LogStore {
     /// Also returns the flusher task, which ends once every clone of the store is dropped.
     pub(crate) fn new(backend: &Backend, fsync: Histogram) -> (LogStore, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let flusher = tokio::spawn(flush_loop(backend.clone(), rx, fsync));
+        // A thread of its own: the flush blocks, and a wake-up here is one hop where an async task
+        // handing the flush to a blocking thread would be two.
+        let flush_backend = backend.clone();
+        let flusher = tokio::task::spawn_blocking(move || flush_loop(flush_backend, rx, fsync));
         let store = LogStore {
             backend: backend.clone(),
             log: backend.log.clone(),
@@ -86,19 +89,19 @@ impl LogStore {
 }
 
 /// Completes appends in groups: wait for one, take all that queued behind it, flush once.
-async fn flush_loop(
+fn flush_loop(
     backend: Backend,
     mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
     fsync: Histogram,
 ) {
     let mut pending = Vec::new();
-    while let Some(first) = rx.recv().await {
+    while let Some(first) = rx.blocking_recv() {
         pending.push(first);
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
         let started = std::time::Instant::now();
-        let result = backend.flush().await;
+        let result = backend.flush_blocking();
         fsync.observe(started.elapsed().as_secs_f64());
         for cb in pending.drain(..) {
             let r = match &result {
@@ -185,14 +188,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
+        // Plain inserts, not a sled batch (which forces log writes of its own): sled recovers a
+        // prefix of its log and this one task appends in index order, so a crash leaves a log
+        // without holes; the flush that follows makes the whole append durable.
         for entry in entries {
-            batch.insert(
-                &index_key(entry.log_id.index),
-                encode(&entry).map_err(write_err)?,
-            );
+            self.log
+                .insert(
+                    index_key(entry.log_id.index),
+                    encode(&entry).map_err(write_err)?,
+                )
+                .map_err(write_err)?;
         }
-        self.log.apply_batch(batch).map_err(write_err)?;
         self.flusher
             .send(callback)
             .map_err(|_| write_err(std::io::Error::other("log flusher stopped")))?;
@@ -200,22 +206,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(index_key(log_id.index)..) {
-            let (key, _) = item.map_err(read_err)?;
-            batch.remove(key);
+        // Newest first, so a crash part way leaves a shorter log, never a hole.
+        let keys: Vec<_> = self
+            .log
+            .range(index_key(log_id.index)..)
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(read_err)?;
+        for key in keys.into_iter().rev() {
+            self.log.remove(key).map_err(write_err)?;
         }
-        self.log.apply_batch(batch).map_err(write_err)
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point first: a crash in between leaves extra entries, never a hole.
         self.write_meta(KEY_PURGED, &log_id, false).await?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=index_key(log_id.index)) {
-            let (key, _) = item.map_err(read_err)?;
-            batch.remove(key);
+        // Oldest first, so a crash part way leaves the log contiguous.
+        for key in self.log.range(..=index_key(log_id.index)).keys() {
+            self.log.remove(key.map_err(read_err)?).map_err(write_err)?;
         }
-        self.log.apply_batch(batch).map_err(write_err)
+        Ok(())
     }
 }

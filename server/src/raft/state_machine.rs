@@ -1,9 +1,9 @@
 //! The replicated state machine: MVCC over sled.
 //!
 //! Apply is deterministic: it reads only the entry and stored state. Each entry's effects, the applied
-//! log id, the membership and the store revisions go to sled in one atomic batch, so after a crash the
-//! stored state is exactly the state after some applied prefix of the log, and openraft re-applies the
-//! rest from the log.
+//! log id, the membership and the store revisions go to sled as one crash-atomic change set
+//! ([`RowWrites`]), so after a crash (and the replay on open) the stored state is exactly the state
+//! after some applied prefix of the log, and openraft re-applies the rest from the log.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
@@ -24,8 +24,8 @@ use super::types::{
     StorageError, StoredMembership, TypeConfig,
 };
 use crate::backend::{
-    kv_key, Backend, SledValues, StoredKv, ALARM_PREFIX, KV_PREFIX, LEASE_PREFIX, MEMBER_PREFIX,
-    META_APPLIED, META_COMPACT, META_MEMBERSHIP, META_REVISION,
+    kv_key, Backend, RowWrites, SledValues, StoredKv, ALARM_PREFIX, KV_PREFIX, LEASE_PREFIX,
+    MEMBER_PREFIX, META_APPLIED, META_APPLY_RECORD, META_COMPACT, META_MEMBERSHIP, META_REVISION,
 };
 use crate::lease::{Lease, LeaseTable};
 use crate::mvcc::{
@@ -253,7 +253,10 @@ impl StoreState {
             .chain(sm.range(&after_kv[..]..))
         {
             let (k, v) = item?;
-            rows.push((k.to_vec(), v.to_vec()));
+            // The redo record belongs to this store's own crash recovery, not to its content.
+            if k != META_APPLY_RECORD {
+                rows.push((k.to_vec(), v.to_vec()));
+            }
         }
         let (applied, membership) = self
             .applied
@@ -302,6 +305,7 @@ impl StoreState {
     /// Rebuilds the in-memory key index and applied state from the `sm` tree.
     fn load(&self) -> Result<(), StorageError> {
         let sm = &self.backend.sm;
+        RowWrites::replay(sm).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let mut index = KvIndex::new();
         let mut in_use = 0u64;
         for item in sm.scan_prefix([KV_PREFIX]) {
@@ -685,7 +689,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
                 _ => None,
             };
-            let mut batch = sled::Batch::default();
+            let mut batch = RowWrites::default();
             let mut events = Vec::new();
             let mut index = state.index.write().unwrap_or_else(|p| p.into_inner());
             let response = match entry.payload {
@@ -728,16 +732,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     for (id, name, client_urls) in pending.published {
                         let row = encode(&(&name, &client_urls))
                             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                        batch.insert(&member_key(id), row);
+                        batch.insert(member_key(id), row);
                         attrs.insert(id, (name, client_urls));
                     }
                     drop(attrs);
                     for (activate, member, alarm) in pending.alarm_ops {
                         let key = alarm_key(member, alarm);
                         if activate {
-                            batch.insert(&key, &[]);
+                            batch.insert(key, []);
                         } else {
-                            batch.remove(&key);
+                            batch.remove(key);
                         }
                     }
                     if !pending.alarms.is_empty()
@@ -753,10 +757,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     for (id, ttl) in pending.lease_ops {
                         match ttl {
                             Some(ttl) => batch.insert(
-                                &lease_key(id),
+                                lease_key(id),
                                 encode(&ttl).map_err(|e| sm_err(ErrorVerb::Write, e))?,
                             ),
-                            None => batch.remove(&lease_key(id)),
+                            None => batch.remove(lease_key(id)),
                         }
                     }
                     for op in pending.ops {
@@ -766,7 +770,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 let value =
                                     encode(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
                                 added += (17 + value.len()) as u64;
-                                batch.insert(&kv_key(rev), value);
+                                batch.insert(kv_key(rev), value);
                             }
                             BackendOp::Delete { rev } => {
                                 let key = kv_key(rev);
@@ -775,7 +779,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 {
                                     freed += (key.len() + old.len()) as u64;
                                 }
-                                batch.remove(&key);
+                                batch.remove(key);
                             }
                         }
                     }
@@ -800,8 +804,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 META_APPLIED,
                 encode(&Some(entry.log_id)).map_err(|e| sm_err(ErrorVerb::Write, e))?,
             );
-            sm.apply_batch(batch)
-                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            batch.commit(sm).map_err(|e| sm_err(ErrorVerb::Write, e))?;
             let revision = index.current_revision();
             drop(index);
             // Only now is the entry readable from sled, which watchers catching up depend on.
