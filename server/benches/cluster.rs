@@ -4,7 +4,8 @@
 //!
 //! `cargo bench -p cairn-server --bench cluster` (etcd comes from Debian's `etcd-server`; without it
 //! only Cairn is measured). `CAIRN_BENCH_SECS` sets the seconds per measurement (default 10),
-//! `CAIRN_BENCH_SYSTEMS=cairn` skips etcd, `CAIRN_BENCH_CLIENTS=256` picks put concurrency levels.
+//! `CAIRN_BENCH_SYSTEMS=cairn` skips etcd, `CAIRN_BENCH_CLIENTS=256` picks put concurrency levels,
+//! `CAIRN_BENCH_TARGET=leader` sends every request to the leader.
 
 mod common;
 
@@ -94,10 +95,22 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
         format!("{max_rss:.1} MiB"),
     );
 
-    // Connections spread over all members, as a client given every endpoint would.
+    // Connections spread over all members, as a client given every endpoint would (or, with
+    // CAIRN_BENCH_TARGET=leader, all on the leader, to tell forwarding costs from the rest).
+    let mut targets = cluster.client_urls.clone();
+    if std::env::var("CAIRN_BENCH_TARGET").as_deref() == Ok("leader") {
+        let mut leader = None;
+        for (url, c) in cluster.client_urls.iter().zip(clients.iter_mut()) {
+            let status = c.status().await.expect("status");
+            if status.header().map(|h| h.member_id()) == Some(status.leader()) {
+                leader = Some(url.clone());
+            }
+        }
+        targets = vec![leader.expect("a leader")];
+    }
     let mut kvs = Vec::new();
     for i in 0..CONNECTIONS {
-        let url = &cluster.client_urls[i % cluster.client_urls.len()];
+        let url = &targets[i % targets.len()];
         kvs.push(connect(url).await.kv_client());
     }
     for &n in &client_counts() {
