@@ -341,16 +341,87 @@ where
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 Box::pin(async move {
                     let resp = inner.call(req).await?;
-                    // Errors answered at once carry their status in the headers; otherwise the
-                    // call is counted as OK (a status in the trailers is not inspected).
-                    let code = resp
-                        .headers()
-                        .get("grpc-status")
-                        .map_or("OK", |v| code_name(v.as_bytes()));
-                    layer.metrics.handled(&service, &method, code);
-                    Ok(resp)
+                    // An error answered at once carries its status in the headers; otherwise the
+                    // status comes in the trailers when the call (a stream, perhaps long-lived)
+                    // ends, and that is when it is counted, as etcd's interceptor does.
+                    if let Some(status) = resp.headers().get("grpc-status") {
+                        layer
+                            .metrics
+                            .handled(&service, &method, code_name(status.as_bytes()));
+                        return Ok(resp);
+                    }
+                    Ok(resp.map(|body| {
+                        Body::new(CountedBody {
+                            inner: body,
+                            call: Some((layer.metrics.clone(), service, method)),
+                        })
+                    }))
                 })
             }
         }
+    }
+}
+
+/// A response body that counts its call as handled when its trailers pass (with their status), when
+/// it ends without any, or when it is dropped before either (the client went away: Canceled).
+struct CountedBody {
+    inner: Body,
+    call: Option<(Arc<Metrics>, String, String)>,
+}
+
+impl CountedBody {
+    fn finish(&mut self, code: &'static str) {
+        if let Some((metrics, service, method)) = self.call.take() {
+            metrics.handled(&service, &method, code);
+        }
+    }
+}
+
+impl http_body::Body for CountedBody {
+    type Data = tonic::codegen::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = trailers
+                        .get("grpc-status")
+                        .map_or("OK", |v| code_name(v.as_bytes()));
+                    self.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(status))) => {
+                let code = status.code() as i32;
+                self.finish(code_name(code.to_string().as_bytes()));
+            }
+            Poll::Ready(None) => self.finish("OK"),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        // A body that said it was complete may never be polled for its end.
+        let code = if http_body::Body::is_end_stream(&self.inner) {
+            "OK"
+        } else {
+            "Canceled"
+        };
+        self.finish(code);
     }
 }

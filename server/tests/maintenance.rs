@@ -270,6 +270,32 @@ async fn metrics_parse_and_move_under_load_and_health_answers() {
         ) >= 1.0,
         "the failed read is counted with its code"
     );
+    // A stream is counted when it ends, with how it ended: a client going away is Canceled.
+    let watch = Some(("grpc_method", "Watch"));
+    let mut events = c.watch("m", None).await.unwrap();
+    events.message().await.unwrap().expect("created");
+    let open = scrape(addr).await;
+    assert_eq!(sample(&open, "grpc_server_started_total", watch), 1.0);
+    assert_eq!(sample(&open, "grpc_server_handled_total", watch), 0.0);
+    drop(events);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let canceled = loop {
+        let s = scrape(addr).await;
+        if sample(&s, "grpc_server_handled_total", watch) > 0.0 {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a dropped watch stream was never counted as handled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let watch_canceled = canceled.samples.iter().any(|x| {
+        x.metric == "grpc_server_handled_total"
+            && x.labels.get("grpc_method") == Some("Watch")
+            && x.labels.get("grpc_code") == Some("Canceled")
+    });
+    assert!(watch_canceled, "{:?}", canceled.samples);
     assert!(sample(&after, "etcd_disk_wal_fsync_duration_seconds_count", None) > 0.0);
     assert!(
         sample(
