@@ -56,6 +56,10 @@ enum Command {
         /// serializable=true from whatever member a client is bound to.
         #[arg(long)]
         fault: Option<String>,
+        /// Passed to every member: a small count makes members snapshot and purge their logs
+        /// often, so lagging or re-added members catch up by snapshot installs under the faults.
+        #[arg(long)]
+        snapshot_count: Option<u64>,
     },
     /// Checks a recorded history (JSON lines).
     Check {
@@ -100,6 +104,7 @@ fn real_main() -> anyhow::Result<bool> {
             cairn_bin,
             results,
             fault,
+            snapshot_count,
         } => {
             let cairn_bin = match cairn_bin {
                 Some(p) => p,
@@ -128,6 +133,9 @@ fn real_main() -> anyhow::Result<bool> {
             cfg.clients = clients;
             cfg.fault = fault;
             cfg.fault_duration = Duration::from_secs(fault_duration);
+            if let Some(n) = snapshot_count {
+                cfg.extra_args = vec!["--snapshot-count".into(), n.to_string()];
+            }
             let rt = tokio::runtime::Runtime::new()?;
             let outcome = rt.block_on(runner::run(cfg))?;
             println!("{}", serde_json::to_string_pretty(&outcome.verdict)?);

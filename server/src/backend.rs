@@ -9,7 +9,7 @@
 //!   starting with `m/` hold the applied log id, membership and store revisions. Everything an apply
 //!   changes is first written as one redo record ([`META_APPLY_RECORD`]), then row by row; see
 //!   [`RowWrites`].
-//! - `snapshot`: the last built or installed snapshot (meta and data).
+//! - `snapshot`: the last built or installed snapshot's meta and the name of its file in `snap/`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -170,6 +170,8 @@ pub(crate) struct Backend {
     pub raft: sled::Tree,
     pub sm: sled::Tree,
     pub snapshot: sled::Tree,
+    /// Raft snapshot files (the `snapshot` tree names the current one).
+    pub snap_dir: PathBuf,
     disk: Arc<Disk>,
 }
 
@@ -229,6 +231,8 @@ impl Backend {
             .open()?;
         // The data dir's own entries (sled's files) must survive a power cut too.
         std::fs::File::open(&path)?.sync_all()?;
+        let snap_dir = dir.join("snap");
+        std::fs::create_dir_all(&snap_dir)?;
         std::fs::File::open(dir)?.sync_all()?;
         let disk = Disk {
             data: std::fs::File::open(path.join("db"))?,
@@ -240,6 +244,7 @@ impl Backend {
             raft: db.open_tree("raft")?,
             sm: db.open_tree("sm")?,
             snapshot: db.open_tree("snapshot")?,
+            snap_dir,
             db,
             disk: Arc::new(disk),
         })

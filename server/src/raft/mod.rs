@@ -12,6 +12,7 @@ pub mod admin;
 pub mod log_store;
 pub mod network;
 pub mod service;
+mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 

@@ -6,7 +6,7 @@
 //! after some applied prefix of the log, and openraft re-applies the rest from the log.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Cursor;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -19,6 +19,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::snapshot_file;
 use super::types::{
     decode, encode, Applied, ApplyError, Command, CommandResponse, Entry, LogId, SnapshotMeta,
     StorageError, StoredMembership, TypeConfig,
@@ -42,8 +43,15 @@ fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageErro
     StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::new(&e)).into()
 }
 
-const SNAP_META: &[u8] = b"meta";
-const SNAP_DATA: &[u8] = b"data";
+/// The current snapshot: bincode (meta, file name in the snapshot directory), one value so the two
+/// move together.
+const SNAP_CURRENT: &[u8] = b"current";
+/// Where snapshots lived before they moved to files: meta and the whole image as sled values.
+const LEGACY_SNAP_META: &[u8] = b"meta";
+const LEGACY_SNAP_DATA: &[u8] = b"data";
+/// Present in `sm` while a received snapshot replaces the store: the store is then torn, and opening
+/// it redoes the install from the current snapshot file.
+const META_INSTALLING: &[u8] = b"m/installing";
 
 /// Rows of the `sm` tree.
 pub(crate) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
@@ -80,6 +88,10 @@ pub struct StoreState {
     /// Held (shared) by copies in progress; compaction and snapshot installs, which delete stored
     /// revisions, take it exclusively.
     rewrite_guard: Arc<tokio::sync::RwLock<()>>,
+    /// The temporary file a snapshot is being received into.
+    receiving: Mutex<Option<PathBuf>>,
+    /// Serializes changes of the current snapshot (a build may finish while a newer one installs).
+    snapshot_lock: tokio::sync::Mutex<()>,
 }
 
 /// A copy of the store being taken; see [`StoreState::capture`].
@@ -253,8 +265,8 @@ impl StoreState {
             .chain(sm.range(&after_kv[..]..))
         {
             let (k, v) = item?;
-            // The redo record belongs to this store's own crash recovery, not to its content.
-            if k != META_APPLY_RECORD {
+            // These belong to this store's own crash recovery, not to its content.
+            if k != META_APPLY_RECORD && k != META_INSTALLING {
                 rows.push((k.to_vec(), v.to_vec()));
             }
         }
@@ -302,9 +314,164 @@ impl StoreState {
         .map_err(|e| storage(&e))?
     }
 
+    /// The current snapshot's meta and file name.
+    fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, String)>, StorageError> {
+        match self
+            .backend
+            .snapshot
+            .get(SNAP_CURRENT)
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?
+        {
+            Some(bytes) => Ok(Some(
+                decode(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes the snapshot in `name` current unless a newer one already is, durably, and removes the
+    /// files of the others. With `installing`, also marks the store as being replaced by it.
+    async fn set_current_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        name: &str,
+        installing: bool,
+    ) -> Result<(), StorageError> {
+        let _changing = self.snapshot_lock.lock().await;
+        let newer_current = self
+            .current_snapshot()?
+            .is_some_and(|(current, _)| current.last_log_id > meta.last_log_id);
+        let keep = if newer_current && !installing {
+            self.current_snapshot()?.map(|(_, n)| n)
+        } else {
+            let value = encode(&(meta, name)).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            self.backend
+                .snapshot
+                .insert(SNAP_CURRENT, value)
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            Some(name.to_string())
+        };
+        if installing {
+            self.backend
+                .sm
+                .insert(META_INSTALLING, name.as_bytes())
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        }
+        // openraft purges the log up to a snapshot once it is reported, so it must be durable first.
+        self.backend
+            .flush()
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let dir = self.backend.snap_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            snapshot_file::remove_others(&dir, keep.as_deref(), false)
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))
+    }
+
+    /// Writes a capture to a snapshot file at `path`, streaming the key revisions from sled.
+    fn write_snapshot_file(&self, capture: Capture, path: &Path) -> std::io::Result<()> {
+        let dir = &self.backend.snap_dir;
+        let tmp = snapshot_file::temp_path(dir, "build");
+        let mut out = snapshot_file::RowWriter::create(&tmp)?;
+        for (k, v) in &capture.rows {
+            out.row(k, v)?;
+        }
+        let end = kv_key(Revision::new(capture.revision + 1, 0));
+        for item in self.backend.sm.range(&[KV_PREFIX][..]..&end[..]) {
+            let (k, v) = item.map_err(std::io::Error::other)?;
+            out.row(&k, &v)?;
+        }
+        drop(capture);
+        out.finish()?;
+        std::fs::rename(&tmp, path)?;
+        snapshot_file::sync_dir(dir)
+    }
+
+    /// Replaces the `sm` tree with a snapshot file's rows, row by row (blocking). Run under the
+    /// install marker, so a crash part way is redone when the store opens.
+    fn replace_from_snapshot(&self, path: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        let sm = &self.backend.sm;
+        let read = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
+        let write = |e: sled::Error| sm_err(ErrorVerb::Write, e);
+        for key in sm.iter().keys() {
+            let key = key.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            if key != META_INSTALLING {
+                sm.remove(key).map_err(write)?;
+            }
+        }
+        let mut rows = snapshot_file::RowReader::new(std::fs::File::open(path).map_err(read)?)
+            .map_err(read)?;
+        while let Some((k, v)) = rows.next_row().map_err(read)? {
+            sm.insert(k, v).map_err(write)?;
+        }
+        sm.insert(
+            META_APPLIED,
+            encode(&meta.last_log_id).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+        )
+        .map_err(write)?;
+        sm.insert(
+            META_MEMBERSHIP,
+            encode(&meta.last_membership).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+        )
+        .map_err(write)?;
+        sm.remove(META_INSTALLING).map_err(write)?;
+        Ok(())
+    }
+
+    /// Moves a snapshot stored the old way (whole, inside sled) into a file.
+    fn migrate_legacy_snapshot(&self) -> Result<(), StorageError> {
+        let tree = &self.backend.snapshot;
+        let read = |e: sled::Error| snap_err(ErrorVerb::Read, e);
+        let (Some(meta), Some(data)) = (
+            tree.get(LEGACY_SNAP_META).map_err(read)?,
+            tree.get(LEGACY_SNAP_DATA).map_err(read)?,
+        ) else {
+            return Ok(());
+        };
+        let meta: SnapshotMeta = decode(&meta).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let rows =
+            decode_image(&data).map_err(|e| snap_err(ErrorVerb::Read, std::io::Error::other(e)))?;
+        let name = snapshot_file::file_name(&meta.snapshot_id);
+        let io = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
+        let tmp = snapshot_file::temp_path(&self.backend.snap_dir, "migrate");
+        let mut out = snapshot_file::RowWriter::create(&tmp).map_err(io)?;
+        for (k, v) in &rows {
+            out.row(k, v).map_err(io)?;
+        }
+        out.finish().map_err(io)?;
+        std::fs::rename(&tmp, self.backend.snap_dir.join(&name)).map_err(io)?;
+        snapshot_file::sync_dir(&self.backend.snap_dir).map_err(io)?;
+        let write = |e: sled::Error| snap_err(ErrorVerb::Write, e);
+        tree.insert(
+            SNAP_CURRENT,
+            encode(&(&meta, &name)).map_err(|e| snap_err(ErrorVerb::Write, e))?,
+        )
+        .map_err(write)?;
+        tree.remove(LEGACY_SNAP_DATA).map_err(write)?;
+        tree.remove(LEGACY_SNAP_META).map_err(write)?;
+        self.backend.flush_blocking().map_err(io)
+    }
+
     /// Rebuilds the in-memory key index and applied state from the `sm` tree.
     fn load(&self) -> Result<(), StorageError> {
         let sm = &self.backend.sm;
+        if sm
+            .get(META_INSTALLING)
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?
+            .is_some()
+        {
+            let (meta, name) = self.current_snapshot()?.ok_or_else(|| {
+                snap_err(
+                    ErrorVerb::Read,
+                    std::io::Error::other("a snapshot install was cut short and its file is gone"),
+                )
+            })?;
+            tracing::warn!(snapshot_id = %meta.snapshot_id, "redoing a snapshot install cut short");
+            self.replace_from_snapshot(&self.backend.snap_dir.join(name), &meta)?;
+        }
         RowWrites::replay(sm).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let mut index = KvIndex::new();
         let mut in_use = 0u64;
@@ -474,7 +641,13 @@ impl StateMachineStore {
             alarms: Mutex::new(BTreeSet::new()),
             bytes_in_use: AtomicU64::new(0),
             rewrite_guard: Arc::new(tokio::sync::RwLock::new(())),
+            receiving: Mutex::new(None),
+            snapshot_lock: tokio::sync::Mutex::new(()),
         });
+        state.migrate_legacy_snapshot()?;
+        let current = state.current_snapshot()?.map(|(_, name)| name);
+        snapshot_file::remove_others(&state.backend.snap_dir, current.as_deref(), true)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         state.load()?;
         Ok(StateMachineStore {
             state,
@@ -830,83 +1003,116 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = snapshot_file::temp_path(&self.state.backend.snap_dir, "recv");
+        let file = tokio::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let abandoned = self
+            .state
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(path);
+        if let Some(old) = abandoned {
+            // A transfer that never finished: nothing will install it.
+            let _ = tokio::fs::remove_file(old).await;
+        }
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let image: SnapshotImage = decode(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let state = &self.state;
+        let dir = state.backend.snap_dir.clone();
+        let name = snapshot_file::file_name(&meta.snapshot_id);
+        let target = dir.join(&name);
+        let received = state
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let file = snapshot.into_std().await;
+        let bytes =
+            tokio::task::spawn_blocking(move || keep_snapshot_file(file, received, &target))
+                .await
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         // Replacing the store must not happen under a copy in progress.
-        let _rewriting = self.state.rewrite_guard.write().await;
-        let sm = &self.state.backend.sm;
-        // One batch replaces the whole tree, so a crash leaves either the old or the new state.
-        let mut batch = sled::Batch::default();
-        for key in sm.iter().keys() {
-            batch.remove(key.map_err(|e| sm_err(ErrorVerb::Read, e))?);
-        }
-        for (k, v) in image.entries {
-            batch.insert(k, v);
-        }
-        batch.insert(
-            META_APPLIED,
-            encode(&meta.last_log_id).map_err(|e| sm_err(ErrorVerb::Write, e))?,
-        );
-        batch.insert(
-            META_MEMBERSHIP,
-            encode(&meta.last_membership).map_err(|e| sm_err(ErrorVerb::Write, e))?,
-        );
-        sm.apply_batch(batch)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        save_snapshot(&self.state.backend, meta, &data).await?;
-        self.state.load()?;
-        tracing::info!(last_log_id = ?meta.last_log_id, snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot");
+        let _rewriting = state.rewrite_guard.write().await;
+        state.set_current_snapshot(meta, &name, true).await?;
+        let (replacer, path, owned_meta) = (state.clone(), dir.join(&name), meta.clone());
+        tokio::task::spawn_blocking(move || replacer.replace_from_snapshot(&path, &owned_meta))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        state.load()?;
+        tracing::info!(last_log_id = ?meta.last_log_id, snapshot_id = %meta.snapshot_id, bytes, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let tree = &self.state.backend.snapshot;
-        let meta = tree
-            .get(SNAP_META)
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        let data = tree
-            .get(SNAP_DATA)
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        match (meta, data) {
-            (Some(meta), Some(data)) => Ok(Some(Snapshot {
-                meta: decode(&meta).map_err(|e| snap_err(ErrorVerb::Read, e))?,
-                snapshot: Box::new(Cursor::new(data.to_vec())),
-            })),
-            _ => Ok(None),
+        // A newer snapshot may replace the file between reading its name and opening it.
+        for _ in 0..3 {
+            let Some((meta, name)) = self.state.current_snapshot()? else {
+                return Ok(None);
+            };
+            match tokio::fs::File::open(self.state.backend.snap_dir.join(&name)).await {
+                Ok(file) => {
+                    return Ok(Some(Snapshot {
+                        meta,
+                        snapshot: Box::new(file),
+                    }))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
+            }
         }
+        Err(snap_err(
+            ErrorVerb::Read,
+            std::io::Error::other("the current snapshot file keeps disappearing"),
+        ))
     }
 }
 
-async fn save_snapshot(
-    backend: &Backend,
-    meta: &SnapshotMeta,
-    data: &[u8],
-) -> Result<(), StorageError> {
-    let mut batch = sled::Batch::default();
-    batch.insert(
-        SNAP_META,
-        encode(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?,
-    );
-    batch.insert(SNAP_DATA, data);
-    backend
-        .snapshot
-        .apply_batch(batch)
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-    // openraft purges the log up to a snapshot once it is reported, so it must be durable first.
-    backend
-        .flush()
-        .await
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-    Ok(())
+/// Makes a received snapshot durable under `target`: the file it was received into is renamed
+/// (a snapshot handed over some other way is copied). Returns its size.
+fn keep_snapshot_file(
+    mut file: std::fs::File,
+    received: Option<PathBuf>,
+    target: &Path,
+) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    file.sync_all()?;
+    let meta = file.metadata()?;
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let same = received
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .is_some_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()));
+    match received {
+        Some(path) if same => std::fs::rename(path, target)?,
+        other => {
+            if let Some(path) = other {
+                let _ = std::fs::remove_file(path);
+            }
+            use std::io::Seek;
+            file.rewind()?;
+            let tmp = snapshot_file::temp_path(dir, "copy");
+            let mut out = std::fs::File::create(&tmp)?;
+            std::io::copy(&mut file, &mut out)?;
+            out.sync_all()?;
+            std::fs::rename(&tmp, target)?;
+        }
+    }
+    snapshot_file::sync_dir(dir)?;
+    Ok(meta.len())
 }
 
 /// Completes, encodes and stores a snapshot captured by
@@ -929,29 +1135,100 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             })?
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         let (applied, membership) = (capture.applied, capture.membership.clone());
-        let state = self.state.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            let (entries, _) = state
-                .complete(capture)
-                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-            encode(&SnapshotImage { entries }).map_err(|e| snap_err(ErrorVerb::Write, e))
-        })
-        .await
-        .map_err(|e| snap_err(ErrorVerb::Write, e))??;
         let seq = self.state.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match applied {
             Some(id) => format!("{}-{}-{}", id.leader_id, id.index, seq),
             None => format!("empty-{seq}"),
         };
+        let name = snapshot_file::file_name(&snapshot_id);
+        let path = self.state.backend.snap_dir.join(&name);
+        let (state, file_path) = (self.state.clone(), path.clone());
+        tokio::task::spawn_blocking(move || state.write_snapshot_file(capture, &file_path))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let meta = SnapshotMeta {
             last_log_id: applied,
             last_membership: membership,
             snapshot_id,
         };
-        save_snapshot(&self.state.backend, &meta, &data).await?;
+        // Opened first: making it current may find a newer one and remove this file.
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        self.state.set_current_snapshot(&meta, &name, false).await?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(file),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use prometheus_client::metrics::histogram::Histogram;
+
+    use super::*;
+    use crate::mvcc::PutRequest;
+
+    fn open(dir: &Path) -> (Backend, StateMachineStore) {
+        let backend = Backend::open(dir, 1024 * 1024).expect("open sled");
+        let sm = StateMachineStore::open(
+            backend.clone(),
+            Duration::from_secs(600),
+            Histogram::new([1.0]),
+        )
+        .expect("open state machine");
+        (backend, sm)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_stored_inside_sled_moves_to_a_file() {
+        let src = tempfile::tempdir().unwrap();
+        let (_, mut source) = open(src.path());
+        let entries = (1..=20)
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(Command::Put(PutRequest {
+                    key: format!("k{i}").into(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })),
+            })
+            .collect::<Vec<_>>();
+        source.apply(entries).await.unwrap();
+        // The image format snapshots were stored in is the one backups still use.
+        let (image, _) = source.state().snapshot_image(|bytes| bytes).await.unwrap();
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 20)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "1-1-20-0".into(),
+        };
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
+            backend
+                .snapshot
+                .insert(LEGACY_SNAP_META, encode(&meta).unwrap())
+                .unwrap();
+            backend
+                .snapshot
+                .insert(LEGACY_SNAP_DATA, image.clone())
+                .unwrap();
+            backend.flush_blocking().unwrap();
+        }
+        let (backend, mut sm) = open(dir.path());
+        assert!(backend.snapshot.get(LEGACY_SNAP_DATA).unwrap().is_none());
+        let current = sm.get_current_snapshot().await.unwrap().expect("migrated");
+        assert_eq!(current.meta, meta);
+        let mut rows = snapshot_file::RowReader::new(current.snapshot.into_std().await).unwrap();
+        let mut read = Vec::new();
+        while let Some(row) = rows.next_row().unwrap() {
+            read.push(row);
+        }
+        assert_eq!(read, decode_image(&image).unwrap());
     }
 }

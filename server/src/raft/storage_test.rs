@@ -28,3 +28,120 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 fn openraft_storage_suite() -> Result<(), StorageError> {
     Suite::test_all(SledBuilder)
 }
+
+mod snapshots {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+    use prometheus_client::metrics::histogram::Histogram;
+
+    use crate::backend::Backend;
+    use crate::mvcc::PutRequest;
+    use crate::raft::state_machine::StateMachineStore;
+    use crate::raft::types::{Command, Entry, LogId};
+
+    fn open(dir: &std::path::Path) -> (Backend, StateMachineStore) {
+        let backend = Backend::open(dir, 1024 * 1024).expect("open sled");
+        let sm = StateMachineStore::open(
+            backend.clone(),
+            std::time::Duration::from_secs(600),
+            Histogram::new([1.0]),
+        )
+        .expect("open state machine");
+        (backend, sm)
+    }
+
+    fn put(index: u64, key: &str, value: &str) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Put(PutRequest {
+                key: key.into(),
+                value: value.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn rows(backend: &Backend) -> Vec<(Vec<u8>, Vec<u8>)> {
+        backend
+            .sm
+            .iter()
+            .map(|r| r.unwrap())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    /// A store that applied a write of its own, then received and installed `data`.
+    async fn receive_into_used_store(
+        dir: &std::path::Path,
+        meta: &crate::raft::types::SnapshotMeta,
+        data: &[u8],
+    ) -> (Backend, StateMachineStore) {
+        let (backend, mut sm) = open(dir);
+        sm.apply(vec![put(1, "other", "x")]).await.unwrap();
+        let mut file = sm.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut *file, data)
+            .await
+            .unwrap();
+        sm.install_snapshot(meta, file).await.unwrap();
+        (backend, sm)
+    }
+
+    #[tokio::test]
+    async fn an_install_cut_short_is_redone_when_the_store_opens() {
+        let src = tempfile::tempdir().unwrap();
+        let (_, mut source) = open(src.path());
+        let entries: Vec<Entry> = (1..=200)
+            .map(|i| put(i, &format!("k{}", i % 37), &format!("v{i}")))
+            .collect();
+        source.apply(entries).await.unwrap();
+        let snapshot = source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let meta = snapshot.meta.clone();
+        let mut data = Vec::new();
+        {
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            let mut file = *snapshot.snapshot;
+            file.rewind().await.unwrap();
+            file.read_to_end(&mut data).await.unwrap();
+        }
+
+        // Received and installed whole, into a store that held other data.
+        let whole = tempfile::tempdir().unwrap();
+        let expected = {
+            let (backend, sm) = receive_into_used_store(whole.path(), &meta, &data).await;
+            assert_eq!(sm.state().current_revision(), 201);
+            rows(&backend)
+        };
+
+        // The same install, cut short after the store was marked and partly cleared.
+        let cut = tempfile::tempdir().unwrap();
+        {
+            let (backend, _sm) = receive_into_used_store(cut.path(), &meta, &data).await;
+            // Roll the rows back to a torn state under the marker, as a crash part way would leave.
+            backend.sm.insert(b"m/installing", b"x".to_vec()).unwrap();
+            let keys: Vec<_> = backend.sm.iter().keys().map(|k| k.unwrap()).collect();
+            for key in keys.iter().step_by(2) {
+                if &key[..] != b"m/installing" {
+                    backend.sm.remove(key).unwrap();
+                }
+            }
+            backend.sm.insert(b"r-garbage", b"x".to_vec()).unwrap();
+            backend.flush_blocking().unwrap();
+        }
+        let (backend, sm) = open(cut.path());
+        assert_eq!(rows(&backend), expected);
+        assert_eq!(sm.state().current_revision(), 201);
+        // The snapshot stays the current one, ready to be sent on.
+        let mut sm = sm;
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert_eq!(current.meta, meta);
+    }
+}

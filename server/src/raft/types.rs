@@ -2,7 +2,6 @@
 //! (a [`CommandResponse`]), and how a member is described ([`Member`]).
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +19,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = CommandResponse,
         Node = Member,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

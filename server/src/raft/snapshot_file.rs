@@ -1,0 +1,189 @@
+//! Raft snapshot files: the state machine's rows written one after another, so a snapshot is built,
+//! sent in chunks, received and installed without ever being held in memory whole.
+//!
+//! Layout: [`MAGIC`], then per row the key length (u32 LE), the key, the value length (u32 LE) and
+//! the value, then [`END`] in place of a key length, so a file cut short is refused rather than read
+//! as a smaller store.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8] = b"CAIRN-RAFT-SNAPSHOT-1\n";
+const END: u32 = u32::MAX;
+/// Snapshot files end in this; anything else in the directory (`.tmp`) is unfinished.
+pub(crate) const EXTENSION: &str = "snap";
+
+pub(crate) struct RowWriter {
+    out: BufWriter<File>,
+}
+
+impl RowWriter {
+    pub fn create(path: &Path) -> io::Result<RowWriter> {
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+        out.write_all(MAGIC)?;
+        Ok(RowWriter { out })
+    }
+
+    pub fn row(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        for part in [key, value] {
+            let len = u32::try_from(part.len())
+                .ok()
+                .filter(|&n| n != END)
+                .ok_or_else(|| io::Error::other("row too large for a snapshot file"))?;
+            self.out.write_all(&len.to_le_bytes())?;
+            self.out.write_all(part)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the file and makes it durable.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.out.write_all(&END.to_le_bytes())?;
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    }
+}
+
+pub(crate) struct RowReader {
+    input: BufReader<File>,
+}
+
+impl RowReader {
+    pub fn new(mut file: File) -> io::Result<RowReader> {
+        use std::io::Seek;
+        file.rewind()?;
+        let mut input = BufReader::with_capacity(1 << 20, file);
+        let mut magic = vec![0; MAGIC.len()];
+        input.read_exact(&mut magic)?;
+        if magic != MAGIC {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a Cairn Raft snapshot file",
+            ));
+        }
+        Ok(RowReader { input })
+    }
+
+    fn len(&mut self) -> io::Result<u32> {
+        let mut raw = [0; 4];
+        self.input.read_exact(&mut raw).map_err(cut_short)?;
+        Ok(u32::from_le_bytes(raw))
+    }
+
+    fn bytes(&mut self, n: u32) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; n as usize];
+        self.input.read_exact(&mut buf).map_err(cut_short)?;
+        Ok(buf)
+    }
+
+    /// The next row, or `None` at the end marker.
+    pub fn next_row(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let n = self.len()?;
+        if n == END {
+            return Ok(None);
+        }
+        let key = self.bytes(n)?;
+        let n = self.len()?;
+        let value = self.bytes(n)?;
+        Ok(Some((key, value)))
+    }
+}
+
+fn cut_short(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        io::Error::new(io::ErrorKind::InvalidData, "snapshot file is cut short")
+    } else {
+        e
+    }
+}
+
+/// A file name for a snapshot id (ids carry a leader id, whose text is not ours to trust as a name).
+pub(crate) fn file_name(snapshot_id: &str) -> String {
+    let safe: String = snapshot_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{safe}.{EXTENSION}")
+}
+
+/// Makes a rename or removal in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Removes every file in `dir` but `keep`: older snapshots (a transfer still reading one keeps its
+/// open handle) and, when `unfinished` is set, leftovers of builds and receptions cut short.
+pub(crate) fn remove_others(dir: &Path, keep: Option<&str>, unfinished: bool) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if Some(name.as_ref()) == keep {
+            continue;
+        }
+        let finished = name.ends_with(&format!(".{EXTENSION}"));
+        if finished || unfinished {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    sync_dir(dir)
+}
+
+/// A fresh temporary path in `dir`.
+pub(crate) fn temp_path(dir: &Path, what: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("{what}-{}-{n}.tmp", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip_and_a_cut_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.snap");
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b"k1".to_vec(), b"v1".to_vec()),
+            (b"".to_vec(), vec![9; 100_000]),
+            (b"k3".to_vec(), Vec::new()),
+        ];
+        let mut w = RowWriter::create(&path).unwrap();
+        for (k, v) in &rows {
+            w.row(k, v).unwrap();
+        }
+        w.finish().unwrap();
+        let mut r = RowReader::new(File::open(&path).unwrap()).unwrap();
+        let mut read = Vec::new();
+        while let Some(row) = r.next_row().unwrap() {
+            read.push(row);
+        }
+        assert_eq!(read, rows);
+
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 4).unwrap();
+        let mut r = RowReader::new(File::open(&path).unwrap()).unwrap();
+        let err = loop {
+            match r.next_row() {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("a cut file read as complete"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(RowReader::new(File::open(dir.path()).unwrap()).is_err());
+    }
+
+    #[test]
+    fn ids_become_plain_file_names() {
+        assert_eq!(file_name("T1-N2-10-0"), "T1_N2_10_0.snap");
+        assert_eq!(file_name("../x"), "___x.snap");
+    }
+}
