@@ -39,20 +39,33 @@ pub(crate) const META_APPLY_RECORD: &[u8] = b"m/apply";
 ///
 /// A sled batch forces two synchronous log writes of its own (it seals sled's IO buffer before and
 /// after pinning it) and blocks every reader meanwhile; at one batch per applied entry that was most
-/// of a write's latency. Instead the whole change set is first stored as one value (the redo record),
-/// then applied row by row. sled recovers a prefix of its log, and one task writes these in order, so
-/// after a crash either the record is missing (and so is every row after it), or it is present and
-/// replaying it on open ([`RowWrites::replay`]) completes whatever rows were lost. Every change is a
-/// plain set or delete, so replaying a record that was already complete changes nothing.
+/// of a write's latency. Instead:
+/// 1. the entry's new key revisions are written first: rows under revisions above the stored
+///    store revision, which nothing reads until the entry is complete, and which opening the store
+///    removes if the entry never completed ([`RowWrites::drop_unfinished_revisions`]);
+/// 2. every other change (meta, leases, deletions, ...) is stored as one value, the redo record;
+/// 3. then applied row by row.
+///
+/// sled recovers a prefix of its log, and one task writes these in order, so after a crash either
+/// the record is missing (and so is every row after it), or it is present and replaying it on open
+/// ([`RowWrites::replay`]) completes whatever rows were lost. Every change is a plain set or
+/// delete, so replaying a record that was already complete changes nothing. Values are written
+/// once: the record holds no key revision, so a large value is not stored twice.
 ///
 /// Record layout, per change: key length (u32 LE), key, then 0 for a delete or 1, value length
 /// (u32 LE), value.
 #[derive(Default)]
 pub(crate) struct RowWrites {
+    new_revisions: Vec<([u8; 17], Vec<u8>)>,
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl RowWrites {
+    /// A key revision this entry creates (above the stored store revision).
+    pub fn insert_new_revision(&mut self, rev: Revision, value: Vec<u8>) {
+        self.new_revisions.push((kv_key(rev), value));
+    }
+
     pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) {
         self.writes
             .push((key.as_ref().to_vec(), Some(value.into())));
@@ -62,13 +75,33 @@ impl RowWrites {
         self.writes.push((key.as_ref().to_vec(), None));
     }
 
-    /// Stores the redo record, then each row.
-    pub fn commit(self, tree: &sled::Tree) -> Result<(), RowWriteError> {
+    /// Stores the new key revisions, the redo record, then each other row.
+    pub fn commit(mut self, tree: &sled::Tree) -> Result<(), RowWriteError> {
+        for (key, value) in std::mem::take(&mut self.new_revisions) {
+            tree.insert(key, value)?;
+        }
         tree.insert(META_APPLY_RECORD, self.encode())?;
         self.apply(tree)
     }
 
+    /// Removes key revisions above `revision` (the stored store revision): left by an entry whose
+    /// redo record never reached the disk.
+    pub fn drop_unfinished_revisions(
+        tree: &sled::Tree,
+        revision: i64,
+    ) -> Result<usize, RowWriteError> {
+        let from = kv_key(Revision::new(revision + 1, 0));
+        let mut dropped = 0;
+        let end = [KV_PREFIX + 1];
+        for key in tree.range(&from[..]..&end[..]).keys() {
+            tree.remove(key?)?;
+            dropped += 1;
+        }
+        Ok(dropped)
+    }
+
     fn apply(self, tree: &sled::Tree) -> Result<(), RowWriteError> {
+        debug_assert!(self.new_revisions.is_empty());
         for (key, value) in self.writes {
             match value {
                 Some(v) => tree.insert(key, v)?,
@@ -135,7 +168,10 @@ impl RowWrites {
             };
             writes.push((key, value));
         }
-        Ok(RowWrites { writes })
+        Ok(RowWrites {
+            new_revisions: Vec::new(),
+            writes,
+        })
     }
 }
 
@@ -357,5 +393,32 @@ mod tests {
             RowWrites::decode(&bad),
             Err(RowWriteError::Tag(9))
         ));
+    }
+
+    #[test]
+    fn new_revisions_go_first_and_are_dropped_if_their_record_never_landed() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::open(dir.path(), 1 << 20).unwrap();
+        let sm = &backend.sm;
+        let mut done = RowWrites::default();
+        done.insert_new_revision(Revision::new(2, 0), vec![1; 200_000]);
+        done.insert(META_REVISION, 2i64.to_le_bytes().to_vec());
+        done.commit(sm).unwrap();
+        let record = sm.get(META_APPLY_RECORD).unwrap().unwrap();
+        assert!(record.len() < 100, "the record does not repeat the value");
+
+        // A crash after the next entry's revisions but before its record.
+        sm.insert(kv_key(Revision::new(3, 0)), b"torn".to_vec())
+            .unwrap();
+        sm.insert(kv_key(Revision::new(3, 1)), b"torn".to_vec())
+            .unwrap();
+        assert_eq!(RowWrites::drop_unfinished_revisions(sm, 2).unwrap(), 2);
+        let revisions: Vec<_> = sm
+            .scan_prefix([KV_PREFIX])
+            .keys()
+            .map(|k| k.unwrap().to_vec())
+            .collect();
+        assert_eq!(revisions, vec![kv_key(Revision::new(2, 0)).to_vec()]);
+        assert!(sm.get(b"m/other").unwrap().is_none());
     }
 }

@@ -1,24 +1,32 @@
 //! Backup files: what Maintenance.Snapshot streams and what a restore reads.
 //!
-//! A file is [`MAGIC`], the image length (u64 big-endian), a consistent image of the store's
-//! state, zero padding, then the SHA-256 of everything before it. etcd also ends its snapshots with
-//! a SHA-256 trailer, and `etcdctl snapshot save` insists on finding one where etcd puts it: the
-//! file size must be a multiple of 512 plus the 32 trailer bytes, hence the padding. Restoring keeps the data, revisions, compaction point and leases;
-//! it drops the old cluster's membership, member attributes and alarms, so the restored members
-//! form a new cluster from their own `--initial-cluster`.
+//! A file is [`MAGIC`], then the store's rows in the Raft snapshot file layout (a consistent
+//! point-in-time copy, see `raft::snapshot_file`), zero padding, then the SHA-256 of everything
+//! before it. etcd also ends its snapshots with a SHA-256 trailer, and `etcdctl snapshot save`
+//! insists on finding one where etcd puts it: the file size must be a multiple of 512 plus the 32
+//! trailer bytes, hence the padding. Files are written and read row by row, never held whole.
+//! Restoring keeps the data, revisions, compaction point and leases; it drops the old cluster's
+//! membership, member attributes and alarms, so the restored members form a new cluster from their
+//! own `--initial-cluster`.
 
-use std::path::Path;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 use crate::backend::{
     Backend, ALARM_PREFIX, MEMBER_PREFIX, META_APPLIED, META_MEMBERSHIP, META_REVISION,
 };
+use crate::raft::snapshot_file::{RowReader, RowWriter};
 use crate::raft::types::decode;
 
 /// Identifies a Cairn backup file and its format version.
-pub const MAGIC: &[u8] = b"CAIRN-SNAPSHOT-1\n";
+pub const MAGIC: &[u8] = b"CAIRN-SNAPSHOT-2\n";
 const DIGEST_LEN: usize = 32;
+/// Present in a data dir while a restore writes into it: a store cut short there must not start.
+pub(crate) const META_RESTORING: &[u8] = b"m/restoring";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -36,65 +44,142 @@ pub enum RestoreError {
     Storage(String),
 }
 
-/// The file body for an image (without the trailer, which is streamed last).
-pub fn file_body(image: &[u8]) -> Vec<u8> {
-    let unpadded = MAGIC.len() + 8 + image.len();
-    let mut body = Vec::with_capacity(unpadded.next_multiple_of(512));
-    body.extend_from_slice(MAGIC);
-    body.extend_from_slice(&(image.len() as u64).to_be_bytes());
-    body.extend_from_slice(image);
-    body.resize(unpadded.next_multiple_of(512), 0);
-    body
+/// A piece of a backup file being streamed; the last one carries the trailer.
+pub(crate) enum BackupChunk {
+    More(Vec<u8>),
+    Last(Vec<u8>),
 }
 
-/// The trailer that ends a file with `body`.
-pub fn trailer(body: &[u8]) -> Vec<u8> {
-    Sha256::digest(body).to_vec()
+/// Turns what is written into a backup file's chunks, hashing as it goes.
+pub(crate) struct BackupSink {
+    tx: mpsc::Sender<io::Result<BackupChunk>>,
+    hasher: Sha256,
+    buf: Vec<u8>,
+    written: usize,
+    chunk: usize,
 }
 
-/// Checks a whole file and returns the image inside it.
-fn verified_image(file: &[u8]) -> Result<&[u8], RestoreError> {
-    if file.len() < MAGIC.len() + DIGEST_LEN || !file.starts_with(MAGIC) {
-        return Err(RestoreError::NotASnapshot);
+impl BackupSink {
+    /// Starts a file whose chunks of about `chunk` bytes go to `tx` (blocking when it is full).
+    pub fn start(
+        tx: mpsc::Sender<io::Result<BackupChunk>>,
+        chunk: usize,
+    ) -> io::Result<RowWriter<BackupSink>> {
+        let mut sink = BackupSink {
+            tx,
+            hasher: Sha256::new(),
+            buf: Vec::with_capacity(chunk + 4096),
+            written: 0,
+            chunk,
+        };
+        sink.write_all(MAGIC)?;
+        RowWriter::new(sink)
     }
-    let (body, digest) = file.split_at(file.len() - DIGEST_LEN);
-    if Sha256::digest(body).as_slice() != digest {
-        return Err(RestoreError::Checksum);
+
+    /// Pads, appends the trailer and sends the last chunk.
+    pub fn end(rows: RowWriter<BackupSink>) -> io::Result<()> {
+        let mut sink = rows.finish()?;
+        let pad = sink.written.next_multiple_of(512) - sink.written;
+        sink.write_all(&vec![0; pad])?;
+        let mut last = std::mem::take(&mut sink.buf);
+        last.extend_from_slice(&sink.hasher.finalize_reset());
+        sink.tx
+            .blocking_send(Ok(BackupChunk::Last(last)))
+            .map_err(|_| gone())
     }
-    let rest = &body[MAGIC.len()..];
-    let len = rest
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or(RestoreError::NotASnapshot)? as usize;
-    rest.get(8..8 + len).ok_or(RestoreError::NotASnapshot)
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the backup's reader went away")
+}
+
+impl Write for BackupSink {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.hasher.update(bytes);
+        self.written += bytes.len();
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= self.chunk {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk + 4096));
+            self.tx
+                .blocking_send(Ok(BackupChunk::More(full)))
+                .map_err(|_| gone())?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A verified backup, ready to be written into a new data dir.
 pub struct Backup {
-    rows: Vec<(Vec<u8>, Vec<u8>)>,
+    path: PathBuf,
 }
 
-/// Reads and verifies a backup file meant for a new store at `data_dir`.
+/// Reads and verifies a backup file meant for a new store at `data_dir` (one pass, in bounded
+/// memory; the rows are read again when they are written).
 pub fn read_backup(file: &Path, data_dir: &Path) -> Result<Backup, RestoreError> {
     if data_dir.join("db").exists() {
         return Err(RestoreError::DataDirInUse(data_dir.display().to_string()));
     }
-    let bytes =
-        std::fs::read(file).map_err(|e| RestoreError::Read(file.display().to_string(), e))?;
-    let rows = crate::raft::state_machine::decode_image(verified_image(&bytes)?)
-        .map_err(RestoreError::Image)?;
-    Ok(Backup { rows })
+    let read = |e| RestoreError::Read(file.display().to_string(), e);
+    let f = File::open(file).map_err(read)?;
+    let len = f.metadata().map_err(read)?.len();
+    if len < (MAGIC.len() + DIGEST_LEN) as u64 {
+        return Err(RestoreError::NotASnapshot);
+    }
+    let mut input = BufReader::with_capacity(1 << 20, f);
+    let mut magic = vec![0; MAGIC.len()];
+    input.read_exact(&mut magic).map_err(read)?;
+    if magic != MAGIC {
+        return Err(RestoreError::NotASnapshot);
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(&magic);
+    let body_rest = len - (MAGIC.len() + DIGEST_LEN) as u64;
+    io::copy(
+        &mut (&mut input).take(body_rest),
+        &mut HashWriter(&mut hasher),
+    )
+    .map_err(read)?;
+    let mut digest = [0; DIGEST_LEN];
+    input.read_exact(&mut digest).map_err(read)?;
+    if hasher.finalize().as_slice() != digest {
+        return Err(RestoreError::Checksum);
+    }
+    Ok(Backup {
+        path: file.to_path_buf(),
+    })
 }
 
-/// Writes a backup into a freshly opened store; returns the store revision it holds. The member
-/// that starts on it founds a new cluster (with `--initial-cluster-state new`).
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes a backup into a freshly opened store, row by row; returns the store revision it holds.
+/// The member that starts on it founds a new cluster (with `--initial-cluster-state new`).
 pub(crate) fn write_backup(backup: Backup, backend: &Backend) -> Result<i64, RestoreError> {
     let storage = |e: sled::Error| RestoreError::Storage(e.to_string());
-    let entries = backup.rows;
-    let mut batch = sled::Batch::default();
+    let image = |e: io::Error| RestoreError::Image(e.to_string());
+    let read = |e| RestoreError::Read(backup.path.display().to_string(), e);
+    let mut input = BufReader::with_capacity(1 << 20, File::open(&backup.path).map_err(read)?);
+    let mut magic = vec![0; MAGIC.len()];
+    input.read_exact(&mut magic).map_err(read)?;
+    let mut rows = RowReader::new(input).map_err(image)?;
+    let sm = &backend.sm;
+    sm.insert(META_RESTORING, &[]).map_err(storage)?;
     let mut revision = 1;
-    for (key, value) in entries {
+    while let Some((key, value)) = rows.next_row().map_err(image)? {
         let old_cluster = key == META_APPLIED
             || key == META_MEMBERSHIP
             || key.starts_with(MEMBER_PREFIX)
@@ -105,9 +190,9 @@ pub(crate) fn write_backup(backup: Backup, backend: &Backend) -> Result<i64, Res
         if key == META_REVISION {
             revision = decode(&value).map_err(|e| RestoreError::Image(e.to_string()))?;
         }
-        batch.insert(key, value);
+        sm.insert(key, value).map_err(storage)?;
     }
-    backend.sm.apply_batch(batch).map_err(storage)?;
+    sm.remove(META_RESTORING).map_err(storage)?;
     backend
         .flush_blocking()
         .map_err(|e| RestoreError::Storage(e.to_string()))?;
@@ -118,21 +203,59 @@ pub(crate) fn write_backup(backup: Backup, backend: &Backend) -> Result<i64, Res
 mod tests {
     use super::*;
 
+    fn backup_bytes(rows: &[(&[u8], &[u8])], chunk: usize) -> Vec<u8> {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let mut w = BackupSink::start(tx, chunk).unwrap();
+        for (k, v) in rows {
+            w.row(k, v).unwrap();
+        }
+        BackupSink::end(w).unwrap();
+        let mut file = Vec::new();
+        let mut last_seen = false;
+        while let Ok(chunk) = rx.try_recv() {
+            assert!(!last_seen, "nothing follows the last chunk");
+            match chunk.unwrap() {
+                BackupChunk::More(b) => file.extend(b),
+                BackupChunk::Last(b) => {
+                    file.extend(b);
+                    last_seen = true;
+                }
+            }
+        }
+        assert!(last_seen);
+        file
+    }
+
     #[test]
-    fn corrupt_or_foreign_files_are_refused() {
-        let body = file_body(b"image");
-        let mut file = body.clone();
-        file.extend(trailer(&body));
+    fn backups_stream_in_chunks_and_corrupt_or_foreign_files_are_refused() {
+        let big = vec![7u8; 5000];
+        let rows: Vec<(&[u8], &[u8])> = vec![(b"m/revision", b"\x05"), (b"r1", &big)];
+        let file = backup_bytes(&rows, 1000);
         assert_eq!(file.len() % 512, 32, "where etcdctl looks for the checksum");
-        assert_eq!(verified_image(&file).unwrap(), b"image");
+        assert_eq!(
+            file,
+            backup_bytes(&rows, 1 << 20),
+            "chunking changes nothing"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.snap");
+        std::fs::write(&path, &file).unwrap();
+        read_backup(&path, &dir.path().join("new")).expect("a good file");
         let mut flipped = file.clone();
-        flipped[MAGIC.len() + 8] ^= 1;
+        flipped[MAGIC.len() + 30] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
         assert!(matches!(
-            verified_image(&flipped),
+            read_backup(&path, &dir.path().join("new")),
             Err(RestoreError::Checksum)
         ));
+        std::fs::write(
+            &path,
+            b"SQLite format 3\0 and then some more bytes, enough of them",
+        )
+        .unwrap();
         assert!(matches!(
-            verified_image(b"SQLite format 3\0 and then some more bytes, enough of them"),
+            read_backup(&path, &dir.path().join("new")),
             Err(RestoreError::NotASnapshot)
         ));
     }

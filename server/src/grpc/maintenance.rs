@@ -12,6 +12,7 @@ use crate::error::ServerError;
 use crate::raft::admin::AdminCall;
 use crate::raft::state_machine::ALARM_NOSPACE;
 use crate::raft::types::Command;
+use crate::snapshot::BackupChunk;
 
 /// The etcd API version Cairn reports in Status. Clients (Kubernetes among them) gate features on it.
 pub const ETCD_API_VERSION: &str = "3.5.13";
@@ -170,35 +171,45 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        let ((body, trailer), revision) = self
+        let (revision, estimate, chunks) = self
             .ctx
             .raft
             .state()
-            .snapshot_image(|image| {
-                let body = crate::snapshot::file_body(&image);
-                let trailer = crate::snapshot::trailer(&body);
-                (body, trailer)
-            })
+            .backup(SNAPSHOT_CHUNK)
             .await
             .map_err(ServerError::from)?;
-        tracing::info!(bytes = body.len(), revision, "sending snapshot");
+        tracing::info!(estimate, revision, "sending snapshot");
         let header = self.ctx.header(revision);
-        let total = body.len() + trailer.len();
-        // Chunks are cut as the stream is read, not all at once.
-        let chunks = (0..body.len().div_ceil(SNAPSHOT_CHUNK)).map(move |i| {
-            let end = ((i + 1) * SNAPSHOT_CHUNK).min(body.len());
-            (body[i * SNAPSHOT_CHUNK..end].to_vec(), end)
-        });
-        let messages = chunks
-            .chain(std::iter::once((trailer, total)))
-            .map(move |(blob, sent)| {
-                Ok(pb::SnapshotResponse {
-                    header,
-                    remaining_bytes: (total - sent) as u64,
-                    blob,
-                })
-            });
-        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+        // The size is known only at the end: until then remaining_bytes is the estimate less what
+        // was sent (never 0), and the last message says 0.
+        let message = move |blob: Vec<u8>, remaining_bytes| pb::SnapshotResponse {
+            header,
+            remaining_bytes,
+            blob,
+        };
+        let messages = futures::stream::unfold(
+            (chunks, 0u64, false),
+            move |(mut chunks, sent, done)| async move {
+                if done {
+                    return None;
+                }
+                let (item, done, sent) = match chunks.recv().await {
+                    Some(Ok(BackupChunk::More(blob))) => {
+                        let sent = sent + blob.len() as u64;
+                        (
+                            Ok(message(blob, estimate.saturating_sub(sent).max(1))),
+                            false,
+                            sent,
+                        )
+                    }
+                    Some(Ok(BackupChunk::Last(blob))) => (Ok(message(blob, 0)), true, sent),
+                    Some(Err(e)) => (Err(Status::internal(format!("snapshot: {e}"))), true, sent),
+                    None => (Err(Status::internal("snapshot: stopped early")), true, sent),
+                };
+                Some((item, (chunks, sent, done)))
+            },
+        );
+        Ok(Response::new(Box::pin(messages)))
     }
 
     #[tracing::instrument(skip_all, fields(target = format!("{:x}", req.get_ref().target_id)))]

@@ -12,7 +12,7 @@ pub mod admin;
 pub mod log_store;
 pub mod network;
 pub mod service;
-mod snapshot_file;
+pub(crate) mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 

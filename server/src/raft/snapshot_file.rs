@@ -14,13 +14,25 @@ const END: u32 = u32::MAX;
 /// Snapshot files end in this; anything else in the directory (`.tmp`) is unfinished.
 pub(crate) const EXTENSION: &str = "snap";
 
-pub(crate) struct RowWriter {
-    out: BufWriter<File>,
+/// Writes rows in the layout above to any byte sink.
+pub(crate) struct RowWriter<W: Write> {
+    out: W,
 }
 
-impl RowWriter {
-    pub fn create(path: &Path) -> io::Result<RowWriter> {
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+impl RowWriter<BufWriter<File>> {
+    pub fn create(path: &Path) -> io::Result<Self> {
+        RowWriter::new(BufWriter::with_capacity(1 << 20, File::create(path)?))
+    }
+
+    /// Ends the file and makes it durable.
+    pub fn finish_file(self) -> io::Result<()> {
+        let file = self.finish()?.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    }
+}
+
+impl<W: Write> RowWriter<W> {
+    pub fn new(mut out: W) -> io::Result<Self> {
         out.write_all(MAGIC)?;
         Ok(RowWriter { out })
     }
@@ -37,25 +49,32 @@ impl RowWriter {
         Ok(())
     }
 
-    /// Ends the file and makes it durable.
-    pub fn finish(mut self) -> io::Result<()> {
+    /// Writes the end marker and hands the sink back.
+    pub fn finish(mut self) -> io::Result<W> {
         self.out.write_all(&END.to_le_bytes())?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
+        self.out.flush()?;
+        Ok(self.out)
     }
 }
 
-pub(crate) struct RowReader {
-    input: BufReader<File>,
+/// Reads rows in the layout above from any byte source.
+pub(crate) struct RowReader<R: Read> {
+    input: R,
 }
 
-impl RowReader {
-    pub fn new(mut file: File) -> io::Result<RowReader> {
+impl RowReader<BufReader<File>> {
+    /// Reads a whole snapshot file, from its start.
+    pub fn open(mut file: File) -> io::Result<Self> {
         use std::io::Seek;
         file.rewind()?;
-        let mut input = BufReader::with_capacity(1 << 20, file);
+        RowReader::new(BufReader::with_capacity(1 << 20, file))
+    }
+}
+
+impl<R: Read> RowReader<R> {
+    pub fn new(mut input: R) -> io::Result<Self> {
         let mut magic = vec![0; MAGIC.len()];
-        input.read_exact(&mut magic)?;
+        input.read_exact(&mut magic).map_err(cut_short)?;
         if magic != MAGIC {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -158,8 +177,8 @@ mod tests {
         for (k, v) in &rows {
             w.row(k, v).unwrap();
         }
-        w.finish().unwrap();
-        let mut r = RowReader::new(File::open(&path).unwrap()).unwrap();
+        w.finish_file().unwrap();
+        let mut r = RowReader::open(File::open(&path).unwrap()).unwrap();
         let mut read = Vec::new();
         while let Some(row) = r.next_row().unwrap() {
             read.push(row);
@@ -169,7 +188,7 @@ mod tests {
         let len = std::fs::metadata(&path).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len - 4).unwrap();
-        let mut r = RowReader::new(File::open(&path).unwrap()).unwrap();
+        let mut r = RowReader::open(File::open(&path).unwrap()).unwrap();
         let err = loop {
             match r.next_row() {
                 Ok(Some(_)) => continue,
@@ -178,7 +197,7 @@ mod tests {
             }
         };
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(RowReader::new(File::open(dir.path()).unwrap()).is_err());
+        assert!(RowReader::open(File::open(dir.path()).unwrap()).is_err());
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::mvcc::{
     BackendOp, DeleteRangeRequest, Event, EventType, KeyValue, KvIndex, MvccError, RangeRequest,
     RangeResponse, RequestOp, Revision, TxnRequest, ValueReader,
 };
+use crate::snapshot::{BackupChunk, BackupSink, META_RESTORING};
 use crate::watch::{History, WatchHub, WatchSpec};
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -56,14 +57,14 @@ const META_INSTALLING: &[u8] = b"m/installing";
 /// Rows of the `sm` tree.
 pub(crate) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// A snapshot's content: every key of the `sm` tree, meta included.
+/// How snapshots were stored before they moved to files: every row of the `sm` tree.
 #[derive(Serialize, Deserialize)]
 struct SnapshotImage {
     entries: Rows,
 }
 
-/// The `sm` tree rows of an image made by [`StoreState::snapshot_image`].
-pub(crate) fn decode_image(bytes: &[u8]) -> Result<Rows, String> {
+/// The `sm` tree rows of a snapshot stored the old way (see `migrate_legacy_snapshot`).
+fn decode_image(bytes: &[u8]) -> Result<Rows, String> {
     decode::<SnapshotImage>(bytes)
         .map(|i| i.entries)
         .map_err(|e| e.to_string())
@@ -285,33 +286,62 @@ impl StoreState {
         })
     }
 
-    /// Adds the key revisions to a capture: blocking reads, to run off the async threads.
-    pub(crate) fn complete(&self, capture: Capture) -> Result<(Rows, i64), sled::Error> {
-        let mut rows = capture.rows;
+    /// Feeds a capture's rows to `row`: the small rows taken with it, then the key revisions up to
+    /// its revision, read from sled as they go (blocking; run off the async threads).
+    fn captured_rows(
+        &self,
+        capture: Capture,
+        mut row: impl FnMut(&[u8], &[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        for (k, v) in &capture.rows {
+            row(k, v)?;
+        }
         let end = kv_key(Revision::new(capture.revision + 1, 0));
         for item in self.backend.sm.range(&[KV_PREFIX][..]..&end[..]) {
-            let (k, v) = item?;
-            rows.push((k.to_vec(), v.to_vec()));
+            let (k, v) = item.map_err(std::io::Error::other)?;
+            row(&k, &v)?;
         }
-        Ok((rows, capture.revision))
+        Ok(())
     }
 
-    /// A consistent copy of the whole store with the revision it reflects, turned into bytes by
-    /// `finish` (given the encoded image) off the async threads.
-    pub async fn snapshot_image<T: Send + 'static>(
+    /// A consistent copy of the whole store as a backup file (see [`crate::snapshot`]), streamed in
+    /// chunks of about `chunk` bytes while the rows are read, so memory stays bounded whatever the
+    /// store's size. Returns the revision it reflects, an estimate of the file's size, and the chunks.
+    pub(crate) async fn backup(
         self: &Arc<Self>,
-        finish: impl FnOnce(Vec<u8>) -> T + Send + 'static,
-    ) -> Result<(T, i64), MvccError> {
-        let storage = |e: &dyn std::fmt::Display| MvccError::Storage(e.to_string());
-        let capture = self.capture().await.map_err(|e| storage(&e))?;
+        chunk: usize,
+    ) -> Result<
+        (
+            i64,
+            u64,
+            tokio::sync::mpsc::Receiver<std::io::Result<BackupChunk>>,
+        ),
+        MvccError,
+    > {
+        let capture = self
+            .capture()
+            .await
+            .map_err(|e| MvccError::Storage(e.to_string()))?;
+        let revision = capture.revision;
+        let small: usize = capture
+            .rows
+            .iter()
+            .map(|(k, v)| 8 + k.len() + v.len())
+            .sum();
+        // Each stored revision adds its 8 bytes of lengths to what the quota counts.
+        let estimate = (small as u64 + self.bytes_in_use() * 9 / 8).next_multiple_of(512) + 32;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
         let state = self.clone();
         tokio::task::spawn_blocking(move || {
-            let (entries, revision) = state.complete(capture).map_err(|e| storage(&e))?;
-            let bytes = encode(&SnapshotImage { entries }).map_err(|e| storage(&e))?;
-            Ok((finish(bytes), revision))
-        })
-        .await
-        .map_err(|e| storage(&e))?
+            let result = BackupSink::start(tx.clone(), chunk).and_then(|mut rows| {
+                state.captured_rows(capture, |k, v| rows.row(k, v))?;
+                BackupSink::end(rows)
+            });
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        Ok((revision, estimate, rx))
     }
 
     /// The current snapshot's meta and file name.
@@ -376,16 +406,8 @@ impl StoreState {
         let dir = &self.backend.snap_dir;
         let tmp = snapshot_file::temp_path(dir, "build");
         let mut out = snapshot_file::RowWriter::create(&tmp)?;
-        for (k, v) in &capture.rows {
-            out.row(k, v)?;
-        }
-        let end = kv_key(Revision::new(capture.revision + 1, 0));
-        for item in self.backend.sm.range(&[KV_PREFIX][..]..&end[..]) {
-            let (k, v) = item.map_err(std::io::Error::other)?;
-            out.row(&k, &v)?;
-        }
-        drop(capture);
-        out.finish()?;
+        self.captured_rows(capture, |k, v| out.row(k, v))?;
+        out.finish_file()?;
         std::fs::rename(&tmp, path)?;
         snapshot_file::sync_dir(dir)
     }
@@ -402,7 +424,7 @@ impl StoreState {
                 sm.remove(key).map_err(write)?;
             }
         }
-        let mut rows = snapshot_file::RowReader::new(std::fs::File::open(path).map_err(read)?)
+        let mut rows = snapshot_file::RowReader::open(std::fs::File::open(path).map_err(read)?)
             .map_err(read)?;
         while let Some((k, v)) = rows.next_row().map_err(read)? {
             sm.insert(k, v).map_err(write)?;
@@ -441,7 +463,7 @@ impl StoreState {
         for (k, v) in &rows {
             out.row(k, v).map_err(io)?;
         }
-        out.finish().map_err(io)?;
+        out.finish_file().map_err(io)?;
         std::fs::rename(&tmp, self.backend.snap_dir.join(&name)).map_err(io)?;
         snapshot_file::sync_dir(&self.backend.snap_dir).map_err(io)?;
         let write = |e: sled::Error| snap_err(ErrorVerb::Write, e);
@@ -459,6 +481,18 @@ impl StoreState {
     fn load(&self) -> Result<(), StorageError> {
         let sm = &self.backend.sm;
         if sm
+            .get(META_RESTORING)
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?
+            .is_some()
+        {
+            return Err(sm_err(
+                ErrorVerb::Read,
+                std::io::Error::other(
+                    "a restore into this data dir was cut short: remove the data dir and restore again",
+                ),
+            ));
+        }
+        if sm
             .get(META_INSTALLING)
             .map_err(|e| sm_err(ErrorVerb::Read, e))?
             .is_some()
@@ -473,6 +507,21 @@ impl StoreState {
             self.replace_from_snapshot(&self.backend.snap_dir.join(name), &meta)?;
         }
         RowWrites::replay(sm).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let stored_revision: i64 = match sm
+            .get(META_REVISION)
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?
+        {
+            Some(b) => decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+            None => 1,
+        };
+        let dropped = RowWrites::drop_unfinished_revisions(sm, stored_revision)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "removed key revisions of an entry a crash cut short"
+            );
+        }
         let mut index = KvIndex::new();
         let mut in_use = 0u64;
         for item in sm.scan_prefix([KV_PREFIX]) {
@@ -943,7 +992,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 let value =
                                     encode(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
                                 added += (17 + value.len()) as u64;
-                                batch.insert(kv_key(rev), value);
+                                batch.insert_new_revision(rev, value);
                             }
                             BackendOp::Delete { rev } => {
                                 let key = kv_key(rev);
@@ -1199,8 +1248,16 @@ mod tests {
             })
             .collect::<Vec<_>>();
         source.apply(entries).await.unwrap();
-        // The image format snapshots were stored in is the one backups still use.
-        let (image, _) = source.state().snapshot_image(|bytes| bytes).await.unwrap();
+        // The image format snapshots were stored in: every row of the tree, bincode-encoded.
+        let entries: Rows = source
+            .state()
+            .backend
+            .sm
+            .iter()
+            .map(|r| r.unwrap())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        let image = encode(&SnapshotImage { entries }).unwrap();
         let meta = SnapshotMeta {
             last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 20)),
             last_membership: StoredMembership::default(),
@@ -1224,11 +1281,26 @@ mod tests {
         assert!(backend.snapshot.get(LEGACY_SNAP_DATA).unwrap().is_none());
         let current = sm.get_current_snapshot().await.unwrap().expect("migrated");
         assert_eq!(current.meta, meta);
-        let mut rows = snapshot_file::RowReader::new(current.snapshot.into_std().await).unwrap();
+        let mut rows = snapshot_file::RowReader::open(current.snapshot.into_std().await).unwrap();
         let mut read = Vec::new();
         while let Some(row) = rows.next_row().unwrap() {
             read.push(row);
         }
         assert_eq!(read, decode_image(&image).unwrap());
+    }
+
+    #[test]
+    fn a_store_left_by_a_restore_cut_short_does_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
+            backend.sm.insert(META_RESTORING, &[]).unwrap();
+            backend.flush_blocking().unwrap();
+        }
+        let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
+        let err = StateMachineStore::open(backend, Duration::from_secs(600), Histogram::new([1.0]))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("restore"), "{err}");
     }
 }
