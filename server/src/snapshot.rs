@@ -14,7 +14,6 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 use crate::backend::{
     Backend, ALARM_PREFIX, MEMBER_PREFIX, META_APPLIED, META_MEMBERSHIP, META_REVISION,
@@ -44,71 +43,47 @@ pub enum RestoreError {
     Storage(String),
 }
 
-/// A piece of a backup file being streamed; the last one carries the trailer.
-pub(crate) enum BackupChunk {
-    More(Vec<u8>),
-    Last(Vec<u8>),
-}
-
-/// Turns what is written into a backup file's chunks, hashing as it goes.
-pub(crate) struct BackupSink {
-    tx: mpsc::Sender<io::Result<BackupChunk>>,
+/// Writes a backup file, hashing and counting what passes.
+pub(crate) struct BackupFile {
+    out: io::BufWriter<File>,
     hasher: Sha256,
-    buf: Vec<u8>,
-    written: usize,
-    chunk: usize,
+    written: u64,
 }
 
-impl BackupSink {
-    /// Starts a file whose chunks of about `chunk` bytes go to `tx` (blocking when it is full).
-    pub fn start(
-        tx: mpsc::Sender<io::Result<BackupChunk>>,
-        chunk: usize,
-    ) -> io::Result<RowWriter<BackupSink>> {
-        let mut sink = BackupSink {
-            tx,
+impl BackupFile {
+    /// Starts a backup file at `path`; rows go to the returned writer.
+    pub fn create(path: &Path) -> io::Result<RowWriter<BackupFile>> {
+        let mut file = BackupFile {
+            out: io::BufWriter::with_capacity(1 << 20, File::create(path)?),
             hasher: Sha256::new(),
-            buf: Vec::with_capacity(chunk + 4096),
             written: 0,
-            chunk,
         };
-        sink.write_all(MAGIC)?;
-        RowWriter::new(sink)
+        file.write_all(MAGIC)?;
+        RowWriter::new(file)
     }
 
-    /// Pads, appends the trailer and sends the last chunk.
-    pub fn end(rows: RowWriter<BackupSink>) -> io::Result<()> {
-        let mut sink = rows.finish()?;
-        let pad = sink.written.next_multiple_of(512) - sink.written;
-        sink.write_all(&vec![0; pad])?;
-        let mut last = std::mem::take(&mut sink.buf);
-        last.extend_from_slice(&sink.hasher.finalize_reset());
-        sink.tx
-            .blocking_send(Ok(BackupChunk::Last(last)))
-            .map_err(|_| gone())
+    /// Pads, appends the trailer and flushes; returns the file's size.
+    pub fn finish(rows: RowWriter<BackupFile>) -> io::Result<u64> {
+        let mut file = rows.finish()?;
+        let pad = file.written.next_multiple_of(512) - file.written;
+        file.write_all(&vec![0; pad as usize])?;
+        let digest = file.hasher.finalize_reset();
+        file.out.write_all(&digest)?;
+        file.out.flush()?;
+        Ok(file.written + DIGEST_LEN as u64)
     }
 }
 
-fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the backup's reader went away")
-}
-
-impl Write for BackupSink {
+impl Write for BackupFile {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.hasher.update(bytes);
-        self.written += bytes.len();
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= self.chunk {
-            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk + 4096));
-            self.tx
-                .blocking_send(Ok(BackupChunk::More(full)))
-                .map_err(|_| gone())?;
-        }
-        Ok(bytes.len())
+        let n = self.out.write(bytes)?;
+        self.hasher.update(&bytes[..n]);
+        self.written += n as u64;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.out.flush()
     }
 }
 
@@ -203,44 +178,25 @@ pub(crate) fn write_backup(backup: Backup, backend: &Backend) -> Result<i64, Res
 mod tests {
     use super::*;
 
-    fn backup_bytes(rows: &[(&[u8], &[u8])], chunk: usize) -> Vec<u8> {
-        let (tx, mut rx) = mpsc::channel(1024);
-        let mut w = BackupSink::start(tx, chunk).unwrap();
+    fn backup_bytes(rows: &[(&[u8], &[u8])], path: &Path) -> Vec<u8> {
+        let mut w = BackupFile::create(path).unwrap();
         for (k, v) in rows {
             w.row(k, v).unwrap();
         }
-        BackupSink::end(w).unwrap();
-        let mut file = Vec::new();
-        let mut last_seen = false;
-        while let Ok(chunk) = rx.try_recv() {
-            assert!(!last_seen, "nothing follows the last chunk");
-            match chunk.unwrap() {
-                BackupChunk::More(b) => file.extend(b),
-                BackupChunk::Last(b) => {
-                    file.extend(b);
-                    last_seen = true;
-                }
-            }
-        }
-        assert!(last_seen);
+        let size = BackupFile::finish(w).unwrap();
+        let file = std::fs::read(path).unwrap();
+        assert_eq!(file.len() as u64, size);
         file
     }
 
     #[test]
-    fn backups_stream_in_chunks_and_corrupt_or_foreign_files_are_refused() {
+    fn backups_verify_and_corrupt_or_foreign_files_are_refused() {
         let big = vec![7u8; 5000];
         let rows: Vec<(&[u8], &[u8])> = vec![(b"m/revision", b"\x05"), (b"r1", &big)];
-        let file = backup_bytes(&rows, 1000);
-        assert_eq!(file.len() % 512, 32, "where etcdctl looks for the checksum");
-        assert_eq!(
-            file,
-            backup_bytes(&rows, 1 << 20),
-            "chunking changes nothing"
-        );
-
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.snap");
-        std::fs::write(&path, &file).unwrap();
+        let file = backup_bytes(&rows, &path);
+        assert_eq!(file.len() % 512, 32, "where etcdctl looks for the checksum");
         read_backup(&path, &dir.path().join("new")).expect("a good file");
         let mut flipped = file.clone();
         flipped[MAGIC.len() + 30] ^= 1;

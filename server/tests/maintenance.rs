@@ -413,3 +413,40 @@ async fn a_backup_taken_under_writes_and_compactions_restores_a_point_in_time() 
     assert_eq!(now.kvs().len(), 2000);
     assert_eq!(shape(now.kvs()), shape(then.kvs()));
 }
+
+/// A backup client that stops reading holds up neither compaction nor the writes behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_backup_reader_holds_up_nothing() {
+    let node = TestNode::start().await;
+    let mut c = client(&node).await;
+    let value = vec![b'x'; 1 << 20];
+    for i in 0..12 {
+        c.put(format!("big{i}"), value.clone(), None).await.unwrap();
+    }
+    let mut stream = c.snapshot().await.expect("snapshot");
+    let first = stream.message().await.unwrap().expect("a first chunk");
+    let total = first.blob().len() as u64 + first.remaining_bytes();
+    assert!(total > 12 << 20, "{total}");
+    // The stream is now stalled far short of its end.
+    let rev = c
+        .put("after", "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    tokio::time::timeout(Duration::from_secs(5), c.compact(rev, None))
+        .await
+        .expect("compaction waited on the stalled backup")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), c.put("after", "2", None))
+        .await
+        .expect("a write after the compaction waited on the stalled backup")
+        .unwrap();
+    let mut received = first.blob().len() as u64;
+    while let Some(msg) = stream.message().await.expect("snapshot chunk") {
+        received += msg.blob().len() as u64;
+        assert_eq!(msg.remaining_bytes(), total - received);
+    }
+    assert_eq!(received, total, "remaining_bytes adds up to the file");
+}

@@ -12,7 +12,6 @@ use crate::error::ServerError;
 use crate::raft::admin::AdminCall;
 use crate::raft::state_machine::ALARM_NOSPACE;
 use crate::raft::types::Command;
-use crate::snapshot::BackupChunk;
 
 /// The etcd API version Cairn reports in Status. Clients (Kubernetes among them) gate features on it.
 pub const ETCD_API_VERSION: &str = "3.5.13";
@@ -171,44 +170,35 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        let (revision, estimate, chunks) = self
+        let (revision, size, chunks) = self
             .ctx
             .raft
             .state()
             .backup(SNAPSHOT_CHUNK)
             .await
             .map_err(ServerError::from)?;
-        tracing::info!(estimate, revision, "sending snapshot");
+        tracing::info!(bytes = size, revision, "sending snapshot");
         let header = self.ctx.header(revision);
-        // The size is known only at the end: until then remaining_bytes is the estimate less what
-        // was sent (never 0), and the last message says 0.
-        let message = move |blob: Vec<u8>, remaining_bytes| pb::SnapshotResponse {
-            header,
-            remaining_bytes,
-            blob,
-        };
-        let messages = futures::stream::unfold(
-            (chunks, 0u64, false),
-            move |(mut chunks, sent, done)| async move {
-                if done {
-                    return None;
-                }
-                let (item, done, sent) = match chunks.recv().await {
-                    Some(Ok(BackupChunk::More(blob))) => {
+        // `sent` is None once the stream has failed: nothing follows an error.
+        let messages =
+            futures::stream::unfold((chunks, Some(0u64)), move |(mut chunks, sent)| async move {
+                let sent = sent?;
+                let failure = match chunks.recv().await {
+                    Some(Ok(blob)) => {
                         let sent = sent + blob.len() as u64;
-                        (
-                            Ok(message(blob, estimate.saturating_sub(sent).max(1))),
-                            false,
-                            sent,
-                        )
+                        let message = pb::SnapshotResponse {
+                            header,
+                            remaining_bytes: size.saturating_sub(sent),
+                            blob,
+                        };
+                        return Some((Ok(message), (chunks, Some(sent))));
                     }
-                    Some(Ok(BackupChunk::Last(blob))) => (Ok(message(blob, 0)), true, sent),
-                    Some(Err(e)) => (Err(Status::internal(format!("snapshot: {e}"))), true, sent),
-                    None => (Err(Status::internal("snapshot: stopped early")), true, sent),
+                    Some(Err(e)) => Status::internal(format!("snapshot: {e}")),
+                    None if sent >= size => return None,
+                    None => Status::internal("snapshot: the copy ended early"),
                 };
-                Some((item, (chunks, sent, done)))
-            },
-        );
+                Some((Err(failure), (chunks, None)))
+            });
         Ok(Response::new(Box::pin(messages)))
     }
 

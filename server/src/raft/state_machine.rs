@@ -33,7 +33,7 @@ use crate::mvcc::{
     BackendOp, DeleteRangeRequest, Event, EventType, KeyValue, KvIndex, MvccError, RangeRequest,
     RangeResponse, RequestOp, Revision, TxnRequest, ValueReader,
 };
-use crate::snapshot::{BackupChunk, BackupSink, META_RESTORING};
+use crate::snapshot::{BackupFile, META_RESTORING};
 use crate::watch::{History, WatchHub, WatchSpec};
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -304,9 +304,11 @@ impl StoreState {
         Ok(())
     }
 
-    /// A consistent copy of the whole store as a backup file (see [`crate::snapshot`]), streamed in
-    /// chunks of about `chunk` bytes while the rows are read, so memory stays bounded whatever the
-    /// store's size. Returns the revision it reflects, an estimate of the file's size, and the chunks.
+    /// A consistent copy of the whole store as a backup file (see [`crate::snapshot`]), in chunks of
+    /// up to `chunk` bytes. The copy is first written to an unlinked file in the snapshot directory
+    /// (rows streamed from sled, so memory stays bounded whatever the store's size), which frees
+    /// compaction and snapshot installs as soon as it is written, not when a slow client has read
+    /// it. Returns the revision it reflects, the file's size, and the chunks.
     pub(crate) async fn backup(
         self: &Arc<Self>,
         chunk: usize,
@@ -314,34 +316,49 @@ impl StoreState {
         (
             i64,
             u64,
-            tokio::sync::mpsc::Receiver<std::io::Result<BackupChunk>>,
+            tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
         ),
         MvccError,
     > {
-        let capture = self
-            .capture()
-            .await
-            .map_err(|e| MvccError::Storage(e.to_string()))?;
+        let storage = |e: &dyn std::fmt::Display| MvccError::Storage(e.to_string());
+        let capture = self.capture().await.map_err(|e| storage(&e))?;
         let revision = capture.revision;
-        let small: usize = capture
-            .rows
-            .iter()
-            .map(|(k, v)| 8 + k.len() + v.len())
-            .sum();
-        // Each stored revision adds its 8 bytes of lengths to what the quota counts.
-        let estimate = (small as u64 + self.bytes_in_use() * 9 / 8).next_multiple_of(512) + 32;
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let path = snapshot_file::temp_path(&self.backend.snap_dir, "backup");
         let state = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = BackupSink::start(tx.clone(), chunk).and_then(|mut rows| {
+        let (file, size) = tokio::task::spawn_blocking(move || {
+            let written = BackupFile::create(&path).and_then(|mut rows| {
                 state.captured_rows(capture, |k, v| rows.row(k, v))?;
-                BackupSink::end(rows)
+                BackupFile::finish(rows)
             });
-            if let Err(e) = result {
-                let _ = tx.blocking_send(Err(e));
+            let opened = written.and_then(|size| Ok((std::fs::File::open(&path)?, size)));
+            // Unlinked at once: the open handle keeps it readable, and nothing is left behind.
+            let _ = std::fs::remove_file(&path);
+            opened
+        })
+        .await
+        .map_err(|e| storage(&e))?
+        .map_err(|e| storage(&e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut input = file;
+            loop {
+                let mut buf = vec![0; chunk];
+                let n = match input.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                buf.truncate(n);
+                if tx.blocking_send(Ok(buf)).is_err() {
+                    return;
+                }
             }
         });
-        Ok((revision, estimate, rx))
+        Ok((revision, size, rx))
     }
 
     /// The current snapshot's meta and file name.
