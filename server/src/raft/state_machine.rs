@@ -376,27 +376,44 @@ impl StoreState {
         }
     }
 
-    /// Makes the snapshot in `name` current unless a newer one already is, durably, and removes the
-    /// files of the others. With `installing`, also marks the store as being replaced by it.
-    async fn set_current_snapshot(
+    /// Moves a finished snapshot file from `from` to its own name and makes it current unless a
+    /// newer one already is (an install always becomes current), durably, then removes the files
+    /// of the others; with `installing`, also marks the store as being replaced by it. Returns the
+    /// file, opened. Renaming and opening happen under the same lock as the removal, so a build and
+    /// an install finishing together never remove each other's file before it is open.
+    async fn adopt_snapshot(
         &self,
         meta: &SnapshotMeta,
-        name: &str,
+        from: PathBuf,
         installing: bool,
-    ) -> Result<(), StorageError> {
+    ) -> Result<tokio::fs::File, StorageError> {
         let _changing = self.snapshot_lock.lock().await;
+        let dir = self.backend.snap_dir.clone();
+        let name = snapshot_file::file_name(&meta.snapshot_id);
+        let path = dir.join(&name);
+        let (sync_dir, target) = (dir.clone(), path.clone());
+        tokio::task::spawn_blocking(move || {
+            std::fs::rename(from, &target)?;
+            snapshot_file::sync_dir(&sync_dir)
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         let newer_current = self
             .current_snapshot()?
             .is_some_and(|(current, _)| current.last_log_id > meta.last_log_id);
         let keep = if newer_current && !installing {
             self.current_snapshot()?.map(|(_, n)| n)
         } else {
-            let value = encode(&(meta, name)).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let value = encode(&(meta, &name)).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             self.backend
                 .snapshot
                 .insert(SNAP_CURRENT, value)
                 .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            Some(name.to_string())
+            Some(name.clone())
         };
         if installing {
             self.backend
@@ -409,29 +426,32 @@ impl StoreState {
             .flush()
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        let dir = self.backend.snap_dir.clone();
         tokio::task::spawn_blocking(move || {
             snapshot_file::remove_others(&dir, keep.as_deref(), false)
         })
         .await
         .map_err(|e| snap_err(ErrorVerb::Write, e))?
-        .map_err(|e| snap_err(ErrorVerb::Write, e))
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(file)
     }
 
-    /// Writes a capture to a snapshot file at `path`, streaming the key revisions from sled.
-    fn write_snapshot_file(&self, capture: Capture, path: &Path) -> std::io::Result<()> {
-        let dir = &self.backend.snap_dir;
-        let tmp = snapshot_file::temp_path(dir, "build");
+    /// Writes a capture to a new snapshot file (durable, under a temporary name, which it returns),
+    /// streaming the key revisions from sled.
+    fn write_snapshot_file(&self, capture: Capture) -> std::io::Result<PathBuf> {
+        let tmp = snapshot_file::temp_path(&self.backend.snap_dir, "build");
         let mut out = snapshot_file::RowWriter::create(&tmp)?;
         self.captured_rows(capture, |k, v| out.row(k, v))?;
         out.finish_file()?;
-        std::fs::rename(&tmp, path)?;
-        snapshot_file::sync_dir(dir)
+        Ok(tmp)
     }
 
     /// Replaces the `sm` tree with a snapshot file's rows, row by row (blocking). Run under the
     /// install marker, so a crash part way is redone when the store opens.
-    fn replace_from_snapshot(&self, path: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
+    fn replace_from_snapshot(
+        &self,
+        file: std::fs::File,
+        meta: &SnapshotMeta,
+    ) -> Result<(), StorageError> {
         let sm = &self.backend.sm;
         let read = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
         let write = |e: sled::Error| sm_err(ErrorVerb::Write, e);
@@ -441,8 +461,7 @@ impl StoreState {
                 sm.remove(key).map_err(write)?;
             }
         }
-        let mut rows = snapshot_file::RowReader::open(std::fs::File::open(path).map_err(read)?)
-            .map_err(read)?;
+        let mut rows = snapshot_file::RowReader::open(file).map_err(read)?;
         while let Some((k, v)) = rows.next_row().map_err(read)? {
             sm.insert(k, v).map_err(write)?;
         }
@@ -521,7 +540,9 @@ impl StoreState {
                 )
             })?;
             tracing::warn!(snapshot_id = %meta.snapshot_id, "redoing a snapshot install cut short");
-            self.replace_from_snapshot(&self.backend.snap_dir.join(name), &meta)?;
+            let file = std::fs::File::open(self.backend.snap_dir.join(name))
+                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            self.replace_from_snapshot(file, &meta)?;
         }
         RowWrites::replay(sm).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let stored_revision: i64 = match sm
@@ -1098,24 +1119,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         let state = &self.state;
         let dir = state.backend.snap_dir.clone();
-        let name = snapshot_file::file_name(&meta.snapshot_id);
-        let target = dir.join(&name);
         let received = state
             .receiving
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
         let file = snapshot.into_std().await;
-        let bytes =
-            tokio::task::spawn_blocking(move || keep_snapshot_file(file, received, &target))
+        let (ready, bytes) =
+            tokio::task::spawn_blocking(move || keep_snapshot_file(file, received, &dir))
                 .await
                 .map_err(|e| snap_err(ErrorVerb::Write, e))?
                 .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         // Replacing the store must not happen under a copy in progress.
         let _rewriting = state.rewrite_guard.write().await;
-        state.set_current_snapshot(meta, &name, true).await?;
-        let (replacer, path, owned_meta) = (state.clone(), dir.join(&name), meta.clone());
-        tokio::task::spawn_blocking(move || replacer.replace_from_snapshot(&path, &owned_meta))
+        let file = state
+            .adopt_snapshot(meta, ready, true)
+            .await?
+            .into_std()
+            .await;
+        let (replacer, owned_meta) = (state.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || replacer.replace_from_snapshot(file, &owned_meta))
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))??;
         state.load()?;
@@ -1147,23 +1170,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
-/// Makes a received snapshot durable under `target`: the file it was received into is renamed
-/// (a snapshot handed over some other way is copied). Returns its size.
+/// Makes a received snapshot durable in `dir` under a temporary name, returned with its size: the
+/// file it was received into (a snapshot handed over some other way is copied).
 fn keep_snapshot_file(
     mut file: std::fs::File,
     received: Option<PathBuf>,
-    target: &Path,
-) -> std::io::Result<u64> {
+    dir: &Path,
+) -> std::io::Result<(PathBuf, u64)> {
     use std::os::unix::fs::MetadataExt;
     file.sync_all()?;
     let meta = file.metadata()?;
-    let dir = target.parent().unwrap_or(Path::new("."));
     let same = received
         .as_ref()
         .and_then(|p| std::fs::metadata(p).ok())
         .is_some_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()));
     match received {
-        Some(path) if same => std::fs::rename(path, target)?,
+        Some(path) if same => Ok((path, meta.len())),
         other => {
             if let Some(path) = other {
                 let _ = std::fs::remove_file(path);
@@ -1174,11 +1196,9 @@ fn keep_snapshot_file(
             let mut out = std::fs::File::create(&tmp)?;
             std::io::copy(&mut file, &mut out)?;
             out.sync_all()?;
-            std::fs::rename(&tmp, target)?;
+            Ok((tmp, meta.len()))
         }
     }
-    snapshot_file::sync_dir(dir)?;
-    Ok(meta.len())
 }
 
 /// Completes, encodes and stores a snapshot captured by
@@ -1206,10 +1226,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Some(id) => format!("{}-{}-{}", id.leader_id, id.index, seq),
             None => format!("empty-{seq}"),
         };
-        let name = snapshot_file::file_name(&snapshot_id);
-        let path = self.state.backend.snap_dir.join(&name);
-        let (state, file_path) = (self.state.clone(), path.clone());
-        tokio::task::spawn_blocking(move || state.write_snapshot_file(capture, &file_path))
+        let state = self.state.clone();
+        let written = tokio::task::spawn_blocking(move || state.write_snapshot_file(capture))
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))?
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
@@ -1218,11 +1236,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: membership,
             snapshot_id,
         };
-        // Opened first: making it current may find a newer one and remove this file.
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        self.state.set_current_snapshot(&meta, &name, false).await?;
+        let file = self.state.adopt_snapshot(&meta, written, false).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(file),
