@@ -437,30 +437,16 @@ async fn watch_command_prints_events_like_etcdctl() {
     for cluster in Cluster::each_single().await {
         let eps = cluster.endpoints().join(",");
         run(&eps, &["put", "w/a", "1"], None);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        let child = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
             .arg(format!("--endpoints={eps}"))
             .args(["watch", "w/", "--prefix", "--prev-kv", "--rev=2"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
         run(&eps, &["put", "w/a", "2"], None);
         run(&eps, &["del", "w/a"], None);
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .take(11)
-                .map(|l| l.unwrap())
-                .collect::<Vec<_>>()
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while !reader.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        let lines = reader.join().unwrap();
+        let lines = first_lines(child, 11);
         assert_eq!(
             lines,
             vec!["PUT", "w/a", "1", "PUT", "w/a", "1", "w/a", "2", "DELETE", "w/a", "2"],
@@ -470,25 +456,13 @@ async fn watch_command_prints_events_like_etcdctl() {
     }
 }
 
-/// `watch ... -- command` runs the command once per event with the event in ETCD_WATCH_* variables.
-#[tokio::test]
-async fn watch_runs_a_command_per_event() {
-    let cluster = Cluster::cairn(1).await;
-    let eps = cluster.endpoints().join(",");
-    run(&eps, &["put", "x/a", "1"], None);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
-        .arg(format!("--endpoints={eps}"))
-        .args(["watch", "x/", "--prefix", "--rev=2", "--", "sh", "-c"])
-        .arg("echo \"EXEC $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_KEY $ETCD_WATCH_VALUE $ETCD_WATCH_REVISION\"")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+/// Up to the first `n` lines a long-running child prints within 15 s; the child is then killed.
+fn first_lines(mut child: std::process::Child, n: usize) -> Vec<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
     let reader = std::thread::spawn(move || {
         BufReader::new(stdout)
             .lines()
-            .take(4)
+            .take(n)
             .map(|l| l.unwrap())
             .collect::<Vec<_>>()
     });
@@ -498,8 +472,25 @@ async fn watch_runs_a_command_per_event() {
     }
     let _ = child.kill();
     let _ = child.wait();
+    reader.join().unwrap()
+}
+
+/// `watch ... -- command` runs the command once per event with the event in ETCD_WATCH_* variables.
+#[tokio::test]
+async fn watch_runs_a_command_per_event() {
+    let cluster = Cluster::cairn(1).await;
+    let eps = cluster.endpoints().join(",");
+    run(&eps, &["put", "x/a", "1"], None);
+    let child = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .arg(format!("--endpoints={eps}"))
+        .args(["watch", "x/", "--prefix", "--rev=2", "--", "sh", "-c"])
+        .arg("echo \"EXEC $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_KEY $ETCD_WATCH_VALUE $ETCD_WATCH_REVISION\"")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     assert_eq!(
-        reader.join().unwrap(),
+        first_lines(child, 4),
         vec!["PUT", "x/a", "1", "EXEC PUT x/a 1 2"]
     );
 }

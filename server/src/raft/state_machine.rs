@@ -402,18 +402,20 @@ impl StoreState {
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        let newer_current = self
-            .current_snapshot()?
-            .is_some_and(|(current, _)| current.last_log_id > meta.last_log_id);
-        let keep = if newer_current && !installing {
-            self.current_snapshot()?.map(|(_, n)| n)
-        } else {
-            let value = encode(&(meta, &name)).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            self.backend
-                .snapshot
-                .insert(SNAP_CURRENT, value)
-                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            Some(name.clone())
+        let keep = match self.current_snapshot()? {
+            Some((current, current_name))
+                if current.last_log_id > meta.last_log_id && !installing =>
+            {
+                Some(current_name)
+            }
+            _ => {
+                let value = encode(&(meta, &name)).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+                self.backend
+                    .snapshot
+                    .insert(SNAP_CURRENT, value)
+                    .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+                Some(name.clone())
+            }
         };
         if installing {
             self.backend
