@@ -1,3 +1,5 @@
-//! Cairn orchestrator: node-side pieces that turn pods into processes.
+//! Cairn orchestrator: a Kubernetes-compatible control plane on the Cairn store, and the node-side
+//! pieces that turn pods into processes.
 
+pub mod api;
 pub mod runtime;
