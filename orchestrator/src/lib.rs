@@ -2,4 +2,6 @@
 //! pieces that turn pods into processes.
 
 pub mod api;
+pub mod apiserver;
+pub mod registry;
 pub mod runtime;

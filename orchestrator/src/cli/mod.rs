@@ -1,4 +1,6 @@
-//! Command line: `cairn-orchestrator runtime run|ps|logs|exec|stop|rm`.
+//! Command line: `cairn-orchestrator apiserver` and `cairn-orchestrator runtime run|ps|logs|exec|stop|rm`.
+
+mod apiserver;
 
 use anyhow::{bail, Context, Result};
 use cairn_orchestrator::runtime::{
@@ -19,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Top {
+    /// Serve the Kubernetes API from objects kept in a Cairn (or etcd) store.
+    Apiserver(apiserver::ApiserverArgs),
     /// Run pods directly with the bundled namespace runtime (no store).
     Runtime(RuntimeArgs),
 }
@@ -170,7 +174,10 @@ fn fmt_state(s: &ContainerState) -> String {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let Top::Runtime(args) = cli.command;
+    let args = match cli.command {
+        Top::Apiserver(args) => return apiserver::run(args).await,
+        Top::Runtime(args) => args,
+    };
     let helper = std::env::current_exe().context("locate own executable")?;
     let mut cfg = RuntimeConfig::new(&args.state_dir, helper);
     cfg.cgroup_root = args.cgroup_root.clone();

@@ -1,0 +1,561 @@
+//! The Kubernetes-compatible API server: HTTPS (HTTP/2 and HTTP/1.1) with bearer-token
+//! authentication, discovery, OpenAPI, the resource verbs, watches, Table output, metrics and health.
+//!
+//! Requests flow: TLS -> authentication -> routing -> `resources` (read-check-write over the
+//! registry) -> a JSON or Table answer. This module reaches the store only through `registry`; it
+//! never imports the runtime.
+
+pub mod admission;
+pub mod discovery;
+pub mod openapi;
+pub mod protobuf;
+pub mod request;
+pub mod resources;
+pub mod status;
+pub mod table;
+pub mod tls;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry as MetricsRegistry;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::api::{self, meta, Subresource};
+use crate::registry::alloc::{IpRange, PortRange};
+use crate::registry::Registry;
+use request::{Query, Target};
+use status::{ApiError, ApiResult};
+
+/// Everything the handlers share.
+pub struct State {
+    pub registry: Registry,
+    pub ip_range: IpRange,
+    pub ip_range_text: String,
+    pub port_range: PortRange,
+    /// Bearer token -> user name.
+    pub tokens: HashMap<String, String>,
+    pub bookmark_interval: Duration,
+    metrics: Metrics,
+    metrics_registry: MetricsRegistry,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    verb: String,
+    group: String,
+    version: String,
+    resource: String,
+    subresource: String,
+    scope: String,
+    component: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    verb: String,
+    group: String,
+    version: String,
+    resource: String,
+    subresource: String,
+    scope: String,
+    component: String,
+}
+
+struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<DurationLabels, Histogram>,
+}
+
+/// How the server is set up.
+pub struct Config {
+    pub registry: Registry,
+    pub bind: SocketAddr,
+    pub tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    pub tokens: HashMap<String, String>,
+    pub ip_range: String,
+    pub port_range: String,
+    pub bookmark_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] crate::registry::StoreError),
+}
+
+/// A running API server.
+pub struct Server {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Parses kube-apiserver's static token file: `token,user,uid,"group1,group2"` per line.
+pub fn parse_token_file(text: &str) -> Result<HashMap<String, String>, String> {
+    let mut out = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.splitn(4, ',').collect();
+        if fields.len() < 3 || fields[0].is_empty() || fields[1].is_empty() {
+            return Err(format!(
+                "line {}: expected token,user,uid[,\"groups\"]",
+                n + 1
+            ));
+        }
+        out.insert(fields[0].to_string(), fields[1].to_string());
+    }
+    Ok(out)
+}
+
+/// Starts serving; returns once the listener is bound. Creates the system namespaces first.
+pub async fn start(cfg: Config) -> Result<Server, ServeError> {
+    let ip_range = IpRange::parse(&cfg.ip_range).map_err(ServeError::Config)?;
+    let port_range = PortRange::parse(&cfg.port_range).map_err(ServeError::Config)?;
+    let mut metrics_registry = MetricsRegistry::default();
+    let metrics = Metrics {
+        requests: Family::default(),
+        durations: Family::new_with_constructor(|| {
+            Histogram::new([
+                0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+            ])
+        }),
+    };
+    metrics_registry.register("apiserver_request", "Counter of apiserver requests broken out for each verb, dry run value, group, version, resource, scope, component, and HTTP response code.", metrics.requests.clone());
+    metrics_registry.register("apiserver_request_duration_seconds", "Response latency distribution in seconds for each verb, dry run value, group, version, resource, subresource, scope and component.", metrics.durations.clone());
+    let state = Arc::new(State {
+        registry: cfg.registry,
+        ip_range,
+        ip_range_text: cfg.ip_range.clone(),
+        port_range,
+        tokens: cfg.tokens,
+        bookmark_interval: cfg.bookmark_interval,
+        metrics,
+        metrics_registry,
+    });
+    bootstrap(&state).await?;
+    let app = router(state.clone());
+    let listener = TcpListener::bind(cfg.bind)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.bind,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: cfg.bind,
+        source,
+    })?;
+    let acceptor = TlsAcceptor::from(cfg.tls);
+    let task = tokio::spawn(accept_loop(listener, acceptor, app));
+    tracing::info!(%addr, "API server listening");
+    Ok(Server { addr, task })
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, app: Router) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+/// Creates the namespaces that exist from the start.
+async fn bootstrap(st: &State) -> Result<(), ServeError> {
+    let ns = api::lookup("", "v1", "namespaces").expect("namespaces are served");
+    for name in api::SYSTEM_NAMESPACES {
+        let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name,
+            "uid": meta::new_uid(), "creationTimestamp": meta::now()}});
+        api::defaults::apply(ns, &mut obj);
+        match st.registry.create(ns, &obj, Default::default()).await {
+            Ok(_) | Err(crate::registry::StoreError::AlreadyExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn router(state: Arc<State>) -> Router {
+    let open = Router::new()
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(health));
+    let authed = Router::new()
+        .route(
+            "/version",
+            get(|| async { axum::Json(discovery::version()) }),
+        )
+        .route(
+            "/api",
+            get(|h: HeaderMap| async move { discovery::core(&h) }),
+        )
+        .route(
+            "/apis",
+            get(|h: HeaderMap| async move { discovery::groups(&h) }),
+        )
+        .route("/metrics", get(metrics))
+        .route("/openapi/v3", get(openapi::root))
+        .route("/openapi/v3/{*path}", get(openapi::document))
+        .fallback(resource_entry)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    open.merge(authed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn health(AxState(st): AxState<Arc<State>>) -> Response {
+    match st.registry.current_revision().await {
+        Ok(_) => "ok".into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("[-]etcd failed: {e}\nhealthz check failed\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(AxState(st): AxState<Arc<State>>) -> Response {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &st.metrics_registry) {
+        return ApiError::internal(e.to_string()).into_response();
+    }
+    let mut resp = out.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+async fn authenticate(AxState(st): AxState<Arc<State>>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token.and_then(|t| st.tokens.get(t)) {
+        Some(_) => next.run(req).await,
+        None => ApiError::unauthorized().into_response(),
+    }
+}
+
+/// Counts and times every request by its Kubernetes verb and resource.
+async fn observe(AxState(st): AxState<Arc<State>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let query = Query::parse(req.uri().query());
+    let target = request::parse_target(req.uri().path()).ok().flatten();
+    let verb = request::verb(req.method(), target.as_ref(), &query).to_uppercase();
+    let (group, version, resource, sub, scope) = match &target {
+        Some(t) => (
+            t.resource.group.to_string(),
+            t.resource.version.to_string(),
+            t.resource.plural.to_string(),
+            t.sub.map(|s| s.name().to_string()).unwrap_or_default(),
+            if t.name.is_some() {
+                "resource"
+            } else if t.namespace.is_some() {
+                "namespace"
+            } else {
+                "cluster"
+            }
+            .to_string(),
+        ),
+        None => Default::default(),
+    };
+    let resp = next.run(req).await;
+    let d = DurationLabels {
+        verb: verb.clone(),
+        group: group.clone(),
+        version: version.clone(),
+        resource: resource.clone(),
+        subresource: sub.clone(),
+        scope: scope.clone(),
+        component: "apiserver".into(),
+    };
+    if verb != "WATCH" {
+        st.metrics
+            .durations
+            .get_or_create(&d)
+            .observe(start.elapsed().as_secs_f64());
+    }
+    st.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            verb,
+            group,
+            version,
+            resource,
+            subresource: sub,
+            scope,
+            component: "apiserver".into(),
+            code: resp.status().as_u16().to_string(),
+        })
+        .inc();
+    resp
+}
+
+fn meta_rv(obj: &Value) -> String {
+    meta::resource_version(obj).to_string()
+}
+
+fn json_answer(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
+    let mut resp = (code, serde_json::to_vec(v).unwrap_or_default()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+/// Every path not routed above: group discovery and resources.
+async fn resource_entry(AxState(st): AxState<Arc<State>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    // Group and group-version discovery.
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (parts.method.clone(), segs.as_slice()) {
+        (Method::GET, ["api", v]) => {
+            return match discovery::resource_list("", v) {
+                Some(l) => json_answer(StatusCode::OK, &l, &[]),
+                None => not_found_path(),
+            }
+        }
+        (Method::GET, ["apis", g]) => {
+            return match discovery::group(g) {
+                Some(l) => json_answer(StatusCode::OK, &l, &[]),
+                None => not_found_path(),
+            }
+        }
+        (Method::GET, ["apis", g, v]) => {
+            return match discovery::resource_list(g, v) {
+                Some(l) => json_answer(StatusCode::OK, &l, &[]),
+                None => not_found_path(),
+            }
+        }
+        _ => {}
+    }
+    let target = match request::parse_target(&path) {
+        Ok(Some(t)) => t,
+        Ok(None) => return not_found_path(),
+        Err(e) => return e.into_response(),
+    };
+    let body = match axum::body::to_bytes(body, request::MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                "Request entity too large: limit is 3145728",
+            )
+            .into_response()
+        }
+    };
+    let query = Query::parse(parts.uri.query());
+    match handle(st, parts.method, &parts.headers, target, query, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn not_found_path() -> Response {
+    ApiError::new(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+    .into_response()
+}
+
+async fn handle(
+    st: Arc<State>,
+    method: Method,
+    headers: &HeaderMap,
+    t: Target,
+    q: Query,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let r = t.resource;
+    let table = request::wants_table(headers);
+    let mut warnings = Vec::new();
+    let not_allowed = || {
+        ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource"
+        ))
+    };
+    match (&method, &t.name, t.sub) {
+        (&Method::GET, None, None) if q.flag("watch") => watch::watch(st, t, q, table).await,
+        (&Method::GET, None, None) => {
+            let listed = resources::list(&st, &t, &q).await?;
+            if table {
+                let mut md = json!({"resourceVersion": listed.revision.to_string()});
+                if let Some(c) = &listed.continue_token {
+                    md["continue"] = json!(c);
+                }
+                if let Some(n) = listed.remaining {
+                    md["remainingItemCount"] = json!(n);
+                }
+                let include = q.get("includeObject").unwrap_or("Metadata");
+                return Ok(json_answer(
+                    StatusCode::OK,
+                    &table::table(r, &listed.items, md, include),
+                    &[],
+                ));
+            }
+            Ok(json_answer(
+                StatusCode::OK,
+                &resources::list_object(r, listed),
+                &[],
+            ))
+        }
+        (&Method::GET, Some(_), None | Some(Subresource::Status) | Some(Subresource::Scale)) => {
+            let obj = resources::get(&st, &t).await?;
+            if table && t.sub.is_none() {
+                let md = json!({"resourceVersion": meta_rv(&obj)});
+                let include = q.get("includeObject").unwrap_or("Metadata");
+                return Ok(json_answer(
+                    StatusCode::OK,
+                    &table::table(r, &[obj], md, include),
+                    &[],
+                ));
+            }
+            Ok(json_answer(StatusCode::OK, &obj, &[]))
+        }
+        (_, Some(_), Some(Subresource::Log | Subresource::Exec)) => Err(ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!(
+                "{} {:?}: no node agent is serving this pod's logs or exec sessions",
+                r.qualified(),
+                t.name.as_deref().unwrap_or("")
+            ),
+        )),
+        (&Method::POST, Some(_), Some(Subresource::Binding)) => {
+            let obj = request::decode_object(headers, &body)?;
+            let status = resources::bind(&st, &t, obj).await?;
+            Ok(json_answer(StatusCode::CREATED, &status, &[]))
+        }
+        (&Method::POST, None, None) => {
+            let obj = request::decode_object(headers, &body)?;
+            let created = resources::create(&st, &t, &q, obj, &mut warnings).await?;
+            Ok(json_answer(StatusCode::CREATED, &created, &warnings))
+        }
+        (&Method::PUT, Some(_), None | Some(Subresource::Status) | Some(Subresource::Scale)) => {
+            let obj = request::decode_object(headers, &body)?;
+            let (updated, _) = resources::update(
+                &st,
+                &t,
+                &q,
+                resources::Mutation::Replace(obj),
+                &mut warnings,
+            )
+            .await?;
+            Ok(json_answer(StatusCode::OK, &updated, &warnings))
+        }
+        (&Method::PATCH, Some(_), None | Some(Subresource::Status) | Some(Subresource::Scale)) => {
+            let pt = request::patch_type(headers)?;
+            let (updated, created) = resources::update(
+                &st,
+                &t,
+                &q,
+                resources::Mutation::Patch(pt, &body),
+                &mut warnings,
+            )
+            .await?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_answer(code, &updated, &warnings))
+        }
+        (&Method::DELETE, Some(_), None) => {
+            let opts = resources::DeleteOptions::parse(&q, &body)?;
+            let obj = resources::delete(&st, &t, &q, &opts).await?;
+            Ok(json_answer(StatusCode::OK, &obj, &[]))
+        }
+        (&Method::DELETE, None, None) => {
+            let opts = resources::DeleteOptions::parse(&q, &body)?;
+            let list = resources::delete_collection(&st, &t, &q, &opts).await?;
+            Ok(json_answer(StatusCode::OK, &list, &[]))
+        }
+        _ => Err(not_allowed()),
+    }
+}
+
+/// Where the API server's generated files go when no paths are given.
+pub fn default_cert_dir() -> PathBuf {
+    PathBuf::from("/var/run/cairn-orchestrator")
+}

@@ -1,0 +1,160 @@
+//! Serving certificates and credentials: a CA and a serving certificate generated with rcgen and kept
+//! in `--cert-dir` (reused on restart), or the files given by flag; the admin token; kubeconfigs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::ServerConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> TlsError + '_ {
+    move |e| TlsError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// The serving material: certificate chain and key files, and the CA that signed them.
+pub struct ServingFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// PEM of the CA clients should trust (the certificate itself when no CA was generated).
+    pub ca_pem: String,
+}
+
+/// Uses the given files, or generates (once) a CA and a serving certificate in `cert_dir` for
+/// loopback, localhost and `extra_sans`.
+pub fn serving_files(
+    cert_dir: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    extra_sans: &[String],
+) -> Result<ServingFiles, TlsError> {
+    if let (Some(c), Some(k)) = (cert, key) {
+        let pem = std::fs::read_to_string(c).map_err(io(c))?;
+        return Ok(ServingFiles {
+            cert: c.to_path_buf(),
+            key: k.to_path_buf(),
+            ca_pem: pem,
+        });
+    }
+    std::fs::create_dir_all(cert_dir).map_err(io(cert_dir))?;
+    let ca_crt = cert_dir.join("ca.crt");
+    let ca_key = cert_dir.join("ca.key");
+    let crt = cert_dir.join("apiserver.crt");
+    let key = cert_dir.join("apiserver.key");
+    // Generated together: the serving certificate needs the CA's parameters to be signed.
+    if ![&ca_crt, &ca_key, &crt, &key].iter().all(|p| p.exists()) {
+        let ca_kp = KeyPair::generate()?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, "cairn-ca");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let ca = p.self_signed(&ca_kp)?;
+        write_private(&ca_key, &ca_kp.serialize_pem())?;
+        std::fs::write(&ca_crt, ca.pem()).map_err(io(&ca_crt))?;
+        let issuer = rcgen::Issuer::new(p, ca_kp);
+        let mut names = vec![
+            "localhost".to_string(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+        ];
+        names.extend(extra_sans.iter().cloned());
+        let mut sp = CertificateParams::new(names)?;
+        sp.distinguished_name
+            .push(DnType::CommonName, "cairn-apiserver");
+        for ip in ["127.0.0.1", "::1"] {
+            sp.subject_alt_names
+                .push(SanType::IpAddress(ip.parse().expect("literal address")));
+        }
+        sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        sp.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let kp = KeyPair::generate()?;
+        let cert = sp.signed_by(&kp, &issuer)?;
+        write_private(&key, &kp.serialize_pem())?;
+        std::fs::write(&crt, cert.pem()).map_err(io(&crt))?;
+    }
+    let ca_pem = std::fs::read_to_string(&ca_crt).map_err(io(&ca_crt))?;
+    Ok(ServingFiles {
+        cert: crt,
+        key,
+        ca_pem,
+    })
+}
+
+fn write_private(path: &Path, pem: &str) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(pem.as_bytes()).map_err(io(path))
+}
+
+/// A rustls server configuration offering HTTP/2 and HTTP/1.1.
+pub fn server_config(files: &ServingFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| TlsError::File {
+            path: files.cert.clone(),
+            message: e.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::File {
+            path: files.cert.clone(),
+            message: e.to_string(),
+        })?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::File {
+        path: files.key.clone(),
+        message: e.to_string(),
+    })?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A random bearer token (256 bits from the system's CSPRNG, hex).
+pub fn random_token() -> String {
+    let a = uuid::Uuid::new_v4().simple().to_string();
+    let b = uuid::Uuid::new_v4().simple().to_string();
+    format!("{a}{b}")
+}
+
+/// A kubeconfig for `server` trusting `ca_pem` and authenticating with `token`.
+pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: cairn\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: cairn\n  context:\n    cluster: cairn\n    user: {user}\n    namespace: default\ncurrent-context: cairn\npreferences: {{}}\n"
+    )
+}

@@ -1,0 +1,203 @@
+//! `?watch=true`: a chunked stream of JSON events, one per line, built on the store's watch from the
+//! requested resourceVersion.
+//!
+//! Without a resourceVersion (or with "0") the current objects come first as ADDED events, then the
+//! changes after the revision they were read at. Selectors are applied to both sides of a change, so
+//! an object leaving the selector is a DELETED event and one entering it is ADDED. A compacted start
+//! is an ERROR event holding a 410 Expired Status. The store watch lives in a task that ends as soon
+//! as the client goes away or `timeoutSeconds` passes, which cancels the store watch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::request::{Query, Target};
+use super::resources::{self, Selectors};
+use super::status::{ApiError, ApiResult};
+use super::{table, State};
+use crate::api::Resource;
+use crate::registry::{self, Change, StoreError};
+
+struct Renderer {
+    resource: &'static Resource,
+    table: bool,
+    include: String,
+}
+
+impl Renderer {
+    fn event(&self, ty: &str, obj: &Value) -> Bytes {
+        let object = if self.table {
+            table::table(
+                self.resource,
+                std::slice::from_ref(obj),
+                json!({"resourceVersion": super::meta_rv(obj)}),
+                &self.include,
+            )
+        } else {
+            obj.clone()
+        };
+        line(&json!({"type": ty, "object": object}))
+    }
+
+    fn bookmark(&self, rev: i64, initial_end: bool) -> Bytes {
+        let mut md = json!({"resourceVersion": rev.to_string()});
+        if initial_end {
+            md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        line(
+            &json!({"type": "BOOKMARK", "object": {"kind": self.resource.kind, "apiVersion": self.resource.api_version(), "metadata": md}}),
+        )
+    }
+}
+
+fn line(v: &Value) -> Bytes {
+    let mut b = serde_json::to_vec(v).unwrap_or_default();
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+fn error_event(e: &ApiError) -> Bytes {
+    line(&json!({"type": "ERROR", "object": e.to_status()}))
+}
+
+pub async fn watch(st: Arc<State>, t: Target, q: Query, as_table: bool) -> ApiResult<Response> {
+    let r = t.resource;
+    let sel = Selectors::parse(r, &q)?;
+    let timeout =
+        Duration::from_secs(q.int("timeoutSeconds")?.filter(|s| *s > 0).unwrap_or(1800) as u64);
+    let bookmarks = q.flag("allowWatchBookmarks");
+    let rv = q.get("resourceVersion").unwrap_or("");
+    let send_initial = q.get("sendInitialEvents").map(|v| v == "true");
+    let render = Renderer {
+        resource: r,
+        table: as_table,
+        include: q.get("includeObject").unwrap_or("Metadata").to_string(),
+    };
+    let prefix = registry::prefix(r, t.namespace.as_deref());
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+
+    // The starting point: a list first (no resourceVersion, "0", or sendInitialEvents), else the
+    // revision after the one given.
+    let mut initial = Vec::new();
+    let from = if rv.is_empty() || rv == "0" || send_initial == Some(true) {
+        let mut lq = q.clone_without_watch();
+        lq.remove("limit");
+        lq.remove("continue");
+        if !rv.is_empty() && rv != "0" {
+            lq.set("resourceVersionMatch", "NotOlderThan");
+        }
+        let listed = resources::list(&st, &t, &lq).await?;
+        for o in &listed.items {
+            initial.push(render.event("ADDED", o));
+        }
+        if send_initial == Some(true) && bookmarks {
+            initial.push(render.bookmark(listed.revision, true));
+        }
+        listed.revision + 1
+    } else {
+        let n: i64 = rv
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
+        n + 1
+    };
+    let mut store_watch = st
+        .registry
+        .watch(r, &prefix, from)
+        .await
+        .map_err(|e| ApiError::store(r, "", e))?;
+    let interval = st.bookmark_interval;
+    tokio::spawn(async move {
+        for b in initial {
+            if tx.send(b).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            let batch = tokio::select! {
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+                _ = ticker.tick() => {
+                    if bookmarks {
+                        store_watch.request_progress();
+                    }
+                    continue;
+                }
+                b = store_watch.next() => b,
+            };
+            let batch = match batch {
+                None => return,
+                Some(Ok(b)) => b,
+                Some(Err(StoreError::Expired { current, .. })) => {
+                    let e = ApiError::expired(format!(
+                        "too old resource version: {} ({current})",
+                        from - 1
+                    ));
+                    let _ = tx.send(error_event(&e)).await;
+                    return;
+                }
+                Some(Err(e)) => {
+                    let _ = tx.send(error_event(&ApiError::store(r, "", e))).await;
+                    return;
+                }
+            };
+            if batch.changes.is_empty() {
+                if bookmarks
+                    && tx
+                        .send(render.bookmark(batch.revision, false))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            for c in batch.changes {
+                let ev = match c {
+                    Change::Put { object, prev } => {
+                        let now = sel.matches(&object);
+                        let before = prev.as_ref().is_some_and(|p| sel.matches(p));
+                        match (before, now) {
+                            (false, true) => Some(render.event("ADDED", &object)),
+                            (true, true) => Some(render.event("MODIFIED", &object)),
+                            (true, false) => Some(render.event("DELETED", &object)),
+                            (false, false) => None,
+                        }
+                    }
+                    Change::Delete { object } => sel
+                        .matches(&object)
+                        .then(|| render.event("DELETED", &object)),
+                };
+                if let Some(ev) = ev {
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let body = Body::from_stream(futures::StreamExt::map(
+        stream,
+        Ok::<_, std::convert::Infallible>,
+    ));
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,146 @@
+//! `cairn-orchestrator apiserver`: kube-apiserver's flags where one exists.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cairn_orchestrator::apiserver::{self, tls};
+use cairn_orchestrator::registry::encryption::Transformer;
+use cairn_orchestrator::registry::Registry;
+
+#[derive(clap::Args)]
+pub struct ApiserverArgs {
+    /// Store endpoints (Cairn or etcd), comma-separated: `127.0.0.1:2379,127.0.0.1:22379`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    etcd_servers: Vec<String>,
+    /// The HTTPS port.
+    #[arg(long, default_value_t = 6443)]
+    secure_port: u16,
+    /// The address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// Where generated certificates (and the admin token) are kept.
+    #[arg(long, default_value = "/var/run/kubernetes")]
+    cert_dir: PathBuf,
+    /// Serving certificate (PEM); generated in --cert-dir when absent.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// Static bearer tokens: `token,user,uid,"group1,group2"` per line.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// Kubernetes' EncryptionConfiguration for encryption at rest.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
+    #[arg(long, default_value = "10.96.0.0/16")]
+    service_cluster_ip_range: String,
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
+    /// Writes a kubeconfig with the CA and an admin token to this path.
+    #[arg(long)]
+    write_kubeconfig: Option<PathBuf>,
+    /// How often watches that allow bookmarks get one while idle.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, hide = true)]
+    watch_bookmark_interval: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration {s:?}")),
+    }
+}
+
+pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
+    let mut tokens: HashMap<String, String> = HashMap::new();
+    if let Some(f) = &args.token_auth_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?;
+        tokens = apiserver::parse_token_file(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+    }
+    let files = tls::serving_files(
+        &args.cert_dir,
+        args.tls_cert_file.as_deref(),
+        args.tls_private_key_file.as_deref(),
+        &[],
+    )?;
+    let tls_config = tls::server_config(&files)?;
+    let transformer = match &args.encryption_provider_config {
+        Some(p) => Transformer::from_file(p)?,
+        None => Transformer::default(),
+    };
+    let admin = match &args.write_kubeconfig {
+        Some(_) => {
+            let path = args.cert_dir.join("admin.token");
+            let token = match std::fs::read_to_string(&path) {
+                Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+                _ => {
+                    std::fs::create_dir_all(&args.cert_dir)?;
+                    let t = tls::random_token();
+                    std::fs::write(&path, &t)
+                        .with_context(|| format!("write {}", path.display()))?;
+                    t
+                }
+            };
+            tokens.insert(token.clone(), "admin".into());
+            Some(token)
+        }
+        None => None,
+    };
+    if tokens.is_empty() {
+        bail!("no credentials: give --token-auth-file or --write-kubeconfig");
+    }
+    let client = cairn_client::Client::connect(args.etcd_servers.clone(), None)
+        .await
+        .context("connect to the store")?;
+    let bind = SocketAddr::new(args.bind_address, args.secure_port);
+    let server = apiserver::start(apiserver::Config {
+        registry: Registry::new(client, transformer),
+        bind,
+        tls: tls_config,
+        tokens,
+        ip_range: args.service_cluster_ip_range.clone(),
+        port_range: args.service_node_port_range.clone(),
+        bookmark_interval: args.watch_bookmark_interval,
+    })
+    .await?;
+    if let (Some(path), Some(token)) = (&args.write_kubeconfig, admin) {
+        let host = if server.addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            server.addr.ip().to_string()
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let url = format!("https://{host}:{}", server.addr.port());
+        std::fs::write(path, tls::kubeconfig(&url, &files.ca_pem, "admin", &token))
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    eprintln!("serving the Kubernetes API on https://{}", server.addr);
+    wait_for_signal().await;
+    server.abort();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
