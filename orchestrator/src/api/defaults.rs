@@ -30,6 +30,7 @@ pub fn apply(r: &Resource, obj: &mut Value) {
             let spec = obj_mut(obj, "spec");
             default(spec, "serviceAccountName", json!("default"));
             default(spec, "priority", json!(0));
+            default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
             default_tolerations(spec);
             let qos = qos_class(obj.get("spec").unwrap_or(&Value::Null));
             let status = obj_mut(obj, "status");
@@ -108,7 +109,6 @@ fn pod_spec(spec: &mut Map<String, Value>) {
     default(spec, "securityContext", json!({}));
     default(spec, "schedulerName", json!("default-scheduler"));
     default(spec, "enableServiceLinks", json!(true));
-    default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     for key in ["initContainers", "containers"] {
         if let Some(cs) = spec.get_mut(key).and_then(Value::as_array_mut) {
             for c in cs.iter_mut().filter_map(Value::as_object_mut) {

@@ -31,13 +31,15 @@ pub async fn admit_create(st: &State, r: &Resource, obj: &mut Value) -> ApiResul
     if r.namespaced {
         let ns = meta::namespace(obj).to_string();
         match st.registry.get(namespaces(), "", &ns).await {
-            Ok(n) if meta::is_deleting(&n) => return Err(ApiError::forbidden(
-                r,
-                &name,
-                &format!(
+            Ok(n) if meta::is_deleting(&n) => {
+                return Err(ApiError::forbidden(
+                    r,
+                    &name,
+                    &format!(
                     "unable to create new content in namespace {ns} because it is being terminated"
                 ),
-            )),
+                ))
+            }
             Ok(_) => {}
             Err(StoreError::NotFound) => return Err(ApiError::not_found(namespaces(), &ns)),
             Err(e) => return Err(ApiError::store(namespaces(), &ns, e)),

@@ -109,21 +109,24 @@ pub enum ServeError {
     Store(#[from] crate::registry::StoreError),
 }
 
-/// A running API server.
+/// A running API server. Dropping it (or [`Server::abort`]) closes the listener and every open
+/// connection, watches included.
 pub struct Server {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Server {
     pub fn abort(&self) {
         self.task.abort();
+        let _ = self.stop.send(true);
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.task.abort();
+        self.abort();
     }
 }
 
@@ -185,12 +188,18 @@ pub async fn start(cfg: Config) -> Result<Server, ServeError> {
         source,
     })?;
     let acceptor = TlsAcceptor::from(cfg.tls);
-    let task = tokio::spawn(accept_loop(listener, acceptor, app));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(accept_loop(listener, acceptor, app, stopped));
     tracing::info!(%addr, "API server listening");
-    Ok(Server { addr, task })
+    Ok(Server { addr, task, stop })
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, app: Router) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: Router,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -203,6 +212,7 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, app: Router) 
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -216,11 +226,15 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, app: Router) 
             let svc = hyper_util::service::TowerToHyperService::new(app);
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended");
+            let conn =
+                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc);
+            tokio::select! {
+                r = conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended");
+                    }
+                }
+                _ = stopped.wait_for(|s| *s) => {}
             }
         });
     }

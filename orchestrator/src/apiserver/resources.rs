@@ -516,7 +516,8 @@ pub async fn update(
         }
         // Finalizers all gone from an object being deleted: the update completes the deletion.
         if meta::is_deleting(&next) && meta::finalizers(&next).is_empty() {
-            let side = admission::on_delete(r, &current);
+            let mut side = admission::on_delete(r, &current);
+            admission::release_quota(st, r, &current, &mut side).await?;
             match st.registry.delete(r, ns(t), &name, expected, side).await {
                 Ok(rev) => {
                     meta::set_resource_version(&mut next, rev);
@@ -795,7 +796,8 @@ pub async fn delete(st: &State, t: &Target, q: &Query, opts: &DeleteOptions) -> 
         if q.dry_run() {
             return Ok(current);
         }
-        let side = admission::on_delete(r, &current);
+        let mut side = admission::on_delete(r, &current);
+        admission::release_quota(st, r, &current, &mut side).await?;
         match st.registry.delete(r, ns(t), &name, expected, side).await {
             Ok(rev) => {
                 let mut gone = current;
