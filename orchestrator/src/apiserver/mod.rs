@@ -465,9 +465,9 @@ async fn handle(
     let table = request::wants_table(headers);
     let mut warnings = Vec::new();
     let not_allowed = || {
-        ApiError::method_not_allowed(format!(
-            "the server does not allow this method on the requested resource"
-        ))
+        ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        )
     };
     match (&method, &t.name, t.sub) {
         (&Method::GET, None, None) if q.flag("watch") => watch::watch(st, t, q, table).await,

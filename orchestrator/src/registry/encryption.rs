@@ -4,7 +4,9 @@
 //! followed by the provider's ciphertext; a value without the prefix is plain (the identity provider).
 //!
 //! Providers: `aesgcm` (AES-GCM, a random 12-byte nonce before the ciphertext, the store key as
-//! additional authenticated data, so a value cannot be moved to another key) and `identity`.
+//! additional authenticated data, so a value cannot be moved to another key), `aescbc` (AES-CBC with
+//! PKCS#7 padding, a random 16-byte IV first), `secretbox` (XSalsa20-Poly1305, a random 24-byte
+//! nonce first, the tag before the ciphertext as NaCl lays it out) and `identity`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,8 +60,11 @@ struct KeyConfig {
     secret: String,
 }
 
+#[derive(Clone)]
 enum Provider {
     AesGcm(Vec<(String, Arc<LessSafeKey>)>),
+    AesCbc(Vec<(String, Arc<Vec<u8>>)>),
+    Secretbox(Vec<(String, Arc<Vec<u8>>)>),
     Identity,
 }
 
@@ -67,7 +72,144 @@ impl Provider {
     fn name(&self) -> &'static str {
         match self {
             Provider::AesGcm(_) => "aesgcm",
+            Provider::AesCbc(_) => "aescbc",
+            Provider::Secretbox(_) => "secretbox",
             Provider::Identity => "identity",
+        }
+    }
+
+    fn key_names(&self) -> Vec<&str> {
+        match self {
+            Provider::AesGcm(k) => k.iter().map(|(n, _)| n.as_str()).collect(),
+            Provider::AesCbc(k) | Provider::Secretbox(k) => {
+                k.iter().map(|(n, _)| n.as_str()).collect()
+            }
+            Provider::Identity => Vec::new(),
+        }
+    }
+}
+
+fn random<const N: usize>() -> Result<[u8; N], StoreError> {
+    let mut b = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| StoreError::Internal("no randomness for a nonce".into()))?;
+    Ok(b)
+}
+
+fn seal(p: &Provider, store_key: &str, plain: Vec<u8>) -> Result<(String, Vec<u8>), StoreError> {
+    use aes::cipher::{BlockEncryptMut, KeyIvInit};
+    let failed = |_| StoreError::Internal("encryption failed".into());
+    match p {
+        Provider::Identity => Ok((String::new(), plain)),
+        Provider::AesGcm(keys) => {
+            let (name, k) = &keys[0];
+            let nonce = random::<NONCE_LEN>()?;
+            let mut buf = plain;
+            k.seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(store_key.as_bytes()),
+                &mut buf,
+            )
+            .map_err(|_| StoreError::Internal("encryption failed".into()))?;
+            Ok((name.clone(), [nonce.as_slice(), &buf].concat()))
+        }
+        Provider::AesCbc(keys) => {
+            let (name, k) = &keys[0];
+            let iv = random::<16>()?;
+            let ct = match k.len() {
+                16 => cbc::Encryptor::<aes::Aes128>::new_from_slices(k, &iv)
+                    .map_err(|_| StoreError::Internal("bad key".into()))?
+                    .encrypt_padded_vec_mut::<aes::cipher::block_padding::Pkcs7>(&plain),
+                24 => cbc::Encryptor::<aes::Aes192>::new_from_slices(k, &iv)
+                    .map_err(|_| StoreError::Internal("bad key".into()))?
+                    .encrypt_padded_vec_mut::<aes::cipher::block_padding::Pkcs7>(&plain),
+                _ => cbc::Encryptor::<aes::Aes256>::new_from_slices(k, &iv)
+                    .map_err(|_| StoreError::Internal("bad key".into()))?
+                    .encrypt_padded_vec_mut::<aes::cipher::block_padding::Pkcs7>(&plain),
+            };
+            Ok((name.clone(), [iv.as_slice(), &ct].concat()))
+        }
+        Provider::Secretbox(keys) => {
+            use crypto_secretbox::aead::{Aead, KeyInit};
+            let (name, k) = &keys[0];
+            let nonce = random::<24>()?;
+            let cipher = crypto_secretbox::XSalsa20Poly1305::new_from_slice(k)
+                .map_err(|_| StoreError::Internal("bad key".into()))?;
+            let ct = cipher
+                .encrypt(&nonce.into(), plain.as_slice())
+                .map_err(failed)?;
+            Ok((name.clone(), [nonce.as_slice(), &ct].concat()))
+        }
+    }
+}
+
+fn open(
+    p: &Provider,
+    key_name: &str,
+    store_key: &str,
+    data: &[u8],
+) -> Option<Result<Vec<u8>, StoreError>> {
+    use aes::cipher::{BlockDecryptMut, KeyIvInit};
+    let corrupt = |what: &str| StoreError::Corrupt(format!("{store_key}: {what}"));
+    match p {
+        Provider::Identity => None,
+        Provider::AesGcm(keys) => {
+            let (_, k) = keys.iter().find(|(n, _)| n == key_name)?;
+            Some((|| {
+                if data.len() < NONCE_LEN {
+                    return Err(corrupt("ciphertext too short"));
+                }
+                let (nonce, ct) = data.split_at(NONCE_LEN);
+                let nonce =
+                    Nonce::try_assume_unique_for_key(nonce).map_err(|_| corrupt("bad nonce"))?;
+                let mut buf = ct.to_vec();
+                let plain = k
+                    .open_in_place(nonce, Aad::from(store_key.as_bytes()), &mut buf)
+                    .map_err(|_| corrupt("decryption failed"))?;
+                Ok(plain.to_vec())
+            })())
+        }
+        Provider::AesCbc(keys) => {
+            let (_, k) = keys.iter().find(|(n, _)| n == key_name)?;
+            Some((|| {
+                if data.len() < 32 || data.len() % 16 != 0 {
+                    return Err(corrupt("ciphertext has a wrong length"));
+                }
+                let (iv, ct) = data.split_at(16);
+                let bad = |_| corrupt("decryption failed");
+                let bad_key = |_| corrupt("bad key");
+                use aes::cipher::block_padding::Pkcs7;
+                match k.len() {
+                    16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(k, iv)
+                        .map_err(bad_key)?
+                        .decrypt_padded_vec_mut::<Pkcs7>(ct)
+                        .map_err(bad),
+                    24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(k, iv)
+                        .map_err(bad_key)?
+                        .decrypt_padded_vec_mut::<Pkcs7>(ct)
+                        .map_err(bad),
+                    _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(k, iv)
+                        .map_err(bad_key)?
+                        .decrypt_padded_vec_mut::<Pkcs7>(ct)
+                        .map_err(bad),
+                }
+            })())
+        }
+        Provider::Secretbox(keys) => {
+            use crypto_secretbox::aead::{Aead, KeyInit};
+            let (_, k) = keys.iter().find(|(n, _)| n == key_name)?;
+            Some((|| {
+                if data.len() < 24 + 16 {
+                    return Err(corrupt("ciphertext too short"));
+                }
+                let (nonce, ct) = data.split_at(24);
+                let cipher = crypto_secretbox::XSalsa20Poly1305::new_from_slice(k)
+                    .map_err(|_| corrupt("bad key"))?;
+                cipher
+                    .decrypt(crypto_secretbox::Nonce::from_slice(nonce), ct)
+                    .map_err(|_| corrupt("decryption failed"))
+            })())
         }
     }
 }
@@ -118,7 +260,7 @@ impl Transformer {
                         "resource {r:?} is listed twice"
                     )));
                 }
-                by_resource.insert(r, providers_clone(&providers));
+                by_resource.insert(r, providers.clone());
             }
         }
         Ok(Transformer {
@@ -136,27 +278,13 @@ impl Transformer {
         let Some(first) = self.by_resource.get(resource).and_then(|p| p.first()) else {
             return Ok(plain);
         };
-        match first {
-            Provider::Identity => Ok(plain),
-            Provider::AesGcm(keys) => {
-                let (name, k) = &keys[0];
-                let mut nonce = [0u8; NONCE_LEN];
-                SystemRandom::new()
-                    .fill(&mut nonce)
-                    .map_err(|_| StoreError::Internal("no randomness for a nonce".into()))?;
-                let mut buf = plain;
-                k.seal_in_place_append_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(key.as_bytes()),
-                    &mut buf,
-                )
-                .map_err(|_| StoreError::Internal("encryption failed".into()))?;
-                let mut out = format!("{PREFIX}aesgcm:v1:{name}:").into_bytes();
-                out.extend_from_slice(&nonce);
-                out.extend_from_slice(&buf);
-                Ok(out)
-            }
+        if let Provider::Identity = first {
+            return Ok(plain);
         }
+        let (name, sealed) = seal(first, key, plain)?;
+        let mut out = format!("{PREFIX}{}:v1:{name}:", first.name()).into_bytes();
+        out.extend_from_slice(&sealed);
+        Ok(out)
     }
 
     /// The plain bytes of a stored value.
@@ -180,84 +308,85 @@ impl Transformer {
             .get(resource)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        for p in providers {
-            if let Provider::AesGcm(keys) = p {
-                if provider != p.name() {
-                    continue;
-                }
-                if let Some((_, k)) = keys.iter().find(|(n, _)| *n == key_name) {
-                    if data.len() < NONCE_LEN {
-                        return Err(StoreError::Corrupt(format!("{key}: ciphertext too short")));
-                    }
-                    let (nonce, ct) = data.split_at(NONCE_LEN);
-                    let nonce = Nonce::try_assume_unique_for_key(nonce)
-                        .map_err(|_| StoreError::Corrupt(format!("{key}: bad nonce")))?;
-                    let mut buf = ct.to_vec();
-                    let plain = k
-                        .open_in_place(nonce, Aad::from(key.as_bytes()), &mut buf)
-                        .map_err(|_| StoreError::Corrupt(format!("{key}: decryption failed")))?;
-                    return Ok(plain.to_vec());
-                }
+        for p in providers.iter().filter(|p| p.name() == provider) {
+            if let Some(r) = open(p, &key_name, key, data) {
+                return r;
             }
         }
         Err(StoreError::Corrupt(format!(
-            "{key}: no configured provider can read {provider} key {key_name:?}"
+            "{key}: no configured provider can read {provider} key {key_name:?} (configured: {})",
+            providers
+                .iter()
+                .map(|p| format!("{}{:?}", p.name(), p.key_names()))
+                .collect::<Vec<_>>()
+                .join(", ")
         )))
     }
 }
 
-fn providers_clone(ps: &[Provider]) -> Vec<Provider> {
-    ps.iter()
-        .map(|p| match p {
-            Provider::AesGcm(k) => Provider::AesGcm(k.clone()),
-            Provider::Identity => Provider::Identity,
-        })
-        .collect()
+fn raw_keys(
+    k: KeysConfig,
+    provider: &str,
+    sizes: &[usize],
+) -> Result<Vec<(String, Vec<u8>)>, ConfigError> {
+    let mut out = Vec::new();
+    for key in k.keys {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(key.secret.trim())
+            .map_err(|e| ConfigError::Invalid(format!("key {:?}: {e}", key.name)))?;
+        if !sizes.contains(&raw.len()) {
+            return Err(ConfigError::Invalid(format!(
+                "key {:?}: {provider} keys must be {sizes:?} bytes, got {}",
+                key.name,
+                raw.len()
+            )));
+        }
+        out.push((key.name, raw));
+    }
+    if out.is_empty() {
+        return Err(ConfigError::Invalid(format!("{provider} lists no keys")));
+    }
+    Ok(out)
 }
 
 fn provider(p: ProviderConfig) -> Result<Provider, ConfigError> {
     if let Some(k) = p.aesgcm {
         let mut keys = Vec::new();
-        for key in k.keys {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(key.secret.trim())
-                .map_err(|e| ConfigError::Invalid(format!("key {:?}: {e}", key.name)))?;
-            let alg = match raw.len() {
-                16 => &AES_128_GCM,
-                32 => &AES_256_GCM,
-                n => {
-                    return Err(ConfigError::Invalid(format!(
-                        "key {:?}: aesgcm keys must be 16 or 32 bytes, got {n}",
-                        key.name
-                    )))
-                }
+        for (name, raw) in raw_keys(k, "aesgcm", &[16, 32])? {
+            let alg = if raw.len() == 16 {
+                &AES_128_GCM
+            } else {
+                &AES_256_GCM
             };
             let unbound = UnboundKey::new(alg, &raw)
-                .map_err(|_| ConfigError::Invalid(format!("key {:?} rejected", key.name)))?;
-            keys.push((key.name, Arc::new(LessSafeKey::new(unbound))));
-        }
-        if keys.is_empty() {
-            return Err(ConfigError::Invalid("aesgcm lists no keys".into()));
+                .map_err(|_| ConfigError::Invalid(format!("key {name:?} rejected")))?;
+            keys.push((name, Arc::new(LessSafeKey::new(unbound))));
         }
         return Ok(Provider::AesGcm(keys));
+    }
+    if let Some(k) = p.aescbc {
+        let keys = raw_keys(k, "aescbc", &[16, 24, 32])?;
+        return Ok(Provider::AesCbc(
+            keys.into_iter().map(|(n, k)| (n, Arc::new(k))).collect(),
+        ));
+    }
+    if let Some(k) = p.secretbox {
+        let keys = raw_keys(k, "secretbox", &[32])?;
+        return Ok(Provider::Secretbox(
+            keys.into_iter().map(|(n, k)| (n, Arc::new(k))).collect(),
+        ));
     }
     if p.identity.is_some() {
         return Ok(Provider::Identity);
     }
-    let other = if p.aescbc.is_some() {
-        "aescbc"
-    } else if p.secretbox.is_some() {
-        "secretbox"
-    } else if p.kms.is_some() {
-        "kms"
-    } else {
+    if p.kms.is_some() {
         return Err(ConfigError::Invalid(
-            "a provider names no known type".into(),
+            "the kms provider is not supported; use aesgcm, aescbc, secretbox or identity".into(),
         ));
-    };
-    Err(ConfigError::Invalid(format!(
-        "the {other} provider is not supported; use aesgcm or identity"
-    )))
+    }
+    Err(ConfigError::Invalid(
+        "a provider names no known type".into(),
+    ))
 }
 
 #[cfg(test)]
@@ -304,5 +433,55 @@ resources:
             t.encrypt("configmaps", "/k", b"{}".to_vec()).unwrap(),
             b"{}"
         );
+    }
+
+    #[test]
+    fn every_provider_round_trips_and_old_providers_still_read() {
+        let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        let plain = b"{\"data\":{\"password\":\"c2VjcmV0\"}}".to_vec();
+        let mut written = Vec::new();
+        for provider in ["aesgcm", "aescbc", "secretbox"] {
+            let cfg = format!("kind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - {provider}:\n      keys:\n      - name: k\n        secret: {key}\n");
+            let t = Transformer::from_yaml(&cfg).unwrap();
+            let sealed = t
+                .encrypt("secrets", "/registry/secrets/a/b", plain.clone())
+                .unwrap();
+            assert!(
+                sealed.starts_with(format!("k8s:enc:{provider}:v1:k:").as_bytes()),
+                "{provider}"
+            );
+            assert!(!sealed.windows(8).any(|w| w == b"password"), "{provider}");
+            assert_eq!(
+                t.decrypt("secrets", "/registry/secrets/a/b", &sealed)
+                    .unwrap(),
+                plain,
+                "{provider}"
+            );
+            // The authenticated providers refuse a changed byte (CBC has no integrity, as in Kubernetes).
+            if provider != "aescbc" {
+                let mut tampered = sealed.clone();
+                let last = tampered.len() - 1;
+                tampered[last] ^= 1;
+                assert!(
+                    t.decrypt("secrets", "/registry/secrets/a/b", &tampered)
+                        .is_err(),
+                    "{provider}"
+                );
+            }
+            written.push(sealed);
+        }
+        // After a key rotation to a new first provider, values written by the older ones still read.
+        let cfg = format!("kind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - secretbox:\n      keys:\n      - name: k\n        secret: {key}\n  - aescbc:\n      keys:\n      - name: k\n        secret: {key}\n  - aesgcm:\n      keys:\n      - name: k\n        secret: {key}\n");
+        let t = Transformer::from_yaml(&cfg).unwrap();
+        for w in &written {
+            assert_eq!(
+                t.decrypt("secrets", "/registry/secrets/a/b", w).unwrap(),
+                plain
+            );
+        }
+        assert!(Transformer::from_yaml(
+            "resources:\n- resources: [secrets]\n  providers:\n  - kms: {}\n"
+        )
+        .is_err());
     }
 }
