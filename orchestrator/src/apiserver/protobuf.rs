@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use k8s_pb::api::apps::v1 as appsv1;
+use k8s_pb::api::coordination::v1 as coordv1;
 use k8s_pb::api::core::v1 as corev1;
+use k8s_pb::api::discovery::v1 as discv1;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as metav1;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
@@ -76,15 +78,21 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
     let raw = unknown.raw.unwrap_or_default();
     let object = match (resource.group, resource.kind) {
         ("", "Namespace") => object::<corev1::Namespace>(&raw),
+        ("", "Node") => object::<corev1::Node>(&raw),
+        ("", "Pod") => object::<corev1::Pod>(&raw),
+        ("", "Service") => object::<corev1::Service>(&raw),
+        ("", "Endpoints") => object::<corev1::Endpoints>(&raw),
         ("", "ConfigMap") => object::<corev1::ConfigMap>(&raw),
         ("", "Secret") => object::<corev1::Secret>(&raw),
-        ("", "Service") => object::<corev1::Service>(&raw),
+        ("", "Event") => object::<corev1::Event>(&raw),
+        ("", "ResourceQuota") => object::<corev1::ResourceQuota>(&raw),
+        ("", "LimitRange") => object::<corev1::LimitRange>(&raw),
+        ("", "ServiceAccount") => object::<corev1::ServiceAccount>(&raw),
         ("apps", "Deployment") => object::<appsv1::Deployment>(&raw),
-        _ => {
-            return Err(ApiError::bad_request(format!(
-                "{kind} ({api_version}) cannot be sent as protobuf yet; send application/json"
-            )))
-        }
+        ("apps", "ReplicaSet") => object::<appsv1::ReplicaSet>(&raw),
+        ("discovery.k8s.io", "EndpointSlice") => object::<discv1::EndpointSlice>(&raw),
+        ("coordination.k8s.io", "Lease") => object::<coordv1::Lease>(&raw),
+        (group, kind) => Err(format!("no protobuf message for {kind} in group {group:?}")),
     };
     let object =
         object.map_err(|e| ApiError::bad_request(format!("{kind} ({api_version}): {e}")))?;
@@ -411,28 +419,39 @@ macro_rules! json_messages {
     )*};
 }
 
-// The rows follow Kubernetes' Go types: `keep` marks pointer fields and fields without `omitempty`.
+// The rows follow the Go types of Kubernetes 1.35, the release k8s-pb 0.9 is generated from: `keep`
+// marks pointer fields and fields without `omitempty`, and the JSON names are the Go json tags.
 json_messages! { corev1:
     NamespaceSpec { finalizers }
     NamespaceCondition { r#type(keep), status(keep), last_transition_time, reason, message }
     NamespaceStatus { phase, conditions }
     Namespace { metadata, spec, status }
-    ConfigMap { metadata, immutable(keep), data, binary_data }
-    Secret { metadata, immutable(keep), data, string_data, r#type }
-    ServicePort { name, protocol, app_protocol(keep), port(keep), target_port, node_port }
-    ClientIpConfig { timeout_seconds(keep) }
-    SessionAffinityConfig { client_ip("clientIP") }
-    ServiceSpec { ports, selector, cluster_ip("clusterIP"), cluster_ips("clusterIPs"), r#type,
-        external_ips("externalIPs"), session_affinity, load_balancer_ip("loadBalancerIP"),
-        load_balancer_source_ranges, external_name, external_traffic_policy, health_check_node_port,
-        publish_not_ready_addresses, session_affinity_config, ip_families, ip_family_policy(keep),
-        allocate_load_balancer_node_ports(keep), load_balancer_class(keep),
-        internal_traffic_policy(keep), traffic_distribution(keep) }
-    PortStatus { port(keep), protocol(keep), error(keep) }
-    LoadBalancerIngress { ip, hostname, ip_mode(keep), ports }
-    LoadBalancerStatus { ingress }
-    ServiceStatus { load_balancer, conditions }
-    Service { metadata, spec, status }
+    Taint { key(keep), value, effect(keep), time_added }
+    ConfigMapNodeConfigSource { namespace(keep), name(keep), uid, resource_version,
+        kubelet_config_key(keep) }
+    NodeConfigSource { config_map }
+    NodeSpec { pod_cidr("podCIDR"), pod_cid_rs("podCIDRs"), provider_id("providerID"),
+        unschedulable, taints, config_source, external_id("externalID") }
+    NodeCondition { r#type(keep), status(keep), last_heartbeat_time, last_transition_time, reason,
+        message }
+    NodeAddress { r#type(keep), address(keep) }
+    DaemonEndpoint { port(keep, "Port") }
+    NodeDaemonEndpoints { kubelet_endpoint }
+    NodeSwapStatus { capacity(keep) }
+    NodeSystemInfo { machine_id(keep, "machineID"), system_uuid(keep, "systemUUID"), boot_id(keep,
+        "bootID"), kernel_version(keep), os_image(keep), container_runtime_version(keep),
+        kubelet_version(keep), kube_proxy_version(keep), operating_system(keep), architecture(keep),
+        swap }
+    ContainerImage { names, size_bytes }
+    AttachedVolume { name(keep), device_path(keep) }
+    NodeConfigStatus { assigned, active, last_known_good, error }
+    NodeRuntimeHandlerFeatures { recursive_read_only_mounts(keep), user_namespaces(keep) }
+    NodeRuntimeHandler { name(keep), features }
+    NodeFeatures { supplemental_groups_policy(keep) }
+    NodeStatus { capacity, allocatable, phase, conditions, addresses, daemon_endpoints, node_info,
+        images, volumes_in_use, volumes_attached, config, runtime_handlers, features,
+        declared_features }
+    Node { metadata, spec, status }
     HostPathVolumeSource { path(keep), r#type(keep) }
     EmptyDirVolumeSource { medium, size_limit }
     GcePersistentDiskVolumeSource { pd_name(keep), fs_type, partition, read_only }
@@ -586,6 +605,67 @@ json_messages! { corev1:
         preemption_policy(keep), overhead, topology_spread_constraints, set_hostname_as_fqdn(keep,
         "setHostnameAsFQDN"), os, host_users(keep), scheduling_gates, resource_claims, resources,
         hostname_override(keep), workload_ref }
+    PodCondition { r#type(keep), observed_generation, status(keep), last_probe_time,
+        last_transition_time, reason, message }
+    HostIp { ip(keep) }
+    PodIp { ip(keep) }
+    ContainerStateWaiting { reason, message }
+    ContainerStateRunning { started_at }
+    ContainerStateTerminated { exit_code(keep), signal, reason, message, started_at, finished_at,
+        container_id("containerID") }
+    ContainerState { waiting, running, terminated }
+    VolumeMountStatus { name(keep), mount_path(keep), read_only, recursive_read_only(keep) }
+    LinuxContainerUser { uid(keep), gid(keep), supplemental_groups }
+    ContainerUser { linux }
+    ResourceHealth { resource_id(keep, "resourceID"), health }
+    ResourceStatus { name(keep), resources }
+    ContainerStatus { name(keep), state, last_state, ready(keep), restart_count(keep), image(keep),
+        image_id(keep, "imageID"), container_id("containerID"), started(keep), allocated_resources,
+        resources, volume_mounts, user, allocated_resources_status, stop_signal(keep) }
+    PodResourceClaimStatus { name(keep), resource_claim_name(keep) }
+    ContainerExtendedResourceRequest { container_name(keep), resource_name(keep), request_name(keep) }
+    PodExtendedResourceClaimStatus { request_mappings, resource_claim_name(keep) }
+    PodStatus { observed_generation, phase, conditions, message, reason, nominated_node_name,
+        host_ip("hostIP"), host_ips("hostIPs"), pod_ip("podIP"), pod_ips("podIPs"), start_time,
+        init_container_statuses, container_statuses, qos_class, ephemeral_container_statuses,
+        resize, resource_claim_statuses, extended_resource_claim_status, allocated_resources,
+        resources }
+    Pod { metadata, spec, status }
+    ServicePort { name, protocol, app_protocol(keep), port(keep), target_port, node_port }
+    ClientIpConfig { timeout_seconds(keep) }
+    SessionAffinityConfig { client_ip("clientIP") }
+    ServiceSpec { ports, selector, cluster_ip("clusterIP"), cluster_ips("clusterIPs"), r#type,
+        external_ips("externalIPs"), session_affinity, load_balancer_ip("loadBalancerIP"),
+        load_balancer_source_ranges, external_name, external_traffic_policy, health_check_node_port,
+        publish_not_ready_addresses, session_affinity_config, ip_families, ip_family_policy(keep),
+        allocate_load_balancer_node_ports(keep), load_balancer_class(keep),
+        internal_traffic_policy(keep), traffic_distribution(keep) }
+    PortStatus { port(keep), protocol(keep), error(keep) }
+    LoadBalancerIngress { ip, hostname, ip_mode(keep), ports }
+    LoadBalancerStatus { ingress }
+    ServiceStatus { load_balancer, conditions }
+    Service { metadata, spec, status }
+    ObjectReference { kind, namespace, name, uid, api_version, resource_version, field_path }
+    EndpointAddress { ip(keep), hostname, node_name(keep), target_ref }
+    EndpointPort { name, port(keep), protocol, app_protocol(keep) }
+    EndpointSubset { addresses, not_ready_addresses, ports }
+    Endpoints { metadata, subsets }
+    ConfigMap { metadata, immutable(keep), data, binary_data }
+    Secret { metadata, immutable(keep), data, string_data, r#type }
+    EventSource { component, host }
+    EventSeries { count, last_observed_time }
+    Event { metadata, involved_object, reason, message, source, first_timestamp, last_timestamp,
+        count, r#type, event_time, series, action, related, reporting_component(keep),
+        reporting_instance(keep) }
+    ScopedResourceSelectorRequirement { scope_name(keep), operator(keep), values }
+    ScopeSelector { match_expressions }
+    ResourceQuotaSpec { hard, scopes, scope_selector }
+    ResourceQuotaStatus { hard, used }
+    ResourceQuota { metadata, spec, status }
+    LimitRangeItem { r#type(keep), max, min, default, default_request, max_limit_request_ratio }
+    LimitRangeSpec { limits }
+    LimitRange { metadata, spec }
+    ServiceAccount { metadata, secrets, image_pull_secrets, automount_service_account_token(keep) }
     PodTemplateSpec { metadata, spec }
 }
 json_messages! { appsv1:
@@ -599,6 +679,26 @@ json_messages! { appsv1:
         available_replicas, unavailable_replicas, terminating_replicas(keep), conditions,
         collision_count(keep) }
     Deployment { metadata, spec, status }
+    ReplicaSetSpec { replicas(keep), min_ready_seconds, selector, template }
+    ReplicaSetCondition { r#type(keep), status(keep), last_transition_time, reason, message }
+    ReplicaSetStatus { replicas(keep), fully_labeled_replicas, ready_replicas, available_replicas,
+        terminating_replicas(keep), observed_generation, conditions }
+    ReplicaSet { metadata, spec, status }
+}
+json_messages! { discv1:
+    EndpointConditions { ready(keep), serving(keep), terminating(keep) }
+    ForZone { name(keep) }
+    ForNode { name(keep) }
+    EndpointHints { for_zones, for_nodes }
+    Endpoint { addresses, conditions, hostname(keep), target_ref, deprecated_topology,
+        node_name(keep), zone(keep), hints }
+    EndpointPort { name(keep), protocol(keep), port(keep), app_protocol(keep) }
+    EndpointSlice { metadata, address_type(keep), endpoints, ports }
+}
+json_messages! { coordv1:
+    LeaseSpec { holder_identity(keep), lease_duration_seconds(keep), acquire_time, renew_time,
+        lease_transitions(keep), strategy(keep), preferred_holder(keep) }
+    Lease { metadata, spec }
 }
 json_messages! { metav1:
     OwnerReference { api_version(keep), kind(keep), name(keep), uid(keep), controller(keep),
@@ -607,10 +707,10 @@ json_messages! { metav1:
     ObjectMeta { name, generate_name, namespace, self_link, uid, resource_version, generation,
         creation_timestamp, deletion_timestamp, deletion_grace_period_seconds(keep), labels,
         annotations, owner_references, finalizers, managed_fields }
-    Condition { r#type(keep), status(keep), observed_generation, last_transition_time, reason(keep),
-        message(keep) }
     LabelSelectorRequirement { key(keep), operator(keep), values }
     LabelSelector { match_labels, match_expressions }
+    Condition { r#type(keep), status(keep), observed_generation, last_transition_time, reason(keep),
+        message(keep) }
 }
 
 #[cfg(test)]
@@ -1013,6 +1113,628 @@ mod tests {
             json!("2006-01-02T15:04:05.123456Z")
         );
         assert_eq!(metav1::MicroTime::default().to_json().unwrap(), Value::Null);
+    }
+
+    fn time(seconds: i64) -> Option<metav1::Time> {
+        Some(metav1::Time {
+            seconds: Some(seconds),
+            nanos: Some(0),
+        })
+    }
+
+    fn micro(seconds: i64, nanos: i32) -> Option<metav1::MicroTime> {
+        Some(metav1::MicroTime {
+            seconds: Some(seconds),
+            nanos: Some(nanos),
+        })
+    }
+
+    fn namespaced(name: &str) -> Option<metav1::ObjectMeta> {
+        let mut meta = go_meta(name);
+        meta.namespace = s("default");
+        Some(meta)
+    }
+
+    #[test]
+    fn pod_with_volumes_probes_and_status() {
+        let app = corev1::Container {
+            name: s("app"),
+            image: s("busybox"),
+            env_from: vec![corev1::EnvFromSource {
+                prefix: s(""),
+                config_map_ref: Some(corev1::ConfigMapEnvSource {
+                    local_object_reference: Some(corev1::LocalObjectReference {
+                        name: s("settings"),
+                    }),
+                    optional: Some(true),
+                }),
+                secret_ref: None,
+            }],
+            volume_mounts: vec![corev1::VolumeMount {
+                name: s("cfg"),
+                read_only: Some(true),
+                mount_path: s("/etc/cfg"),
+                sub_path: s(""),
+                ..Default::default()
+            }],
+            liveness_probe: Some(corev1::Probe {
+                handler: Some(corev1::ProbeHandler {
+                    exec: Some(corev1::ExecAction {
+                        command: vec!["true".into()],
+                    }),
+                    ..Default::default()
+                }),
+                failure_threshold: Some(3),
+                ..Default::default()
+            }),
+            security_context: Some(corev1::SecurityContext {
+                run_as_user: Some(0),
+                run_as_non_root: Some(false),
+                capabilities: Some(corev1::Capabilities {
+                    add: vec![],
+                    drop: vec!["ALL".into()],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let volumes = vec![
+            corev1::Volume {
+                name: s("cfg"),
+                volume_source: Some(corev1::VolumeSource {
+                    config_map: Some(corev1::ConfigMapVolumeSource {
+                        local_object_reference: Some(corev1::LocalObjectReference {
+                            name: s("settings"),
+                        }),
+                        items: vec![corev1::KeyToPath {
+                            key: s("mode"),
+                            path: s("mode.txt"),
+                            mode: None,
+                        }],
+                        default_mode: Some(420),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                }),
+            },
+            corev1::Volume {
+                name: s("scratch"),
+                volume_source: Some(corev1::VolumeSource {
+                    empty_dir: Some(corev1::EmptyDirVolumeSource {
+                        medium: s(""),
+                        size_limit: Some(quantity("1Gi")),
+                    }),
+                    ..Default::default()
+                }),
+            },
+            corev1::Volume {
+                name: s("info"),
+                volume_source: Some(corev1::VolumeSource {
+                    downward_api: Some(corev1::DownwardAPIVolumeSource {
+                        items: vec![corev1::DownwardAPIVolumeFile {
+                            path: s("labels"),
+                            field_ref: Some(corev1::ObjectFieldSelector {
+                                api_version: s("v1"),
+                                field_path: s("metadata.labels"),
+                            }),
+                            ..Default::default()
+                        }],
+                        default_mode: None,
+                    }),
+                    ..Default::default()
+                }),
+            },
+        ];
+        let pod = corev1::Pod {
+            metadata: namespaced("p"),
+            spec: Some(corev1::PodSpec {
+                volumes,
+                containers: vec![app],
+                ephemeral_containers: vec![corev1::EphemeralContainer {
+                    ephemeral_container_common: Some(corev1::EphemeralContainerCommon {
+                        name: s("debug"),
+                        image: s("busybox"),
+                        tty: Some(true),
+                        ..Default::default()
+                    }),
+                    target_container_name: s("app"),
+                }],
+                node_name: s("n1"),
+                host_pid: Some(true),
+                host_ipc: Some(false),
+                automount_service_account_token: Some(false),
+                tolerations: vec![corev1::Toleration {
+                    key: s("node.kubernetes.io/not-ready"),
+                    operator: s("Exists"),
+                    value: s(""),
+                    effect: s("NoExecute"),
+                    toleration_seconds: Some(0),
+                }],
+                affinity: Some(corev1::Affinity {
+                    node_affinity: Some(corev1::NodeAffinity {
+                        required_during_scheduling_ignored_during_execution: Some(
+                            corev1::NodeSelector {
+                                node_selector_terms: vec![corev1::NodeSelectorTerm {
+                                    match_expressions: vec![corev1::NodeSelectorRequirement {
+                                        key: s("zone"),
+                                        operator: s("In"),
+                                        values: vec!["a".into()],
+                                    }],
+                                    match_fields: vec![],
+                                }],
+                            },
+                        ),
+                        preferred_during_scheduling_ignored_during_execution: vec![],
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: Some(corev1::PodStatus {
+                phase: s("Running"),
+                conditions: vec![corev1::PodCondition {
+                    r#type: s("Ready"),
+                    status: s("True"),
+                    last_probe_time: Some(metav1::Time::default()),
+                    last_transition_time: time(1_700_000_000),
+                    reason: s(""),
+                    message: s(""),
+                    observed_generation: None,
+                }],
+                host_ip: s("192.168.0.2"),
+                pod_ip: s("10.0.0.5"),
+                pod_ips: vec![corev1::PodIp { ip: s("10.0.0.5") }],
+                start_time: time(1_700_000_000),
+                container_statuses: vec![corev1::ContainerStatus {
+                    name: s("app"),
+                    state: Some(corev1::ContainerState {
+                        running: Some(corev1::ContainerStateRunning {
+                            started_at: time(1_700_000_001),
+                        }),
+                        ..Default::default()
+                    }),
+                    last_state: Some(Default::default()),
+                    ready: Some(false),
+                    restart_count: Some(0),
+                    image: s("busybox"),
+                    image_id: s(""),
+                    container_id: s("containerd://abc"),
+                    started: Some(true),
+                    ..Default::default()
+                }],
+                qos_class: s("BestEffort"),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            decoded("v1", "Pod", &pod),
+            json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {
+                "volumes": [
+                    {"name": "cfg", "configMap": {"name": "settings",
+                        "items": [{"key": "mode", "path": "mode.txt"}], "defaultMode": 420}},
+                    {"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}},
+                    {"name": "info", "downwardAPI": {"items": [{"path": "labels",
+                        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.labels"}}]}}
+                ],
+                "containers": [{
+                    "name": "app",
+                    "image": "busybox",
+                    "envFrom": [{"configMapRef": {"name": "settings", "optional": true}}],
+                    "volumeMounts": [{"name": "cfg", "readOnly": true, "mountPath": "/etc/cfg"}],
+                    "livenessProbe": {"exec": {"command": ["true"]}, "failureThreshold": 3},
+                    "securityContext": {"capabilities": {"drop": ["ALL"]}, "runAsUser": 0,
+                        "runAsNonRoot": false}
+                }],
+                "ephemeralContainers": [{"name": "debug", "image": "busybox", "tty": true,
+                    "targetContainerName": "app"}],
+                "nodeName": "n1",
+                "hostPID": true,
+                "automountServiceAccountToken": false,
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                    {"nodeSelectorTerms": [{"matchExpressions":
+                        [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+                "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+                    "effect": "NoExecute", "tolerationSeconds": 0}]
+            },
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True",
+                    "lastTransitionTime": "2023-11-14T22:13:20Z"}],
+                "hostIP": "192.168.0.2",
+                "podIP": "10.0.0.5",
+                "podIPs": [{"ip": "10.0.0.5"}],
+                "startTime": "2023-11-14T22:13:20Z",
+                "containerStatuses": [{
+                    "name": "app",
+                    "state": {"running": {"startedAt": "2023-11-14T22:13:21Z"}},
+                    "lastState": {},
+                    "ready": false,
+                    "restartCount": 0,
+                    "image": "busybox",
+                    "imageID": "",
+                    "containerID": "containerd://abc",
+                    "started": true
+                }],
+                "qosClass": "BestEffort"
+            }})
+        );
+    }
+
+    #[test]
+    fn node_with_status() {
+        let node = corev1::Node {
+            metadata: Some(go_meta("n1")),
+            spec: Some(corev1::NodeSpec {
+                pod_cidr: s("10.244.0.0/24"),
+                pod_cid_rs: vec!["10.244.0.0/24".into()],
+                provider_id: s(""),
+                unschedulable: Some(true),
+                taints: vec![corev1::Taint {
+                    key: s("dedicated"),
+                    value: s(""),
+                    effect: s("NoSchedule"),
+                    time_added: None,
+                }],
+                ..Default::default()
+            }),
+            status: Some(corev1::NodeStatus {
+                capacity: map(&[("cpu", quantity("4")), ("pods", quantity("110"))]),
+                conditions: vec![corev1::NodeCondition {
+                    r#type: s("Ready"),
+                    status: s("True"),
+                    last_heartbeat_time: time(1_700_000_000),
+                    reason: s("KubeletReady"),
+                    ..Default::default()
+                }],
+                addresses: vec![corev1::NodeAddress {
+                    r#type: s("InternalIP"),
+                    address: s("192.168.0.2"),
+                }],
+                daemon_endpoints: Some(corev1::NodeDaemonEndpoints {
+                    kubelet_endpoint: Some(corev1::DaemonEndpoint { port: Some(10250) }),
+                }),
+                node_info: Some(corev1::NodeSystemInfo {
+                    machine_id: s("m1"),
+                    system_uuid: s("u1"),
+                    boot_id: s(""),
+                    kernel_version: s("6.1"),
+                    operating_system: s("linux"),
+                    architecture: s("amd64"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            decoded("v1", "Node", &node),
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+            "spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"],
+                "unschedulable": true, "taints": [{"key": "dedicated", "effect": "NoSchedule"}]},
+            "status": {
+                "capacity": {"cpu": "4", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True",
+                    "lastHeartbeatTime": "2023-11-14T22:13:20Z", "reason": "KubeletReady"}],
+                "addresses": [{"type": "InternalIP", "address": "192.168.0.2"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+                "nodeInfo": {"machineID": "m1", "systemUUID": "u1", "bootID": "",
+                    "kernelVersion": "6.1", "operatingSystem": "linux", "architecture": "amd64"}
+            }})
+        );
+    }
+
+    fn pod_ref(name: &str) -> Option<corev1::ObjectReference> {
+        Some(corev1::ObjectReference {
+            kind: s("Pod"),
+            namespace: s("default"),
+            name: s(name),
+            uid: s("u-1"),
+            api_version: s(""),
+            resource_version: s(""),
+            field_path: s(""),
+        })
+    }
+
+    #[test]
+    fn endpoints_and_endpoint_slice() {
+        let ep = corev1::Endpoints {
+            metadata: namespaced("web"),
+            subsets: vec![corev1::EndpointSubset {
+                addresses: vec![corev1::EndpointAddress {
+                    ip: s("10.0.0.5"),
+                    hostname: s(""),
+                    node_name: s("n1"),
+                    target_ref: pod_ref("web-1"),
+                }],
+                not_ready_addresses: vec![],
+                ports: vec![corev1::EndpointPort {
+                    name: s("http"),
+                    port: Some(8080),
+                    protocol: s("TCP"),
+                    app_protocol: None,
+                }],
+            }],
+        };
+        assert_eq!(
+            decoded("v1", "Endpoints", &ep),
+            json!({"apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "web", "namespace": "default"},
+            "subsets": [{
+                "addresses": [{"ip": "10.0.0.5", "nodeName": "n1", "targetRef":
+                    {"kind": "Pod", "namespace": "default", "name": "web-1", "uid": "u-1"}}],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+            }]})
+        );
+
+        let slice = discv1::EndpointSlice {
+            metadata: namespaced("web-abc"),
+            address_type: s("IPv4"),
+            endpoints: vec![discv1::Endpoint {
+                addresses: vec!["10.0.0.5".into()],
+                conditions: Some(discv1::EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
+                target_ref: pod_ref("web-1"),
+                node_name: s("n1"),
+                zone: s("a"),
+                hints: Some(discv1::EndpointHints {
+                    for_zones: vec![discv1::ForZone { name: s("a") }],
+                    for_nodes: vec![],
+                }),
+                ..Default::default()
+            }],
+            ports: vec![discv1::EndpointPort {
+                name: s(""),
+                protocol: s("TCP"),
+                port: Some(8080),
+                app_protocol: None,
+            }],
+        };
+        assert_eq!(
+            decoded("discovery.k8s.io/v1", "EndpointSlice", &slice),
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-abc", "namespace": "default"},
+                "addressType": "IPv4",
+                "endpoints": [{
+                    "addresses": ["10.0.0.5"],
+                    "conditions": {"ready": true, "serving": true, "terminating": false},
+                    "targetRef": {"kind": "Pod", "namespace": "default", "name": "web-1",
+                        "uid": "u-1"},
+                    "nodeName": "n1",
+                    "zone": "a",
+                    "hints": {"forZones": [{"name": "a"}]}
+                }],
+                "ports": [{"name": "", "protocol": "TCP", "port": 8080}]})
+        );
+    }
+
+    #[test]
+    fn event_with_micro_times() {
+        let event = corev1::Event {
+            metadata: namespaced("web-1.17a"),
+            involved_object: pod_ref("web-1"),
+            reason: s("Pulled"),
+            message: s("Container image pulled"),
+            source: Some(corev1::EventSource {
+                component: s("kubelet"),
+                host: s("n1"),
+            }),
+            first_timestamp: time(1_700_000_000),
+            last_timestamp: time(1_700_000_060),
+            count: Some(2),
+            r#type: s("Normal"),
+            event_time: micro(1_700_000_000, 123_456_789),
+            series: Some(corev1::EventSeries {
+                count: Some(2),
+                last_observed_time: micro(1_700_000_060, 0),
+            }),
+            action: s(""),
+            related: None,
+            reporting_component: s("kubelet"),
+            reporting_instance: s(""),
+        };
+        assert_eq!(
+            decoded("v1", "Event", &event),
+            json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": "web-1.17a", "namespace": "default"},
+                "involvedObject": {"kind": "Pod", "namespace": "default", "name": "web-1",
+                    "uid": "u-1"},
+                "reason": "Pulled",
+                "message": "Container image pulled",
+                "source": {"component": "kubelet", "host": "n1"},
+                "firstTimestamp": "2023-11-14T22:13:20Z",
+                "lastTimestamp": "2023-11-14T22:14:20Z",
+                "count": 2,
+                "type": "Normal",
+                "eventTime": "2023-11-14T22:13:20.123456Z",
+                "series": {"count": 2, "lastObservedTime": "2023-11-14T22:14:20.000000Z"},
+                "reportingComponent": "kubelet",
+                "reportingInstance": ""})
+        );
+    }
+
+    #[test]
+    fn quota_limit_range_and_service_account() {
+        let quota = corev1::ResourceQuota {
+            metadata: namespaced("q"),
+            spec: Some(corev1::ResourceQuotaSpec {
+                hard: map(&[("pods", quantity("10")), ("requests.cpu", quantity("4"))]),
+                scopes: vec!["NotTerminating".into()],
+                scope_selector: Some(corev1::ScopeSelector {
+                    match_expressions: vec![corev1::ScopedResourceSelectorRequirement {
+                        scope_name: s("PriorityClass"),
+                        operator: s("In"),
+                        values: vec!["high".into()],
+                    }],
+                }),
+            }),
+            status: Some(corev1::ResourceQuotaStatus {
+                hard: map(&[("pods", quantity("10"))]),
+                used: map(&[("pods", quantity("0"))]),
+            }),
+        };
+        assert_eq!(
+            decoded("v1", "ResourceQuota", &quota),
+            json!({"apiVersion": "v1", "kind": "ResourceQuota",
+                "metadata": {"name": "q", "namespace": "default"},
+                "spec": {"hard": {"pods": "10", "requests.cpu": "4"}, "scopes": ["NotTerminating"],
+                    "scopeSelector": {"matchExpressions": [{"scopeName": "PriorityClass",
+                        "operator": "In", "values": ["high"]}]}},
+                "status": {"hard": {"pods": "10"}, "used": {"pods": "0"}}})
+        );
+
+        let limits = corev1::LimitRange {
+            metadata: namespaced("l"),
+            spec: Some(corev1::LimitRangeSpec {
+                limits: vec![corev1::LimitRangeItem {
+                    r#type: s("Container"),
+                    max: map(&[("cpu", quantity("2"))]),
+                    default: map(&[("cpu", quantity("500m"))]),
+                    default_request: map(&[("cpu", quantity("250m"))]),
+                    max_limit_request_ratio: map(&[("cpu", quantity("4"))]),
+                    ..Default::default()
+                }],
+            }),
+        };
+        assert_eq!(
+            decoded("v1", "LimitRange", &limits),
+            json!({"apiVersion": "v1", "kind": "LimitRange",
+                "metadata": {"name": "l", "namespace": "default"},
+                "spec": {"limits": [{"type": "Container", "max": {"cpu": "2"},
+                    "default": {"cpu": "500m"}, "defaultRequest": {"cpu": "250m"},
+                    "maxLimitRequestRatio": {"cpu": "4"}}]}})
+        );
+
+        let sa = corev1::ServiceAccount {
+            metadata: namespaced("builder"),
+            secrets: vec![corev1::ObjectReference {
+                name: s("builder-token"),
+                ..Default::default()
+            }],
+            image_pull_secrets: vec![corev1::LocalObjectReference {
+                name: s("registry"),
+            }],
+            automount_service_account_token: Some(false),
+        };
+        assert_eq!(
+            decoded("v1", "ServiceAccount", &sa),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "builder", "namespace": "default"},
+                "secrets": [{"name": "builder-token"}],
+                "imagePullSecrets": [{"name": "registry"}],
+                "automountServiceAccountToken": false})
+        );
+    }
+
+    #[test]
+    fn replica_set_with_owner_and_status() {
+        let mut meta = go_meta("web-5d4f");
+        meta.namespace = s("default");
+        meta.generation = Some(1);
+        meta.owner_references = vec![metav1::OwnerReference {
+            api_version: s("apps/v1"),
+            kind: s("Deployment"),
+            name: s("web"),
+            uid: s("u-9"),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }];
+        let rs = appsv1::ReplicaSet {
+            metadata: Some(meta),
+            spec: Some(appsv1::ReplicaSetSpec {
+                replicas: Some(2),
+                min_ready_seconds: Some(0),
+                selector: Some(metav1::LabelSelector {
+                    match_labels: BTreeMap::new(),
+                    match_expressions: vec![metav1::LabelSelectorRequirement {
+                        key: s("app"),
+                        operator: s("In"),
+                        values: vec!["web".into()],
+                    }],
+                }),
+                template: Some(corev1::PodTemplateSpec {
+                    metadata: Some(go_meta("")),
+                    spec: Some(corev1::PodSpec {
+                        containers: vec![corev1::Container {
+                            name: s("web"),
+                            image: s("nginx"),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                }),
+            }),
+            status: Some(appsv1::ReplicaSetStatus {
+                replicas: Some(0),
+                fully_labeled_replicas: Some(0),
+                observed_generation: Some(1),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            decoded("apps/v1", "ReplicaSet", &rs),
+            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": "web-5d4f", "namespace": "default", "generation": 1,
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                        "name": "web", "uid": "u-9", "controller": true,
+                        "blockOwnerDeletion": true}]},
+                "spec": {
+                    "replicas": 2,
+                    "selector": {"matchExpressions":
+                        [{"key": "app", "operator": "In", "values": ["web"]}]},
+                    "template": {"metadata": {},
+                        "spec": {"containers": [{"name": "web", "image": "nginx"}]}}
+                },
+                "status": {"replicas": 0, "observedGeneration": 1}})
+        );
+    }
+
+    #[test]
+    fn lease() {
+        let lease = coordv1::Lease {
+            metadata: Some(metav1::ObjectMeta {
+                name: s("n1"),
+                namespace: s("kube-node-lease"),
+                ..Default::default()
+            }),
+            spec: Some(coordv1::LeaseSpec {
+                holder_identity: s("n1"),
+                lease_duration_seconds: Some(40),
+                renew_time: micro(1_700_000_000, 5_000),
+                lease_transitions: Some(0),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            decoded("coordination.k8s.io/v1", "Lease", &lease),
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "n1", "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 40,
+                    "renewTime": "2023-11-14T22:13:20.000005Z", "leaseTransitions": 0}})
+        );
+    }
+
+    #[test]
+    fn every_served_kind_decodes() {
+        let meta = metav1::ObjectMeta {
+            name: s("x"),
+            ..Default::default()
+        };
+        let raw = corev1::Namespace {
+            metadata: Some(meta),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        // Field 1 is the metadata in every served kind, so one encoding names any object `x`.
+        for r in crate::api::RESOURCES {
+            let v = decode(&body(&r.api_version(), r.kind, raw.clone()))
+                .unwrap_or_else(|e| panic!("{}: {}", r.kind, e.message));
+            assert_eq!(v["metadata"]["name"], "x", "{}", r.kind);
+            assert!(crate::api::typed::check(r, &v).is_ok(), "{}", r.kind);
+        }
     }
 
     /// Bodies kubectl 1.32.4 sent for `kubectl create namespace team-a`, `create configmap settings
