@@ -147,8 +147,18 @@ impl ApiError {
             StoreError::Expired { requested, current } => {
                 ApiError::expired(format!("too old resource version: {requested} ({current})"))
             }
-            StoreError::Unavailable(m) => ApiError::new(503, "ServiceUnavailable", m),
-            StoreError::Timeout(m) => ApiError::new(504, "Timeout", m),
+            StoreError::Unavailable(m) => ApiError::new(
+                503,
+                "ServiceUnavailable",
+                format!("the object store is unavailable: {m}"),
+            ),
+            StoreError::Timeout(m) => ApiError::new(
+                504,
+                "Timeout",
+                format!(
+                    "Timeout: request did not complete within the object store's deadline: {m}"
+                ),
+            ),
             StoreError::Corrupt(m) => ApiError::internal(format!("Internal error occurred: {m}")),
             StoreError::Internal(m) => ApiError::internal(format!("Internal error occurred: {m}")),
         }

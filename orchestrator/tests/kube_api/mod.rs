@@ -26,6 +26,7 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     node: Option<cairn_server::Node>,
     pub store_endpoint: String,
+    peer_endpoint: String,
     server: Option<apiserver::Server>,
     pub addr: SocketAddr,
     pub kubeconfig: PathBuf,
@@ -46,6 +47,7 @@ impl Cluster {
                 .await
                 .expect("store starts");
         let store_endpoint = node.client_addr().to_string();
+        let peer_endpoint = node.peer_addr().to_string();
         let files = tls::serving_files(&dir.path().join("certs"), None, None, &[]).expect("certs");
         let tls = tls::server_config(&files).expect("tls config");
         let transformer = match &opts.encryption {
@@ -57,6 +59,7 @@ impl Cluster {
             dir,
             node: Some(node),
             store_endpoint,
+            peer_endpoint,
             server: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             transformer,
@@ -181,6 +184,25 @@ impl Cluster {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    /// Stops the store member (the API server keeps running without it).
+    pub async fn stop_store(&mut self) {
+        if let Some(n) = self.node.take() {
+            n.shutdown().await.expect("store shuts down");
+        }
+    }
+
+    /// Starts the store member again on its data and address.
+    pub async fn start_store(&mut self) {
+        let mut cfg = cairn_server::Config::ephemeral(self.dir.path().join("store"));
+        cfg.listen_client_urls = vec![format!("http://{}", self.store_endpoint)];
+        cfg.listen_peer_urls = vec![format!("http://{}", self.peer_endpoint)];
+        self.node = Some(
+            cairn_server::Node::start(cfg)
+                .await
+                .expect("store restarts"),
+        );
     }
 
     pub async fn shutdown(mut self) {
