@@ -175,7 +175,6 @@ pub async fn start(cfg: Config) -> Result<Server, ServeError> {
         metrics,
         metrics_registry,
     });
-    bootstrap(&state).await?;
     let app = router(state.clone());
     let listener = TcpListener::bind(cfg.bind)
         .await
@@ -187,6 +186,7 @@ pub async fn start(cfg: Config) -> Result<Server, ServeError> {
         addr: cfg.bind,
         source,
     })?;
+    bootstrap(&state, addr).await?;
     let acceptor = TlsAcceptor::from(cfg.tls);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(accept_loop(listener, acceptor, app, stopped));
@@ -240,19 +240,57 @@ async fn accept_loop(
     }
 }
 
-/// Creates the namespaces that exist from the start.
-async fn bootstrap(st: &State) -> Result<(), ServeError> {
+/// Creates what exists from the start: the system namespaces, and the `kubernetes` Service in
+/// `default` on the range's first address, with Endpoints naming this server.
+async fn bootstrap(st: &State, addr: SocketAddr) -> Result<(), ServeError> {
     let ns = api::lookup("", "v1", "namespaces").expect("namespaces are served");
     for name in api::SYSTEM_NAMESPACES {
         let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name,
             "uid": meta::new_uid(), "creationTimestamp": meta::now()}});
         api::defaults::apply(ns, &mut obj);
-        match st.registry.create(ns, &obj, Default::default()).await {
-            Ok(_) | Err(crate::registry::StoreError::AlreadyExists) => {}
-            Err(e) => return Err(e.into()),
-        }
+        create_if_missing(st, ns, &obj, Default::default()).await?;
     }
+    let svc = api::lookup("", "v1", "services").expect("services are served");
+    let ip = st.ip_range.first();
+    let mut obj = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes",
+        "namespace": "default", "uid": meta::new_uid(), "creationTimestamp": meta::now(),
+        "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}],
+            "clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()]}});
+    api::defaults::apply(svc, &mut obj);
+    let (claim, op) = crate::registry::alloc::claim_ip(ip, "default/kubernetes");
+    let side = crate::registry::SideEffects {
+        compares: vec![claim],
+        ops: vec![op],
+    };
+    create_if_missing(st, svc, &obj, side).await?;
+    let ep = api::lookup("", "v1", "endpoints").expect("endpoints are served");
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let obj = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "kubernetes",
+        "namespace": "default", "uid": meta::new_uid(), "creationTimestamp": meta::now(),
+        "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": host}], "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}]}]});
+    create_if_missing(st, ep, &obj, Default::default()).await?;
     Ok(())
+}
+
+async fn create_if_missing(
+    st: &State,
+    r: &api::Resource,
+    obj: &Value,
+    side: crate::registry::SideEffects,
+) -> Result<(), ServeError> {
+    match st.registry.create(r, obj, side).await {
+        // An earlier start created it (or its address is held by it): keep what is stored.
+        Ok(_)
+        | Err(crate::registry::StoreError::AlreadyExists)
+        | Err(crate::registry::StoreError::Conflict) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn router(state: Arc<State>) -> Router {

@@ -127,7 +127,9 @@ pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
         std::fs::write(path, tls::kubeconfig(&url, &files.ca_pem, "admin", &token))
             .with_context(|| format!("write {}", path.display()))?;
     }
-    eprintln!("serving the Kubernetes API on https://{}", server.addr);
+    if let Some(path) = &args.write_kubeconfig {
+        tracing::info!(kubeconfig = %path.display(), "admin kubeconfig written");
+    }
     wait_for_signal().await;
     server.abort();
     Ok(ExitCode::SUCCESS)

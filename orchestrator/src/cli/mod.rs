@@ -93,14 +93,19 @@ enum RuntimeCommand {
 }
 
 pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Servers say what they serve; the runtime commands print only their results.
+    let default_level = match cli.command {
+        Top::Apiserver(_) => "info",
+        Top::Runtime(_) => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
