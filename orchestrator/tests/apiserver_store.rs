@@ -238,6 +238,31 @@ async fn paged_lists_are_one_consistent_snapshot() {
     }
     let want: Vec<String> = (0..25).map(|i| format!("p{i:02}")).collect();
     assert_eq!(names, want);
+    // resourceVersionMatch=Exact reads the past; NotOlderThan a future revision is 504.
+    let exact = api
+        .list(
+            &ListParams::default()
+                .at(&rv)
+                .matching(kube::api::VersionMatch::Exact),
+        )
+        .await
+        .unwrap();
+    assert_eq!(exact.items.len(), 25);
+    assert!(exact
+        .items
+        .iter()
+        .all(|o| o.metadata.name.as_deref() != Some("p99")));
+    let future = (rv.parse::<i64>().unwrap() + 1000).to_string();
+    let e = api
+        .list(
+            &ListParams::default()
+                .at(&future)
+                .matching(kube::api::VersionMatch::NotOlderThan),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&e), 504, "{e}");
+    assert!(e.to_string().contains("Too large resource version"), "{e}");
 
     // A continue token whose revision was compacted is 410.
     let second = api.list(&ListParams::default().limit(5)).await.unwrap();

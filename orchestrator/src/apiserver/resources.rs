@@ -82,8 +82,9 @@ impl Selectors {
     }
 }
 
-/// The revision a list reads at, from `resourceVersion` and `resourceVersionMatch`.
-fn list_revision(q: &Query) -> ApiResult<ReadRevision> {
+/// The revision a list reads at, from `resourceVersion` and `resourceVersionMatch`, and the revision
+/// the answer must not be older than.
+fn list_revision(q: &Query) -> ApiResult<(ReadRevision, i64)> {
     let rv = q.get("resourceVersion").unwrap_or("");
     let exact = q.get("resourceVersionMatch") == Some("Exact");
     match q.get("resourceVersionMatch") {
@@ -100,21 +101,36 @@ fn list_revision(q: &Query) -> ApiResult<ReadRevision> {
                 "resourceVersionMatch is forbidden unless resourceVersion is provided",
             ))
         }
-        "" => Ok(ReadRevision::Latest),
+        "" => Ok((ReadRevision::Latest, 0)),
         "0" if exact => Err(ApiError::bad_request(
             "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
         )),
-        "0" => Ok(ReadRevision::Any),
+        "0" => Ok((ReadRevision::Any, 0)),
         n => {
             let n: i64 = n
                 .parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version: {n:?}")))?;
+            // A linearizable read is at least as new as any revision the store has handed out.
             Ok(if exact {
-                ReadRevision::At(n)
+                (ReadRevision::At(n), 0)
             } else {
-                ReadRevision::Latest
+                (ReadRevision::Latest, n)
             })
         }
+    }
+}
+
+/// Kubernetes' answer to a resourceVersion the store has not reached.
+fn too_large(requested: i64, current: i64) -> ApiError {
+    ApiError {
+        details: Some(
+            json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}),
+        ),
+        ..ApiError::new(
+            504,
+            "Timeout",
+            format!("Too large resource version: {requested}, current: {current}"),
+        )
     }
 }
 
@@ -131,12 +147,15 @@ pub async fn list(st: &State, t: &Target, q: &Query) -> ApiResult<Listed> {
     let sel = Selectors::parse(r, q)?;
     let prefix = registry::prefix(r, t.namespace.as_deref());
     let limit = q.int("limit")?.unwrap_or(0).max(0);
-    let (mut rev, mut start) = match q.get("continue").filter(|c| !c.is_empty()) {
+    let (mut rev, mut start, not_older_than) = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
             let (rev, key) = decode_continue(c, &prefix)?;
-            (ReadRevision::At(rev), Some(key))
+            (ReadRevision::At(rev), Some(key), 0)
         }
-        None => (list_revision(q)?, None),
+        None => {
+            let (rev, min) = list_revision(q)?;
+            (rev, None, min)
+        }
     };
     let from_continue = start.is_some();
     let mut items = Vec::new();
@@ -162,6 +181,9 @@ pub async fn list(st: &State, t: &Target, q: &Query) -> ApiResult<Listed> {
                 other => ApiError::store(r, "", other),
             })?;
         revision = page.revision;
+        if revision < not_older_than {
+            return Err(too_large(not_older_than, revision));
+        }
         rev = ReadRevision::At(page.revision);
         items.extend(page.items.into_iter().filter(|o| sel.matches(o)));
         match page.next_key {

@@ -115,9 +115,11 @@ impl Cluster {
     /// The kube crate's client, configured from the kubeconfig.
     pub async fn kube(&self) -> kube::Client {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
             .expect("kube config");
+        // The tests look at every answer; kube's own retries of 503 and 504 would hide them.
+        cfg.default_retry = false;
         kube::Client::try_from(cfg).expect("kube client")
     }
 
