@@ -412,3 +412,62 @@ async fn secrets_are_encrypted_at_rest() {
     }
     c.shutdown().await;
 }
+
+/// The store's count of open watches, from its Prometheus endpoint.
+async fn store_watchers(endpoint: &str) -> i64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(endpoint).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with("etcd_debugging_mvcc_watcher_total "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as i64)
+        .unwrap_or_else(|| panic!("no watcher gauge in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_client_that_leaves_releases_its_store_watch() {
+    let c = Cluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(c.kube().await, "default");
+    let base = store_watchers(&c.store_endpoint).await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        streams.push(
+            api.watch(&WatchParams::default().timeout(300), "0")
+                .await
+                .unwrap()
+                .boxed(),
+        );
+    }
+    // A write proves every stream is established end to end.
+    api.create(&PostParams::default(), &cm("poke", &[]))
+        .await
+        .unwrap();
+    for s in &mut streams {
+        let ev = tokio::time::timeout(Duration::from_secs(10), s.try_next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(ev, Some(WatchEvent::Added(_))));
+    }
+    assert_eq!(store_watchers(&c.store_endpoint).await, base + 5);
+    drop(streams);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = store_watchers(&c.store_endpoint).await;
+        if n == base {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "store still has {n} watches, {base} before"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.shutdown().await;
+}

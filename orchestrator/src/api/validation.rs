@@ -199,6 +199,7 @@ fn validate_meta(r: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
     if let Some(labels) = meta::labels(obj) {
         label_map(labels, "metadata.labels", errs);
     }
+    owner_references(obj, errs);
     if let Some(ann) = meta::metadata(obj)
         .and_then(|m| m.get("annotations"))
         .and_then(Value::as_object)
@@ -223,6 +224,55 @@ fn validate_meta(r: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
                 ));
             }
         }
+    }
+}
+
+fn owner_references(obj: &Value, errs: &mut Vec<FieldError>) {
+    let refs = meta::metadata(obj)
+        .and_then(|m| m.get("ownerReferences"))
+        .and_then(Value::as_array);
+    let mut controllers: Vec<String> = Vec::new();
+    for r in refs.into_iter().flatten() {
+        let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
+        let path = "metadata.ownerReferences";
+        if s("apiVersion").is_empty() {
+            errs.push(FieldError::invalid(
+                format!("{path}.apiVersion"),
+                &Value::from(""),
+                "version must not be empty",
+            ));
+        }
+        if s("kind").is_empty() {
+            errs.push(FieldError::invalid(
+                format!("{path}.kind"),
+                &Value::from(""),
+                "kind must not be empty",
+            ));
+        }
+        if s("name").is_empty() {
+            errs.push(FieldError::invalid(
+                format!("{path}.name"),
+                &Value::from(""),
+                "name must not be empty",
+            ));
+        }
+        if s("uid").is_empty() {
+            errs.push(FieldError::invalid(
+                format!("{path}.uid"),
+                &Value::from(""),
+                "uid must not be empty",
+            ));
+        }
+        if r.get("controller") == Some(&Value::Bool(true)) {
+            controllers.push(format!("{}/{}", s("kind"), s("name")));
+        }
+    }
+    if controllers.len() > 1 {
+        errs.push(FieldError::invalid(
+            "metadata.ownerReferences",
+            &Value::from(controllers.join(", ")),
+            &format!("Only one reference can have Controller set to true. Found \"true\" in references for {}", controllers.join(" and ")),
+        ));
     }
 }
 
@@ -747,6 +797,19 @@ mod tests {
         assert!(
             msgs.contains(&"spec.containers[1].name: Duplicate value: \"c\"".to_string()),
             "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn owner_references_need_identity_and_one_controller() {
+        let cm = json!({"metadata": {"name": "c", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "a", "uid": "1", "controller": true},
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "b", "uid": "", "controller": true}]}});
+        let errs = validate(lookup_kind("v1", "ConfigMap").unwrap(), &cm, None);
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["metadata.ownerReferences.uid", "metadata.ownerReferences"]
         );
     }
 
