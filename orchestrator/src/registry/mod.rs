@@ -169,31 +169,45 @@ impl Registry {
         self.decode(r, &kv.key, &kv.value, kv.mod_revision)
     }
 
-    /// Stores a new object; fails with `AlreadyExists` when the key exists.
+    /// Runs `guard` and `op` on `key`, with the side effects, as one Txn. On failure, tells whether
+    /// the key exists, so the caller can tell a missing object from a moved one.
+    async fn guarded(
+        &self,
+        key: &str,
+        guard: Compare,
+        op: TxnOp,
+        side: SideEffects,
+    ) -> Result<Guarded> {
+        let txn = Txn::new()
+            .when(std::iter::once(guard).chain(side.compares))
+            .and_then(std::iter::once(op).chain(side.ops))
+            .or_else([TxnOp::get(key, Some(GetOptions::new().with_count_only()))]);
+        let resp = self.client.txn(txn).await?;
+        let revision = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        Ok(if resp.succeeded {
+            Guarded::Done(revision)
+        } else {
+            Guarded::Failed {
+                exists: first_count(&resp.responses) > 0,
+            }
+        })
+    }
+
+    /// Stores a new object; fails with `AlreadyExists` when the key exists, `Conflict` when only a
+    /// side effect's guard failed.
     pub async fn create(&self, r: &Resource, obj: &Value, side: SideEffects) -> Result<Value> {
         let k = key(r, meta::namespace(obj), meta::name(obj));
         let bytes = self.encode(r, &k, obj)?;
-        let n_side = side.compares.len();
-        let txn = Txn::new()
-            .when(std::iter::once(Compare::create_revision(k.as_str()).eq(0)).chain(side.compares))
-            .and_then(std::iter::once(TxnOp::put(k.as_str(), bytes, None)).chain(side.ops))
-            .or_else([TxnOp::get(
-                k.as_str(),
-                Some(GetOptions::new().with_count_only()),
-            )]);
-        let resp = self.client.txn(txn).await?;
-        if !resp.succeeded {
-            let exists = first_count(&resp.responses) > 0;
-            return Err(if exists || n_side == 0 {
-                StoreError::AlreadyExists
-            } else {
-                StoreError::Conflict
-            });
+        let guard = Compare::create_revision(k.as_str()).eq(0);
+        let guarded_side = !side.compares.is_empty();
+        match self
+            .guarded(&k, guard, TxnOp::put(k.as_str(), bytes, None), side)
+            .await?
+        {
+            Guarded::Done(rev) => Ok(with_rv(obj, rev)),
+            Guarded::Failed { exists } if exists || !guarded_side => Err(StoreError::AlreadyExists),
+            Guarded::Failed { .. } => Err(StoreError::Conflict),
         }
-        let rev = resp.header.map(|h| h.revision).unwrap_or(0);
-        let mut out = obj.clone();
-        meta::set_resource_version(&mut out, rev);
-        Ok(out)
     }
 
     /// Replaces the object stored at revision `expected`; `Conflict` when it changed, `NotFound` when
@@ -207,28 +221,15 @@ impl Registry {
     ) -> Result<Value> {
         let k = key(r, meta::namespace(obj), meta::name(obj));
         let bytes = self.encode(r, &k, obj)?;
-        let txn = Txn::new()
-            .when(
-                std::iter::once(Compare::mod_revision(k.as_str()).eq(expected))
-                    .chain(side.compares),
-            )
-            .and_then(std::iter::once(TxnOp::put(k.as_str(), bytes, None)).chain(side.ops))
-            .or_else([TxnOp::get(
-                k.as_str(),
-                Some(GetOptions::new().with_count_only()),
-            )]);
-        let resp = self.client.txn(txn).await?;
-        if !resp.succeeded {
-            return Err(if first_count(&resp.responses) == 0 {
-                StoreError::NotFound
-            } else {
-                StoreError::Conflict
-            });
+        let guard = Compare::mod_revision(k.as_str()).eq(expected);
+        match self
+            .guarded(&k, guard, TxnOp::put(k.as_str(), bytes, None), side)
+            .await?
+        {
+            Guarded::Done(rev) => Ok(with_rv(obj, rev)),
+            Guarded::Failed { exists: false } => Err(StoreError::NotFound),
+            Guarded::Failed { exists: true } => Err(StoreError::Conflict),
         }
-        let rev = resp.header.map(|h| h.revision).unwrap_or(0);
-        let mut out = obj.clone();
-        meta::set_resource_version(&mut out, rev);
-        Ok(out)
     }
 
     /// Deletes the object stored at revision `expected`; returns the deletion's revision.
@@ -241,28 +242,13 @@ impl Registry {
         side: SideEffects,
     ) -> Result<i64> {
         let k = key(r, namespace, name);
-        let txn = Txn::new()
-            .when(
-                std::iter::once(Compare::mod_revision(k.as_str()).eq(expected))
-                    .chain(side.compares),
-            )
-            .and_then(
-                std::iter::once(TxnOp::delete(k.as_str(), Some(DeleteOptions::new())))
-                    .chain(side.ops),
-            )
-            .or_else([TxnOp::get(
-                k.as_str(),
-                Some(GetOptions::new().with_count_only()),
-            )]);
-        let resp = self.client.txn(txn).await?;
-        if !resp.succeeded {
-            return Err(if first_count(&resp.responses) == 0 {
-                StoreError::NotFound
-            } else {
-                StoreError::Conflict
-            });
+        let guard = Compare::mod_revision(k.as_str()).eq(expected);
+        let op = TxnOp::delete(k.as_str(), Some(DeleteOptions::new()));
+        match self.guarded(&k, guard, op, side).await? {
+            Guarded::Done(rev) => Ok(rev),
+            Guarded::Failed { exists: false } => Err(StoreError::NotFound),
+            Guarded::Failed { exists: true } => Err(StoreError::Conflict),
         }
-        Ok(resp.header.map(|h| h.revision).unwrap_or(0))
     }
 
     /// Reads up to `limit` objects (0: all) from `start_key` (inclusive) within `prefix` at `rev`.
@@ -369,6 +355,17 @@ impl Registry {
         let bytes = self.encode(r, &k, obj)?;
         Ok((k, bytes))
     }
+}
+
+enum Guarded {
+    Done(i64),
+    Failed { exists: bool },
+}
+
+fn with_rv(obj: &Value, rev: i64) -> Value {
+    let mut out = obj.clone();
+    meta::set_resource_version(&mut out, rev);
+    out
 }
 
 fn first_count(responses: &[cairn_client::proto::ResponseOp]) -> i64 {
