@@ -93,11 +93,6 @@ fn unknown_fields(input: &Value, output: &Value, path: &mut String, out: &mut Ve
                 path.truncate(len);
             }
         }
-        (Value::Object(i), _) => {
-            // A map the type keeps as a free-form string map never reaches here; an object where the
-            // type has a scalar is reported by the decoder instead.
-            let _ = i;
-        }
         (Value::Array(i), Value::Array(o)) => {
             for (n, (iv, ov)) in i.iter().zip(o).enumerate() {
                 let len = path.len();

@@ -616,7 +616,7 @@ fn workload(r: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
     let tlabels = template
         .pointer("/metadata/labels")
         .and_then(Value::as_object);
-    if let (Some(sel), Some(s)) = (&selector, sel) {
+    if let Some(sel) = &selector {
         if !sel.matches(tlabels) {
             errs.push(FieldError::invalid(
                 "spec.template.metadata.labels",
@@ -624,7 +624,6 @@ fn workload(r: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
                 "`selector` does not match template `labels`",
             ));
         }
-        let _ = s;
     }
     if let Some(l) = tlabels {
         label_map(l, "spec.template.metadata.labels", errs);

@@ -36,7 +36,7 @@ pub async fn get(st: &State, t: &Target) -> ApiResult<Value> {
         .await
         .map_err(store_err(t, name))?;
     Ok(match t.sub {
-        Some(Subresource::Scale) => scale_of(t.resource, &obj),
+        Some(Subresource::Scale) => scale_of(&obj),
         _ => obj,
     })
 }
@@ -171,8 +171,7 @@ pub async fn list(st: &State, t: &Target, q: &Query) -> ApiResult<Listed> {
             .list_page(r, &prefix, start.as_deref(), rev, want)
             .await
             .map_err(|e| match e {
-                StoreError::Expired { requested, .. } if from_continue => {
-                    let _ = requested;
+                StoreError::Expired { .. } if from_continue => {
                     ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")
                 }
                 StoreError::Expired { requested, current } => {
@@ -491,7 +490,7 @@ pub async fn update(
         let current_rv = meta::resource_version(&current).to_string();
         // The view the mutation applies to: the object, or its Scale.
         let view = match t.sub {
-            Some(Subresource::Scale) => scale_of(r, &current),
+            Some(Subresource::Scale) => scale_of(&current),
             _ => current.clone(),
         };
         let mut next = match &mutation {
@@ -554,7 +553,7 @@ pub async fn update(
             Ok(stored) => {
                 return Ok((
                     match t.sub {
-                        Some(Subresource::Scale) => scale_of(r, &stored),
+                        Some(Subresource::Scale) => scale_of(&stored),
                         _ => stored,
                     },
                     false,
@@ -593,7 +592,7 @@ fn apply_patch(pt: PatchType, current: &Value, body: &[u8]) -> ApiResult<Value> 
 }
 
 /// The autoscaling/v1 Scale view of a Deployment or ReplicaSet.
-fn scale_of(r: &Resource, obj: &Value) -> Value {
+fn scale_of(obj: &Value) -> Value {
     let selector = obj
         .pointer("/spec/selector/matchLabels")
         .and_then(Value::as_object)
@@ -614,7 +613,6 @@ fn scale_of(r: &Resource, obj: &Value) -> Value {
             )
         })
         .collect();
-    let _ = r;
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
