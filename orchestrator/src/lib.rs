@@ -3,5 +3,7 @@
 
 pub mod api;
 pub mod apiserver;
+pub mod election;
 pub mod registry;
 pub mod runtime;
+pub mod scheduler;
