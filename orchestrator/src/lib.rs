@@ -7,3 +7,4 @@ pub mod election;
 pub mod registry;
 pub mod runtime;
 pub mod scheduler;
+pub mod simulate;

@@ -44,19 +44,8 @@ pub struct ApiserverArgs {
     #[arg(long)]
     write_kubeconfig: Option<PathBuf>,
     /// How often watches that allow bookmarks get one while idle.
-    #[arg(long, default_value = "60s", value_parser = parse_duration, hide = true)]
+    #[arg(long, default_value = "60s", value_parser = super::control::parse_duration, hide = true)]
     watch_bookmark_interval: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration {s:?}")),
-    }
 }
 
 pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
@@ -130,19 +119,7 @@ pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
     if let Some(path) = &args.write_kubeconfig {
         tracing::info!(kubeconfig = %path.display(), "admin kubeconfig written");
     }
-    wait_for_signal().await;
+    super::wait_for_signal().await;
     server.abort();
     Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -1,6 +1,7 @@
 //! Command line: `cairn-orchestrator apiserver` and `cairn-orchestrator runtime run|ps|logs|exec|stop|rm`.
 
 mod apiserver;
+mod control;
 
 use anyhow::{bail, Context, Result};
 use cairn_orchestrator::runtime::{
@@ -23,6 +24,10 @@ struct Cli {
 enum Top {
     /// Serve the Kubernetes API from objects kept in a Cairn (or etcd) store.
     Apiserver(apiserver::ApiserverArgs),
+    /// Place pods on nodes (kube-scheduler's role), as an API client.
+    Scheduler(control::SchedulerArgs),
+    /// Register fake nodes that run nothing but report their pods as running.
+    SimulateNodes(control::SimulateArgs),
     /// Run pods directly with the bundled namespace runtime (no store).
     Runtime(RuntimeArgs),
 }
@@ -96,7 +101,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers say what they serve; the runtime commands print only their results.
     let default_level = match cli.command {
-        Top::Apiserver(_) => "info",
+        Top::Apiserver(_) | Top::Scheduler(_) | Top::SimulateNodes(_) => "info",
         Top::Runtime(_) => "warn",
     };
     tracing_subscriber::fmt()
@@ -181,6 +186,8 @@ fn fmt_state(s: &ContainerState) -> String {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let args = match cli.command {
         Top::Apiserver(args) => return apiserver::run(args).await,
+        Top::Scheduler(args) => return control::scheduler(args).await,
+        Top::SimulateNodes(args) => return control::simulate(args).await,
         Top::Runtime(args) => args,
     };
     let helper = std::env::current_exe().context("locate own executable")?;
@@ -267,4 +274,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -1,0 +1,108 @@
+//! `cairn-orchestrator scheduler` and `cairn-orchestrator simulate-nodes`: API clients configured by
+//! a kubeconfig, as kube-scheduler and kwok are.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cairn_orchestrator::election::{self, ElectionConfig};
+use cairn_orchestrator::scheduler;
+use cairn_orchestrator::simulate::{SimConfig, SimulatedNodes};
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration {s:?}")),
+    }
+}
+
+pub async fn client(kubeconfig: &PathBuf) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("read {}", kubeconfig.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+#[derive(clap::Args)]
+pub struct LeaderArgs {
+    /// Run only while holding the component's Lease in kube-system.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_elect_lease_duration: Duration,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    leader_elect_retry_period: Duration,
+}
+
+#[derive(clap::Args)]
+pub struct SchedulerArgs {
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    #[command(flatten)]
+    leader: LeaderArgs,
+}
+
+fn identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}_{}", host.trim(), uuid::Uuid::new_v4())
+}
+
+pub async fn scheduler(args: SchedulerArgs) -> Result<ExitCode> {
+    let client = client(&args.kubeconfig).await?;
+    if !args.leader.leader_elect {
+        scheduler::run(client, std::future::pending()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut cfg = ElectionConfig::new("kube-scheduler", &identity());
+    cfg.lease_duration = args.leader.leader_elect_lease_duration;
+    cfg.renew_deadline = args.leader.leader_elect_renew_deadline;
+    cfg.retry_period = args.leader.leader_elect_retry_period;
+    let mut leadership = election::acquire(client.clone(), cfg).await?;
+    scheduler::run(client, async move { leadership.lost().await }).await?;
+    // As kube-scheduler does: a replica that lost its lease exits, and is restarted to compete again.
+    bail!("leaderelection lost")
+}
+
+#[derive(clap::Args)]
+pub struct SimulateArgs {
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    count: usize,
+    #[arg(long, default_value = "sim-")]
+    prefix: String,
+    #[arg(long, default_value = "4")]
+    cpu: String,
+    #[arg(long, default_value = "16Gi")]
+    memory: String,
+    #[arg(long, default_value = "110")]
+    pods: String,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    heartbeat: Duration,
+}
+
+pub async fn simulate(args: SimulateArgs) -> Result<ExitCode> {
+    let client = client(&args.kubeconfig).await?;
+    let nodes = SimulatedNodes::start(
+        client,
+        SimConfig {
+            prefix: args.prefix,
+            count: args.count,
+            cpu: args.cpu,
+            memory: args.memory,
+            pods: args.pods,
+            heartbeat: args.heartbeat,
+        },
+    )
+    .await?;
+    tracing::info!(nodes = nodes.names().len(), "simulated nodes registered");
+    super::wait_for_signal().await;
+    Ok(ExitCode::SUCCESS)
+}
