@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use cairn_orchestrator::controllers;
 use cairn_orchestrator::election::{self, ElectionConfig};
 use cairn_orchestrator::scheduler;
 use cairn_orchestrator::simulate::{SimConfig, SimulatedNodes};
@@ -67,6 +68,29 @@ pub async fn scheduler(args: SchedulerArgs) -> Result<ExitCode> {
     let mut leadership = election::acquire(client.clone(), cfg).await?;
     scheduler::run(client, async move { leadership.lost().await }).await?;
     // As kube-scheduler does: a replica that lost its lease exits, and is restarted to compete again.
+    bail!("leaderelection lost")
+}
+
+#[derive(clap::Args)]
+pub struct ControllerManagerArgs {
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    #[command(flatten)]
+    leader: LeaderArgs,
+}
+
+pub async fn controller_manager(args: ControllerManagerArgs) -> Result<ExitCode> {
+    let client = client(&args.kubeconfig).await?;
+    if !args.leader.leader_elect {
+        controllers::run(client, std::future::pending()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut cfg = ElectionConfig::new("kube-controller-manager", &identity());
+    cfg.lease_duration = args.leader.leader_elect_lease_duration;
+    cfg.renew_deadline = args.leader.leader_elect_renew_deadline;
+    cfg.retry_period = args.leader.leader_elect_retry_period;
+    let mut leadership = election::acquire(client.clone(), cfg).await?;
+    controllers::run(client, async move { leadership.lost().await }).await?;
     bail!("leaderelection lost")
 }
 

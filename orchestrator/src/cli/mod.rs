@@ -26,6 +26,8 @@ enum Top {
     Apiserver(apiserver::ApiserverArgs),
     /// Place pods on nodes (kube-scheduler's role), as an API client.
     Scheduler(control::SchedulerArgs),
+    /// Run the controllers (kube-controller-manager's role), as an API client.
+    ControllerManager(control::ControllerManagerArgs),
     /// Register fake nodes that run nothing but report their pods as running.
     SimulateNodes(control::SimulateArgs),
     /// Run pods directly with the bundled namespace runtime (no store).
@@ -101,7 +103,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers say what they serve; the runtime commands print only their results.
     let default_level = match cli.command {
-        Top::Apiserver(_) | Top::Scheduler(_) | Top::SimulateNodes(_) => "info",
+        Top::Apiserver(_)
+        | Top::Scheduler(_)
+        | Top::ControllerManager(_)
+        | Top::SimulateNodes(_) => "info",
         Top::Runtime(_) => "warn",
     };
     tracing_subscriber::fmt()
@@ -187,6 +192,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let args = match cli.command {
         Top::Apiserver(args) => return apiserver::run(args).await,
         Top::Scheduler(args) => return control::scheduler(args).await,
+        Top::ControllerManager(args) => return control::controller_manager(args).await,
         Top::SimulateNodes(args) => return control::simulate(args).await,
         Top::Runtime(args) => args,
     };

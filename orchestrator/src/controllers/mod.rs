@@ -1,0 +1,222 @@
+//! The controller manager: controllers that turn desired state into actual state, each a
+//! kube-runtime `Controller` (watches, per-object reconcile queue, retries) or a reconcile loop over
+//! reflector caches, as Kubernetes' kube-controller-manager runs them. They are clients of the API
+//! server only: this module never imports `registry` or `apiserver`.
+
+pub mod deployment;
+pub mod replicaset;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use kube::api::Api;
+use kube::runtime::reflector::Store;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("API: {0}")]
+    Api(#[from] kube::Error),
+    #[error("invalid object: {0}")]
+    Invalid(String),
+}
+
+/// Caches shared by the controllers.
+pub struct Shared {
+    pub client: kube::Client,
+    pub pods: Store<Pod>,
+    pub replicasets: Store<ReplicaSet>,
+    pub expectations: Expectations,
+}
+
+/// What a controller is still waiting to see in its caches after its own writes, per owner uid, so
+/// that it never acts twice on one gap (Kubernetes' ControllerExpectations). An expectation not met
+/// within five minutes is dropped, as Kubernetes does.
+#[derive(Default)]
+pub struct Expectations(Mutex<HashMap<String, Pending>>);
+
+/// Names of pods created and uids of pods deleted that the cache does not show yet, and when the
+/// last of them was recorded.
+struct Pending {
+    created: HashSet<String>,
+    deleted: HashSet<String>,
+    at: Instant,
+}
+
+const EXPECTATION_TTL: Duration = Duration::from_secs(300);
+
+impl Expectations {
+    /// Records pods created (by name) and deleted (by uid) for `owner`.
+    pub fn expect(&self, owner: &str, created: Vec<String>, deleted: Vec<String>) {
+        let mut m = self.0.lock().expect("not poisoned");
+        let e = m.entry(owner.to_string()).or_insert_with(|| Pending {
+            created: HashSet::new(),
+            deleted: HashSet::new(),
+            at: Instant::now(),
+        });
+        e.created.extend(created);
+        e.deleted.extend(deleted);
+        e.at = Instant::now();
+    }
+
+    /// Whether every expected change is visible in `pods` (the owner's pods from the cache).
+    pub fn satisfied(&self, owner: &str, pods: &[Arc<Pod>]) -> bool {
+        let mut m = self.0.lock().expect("not poisoned");
+        let Some(e) = m.get_mut(owner) else {
+            return true;
+        };
+        let names: HashSet<&str> = pods
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .collect();
+        let uids: HashSet<&str> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
+        e.created.retain(|n| !names.contains(n.as_str()));
+        e.deleted.retain(|u| uids.contains(u.as_str()));
+        if (e.created.is_empty() && e.deleted.is_empty()) || e.at.elapsed() > EXPECTATION_TTL {
+            m.remove(owner);
+            return true;
+        }
+        false
+    }
+}
+
+/// Starts a reflector whose store the controllers read.
+fn reflect<K>(api: Api<K>) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let task = tokio::spawn(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|_| futures::future::ready(())),
+    );
+    (store, task)
+}
+
+/// Runs every controller until `stop` resolves.
+pub async fn run(
+    client: kube::Client,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), ControllerError> {
+    let (pods, pod_task) = reflect(Api::<Pod>::all(client.clone()));
+    let (replicasets, rs_task) = reflect(Api::<ReplicaSet>::all(client.clone()));
+    let _guard = AbortOnDrop(vec![pod_task, rs_task]);
+    let _ = pods.wait_until_ready().await;
+    let _ = replicasets.wait_until_ready().await;
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        pods,
+        replicasets,
+        expectations: Expectations::default(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let rs = tokio::spawn(replicaset::run(shared.clone(), stopped(stop_rx.clone())));
+    let deploy = tokio::spawn(deployment::run(shared.clone(), stopped(stop_rx.clone())));
+    stop.await;
+    let _ = stop_tx.send(true);
+    let _ = rs.await;
+    let _ = deploy.await;
+    Ok(())
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// The controller reference among an object's owner references.
+pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+}
+
+/// Whether `labels` match a metav1.LabelSelector (an empty selector matches nothing, as for
+/// workloads).
+pub fn selects(sel: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
+    let Ok(v) = serde_json::to_value(sel) else {
+        return false;
+    };
+    let Ok(parsed) = crate::api::selector::LabelSelector::from_object(&v) else {
+        return false;
+    };
+    if parsed.is_empty() {
+        return false;
+    }
+    let map: serde_json::Map<String, serde_json::Value> = labels
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    parsed.matches(Some(&map))
+}
+
+pub fn owner_ref(api_version: &str, kind: &str, meta: &ObjectMeta) -> OwnerReference {
+    OwnerReference {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Ready for at least `min_ready` seconds.
+pub fn is_available(pod: &Pod, min_ready: i32, now: i64) -> bool {
+    if !is_ready(pod) {
+        return false;
+    }
+    if min_ready <= 0 {
+        return true;
+    }
+    let since = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0.as_second());
+    since.is_some_and(|t| now - t >= i64::from(min_ready))
+}
+
+pub fn is_active(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
