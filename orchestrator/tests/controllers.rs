@@ -15,7 +15,7 @@ use kube_api::{have_kubectl, Cluster};
 use serde_json::json;
 
 struct Running {
-    _sim: SimulatedNodes,
+    sim: SimulatedNodes,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -28,26 +28,30 @@ impl Drop for Running {
 }
 
 async fn control_plane(client: &kube::Client) -> Running {
-    let sim = SimulatedNodes::start(
-        client.clone(),
-        SimConfig {
-            count: 3,
-            cpu: "8".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let sim = SimConfig {
+        count: 3,
+        cpu: "8".into(),
+        ..Default::default()
+    };
+    control_plane_with(client, Default::default(), sim).await
+}
+
+async fn control_plane_with(
+    client: &kube::Client,
+    cfg: cairn_orchestrator::controllers::ControllerConfig,
+    sim: SimConfig,
+) -> Running {
+    let sim = SimulatedNodes::start(client.clone(), sim).await.unwrap();
     let c1 = client.clone();
     let c2 = client.clone();
     Running {
-        _sim: sim,
+        sim,
         tasks: vec![
             tokio::spawn(async move {
                 let _ = cairn_orchestrator::scheduler::run(c1, std::future::pending()).await;
             }),
             tokio::spawn(async move {
-                let _ = cairn_orchestrator::controllers::run(c2, std::future::pending()).await;
+                let _ = cairn_orchestrator::controllers::run(c2, cfg, std::future::pending()).await;
             }),
         ],
     }
@@ -249,4 +253,236 @@ async fn deployments_converge_scale_and_roll_out() {
         .await;
         c.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_cascades_through_owners_and_namespaces() {
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let _cp = control_plane(&client).await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    // Every namespace gets a default ServiceAccount.
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), "team");
+    converge("default service account", 20, async || {
+        sas.get_opt("default").await.unwrap().is_some()
+    })
+    .await;
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), "team");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "team");
+    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "team");
+    for name in ["bg", "orphaned"] {
+        deps.create(&PostParams::default(), &deployment(name, 2, "nginx:1"))
+            .await
+            .unwrap();
+        converge("2 ready", 30, async || {
+            app_pods(&pods, name)
+                .await
+                .iter()
+                .filter(|p| ready(p))
+                .count()
+                == 2
+        })
+        .await;
+    }
+    // Background: the ReplicaSet and its pods follow the Deployment.
+    deps.delete("bg", &DeleteParams::background())
+        .await
+        .unwrap();
+    converge("bg's ReplicaSet and pods gone", 30, async || {
+        let rs_left = rss
+            .list(&ListParams::default().labels("app=bg"))
+            .await
+            .unwrap()
+            .items
+            .len();
+        rs_left == 0 && app_pods(&pods, "bg").await.is_empty()
+    })
+    .await;
+    // Orphan: the ReplicaSet stays, without its owner reference, and keeps its pods.
+    deps.delete("orphaned", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    converge("orphaned deployment gone", 30, async || {
+        deps.get_opt("orphaned").await.unwrap().is_none()
+    })
+    .await;
+    let left = rss
+        .list(&ListParams::default().labels("app=orphaned"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(left.len(), 1);
+    assert!(left[0]
+        .metadata
+        .owner_references
+        .as_ref()
+        .is_none_or(|r| r.is_empty()));
+    assert_eq!(app_pods(&pods, "orphaned").await.len(), 2);
+    // Deleting the namespace removes all that is in it, then the namespace.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "team");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "cfg"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    nss.delete("team", &DeleteParams::default()).await.unwrap();
+    converge("namespace gone", 60, async || {
+        nss.get_opt("team").await.unwrap().is_none()
+    })
+    .await;
+    assert!(pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    assert!(cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_follow_ready_pods() {
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let _cp = control_plane(&client).await;
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    deps.create(&PostParams::default(), &deployment("api", 2, "nginx:1"))
+        .await
+        .unwrap();
+    let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "default");
+    svcs.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "api"},
+        "spec": {"selector": {"app": "api"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})).unwrap())
+        .await
+        .unwrap();
+    let eps: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    converge("2 endpoint addresses", 30, async || {
+        let Some(ep) = eps.get_opt("api").await.unwrap() else {
+            return false;
+        };
+        let subsets = ep.subsets.unwrap_or_default();
+        let ips: Vec<String> = subsets
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten().map(|a| a.ip.clone()))
+            .collect();
+        let want: Vec<String> = app_pods(&pods, "api")
+            .await
+            .iter()
+            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+            .collect();
+        ips.len() == 2
+            && want.iter().all(|w| ips.contains(w))
+            && subsets
+                .iter()
+                .all(|s| s.ports.as_ref().is_some_and(|p| p[0].port == 8080))
+    })
+    .await;
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), "default");
+    let l = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=api"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].endpoints.len(), 2);
+    assert!(l[0]
+        .endpoints
+        .iter()
+        .all(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true)));
+    // Scaled to 1: one address left.
+    deps.patch_scale(
+        "api",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    converge("1 endpoint address", 30, async || {
+        let ep = eps.get("api").await.unwrap();
+        ep.subsets
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.addresses.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+            == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_turns_unreachable_and_its_pods_move() {
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let cfg = cairn_orchestrator::controllers::ControllerConfig {
+        node_monitor_grace_period: Duration::from_secs(2),
+    };
+    let cp = control_plane_with(
+        &client,
+        cfg,
+        SimConfig {
+            count: 3,
+            cpu: "8".into(),
+            heartbeat: Duration::from_millis(500),
+            ..Default::default()
+        },
+    )
+    .await;
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let mut d = deployment("moving", 3, "nginx:1");
+    // Tolerate an unreachable node for 1 s instead of the default 300 s.
+    d.spec.as_mut().unwrap().template.spec.as_mut().unwrap().tolerations = Some(vec![serde_json::from_value(json!(
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 1})).unwrap()]);
+    deps.create(&PostParams::default(), &d).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    converge("3 ready", 30, async || {
+        app_pods(&pods, "moving")
+            .await
+            .iter()
+            .filter(|p| ready(p))
+            .count()
+            == 3
+    })
+    .await;
+    cp.sim.silence("sim-1");
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    converge("sim-1 unreachable", 30, async || {
+        let n = nodes.get("sim-1").await.unwrap();
+        let unknown = n
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "Unknown");
+        let tainted = n
+            .spec
+            .and_then(|s| s.taints)
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute");
+        unknown && tainted
+    })
+    .await;
+    converge("3 ready pods off sim-1", 60, async || {
+        let ps = app_pods(&pods, "moving").await;
+        let live: Vec<&Pod> = ps.iter().filter(|p| ready(p)).collect();
+        live.len() == 3
+            && live
+                .iter()
+                .all(|p| p.spec.as_ref().unwrap().node_name.as_deref() != Some("sim-1"))
+    })
+    .await;
 }

@@ -25,6 +25,8 @@ pub enum Subresource {
     Binding,
     Log,
     Exec,
+    /// A namespace's `spec.finalizers`, which only the namespace controller changes.
+    Finalize,
 }
 
 impl Subresource {
@@ -35,6 +37,7 @@ impl Subresource {
             Subresource::Binding => "binding",
             Subresource::Log => "log",
             Subresource::Exec => "exec",
+            Subresource::Finalize => "finalize",
         }
     }
 
@@ -45,6 +48,7 @@ impl Subresource {
             Subresource::Binding,
             Subresource::Log,
             Subresource::Exec,
+            Subresource::Finalize,
         ]
         .into_iter()
         .find(|r| r.name() == s)
@@ -148,7 +152,7 @@ pub static RESOURCES: &[Resource] = &[
         "namespace",
         false,
         &["ns"],
-        &[Status],
+        &[Status, Finalize],
     ),
     res("", "Node", "nodes", "node", false, &["no"], &[Status]),
     all(res(

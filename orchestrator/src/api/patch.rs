@@ -47,7 +47,9 @@ fn list_strategy(path: &[String]) -> ListStrategy {
         ("metadata", "ownerReferences") => ListStrategy::MergeKey("uid"),
         ("metadata", "finalizers") => ListStrategy::MergePrimitives,
         ("spec", "ports") if is_service_spec(path) => ListStrategy::MergeKey("port"),
-        (_, "ports") => ListStrategy::MergeKey("containerPort"),
+        ("containers" | "initContainers" | "ephemeralContainers", "ports") => {
+            ListStrategy::MergeKey("containerPort")
+        }
         _ => ListStrategy::Replace,
     }
 }
@@ -389,6 +391,14 @@ mod tests {
         let out = strategic_merge_patch(&svc, &p).unwrap();
         assert_eq!(out["spec"]["ports"].as_array().unwrap().len(), 2);
         assert_eq!(out["spec"]["externalIPs"], json!(["5.6.7.8"]));
+    }
+
+    #[test]
+    fn only_container_and_service_ports_merge_by_key() {
+        let slice = json!({"ports": [{"name": "a", "port": 1}], "endpoints": []});
+        let out =
+            strategic_merge_patch(&slice, &json!({"ports": [{"name": "b", "port": 2}]})).unwrap();
+        assert_eq!(out["ports"], json!([{"name": "b", "port": 2}]));
     }
 
     #[test]

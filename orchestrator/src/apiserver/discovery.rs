@@ -42,12 +42,13 @@ fn sub_verbs(s: Subresource) -> &'static [&'static str] {
         Subresource::Binding => &["create"],
         Subresource::Log => &["get"],
         Subresource::Exec => &["create", "get"],
+        Subresource::Finalize => &["update"],
     }
 }
 
 fn sub_kind(r: &Resource, s: Subresource) -> (&'static str, &'static str, &'static str) {
     match s {
-        Subresource::Status => (r.group, r.version, r.kind),
+        Subresource::Status | Subresource::Finalize => (r.group, r.version, r.kind),
         Subresource::Scale => ("autoscaling", "v1", "Scale"),
         Subresource::Binding => ("", "v1", "Binding"),
         Subresource::Log => ("", "v1", "Pod"),

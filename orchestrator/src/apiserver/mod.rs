@@ -564,7 +564,14 @@ async fn handle(
             let created = resources::create(&st, &t, &q, obj, &mut warnings).await?;
             Ok(json_answer(StatusCode::CREATED, &created, &warnings))
         }
-        (&Method::PUT, Some(_), None | Some(Subresource::Status) | Some(Subresource::Scale)) => {
+        (
+            &Method::PUT,
+            Some(_),
+            None
+            | Some(Subresource::Status)
+            | Some(Subresource::Scale)
+            | Some(Subresource::Finalize),
+        ) => {
             let obj = request::decode_object(headers, &body)?;
             let (updated, _) = resources::update(
                 &st,

@@ -39,6 +39,21 @@ pub fn parse_target(path: &str) -> ApiResult<Option<Target>> {
         )
     };
     let find = |plural: &str| api::lookup(group, version, plural).ok_or_else(not_found);
+    // `/namespaces/<ns>/status` and `/namespaces/<ns>/finalize` are a namespace's subresources, not
+    // collections inside it.
+    if let (["namespaces", ns, sub], "") = (rest, group) {
+        if let Some(s) = Subresource::parse(sub) {
+            let r = find("namespaces")?;
+            if r.has(s) {
+                return Ok(Some(Target {
+                    resource: r,
+                    namespace: None,
+                    name: Some(ns.to_string()),
+                    sub: Some(s),
+                }));
+            }
+        }
+    }
     let (namespace, rest): (Option<String>, &[&str]) = match rest {
         ["namespaces", ns, more @ ..] if !more.is_empty() => (Some(ns.to_string()), more),
         _ => (None, rest),
@@ -246,6 +261,20 @@ mod tests {
             ("Deployment", None, None)
         );
         assert!(parse_target("/api/v1").unwrap().is_none());
+        let t = parse_target("/api/v1/namespaces/team/finalize")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (t.resource.kind, t.name.as_deref(), t.sub),
+            ("Namespace", Some("team"), Some(Subresource::Finalize))
+        );
+        let t = parse_target("/api/v1/namespaces/team/status")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (t.resource.kind, t.sub),
+            ("Namespace", Some(Subresource::Status))
+        );
         assert_eq!(parse_target("/api/v1/widgets").unwrap_err().code, 404);
         assert_eq!(
             parse_target("/api/v1/namespaces/x/nodes").unwrap_err().code,

@@ -399,7 +399,20 @@ fn with_status(old: &Value, new: &Value) -> Value {
 /// Makes an updated object consistent with the stored one: system metadata kept, status or spec
 /// kept depending on the subresource, generation bumped on spec changes.
 fn prepare_update(r: &Resource, sub: Option<Subresource>, new: &mut Value, old: &Value) {
-    if sub == Some(Subresource::Status) {
+    if sub == Some(Subresource::Finalize) {
+        let mut merged = old.clone();
+        let fins = new
+            .pointer("/spec/finalizers")
+            .cloned()
+            .unwrap_or(json!([]));
+        if let Some(m) = merged.as_object_mut() {
+            let spec = m.entry("spec").or_insert_with(|| json!({}));
+            spec["finalizers"] = fins;
+        }
+        let rv = meta::resource_version(new).to_string();
+        meta::metadata_mut(&mut merged).insert("resourceVersion".into(), json!(rv));
+        *new = merged;
+    } else if sub == Some(Subresource::Status) {
         let mut merged = with_status(old, new);
         // Status writers may still touch labels and annotations? Kubernetes' status strategies keep
         // the stored metadata; only the resourceVersion precondition is taken from the request.
@@ -412,6 +425,12 @@ fn prepare_update(r: &Resource, sub: Option<Subresource>, new: &mut Value, old: 
                 Some(s) => m.insert("status".into(), s.clone()),
                 None => m.remove("status"),
             };
+        }
+    }
+    if r.kind == "Namespace" && sub.is_none() {
+        // A namespace's spec holds only its finalizers, which change through `finalize` alone.
+        if let (Some(m), Some(spec)) = (new.as_object_mut(), old.get("spec")) {
+            m.insert("spec".into(), spec.clone());
         }
     }
     let om = meta::metadata(old).cloned().unwrap_or_default();
@@ -536,7 +555,12 @@ pub async fn update(
             return Ok((next, false));
         }
         // Finalizers all gone from an object being deleted: the update completes the deletion.
-        if meta::is_deleting(&next) && meta::finalizers(&next).is_empty() {
+        let spec_finalized = r.kind != "Namespace"
+            || next
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty);
+        if meta::is_deleting(&next) && meta::finalizers(&next).is_empty() && spec_finalized {
             let mut side = admission::on_delete(r, &current);
             admission::release_quota(st, r, &current, &mut side).await?;
             match st.registry.delete(r, ns(t), &name, expected, side).await {

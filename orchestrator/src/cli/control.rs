@@ -75,14 +75,20 @@ pub async fn scheduler(args: SchedulerArgs) -> Result<ExitCode> {
 pub struct ControllerManagerArgs {
     #[arg(long)]
     kubeconfig: PathBuf,
+    /// How long a node may go without renewing its Lease before it is marked unreachable.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
     #[command(flatten)]
     leader: LeaderArgs,
 }
 
 pub async fn controller_manager(args: ControllerManagerArgs) -> Result<ExitCode> {
     let client = client(&args.kubeconfig).await?;
+    let ccfg = controllers::ControllerConfig {
+        node_monitor_grace_period: args.node_monitor_grace_period,
+    };
     if !args.leader.leader_elect {
-        controllers::run(client, std::future::pending()).await?;
+        controllers::run(client, ccfg, std::future::pending()).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut cfg = ElectionConfig::new("kube-controller-manager", &identity());
@@ -90,7 +96,7 @@ pub async fn controller_manager(args: ControllerManagerArgs) -> Result<ExitCode>
     cfg.renew_deadline = args.leader.leader_elect_renew_deadline;
     cfg.retry_period = args.leader.leader_elect_retry_period;
     let mut leadership = election::acquire(client.clone(), cfg).await?;
-    controllers::run(client, async move { leadership.lost().await }).await?;
+    controllers::run(client, ccfg, async move { leadership.lost().await }).await?;
     bail!("leaderelection lost")
 }
 

@@ -4,6 +4,10 @@
 //! server only: this module never imports `registry` or `apiserver`.
 
 pub mod deployment;
+pub mod endpoints;
+pub mod garbage;
+pub mod namespace;
+pub mod node_lifecycle;
 pub mod replicaset;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -110,9 +114,25 @@ where
     (store, task)
 }
 
+/// Settings of the controllers (kube-controller-manager's flags).
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// How long a node may go without renewing its Lease before it is unreachable.
+    pub node_monitor_grace_period: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            node_monitor_grace_period: Duration::from_secs(40),
+        }
+    }
+}
+
 /// Runs every controller until `stop` resolves.
 pub async fn run(
     client: kube::Client,
+    config: ControllerConfig,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), ControllerError> {
     let (pods, pod_task) = reflect(Api::<Pod>::all(client.clone()));
@@ -130,12 +150,23 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let rs = tokio::spawn(replicaset::run(shared.clone(), stopped(stop_rx.clone())));
-    let deploy = tokio::spawn(deployment::run(shared.clone(), stopped(stop_rx.clone())));
+    let tasks = vec![
+        tokio::spawn(replicaset::run(shared.clone(), stopped(stop_rx.clone()))),
+        tokio::spawn(deployment::run(shared.clone(), stopped(stop_rx.clone()))),
+        tokio::spawn(endpoints::run(shared.clone(), stopped(stop_rx.clone()))),
+        tokio::spawn(namespace::run(shared.clone(), stopped(stop_rx.clone()))),
+        tokio::spawn(garbage::run(client.clone(), stopped(stop_rx.clone()))),
+        tokio::spawn(node_lifecycle::run(
+            shared.clone(),
+            config.node_monitor_grace_period,
+            stopped(stop_rx.clone()),
+        )),
+    ];
     stop.await;
     let _ = stop_tx.send(true);
-    let _ = rs.await;
-    let _ = deploy.await;
+    for t in tasks {
+        let _ = t.await;
+    }
     Ok(())
 }
 

@@ -28,6 +28,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 pub use resources::Resources;
+pub use taint_toleration::tolerates;
 
 /// The scheduler's name in pods' `spec.schedulerName` and in events.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
