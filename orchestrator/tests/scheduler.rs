@@ -106,15 +106,20 @@ async fn pods_spread_wait_for_room_and_run_on_simulated_nodes() {
         Some("0/3 nodes are available: 3 Insufficient cpu.")
     );
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let ev = events
-        .list(&ListParams::default().fields("involvedObject.name=huge"))
-        .await
-        .unwrap();
-    assert!(ev
-        .items
-        .iter()
-        .any(|e| e.reason.as_deref() == Some("FailedScheduling")
-            && e.type_.as_deref() == Some("Warning")));
+    eventually("a FailedScheduling event", 20, || async {
+        let ev = events
+            .list(&ListParams::default().fields("involvedObject.name=huge"))
+            .await
+            .unwrap();
+        ev.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("FailedScheduling")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .then_some(())
+    })
+    .await;
 
     // A cordoned node is skipped; a big node arriving takes the waiting pod.
     let node_api: Api<Node> = Api::all(client.clone());
