@@ -486,3 +486,40 @@ async fn a_silent_node_turns_unreachable_and_its_pods_move() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_quota_reports_what_is_already_there() {
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let _cp = control_plane(&client).await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "default");
+    for i in 0..3 {
+        cms.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": format!("c{i}")}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(client.clone(), "default");
+    quotas
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "q"},
+            "spec": {"hard": {"configmaps": "10", "pods": "5", "requests.cpu": "2"}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    converge("quota status", 20, async || {
+        let s = quotas.get("q").await.unwrap().status.unwrap_or_default();
+        let used = s.used.unwrap_or_default();
+        s.hard.is_some_and(|h| h.len() == 3)
+            && used.get("configmaps").map(|q| q.0.as_str()) == Some("3")
+            && used.get("pods").map(|q| q.0.as_str()) == Some("0")
+            && used.get("requests.cpu").map(|q| q.0.as_str()) == Some("0")
+    })
+    .await;
+}

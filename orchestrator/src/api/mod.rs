@@ -11,6 +11,7 @@ pub mod defaults;
 pub mod meta;
 pub mod patch;
 pub mod quantity;
+pub mod quota;
 pub mod selector;
 pub mod typed;
 pub mod validation;

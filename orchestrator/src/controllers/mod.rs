@@ -8,6 +8,7 @@ pub mod endpoints;
 pub mod garbage;
 pub mod namespace;
 pub mod node_lifecycle;
+pub mod quota;
 pub mod replicaset;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -156,6 +157,7 @@ pub async fn run(
         tokio::spawn(endpoints::run(shared.clone(), stopped(stop_rx.clone()))),
         tokio::spawn(namespace::run(shared.clone(), stopped(stop_rx.clone()))),
         tokio::spawn(garbage::run(client.clone(), stopped(stop_rx.clone()))),
+        tokio::spawn(quota::run(shared.clone(), stopped(stop_rx.clone()))),
         tokio::spawn(node_lifecycle::run(
             shared.clone(),
             config.node_monitor_grace_period,
