@@ -20,6 +20,14 @@ use crate::client::Client;
 use crate::error::Result;
 use crate::txn::Txn;
 
+/// The largest answer a client accepts: etcd's clients allow `math.MaxInt32` bytes, so a large range
+/// or transaction result is never refused by the client alone.
+pub(crate) const MAX_RECV: usize = i32::MAX as usize;
+
+fn kv_client(ch: tonic::transport::Channel) -> KvClient<tonic::transport::Channel> {
+    KvClient::new(ch).max_decoding_message_size(MAX_RECV)
+}
+
 /// The range end that covers every key starting with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -298,7 +306,7 @@ impl Client {
     pub async fn range_request(&self, req: RangeRequest) -> Result<RangeResponse> {
         self.unary(true, |ch, _| {
             let req = req.clone();
-            async move { Ok(KvClient::new(ch).range(req).await?.into_inner()) }
+            async move { Ok(kv_client(ch).range(req).await?.into_inner()) }
         })
         .await
     }
@@ -306,7 +314,7 @@ impl Client {
     pub(crate) async fn put_request(&self, req: PutRequest) -> Result<PutResponse> {
         self.unary(false, |ch, _| {
             let req = req.clone();
-            async move { Ok(KvClient::new(ch).put(req).await?.into_inner()) }
+            async move { Ok(kv_client(ch).put(req).await?.into_inner()) }
         })
         .await
     }
@@ -317,7 +325,7 @@ impl Client {
     ) -> Result<DeleteRangeResponse> {
         self.unary(false, |ch, _| {
             let req = req.clone();
-            async move { Ok(KvClient::new(ch).delete_range(req).await?.into_inner()) }
+            async move { Ok(kv_client(ch).delete_range(req).await?.into_inner()) }
         })
         .await
     }
@@ -349,7 +357,7 @@ impl Client {
         let req = txn.into_request();
         self.unary(idempotent, |ch, _| {
             let req = req.clone();
-            async move { Ok(KvClient::new(ch).txn(req).await?.into_inner()) }
+            async move { Ok(kv_client(ch).txn(req).await?.into_inner()) }
         })
         .await
     }
@@ -366,7 +374,7 @@ impl Client {
             physical: options.unwrap_or_default().physical,
         };
         self.unary(false, |ch, _| async move {
-            Ok(KvClient::new(ch).compact(req).await?.into_inner())
+            Ok(kv_client(ch).compact(req).await?.into_inner())
         })
         .await
     }

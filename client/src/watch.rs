@@ -349,7 +349,9 @@ impl WatchTask {
             .insert("hasleader", MetadataValue::from_static("true"));
         let open = tokio::time::timeout(
             self.client.options().request_timeout,
-            WatchClient::new(channel).watch(request),
+            WatchClient::new(channel)
+                .max_decoding_message_size(crate::kv::MAX_RECV)
+                .watch(request),
         )
         .await;
         let mut stream = match open {

@@ -471,3 +471,40 @@ async fn a_watch_client_that_leaves_releases_its_store_watch() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_larger_than_one_store_message_are_served_whole() {
+    let c = Cluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(c.kube().await, "default");
+    let blob = "x".repeat(100 * 1024);
+    for i in 0..60 {
+        api.create(
+            &PostParams::default(),
+            &cm(&format!("big{i:02}"), &[("blob", blob.as_str())]),
+        )
+        .await
+        .unwrap();
+    }
+    // 6 MB of objects: more than one gRPC message from the store may carry.
+    let all = api.list(&ListParams::default()).await.unwrap();
+    assert_eq!(all.items.len(), 60);
+    assert!(all.metadata.continue_.as_deref().unwrap_or("").is_empty());
+    // A watch without resourceVersion starts with the same objects.
+    let mut stream = api
+        .watch(&WatchParams::default().timeout(10), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let mut added = 0;
+    while added < 60 {
+        match tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(WatchEvent::Added(_)) => added += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    c.shutdown().await;
+}

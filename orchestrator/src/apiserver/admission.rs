@@ -31,7 +31,17 @@ pub async fn admit_create(st: &State, r: &Resource, obj: &mut Value) -> ApiResul
     let name = meta::name(obj).to_string();
     if r.namespaced {
         let ns = meta::namespace(obj).to_string();
-        match st.registry.get(namespaces(), "", &ns).await {
+        // The member's own state first, as Kubernetes' lifecycle admission reads its informer; a
+        // namespace it does not show yet is looked up with the leader before being called missing.
+        let found = match st
+            .registry
+            .get_at(namespaces(), "", &ns, ReadRevision::Any)
+            .await
+        {
+            Err(StoreError::NotFound) => st.registry.get(namespaces(), "", &ns).await,
+            other => other,
+        };
+        match found {
             Ok(n) if meta::is_deleting(&n) => {
                 return Err(ApiError::forbidden(
                     r,
@@ -302,7 +312,7 @@ async fn quota(
     let prefix = crate::registry::prefix(qr, Some(ns));
     let page = st
         .registry
-        .list_page(qr, &prefix, None, ReadRevision::Latest, 0)
+        .list_all(qr, &prefix, ReadRevision::Latest)
         .await
         .map_err(|e| ApiError::store(qr, "", e))?;
     if page.items.is_empty() {
@@ -428,12 +438,10 @@ async fn current_usage(st: &State, ns: &str, key: &str) -> ApiResult<quantity::M
         }
         let page = st
             .registry
-            .list_page(
+            .list_all(
                 r,
                 &crate::registry::prefix(r, Some(ns)),
-                None,
                 ReadRevision::Latest,
-                0,
             )
             .await
             .map_err(|e| ApiError::store(r, "", e))?;
@@ -457,12 +465,11 @@ async fn limit_range(st: &State, r: &Resource, obj: &mut Value) -> ApiResult<()>
     let ns = meta::namespace(obj).to_string();
     let page = st
         .registry
-        .list_page(
+        // Read like an informer cache (the member's own state), as Kubernetes' LimitRanger does.
+        .list_all(
             lr,
             &crate::registry::prefix(lr, Some(&ns)),
-            None,
-            ReadRevision::Latest,
-            0,
+            ReadRevision::Any,
         )
         .await
         .map_err(|e| ApiError::store(lr, "", e))?;

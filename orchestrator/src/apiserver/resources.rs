@@ -14,6 +14,9 @@ use super::State;
 use crate::api::{self, defaults, meta, patch, selector, typed, validation, Resource, Subresource};
 use crate::registry::{self, ReadRevision, SideEffects, StoreError};
 
+/// The most objects one store read returns; larger lists are read in several at one revision.
+const STORE_CHUNK: i64 = 1000;
+
 /// How many times a write re-reads after a conflict before answering 409.
 const MAX_RETRIES: usize = 64;
 
@@ -161,10 +164,12 @@ pub async fn list(st: &State, t: &Target, q: &Query) -> ApiResult<Listed> {
     let mut items = Vec::new();
     let mut revision;
     let (next, remaining) = loop {
+        // Unpaged lists are read in chunks at one revision too, so no store answer grows with
+        // the collection (a single range of thousands of objects would exceed the gRPC limit).
         let want = if limit > 0 {
-            limit - items.len() as i64
+            (limit - items.len() as i64).min(STORE_CHUNK)
         } else {
-            0
+            STORE_CHUNK
         };
         let page = st
             .registry
@@ -186,7 +191,7 @@ pub async fn list(st: &State, t: &Target, q: &Query) -> ApiResult<Listed> {
         rev = ReadRevision::At(page.revision);
         items.extend(page.items.into_iter().filter(|o| sel.matches(o)));
         match page.next_key {
-            Some(k) if limit > 0 && (items.len() as i64) < limit => start = Some(k),
+            Some(k) if limit == 0 || (items.len() as i64) < limit => start = Some(k),
             Some(k) => break (Some(k), page.remaining),
             None => break (None, 0),
         }

@@ -161,10 +161,26 @@ impl Registry {
         Ok(obj)
     }
 
-    /// The object and its mod_revision.
+    /// The object, read linearizably; its resourceVersion is the key's mod_revision.
     pub async fn get(&self, r: &Resource, namespace: &str, name: &str) -> Result<Value> {
+        self.get_at(r, namespace, name, ReadRevision::Latest).await
+    }
+
+    /// The object as of `rev` (`Any`: whatever the member has).
+    pub async fn get_at(
+        &self,
+        r: &Resource,
+        namespace: &str,
+        name: &str,
+        rev: ReadRevision,
+    ) -> Result<Value> {
         let k = key(r, namespace, name);
-        let resp = self.client.get(k.as_str(), None).await?;
+        let opts = match rev {
+            ReadRevision::Latest => GetOptions::new(),
+            ReadRevision::Any => GetOptions::new().with_serializable(),
+            ReadRevision::At(n) => GetOptions::new().with_revision(n),
+        };
+        let resp = self.client.get(k.as_str(), Some(opts)).await?;
         let kv = resp.kvs.first().ok_or(StoreError::NotFound)?;
         self.decode(r, &kv.key, &kv.value, kv.mod_revision)
     }
@@ -316,6 +332,26 @@ impl Registry {
             next_key,
             remaining,
         })
+    }
+
+    /// Every object under `prefix`, read in chunks at one revision.
+    pub async fn list_all(
+        &self,
+        r: &Resource,
+        prefix: &str,
+        rev: ReadRevision,
+    ) -> Result<ListPage> {
+        let mut page = self.list_page(r, prefix, None, rev, 1000).await?;
+        let mut next = page.next_key.take();
+        while let Some(k) = next {
+            let more = self
+                .list_page(r, prefix, Some(&k), ReadRevision::At(page.revision), 1000)
+                .await?;
+            page.items.extend(more.items);
+            next = more.next_key;
+        }
+        page.remaining = 0;
+        Ok(page)
     }
 
     /// Watches `prefix` from revision `from` (inclusive).
