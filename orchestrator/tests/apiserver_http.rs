@@ -294,7 +294,7 @@ async fn watches_follow_selectors_and_send_bookmarks() {
     while bookmark_rv.is_none() || seen.len() < 2 {
         let ev = tokio::time::timeout_at(deadline, stream.try_next())
             .await
-            .expect("events in time")
+            .unwrap_or_else(|_| panic!("events in time: saw {seen:?}, bookmark {bookmark_rv:?}"))
             .unwrap()
             .unwrap();
         match ev {

@@ -430,10 +430,27 @@ async fn store_watchers(endpoint: &str) -> i64 {
         .unwrap_or_else(|| panic!("no watcher gauge in:\n{text}"))
 }
 
+/// The API server's count of open watches of a kind, from its `/metrics`.
+async fn api_watchers(client: &kube::Client, kind: &str) -> i64 {
+    let req = axum::http::Request::get("/metrics")
+        .body(Vec::new())
+        .unwrap();
+    let text = client.request_text(req).await.unwrap();
+    text.lines()
+        .find(|l| {
+            l.starts_with("apiserver_registered_watchers{")
+                && l.contains(&format!("kind=\"{kind}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_client_that_leaves_releases_its_store_watch() {
+async fn watches_share_one_store_watch_and_are_released_when_clients_leave() {
     let c = Cluster::start().await;
-    let api: Api<ConfigMap> = Api::namespaced(c.kube().await, "default");
+    let client = c.kube().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let base = store_watchers(&c.store_endpoint).await;
     let mut streams = Vec::new();
     for _ in 0..5 {
@@ -455,17 +472,48 @@ async fn a_watch_client_that_leaves_releases_its_store_watch() {
             .unwrap();
         assert!(matches!(ev, Some(WatchEvent::Added(_))));
     }
-    assert_eq!(store_watchers(&c.store_endpoint).await, base + 5);
+    // Five API watches, one store watch: each change is decoded once for all of them.
+    assert_eq!(store_watchers(&c.store_endpoint).await, base + 1);
+    assert_eq!(api_watchers(&client, "ConfigMap").await, 5);
     drop(streams);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let n = store_watchers(&c.store_endpoint).await;
-        if n == base {
+        let n = api_watchers(&client, "ConfigMap").await;
+        if n == 0 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "store still has {n} watches, {base} before"
+            "the API server still holds {n} watches"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A watch from before the shared one began gets a store watch of its own, released with it.
+    let first = api
+        .get("poke")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let old = (first.parse::<i64>().unwrap() - 3).to_string();
+    let mut s = api
+        .watch(&WatchParams::default().timeout(300), &old)
+        .await
+        .unwrap()
+        .boxed();
+    let ev = tokio::time::timeout(Duration::from_secs(10), s.try_next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ev.is_some());
+    assert_eq!(store_watchers(&c.store_endpoint).await, base + 2);
+    drop(s);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store_watchers(&c.store_endpoint).await != base + 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dedicated store watch was not released"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -15,6 +15,7 @@ pub mod status;
 pub mod table;
 pub mod tls;
 pub mod watch;
+pub mod watchcache;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,6 +54,7 @@ pub struct State {
     /// Bearer token -> user name.
     pub tokens: HashMap<String, String>,
     pub bookmark_interval: Duration,
+    pub watch_cache: watchcache::WatchCache,
     metrics: Metrics,
     metrics_registry: MetricsRegistry,
 }
@@ -80,9 +82,42 @@ struct DurationLabels {
     component: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    group: String,
+    version: String,
+    kind: String,
+}
+
 struct Metrics {
     requests: Family<RequestLabels, Counter>,
     durations: Family<DurationLabels, Histogram>,
+    watchers: Family<KindLabels, prometheus_client::metrics::gauge::Gauge>,
+}
+
+/// Counts an open watch in `apiserver_registered_watchers` for as long as it lives.
+pub struct WatcherGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl State {
+    pub fn register_watcher(&self, r: &api::Resource) -> WatcherGuard {
+        let g = self
+            .metrics
+            .watchers
+            .get_or_create(&KindLabels {
+                group: r.group.into(),
+                version: r.version.into(),
+                kind: r.kind.into(),
+            })
+            .clone();
+        g.inc();
+        WatcherGuard(g)
+    }
 }
 
 /// How the server is set up.
@@ -157,6 +192,7 @@ pub async fn start(cfg: Config) -> Result<Server, ServeError> {
     let mut metrics_registry = MetricsRegistry::default();
     let metrics = Metrics {
         requests: Family::default(),
+        watchers: Family::default(),
         durations: Family::new_with_constructor(|| {
             Histogram::new([
                 0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
@@ -164,6 +200,11 @@ pub async fn start(cfg: Config) -> Result<Server, ServeError> {
         }),
     };
     metrics_registry.register("apiserver_request", "Counter of apiserver requests broken out for each verb, dry run value, group, version, resource, scope, component, and HTTP response code.", metrics.requests.clone());
+    metrics_registry.register(
+        "apiserver_registered_watchers",
+        "Number of currently registered watchers for a given resources",
+        metrics.watchers.clone(),
+    );
     metrics_registry.register("apiserver_request_duration_seconds", "Response latency distribution in seconds for each verb, dry run value, group, version, resource, subresource, scope and component.", metrics.durations.clone());
     let state = Arc::new(State {
         registry: cfg.registry,
@@ -172,6 +213,7 @@ pub async fn start(cfg: Config) -> Result<Server, ServeError> {
         port_range,
         tokens: cfg.tokens,
         bookmark_interval: cfg.bookmark_interval,
+        watch_cache: Default::default(),
         metrics,
         metrics_registry,
     });
@@ -464,22 +506,46 @@ async fn resource_entry(AxState(st): AxState<Arc<State>>, req: Request) -> Respo
         Ok(None) => return not_found_path(),
         Err(e) => return e.into_response(),
     };
-    let body = match axum::body::to_bytes(body, request::MAX_BODY).await {
+    let body = match read_body(body).await {
         Ok(b) => b,
-        Err(_) => {
-            return ApiError::new(
-                413,
-                "RequestEntityTooLarge",
-                "Request entity too large: limit is 3145728",
-            )
-            .into_response()
-        }
+        Err(e) => return e.into_response(),
     };
     let query = Query::parse(parts.uri.query());
     match handle(st, parts.method, &parts.headers, target, query, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// The request body, at most `MAX_BODY` bytes. A larger one is still read (up to a bound) before the
+/// 413 goes out, so the client, which may still be sending, gets the answer rather than a reset.
+async fn read_body(body: axum::body::Body) -> ApiResult<Bytes> {
+    use http_body_util::BodyExt;
+    const DRAIN: usize = 64 * 1024 * 1024;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen <= request::MAX_BODY {
+            buf.extend_from_slice(&data);
+        } else if seen > DRAIN {
+            break;
+        }
+    }
+    if seen > request::MAX_BODY {
+        return Err(ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            "Request entity too large: limit is 3145728",
+        ));
+    }
+    Ok(buf.freeze())
 }
 
 fn not_found_path() -> Response {

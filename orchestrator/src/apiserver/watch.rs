@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use super::request::{Query, Target};
 use super::resources::{self, Selectors};
 use super::status::{ApiError, ApiResult};
+use super::watchcache::{Cached, CachedChange, Subscription};
 use super::{table, State};
 use crate::api::Resource;
 use crate::registry::{self, Change, StoreError};
@@ -43,6 +44,20 @@ impl Renderer {
             obj.clone()
         };
         line(&json!({"type": ty, "object": object}))
+    }
+
+    /// An event whose object JSON is already encoded (shared by every watcher of a hub).
+    fn event_encoded(&self, ty: &str, obj: &Value, json: &Bytes) -> Bytes {
+        if self.table {
+            return self.event(ty, obj);
+        }
+        let mut b = Vec::with_capacity(json.len() + 32);
+        b.extend_from_slice(b"{\"type\":\"");
+        b.extend_from_slice(ty.as_bytes());
+        b.extend_from_slice(b"\",\"object\":");
+        b.extend_from_slice(json);
+        b.extend_from_slice(b"}\n");
+        Bytes::from(b)
     }
 
     fn bookmark(&self, rev: i64, initial_end: bool) -> Bytes {
@@ -106,6 +121,27 @@ pub async fn watch(st: Arc<State>, t: Target, q: Query, as_table: bool) -> ApiRe
             .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
         n + 1
     };
+    let sub = st
+        .watch_cache
+        .subscribe(&st.registry, r, from)
+        .await
+        .map_err(|e| ApiError::store(r, "", e))?;
+    let guard = st.register_watcher(r);
+    if let Some(sub) = sub {
+        let hub = HubWatch {
+            sel,
+            render,
+            namespace: t.namespace.clone(),
+            bookmarks,
+            timeout,
+            interval: st.bookmark_interval,
+        };
+        tokio::spawn(async move {
+            hub.run(sub, initial, tx).await;
+            drop(guard);
+        });
+        return Ok(respond(rx));
+    }
     let mut store_watch = st
         .registry
         .watch(r, &prefix, from)
@@ -113,6 +149,7 @@ pub async fn watch(st: Arc<State>, t: Target, q: Query, as_table: bool) -> ApiRe
         .map_err(|e| ApiError::store(r, "", e))?;
     let interval = st.bookmark_interval;
     tokio::spawn(async move {
+        let _guard = guard;
         for b in initial {
             if tx.send(b).await.is_err() {
                 return;
@@ -185,6 +222,10 @@ pub async fn watch(st: Arc<State>, t: Target, q: Query, as_table: bool) -> ApiRe
             }
         }
     });
+    Ok(respond(rx))
+}
+
+fn respond(rx: mpsc::Receiver<Bytes>) -> Response {
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     let body = Body::from_stream(futures::StreamExt::map(
         stream,
@@ -199,5 +240,93 @@ pub async fn watch(st: Arc<State>, t: Target, q: Query, as_table: bool) -> ApiRe
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache, private"),
     );
-    Ok(resp)
+    resp
+}
+
+/// A watch served from a resource's hub.
+struct HubWatch {
+    sel: Selectors,
+    render: Renderer,
+    namespace: Option<String>,
+    bookmarks: bool,
+    timeout: Duration,
+    interval: Duration,
+}
+
+impl HubWatch {
+    /// The event line for one cached change, or none when this watch does not see it.
+    fn line_for(&self, c: &Cached) -> Option<Bytes> {
+        let progress = matches!(c.change, CachedChange::Progress);
+        if let Some(ns) = self.namespace.as_ref().filter(|_| !progress) {
+            if c.namespace() != ns {
+                return None;
+            }
+        }
+        match &c.change {
+            CachedChange::Put { object, json, prev } => {
+                let now = self.sel.matches(object);
+                let before = prev.as_ref().is_some_and(|p| self.sel.matches(p));
+                let ty = match (before, now) {
+                    (false, true) => "ADDED",
+                    (true, true) => "MODIFIED",
+                    (true, false) => "DELETED",
+                    (false, false) => return None,
+                };
+                Some(self.render.event_encoded(ty, object, json))
+            }
+            CachedChange::Delete { object, json } => self
+                .sel
+                .matches(object)
+                .then(|| self.render.event_encoded("DELETED", object, json)),
+            CachedChange::Progress => self
+                .bookmarks
+                .then(|| self.render.bookmark(c.revision, false)),
+        }
+    }
+
+    async fn run(self, mut sub: Subscription, initial: Vec<Bytes>, tx: mpsc::Sender<Bytes>) {
+        for b in initial {
+            if tx.send(b).await.is_err() {
+                return;
+            }
+        }
+        for c in std::mem::take(&mut sub.replay) {
+            if let Some(b) = self.line_for(&c) {
+                if tx.send(b).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.tick().await;
+        loop {
+            let c = tokio::select! {
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+                _ = ticker.tick() => {
+                    if self.bookmarks {
+                        sub.request_progress();
+                    }
+                    continue;
+                }
+                c = sub.live.recv() => c,
+            };
+            let c = match c {
+                Ok(c) => c,
+                // Too far behind to keep up, or the hub is gone: the client re-watches from the last
+                // resourceVersion it saw.
+                Err(_) => return,
+            };
+            if c.revision <= sub.replayed && !matches!(c.change, CachedChange::Progress) {
+                continue;
+            }
+            if let Some(b) = self.line_for(&c) {
+                if tx.send(b).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
