@@ -523,3 +523,136 @@ async fn a_new_quota_reports_what_is_already_there() {
     })
     .await;
 }
+
+/// Two controller-manager processes: only the Lease holder acts; when it is killed the other takes
+/// over within the lease time, and over the whole run no replica slot gets a second pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_controller_manager_takes_over_without_double_creates() {
+    use futures::StreamExt;
+    use kube::runtime::{watcher, WatchStreamExt};
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let sim = SimulatedNodes::start(
+        client.clone(),
+        SimConfig {
+            count: 3,
+            cpu: "8".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sc = client.clone();
+    let sched = tokio::spawn(async move {
+        let _ = cairn_orchestrator::scheduler::run(sc, std::future::pending()).await;
+    });
+    // Every pod ever created, by name.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let s2 = seen.clone();
+    let pods_all: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let collector = tokio::spawn(
+        watcher(pods_all, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .for_each(move |p| {
+                if let Ok(p) = p {
+                    s2.lock()
+                        .unwrap()
+                        .insert(p.metadata.name.unwrap_or_default());
+                }
+                futures::future::ready(())
+            }),
+    );
+    let bin = env!("CARGO_BIN_EXE_cairn-orchestrator");
+    let spawn = |i: usize| {
+        let log = std::fs::File::create(c.dir.path().join(format!("cm{i}.log"))).unwrap();
+        std::process::Command::new(bin)
+            .args([
+                "controller-manager",
+                "--kubeconfig",
+                c.kubeconfig.to_str().unwrap(),
+                "--leader-elect-lease-duration",
+                "3s",
+                "--leader-elect-renew-deadline",
+                "2s",
+                "--leader-elect-retry-period",
+                "500ms",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let mut procs = vec![spawn(0), spawn(1)];
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    deps.create(&PostParams::default(), &deployment("ha", 4, "nginx:1"))
+        .await
+        .unwrap();
+    converge("4 ready", 60, async || {
+        app_pods(&pods, "ha")
+            .await
+            .iter()
+            .filter(|p| ready(p))
+            .count()
+            == 4
+    })
+    .await;
+    let leader = (0..2)
+        .find(|i| {
+            std::fs::read_to_string(c.dir.path().join(format!("cm{i}.log")))
+                .unwrap_or_default()
+                .contains("became leader")
+        })
+        .expect("one replica leads");
+    let standby = 1 - leader;
+    assert!(
+        !std::fs::read_to_string(c.dir.path().join(format!("cm{standby}.log")))
+            .unwrap()
+            .contains("became leader")
+    );
+    procs[leader].kill().unwrap();
+    procs[leader].wait().unwrap();
+    let killed = Instant::now();
+    deps.patch_scale(
+        "ha",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 7}})),
+    )
+    .await
+    .unwrap();
+    converge("7 ready after the take-over", 60, async || {
+        app_pods(&pods, "ha")
+            .await
+            .iter()
+            .filter(|p| ready(p))
+            .count()
+            == 7
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(
+        std::fs::read_to_string(c.dir.path().join(format!("cm{standby}.log")))
+            .unwrap()
+            .contains("became leader")
+    );
+    // Lease 3 s (+ one retry period to notice, + the work itself).
+    assert!(
+        took < Duration::from_secs(10),
+        "take-over and scale-up took {took:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let created = seen.lock().unwrap().clone();
+    assert_eq!(
+        created.len(),
+        7,
+        "one pod per replica slot, none twice: {created:?}"
+    );
+    for mut p in procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    sched.abort();
+    collector.abort();
+    drop(sim);
+}
