@@ -11,7 +11,7 @@ use cairn_orchestrator::simulate::{SimConfig, SimulatedNodes};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube_api::{have_kubectl, Cluster};
+use kube_api::{converge, have_kubectl, Cluster};
 use serde_json::json;
 
 struct Running {
@@ -79,17 +79,6 @@ async fn app_pods(pods: &Api<Pod>, app: &str) -> Vec<Pod> {
         .await
         .unwrap()
         .items
-}
-
-async fn converge<F>(what: &str, secs: u64, mut done: F)
-where
-    F: AsyncFnMut() -> bool,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use cairn_orchestrator::election::{self, ElectionConfig};
 use cairn_orchestrator::simulate::{SimConfig, SimulatedNodes};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube_api::Cluster;
+use kube_api::{eventually, Cluster};
 use serde_json::json;
 
 fn pod(name: &str, cpu: &str, owner: Option<&str>) -> Pod {
@@ -21,21 +21,6 @@ fn pod(name: &str, cpu: &str, owner: Option<&str>) -> Pod {
         v["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": uid, "controller": true}]);
     }
     serde_json::from_value(v).unwrap()
-}
-
-async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_orchestrator::apiserver::{self, tls};
 use cairn_orchestrator::registry::encryption::Transformer;
@@ -240,4 +240,32 @@ pub fn have_kubectl(test: &str, minor: u32) -> bool {
         return false;
     }
     true
+}
+
+/// Waits until `done` holds, checking every 100 ms, failing the test after `secs`.
+pub async fn converge<F>(what: &str, secs: u64, mut done: F)
+where
+    F: AsyncFnMut() -> bool,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `f` yields a value, checking every 100 ms, failing the test after `secs`.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
