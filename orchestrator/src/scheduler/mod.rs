@@ -39,7 +39,17 @@ pub struct NodeInfo {
     pub name: String,
     pub pods: Vec<Arc<Pod>>,
     pub requested: Resources,
+    /// Requests as the scores count them (pods without requests count a default).
+    pub scored: Resources,
+    /// How many of the node's pods each controller (by uid) owns.
+    pub owners: HashMap<String, usize>,
     pub allocatable: Resources,
+}
+
+/// The pod being placed, with what the plugins ask of it worked out once.
+pub struct PodInfo<'a> {
+    pub pod: &'a Pod,
+    pub requests: Resources,
 }
 
 impl NodeInfo {
@@ -50,21 +60,28 @@ impl NodeInfo {
             node,
             pods: Vec::new(),
             requested: Resources::default(),
+            scored: Resources::default(),
+            owners: HashMap::new(),
         }
     }
 
     fn add(&mut self, pod: Arc<Pod>) {
-        self.requested.add(&Resources::of_pod(&pod));
+        let r = Resources::of_pod(&pod);
+        self.requested.add(&r);
+        self.scored.add(&resources::scored(r));
+        if let Some(owner) = spread::controller_uid(&pod) {
+            *self.owners.entry(owner.to_string()).or_default() += 1;
+        }
         self.pods.push(pod);
     }
 }
 
 /// A filter says why a node cannot take the pod; a score ranks the nodes that can (0..=100).
 trait Plugin: Send + Sync {
-    fn filter(&self, _pod: &Pod, _node: &NodeInfo) -> Result<(), String> {
+    fn filter(&self, _pod: &PodInfo, _node: &NodeInfo) -> Result<(), String> {
         Ok(())
     }
-    fn score(&self, _pod: &Pod, _node: &NodeInfo) -> Option<i64> {
+    fn score(&self, _pod: &PodInfo, _node: &NodeInfo) -> Option<i64> {
         None
     }
 }
@@ -117,14 +134,18 @@ pub enum Decision {
 /// deterministic for a given cache.
 pub fn decide(pod: &Pod, nodes: &[NodeInfo]) -> Decision {
     let plugins = plugins();
+    let info = PodInfo {
+        pod,
+        requests: Resources::of_pod(pod),
+    };
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<(i64, &str)> = None;
     for n in nodes {
-        if let Some(why) = plugins.iter().find_map(|p| p.filter(pod, n).err()) {
+        if let Some(why) = plugins.iter().find_map(|p| p.filter(&info, n).err()) {
             *reasons.entry(why).or_default() += 1;
             continue;
         }
-        let score: i64 = plugins.iter().filter_map(|p| p.score(pod, n)).sum();
+        let score: i64 = plugins.iter().filter_map(|p| p.score(&info, n)).sum();
         if best.is_none_or(|(s, name)| score > s || (score == s && n.name.as_str() < name)) {
             best = Some((score, &n.name));
         }

@@ -1,9 +1,9 @@
 //! NodeAffinity: `spec.nodeSelector` and required node affinity (terms ORed, expressions ANDed,
 //! `matchExpressions` on labels and `matchFields` on `metadata.name`) must match the node.
 
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, Pod};
+use k8s_openapi::api::core::v1::NodeSelectorRequirement;
 
-use super::{NodeInfo, Plugin};
+use super::{NodeInfo, Plugin, PodInfo};
 
 pub struct NodeAffinity;
 
@@ -34,7 +34,8 @@ fn requirement(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
 }
 
 impl Plugin for NodeAffinity {
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), String> {
+    fn filter(&self, info: &PodInfo, node: &NodeInfo) -> Result<(), String> {
+        let pod = info.pod;
         let Some(spec) = pod.spec.as_ref() else {
             return Ok(());
         };

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
-use super::{NodeInfo, Plugin};
+use super::{NodeInfo, Plugin, PodInfo};
 
 pub struct NodePorts;
 
@@ -30,7 +30,8 @@ fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
 }
 
 impl Plugin for NodePorts {
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), String> {
+    fn filter(&self, info: &PodInfo, node: &NodeInfo) -> Result<(), String> {
+        let pod = info.pod;
         let wanted = host_ports(pod);
         if wanted.is_empty() {
             return Ok(());

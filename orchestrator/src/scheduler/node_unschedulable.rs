@@ -1,15 +1,16 @@
 //! NodeUnschedulable: a cordoned node (`spec.unschedulable`) takes only pods that tolerate the
 //! `node.kubernetes.io/unschedulable` taint.
 
-use k8s_openapi::api::core::v1::{Pod, Taint};
+use k8s_openapi::api::core::v1::Taint;
 
 use super::taint_toleration::pod_tolerates;
-use super::{NodeInfo, Plugin};
+use super::{NodeInfo, Plugin, PodInfo};
 
 pub struct NodeUnschedulable;
 
 impl Plugin for NodeUnschedulable {
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), String> {
+    fn filter(&self, info: &PodInfo, node: &NodeInfo) -> Result<(), String> {
+        let pod = info.pod;
         let cordoned = node
             .node
             .spec

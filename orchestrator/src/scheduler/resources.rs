@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use super::{NodeInfo, Plugin};
+use super::{NodeInfo, Plugin, PodInfo};
 use crate::api::quantity;
 
 /// Requested or allocatable amounts: cpu in millicores, memory in thousandths of a byte.
@@ -71,8 +71,8 @@ impl Resources {
 pub struct Fit;
 
 impl Plugin for Fit {
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), String> {
-        let want = Resources::of_pod(pod);
+    fn filter(&self, info: &PodInfo, node: &NodeInfo) -> Result<(), String> {
+        let want = info.requests;
         let (used, cap) = (node.requested, node.allocatable);
         if used.pods + 1 > cap.pods {
             return Err("Too many pods".into());
@@ -89,7 +89,7 @@ impl Plugin for Fit {
 
 /// Requests as the scores count them: pods without requests count as 100m cpu and 200Mi memory, as
 /// kube-scheduler assumes, so they still spread.
-fn scored(r: Resources) -> Resources {
+pub fn scored(r: Resources) -> Resources {
     Resources {
         cpu: if r.cpu == 0 { 100 } else { r.cpu },
         memory: if r.memory == 0 {
@@ -101,15 +101,9 @@ fn scored(r: Resources) -> Resources {
     }
 }
 
-fn fractions(pod: &Pod, node: &NodeInfo) -> (f64, f64) {
-    let want = scored(Resources::of_pod(pod));
-    let used: Resources = node.pods.iter().map(|p| scored(Resources::of_pod(p))).fold(
-        Resources::default(),
-        |mut a, r| {
-            a.add(&r);
-            a
-        },
-    );
+fn fractions(info: &PodInfo, node: &NodeInfo) -> (f64, f64) {
+    let want = scored(info.requests);
+    let used = node.scored;
     let frac = |u: i128, w: i128, cap: i128| {
         if cap <= 0 {
             1.0
@@ -126,8 +120,8 @@ fn fractions(pod: &Pod, node: &NodeInfo) -> (f64, f64) {
 pub struct LeastAllocated;
 
 impl Plugin for LeastAllocated {
-    fn score(&self, pod: &Pod, node: &NodeInfo) -> Option<i64> {
-        let (c, m) = fractions(pod, node);
+    fn score(&self, info: &PodInfo, node: &NodeInfo) -> Option<i64> {
+        let (c, m) = fractions(info, node);
         Some((((1.0 - c) + (1.0 - m)) / 2.0 * 100.0) as i64)
     }
 }
@@ -135,8 +129,8 @@ impl Plugin for LeastAllocated {
 pub struct BalancedAllocation;
 
 impl Plugin for BalancedAllocation {
-    fn score(&self, pod: &Pod, node: &NodeInfo) -> Option<i64> {
-        let (c, m) = fractions(pod, node);
+    fn score(&self, info: &PodInfo, node: &NodeInfo) -> Option<i64> {
+        let (c, m) = fractions(info, node);
         Some(((1.0 - (c - m).abs()) * 100.0) as i64)
     }
 }

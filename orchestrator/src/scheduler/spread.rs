@@ -3,11 +3,11 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
-use super::{NodeInfo, Plugin};
+use super::{NodeInfo, Plugin, PodInfo};
 
 pub struct SelectorSpread;
 
-fn controller_uid(pod: &Pod) -> Option<&str> {
+pub fn controller_uid(pod: &Pod) -> Option<&str> {
     pod.metadata
         .owner_references
         .iter()
@@ -17,13 +17,10 @@ fn controller_uid(pod: &Pod) -> Option<&str> {
 }
 
 impl Plugin for SelectorSpread {
-    fn score(&self, pod: &Pod, node: &NodeInfo) -> Option<i64> {
+    fn score(&self, info: &PodInfo, node: &NodeInfo) -> Option<i64> {
+        let pod = info.pod;
         let owner = controller_uid(pod)?;
-        let siblings = node
-            .pods
-            .iter()
-            .filter(|p| controller_uid(p) == Some(owner))
-            .count() as i64;
+        let siblings = node.owners.get(owner).copied().unwrap_or(0) as i64;
         // Weighted above the resource scores so that spreading decides between similar nodes.
         Some(200 / (1 + siblings))
     }

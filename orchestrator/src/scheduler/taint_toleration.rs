@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::{Pod, Taint, Toleration};
 
-use super::{NodeInfo, Plugin};
+use super::{NodeInfo, Plugin, PodInfo};
 
 pub struct TaintToleration;
 
@@ -68,7 +68,8 @@ pub fn effective_taints(node: &NodeInfo) -> Vec<Taint> {
 }
 
 impl Plugin for TaintToleration {
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), String> {
+    fn filter(&self, info: &PodInfo, node: &NodeInfo) -> Result<(), String> {
+        let pod = info.pod;
         for taint in effective_taints(node) {
             if taint.effect == "PreferNoSchedule" || taint.key == "node.kubernetes.io/unschedulable"
             {
