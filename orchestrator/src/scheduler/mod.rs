@@ -30,6 +30,9 @@ use tokio::sync::Notify;
 pub use resources::Resources;
 pub use taint_toleration::tolerates;
 
+/// How many bindings are in flight at once.
+const BINDING_CONCURRENCY: usize = 64;
+
 /// The scheduler's name in pods' `spec.schedulerName` and in events.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 
@@ -278,24 +281,22 @@ pub async fn run(
                 p.metadata.name.clone(),
             )
         });
+        // Decisions are made one pod at a time, each assuming the ones before it; the bindings
+        // then go out together, as kube-scheduler's binding cycles run beside its scheduling cycle.
+        let mut binds: Vec<(Arc<Pod>, String)> = Vec::new();
         for pod in queue {
             match decide(pod, &infos) {
-                Decision::Bind(node) => match bind(&client, pod, &node).await {
-                    Ok(()) => {
-                        let mut placed = (**pod).clone();
-                        placed.spec.get_or_insert_with(Default::default).node_name =
-                            Some(node.clone());
-                        let placed = Arc::new(placed);
-                        if let Some(n) = infos.iter_mut().find(|n| n.name == node) {
-                            n.add(placed.clone());
-                        }
-                        assumed.insert(uid(pod), (node, placed));
-                        reported.remove(&uid(pod));
+                Decision::Bind(node) => {
+                    let mut placed = (**pod).clone();
+                    placed.spec.get_or_insert_with(Default::default).node_name = Some(node.clone());
+                    let placed = Arc::new(placed);
+                    if let Some(n) = infos.iter_mut().find(|n| n.name == node) {
+                        n.add(placed.clone());
                     }
-                    Err(e) => {
-                        tracing::warn!(pod = ?pod.metadata.name, error = %e, "binding failed")
-                    }
-                },
+                    assumed.insert(uid(pod), (node.clone(), placed));
+                    reported.remove(&uid(pod));
+                    binds.push((pod.clone(), node));
+                }
                 Decision::Unschedulable(msg) => {
                     if reported.get(&uid(pod)) != Some(&msg) {
                         if let Err(e) = report_unschedulable(&client, pod, &msg).await {
@@ -305,6 +306,22 @@ pub async fn run(
                         }
                     }
                 }
+            }
+        }
+        let results: Vec<(String, Result<(), kube::Error>)> =
+            futures::stream::iter(binds.into_iter().map(|(pod, node)| {
+                let client = client.clone();
+                async move { (uid(&pod), bind(&client, &pod, &node).await) }
+            }))
+            .buffer_unordered(BINDING_CONCURRENCY)
+            .collect()
+            .await;
+        for (u, r) in results {
+            if let Err(e) = r {
+                // Not bound (already bound elsewhere, deleted, API unreachable): forget the
+                // assumption, so the next pass sees the pod as it really is.
+                tracing::warn!(pod = %u, error = %e, "binding failed");
+                assumed.remove(&u);
             }
         }
         tokio::select! {
