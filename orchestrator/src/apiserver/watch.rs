@@ -20,10 +20,10 @@ use tokio::sync::mpsc;
 use super::request::{Query, Target};
 use super::resources::{self, Selectors};
 use super::status::{ApiError, ApiResult};
-use super::watchcache::{Cached, CachedChange, Subscription};
+use super::watchcache::{self, Cached, CachedChange, Subscription};
 use super::{table, State};
 use crate::api::Resource;
-use crate::registry::{self, Change, StoreError};
+use crate::registry::{self, StoreError};
 
 struct Renderer {
     resource: &'static Resource,
@@ -127,100 +127,30 @@ pub async fn watch(st: Arc<State>, t: Target, q: Query, as_table: bool) -> ApiRe
         .await
         .map_err(|e| ApiError::store(r, "", e))?;
     let guard = st.register_watcher(r);
+    let w = Watcher {
+        sel,
+        render,
+        namespace: t.namespace.clone(),
+        bookmarks,
+        timeout,
+        interval: st.bookmark_interval,
+    };
     if let Some(sub) = sub {
-        let hub = HubWatch {
-            sel,
-            render,
-            namespace: t.namespace.clone(),
-            bookmarks,
-            timeout,
-            interval: st.bookmark_interval,
-        };
         tokio::spawn(async move {
-            hub.run(sub, initial, tx).await;
+            w.run_shared(sub, initial, tx).await;
             drop(guard);
         });
         return Ok(respond(rx));
     }
-    let mut store_watch = st
+    // Older than what the resource's hub has seen: a store watch of this watch's own.
+    let store_watch = st
         .registry
         .watch(r, &prefix, from)
         .await
         .map_err(|e| ApiError::store(r, "", e))?;
-    let interval = st.bookmark_interval;
     tokio::spawn(async move {
-        let _guard = guard;
-        for b in initial {
-            if tx.send(b).await.is_err() {
-                return;
-            }
-        }
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        let mut ticker = tokio::time::interval(interval);
-        ticker.tick().await;
-        loop {
-            let batch = tokio::select! {
-                _ = &mut deadline => return,
-                _ = tx.closed() => return,
-                _ = ticker.tick() => {
-                    if bookmarks {
-                        store_watch.request_progress();
-                    }
-                    continue;
-                }
-                b = store_watch.next() => b,
-            };
-            let batch = match batch {
-                None => return,
-                Some(Ok(b)) => b,
-                Some(Err(StoreError::Expired { current, .. })) => {
-                    let e = ApiError::expired(format!(
-                        "too old resource version: {} ({current})",
-                        from - 1
-                    ));
-                    let _ = tx.send(error_event(&e)).await;
-                    return;
-                }
-                Some(Err(e)) => {
-                    let _ = tx.send(error_event(&ApiError::store(r, "", e))).await;
-                    return;
-                }
-            };
-            if batch.changes.is_empty() {
-                if bookmarks
-                    && tx
-                        .send(render.bookmark(batch.revision, false))
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-                continue;
-            }
-            for c in batch.changes {
-                let ev = match c {
-                    Change::Put { object, prev } => {
-                        let now = sel.matches(&object);
-                        let before = prev.as_ref().is_some_and(|p| sel.matches(p));
-                        match (before, now) {
-                            (false, true) => Some(render.event("ADDED", &object)),
-                            (true, true) => Some(render.event("MODIFIED", &object)),
-                            (true, false) => Some(render.event("DELETED", &object)),
-                            (false, false) => None,
-                        }
-                    }
-                    Change::Delete { object } => sel
-                        .matches(&object)
-                        .then(|| render.event("DELETED", &object)),
-                };
-                if let Some(ev) = ev {
-                    if tx.send(ev).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
+        w.run_own(store_watch, from, initial, tx).await;
+        drop(guard);
     });
     Ok(respond(rx))
 }
@@ -243,8 +173,8 @@ fn respond(rx: mpsc::Receiver<Bytes>) -> Response {
     resp
 }
 
-/// A watch served from a resource's hub.
-struct HubWatch {
+/// One API watch: which changes it sees and how it writes them.
+struct Watcher {
     sel: Selectors,
     render: Renderer,
     namespace: Option<String>,
@@ -253,7 +183,7 @@ struct HubWatch {
     interval: Duration,
 }
 
-impl HubWatch {
+impl Watcher {
     /// The event line for one cached change, or none when this watch does not see it.
     fn line_for(&self, c: &Cached) -> Option<Bytes> {
         let progress = matches!(c.change, CachedChange::Progress);
@@ -284,7 +214,8 @@ impl HubWatch {
         }
     }
 
-    async fn run(self, mut sub: Subscription, initial: Vec<Bytes>, tx: mpsc::Sender<Bytes>) {
+    /// Serves the watch from its resource's hub.
+    async fn run_shared(self, mut sub: Subscription, initial: Vec<Bytes>, tx: mpsc::Sender<Bytes>) {
         for b in initial {
             if tx.send(b).await.is_err() {
                 return;
@@ -325,6 +256,71 @@ impl HubWatch {
             if let Some(b) = self.line_for(&c) {
                 if tx.send(b).await.is_err() {
                     return;
+                }
+            }
+        }
+    }
+
+    /// Serves the watch from a store watch of its own, from revision `from`.
+    async fn run_own(
+        self,
+        mut store_watch: registry::Watch,
+        from: i64,
+        initial: Vec<Bytes>,
+        tx: mpsc::Sender<Bytes>,
+    ) {
+        for b in initial {
+            if tx.send(b).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.tick().await;
+        loop {
+            let batch = tokio::select! {
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+                _ = ticker.tick() => {
+                    if self.bookmarks {
+                        store_watch.request_progress();
+                    }
+                    continue;
+                }
+                b = store_watch.next() => b,
+            };
+            let batch = match batch {
+                None => return,
+                Some(Ok(b)) => b,
+                Some(Err(StoreError::Expired { current, .. })) => {
+                    let e = ApiError::expired(format!(
+                        "too old resource version: {} ({current})",
+                        from - 1
+                    ));
+                    let _ = tx.send(error_event(&e)).await;
+                    return;
+                }
+                Some(Err(e)) => {
+                    let _ = tx
+                        .send(error_event(&ApiError::store(self.render.resource, "", e)))
+                        .await;
+                    return;
+                }
+            };
+            let cached: Vec<Cached> = if batch.changes.is_empty() {
+                vec![Cached {
+                    revision: batch.revision,
+                    change: CachedChange::Progress,
+                }]
+            } else {
+                batch.changes.into_iter().map(watchcache::cached).collect()
+            };
+            for c in cached {
+                if let Some(b) = self.line_for(&c) {
+                    if tx.send(b).await.is_err() {
+                        return;
+                    }
                 }
             }
         }

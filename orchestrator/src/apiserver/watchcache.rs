@@ -95,7 +95,7 @@ fn encode(v: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
-fn cached(c: Change) -> Cached {
+pub(crate) fn cached(c: Change) -> Cached {
     match c {
         Change::Put { object, prev } => Cached {
             revision: meta::resource_version(&object).parse().unwrap_or(0),
