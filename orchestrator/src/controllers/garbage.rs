@@ -91,8 +91,9 @@ pub async fn run(client: kube::Client, stop: impl std::future::Future<Output = (
             _ = wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
-        // Let a burst of changes settle into one pass.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A pass scans every cached object, so passes are spaced: a burst of changes (thousands of
+        // pods being created) costs one pass a second, not one per change.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
