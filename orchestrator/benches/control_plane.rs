@@ -6,7 +6,7 @@
 //! pods scheduled per second, each pod's time from its Deployment's create to Running+Ready, the
 //! time until every pod is Running, memory and CPU of the processes during that phase, and the API
 //! server's own p99 of mutating requests (`apiserver_request_duration_seconds`, POST/PUT/PATCH/
-//! DELETE, labelled CREATE/UPDATE/PATCH/DELETE(COLLECTION), from the bucket counts). Prints a markdown table with each value beside its target.
+//! DELETE, from the bucket counts). Prints a markdown table with each value beside its target.
 //!
 //! `cargo build --release -p cairn-server --bin cairn -p cairn-orchestrator --bin
 //! cairn-orchestrator` first, then `cargo bench -p cairn-orchestrator --bench control_plane`.
@@ -39,7 +39,7 @@ const CREATORS: usize = 8;
 /// How long the simulated nodes may take to register and turn Ready.
 const NODES_READY_WITHIN: Duration = Duration::from_secs(300);
 /// The verb labels of POST, PUT, PATCH and DELETE requests on `/metrics`.
-const MUTATING: [&str; 5] = ["CREATE", "UPDATE", "PATCH", "DELETE", "DELETECOLLECTION"];
+const MUTATING: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
 
 struct Knobs {
     nodes: usize,

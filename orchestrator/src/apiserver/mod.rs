@@ -405,7 +405,11 @@ async fn observe(AxState(st): AxState<Arc<State>>, req: Request, next: Next) -> 
     let start = Instant::now();
     let query = Query::parse(req.uri().query());
     let target = request::parse_target(req.uri().path()).ok().flatten();
-    let verb = request::verb(req.method(), target.as_ref(), &query).to_uppercase();
+    // Kubernetes' metric verbs: the HTTP method, with GET told apart as GET, LIST or WATCH.
+    let verb = match request::verb(req.method(), target.as_ref(), &query) {
+        v @ ("get" | "list" | "watch") => v.to_uppercase(),
+        _ => req.method().as_str().to_string(),
+    };
     let (group, version, resource, sub, scope) = match &target {
         Some(t) => (
             t.resource.group.to_string(),
