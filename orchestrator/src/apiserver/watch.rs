@@ -137,7 +137,7 @@ pub async fn watch(st: Arc<State>, t: Target, q: Query, as_table: bool) -> ApiRe
     };
     if let Some(sub) = sub {
         tokio::spawn(async move {
-            w.run_shared(sub, initial, tx).await;
+            w.run(Source::Shared(sub), initial, tx).await;
             drop(guard);
         });
         return Ok(respond(rx));
@@ -149,7 +149,7 @@ pub async fn watch(st: Arc<State>, t: Target, q: Query, as_table: bool) -> ApiRe
         .await
         .map_err(|e| ApiError::store(r, "", e))?;
     tokio::spawn(async move {
-        w.run_own(store_watch, from, initial, tx).await;
+        w.run(Source::Own(store_watch, from), initial, tx).await;
         drop(guard);
     });
     Ok(respond(rx))
@@ -214,18 +214,12 @@ impl Watcher {
         }
     }
 
-    /// Serves the watch from its resource's hub.
-    async fn run_shared(self, mut sub: Subscription, initial: Vec<Bytes>, tx: mpsc::Sender<Bytes>) {
+    /// Sends the initial events, then what `source` yields, until the deadline, the client leaving,
+    /// or the source ending (an error the client should see is sent as an ERROR event first).
+    async fn run(self, mut source: Source, initial: Vec<Bytes>, tx: mpsc::Sender<Bytes>) {
         for b in initial {
             if tx.send(b).await.is_err() {
                 return;
-            }
-        }
-        for c in std::mem::take(&mut sub.replay) {
-            if let Some(b) = self.line_for(&c) {
-                if tx.send(b).await.is_err() {
-                    return;
-                }
             }
         }
         let deadline = tokio::time::sleep(self.timeout);
@@ -233,96 +227,88 @@ impl Watcher {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.tick().await;
         loop {
-            let c = tokio::select! {
+            let next = tokio::select! {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
                 _ = ticker.tick() => {
                     if self.bookmarks {
-                        sub.request_progress();
+                        source.request_progress();
                     }
                     continue;
                 }
-                c = sub.live.recv() => c,
+                n = source.next(self.render.resource) => n,
             };
-            let c = match c {
+            let changes = match next {
                 Ok(c) => c,
-                // Too far behind to keep up, or the hub is gone: the client re-watches from the last
-                // resourceVersion it saw.
-                Err(_) => return,
-            };
-            if c.revision <= sub.replayed && !matches!(c.change, CachedChange::Progress) {
-                continue;
-            }
-            if let Some(b) = self.line_for(&c) {
-                if tx.send(b).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Serves the watch from a store watch of its own, from revision `from`.
-    async fn run_own(
-        self,
-        mut store_watch: registry::Watch,
-        from: i64,
-        initial: Vec<Bytes>,
-        tx: mpsc::Sender<Bytes>,
-    ) {
-        for b in initial {
-            if tx.send(b).await.is_err() {
-                return;
-            }
-        }
-        let deadline = tokio::time::sleep(self.timeout);
-        tokio::pin!(deadline);
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.tick().await;
-        loop {
-            let batch = tokio::select! {
-                _ = &mut deadline => return,
-                _ = tx.closed() => return,
-                _ = ticker.tick() => {
-                    if self.bookmarks {
-                        store_watch.request_progress();
+                Err(e) => {
+                    if let Some(e) = e {
+                        let _ = tx.send(error_event(&e)).await;
                     }
-                    continue;
-                }
-                b = store_watch.next() => b,
-            };
-            let batch = match batch {
-                None => return,
-                Some(Ok(b)) => b,
-                Some(Err(StoreError::Expired { current, .. })) => {
-                    let e = ApiError::expired(format!(
-                        "too old resource version: {} ({current})",
-                        from - 1
-                    ));
-                    let _ = tx.send(error_event(&e)).await;
-                    return;
-                }
-                Some(Err(e)) => {
-                    let _ = tx
-                        .send(error_event(&ApiError::store(self.render.resource, "", e)))
-                        .await;
                     return;
                 }
             };
-            let cached: Vec<Cached> = if batch.changes.is_empty() {
-                vec![Cached {
-                    revision: batch.revision,
-                    change: CachedChange::Progress,
-                }]
-            } else {
-                batch.changes.into_iter().map(watchcache::cached).collect()
-            };
-            for c in cached {
+            for c in changes {
                 if let Some(b) = self.line_for(&c) {
                     if tx.send(b).await.is_err() {
                         return;
                     }
                 }
             }
+        }
+    }
+}
+
+/// Where a watch's changes come from.
+enum Source {
+    /// The resource's hub: first the replayed history, then live changes past it.
+    Shared(Subscription),
+    /// A store watch of this watch's own, started at revision `from`.
+    Own(registry::Watch, i64),
+}
+
+impl Source {
+    fn request_progress(&self) {
+        match self {
+            Source::Shared(sub) => sub.request_progress(),
+            Source::Own(w, _) => w.request_progress(),
+        }
+    }
+
+    /// The next changes; `Err` ends the watch, with the error to show the client if any.
+    async fn next(
+        &mut self,
+        r: &'static crate::api::Resource,
+    ) -> Result<Vec<Arc<Cached>>, Option<ApiError>> {
+        match self {
+            Source::Shared(sub) => {
+                if !sub.replay.is_empty() {
+                    return Ok(std::mem::take(&mut sub.replay));
+                }
+                loop {
+                    // Lagging too far behind, or the hub gone: the client re-watches from the last
+                    // resourceVersion it saw.
+                    let c = sub.live.recv().await.map_err(|_| None)?;
+                    if c.revision > sub.replayed || matches!(c.change, CachedChange::Progress) {
+                        return Ok(vec![c]);
+                    }
+                }
+            }
+            Source::Own(w, from) => match w.next().await {
+                None => Err(None),
+                Some(Err(StoreError::Expired { current, .. })) => Err(Some(ApiError::expired(
+                    format!("too old resource version: {} ({current})", *from - 1),
+                ))),
+                Some(Err(e)) => Err(Some(ApiError::store(r, "", e))),
+                Some(Ok(batch)) if batch.changes.is_empty() => Ok(vec![Arc::new(Cached {
+                    revision: batch.revision,
+                    change: CachedChange::Progress,
+                })]),
+                Some(Ok(batch)) => Ok(batch
+                    .changes
+                    .into_iter()
+                    .map(|c| Arc::new(watchcache::cached(c)))
+                    .collect()),
+            },
         }
     }
 }
