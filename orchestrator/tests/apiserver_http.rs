@@ -298,9 +298,18 @@ async fn watches_follow_selectors_and_send_bookmarks() {
             .unwrap()
             .unwrap();
         match ev {
-            WatchEvent::Added(o) => seen.push(format!("ADDED {}", o.metadata.name.unwrap())),
-            WatchEvent::Modified(o) => seen.push(format!("MODIFIED {}", o.metadata.name.unwrap())),
-            WatchEvent::Deleted(o) => seen.push(format!("DELETED {}", o.metadata.name.unwrap())),
+            WatchEvent::Added(o) => {
+                bookmark_rv = None;
+                seen.push(format!("ADDED {}", o.metadata.name.unwrap()));
+            }
+            WatchEvent::Modified(o) => {
+                bookmark_rv = None;
+                seen.push(format!("MODIFIED {}", o.metadata.name.unwrap()));
+            }
+            WatchEvent::Deleted(o) => {
+                bookmark_rv = None;
+                seen.push(format!("DELETED {}", o.metadata.name.unwrap()));
+            }
             WatchEvent::Bookmark(b) => bookmark_rv = Some(b.metadata.resource_version),
             WatchEvent::Error(e) => panic!("{e:?}"),
         }
@@ -314,8 +323,8 @@ async fn watches_follow_selectors_and_send_bookmarks() {
             .resource_version
             .unwrap()
             .parse::<i64>()
-            .unwrap()
-            || seen.len() == 2
+            .unwrap(),
+        "a bookmark after the events promises their revisions"
     );
     c.shutdown().await;
 }
