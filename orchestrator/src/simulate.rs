@@ -4,7 +4,7 @@
 //! single machine could run for real, and a node's loss simulated by stopping its heartbeats.
 //! It is an API client like any other: it never imports `registry` or `apiserver`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::api::meta;
 
@@ -73,7 +75,7 @@ fn node_object(cfg: &SimConfig, name: &str, i: usize) -> Result<Node, serde_json
                 cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
                 cond("PIDPressure", "False", "KubeletHasSufficientPID"),
             ],
-            "addresses": [{"type": "InternalIP", "address": format!("10.250.{}.{}", i / 250, i % 250 + 1)},
+            "addresses": [{"type": "InternalIP", "address": node_ip(i)},
                 {"type": "Hostname", "address": name}],
             "nodeInfo": {"kubeletVersion": "v1.33.0-sim", "kubeProxyVersion": "", "osImage": "simulated",
                 "kernelVersion": "simulated", "containerRuntimeVersion": "simulated://1", "operatingSystem": "linux",
@@ -139,6 +141,17 @@ fn is_silenced(s: &Mutex<HashSet<String>>, node: &str) -> bool {
     s.lock().expect("not poisoned").contains(node)
 }
 
+/// How many of a simulated node's API calls are in flight at once (the real kubelets each have
+/// their own connection; a fleet of them is concurrent).
+const CONCURRENCY: usize = 64;
+
+/// The address node `i` reports.
+fn node_ip(i: usize) -> String {
+    format!("10.250.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// Renews every node's Lease once per `every`, spread evenly over the period as independent
+/// kubelets would be, so the API server sees a steady trickle rather than a burst each period.
 async fn heartbeats(
     client: kube::Client,
     names: Vec<String>,
@@ -146,22 +159,52 @@ async fn heartbeats(
     every: Duration,
 ) {
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
-    loop {
-        for name in &names {
-            if is_silenced(&silenced, name) {
-                continue;
-            }
-            let now =
-                k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
-            let patch = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": name, "namespace": "kube-node-lease"},
-                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
-            let pp = PatchParams::apply("simulated-kubelet").force();
-            if let Err(e) = leases.patch(name, &pp, &Patch::Apply(patch)).await {
-                tracing::warn!(node = %name, error = %e, "lease renewal failed");
+    let step = every / u32::try_from(names.len().max(1)).unwrap_or(u32::MAX);
+    let mut tick = tokio::time::interval(step.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    // Owned here, so stopping the nodes also stops their renewals in flight.
+    let mut inflight = JoinSet::new();
+    for name in names.iter().cycle() {
+        tick.tick().await;
+        while inflight.try_join_next().is_some() {}
+        if is_silenced(&silenced, name) {
+            continue;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (leases, name) = (leases.clone(), name.clone());
+        inflight.spawn(async move {
+            renew(&leases, &name).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn renew(leases: &Api<Lease>, name: &str) {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
+    let spec = json!({"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now});
+    let r = match leases
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": spec})),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            let lease =
+                json!({"metadata": {"name": name, "namespace": "kube-node-lease"}, "spec": spec});
+            match serde_json::from_value::<Lease>(lease) {
+                Ok(l) => leases.create(&PostParams::default(), &l).await,
+                Err(e) => Err(kube::Error::SerdeError(e)),
             }
         }
-        tokio::time::sleep(every).await;
+        r => r,
+    };
+    if let Err(e) = r {
+        tracing::warn!(node = %name, error = %e, "lease renewal failed");
     }
 }
 
@@ -170,59 +213,90 @@ async fn pod_worker(
     names: Vec<String>,
     silenced: Arc<Mutex<HashSet<String>>>,
 ) {
-    let mine: HashSet<String> = names.into_iter().collect();
+    let mine: HashMap<String, String> = names
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| (n, node_ip(i)))
+        .collect();
     let pods: Api<Pod> = Api::all(client.clone());
     let mut stream = watcher(pods, watcher::Config::default())
         .default_backoff()
         .applied_objects()
         .boxed();
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    // Pods with a call in flight, so a second event for one of them does not send a second call.
+    let busy = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let mut inflight = JoinSet::new();
     while let Some(item) = stream.next().await {
+        while inflight.try_join_next().is_some() {}
         let Ok(pod) = item else { continue };
         let node = pod
             .spec
             .as_ref()
             .and_then(|s| s.node_name.clone())
             .unwrap_or_default();
-        if !mine.contains(&node) || is_silenced(&silenced, &node) {
+        let Some(host_ip) = mine.get(&node).cloned() else {
             continue;
-        }
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        if pod.metadata.deletion_timestamp.is_some() {
-            // The containers are gone at once: finish the graceful deletion.
-            let dp = DeleteParams {
-                grace_period_seconds: Some(0),
-                ..Default::default()
-            };
-            if let Err(e) = api.delete(&name, &dp).await {
-                tracing::debug!(pod = %name, error = %e, "delete");
-            }
-            continue;
-        }
-        if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Pending") {
-            continue;
-        }
-        let now = meta::now();
-        let cond = |ty: &str| json!({"type": ty, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
-        let statuses: Vec<serde_json::Value> = pod
-            .spec
-            .iter()
-            .flat_map(|s| s.containers.iter())
-            .map(|c| json!({"name": c.name, "image": c.image, "imageID": "", "ready": true, "started": true,
-                "restartCount": 0, "state": {"running": {"startedAt": now}}}))
-            .collect();
-        let ip = fake_ip(pod.metadata.uid.as_deref().unwrap_or(&name));
-        let status = json!({"status": {"phase": "Running", "startTime": now, "podIP": ip, "podIPs": [{"ip": ip}],
-            "hostIP": "10.250.0.1",
-            "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), cond("ContainersReady"), cond("Ready"), cond("PodScheduled")],
-            "containerStatuses": statuses}});
-        if let Err(e) = api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-            .await
+        };
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if is_silenced(&silenced, &node)
+            || (pod.metadata.deletion_timestamp.is_none() && phase != Some("Pending"))
         {
-            tracing::debug!(pod = %name, error = %e, "status");
+            continue;
         }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if !busy.lock().expect("not poisoned").insert(uid.clone()) {
+            continue;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (client, busy) = (client.clone(), busy.clone());
+        inflight.spawn(async move {
+            handle_pod(&client, &pod, &host_ip).await;
+            busy.lock().expect("not poisoned").remove(&uid);
+            drop(permit);
+        });
+    }
+}
+
+/// Finishes a deletion, or moves a pending pod to Running with every container started and ready.
+async fn handle_pod(client: &kube::Client, pod: &Pod, host_ip: &str) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    if pod.metadata.deletion_timestamp.is_some() {
+        // The containers are gone at once: finish the graceful deletion.
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        if let Err(e) = api.delete(&name, &dp).await {
+            tracing::debug!(pod = %name, error = %e, "delete");
+        }
+        return;
+    }
+    let now = meta::now();
+    let cond = |ty: &str| json!({"type": ty, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
+    let statuses: Vec<serde_json::Value> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| {
+            json!({"name": c.name, "image": c.image, "imageID": "", "ready": true, "started": true,
+            "restartCount": 0, "state": {"running": {"startedAt": now}}})
+        })
+        .collect();
+    let ip = fake_ip(pod.metadata.uid.as_deref().unwrap_or(&name));
+    let status = json!({"status": {"phase": "Running", "startTime": now, "podIP": ip, "podIPs": [{"ip": ip}],
+        "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
+        "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), cond("ContainersReady"), cond("Ready"), cond("PodScheduled")],
+        "containerStatuses": statuses}});
+    if let Err(e) = api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+    {
+        tracing::debug!(pod = %name, error = %e, "status");
     }
 }
 

@@ -31,18 +31,17 @@ pub async fn run(
         watcher::Config::default(),
     );
     let services = controller.store();
-    controller
-        // A pod change touches the services in its namespace whose selector picks it.
-        .watches(
-            Api::<Pod>::all(client),
-            watcher::Config::default(),
-            move |pod: Pod| {
-                let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                let labels = pod.metadata.labels.clone().unwrap_or_default();
+    // A pod change touches the services in its namespace whose selector picks it, before or after.
+    let triggers = shared.pods.subscribe().flat_map(move |c| {
+        let mut refs: Vec<ObjectRef<Service>> = Vec::new();
+        for p in std::iter::once(&c.pod).chain(c.before.as_ref()) {
+            let ns = p.metadata.namespace.as_deref();
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            refs.extend(
                 services
                     .state()
                     .into_iter()
-                    .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
+                    .filter(|s| s.metadata.namespace.as_deref() == ns)
                     .filter(|s| {
                         s.spec
                             .as_ref()
@@ -51,10 +50,14 @@ pub async fn run(
                                 !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
                             })
                     })
-                    .map(|s| ObjectRef::from_obj(&*s))
-                    .collect::<Vec<_>>()
-            },
-        )
+                    .map(|s| ObjectRef::from_obj(&*s)),
+            );
+        }
+        refs.dedup();
+        futures::stream::iter(refs)
+    });
+    controller
+        .reconcile_on(triggers)
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, shared)
         .for_each(|r| {
@@ -108,9 +111,8 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Shared>) -> Result<Action, Contro
     let name = svc.metadata.name.clone().unwrap_or_default();
     let mut pods: Vec<Arc<Pod>> = ctx
         .pods
-        .state()
+        .in_namespace(&ns)
         .into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
         .filter(|p| {
             let l = p.metadata.labels.clone().unwrap_or_default();
             selector.iter().all(|(k, v)| l.get(k) == Some(v))

@@ -6,6 +6,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage;
+pub mod informer;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod quota;
@@ -34,7 +35,7 @@ pub enum ControllerError {
 /// Caches shared by the controllers.
 pub struct Shared {
     pub client: kube::Client,
-    pub pods: Store<Pod>,
+    pub pods: informer::PodInformer,
     pub replicasets: Store<ReplicaSet>,
     pub expectations: Expectations,
 }
@@ -136,10 +137,10 @@ pub async fn run(
     config: ControllerConfig,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), ControllerError> {
-    let (pods, pod_task) = reflect(Api::<Pod>::all(client.clone()));
+    let (pods, pod_task) = informer::PodInformer::start(client.clone());
     let (replicasets, rs_task) = reflect(Api::<ReplicaSet>::all(client.clone()));
     let _guard = AbortOnDrop(vec![pod_task, rs_task]);
-    let _ = pods.wait_until_ready().await;
+    let _ = pods.store().wait_until_ready().await;
     let _ = replicasets.wait_until_ready().await;
     let shared = Arc::new(Shared {
         client: client.clone(),
@@ -190,24 +191,36 @@ pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
         .find(|o| o.controller == Some(true))
 }
 
+/// A metav1.LabelSelector worked out once, to be matched against many pods. An empty or invalid
+/// selector matches nothing, as for workloads.
+pub struct Selector(Option<crate::api::selector::LabelSelector>);
+
+impl Selector {
+    pub fn new(sel: &LabelSelector) -> Selector {
+        let parsed = serde_json::to_value(sel)
+            .ok()
+            .and_then(|v| crate::api::selector::LabelSelector::from_object(&v).ok())
+            .filter(|p| !p.is_empty());
+        Selector(parsed)
+    }
+
+    pub fn matches(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
+        let Some(sel) = &self.0 else {
+            return false;
+        };
+        let map: serde_json::Map<String, serde_json::Value> = labels
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        sel.matches(Some(&map))
+    }
+}
+
 /// Whether `labels` match a metav1.LabelSelector (an empty selector matches nothing, as for
 /// workloads).
 pub fn selects(sel: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
-    let Ok(v) = serde_json::to_value(sel) else {
-        return false;
-    };
-    let Ok(parsed) = crate::api::selector::LabelSelector::from_object(&v) else {
-        return false;
-    };
-    if parsed.is_empty() {
-        return false;
-    }
-    let map: serde_json::Map<String, serde_json::Value> = labels
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    parsed.matches(Some(&map))
+    Selector::new(sel).matches(labels)
 }
 
 pub fn owner_ref(api_version: &str, kind: &str, meta: &ObjectMeta) -> OwnerReference {

@@ -135,6 +135,7 @@ async fn evict(ctx: &Shared, node: &str, taints: &[Taint]) -> Result<(), kube::E
     let now = jiff::Timestamp::now().as_second();
     let on_node: Vec<Arc<Pod>> = ctx
         .pods
+        .store()
         .state()
         .into_iter()
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))

@@ -13,11 +13,13 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use serde_json::json;
 
 use super::{
-    controller_of, is_active, is_available, is_ready, owner_ref, selects, ControllerError, Shared,
+    controller_of, is_active, is_available, is_ready, owner_ref, selects, ControllerError,
+    Selector, Shared,
 };
 
 const BURST: usize = 500;
@@ -27,11 +29,40 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = shared.client.clone();
+    let replicasets = shared.replicasets.clone();
+    // A pod change wakes the ReplicaSet that controls it (before and after the change), or, for a
+    // pod without a controller, the ReplicaSets whose selector would adopt it.
+    let triggers = shared.pods.subscribe().flat_map(move |c| {
+        let mut refs = Vec::new();
+        for p in std::iter::once(&c.pod).chain(c.before.as_ref()) {
+            let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+            match controller_of(&p.metadata) {
+                Some(o) if o.kind == "ReplicaSet" => {
+                    refs.push(ObjectRef::<ReplicaSet>::new(&o.name).within(ns))
+                }
+                Some(_) => {}
+                None => refs.extend(
+                    replicasets
+                        .state()
+                        .iter()
+                        .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns))
+                        .filter(|rs| {
+                            rs.spec
+                                .as_ref()
+                                .is_some_and(|s| selects(&s.selector, p.metadata.labels.as_ref()))
+                        })
+                        .map(|rs| ObjectRef::from_obj(&**rs)),
+                ),
+            }
+        }
+        refs.dedup();
+        futures::stream::iter(refs)
+    });
     Controller::new(
         Api::<ReplicaSet>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
+    .reconcile_on(triggers)
     .graceful_shutdown_on(stop)
     .run(reconcile, error_policy, shared)
     .for_each(|r| {
@@ -98,56 +129,53 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Shared>) -> Result<Action, Cont
     let uid = rs.metadata.uid.clone().unwrap_or_default();
     let spec = rs.spec.clone().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = Selector::new(&spec.selector);
     let mut owned: Vec<Arc<Pod>> = Vec::new();
-    for p in ctx.pods.state() {
+    for p in ctx.pods.controlled_by(&uid) {
         if p.metadata.namespace.as_deref() != Some(ns.as_str()) {
             continue;
         }
-        let matches = selects(&spec.selector, p.metadata.labels.as_ref());
-        match controller_of(&p.metadata) {
-            Some(o) if o.uid == uid => {
-                if matches {
-                    owned.push(p);
-                } else {
-                    // No longer ours: release it.
-                    let refs: Vec<_> = p
-                        .metadata
-                        .owner_references
-                        .iter()
-                        .flatten()
-                        .filter(|o| o.uid != uid)
-                        .cloned()
-                        .collect();
-                    let patch =
-                        json!({"metadata": {"ownerReferences": refs, "uid": p.metadata.uid}});
-                    pods_api
-                        .patch(
-                            p.metadata.name.as_deref().unwrap_or(""),
-                            &PatchParams::default(),
-                            &Patch::Merge(patch),
-                        )
-                        .await?;
-                }
-            }
-            None if matches && is_active(&p) => {
-                // An orphan the selector matches: adopt it (the uid guards against a replaced pod).
-                let mut refs: Vec<_> = p.metadata.owner_references.clone().unwrap_or_default();
-                refs.push(owner_ref("apps/v1", "ReplicaSet", &rs.metadata));
-                let patch = json!({"metadata": {"ownerReferences": refs, "uid": p.metadata.uid}});
-                match pods_api
-                    .patch(
-                        p.metadata.name.as_deref().unwrap_or(""),
-                        &PatchParams::default(),
-                        &Patch::Merge(patch),
-                    )
-                    .await
-                {
-                    Ok(adopted) => owned.push(Arc::new(adopted)),
-                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            _ => {}
+        if selector.matches(p.metadata.labels.as_ref()) {
+            owned.push(p);
+            continue;
+        }
+        // No longer ours: release it.
+        let refs: Vec<_> = p
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|o| o.uid != uid)
+            .cloned()
+            .collect();
+        let patch = json!({"metadata": {"ownerReferences": refs, "uid": p.metadata.uid}});
+        pods_api
+            .patch(
+                p.metadata.name.as_deref().unwrap_or(""),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
+    }
+    for p in ctx.pods.orphans_in(&ns) {
+        if !selector.matches(p.metadata.labels.as_ref()) || !is_active(&p) {
+            continue;
+        }
+        // An orphan the selector matches: adopt it (the uid guards against a replaced pod).
+        let mut refs: Vec<_> = p.metadata.owner_references.clone().unwrap_or_default();
+        refs.push(owner_ref("apps/v1", "ReplicaSet", &rs.metadata));
+        let patch = json!({"metadata": {"ownerReferences": refs, "uid": p.metadata.uid}});
+        match pods_api
+            .patch(
+                p.metadata.name.as_deref().unwrap_or(""),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(adopted) => owned.push(Arc::new(adopted)),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(e.into()),
         }
     }
     if !ctx.expectations.satisfied(&uid, &owned) {
