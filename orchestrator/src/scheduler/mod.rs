@@ -1,31 +1,40 @@
 //! The scheduler: places pods that have no node on a node that can run them, as kube-scheduler does.
 //!
-//! It keeps reflector caches of nodes and pods (the kube crate's watchers, against the API server
-//! only), and on every change runs a scheduling pass: each pending pod is filtered against every
-//! node by the filter plugins, the feasible nodes are scored by the score plugins, and the pod is
-//! bound to the best one through the `pods/binding` subresource (which refuses a second binding, so a
-//! pod is never bound twice). A bound pod is assumed on its node at once, so the next pod in the
-//! same pass sees the resources it took. A pod that fits nowhere gets `PodScheduled=False`
-//! (`Unschedulable`) and a `FailedScheduling` event in kube-scheduler's words, and is tried again on
-//! the next change. Plugins are one file each; this file never imports `registry` or `apiserver`.
+//! It watches nodes and pods (the kube crate's watcher, against the API server only) and keeps
+//! from their events a cache of every node with the pods on it (`cache`) and a queue of pods
+//! waiting for a node (`queue`). Pods are taken from the queue one at a time: nodes are filtered by
+//! the filter plugins, starting where the last decision stopped and only until enough feasible
+//! nodes are found (kube-scheduler's percentageOfNodesToScore), the feasible ones are scored by the
+//! score plugins, and the pod is assumed on the best one at once, so the next decision sees what it
+//! takes, while its binding goes out through the `pods/binding` subresource in the background (the
+//! subresource refuses a second binding, so a pod is never bound twice). A pod that fits nowhere
+//! gets `PodScheduled=False` (`Unschedulable`) and a `FailedScheduling` event in kube-scheduler's
+//! words, and waits until nodes or pods change. Plugins are one file each; this module never
+//! imports `registry` or `apiserver`.
 
+mod cache;
 mod node_affinity;
 mod node_ports;
 mod node_unschedulable;
+mod queue;
 mod resources;
 mod spread;
 mod taint_toleration;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use cache::Cache;
+use queue::Queue;
 
 pub use resources::Resources;
 pub use taint_toleration::tolerates;
@@ -76,6 +85,34 @@ impl NodeInfo {
             *self.owners.entry(owner.to_string()).or_default() += 1;
         }
         self.pods.push(pod);
+    }
+
+    fn remove(&mut self, uid: &str) {
+        let Some(i) = self
+            .pods
+            .iter()
+            .position(|p| p.metadata.uid.as_deref() == Some(uid))
+        else {
+            return;
+        };
+        let pod = self.pods.swap_remove(i);
+        let r = Resources::of_pod(&pod);
+        self.requested.sub(&r);
+        self.scored.sub(&resources::scored(r));
+        if let Some(owner) = spread::controller_uid(&pod) {
+            if let Some(n) = self.owners.get_mut(owner) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owners.remove(owner);
+                }
+            }
+        }
+    }
+
+    /// The node object changed; what is placed on it stays.
+    fn set_node(&mut self, node: Arc<Node>) {
+        self.allocatable = Resources::allocatable(&node);
+        self.node = node;
     }
 }
 
@@ -133,27 +170,59 @@ pub enum Decision {
     Unschedulable(String),
 }
 
-/// Filters and scores `pod` over `nodes`. Ties go to the node that sorts first, so a pass is
-/// deterministic for a given cache.
+/// How many feasible nodes are enough to choose from among `all`: every node in a small
+/// cluster, then a share that shrinks as the cluster grows (50% less 1% per 125 nodes, at least 5%
+/// and 100 nodes), as kube-scheduler's adaptive percentageOfNodesToScore.
+fn feasible_nodes_to_find(all: usize) -> usize {
+    const MIN: usize = 100;
+    if all < MIN {
+        return all;
+    }
+    let percent = 50usize.saturating_sub(all / 125).max(5);
+    (all * percent / 100).max(MIN)
+}
+
+/// Filters and scores `pod` over every node. Ties go to the node that sorts first, so a decision
+/// is deterministic for a given cache.
 pub fn decide(pod: &Pod, nodes: &[NodeInfo]) -> Decision {
-    let plugins = plugins();
+    decide_from(&plugins(), pod, nodes, 0).0
+}
+
+/// Filters nodes from `start` on (wrapping) until enough feasible ones are found, and scores those.
+/// Returns the decision and how many nodes were looked at, so the next decision starts after them.
+fn decide_from(
+    plugins: &[Box<dyn Plugin>],
+    pod: &Pod,
+    nodes: &[NodeInfo],
+    start: usize,
+) -> (Decision, usize) {
     let info = PodInfo {
         pod,
         requests: Resources::of_pod(pod),
     };
+    let enough = feasible_nodes_to_find(nodes.len());
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut best: Option<(i64, &str)> = None;
-    for n in nodes {
-        if let Some(why) = plugins.iter().find_map(|p| p.filter(&info, n).err()) {
-            *reasons.entry(why).or_default() += 1;
-            continue;
+    let mut feasible: Vec<&NodeInfo> = Vec::new();
+    let mut examined = 0;
+    for i in 0..nodes.len() {
+        if feasible.len() >= enough {
+            break;
         }
+        let n = &nodes[(start + i) % nodes.len()];
+        examined += 1;
+        match plugins.iter().find_map(|p| p.filter(&info, n).err()) {
+            Some(why) => *reasons.entry(why).or_default() += 1,
+            None => feasible.push(n),
+        }
+    }
+    let mut best: Option<(i64, &str)> = None;
+    for n in feasible {
         let score: i64 = plugins.iter().filter_map(|p| p.score(&info, n)).sum();
         if best.is_none_or(|(s, name)| score > s || (score == s && n.name.as_str() < name)) {
             best = Some((score, &n.name));
         }
     }
-    match best {
+    let decision = match best {
         Some((_, name)) => Decision::Bind(name.to_string()),
         None => {
             let parts: Vec<String> = reasons
@@ -168,49 +237,197 @@ pub fn decide(pod: &Pod, nodes: &[NodeInfo]) -> Decision {
             msg.push('.');
             Decision::Unschedulable(msg)
         }
-    }
+    };
+    (decision, examined)
 }
 
-/// Builds the node view from the caches: every node with the pods bound to it.
-fn snapshot(
-    nodes: &[Arc<Node>],
-    pods: &[Arc<Pod>],
-    assumed: &HashMap<String, (String, Arc<Pod>)>,
-) -> Vec<NodeInfo> {
-    let mut infos: Vec<NodeInfo> = nodes.iter().cloned().map(NodeInfo::new).collect();
-    infos.sort_by(|a, b| a.name.cmp(&b.name));
-    let index: HashMap<String, usize> = infos
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.name.clone(), i))
-        .collect();
-    let mut seen = std::collections::HashSet::new();
-    for p in pods {
-        let node = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .unwrap_or("");
-        let terminal = matches!(
-            p.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        );
-        if node.is_empty() || terminal {
-            continue;
-        }
-        seen.insert(uid(p));
-        if let Some(i) = index.get(node) {
-            infos[*i].add(p.clone());
-        }
-    }
-    for (u, (node, p)) in assumed {
-        if !seen.contains(u) {
-            if let Some(i) = index.get(node) {
-                infos[*i].add(p.clone());
+/// How many watch events are taken in before the next decisions, so that neither a backlog of
+/// events nor a long queue starves the other.
+const EVENT_BATCH: usize = 1024;
+/// How many pods are decided before events are looked at again.
+const DECISION_BATCH: usize = 256;
+/// Parked pods are retried at most this often when the cluster changes, and at least this often
+/// when it does not.
+const RETRY_ON_CHANGE: Duration = Duration::from_secs(1);
+const RETRY_ANYWAY: Duration = Duration::from_secs(30);
+
+/// A finished binding: the pod's uid, the pod, and how it went.
+type BindingDone = (String, Arc<Pod>, Result<(), kube::Error>);
+
+struct Scheduler {
+    client: kube::Client,
+    plugins: Vec<Box<dyn Plugin>>,
+    cache: Cache,
+    queue: Queue,
+    /// Where the next decision starts looking among the nodes.
+    next_start: usize,
+    /// Nodes or placed pods changed since parked pods were last retried.
+    changed: bool,
+    retried: Instant,
+    pods_synced: bool,
+    nodes_synced: bool,
+    pod_relist: Option<Vec<Pod>>,
+    node_relist: Option<Vec<Node>>,
+    permits: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    done: mpsc::UnboundedSender<BindingDone>,
+}
+
+impl Scheduler {
+    fn pod_event(&mut self, ev: watcher::Event<Pod>) {
+        match ev {
+            watcher::Event::Apply(p) => self.pod_seen(Arc::new(p)),
+            watcher::Event::Delete(p) => {
+                let u = uid(&p);
+                self.queue.remove(&u);
+                self.changed |= self.cache.unplace(&u).is_some();
+            }
+            watcher::Event::Init => self.pod_relist = Some(Vec::new()),
+            watcher::Event::InitApply(p) => self.pod_relist.get_or_insert_default().push(p),
+            watcher::Event::InitDone => {
+                let listed = self.pod_relist.take().unwrap_or_default();
+                // Bindings in flight stay assumed while their pods are still there unbound.
+                let unbound: HashSet<String> = listed
+                    .iter()
+                    .filter(|p| pending(p))
+                    .map(|p| uid(p))
+                    .collect();
+                let assumed = self.cache.assumed();
+                self.cache.clear_pods();
+                self.queue.clear();
+                for (node, p) in assumed {
+                    if unbound.contains(&uid(&p)) {
+                        self.cache.place(p, &node, true);
+                    }
+                }
+                for p in listed {
+                    self.pod_seen(Arc::new(p));
+                }
+                self.pods_synced = true;
+                self.changed = true;
             }
         }
     }
-    infos
+
+    fn pod_seen(&mut self, pod: Arc<Pod>) {
+        let u = uid(&pod);
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let terminal = matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        if !node.is_empty() {
+            self.queue.remove(&u);
+            if terminal {
+                // A finished pod no longer takes room on its node.
+                self.changed |= self.cache.unplace(&u).is_some();
+            } else {
+                self.cache.place(pod, &node, false);
+            }
+        } else if pending(&pod) {
+            // An unbound pod whose binding is in flight: the event predates the binding.
+            if !self.cache.placed(&u).is_some_and(|p| p.assumed) {
+                self.queue.upsert(pod);
+            }
+        } else {
+            self.queue.remove(&u);
+        }
+    }
+
+    fn node_event(&mut self, ev: watcher::Event<Node>) {
+        match ev {
+            watcher::Event::Apply(n) => self.cache.upsert_node(Arc::new(n)),
+            watcher::Event::Delete(n) => self
+                .cache
+                .remove_node(n.metadata.name.as_deref().unwrap_or("")),
+            watcher::Event::Init => self.node_relist = Some(Vec::new()),
+            watcher::Event::InitApply(n) => self.node_relist.get_or_insert_default().push(n),
+            watcher::Event::InitDone => {
+                let listed = self.node_relist.take().unwrap_or_default();
+                self.cache
+                    .set_nodes(listed.into_iter().map(Arc::new).collect());
+                self.nodes_synced = true;
+            }
+        }
+        self.changed = true;
+    }
+
+    fn binding_done(&mut self, (u, pod, result): BindingDone) {
+        let Err(e) = result else { return };
+        // Not bound (bound elsewhere, deleted, API unreachable): forget the assumption and try
+        // again shortly, unless the pod's own events already settled it.
+        if self.cache.placed(&u).is_some_and(|p| p.assumed) {
+            tracing::warn!(pod = ?pod.metadata.name, error = %e, "binding failed");
+            self.cache.unplace(&u);
+            self.queue.back_off(pod, Instant::now());
+        }
+    }
+
+    fn retry_parked(&mut self) {
+        let now = Instant::now();
+        let since = self.retried.elapsed();
+        let parked = (self.changed && since >= RETRY_ON_CHANGE) || since >= RETRY_ANYWAY;
+        if parked {
+            self.changed = false;
+            self.retried = now;
+        }
+        self.queue.activate(parked, now);
+    }
+
+    fn can_decide(&self) -> bool {
+        self.pods_synced
+            && self.nodes_synced
+            && self.queue.has_active()
+            && self.permits.available_permits() > 0
+    }
+
+    /// Decides on up to DECISION_BATCH pods, sending each binding or failure report out as a
+    /// task of its own; stops early when BINDING_CONCURRENCY calls are in flight.
+    fn decide_some(&mut self) {
+        for _ in 0..DECISION_BATCH {
+            if !self.can_decide() {
+                return;
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                return;
+            };
+            let Some((pod, reported)) = self.queue.pop() else {
+                return;
+            };
+            let nodes = self.cache.nodes();
+            let start = self.next_start % nodes.len().max(1);
+            let (decision, examined) = decide_from(&self.plugins, &pod, nodes, start);
+            self.next_start = (start + examined) % nodes.len().max(1);
+            let client = self.client.clone();
+            match decision {
+                Decision::Bind(node) => {
+                    self.cache.place(pod.clone(), &node, true);
+                    let done = self.done.clone();
+                    self.tasks.spawn(async move {
+                        let r = bind(&client, &pod, &node).await;
+                        let _ = done.send((uid(&pod), pod, r));
+                        drop(permit);
+                    });
+                }
+                Decision::Unschedulable(msg) => {
+                    self.queue.park(pod.clone(), Some(msg.clone()));
+                    if reported.as_deref() == Some(msg.as_str()) {
+                        continue;
+                    }
+                    self.tasks.spawn(async move {
+                        if let Err(e) = report_unschedulable(&client, &pod, &msg).await {
+                            tracing::warn!(pod = ?pod.metadata.name, error = %e, "cannot record the failure");
+                        }
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// Runs the scheduler until `stop` resolves (leadership lost, shutdown).
@@ -218,127 +435,82 @@ pub async fn run(
     client: kube::Client,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), SchedulerError> {
-    let pods_api: Api<Pod> = Api::all(client.clone());
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    let wake = Arc::new(Notify::new());
-    let (pod_store, pod_writer) = reflector::store();
-    let (node_store, node_writer) = reflector::store();
     let watch_cfg = watcher::Config::default();
-    let w = wake.clone();
-    let pod_task = tokio::spawn(
-        watcher(pods_api.clone(), watch_cfg.clone())
-            .default_backoff()
-            .reflect(pod_writer)
-            .for_each(move |_| {
-                w.notify_one();
-                futures::future::ready(())
-            }),
-    );
-    let w = wake.clone();
-    let node_task = tokio::spawn(
-        watcher(nodes_api, watch_cfg)
-            .default_backoff()
-            .reflect(node_writer)
-            .for_each(move |_| {
-                w.notify_one();
-                futures::future::ready(())
-            }),
-    );
-    let _guard = AbortOnDrop(vec![pod_task, node_task]);
-    pod_store
-        .wait_until_ready()
-        .await
-        .map_err(|e| SchedulerError::Sync(e.to_string()))?;
-    node_store
-        .wait_until_ready()
-        .await
-        .map_err(|e| SchedulerError::Sync(e.to_string()))?;
-    tracing::info!("scheduler caches synced");
-    let mut assumed: HashMap<String, (String, Arc<Pod>)> = HashMap::new();
-    let mut reported: HashMap<String, String> = HashMap::new();
+    let mut pod_events = watcher(Api::<Pod>::all(client.clone()), watch_cfg.clone())
+        .default_backoff()
+        .boxed();
+    let mut node_events = watcher(Api::<Node>::all(client.clone()), watch_cfg)
+        .default_backoff()
+        .boxed();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut s = Scheduler {
+        client,
+        plugins: plugins(),
+        cache: Cache::default(),
+        queue: Queue::default(),
+        next_start: 0,
+        changed: false,
+        retried: Instant::now(),
+        pods_synced: false,
+        nodes_synced: false,
+        pod_relist: None,
+        node_relist: None,
+        permits: Arc::new(Semaphore::new(BINDING_CONCURRENCY)),
+        tasks: JoinSet::new(),
+        done: done_tx,
+    };
+    let mut tick = tokio::time::interval(RETRY_ON_CHANGE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ended = || SchedulerError::Sync("the watch ended".into());
     tokio::pin!(stop);
     loop {
-        let pods = pod_store.state();
-        let nodes = node_store.state();
-        // Forget assumptions the cache has caught up with (or whose pod is gone).
-        let bound: std::collections::HashSet<String> = pods
-            .iter()
-            .filter(|p| !pending(p))
-            .map(|p| uid(p))
-            .collect();
-        let present: std::collections::HashSet<String> = pods.iter().map(|p| uid(p)).collect();
-        assumed.retain(|u, _| !bound.contains(u) && present.contains(u));
-        reported.retain(|u, _| present.contains(u));
-        let mut infos = snapshot(&nodes, &pods, &assumed);
-        let mut queue: Vec<&Arc<Pod>> = pods
-            .iter()
-            .filter(|p| pending(p) && !assumed.contains_key(&uid(p)))
-            .collect();
-        queue.sort_by_key(|p| {
-            (
-                std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)),
-                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                p.metadata.name.clone(),
-            )
-        });
-        // Decisions are made one pod at a time, each assuming the ones before it; the bindings
-        // then go out together, as kube-scheduler's binding cycles run beside its scheduling cycle.
-        let mut binds: Vec<(Arc<Pod>, String)> = Vec::new();
-        for pod in queue {
-            match decide(pod, &infos) {
-                Decision::Bind(node) => {
-                    let mut placed = (**pod).clone();
-                    placed.spec.get_or_insert_with(Default::default).node_name = Some(node.clone());
-                    let placed = Arc::new(placed);
-                    if let Some(n) = infos.iter_mut().find(|n| n.name == node) {
-                        n.add(placed.clone());
-                    }
-                    assumed.insert(uid(pod), (node.clone(), placed));
-                    reported.remove(&uid(pod));
-                    binds.push((pod.clone(), node));
-                }
-                Decision::Unschedulable(msg) => {
-                    if reported.get(&uid(pod)) != Some(&msg) {
-                        if let Err(e) = report_unschedulable(&client, pod, &msg).await {
-                            tracing::warn!(pod = ?pod.metadata.name, error = %e, "cannot record the failure");
-                        } else {
-                            reported.insert(uid(pod), msg);
-                        }
-                    }
-                }
+        if (&mut stop).now_or_never().is_some() {
+            return Ok(());
+        }
+        if !s.can_decide() {
+            // Nothing to decide (or no room for another call): wait for something to happen.
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                ev = node_events.next() => match ev.ok_or_else(ended)? {
+                    Ok(ev) => s.node_event(ev),
+                    Err(e) => tracing::debug!(error = %e, "node watch"),
+                },
+                ev = pod_events.next() => match ev.ok_or_else(ended)? {
+                    Ok(ev) => s.pod_event(ev),
+                    Err(e) => tracing::debug!(error = %e, "pod watch"),
+                },
+                Some(done) = done_rx.recv() => s.binding_done(done),
+                _ = tick.tick() => {}
             }
         }
-        let results: Vec<(String, Result<(), kube::Error>)> =
-            futures::stream::iter(binds.into_iter().map(|(pod, node)| {
-                let client = client.clone();
-                async move { (uid(&pod), bind(&client, &pod, &node).await) }
-            }))
-            .buffer_unordered(BINDING_CONCURRENCY)
-            .collect()
-            .await;
-        for (u, r) in results {
-            if let Err(e) = r {
-                // Not bound (already bound elsewhere, deleted, API unreachable): forget the
-                // assumption, so the next pass sees the pod as it really is.
-                tracing::warn!(pod = %u, error = %e, "binding failed");
-                assumed.remove(&u);
+        // Take in what else has arrived, up to a bound.
+        for _ in 0..EVENT_BATCH {
+            let mut any = false;
+            if let Some(ev) = node_events.next().now_or_never() {
+                any = true;
+                match ev.ok_or_else(ended)? {
+                    Ok(ev) => s.node_event(ev),
+                    Err(e) => tracing::debug!(error = %e, "node watch"),
+                }
+            }
+            if let Some(ev) = pod_events.next().now_or_never() {
+                any = true;
+                match ev.ok_or_else(ended)? {
+                    Ok(ev) => s.pod_event(ev),
+                    Err(e) => tracing::debug!(error = %e, "pod watch"),
+                }
+            }
+            while let Ok(done) = done_rx.try_recv() {
+                s.binding_done(done);
+            }
+            if !any {
+                break;
             }
         }
-        tokio::select! {
-            _ = &mut stop => return Ok(()),
-            _ = wake.notified() => {}
-            // Assumptions and retries are revisited even when nothing changes.
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-    }
-}
-
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
+        while s.tasks.try_join_next().is_some() {}
+        if s.pods_synced && s.nodes_synced {
+            s.retry_parked();
+            s.decide_some();
         }
     }
 }

@@ -66,6 +66,12 @@ impl Resources {
         self.memory += o.memory;
         self.pods += o.pods;
     }
+
+    pub fn sub(&mut self, o: &Resources) {
+        self.cpu -= o.cpu;
+        self.memory -= o.memory;
+        self.pods -= o.pods;
+    }
 }
 
 pub struct Fit;
