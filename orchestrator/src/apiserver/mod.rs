@@ -326,7 +326,7 @@ async fn create_if_missing(
     obj: &Value,
     side: crate::registry::SideEffects,
 ) -> Result<(), ServeError> {
-    match st.registry.create(r, obj, side).await {
+    match st.registry.create(r, obj.clone(), side).await {
         // An earlier start created it (or its address is held by it): keep what is stored.
         Ok(_)
         | Err(crate::registry::StoreError::AlreadyExists)

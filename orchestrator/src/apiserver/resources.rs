@@ -83,6 +83,11 @@ impl Selectors {
     pub fn matches(&self, obj: &Value) -> bool {
         self.labels.matches(meta::labels(obj)) && self.fields.matches(obj)
     }
+
+    /// Whether every object matches (no selector given).
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
 }
 
 /// The revision a list reads at, from `resourceVersion` and `resourceVersionMatch`, and the revision
@@ -379,7 +384,7 @@ pub async fn create(
         if q.dry_run() {
             return Ok(candidate);
         }
-        match st.registry.create(r, &candidate, side).await {
+        match st.registry.create(r, candidate, side).await {
             Ok(stored) => return Ok(stored),
             // A side effect's guard moved (quota, allocation): admit again against fresh state.
             Err(StoreError::Conflict) if attempt + 1 < MAX_RETRIES => continue,
@@ -578,7 +583,7 @@ pub async fn update(
             }
         }
         let side = admission::admit_update(st, r, &mut next, &current).await?;
-        match st.registry.update(r, &next, expected, side).await {
+        match st.registry.update(r, next, expected, side).await {
             Ok(stored) => {
                 return Ok((
                     match t.sub {
@@ -834,7 +839,7 @@ pub async fn delete(st: &State, t: &Target, q: &Query, opts: &DeleteOptions) -> 
             }
             match st
                 .registry
-                .update(r, &marked, expected, SideEffects::default())
+                .update(r, marked, expected, SideEffects::default())
                 .await
             {
                 Ok(stored) => return Ok(stored),
@@ -953,7 +958,7 @@ pub async fn bind(st: &State, t: &Target, body: Value) -> ApiResult<Value> {
         let expected: i64 = meta::resource_version(&current).parse().unwrap_or(0);
         match st
             .registry
-            .update(r, &next, expected, SideEffects::default())
+            .update(r, next, expected, SideEffects::default())
             .await
         {
             Ok(_) => {

@@ -195,7 +195,9 @@ impl Watcher {
         match &c.change {
             CachedChange::Put { object, json, prev } => {
                 let now = self.sel.matches(object);
-                let before = prev.as_ref().is_some_and(|p| self.sel.matches(p));
+                let before = prev
+                    .as_ref()
+                    .is_some_and(|p| self.sel.is_empty() || self.sel.matches(p.object()));
                 let ty = match (before, now) {
                     (false, true) => "ADDED",
                     (true, true) => "MODIFIED",

@@ -34,7 +34,7 @@ pub enum CachedChange {
     Put {
         object: Value,
         json: Bytes,
-        prev: Option<Value>,
+        prev: Option<crate::registry::Prior>,
     },
     /// Deleted: the last state (with the deletion's resourceVersion) and its JSON.
     Delete { object: Value, json: Bytes },

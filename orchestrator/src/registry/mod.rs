@@ -102,9 +102,31 @@ pub struct ListPage {
 #[derive(Debug)]
 pub enum Change {
     /// The key was created or updated; `prev` is the state before (absent for a create).
-    Put { object: Value, prev: Option<Value> },
+    Put { object: Value, prev: Option<Prior> },
     /// The key was deleted; `object` is its last state with the deletion's resourceVersion.
     Delete { object: Value },
+}
+
+/// The state of an object before a change, parsed only when someone looks inside it (a watch with
+/// a selector deciding between ADDED, MODIFIED and DELETED). Most watchers only need to know that
+/// it existed, and parsing every previous state cost as much as parsing the changes themselves.
+#[derive(Debug)]
+pub struct Prior {
+    plain: Vec<u8>,
+    revision: i64,
+    parsed: std::sync::OnceLock<Value>,
+}
+
+impl Prior {
+    /// The object as it was (`null` if what was stored is not JSON, which `decode` would have
+    /// refused for the object itself).
+    pub fn object(&self) -> &Value {
+        self.parsed.get_or_init(|| {
+            let mut v: Value = serde_json::from_slice(&self.plain).unwrap_or(Value::Null);
+            meta::set_resource_version(&mut v, self.revision);
+            v
+        })
+    }
 }
 
 /// The object store.
@@ -211,9 +233,9 @@ impl Registry {
 
     /// Stores a new object; fails with `AlreadyExists` when the key exists, `Conflict` when only a
     /// side effect's guard failed.
-    pub async fn create(&self, r: &Resource, obj: &Value, side: SideEffects) -> Result<Value> {
-        let k = key(r, meta::namespace(obj), meta::name(obj));
-        let bytes = self.encode(r, &k, obj)?;
+    pub async fn create(&self, r: &Resource, obj: Value, side: SideEffects) -> Result<Value> {
+        let k = key(r, meta::namespace(&obj), meta::name(&obj));
+        let bytes = self.encode(r, &k, &obj)?;
         let guard = Compare::create_revision(k.as_str()).eq(0);
         let guarded_side = !side.compares.is_empty();
         match self
@@ -231,12 +253,12 @@ impl Registry {
     pub async fn update(
         &self,
         r: &Resource,
-        obj: &Value,
+        obj: Value,
         expected: i64,
         side: SideEffects,
     ) -> Result<Value> {
-        let k = key(r, meta::namespace(obj), meta::name(obj));
-        let bytes = self.encode(r, &k, obj)?;
+        let k = key(r, meta::namespace(&obj), meta::name(&obj));
+        let bytes = self.encode(r, &k, &obj)?;
         let guard = Compare::mod_revision(k.as_str()).eq(expected);
         match self
             .guarded(&k, guard, TxnOp::put(k.as_str(), bytes, None), side)
@@ -398,10 +420,9 @@ enum Guarded {
     Failed { exists: bool },
 }
 
-fn with_rv(obj: &Value, rev: i64) -> Value {
-    let mut out = obj.clone();
-    meta::set_resource_version(&mut out, rev);
-    out
+fn with_rv(mut obj: Value, rev: i64) -> Value {
+    meta::set_resource_version(&mut obj, rev);
+    obj
 }
 
 fn first_count(responses: &[cairn_client::proto::ResponseOp]) -> i64 {
@@ -450,12 +471,20 @@ impl Watch {
                     .map(|object| Change::Delete { object })
             } else {
                 let prev = match ev.prev_kv {
-                    Some(p) => {
-                        Some(
-                            self.registry
-                                .decode(self.resource, &p.key, &p.value, p.mod_revision),
-                        )
-                    }
+                    Some(p) => Some(
+                        self.registry
+                            .transformer
+                            .decrypt(
+                                self.resource.plural,
+                                &String::from_utf8_lossy(&p.key),
+                                &p.value,
+                            )
+                            .map(|plain| Prior {
+                                plain,
+                                revision: p.mod_revision,
+                                parsed: std::sync::OnceLock::new(),
+                            }),
+                    ),
                     None => None,
                 }
                 .transpose();
