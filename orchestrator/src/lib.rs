@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod apiserver;
+pub mod client;
 pub mod controllers;
 pub mod election;
 pub mod registry;

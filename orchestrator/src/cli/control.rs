@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use cairn_orchestrator::client::{self, Throttle};
 use cairn_orchestrator::controllers;
 use cairn_orchestrator::election::{self, ElectionConfig};
 use cairn_orchestrator::scheduler;
@@ -22,11 +23,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-pub async fn client(kubeconfig: &PathBuf) -> Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("read {}", kubeconfig.display()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    Ok(kube::Client::try_from(cfg)?)
+/// The API connection of a control-plane component (client-go's flags).
+#[derive(clap::Args)]
+pub struct ClientArgs {
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Requests per second to the API server, on average (0: unlimited).
+    #[arg(long)]
+    kube_api_qps: Option<f64>,
+    /// Requests allowed at once above that rate.
+    #[arg(long)]
+    kube_api_burst: Option<u32>,
+}
+
+impl ClientArgs {
+    /// A client throttled as the flags say, or by the component's defaults.
+    async fn client(&self, qps: f64, burst: u32) -> Result<kube::Client> {
+        let throttle = Throttle {
+            qps: self.kube_api_qps.unwrap_or(qps),
+            burst: self.kube_api_burst.unwrap_or(burst),
+        };
+        Ok(client::from_kubeconfig(&self.kubeconfig, throttle).await?)
+    }
 }
 
 #[derive(clap::Args)]
@@ -44,8 +62,8 @@ pub struct LeaderArgs {
 
 #[derive(clap::Args)]
 pub struct SchedulerArgs {
-    #[arg(long)]
-    kubeconfig: PathBuf,
+    #[command(flatten)]
+    api: ClientArgs,
     #[command(flatten)]
     leader: LeaderArgs,
 }
@@ -56,16 +74,21 @@ fn identity() -> String {
 }
 
 pub async fn scheduler(args: SchedulerArgs) -> Result<ExitCode> {
-    let client = client(&args.kubeconfig).await?;
+    // kube-scheduler's defaults.
+    let (qps, burst) = (50.0, 100);
+    let client = args.api.client(qps, burst).await?;
     if !args.leader.leader_elect {
         scheduler::run(client, std::future::pending()).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    // The lease is renewed through a client of its own, so a busy component never misses a renewal
+    // waiting behind its own calls.
+    let election_client = args.api.client(qps, burst).await?;
     let mut cfg = ElectionConfig::new("kube-scheduler", &identity());
     cfg.lease_duration = args.leader.leader_elect_lease_duration;
     cfg.renew_deadline = args.leader.leader_elect_renew_deadline;
     cfg.retry_period = args.leader.leader_elect_retry_period;
-    let mut leadership = election::acquire(client.clone(), cfg).await?;
+    let mut leadership = election::acquire(election_client, cfg).await?;
     scheduler::run(client, async move { leadership.lost().await }).await?;
     // As kube-scheduler does: a replica that lost its lease exits, and is restarted to compete again.
     bail!("leaderelection lost")
@@ -73,8 +96,8 @@ pub async fn scheduler(args: SchedulerArgs) -> Result<ExitCode> {
 
 #[derive(clap::Args)]
 pub struct ControllerManagerArgs {
-    #[arg(long)]
-    kubeconfig: PathBuf,
+    #[command(flatten)]
+    api: ClientArgs,
     /// How long a node may go without renewing its Lease before it is marked unreachable.
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     node_monitor_grace_period: Duration,
@@ -83,7 +106,9 @@ pub struct ControllerManagerArgs {
 }
 
 pub async fn controller_manager(args: ControllerManagerArgs) -> Result<ExitCode> {
-    let client = client(&args.kubeconfig).await?;
+    // kube-controller-manager's defaults.
+    let (qps, burst) = (20.0, 30);
+    let client = args.api.client(qps, burst).await?;
     let ccfg = controllers::ControllerConfig {
         node_monitor_grace_period: args.node_monitor_grace_period,
     };
@@ -91,19 +116,20 @@ pub async fn controller_manager(args: ControllerManagerArgs) -> Result<ExitCode>
         controllers::run(client, ccfg, std::future::pending()).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    let election_client = args.api.client(qps, burst).await?;
     let mut cfg = ElectionConfig::new("kube-controller-manager", &identity());
     cfg.lease_duration = args.leader.leader_elect_lease_duration;
     cfg.renew_deadline = args.leader.leader_elect_renew_deadline;
     cfg.retry_period = args.leader.leader_elect_retry_period;
-    let mut leadership = election::acquire(client.clone(), cfg).await?;
+    let mut leadership = election::acquire(election_client, cfg).await?;
     controllers::run(client, ccfg, async move { leadership.lost().await }).await?;
     bail!("leaderelection lost")
 }
 
 #[derive(clap::Args)]
 pub struct SimulateArgs {
-    #[arg(long)]
-    kubeconfig: PathBuf,
+    #[command(flatten)]
+    api: ClientArgs,
     #[arg(long, default_value_t = 3)]
     count: usize,
     #[arg(long, default_value = "sim-")]
@@ -119,7 +145,8 @@ pub struct SimulateArgs {
 }
 
 pub async fn simulate(args: SimulateArgs) -> Result<ExitCode> {
-    let client = client(&args.kubeconfig).await?;
+    // A fleet of kubelets, each with its own connection: not throttled unless asked.
+    let client = args.api.client(0.0, 0).await?;
     let nodes = SimulatedNodes::start(
         client,
         SimConfig {

@@ -35,6 +35,7 @@ pub async fn run(
         watcher::Config::default(),
     )
     .owns(Api::<ReplicaSet>::all(client), watcher::Config::default())
+    .with_config(super::workers())
     .graceful_shutdown_on(stop)
     .run(reconcile, error_policy, shared)
     .for_each(|r| {

@@ -116,6 +116,15 @@ where
     (store, task)
 }
 
+/// How many objects of one kind a controller reconciles at once (kube-controller-manager's
+/// `--concurrent-replicaset-syncs`, `--concurrent-deployment-syncs` and
+/// `--concurrent-endpoint-syncs` defaults).
+const WORKERS: u16 = 5;
+
+fn workers() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(WORKERS)
+}
+
 /// Settings of the controllers (kube-controller-manager's flags).
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {

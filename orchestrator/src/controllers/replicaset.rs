@@ -63,6 +63,7 @@ pub async fn run(
         watcher::Config::default(),
     )
     .reconcile_on(triggers)
+    .with_config(super::workers())
     .graceful_shutdown_on(stop)
     .run(reconcile, error_policy, shared)
     .for_each(|r| {

@@ -1,0 +1,169 @@
+//! How the control-plane components talk to the API server: a kube client from a kubeconfig,
+//! throttled by a token bucket as client-go's clients are (`--kube-api-qps`, `--kube-api-burst`), so
+//! that a controller catching up on thousands of objects paces its calls instead of flooding the
+//! API server. It never imports `registry` or `apiserver`.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("read {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("kubeconfig {path}: {source}")]
+    Config {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// Requests per second and the burst allowed above that rate. A rate of zero or less means no
+/// limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    pub qps: f64,
+    pub burst: u32,
+}
+
+/// A client for the cluster `kubeconfig` names, with its own token bucket.
+pub async fn from_kubeconfig(
+    kubeconfig: &Path,
+    throttle: Throttle,
+) -> Result<kube::Client, ClientError> {
+    let path = kubeconfig.display().to_string();
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|source| {
+        ClientError::Kubeconfig {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .map_err(|source| ClientError::Config { path, source })?;
+    let builder = kube::client::ClientBuilder::try_from(cfg)?;
+    Ok(builder.with_layer(&TokenBucketLayer(throttle)).build())
+}
+
+struct TokenBucketLayer(Throttle);
+
+impl<S> Layer<S> for TokenBucketLayer {
+    type Service = TokenBucket<S>;
+
+    fn layer(&self, inner: S) -> TokenBucket<S> {
+        TokenBucket {
+            inner,
+            throttle: self.0,
+            tokens: f64::from(self.0.burst.max(1)),
+            refilled: Instant::now(),
+            wait: None,
+        }
+    }
+}
+
+/// Holds a request back until a token is there: tokens accrue at `qps` up to `burst`.
+pub struct TokenBucket<S> {
+    inner: S,
+    throttle: Throttle,
+    tokens: f64,
+    refilled: Instant,
+    wait: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S, R> Service<R> for TokenBucket<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let Throttle { qps, burst } = self.throttle;
+        if qps > 0.0 {
+            loop {
+                let now = Instant::now();
+                let earned = now.duration_since(self.refilled).as_secs_f64() * qps;
+                self.tokens = (self.tokens + earned).min(f64::from(burst.max(1)));
+                self.refilled = now;
+                if self.tokens >= 1.0 {
+                    self.wait = None;
+                    break;
+                }
+                let until = now + Duration::from_secs_f64((1.0 - self.tokens) / qps);
+                let sleep = self
+                    .wait
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                sleep.as_mut().reset(until);
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        if self.throttle.qps > 0.0 {
+            self.tokens -= 1.0;
+        }
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    #[derive(Clone)]
+    struct Echo;
+
+    impl Service<u32> for Echo {
+        type Response = u32;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<u32, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: u32) -> Self::Future {
+            std::future::ready(Ok(req))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_goes_at_once_then_requests_are_paced_at_the_rate() {
+        use tower::ServiceExt;
+        let mut svc = TokenBucketLayer(Throttle {
+            qps: 10.0,
+            burst: 5,
+        })
+        .layer(Echo);
+        let start = Instant::now();
+        for i in 0..5 {
+            svc.ready().await.unwrap().call(i).await.unwrap();
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        for i in 0..10 {
+            svc.ready().await.unwrap().call(i).await.unwrap();
+        }
+        // Ten more at ten a second take a second (the clock is paused, so this is exact).
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(999) && took <= Duration::from_millis(1001),
+            "{took:?}"
+        );
+    }
+}
