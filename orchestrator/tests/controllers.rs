@@ -412,12 +412,75 @@ async fn endpoints_follow_ready_pods() {
     .await;
 }
 
+/// The endpoints of the Service's slices, by slice name.
+async fn slice_sizes(client: &kube::Client, svc: &str) -> Vec<(String, usize)> {
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), "default");
+    let mut v: Vec<(String, usize)> = slices
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|s| (s.metadata.name.unwrap_or_default(), s.endpoints.len()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_slices_are_split_at_the_limit_and_shrink_with_the_service() {
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let cfg = cairn_orchestrator::controllers::ControllerConfig {
+        max_endpoints_per_slice: 2,
+        ..Default::default()
+    };
+    let sim = SimConfig {
+        count: 3,
+        cpu: "8".into(),
+        ..Default::default()
+    };
+    let _cp = control_plane_with(&client, cfg, sim).await;
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    deps.create(&PostParams::default(), &deployment("web", 5, "nginx:1"))
+        .await
+        .unwrap();
+    let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "default");
+    svcs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    converge("5 endpoints in slices of at most 2", 30, async || {
+        let sizes = slice_sizes(&client, "web").await;
+        sizes.iter().map(|s| s.1).sum::<usize>() == 5 && sizes.iter().all(|s| s.1 <= 2)
+    })
+    .await;
+    assert_eq!(slice_sizes(&client, "web").await.len(), 3);
+    deps.patch_scale(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    converge("one slice with one endpoint left", 30, async || {
+        slice_sizes(&client, "web").await == [("web-0".to_string(), 1)]
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_turns_unreachable_and_its_pods_move() {
     let c = Cluster::start().await;
     let client = c.kube().await;
     let cfg = cairn_orchestrator::controllers::ControllerConfig {
         node_monitor_grace_period: Duration::from_secs(2),
+        ..Default::default()
     };
     let cp = control_plane_with(
         &client,

@@ -101,6 +101,9 @@ pub struct ControllerManagerArgs {
     /// How long a node may go without renewing its Lease before it is marked unreachable.
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     node_monitor_grace_period: Duration,
+    /// The most endpoints one EndpointSlice holds.
+    #[arg(long, default_value_t = 100)]
+    max_endpoints_per_slice: usize,
     #[command(flatten)]
     leader: LeaderArgs,
 }
@@ -111,6 +114,7 @@ pub async fn controller_manager(args: ControllerManagerArgs) -> Result<ExitCode>
     let client = args.api.client(qps, burst).await?;
     let ccfg = controllers::ControllerConfig {
         node_monitor_grace_period: args.node_monitor_grace_period,
+        max_endpoints_per_slice: args.max_endpoints_per_slice,
     };
     if !args.leader.leader_elect {
         controllers::run(client, ccfg, std::future::pending()).await?;

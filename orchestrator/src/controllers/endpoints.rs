@@ -1,7 +1,11 @@
 //! Endpoints and EndpointSlice controllers: each Service with a selector gets an Endpoints object and
-//! an EndpointSlice listing the addresses of the pods it selects (ready ones as addresses, the
-//! others as not-ready), with the Service's ports resolved against each pod's container ports
-//! (named target ports included). Services without a selector are left to whoever manages them.
+//! EndpointSlices listing the addresses of the pods it selects (ready ones as addresses, the others
+//! as not-ready), with the Service's ports resolved against each pod's container ports (named
+//! target ports included). As in Kubernetes, a slice holds at most `--max-endpoints-per-slice`
+//! endpoints (100), so a change to one pod of a large Service rewrites one small object, not one
+//! huge one, and the Endpoints object stops at 1,000 addresses, marked
+//! `endpoints.kubernetes.io/over-capacity: truncated`. Services without a selector are left to
+//! whoever manages them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,13 +17,16 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt;
 use serde_json::{json, Value};
 
 use super::{is_ready, ControllerError, Shared};
 
 const MANAGER: &str = "endpointslice-controller.k8s.io";
+/// The most addresses an Endpoints object carries (Kubernetes' maxCapacity).
+const ENDPOINTS_CAPACITY: usize = 1000;
 
 pub async fn run(
     shared: Arc<Shared>,
@@ -31,6 +38,23 @@ pub async fn run(
         watcher::Config::default(),
     );
     let services = controller.store();
+    let (slices, slice_writer) = kube::runtime::reflector::store();
+    let slice_task = tokio::spawn(
+        kube::runtime::watcher(
+            Api::<EndpointSlice>::all(shared.client.clone()),
+            watcher::Config::default()
+                .labels(&format!("endpointslice.kubernetes.io/managed-by={MANAGER}")),
+        )
+        .default_backoff()
+        .reflect(slice_writer)
+        .for_each(|_| futures::future::ready(())),
+    );
+    let _guard = super::AbortOnDrop(vec![slice_task]);
+    let _ = slices.wait_until_ready().await;
+    let ctx = Arc::new(Context {
+        shared: shared.clone(),
+        slices,
+    });
     // A pod change touches the services in its namespace whose selector picks it, before or after.
     let triggers = shared.pods.subscribe().flat_map(move |c| {
         let mut refs: Vec<ObjectRef<Service>> = Vec::new();
@@ -60,7 +84,7 @@ pub async fn run(
         .reconcile_on(triggers)
         .with_config(super::workers())
         .graceful_shutdown_on(stop)
-        .run(reconcile, error_policy, shared)
+        .run(reconcile, error_policy, ctx)
         .for_each(|r| {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "endpoints reconcile");
@@ -70,7 +94,13 @@ pub async fn run(
         .await;
 }
 
-fn error_policy(_s: Arc<Service>, e: &ControllerError, _: Arc<Shared>) -> Action {
+/// What a sync reads: the shared caches, and the slices this controller wrote.
+pub struct Context {
+    shared: Arc<Shared>,
+    slices: Store<EndpointSlice>,
+}
+
+fn error_policy(_s: Arc<Service>, e: &ControllerError, _: Arc<Context>) -> Action {
     tracing::warn!(error = %e, "endpoints sync failed");
     Action::requeue(Duration::from_secs(1))
 }
@@ -96,7 +126,8 @@ type ResolvedPort = (String, i32, String);
 /// Ready and not-ready addresses of pods that resolve the Service's ports the same way.
 type Subset = (Vec<Value>, Vec<Value>);
 
-async fn reconcile(svc: Arc<Service>, ctx: Arc<Shared>) -> Result<Action, ControllerError> {
+async fn reconcile(svc: Arc<Service>, cx: Arc<Context>) -> Result<Action, ControllerError> {
+    let ctx = &cx.shared;
     let Some(selector) = svc
         .spec
         .as_ref()
@@ -140,7 +171,8 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Shared>) -> Result<Action, Contro
     // Endpoints: pods grouped by the port numbers they resolve to.
     let mut subsets: BTreeMap<Vec<ResolvedPort>, Subset> = BTreeMap::new();
     let mut slice_endpoints = Vec::new();
-    for p in &pods {
+    let truncated = pods.len() > ENDPOINTS_CAPACITY;
+    for (i, p) in pods.iter().enumerate() {
         let resolved: Vec<ResolvedPort> = ports
             .iter()
             .filter_map(|sp| {
@@ -164,11 +196,13 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Shared>) -> Result<Action, Contro
         let addr = json!({"ip": ip, "nodeName": node, "targetRef": target});
         let terminating = p.metadata.deletion_timestamp.is_some();
         let ready = is_ready(p) && !terminating;
-        let entry = subsets.entry(resolved).or_default();
-        if ready {
-            entry.0.push(addr);
-        } else {
-            entry.1.push(addr);
+        if i < ENDPOINTS_CAPACITY {
+            let entry = subsets.entry(resolved).or_default();
+            if ready {
+                entry.0.push(addr);
+            } else {
+                entry.1.push(addr);
+            }
         }
         slice_endpoints.push(json!({"addresses": [ip], "conditions": {"ready": ready, "serving": is_ready(p), "terminating": terminating},
             "nodeName": node, "targetRef": target}));
@@ -201,8 +235,13 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Shared>) -> Result<Action, Contro
     let eps: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
     // Owned by the Service (Kubernetes relies on this controller to remove them; here the garbage
     // collector does).
+    let annotations = if truncated {
+        json!({"endpoints.kubernetes.io/over-capacity": "truncated"})
+    } else {
+        json!({})
+    };
     let ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns,
-        "labels": svc.metadata.labels, "ownerReferences": owner}, "subsets": subsets});
+        "labels": svc.metadata.labels, "annotations": annotations, "ownerReferences": owner}, "subsets": subsets});
     eps.patch(&name, &pp, &Patch::Apply(ep)).await?;
     let slice_ports: Vec<Value> = ports
         .iter()
@@ -217,11 +256,44 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Shared>) -> Result<Action, Contro
         })
         .collect();
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-    let slice_name = format!("{name}-slice");
-    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": slice_name, "namespace": ns, "ownerReferences": owner,
-            "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": MANAGER}},
-        "addressType": "IPv4", "endpoints": slice_endpoints, "ports": slice_ports});
-    slices.patch(&slice_name, &pp, &Patch::Apply(slice)).await?;
+    let per_slice = ctx.config.max_endpoints_per_slice.max(1);
+    // A Service with no endpoints still has one (empty) slice, as in Kubernetes.
+    let chunks: Vec<&[Value]> = if slice_endpoints.is_empty() {
+        vec![&[]]
+    } else {
+        slice_endpoints.chunks(per_slice).collect()
+    };
+    let mut wanted = std::collections::HashSet::new();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let slice_name = format!("{name}-{i}");
+        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": slice_name, "namespace": ns, "ownerReferences": owner,
+                "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": MANAGER}},
+            "addressType": "IPv4", "endpoints": chunk, "ports": slice_ports});
+        slices.patch(&slice_name, &pp, &Patch::Apply(slice)).await?;
+        wanted.insert(slice_name);
+    }
+    // Slices no longer needed (the Service shrank).
+    let stale: Vec<String> = cx
+        .slices
+        .state()
+        .iter()
+        .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .filter(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+                == Some(&name)
+        })
+        .filter_map(|s| s.metadata.name.clone())
+        .filter(|n| !wanted.contains(n))
+        .collect();
+    for n in stale {
+        match slices.delete(&n, &Default::default()).await {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(Action::requeue(Duration::from_secs(60)))
 }

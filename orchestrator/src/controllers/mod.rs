@@ -38,6 +38,7 @@ pub struct Shared {
     pub pods: informer::PodInformer,
     pub replicasets: Store<ReplicaSet>,
     pub expectations: Expectations,
+    pub config: ControllerConfig,
 }
 
 /// What a controller is still waiting to see in its caches after its own writes, per owner uid, so
@@ -130,12 +131,15 @@ fn workers() -> kube::runtime::controller::Config {
 pub struct ControllerConfig {
     /// How long a node may go without renewing its Lease before it is unreachable.
     pub node_monitor_grace_period: Duration,
+    /// The most endpoints one EndpointSlice holds.
+    pub max_endpoints_per_slice: usize,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             node_monitor_grace_period: Duration::from_secs(40),
+            max_endpoints_per_slice: 100,
         }
     }
 }
@@ -156,6 +160,7 @@ pub async fn run(
         pods,
         replicasets,
         expectations: Expectations::default(),
+        config: config.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
