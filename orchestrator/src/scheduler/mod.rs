@@ -290,7 +290,7 @@ impl Scheduler {
                 let unbound: HashSet<String> = listed
                     .iter()
                     .filter(|p| pending(p))
-                    .map(|p| uid(p))
+                    .map(uid)
                     .collect();
                 let assumed = self.cache.assumed();
                 self.cache.clear_pods();
