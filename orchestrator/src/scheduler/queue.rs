@@ -109,28 +109,23 @@ impl Queue {
 
     /// A pod that fits nowhere waits for the cluster to change.
     pub fn park(&mut self, pod: Arc<Pod>, reported: Option<String>) {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        self.remove(&uid);
-        self.entries.insert(
-            uid,
-            Entry {
-                pod,
-                state: State::Unschedulable,
-                reported,
-            },
-        );
+        self.set_aside(pod, State::Unschedulable, reported);
     }
 
     /// A pod whose binding failed is tried again after a short wait.
     pub fn back_off(&mut self, pod: Arc<Pod>, now: Instant) {
+        self.set_aside(pod, State::Backoff(now + BIND_BACKOFF), None);
+    }
+
+    fn set_aside(&mut self, pod: Arc<Pod>, state: State, reported: Option<String>) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         self.remove(&uid);
         self.entries.insert(
             uid,
             Entry {
                 pod,
-                state: State::Backoff(now + BIND_BACKOFF),
-                reported: None,
+                state,
+                reported,
             },
         );
     }
