@@ -1,6 +1,7 @@
 //! Cairn orchestrator: a Kubernetes-compatible control plane on the Cairn store, and the node-side
 //! pieces that turn pods into processes.
 
+pub mod agent;
 pub mod api;
 pub mod apiserver;
 pub mod client;

@@ -167,3 +167,39 @@ pub async fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     super::wait_for_signal().await;
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    api: ClientArgs,
+    /// The Node's name (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The Node's InternalIP, shown as its pods' hostIP.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: String,
+    /// Directory holding pod state, logs and volumes.
+    #[arg(long, default_value = "/var/lib/cairn/agent")]
+    root_dir: PathBuf,
+    /// cgroup directory (under /sys/fs/cgroup) holding the pods' cgroups.
+    #[arg(long, default_value = "cairn")]
+    cgroup_parent: String,
+}
+
+pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
+    // The kubelet's defaults.
+    let client = args.api.client(50.0, 100).await?;
+    let name = match args.node_name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
+            .trim()
+            .to_lowercase(),
+    };
+    let helper = std::env::current_exe()?;
+    let mut rcfg = cairn_orchestrator::runtime::RuntimeConfig::new(&args.root_dir, helper);
+    rcfg.cgroup_parent = args.cgroup_parent;
+    let mut cfg = cairn_orchestrator::agent::AgentConfig::new(name, rcfg);
+    cfg.address = args.node_ip;
+    cairn_orchestrator::agent::run(client, cfg, super::wait_for_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}

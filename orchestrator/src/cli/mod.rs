@@ -30,6 +30,8 @@ enum Top {
     ControllerManager(control::ControllerManagerArgs),
     /// Register fake nodes that run nothing but report their pods as running.
     SimulateNodes(control::SimulateArgs),
+    /// Run the pods bound to this machine (the kubelet's role), as an API client.
+    Agent(control::AgentArgs),
     /// Run pods directly with the bundled namespace runtime (no store).
     Runtime(RuntimeArgs),
 }
@@ -106,7 +108,8 @@ pub fn main() -> ExitCode {
         Top::Apiserver(_)
         | Top::Scheduler(_)
         | Top::ControllerManager(_)
-        | Top::SimulateNodes(_) => "info",
+        | Top::SimulateNodes(_)
+        | Top::Agent(_) => "info",
         Top::Runtime(_) => "warn",
     };
     tracing_subscriber::fmt()
@@ -194,6 +197,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Top::Scheduler(args) => return control::scheduler(args).await,
         Top::ControllerManager(args) => return control::controller_manager(args).await,
         Top::SimulateNodes(args) => return control::simulate(args).await,
+        Top::Agent(args) => return control::agent(args).await,
         Top::Runtime(args) => args,
     };
     let helper = std::env::current_exe().context("locate own executable")?;

@@ -287,11 +287,8 @@ impl Scheduler {
             watcher::Event::InitDone => {
                 let listed = self.pod_relist.take().unwrap_or_default();
                 // Bindings in flight stay assumed while their pods are still there unbound.
-                let unbound: HashSet<String> = listed
-                    .iter()
-                    .filter(|p| pending(p))
-                    .map(uid)
-                    .collect();
+                let unbound: HashSet<String> =
+                    listed.iter().filter(|p| pending(p)).map(uid).collect();
                 let assumed = self.cache.assumed();
                 self.cache.clear_pods();
                 self.queue.clear();

@@ -1,0 +1,178 @@
+//! The node agent against a real API server and store, running real processes through the bundled
+//! runtime (root): it registers its Node and turns Ready, runs a pod bound to it and reports it
+//! Running and Ready, restarts a crashing container with the crash-loop back-off shown in the
+//! status, keeps pods running across its own restart (same process, same restart count), and on
+//! deletion stops the processes before the pod object goes.
+
+mod common;
+mod kube_api;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cairn_orchestrator::agent::{self, AgentConfig};
+use cairn_orchestrator::runtime::{Runtime, RuntimeConfig};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube_api::{converge, eventually, Cluster};
+use serde_json::json;
+
+/// The agent's runtime state and cgroups, removed (with any pod left) when the test ends.
+struct AgentNode {
+    cfg: RuntimeConfig,
+}
+
+impl AgentNode {
+    fn new(tag: &str) -> AgentNode {
+        let id = format!("{}-{tag}", std::process::id());
+        let state_dir = std::env::temp_dir().join(format!("cairn-agent-{id}"));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let mut cfg = RuntimeConfig::new(&state_dir, common::HELPER);
+        cfg.cgroup_parent = format!("cairn-agent-{id}");
+        AgentNode { cfg }
+    }
+
+    fn agent(&self, client: kube::Client, name: &str) -> tokio::task::JoinHandle<()> {
+        let mut cfg = AgentConfig::new(name, self.cfg.clone());
+        cfg.heartbeat = Duration::from_secs(1);
+        cfg.sync_period = Duration::from_millis(200);
+        tokio::spawn(async move {
+            if let Err(e) = agent::run(client, cfg, std::future::pending()).await {
+                panic!("agent: {e}");
+            }
+        })
+    }
+
+    fn runtime(&self) -> Runtime {
+        Runtime::new(self.cfg.clone()).expect("runtime")
+    }
+}
+
+impl Drop for AgentNode {
+    fn drop(&mut self) {
+        let cfg = self.cfg.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(runtime) = Runtime::new(cfg.clone()) {
+                    for p in runtime.list().unwrap_or_default() {
+                        let _ = runtime.remove_pod(&p.name).await;
+                    }
+                    let _ = runtime
+                        .cgroups()
+                        .remove(std::path::Path::new(&cfg.cgroup_parent));
+                }
+            });
+            let _ = std::fs::remove_dir_all(PathBuf::from(&cfg.state_dir));
+        })
+        .join();
+    }
+}
+
+fn pod(name: &str, node: &str, script: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "/", "command": ["/bin/sh", "-c", script]}]},
+    }))
+    .unwrap()
+}
+
+fn container_status(p: &Pod) -> serde_json::Value {
+    serde_json::to_value(&p.status).unwrap()["containerStatuses"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_runs_restarts_readopts_and_stops_pods() {
+    if !common::can_run("the_agent_runs_restarts_readopts_and_stops_pods") {
+        return;
+    }
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let node = AgentNode::new("main");
+    let name = format!("agent-{}", std::process::id());
+    let first = node.agent(client.clone(), &name);
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    converge("the node Ready", 20, async || {
+        nodes.get_opt(&name).await.unwrap().is_some_and(|n| {
+            n.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    })
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &pod("web", &name, "echo started; exec sleep 300"),
+    )
+    .await
+    .unwrap();
+    pods.create(&PostParams::default(), &pod("crash", &name, "exit 3"))
+        .await
+        .unwrap();
+    let web = eventually("web Running and Ready", 30, || async {
+        let p = pods.get("web").await.unwrap();
+        let cs = container_status(&p);
+        let phase = p.status.as_ref()?.phase.clone()?;
+        (phase == "Running" && cs["ready"] == true).then_some(p)
+    })
+    .await;
+    let st = web.status.clone().unwrap();
+    assert_eq!(st.host_ip.as_deref(), Some("127.0.0.1"));
+    assert!(st.start_time.is_some());
+    assert!(container_status(&web)["state"]["running"]["startedAt"].is_string());
+
+    // The crashing container is restarted at once, then held back, and the status says so.
+    let crash = eventually("crash in CrashLoopBackOff", 30, || async {
+        let p = pods.get("crash").await.unwrap();
+        let cs = container_status(&p);
+        (cs["restartCount"].as_i64()? >= 1
+            && cs["state"]["waiting"]["reason"] == "CrashLoopBackOff")
+            .then_some(p)
+    })
+    .await;
+    let cs = container_status(&crash);
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(cs["lastState"]["terminated"]["reason"], "Error");
+    assert_eq!(crash.status.unwrap().phase.as_deref(), Some("Running"));
+
+    // A new agent finds the same processes: nothing restarted.
+    let rt = node.runtime();
+    let web_uid = web.metadata.uid.clone().unwrap();
+    let pid_before = rt.status(&web_uid).unwrap().containers[0].pid;
+    first.abort();
+    let _ = first.await;
+    let second = node.agent(client.clone(), &name);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = pods.get("web").await.unwrap();
+    assert_eq!(rt.status(&web_uid).unwrap().containers[0].pid, pid_before);
+    assert_eq!(container_status(&after)["restartCount"], 0);
+    assert_eq!(container_status(&after)["ready"], true);
+
+    // Deleting the pod stops its processes before the object goes.
+    pods.delete("web", &DeleteParams::default()).await.unwrap();
+    converge("web gone from the API", 30, async || {
+        pods.get_opt("web").await.unwrap().is_none()
+    })
+    .await;
+    assert!(
+        rt.status(&web_uid).is_err(),
+        "the runtime still has the deleted pod"
+    );
+    pods.delete("crash", &DeleteParams::default())
+        .await
+        .unwrap();
+    converge("crash gone from the API", 30, async || {
+        pods.get_opt("crash").await.unwrap().is_none()
+    })
+    .await;
+    second.abort();
+}
