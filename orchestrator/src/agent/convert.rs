@@ -180,6 +180,8 @@ pub struct Restarts {
     pub backing_off: Option<String>,
     /// The run before the current one, as the kubelet's `lastState`.
     pub last: Option<Value>,
+    /// What the probes say of a running container: started, ready (no probes: both).
+    pub probed: Option<(bool, bool)>,
 }
 
 fn time_ms(ms: Option<u64>) -> Value {
@@ -221,21 +223,24 @@ pub fn status(
         .unwrap_or_else(|| "Always".into());
     let by_name: BTreeMap<&str, &runtime::ContainerStatus> =
         rt.containers.iter().map(|c| (c.name.as_str(), c)).collect();
-    let (mut running, mut succeeded, mut failed) = (0, 0, 0);
+    let (mut running, mut succeeded, mut failed, mut ready_count) = (0, 0, 0, 0);
     let mut statuses = Vec::new();
     for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
         let r = restarts.get(&c.name).cloned().unwrap_or_default();
         let st = by_name.get(c.name.as_str());
-        let (state, ready) = match st.map(|s| &s.state) {
+        let (state, started, ready) = match st.map(|s| &s.state) {
             Some(ContainerState::Running) => {
                 running += 1;
+                let (started, ready) = r.probed.unwrap_or((true, true));
                 (
                     json!({"running": {"startedAt": time_ms(st.and_then(|s| s.started_at_ms))}}),
-                    true,
+                    started,
+                    ready,
                 )
             }
             _ if r.backing_off.is_some() => (
                 json!({"waiting": {"reason": "CrashLoopBackOff", "message": r.backing_off}}),
+                false,
                 false,
             ),
             Some(ContainerState::Exited { exit_code, .. }) => {
@@ -244,18 +249,31 @@ pub fn status(
                 } else {
                     failed += 1;
                 }
-                (st.and_then(|s| terminated(s)).unwrap_or_default(), false)
+                (
+                    st.and_then(|s| terminated(s)).unwrap_or_default(),
+                    false,
+                    false,
+                )
             }
             Some(ContainerState::Unknown) => {
                 failed += 1;
-                (st.and_then(|s| terminated(s)).unwrap_or_default(), false)
+                (
+                    st.and_then(|s| terminated(s)).unwrap_or_default(),
+                    false,
+                    false,
+                )
             }
-            Some(ContainerState::Created) | None => {
-                (json!({"waiting": {"reason": "ContainerCreating"}}), false)
-            }
+            Some(ContainerState::Created) | None => (
+                json!({"waiting": {"reason": "ContainerCreating"}}),
+                false,
+                false,
+            ),
         };
+        if ready {
+            ready_count += 1;
+        }
         let mut s = json!({"name": c.name, "image": c.image, "imageID": "", "containerID": format!("cairn://{}/{}", rt.name, c.name),
-            "ready": ready, "started": ready, "restartCount": r.count, "state": state});
+            "ready": ready, "started": started, "restartCount": r.count, "state": state});
         if let Some(last) = r.last {
             s["lastState"] = last;
         }
@@ -284,7 +302,7 @@ pub fn status(
     } else {
         "Pending"
     };
-    let all_ready = total > 0 && running == total;
+    let all_ready = total > 0 && ready_count == total;
     let now = crate::api::meta::now();
     let cond = |ty: &str, ok: bool| json!({"type": ty, "status": if ok { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": now});
     let mut st = json!({
@@ -402,6 +420,7 @@ mod tests {
                 count: 2,
                 backing_off: Some("back-off 20s restarting failed container".into()),
                 last: None,
+                probed: None,
             },
         );
         let s = status(&p, &rt, &r, "127.0.0.1");

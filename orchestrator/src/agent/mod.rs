@@ -10,6 +10,7 @@
 
 pub mod convert;
 pub mod node;
+pub mod probe;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -89,7 +90,8 @@ struct PodTrack {
 /// Work finished in the background, reported back to the sync loop.
 enum Done {
     Started(String, Result<(), Refusal>),
-    Restarted(String),
+    /// A container restarted; for a probe's restart, how the killed run ended.
+    Restarted(String, String, Option<Value>),
     Removed(String),
 }
 
@@ -101,6 +103,7 @@ struct Agent {
     /// Pods with background work in flight (start, restart, stop): not touched until it ends.
     busy: HashSet<String>,
     tasks: JoinSet<Done>,
+    probes: probe::Probes,
 }
 
 /// Runs the agent until `stop` resolves. Pods keep running when it stops.
@@ -146,6 +149,7 @@ pub async fn run(
         pods: HashMap::new(),
         busy: HashSet::new(),
         tasks: JoinSet::new(),
+        probes: probe::Probes::default(),
     };
     tokio::pin!(stop);
     loop {
@@ -174,11 +178,16 @@ impl Agent {
                         Some((why, Instant::now() + START_RETRY));
                 }
             }
-            Done::Restarted(uid) => {
+            Done::Restarted(uid, container, last) => {
                 self.busy.remove(&uid);
+                if let Some(last) = last {
+                    let t = self.pods.entry(uid).or_default();
+                    t.containers.entry(container).or_default().last = Some(last);
+                }
             }
             Done::Removed(uid) => {
                 self.busy.remove(&uid);
+                self.probes.forget(&uid);
                 self.pods.remove(&uid);
             }
         }
@@ -300,10 +309,30 @@ impl Agent {
             .and_then(|s| s.restart_policy.clone())
             .unwrap_or_else(|| "Always".into());
         let now = Instant::now();
-        let mut restart = None;
+        // (container, kill the running process first: a failed liveness or startup probe)
+        let mut restart: Option<(String, bool)> = None;
         let mut restarts: HashMap<String, Restarts> = HashMap::new();
+        let pod_ip = rt.ip.map(|ip| ip.to_string());
         for c in &rt.containers {
             let t = track.containers.entry(c.name.clone()).or_default();
+            let spec_c = pod
+                .spec
+                .iter()
+                .flat_map(|s| s.containers.iter())
+                .find(|x| x.name == c.name);
+            let mut probed = None;
+            if let (ContainerState::Running, Some(spec_c), Some(run)) =
+                (&c.state, spec_c, c.started_at_ms)
+            {
+                let v = self
+                    .probes
+                    .check(&self.rt, uid, spec_c, run, pod_ip.as_deref());
+                probed = Some((v.started, v.ready));
+                if v.restart && restart.is_none() && policy != "Never" {
+                    t.restarts += 1;
+                    restart = Some((c.name.clone(), true));
+                }
+            }
             let exited = match &c.state {
                 ContainerState::Exited { exit_code, .. } => Some(*exit_code),
                 ContainerState::Unknown => Some(137),
@@ -335,7 +364,7 @@ impl Agent {
                                 } else {
                                     (t.backoff * 2).min(BACKOFF_MAX)
                                 };
-                                restart = Some(c.name.clone());
+                                restart = Some((c.name.clone(), false));
                             }
                             Some(at) => {
                                 let wait = at.saturating_duration_since(now).as_secs().max(1);
@@ -358,19 +387,35 @@ impl Agent {
                     count: t.restarts,
                     backing_off,
                     last: t.last.clone(),
+                    probed,
                 },
             );
         }
         let st = convert::status(pod, rt, &restarts, &self.cfg.address);
         write_status(&self.client, pod, st).await;
-        if let Some(container) = restart {
+        if let Some((container, kill)) = restart {
             self.busy.insert(uid.to_string());
+            let grace = Duration::from_secs(
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+                    .unwrap_or(30)
+                    .max(0) as u64,
+            );
             let (rt, uid) = (self.rt.clone(), uid.to_string());
             self.tasks.spawn(async move {
+                let mut last = None;
+                if kill {
+                    tracing::info!(pod = %uid, container, "probe failed: restarting the container");
+                    match rt.stop_container(&uid, &container, grace).await {
+                        Ok(st) => last = convert::terminated(&st),
+                        Err(e) => tracing::warn!(pod = %uid, container, error = %e, "stop failed"),
+                    }
+                }
                 if let Err(e) = rt.start_container(&uid, &container).await {
                     tracing::warn!(pod = %uid, container, error = %e, "restart failed");
                 }
-                Done::Restarted(uid)
+                Done::Restarted(uid, container, last)
             });
         }
     }
