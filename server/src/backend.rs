@@ -313,7 +313,7 @@ pub(crate) struct SledValues<'a>(pub &'a sled::Tree);
 impl ValueReader for SledValues<'_> {
     fn read(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
         match self.0.get(kv_key(rev)) {
-            Ok(Some(bytes)) => crate::raft::types::decode::<StoredKv>(&bytes)
+            Ok(Some(bytes)) => crate::codec::decode::<StoredKv>(&bytes)
                 .map(|s| Some(s.kv))
                 .map_err(|e| MvccError::Storage(e.to_string())),
             Ok(None) => Ok(None),

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::command::{Applied, Command};
 use crate::config::AutoCompaction;
-use crate::raft::types::{Applied, Command};
 use crate::raft::RaftHandle;
 
 const REVISION_CHECK: Duration = Duration::from_secs(10);

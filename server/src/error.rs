@@ -2,9 +2,9 @@
 
 use tonic::{Code, Status};
 
+use crate::command::ApplyError;
 use crate::mvcc::{MvccError, ShapeError};
 use crate::raft::admin::AdminError;
-use crate::raft::types::ApplyError;
 use crate::raft::ProposeError;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -4,6 +4,8 @@
 //! [`Node::client_url`]; or run the `cairn` binary.
 
 pub(crate) mod backend;
+pub(crate) mod codec;
+pub mod command;
 pub(crate) mod compactor;
 pub mod config;
 pub mod error;

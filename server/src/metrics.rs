@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use tonic::body::Body;
 use tonic::codegen::http;
 
-use crate::raft::state_machine::ALARM_NOSPACE;
+use crate::command::ALARM_NOSPACE;
 use crate::raft::RaftHandle;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

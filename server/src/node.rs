@@ -23,6 +23,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 use crate::backend::Backend;
+use crate::codec::{decode, encode};
+use crate::command::Command;
 use crate::config::{self, ClusterState, Config, ConfigError};
 use crate::grpc::authority::AuthorityFix;
 use crate::grpc::cluster::ClusterService;
@@ -39,7 +41,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, PeerChannels, PEER_MAX_MESSAGE};
 use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::types::{decode, encode, Command, Member, NodeId, Raft};
+use crate::raft::types::{Member, NodeId, Raft};
 use crate::raft::{HandleSettings, RaftHandle};
 use cairn_proto::v3electionpb::election_server::ElectionServer;
 use cairn_proto::v3lockpb::lock_server::LockServer;

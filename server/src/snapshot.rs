@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use crate::backend::{
     Backend, ALARM_PREFIX, MEMBER_PREFIX, META_APPLIED, META_MEMBERSHIP, META_REVISION,
 };
+use crate::codec::decode;
 use crate::raft::snapshot_file::{RowReader, RowWriter};
-use crate::raft::types::decode;
 
 /// Identifies a Cairn backup file and its format version.
 pub const MAGIC: &[u8] = b"CAIRN-SNAPSHOT-2\n";

@@ -7,9 +7,9 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::ServerContext;
+use crate::command::{Applied, Command, CommandResponse};
 use crate::error::ServerError;
 use crate::mvcc::{check_delete_shape, check_put_shape, check_range_shape, check_txn_shape};
-use crate::raft::types::{Applied, Command, CommandResponse};
 
 pub(crate) struct KvService {
     pub ctx: ServerContext,

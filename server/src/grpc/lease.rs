@@ -11,9 +11,9 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::ServerContext;
+use crate::command::{Applied, Command, CommandResponse};
 use crate::error::ServerError;
 use crate::lease::MAX_LEASE_TTL;
-use crate::raft::types::{Applied, Command, CommandResponse};
 
 pub(crate) struct LeaseService {
     pub ctx: ServerContext,

@@ -8,10 +8,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::ServerContext;
+use crate::command::{Command, ALARM_NOSPACE};
 use crate::error::ServerError;
 use crate::raft::admin::AdminCall;
-use crate::raft::state_machine::ALARM_NOSPACE;
-use crate::raft::types::Command;
 
 /// The etcd API version Cairn reports in Status. Clients (Kubernetes among them) gate features on it.
 pub const ETCD_API_VERSION: &str = "3.5.13";

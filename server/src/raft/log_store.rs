@@ -14,8 +14,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::types::{decode, encode, Entry, LogId, NodeId, StorageError, TypeConfig};
+use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::backend::Backend;
+use crate::codec::{decode, encode};
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";

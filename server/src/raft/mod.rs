@@ -29,7 +29,9 @@ use self::admin::{AdminCall, AdminError, AdminReply};
 use self::network::PeerChannels;
 use self::service::{forward_error, ForwardError};
 use self::state_machine::StoreState;
-use self::types::{decode, encode, Applied, Command, CommandResponse, NodeId, Raft};
+use self::types::{NodeId, Raft};
+use crate::codec::{decode, encode};
+use crate::command::{Applied, Command, CommandResponse};
 use crate::lease::lessor::{Lessor, Renewal};
 
 /// Why a proposal or read-index request did not complete. Display texts are etcd's.

@@ -19,7 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use super::types::{decode, encode, Member, NodeId, TypeConfig};
+use super::types::{Member, NodeId, TypeConfig};
+use crate::codec::{decode, encode};
 
 /// Largest message on the peer transport: a batch of log entries, each up to the request limit.
 pub(crate) const PEER_MAX_MESSAGE: usize = 512 * 1024 * 1024;

@@ -7,7 +7,9 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
-use super::types::{decode, encode, Command, CommandResponse, NodeId, Raft, TypeConfig};
+use super::types::{NodeId, Raft, TypeConfig};
+use crate::codec::{decode, encode};
+use crate::command::{Command, CommandResponse};
 
 /// Why a leader did not serve a forwarded request.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]

@@ -20,14 +20,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::snapshot_file;
-use super::types::{
-    decode, encode, Applied, ApplyError, Command, CommandResponse, Entry, LogId, SnapshotMeta,
-    StorageError, StoredMembership, TypeConfig,
-};
+use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::backend::{
     kv_key, Backend, RowWrites, SledValues, StoredKv, ALARM_PREFIX, KV_PREFIX, LEASE_PREFIX,
     MEMBER_PREFIX, META_APPLIED, META_APPLY_RECORD, META_COMPACT, META_MEMBERSHIP, META_REVISION,
 };
+use crate::codec::{decode, encode};
+use crate::command::{Applied, ApplyError, Command, CommandResponse, ALARM_NOSPACE};
 use crate::lease::{Lease, LeaseTable};
 use crate::mvcc::{
     BackendOp, DeleteRangeRequest, Event, EventType, KeyValue, KvIndex, MvccError, RangeRequest,
@@ -103,9 +102,6 @@ pub(crate) struct Capture {
     membership: StoredMembership,
     _guard: tokio::sync::OwnedRwLockReadGuard<()>,
 }
-
-/// etcd's AlarmType NOSPACE.
-pub const ALARM_NOSPACE: i32 = 1;
 
 impl StoreState {
     /// Serves a read from local state.

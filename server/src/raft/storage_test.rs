@@ -35,9 +35,10 @@ mod snapshots {
     use prometheus_client::metrics::histogram::Histogram;
 
     use crate::backend::Backend;
+    use crate::command::Command;
     use crate::mvcc::PutRequest;
     use crate::raft::state_machine::StateMachineStore;
-    use crate::raft::types::{Command, Entry, LogId};
+    use crate::raft::types::{Entry, LogId};
 
     fn open(dir: &std::path::Path) -> (Backend, StateMachineStore) {
         let backend = Backend::open(dir, 1024 * 1024).expect("open sled");
