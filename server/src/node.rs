@@ -22,7 +22,6 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
-use crate::backend::Backend;
 use crate::codec::{decode, encode};
 use crate::command::Command;
 use crate::config::{self, ClusterState, Config, ConfigError};
@@ -43,12 +42,12 @@ use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::types::{Member, NodeId, Raft};
 use crate::raft::{HandleSettings, RaftHandle};
+use crate::storage::{Backend, LogMeta, LogRows};
 use cairn_proto::v3electionpb::election_server::ElectionServer;
 use cairn_proto::v3lockpb::lock_server::LockServer;
 
 /// Extra room gRPC needs around the largest request, as etcd allows.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
-const KEY_IDENTITY: &[u8] = b"identity";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -121,7 +120,7 @@ impl Node {
     pub async fn start(cfg: Config) -> Result<Node, NodeError> {
         let backup = match &cfg.restore_from {
             Some(file) => Some(
-                crate::snapshot::read_backup(file, &cfg.data_dir)
+                crate::storage::backup::read_backup(file, &cfg.data_dir)
                     .map_err(|e| NodeError::Restore(e.to_string()))?,
             ),
             None => None,
@@ -130,7 +129,7 @@ impl Node {
             .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
         let backend = Backend::open(&cfg.data_dir, cfg.cache_bytes).map_err(storage)?;
         if let (Some(backup), Some(file)) = (backup, &cfg.restore_from) {
-            let revision = crate::snapshot::write_backup(backup, &backend)
+            let revision = crate::storage::backup::write_backup(backup, &backend)
                 .map_err(|e| NodeError::Restore(e.to_string()))?;
             tracing::info!(file = %file.display(), revision, "restored the store from a backup");
         }
@@ -187,8 +186,9 @@ impl Node {
             .collect();
 
         // Identity is fixed at first start; later starts keep it whatever the flags say, as etcd does.
-        let (member_id, cluster_id) = match backend.raft.get(KEY_IDENTITY).map_err(storage)? {
-            Some(bytes) => decode::<(u64, u64)>(&bytes).map_err(storage)?,
+        let log_rows = LogRows::new(&backend);
+        let (member_id, cluster_id) = match log_rows.meta(LogMeta::Identity).map_err(storage)? {
+            Some(identity) => identity,
             None => {
                 let (member_id, cluster_id) = if cfg.initial_cluster_state == ClusterState::Existing
                 {
@@ -199,9 +199,10 @@ impl Node {
                         config::cluster_id(founders.keys().copied().collect(), token),
                     )
                 };
-                let bytes = encode(&(member_id, cluster_id)).map_err(storage)?;
-                backend.raft.insert(KEY_IDENTITY, bytes).map_err(storage)?;
-                backend.flush().await.map_err(storage)?;
+                log_rows
+                    .set_meta(LogMeta::Identity, &(member_id, cluster_id))
+                    .map_err(storage)?;
+                log_rows.flush().await.map_err(storage)?;
                 (member_id, cluster_id)
             }
         };

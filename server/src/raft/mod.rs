@@ -12,7 +12,6 @@ pub mod admin;
 pub mod log_store;
 pub mod network;
 pub mod service;
-pub(crate) mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 
@@ -28,11 +27,11 @@ use tokio::time::Instant;
 use self::admin::{AdminCall, AdminError, AdminReply};
 use self::network::PeerChannels;
 use self::service::{forward_error, ForwardError};
-use self::state_machine::StoreState;
 use self::types::{NodeId, Raft};
 use crate::codec::{decode, encode};
 use crate::command::{Applied, Command, CommandResponse};
 use crate::lease::lessor::{Lessor, Renewal};
+use crate::storage::StoreState;
 
 /// Why a proposal or read-index request did not complete. Display texts are etcd's.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
