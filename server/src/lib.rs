@@ -7,6 +7,7 @@ pub(crate) mod codec;
 pub mod command;
 pub(crate) mod compactor;
 pub mod config;
+pub mod counters;
 pub mod error;
 pub(crate) mod grpc;
 pub mod lease;

@@ -222,11 +222,12 @@ impl Node {
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let metrics = Metrics::new(cfg.quota_bytes());
-        let (log_store, flusher) = LogStore::new(&backend, metrics.wal_fsync_duration.clone());
+        let (log_store, flusher) =
+            LogStore::new(&backend, metrics.counters.wal_fsync_duration.clone());
         let sm = StateMachineStore::open(
             backend.clone(),
             cfg.watch_progress_notify_interval,
-            metrics.apply_duration.clone(),
+            metrics.counters.apply_duration.clone(),
         )
         .map_err(storage)?;
         let state = sm.state();
@@ -260,7 +261,7 @@ impl Node {
                 election_timeout: cfg.election_timeout,
                 cluster_id,
                 cluster_token: cfg.initial_cluster_token.clone(),
-                metrics: metrics.clone(),
+                counters: metrics.counters.clone(),
             },
             shutdown_rx.clone(),
         );
@@ -524,7 +525,7 @@ async fn watch_leader(
     loop {
         let leader = rx.borrow_and_update().current_leader;
         if leader.is_some() && leader != last_leader {
-            metrics.leader_changes.inc();
+            metrics.counters.leader_changes.inc();
             last_leader = leader;
         }
         let serving = leader.is_some();

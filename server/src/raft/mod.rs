@@ -30,6 +30,8 @@ use self::service::{forward_error, ForwardError};
 use self::types::{NodeId, Raft};
 use crate::codec::{decode, encode};
 use crate::command::{Applied, Command, CommandResponse};
+use crate::counters::Counters;
+use crate::lease::expiry::{self, ExpiryHost};
 use crate::lease::lessor::{Lessor, Renewal};
 use crate::storage::StoreState;
 
@@ -94,15 +96,15 @@ impl RaftHandle {
             channels,
             state,
             request_timeout: settings.request_timeout,
-            lessor: Lessor::new(settings.election_timeout),
+            lessor: Arc::new(Lessor::new(settings.election_timeout)),
             cluster_id: settings.cluster_id,
             cluster_token: settings.cluster_token,
-            metrics: settings.metrics,
+            counters: settings.counters,
             holding: tokio::sync::watch::channel(false).0,
             removed: tokio::sync::watch::channel(false).0,
             reads: std::sync::OnceLock::new(),
         });
-        let expiry = tokio::spawn(lease_expiry_loop(core.clone(), stop.clone()));
+        let expiry = tokio::spawn(expiry::run(core.clone(), core.lessor.clone(), stop.clone()));
         let promoter = tokio::spawn(admin::promote_loop(core.clone(), stop));
         let (proposals, rx) = mpsc::unbounded_channel();
         let proposer = tokio::spawn(proposal_loop(core.clone(), rx));
@@ -144,7 +146,7 @@ impl RaftHandle {
         self.proposals
             .send(Proposal { cmd, bytes, reply })
             .map_err(|_| ProposeError::Internal("proposer stopped".into()))?;
-        let metrics = &self.core.metrics;
+        let metrics = &self.core.counters;
         metrics.proposals_pending.inc();
         let result = rx
             .await
@@ -333,7 +335,7 @@ pub struct HandleSettings {
     pub cluster_id: u64,
     /// Mixed into the ids of added members.
     pub cluster_token: String,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub counters: Counters,
 }
 
 struct Core {
@@ -342,11 +344,11 @@ struct Core {
     channels: PeerChannels,
     state: Arc<StoreState>,
     request_timeout: Duration,
-    lessor: Lessor,
+    lessor: Arc<Lessor>,
     cluster_id: u64,
     /// Mixed into the ids of added members, as into the founders'.
     cluster_token: String,
-    metrics: Arc<crate::metrics::Metrics>,
+    counters: Counters,
     /// Set while leadership is being handed over: new proposals wait, so the leader stays quiet.
     holding: tokio::sync::watch::Sender<bool>,
     /// Set once this member knows it was removed from the cluster.
@@ -368,38 +370,23 @@ pub(crate) enum LeaseReply {
     TimeToLive(Option<(i64, i64, Vec<Vec<u8>>)>),
 }
 
-/// Keeps the leader's lease clock in step with leadership and proposes revokes for expired leases.
-async fn lease_expiry_loop(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let full_tick = Duration::from_millis(500);
-    let mut last_leading = None;
-    let mut last_tick = Instant::now();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let leading = {
-            let m = core.raft.metrics();
-            let m = m.borrow();
-            (m.current_leader == Some(core.id)).then_some(m.current_term)
-        };
-        // A leadership change is handled at once; otherwise the table is scanned twice a second.
-        if leading == last_leading && last_tick.elapsed() < full_tick {
-            continue;
-        }
-        last_leading = leading;
-        last_tick = Instant::now();
-        let expired =
-            core.lessor
-                .tick(leading, &core.state.lease_ttls(), std::time::Instant::now());
-        if expired.is_empty() {
-            continue;
-        }
-        tracing::debug!(count = expired.len(), "revoking expired leases");
-        let revokes = Command::Batch(expired.into_iter().map(Command::LeaseRevoke).collect());
-        if let Err(e) = core.propose(revokes).await {
-            tracing::warn!(error = %e, "revoking expired leases failed; retrying");
-        }
+impl ExpiryHost for Core {
+    fn leading_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader == Some(self.id)).then_some(m.current_term)
+    }
+
+    fn lease_ttls(&self) -> Vec<(i64, i64)> {
+        self.state.lease_ttls()
+    }
+
+    async fn propose_revokes(&self, ids: Vec<i64>) -> Result<(), String> {
+        let revokes = Command::Batch(ids.into_iter().map(Command::LeaseRevoke).collect());
+        self.propose(revokes)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
