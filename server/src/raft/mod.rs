@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod log_store;
 pub mod network;
+pub(crate) mod peer;
 pub mod service;
 pub mod state_machine;
 pub mod types;
@@ -18,7 +19,6 @@ pub mod types;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_proto::raftpb::RaftPayload;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
@@ -26,9 +26,9 @@ use tokio::time::Instant;
 
 use self::admin::{AdminCall, AdminError, AdminReply};
 use self::network::PeerChannels;
+use self::peer::{AdminAnswer, CallError, PeerClient};
 use self::service::{forward_error, ForwardError};
 use self::types::{NodeId, Raft};
-use crate::codec::{decode, encode};
 use crate::command::{Applied, Command, CommandResponse};
 use crate::counters::Counters;
 use crate::lease::expiry::{self, ExpiryHost};
@@ -126,6 +126,11 @@ impl RaftHandle {
 
     pub fn state(&self) -> &Arc<StoreState> {
         &self.core.state
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> NodeId {
+        self.core.id
     }
 
     pub fn term(&self) -> u64 {
@@ -398,17 +403,12 @@ impl Core {
             let outcome = if leader == self.id {
                 self.confirmed_lease_call(call.clone()).await
             } else {
-                let data = encode(&call).map_err(|e| ProposeError::Internal(e.to_string()))?;
-                match self
-                    .call_leader(leader, PeerMethod::Lease, data, deadline)
-                    .await
-                {
-                    Ok(reply) => decode::<Result<LeaseReply, ForwardError>>(&reply)
-                        .map_err(|e| ProposeError::Internal(e.to_string()))?,
+                match self.peer(leader)?.lease(&call, until(deadline)).await {
+                    Ok(answer) => answer,
                     // Keep-alives and queries are idempotent: a leader that vanished mid-call is
                     // simply asked again once another one is known.
-                    Err(ProposeError::LeaderChanged) => Err(ForwardError::NotLeader(None)),
-                    Err(e) => return Err(e),
+                    Err(CallError::Status(_)) => Err(ForwardError::NotLeader(None)),
+                    Err(e) => return Err(e.into()),
                 }
             };
             match outcome {
@@ -428,16 +428,10 @@ impl Core {
             let outcome = if leader == self.id {
                 Ok(admin::execute(self, call.clone()).await)
             } else {
-                let data = encode(&call).map_err(|e| AdminError::Failed(e.to_string()))?;
-                match self
-                    .call_leader(leader, PeerMethod::Admin, data, deadline)
-                    .await
-                {
-                    Ok(reply) => {
-                        decode::<Result<Result<AdminReply, AdminError>, ForwardError>>(&reply)
-                            .map_err(|e| AdminError::Failed(e.to_string()))?
-                    }
-                    Err(e) => return Err(unavailable(e)),
+                let mut peer = self.peer(leader).map_err(unavailable)?;
+                match peer.admin(&call, until(deadline)).await {
+                    Ok(answer) => answer,
+                    Err(e) => return Err(unavailable(e.into())),
                 }
             };
             match outcome {
@@ -456,13 +450,13 @@ impl Core {
 
     /// Sends an admin call to one member (not necessarily the leader).
     async fn call_member(&self, id: NodeId, call: AdminCall) -> Result<AdminReply, AdminError> {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let data = encode(&call).map_err(|e| AdminError::Failed(e.to_string()))?;
-        let reply = self
-            .call_leader(id, PeerMethod::Admin, data, deadline)
+        let failed = |e: ProposeError| AdminError::Failed(e.to_string());
+        let mut peer = self.peer(id).map_err(failed)?;
+        let answer = peer
+            .admin(&call, Duration::from_secs(2))
             .await
-            .map_err(|e| AdminError::Failed(e.to_string()))?;
-        Self::admin_result(&reply)
+            .map_err(|e| failed(e.into()))?;
+        Self::admin_result(answer)
     }
 
     /// Sends an admin call to a member that may no longer be in the membership.
@@ -471,22 +465,18 @@ impl Core {
         member: &types::Member,
         call: AdminCall,
     ) -> Result<AdminReply, AdminError> {
-        let failed = |e: &dyn std::fmt::Display| AdminError::Failed(e.to_string());
+        let failed = |e: CallError| AdminError::Failed(e.to_string());
         let url = member.peer_urls.first().ok_or(AdminError::BadUrls)?;
-        let mut client = self.channels.client(url).map_err(|e| failed(&e))?;
-        let data = encode(&call).map_err(|e| failed(&e))?;
-        let mut req = tonic::Request::new(RaftPayload { data });
-        req.set_timeout(Duration::from_secs(2));
-        let reply = client.admin(req).await.map_err(|e| failed(&e))?;
-        Self::admin_result(&reply.into_inner().data)
+        let mut peer = PeerClient::new(&self.channels, url).map_err(failed)?;
+        let answer = peer
+            .admin(&call, Duration::from_secs(2))
+            .await
+            .map_err(failed)?;
+        Self::admin_result(answer)
     }
 
-    fn admin_result(reply: &[u8]) -> Result<AdminReply, AdminError> {
-        match decode::<Result<Result<AdminReply, AdminError>, ForwardError>>(reply) {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(AdminError::Failed(e.to_string())),
-            Err(e) => Err(AdminError::Failed(e.to_string())),
-        }
+    fn admin_result(answer: AdminAnswer) -> Result<AdminReply, AdminError> {
+        answer.unwrap_or_else(|e| Err(AdminError::Failed(e.to_string())))
     }
 
     async fn read_index(&self) -> Result<(), ProposeError> {
@@ -573,33 +563,10 @@ impl Core {
             .and_then(|n| n.peer_urls.first().cloned())
     }
 
-    async fn call_leader(
-        &self,
-        leader: NodeId,
-        method: PeerMethod,
-        data: Vec<u8>,
-        deadline: Instant,
-    ) -> Result<Vec<u8>, ProposeError> {
-        let url = self.peer_url(leader).ok_or(ProposeError::NoLeader)?;
-        let mut client = self
-            .channels
-            .client(&url)
-            .map_err(|e| ProposeError::Internal(e.to_string()))?;
-        let mut req = tonic::Request::new(RaftPayload { data });
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let reply = match method {
-            PeerMethod::Forward => client.forward(req).await,
-            PeerMethod::ReadIndex => client.read_index(req).await,
-            PeerMethod::Lease => client.lease(req).await,
-            PeerMethod::Admin => client.admin(req).await,
-        };
-        match reply {
-            Ok(r) => Ok(r.into_inner().data),
-            Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
-                Err(ProposeError::Timeout)
-            }
-            Err(_) => Err(ProposeError::LeaderChanged),
-        }
+    /// The typed client for calls to member `id`, found in the membership.
+    fn peer(&self, id: NodeId) -> Result<PeerClient, ProposeError> {
+        let url = self.peer_url(id).ok_or(ProposeError::NoLeader)?;
+        PeerClient::new(&self.channels, &url).map_err(|e| ProposeError::Internal(e.to_string()))
     }
 
     /// Replicates and applies `cmd` as one entry, returning its result. A command this member cannot propose is
@@ -618,14 +585,9 @@ impl Core {
                     Err(e) => forward_error(e),
                 }
             } else {
-                let data = encode(&cmd).map_err(|e| ProposeError::Internal(e.to_string()))?;
-                let reply = self
-                    .call_leader(leader, PeerMethod::Forward, data, deadline)
-                    .await?;
-                match decode::<Result<CommandResponse, ForwardError>>(&reply) {
-                    Ok(Ok(r)) => return Ok(r),
-                    Ok(Err(e)) => e,
-                    Err(e) => return Err(ProposeError::Internal(e.to_string())),
+                match self.peer(leader)?.forward(&cmd, until(deadline)).await? {
+                    Ok(r) => return Ok(r),
+                    Err(e) => e,
                 }
             };
             match outcome {
@@ -652,23 +614,19 @@ impl Core {
                     Err(RaftError::Fatal(e)) => return Err(ProposeError::Internal(e.to_string())),
                 }
             } else {
-                let reply = match self
-                    .call_leader(leader, PeerMethod::ReadIndex, Vec::new(), deadline)
-                    .await
-                {
-                    Ok(reply) => reply,
+                let answer = match self.peer(leader)?.read_index(until(deadline)).await {
+                    Ok(answer) => answer,
                     // Asking for a read index has no effect: safe to ask the next leader.
-                    Err(ProposeError::LeaderChanged) => {
+                    Err(CallError::Status(_)) => {
                         self.backoff(deadline).await?;
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 };
-                match decode::<Result<u64, ForwardError>>(&reply) {
-                    Ok(Ok(i)) => return Ok(Some(i)),
-                    Ok(Err(ForwardError::NotLeader(_))) => {}
-                    Ok(Err(ForwardError::Rejected(e))) => return Err(e),
-                    Ok(Err(e)) => return Err(ProposeError::Internal(e.to_string())),
+                match answer {
+                    Ok(i) => return Ok(Some(i)),
+                    Err(ForwardError::NotLeader(_)) => {}
+                    Err(ForwardError::Rejected(e)) => return Err(e),
                     Err(e) => return Err(ProposeError::Internal(e.to_string())),
                 }
             }
@@ -699,11 +657,9 @@ impl Core {
     }
 }
 
-enum PeerMethod {
-    Forward,
-    ReadIndex,
-    Lease,
-    Admin,
+/// What is left of the time until `deadline`.
+fn until(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 #[cfg(test)]
