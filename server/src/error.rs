@@ -1,4 +1,7 @@
 //! Server errors, and the one place that turns them into gRPC statuses with etcd's codes and texts.
+//!
+//! At the gRPC edge: it may name the errors of `command`, `mvcc` and `raft`; nothing below `grpc/`
+//! may import it.
 
 use tonic::{Code, Status};
 

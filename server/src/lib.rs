@@ -11,6 +11,7 @@ pub mod counters;
 pub mod error;
 pub(crate) mod grpc;
 pub mod lease;
+pub mod members;
 pub mod metrics;
 pub mod mvcc;
 pub mod node;

@@ -1,6 +1,9 @@
 //! Prometheus metrics under etcd's names, so dashboards and alerts written for etcd work unchanged,
 //! and the HTTP `/metrics` and `/health` endpoints (served on the client URLs, as etcd does, and on
 //! `--listen-metrics-urls`).
+//!
+//! Observes the member through [`RaftHandle`]; what consensus counts it reads from
+//! [`Counters`], which it registers. Nothing below may import it. Must never import `grpc/`.
 
 use std::convert::Infallible;
 use std::future::Future;

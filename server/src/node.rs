@@ -1,5 +1,7 @@
 //! The embedding API: open storage, start Raft, serve the client and peer APIs, shut down cleanly.
 //!
+//! The one place that wires every layer together; nothing imports it but `lib` and the binary.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), cairn_server::NodeError> {
 //! let node = cairn_server::Node::start(cairn_server::Config::ephemeral("/tmp/cairn-demo")).await?;
@@ -23,7 +25,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 use crate::command::Command;
-use crate::config::{self, ClusterState, Config, ConfigError};
+use crate::config::{ClusterState, Config, ConfigError};
 use crate::grpc::authority::AuthorityFix;
 use crate::grpc::cluster::ClusterService;
 use crate::grpc::election::ElectionService;
@@ -33,6 +35,7 @@ use crate::grpc::lock::LockService;
 use crate::grpc::maintenance::MaintenanceService;
 use crate::grpc::watch::WatchService;
 use crate::grpc::{Limits, ServerContext};
+use crate::members;
 use crate::metrics::{HttpLayer, Metrics};
 use crate::raft::admin::{AdminCall, AdminReply};
 use crate::raft::log_store::LogStore;
@@ -95,7 +98,7 @@ pub struct Node {
 async fn bind_all(urls: &[String], what: &str) -> Result<Vec<TcpListener>, NodeError> {
     let mut listeners = Vec::new();
     for url in urls {
-        let addr = config::parse_url(url)?;
+        let addr = crate::members::parse_url(url).map_err(ConfigError::from)?;
         listeners.push(
             TcpListener::bind(addr)
                 .await
@@ -348,7 +351,7 @@ async fn identity(
                 },
                 promote: false,
             };
-            (config::member_id(name, urls, token), member)
+            (members::member_id(name, urls, token), member)
         })
         .collect();
     let log_rows = LogRows::new(backend);
@@ -359,8 +362,8 @@ async fn identity(
                 join_identity(&initial, &cfg.name, peer_urls, cfg.request_timeout).await?
             } else {
                 (
-                    config::member_id(&cfg.name, peer_urls, token),
-                    config::cluster_id(founders.keys().copied().collect(), token),
+                    members::member_id(&cfg.name, peer_urls, token),
+                    members::cluster_id(founders.keys().copied().collect(), token),
                 )
             };
             log_rows

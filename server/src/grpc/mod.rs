@@ -1,5 +1,8 @@
 //! The etcd v3 client API: one file per service. Each handler validates, proposes or reads, fills
 //! the response header and maps errors to etcd's statuses.
+//!
+//! The top of the server: it may use `raft` (propose, read index, membership), `storage` (local
+//! reads), `mvcc`, `watch` and `lease`; nothing below may import it. Protobuf types stay here.
 
 pub(crate) mod authority;
 pub(crate) mod cluster;

@@ -4,6 +4,9 @@
 //! member is a follower) and `read_index` before a linearizable read (the leader confirms its
 //! leadership with a heartbeat round and names a log index; this member waits until it has applied it,
 //! then serves the read from its own state).
+//!
+//! Consensus adapts `storage/` to openraft and never names sled; it must never import `grpc/`,
+//! `metrics` or `node` (what it counts goes to [`crate::counters::Counters`]).
 
 // openraft's trait signatures fix `StorageError`'s size; boxing it here would only add conversions.
 #![allow(clippy::result_large_err)]

@@ -1,5 +1,7 @@
 //! Outgoing peer traffic: openraft's RPCs plus write forwarding and read-index requests, over one
 //! long-lived HTTP/2 connection per peer (a tonic channel multiplexes every RPC on it).
+//!
+//! Must never import `grpc/` or `storage/`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

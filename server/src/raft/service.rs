@@ -1,4 +1,6 @@
 //! Incoming peer traffic: the `RaftTransport` gRPC service.
+//!
+//! Must never import `grpc/` or `storage/`: it hands calls to Raft and the [`super::RaftHandle`].
 
 use cairn_proto::raftpb::raft_transport_server::RaftTransport;
 use cairn_proto::raftpb::RaftPayload;

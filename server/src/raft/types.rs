@@ -1,5 +1,7 @@
 //! The Raft type configuration: log entries carry a [`Command`], applying one returns a
 //! [`CommandResponse`] (both in [`crate::command`]), and a member is described by a [`Member`].
+//!
+//! Must never import anything above `command`.
 
 use std::fmt;
 
