@@ -21,5 +21,4 @@ pub use apply::Payload;
 pub(crate) use backend::Backend;
 pub use error::StoreError;
 pub(crate) use log::{LogMeta, LogRows};
-pub use snapshots::{ConsensusRows, SnapshotMeta};
-pub use store::StoreState;
+pub use store::{ConsensusRows, SnapshotMeta, StoreState};

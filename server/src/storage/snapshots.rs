@@ -2,35 +2,15 @@
 //! installing one in place of the store, all crash-safe. The file layout is `snapshot_file`.
 //!
 //! Consensus' snapshot meta is stored beside the file's name and handed back as it was written;
-//! storage reads it only through [`SnapshotMeta`]. Must never import `raft/` or `grpc/`.
+//! storage reads it only through `SnapshotMeta`. Must never import `raft/` or `grpc/`.
 
 use std::path::{Path, PathBuf};
-
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::error::StoreError;
 use super::keys::{META_APPLIED, META_INSTALLING, META_MEMBERSHIP, SNAP_CURRENT};
 use super::snapshot_file;
-use super::store::{Capture, StoreState};
+use super::store::{Capture, ConsensusRows, SnapshotMeta, StoreState};
 use crate::codec::{decode, encode};
-
-/// What storage needs of consensus' description of a snapshot, which it stores but does not
-/// interpret.
-pub trait SnapshotMeta: Serialize + DeserializeOwned + Send + Sync + 'static {
-    fn snapshot_id(&self) -> &str;
-    /// Whether this snapshot covers a later log position than `other`.
-    fn newer_than(&self, other: &Self) -> bool;
-    /// Consensus' rows of a store replaced by this snapshot.
-    fn meta_rows(&self) -> Result<ConsensusRows, StoreError>;
-}
-
-/// The applied position and the membership, as consensus encodes them: stored in the `sm` tree
-/// beside the data they describe.
-pub struct ConsensusRows {
-    pub applied: Vec<u8>,
-    pub membership: Vec<u8>,
-}
 
 impl StoreState {
     /// The current snapshot's meta and file name.

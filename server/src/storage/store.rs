@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::backend::{Backend, RowWrites};
 use super::backup::BackupFile;
@@ -23,7 +24,6 @@ use super::keys::{
     META_INSTALLING, META_MEMBERSHIP, META_RESTORING, META_REVISION,
 };
 use super::snapshot_file;
-use super::snapshots::SnapshotMeta;
 use crate::codec::decode;
 use crate::lease::{Lease, LeaseTable};
 use crate::mvcc::{
@@ -31,6 +31,23 @@ use crate::mvcc::{
     ValueReader,
 };
 use crate::watch::{History, WatchHub, WatchSpec};
+
+/// What storage needs of consensus' description of a snapshot, which it stores but does not
+/// interpret.
+pub trait SnapshotMeta: Serialize + DeserializeOwned + Send + Sync + 'static {
+    fn snapshot_id(&self) -> &str;
+    /// Whether this snapshot covers a later log position than `other`.
+    fn newer_than(&self, other: &Self) -> bool;
+    /// Consensus' rows of a store replaced by this snapshot.
+    fn meta_rows(&self) -> Result<ConsensusRows, StoreError>;
+}
+
+/// The applied position and the membership, as consensus encodes them: stored in the `sm` tree
+/// beside the data they describe.
+pub struct ConsensusRows {
+    pub applied: Vec<u8>,
+    pub membership: Vec<u8>,
+}
 
 /// Rows of the `sm` tree.
 pub(crate) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
@@ -496,7 +513,6 @@ mod tests {
     use serde::{Deserialize, Serialize};
 
     use super::*;
-    use crate::storage::ConsensusRows;
 
     /// Snapshot meta as a consensus layer might keep it.
     #[derive(Serialize, Deserialize)]
