@@ -524,7 +524,7 @@ async fn serve(
     peer_listeners: Vec<TcpListener>,
     client_listeners: Vec<TcpListener>,
     with: Serving<'_>,
-    stop: &watch::Receiver<bool>,
+    shutdown_rx: &watch::Receiver<bool>,
 ) -> Result<Vec<Server>, NodeError> {
     let Serving {
         raft,
@@ -533,7 +533,6 @@ async fn serve(
         health: health_service,
         identity: (member_id, cluster_id),
     } = with;
-    let shutdown_rx = stop;
     let mut servers = Vec::new();
     let http = HttpLayer {
         metrics: metrics.clone(),

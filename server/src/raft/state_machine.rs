@@ -45,10 +45,10 @@ impl crate::storage::SnapshotMeta for SnapshotMeta {
     }
 }
 
-type Applied = (Option<LogId>, StoredMembership);
+type AppliedState = (Option<LogId>, StoredMembership);
 
 /// Reads the applied position and membership the store holds.
-fn stored_applied(state: &StoreState) -> Result<Applied, StoreError> {
+fn stored_applied(state: &StoreState) -> Result<AppliedState, StoreError> {
     let (applied, membership) = state.consensus_rows::<Option<LogId>, StoredMembership>()?;
     Ok((applied.flatten(), membership.unwrap_or_default()))
 }
@@ -58,7 +58,7 @@ fn stored_applied(state: &StoreState) -> Result<Applied, StoreError> {
 pub struct StateMachineStore {
     state: Arc<StoreState>,
     /// What the store has applied, as openraft asks for it; changed only on the apply task.
-    applied: Arc<Mutex<Applied>>,
+    applied: Arc<Mutex<AppliedState>>,
     apply_duration: Histogram,
 }
 
@@ -82,7 +82,7 @@ impl StateMachineStore {
         self.state.clone()
     }
 
-    fn applied(&self) -> std::sync::MutexGuard<'_, Applied> {
+    fn applied(&self) -> std::sync::MutexGuard<'_, AppliedState> {
         self.applied.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -90,7 +90,7 @@ impl StateMachineStore {
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<Applied, StorageError> {
+    async fn applied_state(&mut self) -> Result<AppliedState, StorageError> {
         Ok(self.applied().clone())
     }
 
@@ -189,7 +189,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 pub struct SnapshotBuilder {
     state: Arc<StoreState>,
     capture: Option<Result<Capture, StoreError>>,
-    applied: Applied,
+    applied: AppliedState,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
