@@ -250,11 +250,6 @@ impl Cluster {
         self.members.iter().map(Member::url).collect()
     }
 
-    /// The log of member `i`.
-    pub fn log_of(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.members[i].log).unwrap_or_default()
-    }
-
     /// The harness's working dir.
     pub fn dir(&self) -> &Path {
         &self.cfg.dir
@@ -297,21 +292,6 @@ impl Cluster {
             return None;
         }
         ids.iter().find(|(_, id)| *id == first).map(|(i, _)| *i)
-    }
-
-    /// Waits until the running members agree on a leader.
-    pub async fn wait_leader(&self, limit: Duration) -> Option<usize> {
-        let deadline = Instant::now() + limit;
-        let running: Vec<usize> = (0..self.members.len())
-            .filter(|i| self.is_running(*i))
-            .collect();
-        while Instant::now() < deadline {
-            if let Some(l) = self.leader(&running).await {
-                return Some(l);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        None
     }
 }
 

@@ -144,18 +144,6 @@ impl History {
         }
         pairs
     }
-
-    /// Operations whose `f` is one of `fs`, keeping everything else out of a checker's view.
-    pub fn filter_f(&self, fs: &[&str]) -> History {
-        History {
-            ops: self
-                .ops
-                .iter()
-                .filter(|o| fs.contains(&o.f.as_str()))
-                .cloned()
-                .collect(),
-        }
-    }
 }
 
 /// A thread-safe recorder shared by all clients of a run.

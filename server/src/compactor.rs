@@ -4,14 +4,16 @@
 //! - `periodic`: keep about `retention` of history. Revisions are sampled every `retention / 10`
 //!   (at most hourly); the leader compacts to the newest sample at least `retention` old.
 //! - `revision`: keep the last `retention` revisions, checked every 10 s.
+//!
+//! Proposes through [`RaftHandle`] like any client; must never import `storage/` or `grpc/`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::command::{Applied, Command};
 use crate::config::AutoCompaction;
-use crate::raft::types::{Applied, Command};
 use crate::raft::RaftHandle;
 
 const REVISION_CHECK: Duration = Duration::from_secs(10);

@@ -1,6 +1,8 @@
 //! Typed, validated member configuration, with etcd's flag names and defaults.
+//!
+//! A leaf below everything that reads it: it must never import `raft/`, `storage/` or `grpc/`.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use crate::members::{parse_url, UrlError};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,8 +16,8 @@ pub enum ClusterState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("invalid URL {0:?}: {1}")]
-    Url(String, String),
+    #[error(transparent)]
+    Url(#[from] UrlError),
     #[error("invalid --initial-cluster entry {0:?}: expected name=url")]
     InitialCluster(String),
     #[error("--initial-cluster has no entry for this member's name {0:?}")]
@@ -144,48 +146,6 @@ impl Config {
     }
 }
 
-/// `http://host:port` -> a socket address.
-pub fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .unwrap_or(url);
-    let hostport = rest.trim_end_matches('/');
-    hostport
-        .to_socket_addrs()
-        .map_err(|e| ConfigError::Url(url.to_string(), e.to_string()))?
-        .next()
-        .ok_or_else(|| ConfigError::Url(url.to_string(), "no address".into()))
-}
-
-/// etcd-style member id: a stable 64-bit hash of the member's name, peer URLs and cluster token.
-pub fn member_id(name: &str, peer_urls: &[String], token: &str) -> u64 {
-    let mut urls = peer_urls.to_vec();
-    urls.sort();
-    let id = fnv1a(format!("{name}\n{}\n{token}", urls.join(",")).as_bytes());
-    id.max(1)
-}
-
-/// Cluster id: a hash of the founding member ids and the token.
-pub fn cluster_id(mut member_ids: Vec<u64>, token: &str) -> u64 {
-    member_ids.sort_unstable();
-    let mut bytes = Vec::new();
-    for id in member_ids {
-        bytes.extend_from_slice(&id.to_be_bytes());
-    }
-    bytes.extend_from_slice(token.as_bytes());
-    fnv1a(&bytes).max(1)
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,13 +159,5 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].1, vec!["http://127.0.0.1:1", "http://127.0.0.1:3"]);
         assert!(Config::parse_initial_cluster("nonsense").is_err());
-    }
-
-    #[test]
-    fn member_ids_are_stable_and_distinct() {
-        let a = member_id("a", &["http://127.0.0.1:1".into()], "t");
-        assert_eq!(a, member_id("a", &["http://127.0.0.1:1".into()], "t"));
-        assert_ne!(a, member_id("b", &["http://127.0.0.1:1".into()], "t"));
-        assert_ne!(a, member_id("a", &["http://127.0.0.1:1".into()], "u"));
     }
 }

@@ -1,10 +1,13 @@
 //! Server errors, and the one place that turns them into gRPC statuses with etcd's codes and texts.
+//!
+//! At the gRPC edge: it may name the errors of `command`, `mvcc` and `raft`; nothing below `grpc/`
+//! may import it.
 
 use tonic::{Code, Status};
 
+use crate::command::ApplyError;
 use crate::mvcc::{MvccError, ShapeError};
 use crate::raft::admin::AdminError;
-use crate::raft::types::ApplyError;
 use crate::raft::ProposeError;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

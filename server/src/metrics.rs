@@ -1,6 +1,9 @@
 //! Prometheus metrics under etcd's names, so dashboards and alerts written for etcd work unchanged,
 //! and the HTTP `/metrics` and `/health` endpoints (served on the client URLs, as etcd does, and on
 //! `--listen-metrics-urls`).
+//!
+//! Observes the member through [`RaftHandle`]; what consensus counts it reads from
+//! [`Counters`], which it registers. Nothing below may import it. Must never import `grpc/`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,12 +16,12 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tonic::body::Body;
 use tonic::codegen::http;
 
-use crate::raft::state_machine::ALARM_NOSPACE;
+use crate::command::ALARM_NOSPACE;
+use crate::counters::Counters;
 use crate::raft::RaftHandle;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,13 +45,10 @@ pub struct Metrics {
     registry: Registry,
     has_leader: Gauge,
     is_leader: Gauge,
-    pub(crate) leader_changes: Counter,
+    /// What consensus counts into; registered here.
+    pub(crate) counters: Counters,
     proposals_committed: Gauge,
     proposals_applied: Gauge,
-    pub(crate) proposals_pending: Gauge,
-    pub(crate) proposals_failed: Counter,
-    pub(crate) apply_duration: Histogram,
-    pub(crate) wal_fsync_duration: Histogram,
     db_size: Gauge,
     db_size_in_use: Gauge,
     keys: Gauge,
@@ -62,17 +62,12 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(quota_bytes: u64) -> Arc<Metrics> {
         let mut registry = Registry::default();
-        let seconds = || Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let m = Metrics {
             has_leader: Gauge::default(),
             is_leader: Gauge::default(),
-            leader_changes: Counter::default(),
+            counters: Counters::default(),
             proposals_committed: Gauge::default(),
             proposals_applied: Gauge::default(),
-            proposals_pending: Gauge::default(),
-            proposals_failed: Counter::default(),
-            apply_duration: seconds(),
-            wal_fsync_duration: seconds(),
             db_size: Gauge::default(),
             db_size_in_use: Gauge::default(),
             keys: Gauge::default(),
@@ -98,7 +93,7 @@ impl Metrics {
         server.register(
             "leader_changes_seen",
             "The number of leader changes seen.",
-            m.leader_changes.clone(),
+            m.counters.leader_changes.clone(),
         );
         server.register(
             "proposals_committed_total",
@@ -113,12 +108,12 @@ impl Metrics {
         server.register(
             "proposals_pending",
             "The current number of pending proposals to commit.",
-            m.proposals_pending.clone(),
+            m.counters.proposals_pending.clone(),
         );
         server.register(
             "proposals_failed",
             "The total number of failed proposals seen.",
-            m.proposals_failed.clone(),
+            m.counters.proposals_failed.clone(),
         );
         server.register(
             "quota_backend_bytes",
@@ -129,12 +124,12 @@ impl Metrics {
         disk.register(
             "backend_commit_duration_seconds",
             "The latency distributions of applying a committed entry to the backend.",
-            m.apply_duration.clone(),
+            m.counters.apply_duration.clone(),
         );
         disk.register(
             "wal_fsync_duration_seconds",
             "The latency distributions of fsync called by the log.",
-            m.wal_fsync_duration.clone(),
+            m.counters.wal_fsync_duration.clone(),
         );
         let mvcc = registry.sub_registry_with_prefix("etcd_mvcc");
         mvcc.register(

@@ -1,5 +1,7 @@
 //! The embedding API: open storage, start Raft, serve the client and peer APIs, shut down cleanly.
 //!
+//! The one place that wires every layer together; nothing imports it but `lib` and the binary.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), cairn_server::NodeError> {
 //! let node = cairn_server::Node::start(cairn_server::Config::ephemeral("/tmp/cairn-demo")).await?;
@@ -22,8 +24,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
-use crate::backend::Backend;
-use crate::config::{self, ClusterState, Config, ConfigError};
+use crate::command::Command;
+use crate::config::{ClusterState, Config, ConfigError};
 use crate::grpc::authority::AuthorityFix;
 use crate::grpc::cluster::ClusterService;
 use crate::grpc::election::ElectionService;
@@ -33,20 +35,22 @@ use crate::grpc::lock::LockService;
 use crate::grpc::maintenance::MaintenanceService;
 use crate::grpc::watch::WatchService;
 use crate::grpc::{Limits, ServerContext};
+use crate::members;
 use crate::metrics::{HttpLayer, Metrics};
 use crate::raft::admin::{AdminCall, AdminReply};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, PeerChannels, PEER_MAX_MESSAGE};
+use crate::raft::peer::{CallError, PeerClient};
 use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::types::{decode, encode, Command, Member, NodeId, Raft};
+use crate::raft::types::{Member, NodeId, Raft};
 use crate::raft::{HandleSettings, RaftHandle};
+use crate::storage::{Backend, LogMeta, LogRows};
 use cairn_proto::v3electionpb::election_server::ElectionServer;
 use cairn_proto::v3lockpb::lock_server::LockServer;
 
 /// Extra room gRPC needs around the largest request, as etcd allows.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
-const KEY_IDENTITY: &[u8] = b"identity";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -94,7 +98,7 @@ pub struct Node {
 async fn bind_all(urls: &[String], what: &str) -> Result<Vec<TcpListener>, NodeError> {
     let mut listeners = Vec::new();
     for url in urls {
-        let addr = config::parse_url(url)?;
+        let addr = crate::members::parse_url(url).map_err(ConfigError::from)?;
         listeners.push(
             TcpListener::bind(addr)
                 .await
@@ -113,274 +117,100 @@ fn advertised(configured: &[String], bound: &[SocketAddr]) -> Vec<String> {
     }
 }
 
+/// The member's listeners, bound before anything else so that port 0 resolves to the URLs the
+/// member advertises and founds its identity on.
+struct Listeners {
+    peer: Vec<TcpListener>,
+    client: Vec<TcpListener>,
+    peer_addrs: Vec<SocketAddr>,
+    client_addrs: Vec<SocketAddr>,
+    peer_urls: Vec<String>,
+    client_urls: Vec<String>,
+}
+
+impl Listeners {
+    async fn bind(cfg: &Config) -> Result<Listeners, NodeError> {
+        let peer = bind_all(&cfg.listen_peer_urls, "peer").await?;
+        let client = bind_all(&cfg.listen_client_urls, "client").await?;
+        let addrs = |ls: &[TcpListener]| -> Vec<SocketAddr> {
+            ls.iter().filter_map(|l| l.local_addr().ok()).collect()
+        };
+        let (peer_addrs, client_addrs) = (addrs(&peer), addrs(&client));
+        Ok(Listeners {
+            peer_urls: advertised(&cfg.initial_advertise_peer_urls, &peer_addrs),
+            client_urls: advertised(&cfg.advertise_client_urls, &client_addrs),
+            peer,
+            client,
+            peer_addrs,
+            client_addrs,
+        })
+    }
+}
+
+/// Who this member is and whom it founds a cluster with.
+struct Identity {
+    member_id: NodeId,
+    cluster_id: u64,
+    founders: BTreeMap<NodeId, Member>,
+}
+
+/// Raft assembled on the storage: the member's handle on it and the tasks that hold the storage.
+struct Consensus {
+    raft: Raft,
+    handle: RaftHandle,
+    tasks: Vec<JoinHandle<()>>,
+}
+
 impl Node {
     /// Opens (or creates) the member's data dir and starts serving.
     #[tracing::instrument(skip_all, fields(name = %cfg.name, data_dir = %cfg.data_dir.display()))]
     pub async fn start(cfg: Config) -> Result<Node, NodeError> {
-        let backup = match &cfg.restore_from {
-            Some(file) => Some(
-                crate::snapshot::read_backup(file, &cfg.data_dir)
-                    .map_err(|e| NodeError::Restore(e.to_string()))?,
-            ),
-            None => None,
-        };
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
-        let backend = Backend::open(&cfg.data_dir, cfg.cache_bytes).map_err(storage)?;
-        if let (Some(backup), Some(file)) = (backup, &cfg.restore_from) {
-            let revision = crate::snapshot::write_backup(backup, &backend)
-                .map_err(|e| NodeError::Restore(e.to_string()))?;
-            tracing::info!(file = %file.display(), revision, "restored the store from a backup");
-        }
-
-        let peer_listeners = bind_all(&cfg.listen_peer_urls, "peer").await?;
-        let client_listeners = bind_all(&cfg.listen_client_urls, "client").await?;
-        let peer_addrs: Vec<SocketAddr> = peer_listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
-        let client_addrs: Vec<SocketAddr> = client_listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
-        let peer_urls = advertised(&cfg.initial_advertise_peer_urls, &peer_addrs);
-        let client_urls = advertised(&cfg.advertise_client_urls, &client_addrs);
-
-        // The founding members, with this member's entry resolved to its real URLs.
-        let mut initial = if cfg.initial_cluster.is_empty() {
-            vec![(cfg.name.clone(), peer_urls.clone())]
-        } else {
-            cfg.initial_cluster.clone()
-        };
-        let me = initial
-            .iter_mut()
-            .find(|(n, _)| *n == cfg.name)
-            .ok_or_else(|| ConfigError::MissingSelf(cfg.name.clone()))?;
-        if me.1.iter().any(|u| u.ends_with(":0")) {
-            me.1 = peer_urls.clone();
-        } else if !cfg.initial_advertise_peer_urls.is_empty() && {
-            let (mut a, mut b) = (me.1.clone(), peer_urls.clone());
-            a.sort();
-            b.sort();
-            a != b
-        } {
-            return Err(ConfigError::SelfMismatch(cfg.name.clone()).into());
-        }
-        let token = &cfg.initial_cluster_token;
-        let founders: BTreeMap<NodeId, Member> = initial
-            .iter()
-            .map(|(name, urls)| {
-                let member = Member {
-                    name: name.clone(),
-                    peer_urls: urls.clone(),
-                    client_urls: if *name == cfg.name {
-                        client_urls.clone()
-                    } else {
-                        Vec::new()
-                    },
-                    promote: false,
-                };
-                (config::member_id(name, urls, token), member)
-            })
-            .collect();
-
-        // Identity is fixed at first start; later starts keep it whatever the flags say, as etcd does.
-        let (member_id, cluster_id) = match backend.raft.get(KEY_IDENTITY).map_err(storage)? {
-            Some(bytes) => decode::<(u64, u64)>(&bytes).map_err(storage)?,
-            None => {
-                let (member_id, cluster_id) = if cfg.initial_cluster_state == ClusterState::Existing
-                {
-                    join_identity(&initial, &cfg.name, &peer_urls, cfg.request_timeout).await?
-                } else {
-                    (
-                        config::member_id(&cfg.name, &peer_urls, token),
-                        config::cluster_id(founders.keys().copied().collect(), token),
-                    )
-                };
-                let bytes = encode(&(member_id, cluster_id)).map_err(storage)?;
-                backend.raft.insert(KEY_IDENTITY, bytes).map_err(storage)?;
-                backend.flush().await.map_err(storage)?;
-                (member_id, cluster_id)
-            }
-        };
-
-        let raft_config = openraft::Config {
-            cluster_name: cfg.initial_cluster_token.clone(),
-            heartbeat_interval: cfg.heartbeat_interval.as_millis() as u64,
-            election_timeout_min: cfg.election_timeout.as_millis() as u64,
-            election_timeout_max: 2 * cfg.election_timeout.as_millis() as u64,
-            install_snapshot_timeout: 10_000,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
-            // Enough log behind a snapshot for a briefly lagging member to catch up without one.
-            max_in_snapshot_log_to_keep: cfg.snapshot_count.min(1_000),
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
-
+        let backend = open_storage(&cfg)?;
+        let listeners = Listeners::bind(&cfg).await?;
+        let identity = identity(&cfg, &backend, &listeners).await?;
+        let (member_id, cluster_id) = (identity.member_id, identity.cluster_id);
         let metrics = Metrics::new(cfg.quota_bytes());
-        let (log_store, flusher) = LogStore::new(&backend, metrics.wal_fsync_duration.clone());
-        let sm = StateMachineStore::open(
-            backend.clone(),
-            cfg.watch_progress_notify_interval,
-            metrics.apply_duration.clone(),
-        )
-        .map_err(storage)?;
-        let state = sm.state();
-        let channels = PeerChannels::default();
-        let network = Network {
-            channels: channels.clone(),
-        };
-        let raft = Raft::new(member_id, Arc::new(raft_config), network, log_store, sm)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
-        if cfg.initial_cluster_state == ClusterState::New
-            && !raft
-                .is_initialized()
-                .await
-                .map_err(|e| NodeError::Raft(e.to_string()))?
-        {
-            // Every founder initializes with the same membership; openraft accepts that.
-            if let Err(e) = raft.initialize(founders).await {
-                tracing::warn!(error = %e, "cluster initialization skipped");
-            }
-        }
-
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (handle, mut tasks) = RaftHandle::new(
-            raft.clone(),
-            member_id,
-            channels,
-            state,
-            HandleSettings {
-                request_timeout: cfg.request_timeout,
-                election_timeout: cfg.election_timeout,
-                cluster_id,
-                cluster_token: cfg.initial_cluster_token.clone(),
-                metrics: metrics.clone(),
-            },
-            shutdown_rx.clone(),
+        let Consensus {
+            raft,
+            handle,
+            mut tasks,
+        } = assemble_raft(&cfg, &backend, identity, &metrics, shutdown_rx.clone()).await?;
+        let (health_reporter, _) = tonic_health::server::health_reporter();
+        let health_service = HealthService::new(
+            tonic_health::server::HealthService::from_health_reporter(health_reporter.clone()),
         );
-        tasks.push(flusher);
-        let ctx = ServerContext {
-            raft: handle.clone(),
-            cluster_id,
-            member_id,
-            limits: Arc::new(Limits {
-                max_request_bytes: cfg.max_request_bytes,
-                max_txn_ops: cfg.max_txn_ops,
-                min_lease_ttl: (cfg.election_timeout.as_millis() as u64 * 3 / 2).div_ceil(1000)
-                    as i64,
-                quota_bytes: cfg.quota_bytes(),
-            }),
-            streams: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-        };
-
-        if let Some(policy) = cfg.auto_compaction {
-            tasks.push(tokio::spawn(crate::compactor::run(
-                handle.clone(),
-                member_id,
-                policy,
-                shutdown_rx.clone(),
-            )));
-        }
-        let mut servers = Vec::new();
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        tasks.push(tokio::spawn(watch_leader(
-            raft.clone(),
-            metrics.clone(),
+        tasks.extend(spawn_member_tasks(
+            &cfg,
+            &raft,
+            &handle,
+            &metrics,
             health_reporter,
-            shutdown_rx.clone(),
-        )));
-        let http = HttpLayer {
-            metrics: metrics.clone(),
-            raft: handle.clone(),
-        };
-        for listener in bind_all(&cfg.listen_metrics_urls, "metrics").await? {
-            let router = tonic::transport::Server::builder()
-                .accept_http1(true)
-                .layer(http.clone())
-                .add_service(health_service.clone());
-            let stop = stopped(shutdown_rx.clone());
-            servers.push(tokio::spawn(
-                router.serve_with_incoming_shutdown(incoming(listener), stop),
-            ));
-        }
-        let removed = handle.removed();
-        tasks.push(tokio::spawn(watch_removal(
-            handle.clone(),
-            member_id,
-            shutdown_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(publish(
-            handle.clone(),
-            member_id,
-            cfg.name.clone(),
-            client_urls.clone(),
-            shutdown_rx.clone(),
-        )));
-        for listener in peer_listeners {
-            let svc = RaftTransportServer::new(PeerService {
-                raft: raft.clone(),
-                handle: handle.clone(),
-            })
-            .max_decoding_message_size(PEER_MAX_MESSAGE)
-            .max_encoding_message_size(PEER_MAX_MESSAGE);
-            let router = tonic::transport::Server::builder().add_service(svc);
-            let stop = stopped(shutdown_rx.clone());
-            servers.push(tokio::spawn(
-                router.serve_with_incoming_shutdown(incoming(listener), stop),
-            ));
-        }
-        let history: Arc<dyn crate::watch::History> = handle.state().clone();
-        tasks.push(tokio::spawn(
-            handle
-                .state()
-                .hub()
-                .clone()
-                .sync_loop(history, shutdown_rx.clone()),
+            &listeners.client_urls,
+            &shutdown_rx,
         ));
-        let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
-        for listener in client_listeners {
-            let kv = kv_server::KvServer::new(KvService { ctx: ctx.clone() })
-                .max_decoding_message_size(max_msg);
-            let router = tonic::transport::Server::builder()
-                // HTTP/1.1 for /health and /metrics, which etcd serves on its client URLs too.
-                .accept_http1(true)
-                .layer(http.clone())
-                .add_service(health_service.clone())
-                .add_service(kv)
-                .add_service(watch_server::WatchServer::new(WatchService {
-                    ctx: ctx.clone(),
-                    shutdown: shutdown_rx.clone(),
-                }))
-                .add_service(lease_server::LeaseServer::new(LeaseService {
-                    ctx: ctx.clone(),
-                    shutdown: shutdown_rx.clone(),
-                }))
-                .add_service(cluster_server::ClusterServer::new(ClusterService {
-                    ctx: ctx.clone(),
-                }))
-                .add_service(LockServer::new(LockService { ctx: ctx.clone() }))
-                .add_service(ElectionServer::new(ElectionService {
-                    ctx: ctx.clone(),
-                    shutdown: shutdown_rx.clone(),
-                }))
-                .add_service(maintenance_server::MaintenanceServer::new(
-                    MaintenanceService { ctx: ctx.clone() },
-                ));
-            let stop = stopped(shutdown_rx.clone());
-            servers.push(tokio::spawn(
-                router.serve_with_incoming_shutdown(client_incoming(listener), stop),
-            ));
-        }
+        let removed = handle.removed();
+        let servers = serve(
+            &cfg,
+            listeners.peer,
+            listeners.client,
+            Serving {
+                raft: &raft,
+                handle: &handle,
+                metrics: &metrics,
+                health: health_service,
+                identity: (member_id, cluster_id),
+            },
+            &shutdown_rx,
+        )
+        .await?;
         tracing::info!(member_id = format!("{member_id:x}"), cluster_id = format!("{cluster_id:x}"),
-            client = ?client_urls, peer = ?peer_urls, "member started");
+            client = ?listeners.client_urls, peer = ?listeners.peer_urls, "member started");
         Ok(Node {
             member_id,
             cluster_id,
-            client_addrs,
-            peer_addrs,
+            client_addrs: listeners.client_addrs,
+            peer_addrs: listeners.peer_addrs,
             raft: handle,
             backend,
             shutdown,
@@ -459,6 +289,327 @@ impl Node {
     }
 }
 
+/// Opens the data dir's storage, first writing a backup into it when restoring from one.
+fn open_storage(cfg: &Config) -> Result<Backend, NodeError> {
+    let backup = match &cfg.restore_from {
+        Some(file) => Some(
+            crate::storage::backup::read_backup(file, &cfg.data_dir)
+                .map_err(|e| NodeError::Restore(e.to_string()))?,
+        ),
+        None => None,
+    };
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
+    let backend = Backend::open(&cfg.data_dir, cfg.cache_bytes).map_err(storage)?;
+    if let (Some(backup), Some(file)) = (backup, &cfg.restore_from) {
+        let revision = crate::storage::backup::write_backup(backup, &backend)
+            .map_err(|e| NodeError::Restore(e.to_string()))?;
+        tracing::info!(file = %file.display(), revision, "restored the store from a backup");
+    }
+    Ok(backend)
+}
+
+/// The founding members (this member's entry resolved to its real URLs) and this member's ids:
+/// fixed at first start (derived, or asked of the cluster it joins) and kept on later starts
+/// whatever the flags say, as etcd does.
+async fn identity(
+    cfg: &Config,
+    backend: &Backend,
+    listeners: &Listeners,
+) -> Result<Identity, NodeError> {
+    let (peer_urls, client_urls) = (&listeners.peer_urls, &listeners.client_urls);
+    let mut initial = if cfg.initial_cluster.is_empty() {
+        vec![(cfg.name.clone(), peer_urls.clone())]
+    } else {
+        cfg.initial_cluster.clone()
+    };
+    let me = initial
+        .iter_mut()
+        .find(|(n, _)| *n == cfg.name)
+        .ok_or_else(|| ConfigError::MissingSelf(cfg.name.clone()))?;
+    if me.1.iter().any(|u| u.ends_with(":0")) {
+        me.1 = peer_urls.clone();
+    } else if !cfg.initial_advertise_peer_urls.is_empty() && {
+        let (mut a, mut b) = (me.1.clone(), peer_urls.clone());
+        a.sort();
+        b.sort();
+        a != b
+    } {
+        return Err(ConfigError::SelfMismatch(cfg.name.clone()).into());
+    }
+    let token = &cfg.initial_cluster_token;
+    let founders: BTreeMap<NodeId, Member> = initial
+        .iter()
+        .map(|(name, urls)| {
+            let member = Member {
+                name: name.clone(),
+                peer_urls: urls.clone(),
+                client_urls: if *name == cfg.name {
+                    client_urls.clone()
+                } else {
+                    Vec::new()
+                },
+                promote: false,
+            };
+            (members::member_id(name, urls, token), member)
+        })
+        .collect();
+    let log_rows = LogRows::new(backend);
+    let (member_id, cluster_id) = match log_rows.meta(LogMeta::Identity).map_err(storage)? {
+        Some(identity) => identity,
+        None => {
+            let (member_id, cluster_id) = if cfg.initial_cluster_state == ClusterState::Existing {
+                join_identity(&initial, &cfg.name, peer_urls, cfg.request_timeout).await?
+            } else {
+                (
+                    members::member_id(&cfg.name, peer_urls, token),
+                    members::cluster_id(founders.keys().copied().collect(), token),
+                )
+            };
+            log_rows
+                .set_meta(LogMeta::Identity, &(member_id, cluster_id))
+                .map_err(storage)?;
+            log_rows.flush().await.map_err(storage)?;
+            (member_id, cluster_id)
+        }
+    };
+    Ok(Identity {
+        member_id,
+        cluster_id,
+        founders,
+    })
+}
+
+/// Opens the log and the state machine, starts Raft on them (founding the cluster on a new
+/// member's first start) and the member's handle on it.
+async fn assemble_raft(
+    cfg: &Config,
+    backend: &Backend,
+    identity: Identity,
+    metrics: &Metrics,
+    stop: watch::Receiver<bool>,
+) -> Result<Consensus, NodeError> {
+    let raft_config = openraft::Config {
+        cluster_name: cfg.initial_cluster_token.clone(),
+        heartbeat_interval: cfg.heartbeat_interval.as_millis() as u64,
+        election_timeout_min: cfg.election_timeout.as_millis() as u64,
+        election_timeout_max: 2 * cfg.election_timeout.as_millis() as u64,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
+        // Enough log behind a snapshot for a briefly lagging member to catch up without one.
+        max_in_snapshot_log_to_keep: cfg.snapshot_count.min(1_000),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let counters = metrics.counters.clone();
+    let (log_store, flusher) = LogStore::new(backend, counters.wal_fsync_duration.clone());
+    let sm = StateMachineStore::open(
+        backend.clone(),
+        cfg.watch_progress_notify_interval,
+        counters.apply_duration.clone(),
+    )
+    .map_err(storage)?;
+    let state = sm.state();
+    let channels = PeerChannels::default();
+    let network = Network {
+        channels: channels.clone(),
+    };
+    let member_id = identity.member_id;
+    let raft = Raft::new(member_id, Arc::new(raft_config), network, log_store, sm)
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    if cfg.initial_cluster_state == ClusterState::New
+        && !raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+    {
+        // Every founder initializes with the same membership; openraft accepts that.
+        if let Err(e) = raft.initialize(identity.founders).await {
+            tracing::warn!(error = %e, "cluster initialization skipped");
+        }
+    }
+    let (handle, mut tasks) = RaftHandle::new(
+        raft.clone(),
+        member_id,
+        channels,
+        state,
+        HandleSettings {
+            request_timeout: cfg.request_timeout,
+            election_timeout: cfg.election_timeout,
+            cluster_id: identity.cluster_id,
+            cluster_token: cfg.initial_cluster_token.clone(),
+            counters,
+        },
+        stop,
+    );
+    tasks.push(flusher);
+    Ok(Consensus {
+        raft,
+        handle,
+        tasks,
+    })
+}
+
+/// The member's own background work: auto compaction, leader and health tracking, noticing its
+/// removal, publishing its attributes, and feeding watchers from the store.
+fn spawn_member_tasks(
+    cfg: &Config,
+    raft: &Raft,
+    handle: &RaftHandle,
+    metrics: &Arc<Metrics>,
+    health: tonic_health::server::HealthReporter,
+    client_urls: &[String],
+    stop: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let id = handle.id();
+    let mut tasks = Vec::new();
+    if let Some(policy) = cfg.auto_compaction {
+        tasks.push(tokio::spawn(crate::compactor::run(
+            handle.clone(),
+            id,
+            policy,
+            stop.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(watch_leader(
+        raft.clone(),
+        metrics.clone(),
+        health,
+        stop.clone(),
+    )));
+    tasks.push(tokio::spawn(watch_removal(
+        handle.clone(),
+        id,
+        stop.clone(),
+    )));
+    tasks.push(tokio::spawn(publish(
+        handle.clone(),
+        id,
+        cfg.name.clone(),
+        client_urls.to_vec(),
+        stop.clone(),
+    )));
+    let history: Arc<dyn crate::watch::History> = handle.state().clone();
+    tasks.push(tokio::spawn(
+        handle
+            .state()
+            .hub()
+            .clone()
+            .sync_loop(history, stop.clone()),
+    ));
+    tasks
+}
+
+/// What the listeners serve.
+struct Serving<'a> {
+    raft: &'a Raft,
+    handle: &'a RaftHandle,
+    metrics: &'a Arc<Metrics>,
+    health: HealthService,
+    /// (member id, cluster id)
+    identity: (NodeId, u64),
+}
+
+type HealthService =
+    tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
+
+type Server = JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Serves the three kinds of listener: metrics (plain HTTP), peers (the Raft transport) and
+/// clients (the etcd API, with `/health` and `/metrics` too).
+async fn serve(
+    cfg: &Config,
+    peer_listeners: Vec<TcpListener>,
+    client_listeners: Vec<TcpListener>,
+    with: Serving<'_>,
+    shutdown_rx: &watch::Receiver<bool>,
+) -> Result<Vec<Server>, NodeError> {
+    let Serving {
+        raft,
+        handle,
+        metrics,
+        health: health_service,
+        identity: (member_id, cluster_id),
+    } = with;
+    let mut servers = Vec::new();
+    let http = HttpLayer {
+        metrics: metrics.clone(),
+        raft: handle.clone(),
+    };
+    for listener in bind_all(&cfg.listen_metrics_urls, "metrics").await? {
+        let router = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .layer(http.clone())
+            .add_service(health_service.clone());
+        let stop = stopped(shutdown_rx.clone());
+        servers.push(tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming(listener), stop),
+        ));
+    }
+    for listener in peer_listeners {
+        let svc = RaftTransportServer::new(PeerService {
+            raft: raft.clone(),
+            handle: handle.clone(),
+        })
+        .max_decoding_message_size(PEER_MAX_MESSAGE)
+        .max_encoding_message_size(PEER_MAX_MESSAGE);
+        let router = tonic::transport::Server::builder().add_service(svc);
+        let stop = stopped(shutdown_rx.clone());
+        servers.push(tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming(listener), stop),
+        ));
+    }
+    let ctx = ServerContext {
+        raft: handle.clone(),
+        cluster_id,
+        member_id,
+        limits: Arc::new(Limits {
+            max_request_bytes: cfg.max_request_bytes,
+            max_txn_ops: cfg.max_txn_ops,
+            min_lease_ttl: (cfg.election_timeout.as_millis() as u64 * 3 / 2).div_ceil(1000) as i64,
+            quota_bytes: cfg.quota_bytes(),
+        }),
+        streams: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    };
+    let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    for listener in client_listeners {
+        let kv = kv_server::KvServer::new(KvService { ctx: ctx.clone() })
+            .max_decoding_message_size(max_msg);
+        let router = tonic::transport::Server::builder()
+            // HTTP/1.1 for /health and /metrics, which etcd serves on its client URLs too.
+            .accept_http1(true)
+            .layer(http.clone())
+            .add_service(health_service.clone())
+            .add_service(kv)
+            .add_service(watch_server::WatchServer::new(WatchService {
+                ctx: ctx.clone(),
+                shutdown: shutdown_rx.clone(),
+            }))
+            .add_service(lease_server::LeaseServer::new(LeaseService {
+                ctx: ctx.clone(),
+                shutdown: shutdown_rx.clone(),
+            }))
+            .add_service(cluster_server::ClusterServer::new(ClusterService {
+                ctx: ctx.clone(),
+            }))
+            .add_service(LockServer::new(LockService { ctx: ctx.clone() }))
+            .add_service(ElectionServer::new(ElectionService {
+                ctx: ctx.clone(),
+                shutdown: shutdown_rx.clone(),
+            }))
+            .add_service(maintenance_server::MaintenanceServer::new(
+                MaintenanceService { ctx: ctx.clone() },
+            ));
+        let stop = stopped(shutdown_rx.clone());
+        servers.push(tokio::spawn(
+            router.serve_with_incoming_shutdown(client_incoming(listener), stop),
+        ));
+    }
+    Ok(servers)
+}
+
 fn incoming(
     listener: TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
@@ -521,7 +672,7 @@ async fn watch_leader(
     loop {
         let leader = rx.borrow_and_update().current_leader;
         if leader.is_some() && leader != last_leader {
-            metrics.leader_changes.inc();
+            metrics.counters.leader_changes.inc();
             last_leader = leader;
         }
         let serving = leader.is_some();
@@ -583,31 +734,28 @@ async fn join_identity(
             .filter(|(n, _)| n != name)
             .flat_map(|(_, urls)| urls)
         {
-            let mut client = match channels.client(url) {
+            let mut client = match PeerClient::new(&channels, url) {
                 Ok(c) => c,
                 Err(e) => {
                     last_error = format!("{url}: {e}");
                     continue;
                 }
             };
-            let data = encode(&AdminCall::Members).map_err(storage)?;
-            let mut req = tonic::Request::new(cairn_proto::raftpb::RaftPayload { data });
-            req.set_timeout(std::time::Duration::from_secs(2));
-            let reply = match client.admin(req).await {
-                Ok(r) => r.into_inner().data,
-                Err(status) => {
+            let answer = match client
+                .admin(&AdminCall::Members, std::time::Duration::from_secs(2))
+                .await
+            {
+                Ok(answer) => answer,
+                Err(CallError::Timeout(status) | CallError::Status(status)) => {
                     last_error = format!("{url}: {}", status.message());
                     continue;
                 }
+                Err(e) => return Err(storage(e)),
             };
-            type Reply = Result<
-                Result<AdminReply, crate::raft::admin::AdminError>,
-                crate::raft::service::ForwardError,
-            >;
             if let Ok(Ok(AdminReply::Members {
                 cluster_id,
                 members,
-            })) = decode::<Reply>(&reply).map_err(storage)?
+            })) = answer
             {
                 let me = members.iter().find(|m| {
                     let mut urls = m.peer_urls.clone();

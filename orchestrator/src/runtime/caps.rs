@@ -1,5 +1,7 @@
 //! Linux capabilities: names, the default set, and applying a set to the
 //! calling process (bounding set, then effective/permitted/inheritable).
+//!
+//! Must never import anything outside `runtime/`.
 
 use std::io;
 

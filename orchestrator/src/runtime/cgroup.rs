@@ -3,6 +3,8 @@
 //! Paths handed to a driver are relative (`cairn/pod-web/app`); the driver maps
 //! them onto its hierarchy. Both drivers take their root as a parameter so that
 //! a fake cgroup filesystem in a temp dir can stand in for `/sys/fs/cgroup`.
+//!
+//! Must never import anything outside `runtime/`.
 
 use std::fs;
 use std::io;

@@ -10,8 +10,13 @@
 //! - the *container process* (PID 1 of the new PID namespace): unshares its
 //!   mount namespace, builds the root filesystem, `pivot_root`s, drops
 //!   privileges and execs the command, which therefore runs as PID 1.
+//!
+//! Namespace, mount and root-switch calls go through [`Syscall`] (the kernel's in [`Linux`]), so
+//! their order and arguments are unit-tested without root. Must never import anything outside
+//! `runtime/`.
 
 use super::caps;
+use super::syscall::{Linux, Syscall};
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -20,8 +25,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{setns, unshare, CloneFlags};
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
@@ -86,9 +91,9 @@ pub fn helper_main() -> Option<i32> {
     let sub = args.get(1)?.as_str();
     let rest = &args[2..];
     let result = match sub {
-        HOLDER => holder(rest),
-        INIT => monitor(rest),
-        EXEC => exec(rest),
+        HOLDER => holder(&Linux, rest),
+        INIT => monitor(&Linux, rest),
+        EXEC => exec(&Linux, rest),
         NETCFG => return Some(super::network::netcfg_main(rest)),
         _ => return None,
     };
@@ -122,15 +127,15 @@ fn ns_ctx<T>(r: nix::Result<T>, what: &str) -> io::Result<T> {
 /// Sandbox holder: owns the pod's UTS, IPC and network namespaces and sleeps
 /// until killed. It is not a PID-namespace init (each container has its own
 /// PID namespace); it still reaps any child it may acquire.
-fn holder(args: &[String]) -> io::Result<i32> {
+fn holder(sys: &dyn Syscall, args: &[String]) -> io::Result<i32> {
     let hostname = args
         .first()
         .ok_or_else(|| io::Error::other("hostname argument missing"))?;
     ns_ctx(
-        unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET),
+        sys.unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET),
         "unshare uts/ipc/net",
     )?;
-    ctx(nix::unistd::sethostname(hostname), "sethostname")?;
+    ctx(sys.sethostname(hostname), "sethostname")?;
     let mut out = io::stdout();
     out.write_all(b"ready\n")?;
     out.flush()?;
@@ -155,14 +160,14 @@ fn open_ns(pid: i32, kind: &str) -> io::Result<File> {
 
 /// Namespace join order (fixed): uts, ipc, net, then (exec only) pid and
 /// mnt. Mount last because joining it changes how `/proc` paths resolve.
-fn join_pod_namespaces(holder_pid: i32) -> io::Result<()> {
+fn join_pod_namespaces(sys: &dyn Syscall, holder_pid: i32) -> io::Result<()> {
     let fds = [
         (open_ns(holder_pid, "uts")?, CloneFlags::CLONE_NEWUTS),
         (open_ns(holder_pid, "ipc")?, CloneFlags::CLONE_NEWIPC),
         (open_ns(holder_pid, "net")?, CloneFlags::CLONE_NEWNET),
     ];
     for (f, kind) in &fds {
-        ns_ctx(setns(f.as_fd(), *kind), &format!("setns {kind:?}"))?;
+        ns_ctx(sys.setns(f.as_fd(), *kind), &format!("setns {kind:?}"))?;
     }
     Ok(())
 }
@@ -175,10 +180,10 @@ fn read_config(args: &[String]) -> io::Result<InitConfig> {
     serde_json::from_slice(&text).map_err(|e| io::Error::other(format!("{path}: {e}")))
 }
 
-fn monitor(args: &[String]) -> io::Result<i32> {
+fn monitor(sys: &dyn Syscall, args: &[String]) -> io::Result<i32> {
     let cfg = read_config(args)?;
-    join_pod_namespaces(cfg.holder_pid)?;
-    ns_ctx(unshare(CloneFlags::CLONE_NEWPID), "unshare pid")?;
+    join_pod_namespaces(sys, cfg.holder_pid)?;
+    ns_ctx(sys.unshare(CloneFlags::CLONE_NEWPID), "unshare pid")?;
 
     let (log_r, log_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
     let (go_r, go_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
@@ -190,7 +195,7 @@ fn monitor(args: &[String]) -> io::Result<i32> {
     let child = match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
             drop((log_r, go_w, err_r));
-            let code = match container_process(&cfg, log_w, go_r) {
+            let code = match container_process(sys, &cfg, log_w, go_r) {
                 Ok(never) => match never {},
                 Err(e) => {
                     let _ = nix::unistd::write(&err_w, e.to_string().as_bytes());
@@ -345,13 +350,14 @@ fn ensure_mountpoint(p: &Path, is_file: bool) -> io::Result<()> {
 }
 
 fn do_mount(
+    sys: &dyn Syscall,
     src: Option<&Path>,
     target: &Path,
     fstype: Option<&str>,
     flags: MsFlags,
     data: Option<&str>,
 ) -> io::Result<()> {
-    mount(src, target, fstype, flags, data).map_err(|e| {
+    sys.mount(src, target, fstype, flags, data).map_err(|e| {
         io::Error::other(format!(
             "mount {} on {} ({}): {e}",
             src.map(|s| s.display().to_string()).unwrap_or_default(),
@@ -361,8 +367,9 @@ fn do_mount(
     })
 }
 
-fn bind(src: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+fn bind(sys: &dyn Syscall, src: &Path, target: &Path, read_only: bool) -> io::Result<()> {
     do_mount(
+        sys,
         Some(src),
         target,
         None,
@@ -371,6 +378,7 @@ fn bind(src: &Path, target: &Path, read_only: bool) -> io::Result<()> {
     )?;
     if read_only {
         do_mount(
+            sys,
             None,
             target,
             None,
@@ -396,10 +404,11 @@ fn inside(root: &Path, abs: &str) -> PathBuf {
 }
 
 /// Builds the container's root under `cfg.rootfs_mount` and pivots into it.
-fn setup_rootfs(cfg: &InitConfig) -> io::Result<()> {
-    ns_ctx(unshare(CloneFlags::CLONE_NEWNS), "unshare mnt")?;
+fn setup_rootfs(sys: &dyn Syscall, cfg: &InitConfig) -> io::Result<()> {
+    ns_ctx(sys.unshare(CloneFlags::CLONE_NEWNS), "unshare mnt")?;
     // Nothing done below may propagate back to the host.
     do_mount(
+        sys,
         None,
         Path::new("/"),
         None,
@@ -409,8 +418,16 @@ fn setup_rootfs(cfg: &InitConfig) -> io::Result<()> {
     let root = cfg.rootfs_mount.as_path();
     match &cfg.rootfs {
         // Non-recursive: only the root filesystem, not the host's other mounts.
-        None => do_mount(Some(Path::new("/")), root, None, MsFlags::MS_BIND, None)?,
+        None => do_mount(
+            sys,
+            Some(Path::new("/")),
+            root,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?,
         Some(dir) => do_mount(
+            sys,
             Some(dir),
             root,
             None,
@@ -426,6 +443,7 @@ fn setup_rootfs(cfg: &InitConfig) -> io::Result<()> {
         ensure_mountpoint(&inside(root, &m.target), m.is_file)?;
     }
     do_mount(
+        sys,
         None,
         root,
         None,
@@ -435,6 +453,7 @@ fn setup_rootfs(cfg: &InitConfig) -> io::Result<()> {
 
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     do_mount(
+        sys,
         Some(Path::new("proc")),
         &root.join("proc"),
         Some("proc"),
@@ -442,30 +461,33 @@ fn setup_rootfs(cfg: &InitConfig) -> io::Result<()> {
         None,
     )?;
     do_mount(
+        sys,
         Some(Path::new("tmpfs")),
         &root.join("tmp"),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=1777"),
     )?;
-    setup_dev(&root.join("dev"))?;
+    setup_dev(sys, &root.join("dev"))?;
     for m in &cfg.mounts {
         let target = inside(root, &m.target);
         ensure_mountpoint(&target, m.is_file)?;
-        bind(&m.source, &target, m.read_only)?;
+        bind(sys, &m.source, &target, m.read_only)?;
     }
 
-    ctx(nix::unistd::chdir(root), "chdir new root")?;
+    ctx(sys.chdir(root), "chdir new root")?;
     // pivot_root(".", ".") stacks the old root on top of the new one; the
     // detach below then removes it without needing a put_old directory.
-    ctx(nix::unistd::pivot_root(".", "."), "pivot_root")?;
-    ctx(umount2(".", MntFlags::MNT_DETACH), "detach old root")?;
-    ctx(nix::unistd::chdir("/"), "chdir /")?;
+    let here = Path::new(".");
+    ctx(sys.pivot_root(here, here), "pivot_root")?;
+    ctx(sys.umount2(here, MntFlags::MNT_DETACH), "detach old root")?;
+    ctx(sys.chdir(Path::new("/")), "chdir /")?;
     Ok(())
 }
 
-fn setup_dev(dev: &Path) -> io::Result<()> {
+fn setup_dev(sys: &dyn Syscall, dev: &Path) -> io::Result<()> {
     do_mount(
+        sys,
         Some(Path::new("tmpfs")),
         dev,
         Some("tmpfs"),
@@ -477,11 +499,12 @@ fn setup_dev(dev: &Path) -> io::Result<()> {
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(name);
         File::create(&target)?;
-        bind(&Path::new("/dev").join(name), &target, false)?;
+        bind(sys, &Path::new("/dev").join(name), &target, false)?;
     }
     let pts = dev.join("pts");
     mkdir_p(&pts)?;
     do_mount(
+        sys,
         Some(Path::new("devpts")),
         &pts,
         Some("devpts"),
@@ -492,6 +515,7 @@ fn setup_dev(dev: &Path) -> io::Result<()> {
     let shm = dev.join("shm");
     mkdir_p(&shm)?;
     do_mount(
+        sys,
         Some(Path::new("shm")),
         &shm,
         Some("tmpfs"),
@@ -564,6 +588,7 @@ fn exec_command(argv: &[String], env: &[String]) -> io::Result<std::convert::Inf
 }
 
 fn container_process(
+    sys: &dyn Syscall,
     cfg: &InitConfig,
     log_w: OwnedFd,
     go_r: OwnedFd,
@@ -574,7 +599,7 @@ fn container_process(
         return Err(io::Error::other("monitor did not release the container"));
     }
     drop(go_r);
-    setup_rootfs(cfg)?;
+    setup_rootfs(sys, cfg)?;
     let devnull = File::open("/dev/null")?;
     ctx(nix::unistd::dup2_stdin(&devnull), "stdin")?;
     ctx(nix::unistd::dup2_stdout(&log_w), "stdout")?;
@@ -588,7 +613,7 @@ fn container_process(
 
 /// `__exec <config> <container pid> <argv...>`: runs a command inside a
 /// running container with its namespaces, cgroup, identity and privileges.
-fn exec(args: &[String]) -> io::Result<i32> {
+fn exec(sys: &dyn Syscall, args: &[String]) -> io::Result<i32> {
     let cfg = read_config(args)?;
     let pid: i32 = args
         .get(1)
@@ -613,7 +638,7 @@ fn exec(args: &[String]) -> io::Result<i32> {
             .map_err(|e| io::Error::other(format!("join cgroup {}: {e}", f.display())))?;
     }
     for (fd, kind) in &fds {
-        ns_ctx(setns(fd.as_fd(), *kind), &format!("setns {kind:?}"))?;
+        ns_ctx(sys.setns(fd.as_fd(), *kind), &format!("setns {kind:?}"))?;
     }
     drop(fds);
     // SAFETY: single-threaded process; the child only execs or exits.
@@ -647,4 +672,145 @@ fn exec(args: &[String]) -> io::Result<i32> {
 pub fn private_dir(p: &Path) -> io::Result<()> {
     fs::create_dir_all(p)?;
     fs::set_permissions(p, fs::Permissions::from_mode(0o711))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::syscall::testing::{Call, Recorder};
+    use super::*;
+
+    fn config(dir: &Path) -> InitConfig {
+        let data = dir.join("data");
+        fs::create_dir_all(&data).unwrap();
+        let root = dir.join("root");
+        fs::create_dir_all(&root).unwrap();
+        InitConfig {
+            holder_pid: 0,
+            rootfs: None,
+            rootfs_mount: root,
+            mounts: vec![
+                BindMount {
+                    source: data.clone(),
+                    target: "/data".into(),
+                    read_only: true,
+                    is_file: false,
+                },
+                BindMount {
+                    source: data,
+                    target: "/tmp/scratch".into(),
+                    read_only: false,
+                    is_file: false,
+                },
+            ],
+            argv: vec!["/bin/true".into()],
+            env: Vec::new(),
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            no_new_privs: true,
+            caps: Vec::new(),
+            cgroup_procs: Vec::new(),
+            oom_counter: (PathBuf::new(), String::new()),
+            log_path: PathBuf::new(),
+            log_max_bytes: 0,
+            exit_path: PathBuf::new(),
+        }
+    }
+
+    fn mount_target(call: &Call) -> Option<&Path> {
+        match call {
+            Call::Mount { target, .. } => Some(target),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_root_is_built_in_a_private_mount_namespace_then_pivoted_into() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let root = cfg.rootfs_mount.clone();
+        let sys = Recorder::default();
+        setup_rootfs(&sys, &cfg).unwrap();
+        let calls = sys.calls();
+
+        assert_eq!(calls[0], Call::Unshare(CloneFlags::CLONE_NEWNS));
+        assert!(matches!(&calls[1], Call::Mount { target, flags, .. }
+            if target == Path::new("/") && *flags == MsFlags::MS_REC | MsFlags::MS_PRIVATE));
+        let position = |pred: &dyn Fn(&Call) -> bool| calls.iter().position(pred).unwrap();
+        let read_only_root = position(&|c| {
+            matches!(c, Call::Mount { target, flags, .. }
+                if *target == root && flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY))
+        });
+        let proc = position(&|c| mount_target(c) == Some(&root.join("proc")));
+        let dev = position(&|c| mount_target(c) == Some(&root.join("dev")));
+        let data = position(&|c| mount_target(c) == Some(&root.join("data")));
+        let scratch = position(&|c| mount_target(c) == Some(&root.join("tmp/scratch")));
+        assert!(read_only_root < proc && proc < dev && dev < data && data < scratch);
+        // The user's read-only bind is remounted read-only right after it is made.
+        assert!(matches!(&calls[data + 1], Call::Mount { target, flags, .. }
+            if *target == root.join("data") && flags.contains(MsFlags::MS_RDONLY)));
+        let here = PathBuf::from(".");
+        assert_eq!(
+            calls[calls.len() - 4..],
+            [
+                Call::Chdir(root.clone()),
+                Call::PivotRoot(here.clone(), here.clone()),
+                Call::Umount(here, MntFlags::MNT_DETACH),
+                Call::Chdir(PathBuf::from("/")),
+            ]
+        );
+        // Mount points were made inside the new root, not on the host.
+        for made in [
+            "proc",
+            "dev",
+            "tmp",
+            "data",
+            "dev/pts",
+            "dev/shm",
+            "tmp/scratch",
+        ] {
+            assert!(root.join(made).is_dir(), "{made}");
+        }
+    }
+
+    #[test]
+    fn a_refused_unshare_names_the_missing_privilege_and_mounts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = Recorder {
+            fail: Some((|c| matches!(c, Call::Unshare(_)), nix::errno::Errno::EPERM)),
+            ..Recorder::default()
+        };
+        let err = setup_rootfs(&sys, &config(dir.path())).unwrap_err();
+        assert!(err.to_string().contains("CAP_SYS_ADMIN"), "{err}");
+        assert_eq!(sys.calls().len(), 1);
+    }
+
+    #[test]
+    fn pod_namespaces_are_joined_in_a_fixed_order() {
+        let sys = Recorder::default();
+        join_pod_namespaces(&sys, std::process::id() as i32).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                Call::Setns(CloneFlags::CLONE_NEWUTS),
+                Call::Setns(CloneFlags::CLONE_NEWIPC),
+                Call::Setns(CloneFlags::CLONE_NEWNET),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_mount_says_what_was_mounted_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = Recorder {
+            fail: Some((
+                |c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "proc"),
+                nix::errno::Errno::EACCES,
+            )),
+            ..Recorder::default()
+        };
+        let err = setup_rootfs(&sys, &config(dir.path())).unwrap_err();
+        assert!(err.to_string().contains("(proc)"), "{err}");
+        assert!(!sys.calls().iter().any(|c| matches!(c, Call::PivotRoot(..))));
+    }
 }

@@ -4,6 +4,8 @@
 //! Host-side links are managed from the caller's (async) context; addressing
 //! inside a pod's network namespace is done by the `__netcfg` helper, which
 //! joins the namespace in a fresh single-threaded process.
+//!
+//! Must never import anything outside `runtime/`.
 
 use futures_util::stream::TryStreamExt;
 use rtnetlink::{new_connection, Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};

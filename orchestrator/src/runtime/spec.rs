@@ -3,6 +3,8 @@
 //! Only the fields the runtime acts on are modelled. Every struct rejects
 //! unknown fields so that a typo in a manifest is reported instead of being
 //! silently ignored; [`Pod::from_yaml`] reports the offending field's path.
+//!
+//! Must never import anything outside `runtime/`.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

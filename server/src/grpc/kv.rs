@@ -7,9 +7,9 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::ServerContext;
+use crate::command::{Applied, Command, CommandResponse};
 use crate::error::ServerError;
 use crate::mvcc::{check_delete_shape, check_put_shape, check_range_shape, check_txn_shape};
-use crate::raft::types::{Applied, Command, CommandResponse};
 
 pub(crate) struct KvService {
     pub ctx: ServerContext,
@@ -70,7 +70,7 @@ impl Kv for KvService {
         self.check_size(bytes)?;
         let put = convert::put_request(req);
         check_put_shape(&put).map_err(ServerError::from)?;
-        super::maintenance::check_quota(&self.ctx, bytes).await?;
+        self.ctx.check_quota(bytes).await?;
         match self.propose(Command::Put(put), bytes).await? {
             (Applied::Put(r), rev) => Ok(Response::new(convert::put_response(
                 r,
@@ -108,7 +108,7 @@ impl Kv for KvService {
         check_txn_shape(&txn, self.ctx.limits.max_txn_ops).map_err(ServerError::from)?;
         let cmd = Command::Txn(txn);
         if cmd.grows_store() {
-            super::maintenance::check_quota(&self.ctx, bytes).await?;
+            self.ctx.check_quota(bytes).await?;
         }
         match self.propose(cmd, bytes).await? {
             (Applied::Txn(r), rev) => Ok(Response::new(convert::txn_response(

@@ -11,9 +11,9 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::ServerContext;
+use crate::command::{Applied, Command, CommandResponse};
 use crate::error::ServerError;
 use crate::lease::MAX_LEASE_TTL;
-use crate::raft::types::{Applied, Command, CommandResponse};
 
 pub(crate) struct LeaseService {
     pub ctx: ServerContext,
@@ -59,7 +59,7 @@ impl Lease for LeaseService {
             return Err(ServerError::LeaseTtlTooLarge.into());
         }
         let ttl = req.ttl.max(self.ctx.limits.min_lease_ttl);
-        super::maintenance::check_quota(&self.ctx, 16).await?;
+        self.ctx.check_quota(16).await?;
         let (id, ttl, revision) = if req.id != 0 {
             self.grant(req.id, ttl).await?
         } else {

@@ -122,7 +122,7 @@ impl Lock for LockService {
         let resp = self
             .ctx
             .raft
-            .propose(crate::raft::types::Command::DeleteRange(del), 64)
+            .propose(crate::command::Command::DeleteRange(del), 64)
             .await
             .map_err(ServerError::from)?;
         resp.result.map_err(ServerError::from)?;

@@ -8,10 +8,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::ServerContext;
+use crate::command::Command;
 use crate::error::ServerError;
 use crate::raft::admin::AdminCall;
-use crate::raft::state_machine::ALARM_NOSPACE;
-use crate::raft::types::Command;
 
 /// The etcd API version Cairn reports in Status. Clients (Kubernetes among them) gate features on it.
 pub const ETCD_API_VERSION: &str = "3.5.13";
@@ -220,29 +219,4 @@ impl Maintenance for MaintenanceService {
             header: self.ctx.header(self.ctx.raft.state().current_revision()),
         }))
     }
-}
-
-/// Refuses a write that would grow the store while the space quota is exhausted, raising the
-/// NOSPACE alarm (through Raft, for every member to see) the first time the quota is passed.
-pub(crate) async fn check_quota(ctx: &ServerContext, cost: usize) -> Result<(), ServerError> {
-    let state = ctx.raft.state();
-    if state.has_alarm(ALARM_NOSPACE) {
-        return Err(ServerError::NoSpace);
-    }
-    let quota = ctx.limits.quota_bytes;
-    if quota > 0 && state.bytes_in_use() + cost as u64 > quota {
-        tracing::warn!(
-            quota,
-            in_use = state.bytes_in_use(),
-            "space quota exceeded; raising the NOSPACE alarm"
-        );
-        let cmd = Command::Alarm {
-            activate: true,
-            member: ctx.member_id,
-            alarm: ALARM_NOSPACE,
-        };
-        ctx.raft.propose(cmd, 32).await?;
-        return Err(ServerError::NoSpace);
-    }
-    Ok(())
 }

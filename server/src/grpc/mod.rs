@@ -1,5 +1,8 @@
 //! The etcd v3 client API: one file per service. Each handler validates, proposes or reads, fills
 //! the response header and maps errors to etcd's statuses.
+//!
+//! The top of the server: it may use `raft` (propose, read index, membership), `storage` (local
+//! reads), `mvcc`, `watch` and `lease`; nothing below may import it. Protobuf types stay here.
 
 pub(crate) mod authority;
 pub(crate) mod cluster;
@@ -16,6 +19,8 @@ use std::sync::Arc;
 
 use cairn_proto::etcdserverpb::ResponseHeader;
 
+use crate::command::{Command, ALARM_NOSPACE};
+use crate::error::ServerError;
 use crate::raft::RaftHandle;
 
 /// What every service handler needs.
@@ -46,5 +51,30 @@ impl ServerContext {
             revision,
             raft_term: self.raft.term(),
         })
+    }
+
+    /// Refuses a write that would grow the store while the space quota is exhausted, raising the
+    /// NOSPACE alarm (through Raft, for every member to see) the first time the quota is passed.
+    pub async fn check_quota(&self, cost: usize) -> Result<(), ServerError> {
+        let state = self.raft.state();
+        if state.has_alarm(ALARM_NOSPACE) {
+            return Err(ServerError::NoSpace);
+        }
+        let quota = self.limits.quota_bytes;
+        if quota > 0 && state.bytes_in_use() + cost as u64 > quota {
+            tracing::warn!(
+                quota,
+                in_use = state.bytes_in_use(),
+                "space quota exceeded; raising the NOSPACE alarm"
+            );
+            let cmd = Command::Alarm {
+                activate: true,
+                member: self.member_id,
+                alarm: ALARM_NOSPACE,
+            };
+            self.raft.propose(cmd, 32).await?;
+            return Err(ServerError::NoSpace);
+        }
+        Ok(())
     }
 }

@@ -5,12 +5,12 @@
 use tokio::sync::mpsc;
 
 use super::ServerContext;
+use crate::command::{Applied, Command, CommandResponse};
 use crate::error::ServerError;
 use crate::mvcc::{
     Compare, CompareResult, CompareTarget, EventType, RangeRequest, RangeResponse, SortOrder,
     SortTarget, TxnRequest, TxnResponse,
 };
-use crate::raft::types::{Applied, Command, CommandResponse};
 use crate::watch::{WatchMessage, WatchSpec};
 
 /// `prefix`'s range end: the prefix with its last byte incremented (trailing 0xff bytes dropped).

@@ -1,6 +1,8 @@
 //! The leader's lease clock. Deadlines live only in the leader's memory: a member that becomes
 //! leader gives every lease its full TTL plus an election timeout (as etcd does on promotion), so a
 //! leader change never cuts a lease short; a member that stops leading forgets its deadlines.
+//!
+//! Must never import anything outside `lease/`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

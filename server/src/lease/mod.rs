@@ -1,11 +1,15 @@
 //! Leases: the replicated lease table ([`LeaseTable`], part of the state machine) and the
-//! leader-only expiry clock ([`lessor::Lessor`]).
+//! leader-only expiry clock ([`lessor::Lessor`]) and the loop that drives it ([`expiry`]).
 //!
 //! Granting and revoking go through Raft, so every member agrees on which leases exist and which keys
 //! they carry. When a lease expires is decided only by the leader, which keeps expiry deadlines in
 //! memory and proposes a revoke when one passes: apply stays deterministic, and a lease never expires
 //! earlier than its TTL after the last keep-alive the leader answered.
+//!
+//! Must never import `raft/`, `storage/` or `grpc/`: consensus is reached through
+//! [`expiry::ExpiryHost`].
 
+pub mod expiry;
 pub mod lessor;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -5,6 +5,9 @@
 //! answers range, put, delete-range, transaction and compaction requests.
 //! Values are stored by the caller, keyed by [`Revision`], and read back
 //! through [`ValueReader`]; writes hand back the [`BackendOp`]s to persist.
+//!
+//! The bottom of the server: it must never import another module of the crate, nor openraft,
+//! sled, tonic or prost.
 
 pub mod key_index;
 pub mod revision;

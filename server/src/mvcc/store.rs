@@ -152,12 +152,6 @@ impl KvIndex {
         self.tree.get(key)?.get(at_rev)
     }
 
-    /// Number of keys the index tracks, including deleted keys whose
-    /// history has not been compacted yet.
-    pub fn indexed_keys(&self) -> usize {
-        self.tree.len()
-    }
-
     pub fn range(
         &self,
         r: &RangeRequest,

@@ -5,6 +5,8 @@
 //! voter joins as a learner marked `promote`, and the leader promotes it as soon as its log has caught
 //! up ([`promote_loop`]). A member added as a learner waits for an explicit MemberPromote, which is
 //! refused until it is in sync, as etcd refuses.
+//!
+//! Must never import `grpc/` or `storage/`; ids come from `members`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -114,7 +116,7 @@ fn failed(e: impl std::fmt::Display) -> AdminError {
 }
 
 fn valid_urls(urls: &[String]) -> bool {
-    !urls.is_empty() && urls.iter().all(|u| crate::config::parse_url(u).is_ok())
+    !urls.is_empty() && urls.iter().all(|u| crate::members::parse_url(u).is_ok())
 }
 
 /// A fresh member id: etcd derives it from the peer URLs and the time of the request, so re-adding
@@ -124,7 +126,7 @@ fn new_member_id(peer_urls: &[String], token: &str) -> NodeId {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    crate::config::member_id(&format!("{now}"), peer_urls, token)
+    crate::members::member_id(&format!("{now}"), peer_urls, token)
 }
 
 /// How far behind the leader's log a learner may be and still be promoted (etcd: 90% of it).

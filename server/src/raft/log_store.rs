@@ -1,9 +1,11 @@
-//! The Raft log on sled.
+//! The Raft log handed to openraft: an adapter over `storage`'s log rows.
 //!
-//! An append is written to sled at once (so it is readable) and acknowledged to openraft only after a
+//! An append is written to storage at once (so it is readable) and acknowledged to openraft only after a
 //! flush has made it durable. Flushes are grouped: a single flusher task takes every append that
 //! arrived while the previous flush ran and completes them all with one flush, so 256 concurrent
 //! writers cost a handful of fsyncs, not 256.
+//!
+//! Must never name sled: the rows are `storage/`'s.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -14,12 +16,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::types::{decode, encode, Entry, LogId, NodeId, StorageError, TypeConfig};
-use crate::backend::Backend;
-
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_PURGED: &[u8] = b"last_purged";
+use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::storage::{Backend, LogMeta, LogRows};
 
 fn io_err(
     subject: ErrorSubject<NodeId>,
@@ -40,9 +38,7 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 /// The log storage handed to openraft.
 #[derive(Clone)]
 pub struct LogStore {
-    backend: Backend,
-    log: sled::Tree,
-    raft: sled::Tree,
+    rows: LogRows,
     flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
 }
 
@@ -52,37 +48,29 @@ impl LogStore {
         let (tx, rx) = mpsc::unbounded_channel();
         // A thread of its own: the flush blocks, and a wake-up here is one hop where an async task
         // handing the flush to a blocking thread would be two.
-        let flush_backend = backend.clone();
-        let flusher = tokio::task::spawn_blocking(move || flush_loop(flush_backend, rx, fsync));
-        let store = LogStore {
-            backend: backend.clone(),
-            log: backend.log.clone(),
-            raft: backend.raft.clone(),
-            flusher: tx,
-        };
+        let rows = LogRows::new(backend);
+        let flush_rows = rows.clone();
+        let flusher = tokio::task::spawn_blocking(move || flush_loop(flush_rows, rx, fsync));
+        let store = LogStore { rows, flusher: tx };
         (store, flusher)
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
         &self,
-        key: &[u8],
+        which: LogMeta,
     ) -> Result<Option<T>, StorageError> {
-        match self.raft.get(key).map_err(read_err)? {
-            Some(bytes) => Ok(Some(decode(&bytes).map_err(read_err)?)),
-            None => Ok(None),
-        }
+        self.rows.meta(which).map_err(read_err)
     }
 
     async fn write_meta<T: serde::Serialize>(
         &self,
-        key: &[u8],
+        which: LogMeta,
         value: &T,
         flush: bool,
     ) -> Result<(), StorageError> {
-        let bytes = encode(value).map_err(write_err)?;
-        self.raft.insert(key, bytes).map_err(write_err)?;
+        self.rows.set_meta(which, value).map_err(write_err)?;
         if flush {
-            self.backend.flush().await.map_err(write_err)?;
+            self.rows.flush().await.map_err(write_err)?;
         }
         Ok(())
     }
@@ -90,7 +78,7 @@ impl LogStore {
 
 /// Completes appends in groups: wait for one, take all that queued behind it, flush once.
 fn flush_loop(
-    backend: Backend,
+    rows: LogRows,
     mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
     fsync: Histogram,
 ) {
@@ -101,7 +89,7 @@ fn flush_loop(
             pending.push(more);
         }
         let started = std::time::Instant::now();
-        let result = backend.flush_blocking();
+        let result = rows.flush_blocking();
         fsync.observe(started.elapsed().as_secs_f64());
         for cb in pending.drain(..) {
             let r = match &result {
@@ -111,10 +99,6 @@ fn flush_loop(
             cb.log_io_completed(r);
         }
     }
-}
-
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -127,17 +111,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => *i + 1,
             Bound::Unbounded => 0,
         };
-        let iter = match range.end_bound() {
-            Bound::Included(i) => self.log.range(index_key(start)..=index_key(*i)),
-            Bound::Excluded(i) => self.log.range(index_key(start)..index_key(*i)),
-            Bound::Unbounded => self.log.range(index_key(start)..),
-        };
-        let mut entries = Vec::new();
-        for item in iter {
-            let (_, value) = item.map_err(read_err)?;
-            entries.push(decode::<Entry>(&value).map_err(read_err)?);
-        }
-        Ok(entries)
+        self.rows
+            .entries(start, range.end_bound().cloned())
+            .map_err(read_err)
     }
 }
 
@@ -145,9 +121,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id: Option<LogId> = self.read_meta(KEY_PURGED)?;
-        let last = match self.log.last().map_err(read_err)? {
-            Some((_, value)) => Some(decode::<Entry>(&value).map_err(read_err)?.log_id),
+        let last_purged_log_id: Option<LogId> = self.read_meta(LogMeta::Purged)?;
+        let last = match self.rows.last::<Entry>().map_err(read_err)? {
+            Some(entry) => Some(entry.log_id),
             None => last_purged_log_id,
         };
         Ok(LogState {
@@ -161,22 +137,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_VOTE, vote, true)
+        self.write_meta(LogMeta::Vote, vote, true)
             .await
             .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.read_meta(KEY_VOTE)
+        self.read_meta(LogMeta::Vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not flushed: the committed index only speeds up re-applying after a restart.
-        self.write_meta(KEY_COMMITTED, &committed, false).await
+        self.write_meta(LogMeta::Committed, &committed, false).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+        Ok(self
+            .read_meta::<Option<LogId>>(LogMeta::Committed)?
+            .flatten())
     }
 
     async fn append<I>(
@@ -188,15 +166,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        // Plain inserts, not a sled batch (which forces log writes of its own): sled recovers a
-        // prefix of its log and this one task appends in index order, so a crash leaves a log
-        // without holes; the flush that follows makes the whole append durable.
         for entry in entries {
-            self.log
-                .insert(
-                    index_key(entry.log_id.index),
-                    encode(&entry).map_err(write_err)?,
-                )
+            self.rows
+                .append(entry.log_id.index, &entry)
                 .map_err(write_err)?;
         }
         self.flusher
@@ -206,26 +178,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Newest first, so a crash part way leaves a shorter log, never a hole.
-        let keys: Vec<_> = self
-            .log
-            .range(index_key(log_id.index)..)
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(read_err)?;
-        for key in keys.into_iter().rev() {
-            self.log.remove(key).map_err(write_err)?;
-        }
-        Ok(())
+        self.rows.truncate_from(log_id.index).map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point first: a crash in between leaves extra entries, never a hole.
-        self.write_meta(KEY_PURGED, &log_id, false).await?;
-        // Oldest first, so a crash part way leaves the log contiguous.
-        for key in self.log.range(..=index_key(log_id.index)).keys() {
-            self.log.remove(key.map_err(read_err)?).map_err(write_err)?;
-        }
-        Ok(())
+        self.write_meta(LogMeta::Purged, &log_id, false).await?;
+        self.rows.purge_to(log_id.index).map_err(write_err)
     }
 }

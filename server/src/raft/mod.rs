@@ -4,6 +4,9 @@
 //! member is a follower) and `read_index` before a linearizable read (the leader confirms its
 //! leadership with a heartbeat round and names a log index; this member waits until it has applied it,
 //! then serves the read from its own state).
+//!
+//! Consensus adapts `storage/` to openraft and never names sled; it must never import `grpc/`,
+//! `metrics` or `node` (what it counts goes to [`crate::counters::Counters`]).
 
 // openraft's trait signatures fix `StorageError`'s size; boxing it here would only add conversions.
 #![allow(clippy::result_large_err)]
@@ -11,15 +14,14 @@
 pub mod admin;
 pub mod log_store;
 pub mod network;
+pub(crate) mod peer;
 pub mod service;
-pub(crate) mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_proto::raftpb::RaftPayload;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
@@ -27,10 +29,14 @@ use tokio::time::Instant;
 
 use self::admin::{AdminCall, AdminError, AdminReply};
 use self::network::PeerChannels;
+use self::peer::{AdminAnswer, CallError, PeerClient};
 use self::service::{forward_error, ForwardError};
-use self::state_machine::StoreState;
-use self::types::{decode, encode, Applied, Command, CommandResponse, NodeId, Raft};
+use self::types::{NodeId, Raft};
+use crate::command::{Applied, Command, CommandResponse};
+use crate::counters::Counters;
+use crate::lease::expiry::{self, ExpiryHost};
 use crate::lease::lessor::{Lessor, Renewal};
+use crate::storage::StoreState;
 
 /// Why a proposal or read-index request did not complete. Display texts are etcd's.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -93,15 +99,15 @@ impl RaftHandle {
             channels,
             state,
             request_timeout: settings.request_timeout,
-            lessor: Lessor::new(settings.election_timeout),
+            lessor: Arc::new(Lessor::new(settings.election_timeout)),
             cluster_id: settings.cluster_id,
             cluster_token: settings.cluster_token,
-            metrics: settings.metrics,
+            counters: settings.counters,
             holding: tokio::sync::watch::channel(false).0,
             removed: tokio::sync::watch::channel(false).0,
             reads: std::sync::OnceLock::new(),
         });
-        let expiry = tokio::spawn(lease_expiry_loop(core.clone(), stop.clone()));
+        let expiry = tokio::spawn(expiry::run(core.clone(), core.lessor.clone(), stop.clone()));
         let promoter = tokio::spawn(admin::promote_loop(core.clone(), stop));
         let (proposals, rx) = mpsc::unbounded_channel();
         let proposer = tokio::spawn(proposal_loop(core.clone(), rx));
@@ -125,6 +131,11 @@ impl RaftHandle {
         &self.core.state
     }
 
+    /// This member's id.
+    pub fn id(&self) -> NodeId {
+        self.core.id
+    }
+
     pub fn term(&self) -> u64 {
         self.core.term()
     }
@@ -143,7 +154,7 @@ impl RaftHandle {
         self.proposals
             .send(Proposal { cmd, bytes, reply })
             .map_err(|_| ProposeError::Internal("proposer stopped".into()))?;
-        let metrics = &self.core.metrics;
+        let metrics = &self.core.counters;
         metrics.proposals_pending.inc();
         let result = rx
             .await
@@ -332,7 +343,7 @@ pub struct HandleSettings {
     pub cluster_id: u64,
     /// Mixed into the ids of added members.
     pub cluster_token: String,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub counters: Counters,
 }
 
 struct Core {
@@ -341,11 +352,11 @@ struct Core {
     channels: PeerChannels,
     state: Arc<StoreState>,
     request_timeout: Duration,
-    lessor: Lessor,
+    lessor: Arc<Lessor>,
     cluster_id: u64,
     /// Mixed into the ids of added members, as into the founders'.
     cluster_token: String,
-    metrics: Arc<crate::metrics::Metrics>,
+    counters: Counters,
     /// Set while leadership is being handed over: new proposals wait, so the leader stays quiet.
     holding: tokio::sync::watch::Sender<bool>,
     /// Set once this member knows it was removed from the cluster.
@@ -367,38 +378,23 @@ pub(crate) enum LeaseReply {
     TimeToLive(Option<(i64, i64, Vec<Vec<u8>>)>),
 }
 
-/// Keeps the leader's lease clock in step with leadership and proposes revokes for expired leases.
-async fn lease_expiry_loop(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let full_tick = Duration::from_millis(500);
-    let mut last_leading = None;
-    let mut last_tick = Instant::now();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let leading = {
-            let m = core.raft.metrics();
-            let m = m.borrow();
-            (m.current_leader == Some(core.id)).then_some(m.current_term)
-        };
-        // A leadership change is handled at once; otherwise the table is scanned twice a second.
-        if leading == last_leading && last_tick.elapsed() < full_tick {
-            continue;
-        }
-        last_leading = leading;
-        last_tick = Instant::now();
-        let expired =
-            core.lessor
-                .tick(leading, &core.state.lease_ttls(), std::time::Instant::now());
-        if expired.is_empty() {
-            continue;
-        }
-        tracing::debug!(count = expired.len(), "revoking expired leases");
-        let revokes = Command::Batch(expired.into_iter().map(Command::LeaseRevoke).collect());
-        if let Err(e) = core.propose(revokes).await {
-            tracing::warn!(error = %e, "revoking expired leases failed; retrying");
-        }
+impl ExpiryHost for Core {
+    fn leading_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader == Some(self.id)).then_some(m.current_term)
+    }
+
+    fn lease_ttls(&self) -> Vec<(i64, i64)> {
+        self.state.lease_ttls()
+    }
+
+    async fn propose_revokes(&self, ids: Vec<i64>) -> Result<(), String> {
+        let revokes = Command::Batch(ids.into_iter().map(Command::LeaseRevoke).collect());
+        self.propose(revokes)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -410,17 +406,12 @@ impl Core {
             let outcome = if leader == self.id {
                 self.confirmed_lease_call(call.clone()).await
             } else {
-                let data = encode(&call).map_err(|e| ProposeError::Internal(e.to_string()))?;
-                match self
-                    .call_leader(leader, PeerMethod::Lease, data, deadline)
-                    .await
-                {
-                    Ok(reply) => decode::<Result<LeaseReply, ForwardError>>(&reply)
-                        .map_err(|e| ProposeError::Internal(e.to_string()))?,
+                match self.peer(leader)?.lease(&call, until(deadline)).await {
+                    Ok(answer) => answer,
                     // Keep-alives and queries are idempotent: a leader that vanished mid-call is
                     // simply asked again once another one is known.
-                    Err(ProposeError::LeaderChanged) => Err(ForwardError::NotLeader(None)),
-                    Err(e) => return Err(e),
+                    Err(CallError::Status(_)) => Err(ForwardError::NotLeader(None)),
+                    Err(e) => return Err(e.into()),
                 }
             };
             match outcome {
@@ -440,16 +431,10 @@ impl Core {
             let outcome = if leader == self.id {
                 Ok(admin::execute(self, call.clone()).await)
             } else {
-                let data = encode(&call).map_err(|e| AdminError::Failed(e.to_string()))?;
-                match self
-                    .call_leader(leader, PeerMethod::Admin, data, deadline)
-                    .await
-                {
-                    Ok(reply) => {
-                        decode::<Result<Result<AdminReply, AdminError>, ForwardError>>(&reply)
-                            .map_err(|e| AdminError::Failed(e.to_string()))?
-                    }
-                    Err(e) => return Err(unavailable(e)),
+                let mut peer = self.peer(leader).map_err(unavailable)?;
+                match peer.admin(&call, until(deadline)).await {
+                    Ok(answer) => answer,
+                    Err(e) => return Err(unavailable(e.into())),
                 }
             };
             match outcome {
@@ -468,13 +453,13 @@ impl Core {
 
     /// Sends an admin call to one member (not necessarily the leader).
     async fn call_member(&self, id: NodeId, call: AdminCall) -> Result<AdminReply, AdminError> {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let data = encode(&call).map_err(|e| AdminError::Failed(e.to_string()))?;
-        let reply = self
-            .call_leader(id, PeerMethod::Admin, data, deadline)
+        let failed = |e: ProposeError| AdminError::Failed(e.to_string());
+        let mut peer = self.peer(id).map_err(failed)?;
+        let answer = peer
+            .admin(&call, Duration::from_secs(2))
             .await
-            .map_err(|e| AdminError::Failed(e.to_string()))?;
-        Self::admin_result(&reply)
+            .map_err(|e| failed(e.into()))?;
+        Self::admin_result(answer)
     }
 
     /// Sends an admin call to a member that may no longer be in the membership.
@@ -483,22 +468,18 @@ impl Core {
         member: &types::Member,
         call: AdminCall,
     ) -> Result<AdminReply, AdminError> {
-        let failed = |e: &dyn std::fmt::Display| AdminError::Failed(e.to_string());
+        let failed = |e: CallError| AdminError::Failed(e.to_string());
         let url = member.peer_urls.first().ok_or(AdminError::BadUrls)?;
-        let mut client = self.channels.client(url).map_err(|e| failed(&e))?;
-        let data = encode(&call).map_err(|e| failed(&e))?;
-        let mut req = tonic::Request::new(RaftPayload { data });
-        req.set_timeout(Duration::from_secs(2));
-        let reply = client.admin(req).await.map_err(|e| failed(&e))?;
-        Self::admin_result(&reply.into_inner().data)
+        let mut peer = PeerClient::new(&self.channels, url).map_err(failed)?;
+        let answer = peer
+            .admin(&call, Duration::from_secs(2))
+            .await
+            .map_err(failed)?;
+        Self::admin_result(answer)
     }
 
-    fn admin_result(reply: &[u8]) -> Result<AdminReply, AdminError> {
-        match decode::<Result<Result<AdminReply, AdminError>, ForwardError>>(reply) {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(AdminError::Failed(e.to_string())),
-            Err(e) => Err(AdminError::Failed(e.to_string())),
-        }
+    fn admin_result(answer: AdminAnswer) -> Result<AdminReply, AdminError> {
+        answer.unwrap_or_else(|e| Err(AdminError::Failed(e.to_string())))
     }
 
     async fn read_index(&self) -> Result<(), ProposeError> {
@@ -585,33 +566,10 @@ impl Core {
             .and_then(|n| n.peer_urls.first().cloned())
     }
 
-    async fn call_leader(
-        &self,
-        leader: NodeId,
-        method: PeerMethod,
-        data: Vec<u8>,
-        deadline: Instant,
-    ) -> Result<Vec<u8>, ProposeError> {
-        let url = self.peer_url(leader).ok_or(ProposeError::NoLeader)?;
-        let mut client = self
-            .channels
-            .client(&url)
-            .map_err(|e| ProposeError::Internal(e.to_string()))?;
-        let mut req = tonic::Request::new(RaftPayload { data });
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let reply = match method {
-            PeerMethod::Forward => client.forward(req).await,
-            PeerMethod::ReadIndex => client.read_index(req).await,
-            PeerMethod::Lease => client.lease(req).await,
-            PeerMethod::Admin => client.admin(req).await,
-        };
-        match reply {
-            Ok(r) => Ok(r.into_inner().data),
-            Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
-                Err(ProposeError::Timeout)
-            }
-            Err(_) => Err(ProposeError::LeaderChanged),
-        }
+    /// The typed client for calls to member `id`, found in the membership.
+    fn peer(&self, id: NodeId) -> Result<PeerClient, ProposeError> {
+        let url = self.peer_url(id).ok_or(ProposeError::NoLeader)?;
+        PeerClient::new(&self.channels, &url).map_err(|e| ProposeError::Internal(e.to_string()))
     }
 
     /// Replicates and applies `cmd` as one entry, returning its result. A command this member cannot propose is
@@ -630,14 +588,9 @@ impl Core {
                     Err(e) => forward_error(e),
                 }
             } else {
-                let data = encode(&cmd).map_err(|e| ProposeError::Internal(e.to_string()))?;
-                let reply = self
-                    .call_leader(leader, PeerMethod::Forward, data, deadline)
-                    .await?;
-                match decode::<Result<CommandResponse, ForwardError>>(&reply) {
-                    Ok(Ok(r)) => return Ok(r),
-                    Ok(Err(e)) => e,
-                    Err(e) => return Err(ProposeError::Internal(e.to_string())),
+                match self.peer(leader)?.forward(&cmd, until(deadline)).await? {
+                    Ok(r) => return Ok(r),
+                    Err(e) => e,
                 }
             };
             match outcome {
@@ -664,23 +617,19 @@ impl Core {
                     Err(RaftError::Fatal(e)) => return Err(ProposeError::Internal(e.to_string())),
                 }
             } else {
-                let reply = match self
-                    .call_leader(leader, PeerMethod::ReadIndex, Vec::new(), deadline)
-                    .await
-                {
-                    Ok(reply) => reply,
+                let answer = match self.peer(leader)?.read_index(until(deadline)).await {
+                    Ok(answer) => answer,
                     // Asking for a read index has no effect: safe to ask the next leader.
-                    Err(ProposeError::LeaderChanged) => {
+                    Err(CallError::Status(_)) => {
                         self.backoff(deadline).await?;
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 };
-                match decode::<Result<u64, ForwardError>>(&reply) {
-                    Ok(Ok(i)) => return Ok(Some(i)),
-                    Ok(Err(ForwardError::NotLeader(_))) => {}
-                    Ok(Err(ForwardError::Rejected(e))) => return Err(e),
-                    Ok(Err(e)) => return Err(ProposeError::Internal(e.to_string())),
+                match answer {
+                    Ok(i) => return Ok(Some(i)),
+                    Err(ForwardError::NotLeader(_)) => {}
+                    Err(ForwardError::Rejected(e)) => return Err(e),
                     Err(e) => return Err(ProposeError::Internal(e.to_string())),
                 }
             }
@@ -711,11 +660,9 @@ impl Core {
     }
 }
 
-enum PeerMethod {
-    Forward,
-    ReadIndex,
-    Lease,
-    Admin,
+/// What is left of the time until `deadline`.
+fn until(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 #[cfg(test)]

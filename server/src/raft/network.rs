@@ -1,5 +1,7 @@
 //! Outgoing peer traffic: openraft's RPCs plus write forwarding and read-index requests, over one
 //! long-lived HTTP/2 connection per peer (a tonic channel multiplexes every RPC on it).
+//!
+//! Must never import `grpc/` or `storage/`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use super::types::{decode, encode, Member, NodeId, TypeConfig};
+use super::types::{Member, NodeId, TypeConfig};
+use crate::codec::{decode, encode};
 
 /// Largest message on the peer transport: a batch of log entries, each up to the request limit.
 pub(crate) const PEER_MAX_MESSAGE: usize = 512 * 1024 * 1024;

@@ -1,4 +1,6 @@
 //! Incoming peer traffic: the `RaftTransport` gRPC service.
+//!
+//! Must never import `grpc/` or `storage/`: it hands calls to Raft and the [`super::RaftHandle`].
 
 use cairn_proto::raftpb::raft_transport_server::RaftTransport;
 use cairn_proto::raftpb::RaftPayload;
@@ -7,7 +9,9 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
-use super::types::{decode, encode, Command, CommandResponse, NodeId, Raft, TypeConfig};
+use super::types::{NodeId, Raft, TypeConfig};
+use crate::codec::{decode, encode};
+use crate::command::{Command, CommandResponse};
 
 /// Why a leader did not serve a forwarded request.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]

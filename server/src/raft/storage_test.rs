@@ -1,4 +1,4 @@
-//! openraft's storage conformance suite against the sled log store and state machine.
+//! openraft's storage conformance suite against the log store and state machine.
 
 use openraft::testing::{StoreBuilder, Suite};
 use prometheus_client::metrics::histogram::Histogram;
@@ -6,7 +6,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use super::log_store::LogStore;
 use super::state_machine::StateMachineStore;
 use super::types::{StorageError, TypeConfig};
-use crate::backend::Backend;
+use crate::storage::Backend;
 
 struct SledBuilder;
 
@@ -15,7 +15,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let backend = Backend::open(dir.path(), 1024 * 1024).expect("open sled");
+        let backend = Backend::open(dir.path(), 1024 * 1024).expect("open the store");
         let histogram = || Histogram::new([1.0]);
         let (log, _flusher) = LogStore::new(&backend, histogram());
         let sm =
@@ -34,13 +34,14 @@ mod snapshots {
     use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
     use prometheus_client::metrics::histogram::Histogram;
 
-    use crate::backend::Backend;
+    use crate::command::Command;
     use crate::mvcc::PutRequest;
     use crate::raft::state_machine::StateMachineStore;
-    use crate::raft::types::{Command, Entry, LogId};
+    use crate::raft::types::{Entry, LogId};
+    use crate::storage::Backend;
 
     fn open(dir: &std::path::Path) -> (Backend, StateMachineStore) {
-        let backend = Backend::open(dir, 1024 * 1024).expect("open sled");
+        let backend = Backend::open(dir, 1024 * 1024).expect("open the store");
         let sm = StateMachineStore::open(
             backend.clone(),
             std::time::Duration::from_secs(600),

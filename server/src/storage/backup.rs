@@ -1,13 +1,15 @@
 //! Backup files: what Maintenance.Snapshot streams and what a restore reads.
 //!
 //! A file is [`MAGIC`], then the store's rows in the Raft snapshot file layout (a consistent
-//! point-in-time copy, see `raft::snapshot_file`), zero padding, then the SHA-256 of everything
+//! point-in-time copy, see `snapshot_file`), zero padding, then the SHA-256 of everything
 //! before it. etcd also ends its snapshots with a SHA-256 trailer, and `etcdctl snapshot save`
 //! insists on finding one where etcd puts it: the file size must be a multiple of 512 plus the 32
 //! trailer bytes, hence the padding. Files are written and read row by row, never held whole.
 //! Restoring keeps the data, revisions, compaction point and leases; it drops the old cluster's
 //! membership, member attributes and alarms, so the restored members form a new cluster from their
 //! own `--initial-cluster`.
+//!
+//! Must never import `raft/` or `grpc/`.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
@@ -15,17 +17,16 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::backend::{
-    Backend, ALARM_PREFIX, MEMBER_PREFIX, META_APPLIED, META_MEMBERSHIP, META_REVISION,
+use super::backend::Backend;
+use super::keys::{
+    ALARM_PREFIX, MEMBER_PREFIX, META_APPLIED, META_MEMBERSHIP, META_RESTORING, META_REVISION,
 };
-use crate::raft::snapshot_file::{RowReader, RowWriter};
-use crate::raft::types::decode;
+use super::snapshot_file::{RowReader, RowWriter};
+use crate::codec::decode;
 
 /// Identifies a Cairn backup file and its format version.
 pub const MAGIC: &[u8] = b"CAIRN-SNAPSHOT-2\n";
 const DIGEST_LEN: usize = 32;
-/// Present in a data dir while a restore writes into it: a store cut short there must not start.
-pub(crate) const META_RESTORING: &[u8] = b"m/restoring";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {

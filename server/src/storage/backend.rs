@@ -1,13 +1,18 @@
-//! sled layout. One sled database per member, so one write-ahead log orders every write: a flush
+//! The sled database and its durability: opening it, flushing it for real, and the crash-atomic
+//! row changes of an applied entry ([`RowWrites`]). Key encodings are in `keys`.
+//!
+//! Must never import `raft/` or `grpc/`: storage sits below consensus.
+//!
+//! One sled database per member, so one write-ahead log orders every write: a flush
 //! that makes a log append durable also makes every earlier state-machine batch durable.
 //!
 //! Trees:
 //! - `log`: Raft log, key = index (u64 big-endian), value = bincode entry.
 //! - `raft`: vote, committed and last purged log ids; this member's identity.
 //! - `sm`: the state machine, replaced whole when a snapshot is installed. Keys starting with
-//!   [`KV_PREFIX`] hold MVCC revisions (`r` + 16-byte revision -> bincode [`StoredKv`]); keys
+//!   `KV_PREFIX` hold MVCC revisions (`r` + 16-byte revision -> bincode [`StoredKv`]); keys
 //!   starting with `m/` hold the applied log id, membership and store revisions. Everything an apply
-//!   changes is first written as one redo record ([`META_APPLY_RECORD`]), then row by row; see
+//!   changes is first written as one redo record (`META_APPLY_RECORD`), then row by row; see
 //!   [`RowWrites`].
 //! - `snapshot`: the last built or installed snapshot's meta and the name of its file in `snap/`.
 
@@ -15,25 +20,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
-use crate::mvcc::{KeyValue, MvccError, Revision, ValueReader};
-
-/// Sorts after the `m/` meta keys: revisions are appended at the right edge of the tree, and meta keys,
-/// rewritten on every apply, stay in a small leaf of their own instead of the growing last one.
-pub(crate) const KV_PREFIX: u8 = b'r';
-/// Lease rows: `l/` + id (i64 big-endian) -> bincode TTL.
-pub(crate) const LEASE_PREFIX: &[u8] = b"l/";
-/// Published member attributes: `a/` + member id (u64 big-endian) -> bincode (name, client URLs).
-pub(crate) const MEMBER_PREFIX: &[u8] = b"a/";
-/// Raised alarms: `x/` + member id (u64 big-endian) + alarm type (i32 big-endian) -> empty.
-pub(crate) const ALARM_PREFIX: &[u8] = b"x/";
-pub(crate) const META_APPLIED: &[u8] = b"m/applied";
-pub(crate) const META_MEMBERSHIP: &[u8] = b"m/membership";
-pub(crate) const META_REVISION: &[u8] = b"m/revision";
-pub(crate) const META_COMPACT: &[u8] = b"m/compact";
-/// The redo record of the last applied entry; see [`RowWrites`].
-pub(crate) const META_APPLY_RECORD: &[u8] = b"m/apply";
+pub(crate) use super::error::RowWriteError;
+use super::keys::{kv_key, KV_PREFIX, META_APPLY_RECORD};
+use crate::mvcc::Revision;
 
 /// The row changes of one applied entry, made crash-atomic without a sled batch.
 ///
@@ -175,30 +164,6 @@ impl RowWrites {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum RowWriteError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("redo record cut short")]
-    Truncated,
-    #[error("redo record: unknown change tag {0}")]
-    Tag(u8),
-}
-
-/// One stored revision of a key.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct StoredKv {
-    pub kv: KeyValue,
-    pub tombstone: bool,
-}
-
-pub(crate) fn kv_key(rev: Revision) -> [u8; 17] {
-    let mut key = [0u8; 17];
-    key[0] = KV_PREFIX;
-    key[1..].copy_from_slice(&rev.to_bytes());
-    key
-}
-
 #[derive(Clone)]
 pub(crate) struct Backend {
     pub db: sled::Db,
@@ -307,24 +272,10 @@ impl Backend {
     }
 }
 
-/// Reads MVCC values from the `sm` tree.
-pub(crate) struct SledValues<'a>(pub &'a sled::Tree);
-
-impl ValueReader for SledValues<'_> {
-    fn read(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
-        match self.0.get(kv_key(rev)) {
-            Ok(Some(bytes)) => crate::raft::types::decode::<StoredKv>(&bytes)
-                .map(|s| Some(s.kv))
-                .map_err(|e| MvccError::Storage(e.to_string())),
-            Ok(None) => Ok(None),
-            Err(e) => Err(MvccError::Storage(e.to_string())),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::keys::META_REVISION;
 
     fn rows(tree: &sled::Tree) -> Vec<(Vec<u8>, Vec<u8>)> {
         tree.iter()

@@ -4,6 +4,8 @@
 //! Layout: [`MAGIC`], then per row the key length (u32 LE), the key, the value length (u32 LE) and
 //! the value, then [`END`] in place of a key length, so a file cut short is refused rather than read
 //! as a smaller store.
+//!
+//! Must never import anything above `storage/`.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};

@@ -1,0 +1,235 @@
+//! The pod sandbox: the holder process that owns the pod's UTS, IPC and network namespaces, the
+//! pod cgroup, network and volumes; running a whole pod; stopping and removing it.
+//!
+//! Must never import anything outside `runtime/`.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+use super::cgroup::{self, Resources};
+use super::container::container_resources;
+use super::init;
+use super::network::{self, NetworkConfig};
+use super::records::{alive, kill, proc_start_time, write_json, PodRecord, PodStatus};
+use super::spec::{ConfigMaps, Pod};
+use super::{ioc, Result, Runtime, RuntimeError};
+
+/// Sums a per-container quantity for the pod cgroup; `None` if any container
+/// is unlimited (then the pod as a whole is too).
+pub(super) fn sum_all(values: impl Iterator<Item = Option<u64>>) -> Option<u64> {
+    values.sum::<Option<u64>>()
+}
+
+impl Runtime {
+    pub(super) fn ipam(&self, net: &NetworkConfig) -> Result<network::Ipam> {
+        Ok(network::Ipam::new(&self.cfg.state_dir.join("ipam"), net)?)
+    }
+
+    /// Creates the pod sandbox: holder process with the pod's UTS, IPC and
+    /// network namespaces, pod cgroup, network, volumes and `/etc` files.
+    pub async fn create_sandbox(&self, pod: &Pod, config_maps: &ConfigMaps) -> Result<PodStatus> {
+        pod.validate()?;
+        if !nix::unistd::geteuid().is_root() {
+            return Err(RuntimeError::Privilege(
+                "the runtime must run as root (namespaces, cgroups, mounts)".into(),
+            ));
+        }
+        let name = pod.name().to_string();
+        let dir = self.pod_dir(&name);
+        if dir.exists() {
+            return Err(RuntimeError::AlreadyExists(format!("pod {name}")));
+        }
+        init::private_dir(&dir).map_err(ioc(format!("create {}", dir.display())))?;
+        match self.create_sandbox_inner(pod, config_maps, &dir).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                tracing::warn!(pod = %name, error = %e, "sandbox creation failed, cleaning up");
+                if let Err(ce) = self.remove_pod(&name).await {
+                    tracing::warn!(pod = %name, error = %ce, "cleanup after failed creation");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn create_sandbox_inner(
+        &self,
+        pod: &Pod,
+        config_maps: &ConfigMaps,
+        dir: &Path,
+    ) -> Result<PodStatus> {
+        let name = pod.name();
+        let created_at_ms = init::now_ms();
+        let cg = self.pod_cgroup(name);
+        // The record is written first so that a failure part-way leaves
+        // enough on disk for remove_pod to clean up.
+        let mut rec = PodRecord {
+            pod: pod.clone(),
+            config_maps: config_maps.clone(),
+            holder_pid: 0,
+            holder_start: 0,
+            network: None,
+            network_config: self.cfg.network.clone(),
+            cgroup: cg.clone(),
+            cgroup_dirs: self.cgroups.dirs(&cg),
+            created_at_ms,
+        };
+        write_json(&dir.join("pod.json"), &rec)?;
+
+        self.prepare_volumes(pod, config_maps, dir)?;
+        let etc = dir.join("etc");
+        fs::create_dir_all(&etc).map_err(ioc("create etc"))?;
+        fs::write(etc.join("hostname"), format!("{name}\n")).map_err(ioc("write hostname"))?;
+
+        let default_pids = self.cfg.default_pids_limit;
+        let per: Vec<Resources> = pod
+            .spec
+            .containers
+            .iter()
+            .map(|c| container_resources(c, default_pids))
+            .collect();
+        let pod_res = Resources {
+            memory_limit: sum_all(per.iter().map(|r| r.memory_limit)),
+            cpu_limit_millis: sum_all(per.iter().map(|r| r.cpu_limit_millis)),
+            cpu_request_millis: sum_all(per.iter().map(|r| r.cpu_request_millis)),
+            pids_limit: sum_all(per.iter().map(|r| r.pids_limit)),
+        };
+        self.cgroups.create(&cg, &pod_res)?;
+
+        let mut child = self.spawn_helper(init::HOLDER, name.as_ref())?;
+        let pid = child.id().unwrap_or(0) as i32;
+        let mut line = String::new();
+        let mut out = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
+        let _ = tokio::time::timeout(Duration::from_secs(10), out.read_line(&mut line)).await;
+        if line.trim() != "ready" {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), e.read_to_string(&mut err)).await;
+            }
+            let _ = child.kill().await;
+            return Err(RuntimeError::Start {
+                what: format!("sandbox of pod {name}"),
+                message: err.trim().to_string(),
+            });
+        }
+        drop(child.stderr.take());
+        drop(out);
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        rec.holder_pid = pid;
+        rec.holder_start = proc_start_time(pid).unwrap_or(0);
+        write_json(&dir.join("pod.json"), &rec)?;
+        self.cgroups.add_pid(&cg, pid)?;
+
+        match &self.cfg.network {
+            Some(net) => {
+                let ipam = self.ipam(net)?;
+                rec.network =
+                    Some(network::attach_pod(net, &ipam, name, pid, &self.cfg.helper).await?);
+            }
+            None => network::loopback_only(pid, &self.cfg.helper).await?,
+        }
+        let mut hosts =
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        match &rec.network {
+            Some(n) => hosts.push_str(&format!("{}\t{name}\n", n.ip)),
+            None => hosts.push_str(&format!("127.0.1.1\t{name}\n")),
+        }
+        fs::write(etc.join("hosts"), hosts).map_err(ioc("write hosts"))?;
+        write_json(&dir.join("pod.json"), &rec)?;
+        tracing::info!(pod = %name, holder = pid, ip = ?rec.network.as_ref().map(|n| n.ip), "sandbox created");
+        self.pod_status(&rec)
+    }
+
+    /// Creates the sandbox and starts every container in spec order.
+    pub async fn run_pod(&self, pod: &Pod, config_maps: &ConfigMaps) -> Result<PodStatus> {
+        self.create_sandbox(pod, config_maps).await?;
+        for c in &pod.spec.containers {
+            if let Err(e) = self.start_container(pod.name(), &c.name).await {
+                let _ = self.remove_pod(pod.name()).await;
+                return Err(e);
+            }
+        }
+        self.status(pod.name())
+    }
+
+    /// Stops all containers (in parallel) and the sandbox holder. `grace`
+    /// defaults to the pod's terminationGracePeriodSeconds (30 s if unset).
+    pub async fn stop_pod(&self, pod: &str, grace: Option<Duration>) -> Result<PodStatus> {
+        let rec = self.load(pod)?;
+        let grace = grace.unwrap_or_else(|| {
+            Duration::from_secs(rec.pod.spec.termination_grace_period_seconds.unwrap_or(30))
+        });
+        let stops = rec
+            .pod
+            .spec
+            .containers
+            .iter()
+            .map(|c| self.stop_container(pod, &c.name, grace));
+        for r in futures_util::future::join_all(stops).await {
+            r?;
+        }
+        if alive(rec.holder_pid, rec.holder_start) {
+            kill(rec.holder_pid, nix::sys::signal::Signal::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while alive(rec.holder_pid, rec.holder_start) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        tracing::info!(pod, "pod stopped");
+        self.pod_status(&rec)
+    }
+
+    /// Stops whatever still runs (without grace) and deletes the pod's
+    /// cgroups, veth, IP allocation, volumes, logs and state.
+    pub async fn remove_pod(&self, pod: &str) -> Result<()> {
+        let dir = self.pod_dir(pod);
+        let rec = match self.load(pod) {
+            Ok(r) => r,
+            Err(RuntimeError::NotFound(_)) if dir.exists() => {
+                fs::remove_dir_all(&dir).map_err(ioc(format!("remove {}", dir.display())))?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        self.stop_pod(pod, Some(Duration::ZERO)).await?;
+        if let Some(net) = &rec.network_config {
+            let (host, _) = network::veth_names(&net.bridge, pod);
+            network::delete_link(&host).await?;
+            self.ipam(net)?.release(pod)?;
+        }
+        // Removal may wait for the kernel to release just-emptied cgroups.
+        let cgroups = Arc::clone(&self.cgroups);
+        let (cg, dirs) = (rec.cgroup.clone(), rec.cgroup_dirs.clone());
+        tokio::task::spawn_blocking(move || {
+            if dirs.is_empty() {
+                cgroups.remove(&cg)
+            } else {
+                cgroup::remove_dirs(&dirs)
+            }
+        })
+        .await
+        .map_err(|e| ioc("cgroup removal task")(io::Error::other(e)))??;
+        fs::remove_dir_all(&dir).map_err(ioc(format!("remove {}", dir.display())))?;
+        tracing::info!(pod, "pod removed");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_sums() {
+        assert_eq!(sum_all([Some(1), Some(2)].into_iter()), Some(3));
+        assert_eq!(sum_all([Some(1), None].into_iter()), None);
+    }
+}

@@ -1,0 +1,295 @@
+//! Deterministic apply: a command runs against the key index with its writes held in [`Pending`]
+//! (so later commands of a batch read them), then everything the entry changed is written as one
+//! crash-atomic change set ([`RowWrites`]). It reads only the entry and stored state, never a clock.
+//!
+//! After a crash (and the replay on open) the stored state is exactly the state after some applied
+//! prefix of the log; consensus re-applies the rest. Must never import `raft/` or `grpc/`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use super::backend::RowWrites;
+use super::error::StoreError;
+use super::keys::{
+    alarm_key, kv_key, lease_key, member_key, StoredKv, META_APPLIED, META_COMPACT,
+    META_MEMBERSHIP, META_REVISION,
+};
+use super::store::{SledValues, StoreState};
+use crate::codec::encode;
+use crate::command::{Applied, ApplyError, Command, CommandResponse, ALARM_NOSPACE};
+use crate::lease::LeaseTable;
+use crate::mvcc::{
+    BackendOp, DeleteRangeRequest, Event, KeyValue, KvIndex, MvccError, RequestOp, Revision,
+    TxnRequest, ValueReader,
+};
+
+/// What one log entry asks of the store.
+pub enum Payload<'a, M> {
+    /// Blank entries change nothing but the applied position.
+    Blank,
+    /// A membership change, stored as consensus encodes it.
+    Membership(&'a M),
+    Command(Command),
+}
+
+impl StoreState {
+    /// Applies one log entry: executes its command against the index, then writes its effects,
+    /// `applied` (consensus' position of the entry) and the store revisions as one crash-atomic
+    /// change set, then publishes its events to watchers.
+    pub async fn apply<A: Serialize, M: Serialize>(
+        &self,
+        applied: &A,
+        payload: Payload<'_, M>,
+    ) -> Result<CommandResponse, StoreError> {
+        let state = self;
+        let sm = &state.backend.sm;
+        // A compaction deletes stored revisions: it waits for copies in progress.
+        let _rewriting = match &payload {
+            Payload::Command(cmd) if cmd.compacts() => Some(state.rewrite_guard.write().await),
+            _ => None,
+        };
+        let mut batch = RowWrites::default();
+        let mut events = Vec::new();
+        let mut index = state.index.write().unwrap_or_else(|p| p.into_inner());
+        let response = match payload {
+            Payload::Blank => CommandResponse {
+                revision: index.current_revision(),
+                result: Ok(Applied::Nothing),
+            },
+            Payload::Membership(m) => {
+                batch.insert(META_MEMBERSHIP, encode(m)?);
+                CommandResponse {
+                    revision: index.current_revision(),
+                    result: Ok(Applied::Nothing),
+                }
+            }
+            Payload::Command(cmd) => {
+                let mut leases = state.leases.lock().unwrap_or_else(|p| p.into_inner());
+                let mut pending = Pending {
+                    stored: SledValues(sm),
+                    overlay: HashMap::new(),
+                    ops: Vec::new(),
+                    events: Vec::new(),
+                    leases: &mut leases,
+                    lease_ops: Vec::new(),
+                    published: Vec::new(),
+                    alarms: state
+                        .alarms
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                    alarm_ops: Vec::new(),
+                };
+                let response = execute(&mut index, &mut pending, cmd);
+                events = pending.events;
+                let mut attrs = state.member_attrs.lock().unwrap_or_else(|p| p.into_inner());
+                for (id, name, client_urls) in pending.published {
+                    let row = encode(&(&name, &client_urls))?;
+                    batch.insert(member_key(id), row);
+                    attrs.insert(id, (name, client_urls));
+                }
+                drop(attrs);
+                for (activate, member, alarm) in pending.alarm_ops {
+                    let key = alarm_key(member, alarm);
+                    if activate {
+                        batch.insert(key, []);
+                    } else {
+                        batch.remove(key);
+                    }
+                }
+                if !pending.alarms.is_empty()
+                    || !state
+                        .alarms
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_empty()
+                {
+                    *state.alarms.lock().unwrap_or_else(|p| p.into_inner()) = pending.alarms;
+                }
+                let (mut added, mut freed) = (0u64, 0u64);
+                for (id, ttl) in pending.lease_ops {
+                    match ttl {
+                        Some(ttl) => batch.insert(lease_key(id), encode(&ttl)?),
+                        None => batch.remove(lease_key(id)),
+                    }
+                }
+                for op in pending.ops {
+                    match op {
+                        BackendOp::Put { rev, kv, tombstone } => {
+                            let stored = StoredKv { kv, tombstone };
+                            let value = encode(&stored)?;
+                            added += (17 + value.len()) as u64;
+                            batch.insert_new_revision(rev, value);
+                        }
+                        BackendOp::Delete { rev } => {
+                            let key = kv_key(rev);
+                            if let Some(old) = sm.get(key)? {
+                                freed += (key.len() + old.len()) as u64;
+                            }
+                            batch.remove(key);
+                        }
+                    }
+                }
+                let in_use = state.bytes_in_use.load(Ordering::Relaxed);
+                state
+                    .bytes_in_use
+                    .store((in_use + added).saturating_sub(freed), Ordering::Relaxed);
+                batch.insert(META_REVISION, encode(&index.current_revision())?);
+                batch.insert(META_COMPACT, encode(&index.compact_revision())?);
+                response
+            }
+        };
+        batch.insert(META_APPLIED, encode(applied)?);
+        batch.commit(sm)?;
+        let revision = index.current_revision();
+        drop(index);
+        // Only now is the entry readable from sled, which watchers catching up depend on.
+        state.hub.publish(&events, revision);
+        Ok(response)
+    }
+}
+
+/// Runs one command against the index; its writes go to `pending` so that later commands of the
+/// same entry read them before they reach sled.
+fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> CommandResponse {
+    let no_space = pending.alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE);
+    if no_space && !matches!(cmd, Command::Batch(_)) && cmd.grows_store() {
+        return CommandResponse {
+            revision: index.current_revision(),
+            result: Err(ApplyError::NoSpace),
+        };
+    }
+    let result = match cmd {
+        Command::Alarm {
+            activate,
+            member,
+            alarm,
+        } => {
+            let changed = if activate {
+                pending.alarms.insert((member, alarm))
+            } else {
+                pending.alarms.remove(&(member, alarm))
+            };
+            if changed {
+                pending.alarm_ops.push((activate, member, alarm));
+            }
+            Ok(Applied::Nothing)
+        }
+        Command::Put(req) => index.put(req, pending).map_err(ApplyError::from).map(|w| {
+            pending.record(w.ops, w.events);
+            Applied::Put(w.response)
+        }),
+        Command::DeleteRange(req) => index
+            .delete_range(req, pending)
+            .map_err(ApplyError::from)
+            .map(|w| {
+                pending.record(w.ops, w.events);
+                Applied::DeleteRange(w.response)
+            }),
+        Command::Txn(req) => index.txn(req, pending).map_err(ApplyError::from).map(|w| {
+            pending.record(w.ops, w.events);
+            Applied::Txn(w.response)
+        }),
+        Command::Compact(rev) => index.compact(rev).map_err(ApplyError::from).map(|ops| {
+            pending.record(ops, Vec::new());
+            Applied::Compact
+        }),
+        Command::Batch(cmds) => Ok(Applied::Batch(
+            cmds.into_iter()
+                .map(|c| execute(index, pending, c))
+                .collect(),
+        )),
+        Command::LeaseGrant { id, ttl } => {
+            if pending.leases.contains(id) {
+                Err(ApplyError::LeaseExists)
+            } else {
+                pending.leases.insert(id, ttl);
+                pending.lease_ops.push((id, Some(ttl)));
+                Ok(Applied::LeaseGrant { id, ttl })
+            }
+        }
+        Command::Publish {
+            id,
+            name,
+            client_urls,
+        } => {
+            pending.published.push((id, name, client_urls));
+            Ok(Applied::Nothing)
+        }
+        Command::LeaseRevoke(id) => match pending.leases.get(id) {
+            None => Err(ApplyError::Mvcc(MvccError::LeaseNotFound)),
+            Some(lease) => {
+                let deletes = lease
+                    .keys
+                    .iter()
+                    .map(|k| {
+                        RequestOp::DeleteRange(DeleteRangeRequest {
+                            key: k.clone(),
+                            ..Default::default()
+                        })
+                    })
+                    .collect();
+                let txn = TxnRequest {
+                    success: deletes,
+                    ..Default::default()
+                };
+                index.txn(txn, pending).map_err(ApplyError::from).map(|w| {
+                    pending.record(w.ops, w.events);
+                    pending.leases.remove(id);
+                    pending.lease_ops.push((id, None));
+                    Applied::LeaseRevoke
+                })
+            }
+        },
+    };
+    CommandResponse {
+        revision: index.current_revision(),
+        result,
+    }
+}
+
+/// Writes of the entry being applied, not yet in sled, layered over the stored values.
+struct Pending<'a> {
+    stored: SledValues<'a>,
+    /// `None` marks a revision deleted by compaction.
+    overlay: HashMap<Revision, Option<KeyValue>>,
+    ops: Vec<BackendOp>,
+    events: Vec<Event>,
+    leases: &'a mut LeaseTable,
+    /// Lease rows to write (`Some(ttl)`) or delete (`None`).
+    lease_ops: Vec<(i64, Option<i64>)>,
+    /// Member attributes announced by this entry.
+    published: Vec<(u64, String, Vec<String>)>,
+    /// Alarms as this entry leaves them, and the rows to write (`true`) or delete.
+    alarms: BTreeSet<(u64, i32)>,
+    alarm_ops: Vec<(bool, u64, i32)>,
+}
+
+impl Pending<'_> {
+    fn record(&mut self, ops: Vec<BackendOp>, events: Vec<Event>) {
+        self.leases.track(&events);
+        self.events.extend(events);
+        for op in &ops {
+            match op {
+                BackendOp::Put { rev, kv, .. } => self.overlay.insert(*rev, Some(kv.clone())),
+                BackendOp::Delete { rev } => self.overlay.insert(*rev, None),
+            };
+        }
+        self.ops.extend(ops);
+    }
+}
+
+impl ValueReader for Pending<'_> {
+    fn read(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
+        match self.overlay.get(&rev) {
+            Some(v) => Ok(v.clone()),
+            None => self.stored.read(rev),
+        }
+    }
+
+    fn lease_exists(&self, id: i64) -> bool {
+        self.leases.contains(id)
+    }
+}

@@ -1,0 +1,555 @@
+//! The persisted MVCC store: the key index over sled's rows, leases, member attributes and alarms,
+//! loaded at open and kept in step by apply (`apply`); the read paths (ranges, hashes, watch
+//! history, point-in-time captures for snapshots and backups).
+//!
+//! Consensus' own rows (the applied position, the membership, snapshot metadata) are stored here
+//! but never interpreted: they reach storage encoded, or through [`SnapshotMeta`]. Must never
+//! import `raft/` or `grpc/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::backend::{Backend, RowWrites};
+use super::backup::BackupFile;
+use super::error::StoreError;
+use super::keys::{
+    decode_alarm_key, decode_lease_key, decode_member_key, kv_key, StoredKv, ALARM_PREFIX,
+    KV_PREFIX, LEASE_PREFIX, MEMBER_PREFIX, META_APPLIED, META_APPLY_RECORD, META_COMPACT,
+    META_INSTALLING, META_MEMBERSHIP, META_RESTORING, META_REVISION,
+};
+use super::snapshot_file;
+use crate::codec::decode;
+use crate::lease::{Lease, LeaseTable};
+use crate::mvcc::{
+    Event, EventType, KeyValue, KvIndex, MvccError, RangeRequest, RangeResponse, Revision,
+    ValueReader,
+};
+use crate::watch::{History, WatchHub, WatchSpec};
+
+/// What storage needs of consensus' description of a snapshot, which it stores but does not
+/// interpret.
+pub trait SnapshotMeta: Serialize + DeserializeOwned + Send + Sync + 'static {
+    fn snapshot_id(&self) -> &str;
+    /// Whether this snapshot covers a later log position than `other`.
+    fn newer_than(&self, other: &Self) -> bool;
+    /// Consensus' rows of a store replaced by this snapshot.
+    fn meta_rows(&self) -> Result<ConsensusRows, StoreError>;
+}
+
+/// The applied position and the membership, as consensus encodes them: stored in the `sm` tree
+/// beside the data they describe.
+pub struct ConsensusRows {
+    pub applied: Vec<u8>,
+    pub membership: Vec<u8>,
+}
+
+/// Rows of the `sm` tree.
+pub(crate) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// State shared between the state machine (the only writer) and the read paths.
+pub struct StoreState {
+    pub(super) backend: Backend,
+    pub(super) hub: Arc<WatchHub>,
+    pub(super) index: RwLock<KvIndex>,
+    pub(super) leases: Mutex<LeaseTable>,
+    /// Name and client URLs each member published.
+    pub(super) member_attrs: Mutex<BTreeMap<u64, (String, Vec<String>)>>,
+    pub(super) snapshot_seq: AtomicU64,
+    /// Raised alarms: (member id, etcd AlarmType number).
+    pub(super) alarms: Mutex<BTreeSet<(u64, i32)>>,
+    /// Bytes of stored key revisions (keys and values as stored): what the space quota limits.
+    /// Compaction lowers it.
+    pub(super) bytes_in_use: AtomicU64,
+    /// Held (shared) by copies in progress; compaction and snapshot installs, which delete stored
+    /// revisions, take it exclusively.
+    pub(super) rewrite_guard: Arc<tokio::sync::RwLock<()>>,
+    /// The temporary file a snapshot is being received into.
+    pub(super) receiving: Mutex<Option<PathBuf>>,
+    /// Serializes changes of the current snapshot (a build may finish while a newer one installs).
+    pub(super) snapshot_lock: tokio::sync::Mutex<()>,
+}
+
+/// A copy of the store being taken; see [`StoreState::capture`].
+pub(crate) struct Capture {
+    rows: Rows,
+    pub revision: i64,
+    _guard: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+impl StoreState {
+    /// Opens the store on `backend`: removes snapshot files left unfinished or superseded, redoes
+    /// an install a crash cut short and loads the in-memory state. `M` is the snapshot meta
+    /// consensus stores beside each snapshot.
+    pub(crate) fn open<M: SnapshotMeta>(
+        backend: Backend,
+        progress_interval: Duration,
+    ) -> Result<Arc<StoreState>, StoreError> {
+        let state = Arc::new(StoreState {
+            backend,
+            hub: WatchHub::new(1, progress_interval),
+            index: RwLock::new(KvIndex::new()),
+            leases: Mutex::new(LeaseTable::default()),
+            member_attrs: Mutex::new(BTreeMap::new()),
+            snapshot_seq: AtomicU64::new(0),
+            alarms: Mutex::new(BTreeSet::new()),
+            bytes_in_use: AtomicU64::new(0),
+            rewrite_guard: Arc::new(tokio::sync::RwLock::new(())),
+            receiving: Mutex::new(None),
+            snapshot_lock: tokio::sync::Mutex::new(()),
+        });
+        let current = state.current_snapshot::<M>()?.map(|(_, name)| name);
+        snapshot_file::remove_others(&state.backend.snap_dir, current.as_deref(), true)?;
+        state.load::<M>()?;
+        Ok(state)
+    }
+
+    /// Consensus' rows as the last apply or install left them: the applied position and the
+    /// membership, decoded as the types consensus wrote them with.
+    pub fn consensus_rows<A: DeserializeOwned, M: DeserializeOwned>(
+        &self,
+    ) -> Result<(Option<A>, Option<M>), StoreError> {
+        let sm = &self.backend.sm;
+        let applied = sm.get(META_APPLIED)?.map(|b| decode(&b)).transpose()?;
+        let membership = sm.get(META_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?;
+        Ok((applied, membership))
+    }
+    /// Serves a read from local state.
+    pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64), MvccError> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let resp = index.range(req, &SledValues(&self.backend.sm))?;
+        Ok((resp, index.current_revision()))
+    }
+
+    pub fn current_revision(&self) -> i64 {
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .current_revision()
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .compact_revision()
+    }
+
+    /// What a member published about itself: its name and client URLs.
+    pub fn member_attrs(&self, id: u64) -> Option<(String, Vec<String>)> {
+        self.member_attrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// `(id, ttl)` of every lease.
+    pub fn lease_ttls(&self) -> Vec<(i64, i64)> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner()).ttls()
+    }
+
+    /// A lease's granted TTL and attached keys.
+    pub fn lease(&self, id: i64) -> Option<Lease> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// The watch hub fed by this state machine's applies.
+    pub fn hub(&self) -> &Arc<WatchHub> {
+        &self.hub
+    }
+
+    pub fn backend_size(&self) -> u64 {
+        self.backend.size_on_disk()
+    }
+
+    /// Makes everything applied so far durable.
+    pub async fn flush(&self) -> std::io::Result<()> {
+        self.backend.flush().await
+    }
+
+    /// Bytes of stored key revisions, what the space quota counts.
+    pub fn bytes_in_use(&self) -> u64 {
+        self.bytes_in_use.load(Ordering::Relaxed)
+    }
+
+    /// Raised alarms as (member id, AlarmType number).
+    pub fn alarms(&self) -> Vec<(u64, i32)> {
+        self.alarms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    pub fn has_alarm(&self, alarm: i32) -> bool {
+        self.alarms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(_, a)| *a == alarm)
+    }
+
+    /// Number of keys that currently exist.
+    pub fn key_count(&self) -> usize {
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .key_count()
+    }
+
+    /// etcd's HashKV: a CRC-32 over every stored key revision up to `revision` (0 = the current one),
+    /// as stored. Members that applied the same log (and the same compactions) hash alike.
+    /// Returns (hash, compact revision, hashed revision).
+    pub async fn hash_kv(self: &Arc<Self>, revision: i64) -> Result<(u32, i64, i64), MvccError> {
+        let storage = |e: &dyn std::fmt::Display| MvccError::Storage(e.to_string());
+        // Revisions up to the current one do not change while compaction is held off, so they
+        // are read without holding up applies.
+        let guard = self.rewrite_guard.clone().read_owned().await;
+        let (current, compact) = {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            (index.current_revision(), index.compact_revision())
+        };
+        let revision = if revision <= 0 { current } else { revision };
+        if revision > current {
+            return Err(MvccError::FutureRevision);
+        }
+        if revision < compact {
+            return Err(MvccError::Compacted);
+        }
+        let state = self.clone();
+        let hash = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            let mut hasher = crc32fast::Hasher::new();
+            let end = kv_key(Revision::new(revision + 1, 0));
+            for item in state.backend.sm.range(&[KV_PREFIX][..]..&end[..]) {
+                let (key, value) = item?;
+                hasher.update(&key);
+                hasher.update(&value);
+            }
+            Ok::<_, sled::Error>(hasher.finalize())
+        })
+        .await
+        .map_err(|e| storage(&e))?
+        .map_err(|e| storage(&e))?;
+        Ok((hash, compact, revision))
+    }
+
+    /// Starts a point-in-time copy of the store: takes the small rows (meta, leases, members,
+    /// alarms) and the current revision now; [`StoreState::complete`] adds the key revisions up to
+    /// that revision later, without holding up applies.
+    ///
+    /// Stored revisions never change once written, except when compaction deletes them or a
+    /// snapshot install replaces the store; both wait for the capture to be completed or dropped.
+    /// Taken on the apply task, it matches the applied position consensus holds at that moment.
+    pub(crate) async fn capture(self: &Arc<Self>) -> Result<Capture, StoreError> {
+        let guard = self.rewrite_guard.clone().read_owned().await;
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let revision = index.current_revision();
+        let sm = &self.backend.sm;
+        let mut rows = Vec::new();
+        let after_kv = [KV_PREFIX + 1];
+        for item in sm
+            .range(..&[KV_PREFIX][..])
+            .chain(sm.range(&after_kv[..]..))
+        {
+            let (k, v) = item?;
+            // These belong to this store's own crash recovery, not to its content.
+            if k != META_APPLY_RECORD && k != META_INSTALLING {
+                rows.push((k.to_vec(), v.to_vec()));
+            }
+        }
+        drop(index);
+        Ok(Capture {
+            rows,
+            revision,
+            _guard: guard,
+        })
+    }
+
+    /// Feeds a capture's rows to `row`: the small rows taken with it, then the key revisions up to
+    /// its revision, read from sled as they go (blocking; run off the async threads).
+    pub(super) fn captured_rows(
+        &self,
+        capture: Capture,
+        mut row: impl FnMut(&[u8], &[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        for (k, v) in &capture.rows {
+            row(k, v)?;
+        }
+        let end = kv_key(Revision::new(capture.revision + 1, 0));
+        for item in self.backend.sm.range(&[KV_PREFIX][..]..&end[..]) {
+            let (k, v) = item.map_err(std::io::Error::other)?;
+            row(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    /// A consistent copy of the whole store as a backup file (see [`super::backup`]), in chunks of
+    /// up to `chunk` bytes. The copy is first written to an unlinked file in the snapshot directory
+    /// (rows streamed from sled, so memory stays bounded whatever the store's size), which frees
+    /// compaction and snapshot installs as soon as it is written, not when a slow client has read
+    /// it. Returns the revision it reflects, the file's size, and the chunks.
+    pub(crate) async fn backup(
+        self: &Arc<Self>,
+        chunk: usize,
+    ) -> Result<
+        (
+            i64,
+            u64,
+            tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        ),
+        MvccError,
+    > {
+        let storage = |e: &dyn std::fmt::Display| MvccError::Storage(e.to_string());
+        let capture = self.capture().await.map_err(|e| storage(&e))?;
+        let revision = capture.revision;
+        let path = snapshot_file::temp_path(&self.backend.snap_dir, "backup");
+        let state = self.clone();
+        let (file, size) = tokio::task::spawn_blocking(move || {
+            let written = BackupFile::create(&path).and_then(|mut rows| {
+                state.captured_rows(capture, |k, v| rows.row(k, v))?;
+                BackupFile::finish(rows)
+            });
+            let opened = written.and_then(|size| Ok((std::fs::File::open(&path)?, size)));
+            // Unlinked at once: the open handle keeps it readable, and nothing is left behind.
+            let _ = std::fs::remove_file(&path);
+            opened
+        })
+        .await
+        .map_err(|e| storage(&e))?
+        .map_err(|e| storage(&e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut input = file;
+            loop {
+                let mut buf = vec![0; chunk];
+                let n = match input.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                buf.truncate(n);
+                if tx.blocking_send(Ok(buf)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok((revision, size, rx))
+    }
+
+    /// Rebuilds the in-memory key index, leases, members and alarms from the `sm` tree; with `M`,
+    /// the snapshot meta consensus stores, redoes a snapshot install a crash cut short.
+    pub(super) fn load<M: SnapshotMeta>(&self) -> Result<(), StoreError> {
+        let sm = &self.backend.sm;
+        if sm.get(META_RESTORING)?.is_some() {
+            return Err(StoreError::RestoreCutShort);
+        }
+        if sm.get(META_INSTALLING)?.is_some() {
+            let (meta, name) = self
+                .current_snapshot::<M>()?
+                .ok_or(StoreError::InstallFileGone)?;
+            tracing::warn!(snapshot_id = %meta.snapshot_id(), "redoing a snapshot install cut short");
+            let file = std::fs::File::open(self.backend.snap_dir.join(name))?;
+            self.replace_from_snapshot(file, &meta.meta_rows()?)?;
+        }
+        RowWrites::replay(sm)?;
+        let stored_revision: i64 = match sm.get(META_REVISION)? {
+            Some(b) => decode(&b)?,
+            None => 1,
+        };
+        let dropped = RowWrites::drop_unfinished_revisions(sm, stored_revision)?;
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "removed key revisions of an entry a crash cut short"
+            );
+        }
+        let mut index = KvIndex::new();
+        let mut in_use = 0u64;
+        for item in sm.scan_prefix([KV_PREFIX]) {
+            let (key, value) = item?;
+            let rev =
+                Revision::from_bytes(&key[1..]).ok_or(StoreError::Corrupt("bad revision key"))?;
+            let stored: StoredKv = decode(&value)?;
+            index.restore(rev, &stored.kv.key, stored.tombstone);
+            in_use += (key.len() + value.len()) as u64;
+        }
+        let mut alarms = BTreeSet::new();
+        for item in sm.scan_prefix(ALARM_PREFIX) {
+            let (key, _) = item?;
+            alarms.insert(decode_alarm_key(&key).ok_or(StoreError::Corrupt("bad alarm key"))?);
+        }
+        *self.alarms.lock().unwrap_or_else(|p| p.into_inner()) = alarms;
+        self.bytes_in_use.store(in_use, Ordering::Relaxed);
+        let revision = match sm.get(META_REVISION)? {
+            Some(b) => decode::<i64>(&b)?,
+            None => 0,
+        }
+        .max(1);
+        let compact = match sm.get(META_COMPACT)? {
+            Some(b) => decode(&b)?,
+            None => KvIndex::new().compact_revision(),
+        };
+        index.set_restored_meta(revision, compact);
+        let mut leases = LeaseTable::default();
+        for item in sm.scan_prefix(LEASE_PREFIX) {
+            let (key, value) = item?;
+            let id = decode_lease_key(&key).ok_or(StoreError::Corrupt("bad lease key"))?;
+            leases.insert(id, decode(&value)?);
+        }
+        if !leases.is_empty() {
+            let all = RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            };
+            let live = index.range(&all, &SledValues(sm))?;
+            for kv in live.kvs.iter().filter(|kv| kv.lease != 0) {
+                leases.attach(kv.lease, &kv.key);
+            }
+        }
+        *self.leases.lock().unwrap_or_else(|p| p.into_inner()) = leases;
+        let mut attrs = BTreeMap::new();
+        for item in sm.scan_prefix(MEMBER_PREFIX) {
+            let (key, value) = item?;
+            let id = decode_member_key(&key).ok_or(StoreError::Corrupt("bad member key"))?;
+            attrs.insert(id, decode(&value)?);
+        }
+        *self.member_attrs.lock().unwrap_or_else(|p| p.into_inner()) = attrs;
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+        self.hub.reset_published(revision);
+        Ok(())
+    }
+}
+
+impl History for StoreState {
+    fn events(
+        &self,
+        spec: &WatchSpec,
+        from: i64,
+        to: i64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Event>, i64), MvccError> {
+        let storage = |e: &dyn std::fmt::Display| MvccError::Storage(e.to_string());
+        let start = kv_key(Revision::new(from, 0));
+        let end = kv_key(Revision::new(to + 1, 0));
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let values = SledValues(&self.backend.sm);
+        let mut events = Vec::new();
+        let mut last_main = from - 1;
+        let mut bytes = 0;
+        for item in self.backend.sm.range(start..end) {
+            let (key, value) = item.map_err(|e| storage(&e))?;
+            let rev = Revision::from_bytes(&key[1..])
+                .ok_or_else(|| MvccError::Storage("bad revision key".into()))?;
+            // Stop only between revisions: one revision's events always travel together.
+            if (events.len() >= max_events || bytes >= max_bytes) && rev.main > last_main {
+                return Ok((events, rev.main - 1));
+            }
+            last_main = rev.main;
+            let stored: StoredKv = decode(&value).map_err(|e| storage(&e))?;
+            let event = Event {
+                kind: if stored.tombstone {
+                    EventType::Delete
+                } else {
+                    EventType::Put
+                },
+                prev_kv: None,
+                kv: stored.kv,
+            };
+            if !spec.wants(&event) {
+                continue;
+            }
+            let prev_kv = match (spec.prev_kv, index.revision_at(&event.kv.key, rev.main - 1)) {
+                (true, Some(prev)) => values.read(prev)?,
+                _ => None,
+            };
+            bytes += event.kv.key.len()
+                + event.kv.value.len()
+                + prev_kv.as_ref().map_or(0, |p| p.value.len());
+            events.push(Event { prev_kv, ..event });
+        }
+        Ok((events, to))
+    }
+
+    fn compact_revision(&self) -> i64 {
+        StoreState::compact_revision(self)
+    }
+}
+
+/// Reads MVCC values from the `sm` tree.
+pub(crate) struct SledValues<'a>(pub &'a sled::Tree);
+
+impl ValueReader for SledValues<'_> {
+    fn read(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
+        match self.0.get(kv_key(rev)) {
+            Ok(Some(bytes)) => crate::codec::decode::<StoredKv>(&bytes)
+                .map(|s| Some(s.kv))
+                .map_err(|e| MvccError::Storage(e.to_string())),
+            Ok(None) => Ok(None),
+            Err(e) => Err(MvccError::Storage(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    /// Snapshot meta as a consensus layer might keep it.
+    #[derive(Serialize, Deserialize)]
+    struct Meta {
+        id: String,
+        applied: u64,
+    }
+
+    impl SnapshotMeta for Meta {
+        fn snapshot_id(&self) -> &str {
+            &self.id
+        }
+
+        fn newer_than(&self, other: &Self) -> bool {
+            self.applied > other.applied
+        }
+
+        fn meta_rows(&self) -> Result<ConsensusRows, StoreError> {
+            Ok(ConsensusRows {
+                applied: crate::codec::encode(&self.applied)?,
+                membership: Vec::new(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_store_left_by_a_restore_cut_short_does_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
+            backend.sm.insert(META_RESTORING, &[]).unwrap();
+            backend.flush_blocking().unwrap();
+        }
+        let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
+        let err = StoreState::open::<Meta>(backend, Duration::from_secs(600))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("restore"), "{err}");
+    }
+}
