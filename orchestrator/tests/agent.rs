@@ -176,3 +176,85 @@ async fn the_agent_runs_restarts_readopts_and_stops_pods() {
     .await;
     second.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_gates_ready_and_a_failed_liveness_probe_restarts_the_container() {
+    if !common::can_run("readiness_gates_ready_and_a_failed_liveness_probe_restarts_the_container")
+    {
+        return;
+    }
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let node = AgentNode::new("probes");
+    let name = format!("agent-probes-{}", std::process::id());
+    let agent = node.agent(client.clone(), &name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let probe = |script: &str| json!({"exec": {"command": ["/bin/sh", "-c", script]}, "periodSeconds": 1, "failureThreshold": 1});
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "probed"},
+        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "flags", "emptyDir": {}}],
+            "containers": [{"name": "main", "image": "/", "command": ["/bin/sh", "-c", "exec sleep 300"],
+                "volumeMounts": [{"name": "flags", "mountPath": "/flags"}],
+                "readinessProbe": probe("test -e /flags/ready"),
+                "livenessProbe": probe("test ! -e /flags/dead")}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    let ready = |want: bool| {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("probed").await.unwrap();
+            let cs = container_status(&p);
+            cs["state"]["running"].is_object() && cs["ready"] == want
+        }
+    };
+    converge("running but not ready", 30, async || ready(false).await).await;
+    let uid = pods
+        .get("probed")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .clone()
+        .unwrap();
+    let rt = node.runtime();
+    let sh = |script: &str| vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
+    rt.exec(&uid, "main", &sh("touch /flags/ready"))
+        .await
+        .unwrap();
+    converge("ready once the readiness probe passes", 30, async || {
+        ready(true).await
+    })
+    .await;
+    let p = pods.get("probed").await.unwrap();
+    assert!(p
+        .status
+        .unwrap()
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True"));
+    rt.exec(&uid, "main", &sh("rm /flags/ready; touch /flags/dead"))
+        .await
+        .unwrap();
+    converge(
+        "restarted after the liveness probe failed",
+        30,
+        async || {
+            let p = pods.get("probed").await.unwrap();
+            let cs = container_status(&p);
+            cs["restartCount"].as_i64().unwrap_or(0) >= 1
+                && cs["lastState"]["terminated"].is_object()
+        },
+    )
+    .await;
+    pods.delete("probed", &DeleteParams::default())
+        .await
+        .unwrap();
+    converge("probed gone", 30, async || {
+        pods.get_opt("probed").await.unwrap().is_none()
+    })
+    .await;
+    agent.abort();
+}
