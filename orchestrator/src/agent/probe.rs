@@ -45,9 +45,12 @@ pub struct Verdict {
     pub restart: bool,
 }
 
+/// Which probe: pod (runtime name), container, kind.
+type Key = (String, String, Kind);
+
 /// Probe states of every container, shared with the probe tasks.
 #[derive(Clone, Default)]
-pub struct Probes(Arc<Mutex<HashMap<(String, String, Kind), State>>>);
+pub struct Probes(Arc<Mutex<HashMap<Key, State>>>);
 
 struct Target<'a> {
     rt: &'a Arc<Runtime>,
@@ -149,7 +152,7 @@ impl Probes {
         verdict
     }
 
-    fn record(&self, key: &(String, String, Kind), run: u64, passed: bool, probe: &Probe) {
+    fn record(&self, key: &Key, run: u64, passed: bool, probe: &Probe) {
         let mut m = self.0.lock().expect("not poisoned");
         let Some(s) = m.get_mut(key).filter(|s| s.run == run) else {
             return;
