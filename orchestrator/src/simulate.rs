@@ -2,7 +2,8 @@
 //! `kube-node-lease`, moves the pods bound to it to Running and Ready, and finishes their deletion.
 //! So the scheduler, the controllers, the API server and the store can be exercised at a scale no
 //! single machine could run for real, and a node's loss simulated by stopping its heartbeats.
-//! It is an API client like any other: it never imports `registry` or `apiserver`.
+//! It is an API client like any other: it never imports `registry` or `apiserver`; it renews its
+//! Leases as the agent does (`agent::node`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -183,27 +184,7 @@ async fn heartbeats(
 }
 
 async fn renew(leases: &Api<Lease>, name: &str) {
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
-    let spec = json!({"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now});
-    let r = match leases
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": spec})),
-        )
-        .await
-    {
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            let lease =
-                json!({"metadata": {"name": name, "namespace": "kube-node-lease"}, "spec": spec});
-            match serde_json::from_value::<Lease>(lease) {
-                Ok(l) => leases.create(&PostParams::default(), &l).await,
-                Err(e) => Err(kube::Error::SerdeError(e)),
-            }
-        }
-        r => r,
-    };
-    if let Err(e) = r {
+    if let Err(e) = crate::agent::node::renew(leases, name).await {
         tracing::warn!(node = %name, error = %e, "lease renewal failed");
     }
 }

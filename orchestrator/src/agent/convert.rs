@@ -344,6 +344,23 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    fn one_container(state: ContainerState, finished_at_ms: Option<u64>) -> runtime::PodStatus {
+        runtime::PodStatus {
+            name: "x".into(),
+            ip: None,
+            sandbox_running: true,
+            holder_pid: 1,
+            created_at_ms: 1_700_000_000_000,
+            containers: vec![runtime::ContainerStatus {
+                name: "c".into(),
+                pid: matches!(state, ContainerState::Running).then_some(2),
+                state,
+                started_at_ms: Some(1_700_000_001_000),
+                finished_at_ms,
+            }],
+        }
+    }
+
     #[test]
     fn a_pod_becomes_the_runtime_spec_named_by_its_uid() {
         let r = to_runtime(&pod(json!({}))).unwrap();
@@ -369,20 +386,7 @@ mod tests {
     #[test]
     fn a_running_container_makes_a_running_ready_pod() {
         let p = pod(json!({}));
-        let rt = runtime::PodStatus {
-            name: "x".into(),
-            ip: None,
-            sandbox_running: true,
-            holder_pid: 1,
-            created_at_ms: 1_700_000_000_000,
-            containers: vec![runtime::ContainerStatus {
-                name: "c".into(),
-                state: ContainerState::Running,
-                pid: Some(2),
-                started_at_ms: Some(1_700_000_001_000),
-                finished_at_ms: None,
-            }],
-        };
+        let rt = one_container(ContainerState::Running, None);
         let s = status(&p, &rt, &HashMap::new(), "127.0.0.1");
         assert_eq!(s["phase"], "Running");
         assert_eq!(s["containerStatuses"][0]["ready"], true);
@@ -396,23 +400,11 @@ mod tests {
     #[test]
     fn a_crash_looping_container_shows_its_back_off() {
         let p = pod(json!({}));
-        let rt = runtime::PodStatus {
-            name: "x".into(),
-            ip: None,
-            sandbox_running: true,
-            holder_pid: 1,
-            created_at_ms: 1_700_000_000_000,
-            containers: vec![runtime::ContainerStatus {
-                name: "c".into(),
-                state: ContainerState::Exited {
-                    exit_code: 1,
-                    reason: ExitReason::Error,
-                },
-                pid: None,
-                started_at_ms: Some(1_700_000_001_000),
-                finished_at_ms: Some(1_700_000_002_000),
-            }],
+        let exited = ContainerState::Exited {
+            exit_code: 1,
+            reason: ExitReason::Error,
         };
+        let rt = one_container(exited, Some(1_700_000_002_000));
         let mut r = HashMap::new();
         r.insert(
             "c".to_string(),

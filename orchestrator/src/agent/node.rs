@@ -100,7 +100,8 @@ pub async fn register(client: &kube::Client, name: &str, address: &str) -> Resul
     }
 }
 
-async fn renew(leases: &Api<Lease>, name: &str) -> Result<(), kube::Error> {
+/// Renews node `name`'s Lease (creating it the first time), as the kubelet's heartbeat does.
+pub async fn renew(leases: &Api<Lease>, name: &str) -> Result<(), kube::Error> {
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
     let spec = json!({"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now});
     match leases
