@@ -258,3 +258,97 @@ async fn readiness_gates_ready_and_a_failed_liveness_probe_restarts_the_containe
     .await;
     agent.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environments_are_resolved_as_the_kubelet_does() {
+    if !common::can_run("environments_are_resolved_as_the_kubelet_does") {
+        return;
+    }
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let node = AgentNode::new("env");
+    let name = format!("agent-env-{}", std::process::id());
+    let agent = node.agent(client.clone(), &name);
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "cfg"}, "data": {"greeting": "hello", "LEVEL": "debug"}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "default");
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "creds"}, "stringData": {"password": "s3cret"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let script = "echo \"$GREETING|$PASSWORD|$MY_NAME|$MY_NODE|$CFG_LEVEL|$URL|${KUBERNETES_SERVICE_HOST:+svc}\"; exec sleep 300";
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "envy"},
+        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "/", "command": ["/bin/sh", "-c", script],
+                "envFrom": [{"prefix": "CFG_", "configMapRef": {"name": "cfg"}}],
+                "env": [
+                    {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                    {"name": "MY_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "MY_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                    {"name": "URL", "value": "http://$(MY_NAME):80"}]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    let uid = pods.get("envy").await.unwrap().metadata.uid.unwrap();
+    let rt = node.runtime();
+    let line = eventually("the environment printed", 30, || async {
+        let log = rt.logs(&uid, "main", None).ok()?;
+        let text = String::from_utf8_lossy(&log).to_string();
+        (!text.is_empty()).then_some(text)
+    })
+    .await;
+    assert_eq!(
+        line.trim(),
+        format!("hello|s3cret|envy|{name}|debug|http://envy:80|svc")
+    );
+
+    // A missing secret is the kubelet's CreateContainerConfigError, not a crash.
+    let bad: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "nosecret"},
+        "spec": {"nodeName": name, "containers": [{"name": "main", "image": "/", "command": ["true"],
+            "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &bad).await.unwrap();
+    converge("CreateContainerConfigError shown", 30, async || {
+        let p = pods.get("nosecret").await.unwrap();
+        let w = &container_status(&p)["state"]["waiting"];
+        w["reason"] == "CreateContainerConfigError"
+            && w["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("secret \"nope\" not found")
+    })
+    .await;
+    for p in ["envy", "nosecret"] {
+        pods.delete(p, &DeleteParams::default()).await.unwrap();
+    }
+    converge("pods gone", 30, async || {
+        pods.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    })
+    .await;
+    agent.abort();
+}

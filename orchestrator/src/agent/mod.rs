@@ -9,6 +9,7 @@
 //! `registry` or `apiserver`.
 
 pub mod convert;
+pub mod env;
 pub mod node;
 pub mod probe;
 
@@ -280,27 +281,19 @@ impl Agent {
                     return;
                 }
             }
-            match convert::to_runtime(pod) {
-                Err(why) => {
-                    let st = convert::refused(pod, &why, &self.cfg.address);
-                    track.refused = Some((why, Instant::now() + START_RETRY));
-                    write_status(&self.client, pod, st).await;
-                }
-                Ok(spec) => {
-                    track.refused = None;
-                    self.busy.insert(uid.to_string());
-                    let (rt, client, pod, uid) = (
-                        self.rt.clone(),
-                        self.client.clone(),
-                        pod.clone(),
-                        uid.to_string(),
-                    );
-                    self.tasks.spawn(async move {
-                        let r = start(&rt, &client, &pod, &spec).await;
-                        Done::Started(uid, r)
-                    });
-                }
-            }
+            track.refused = None;
+            self.busy.insert(uid.to_string());
+            let (rt, client, pod, uid, host_ip) = (
+                self.rt.clone(),
+                self.client.clone(),
+                pod.clone(),
+                uid.to_string(),
+                self.cfg.address.clone(),
+            );
+            self.tasks.spawn(async move {
+                let r = start(&rt, &client, &pod, &host_ip).await;
+                Done::Started(uid, r)
+            });
             return;
         };
         let policy = pod
@@ -428,13 +421,35 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Resolves the ConfigMaps the pod reads and starts it.
+/// Resolves what the pod reads (environments, ConfigMaps for volumes), translates it for the
+/// runtime and starts it.
 async fn start(
     rt: &Runtime,
     client: &kube::Client,
     pod: &Pod,
-    spec: &runtime::Pod,
+    host_ip: &str,
 ) -> Result<(), Refusal> {
+    let envs = env::resolve(client, pod, host_ip).await?;
+    let mut literal = pod.clone();
+    for c in literal
+        .spec
+        .iter_mut()
+        .flat_map(|s| s.containers.iter_mut())
+    {
+        c.env_from = None;
+        c.env = Some(
+            envs.get(&c.name)
+                .into_iter()
+                .flatten()
+                .map(|(name, value)| k8s_openapi::api::core::v1::EnvVar {
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                    value_from: None,
+                })
+                .collect(),
+        );
+    }
+    let spec = convert::to_runtime(&literal)?;
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let mut config_maps = ConfigMaps::new();
@@ -453,7 +468,7 @@ async fn start(
             }
         }
     }
-    rt.run_pod(spec, &config_maps)
+    rt.run_pod(&spec, &config_maps)
         .await
         .map(|_| ())
         .map_err(|e| Refusal {
