@@ -10,4 +10,5 @@ pub mod election;
 pub mod registry;
 pub mod runtime;
 pub mod scheduler;
+pub mod serve;
 pub mod simulate;

@@ -33,9 +33,21 @@ impl AgentNode {
     }
 
     fn agent(&self, client: kube::Client, name: &str) -> tokio::task::JoinHandle<()> {
+        self.agent_with_ca(client, name, Vec::new())
+    }
+
+    /// An agent that serves logs to callers with a certificate from the cluster's CA.
+    fn agent_with_ca(
+        &self,
+        client: kube::Client,
+        name: &str,
+        client_ca: Vec<Vec<u8>>,
+    ) -> tokio::task::JoinHandle<()> {
         let mut cfg = AgentConfig::new(name, self.cfg.clone());
         cfg.heartbeat = Duration::from_secs(1);
         cfg.sync_period = Duration::from_millis(200);
+        cfg.port = 0;
+        cfg.client_ca = client_ca;
         tokio::spawn(async move {
             if let Err(e) = agent::run(client, cfg, std::future::pending()).await {
                 panic!("agent: {e}");
@@ -72,6 +84,17 @@ impl Drop for AgentNode {
     }
 }
 
+/// The cluster's CA (DER), as the agent reads it from its kubeconfig.
+fn cluster_ca(c: &Cluster) -> Vec<Vec<u8>> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    tokio_rustls::rustls::pki_types::CertificateDer::pem_file_iter(
+        c.dir.path().join("certs/ca.crt"),
+    )
+    .unwrap()
+    .map(|c| c.unwrap().to_vec())
+    .collect()
+}
+
 fn pod(name: &str, node: &str, script: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name},
@@ -94,7 +117,7 @@ async fn the_agent_runs_restarts_readopts_and_stops_pods() {
     let client = c.kube().await;
     let node = AgentNode::new("main");
     let name = format!("agent-{}", std::process::id());
-    let first = node.agent(client.clone(), &name);
+    let first = node.agent_with_ca(client.clone(), &name, cluster_ca(&c));
 
     let nodes: Api<Node> = Api::all(client.clone());
     converge("the node Ready", 20, async || {
@@ -130,6 +153,31 @@ async fn the_agent_runs_restarts_readopts_and_stops_pods() {
     assert!(st.start_time.is_some());
     assert!(container_status(&web)["state"]["running"]["startedAt"].is_string());
 
+    // pods/log goes through the API server to the agent's port.
+    let logs = pods
+        .logs("web", &kube::api::LogParams::default())
+        .await
+        .unwrap();
+    assert_eq!(logs, "started\n");
+    let err = pods
+        .logs(
+            "web",
+            &kube::api::LogParams {
+                container: Some("nope".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("container nope is not valid for pod web"),
+        "{err}"
+    );
+    if kube_api::have_kubectl("the_agent_runs_restarts_readopts_and_stops_pods", 32) {
+        assert_eq!(c.ok(32, &["logs", "web"]), "started\n");
+    }
+
     // The crashing container is restarted at once, then held back, and the status says so.
     let crash = eventually("crash in CrashLoopBackOff", 30, || async {
         let p = pods.get("crash").await.unwrap();
@@ -150,7 +198,7 @@ async fn the_agent_runs_restarts_readopts_and_stops_pods() {
     let pid_before = rt.status(&web_uid).unwrap().containers[0].pid;
     first.abort();
     let _ = first.await;
-    let second = node.agent(client.clone(), &name);
+    let second = node.agent_with_ca(client.clone(), &name, cluster_ca(&c));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = pods.get("web").await.unwrap();
     assert_eq!(rt.status(&web_uid).unwrap().containers[0].pid, pid_before);

@@ -12,6 +12,7 @@ pub mod convert;
 pub mod env;
 pub mod node;
 pub mod probe;
+pub mod server;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub enum AgentError {
     Api(#[from] kube::Error),
     #[error("the pod cache never synced: {0}")]
     Sync(String),
+    #[error("serving: {0}")]
+    Tls(String),
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +52,11 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// How often every pod is looked at even when nothing in the API changed (exits, restarts).
     pub sync_period: Duration,
+    /// The port logs are served on (the kubelet's 10250; 0 picks a free one).
+    pub port: u16,
+    /// DER certificates of the CA whose client certificates may read logs (the cluster's CA).
+    /// Empty: no logs are served.
+    pub client_ca: Vec<Vec<u8>>,
 }
 
 impl AgentConfig {
@@ -59,6 +67,8 @@ impl AgentConfig {
             runtime,
             heartbeat: Duration::from_secs(10),
             sync_period: Duration::from_secs(1),
+            port: 10250,
+            client_ca: Vec::new(),
         }
     }
 }
@@ -114,14 +124,33 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let rt = Arc::new(Runtime::new(cfg.runtime.clone())?);
-    node::register(&client, &cfg.node_name, &cfg.address).await?;
+    let (store, writer) = reflector::store();
+    let serving = if cfg.client_ca.is_empty() {
+        None
+    } else {
+        let ip: std::net::IpAddr = cfg
+            .address
+            .parse()
+            .map_err(|_| AgentError::Tls(format!("node address {:?}", cfg.address)))?;
+        Some(
+            server::start(
+                (ip, cfg.port).into(),
+                &cfg.address,
+                &cfg.client_ca,
+                store.clone(),
+                rt.clone(),
+            )
+            .await?,
+        )
+    };
+    let port = serving.as_ref().map_or(0, |s| s.port);
+    node::register(&client, &cfg.node_name, &cfg.address, port).await?;
     let mut background = JoinSet::new();
     background.spawn(node::heartbeat(
         client.clone(),
         cfg.node_name.clone(),
         cfg.heartbeat,
     ));
-    let (store, writer) = reflector::store();
     let wake = Arc::new(Notify::new());
     let w = wake.clone();
     let selector = format!("spec.nodeName={}", cfg.node_name);

@@ -38,7 +38,7 @@ fn os_image() -> String {
 }
 
 /// The Node's status as this machine has it.
-pub fn status(address: &str, name: &str) -> Value {
+pub fn status(address: &str, name: &str, port: u16) -> Value {
     let now = crate::api::meta::now();
     let cond = |ty: &str, status: &str, reason: &str, message: &str| {
         json!({"type": ty, "status": status,
@@ -59,7 +59,7 @@ pub fn status(address: &str, name: &str) -> Value {
             cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
         ],
         "addresses": [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": name}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
         "nodeInfo": {
             "kubeletVersion": concat!("v1.33.0-cairn.", env!("CARGO_PKG_VERSION")),
             "kubeProxyVersion": "",
@@ -76,9 +76,14 @@ pub fn status(address: &str, name: &str) -> Value {
 }
 
 /// Creates the Node, or brings an existing one's status up to date (an agent restart).
-pub async fn register(client: &kube::Client, name: &str, address: &str) -> Result<(), kube::Error> {
+pub async fn register(
+    client: &kube::Client,
+    name: &str,
+    address: &str,
+    port: u16,
+) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let st = status(address, name);
+    let st = status(address, name, port);
     let obj = json!({"apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
             "kubernetes.io/arch": st["nodeInfo"]["architecture"]}},

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod discovery;
+pub mod kubelet;
 pub mod openapi;
 pub mod protobuf;
 pub mod request;
@@ -55,6 +56,8 @@ pub struct State {
     pub tokens: HashMap<String, String>,
     pub bookmark_interval: Duration,
     pub watch_cache: watchcache::WatchCache,
+    /// Calls to node agents (pods/log); `None` without a kubelet client certificate.
+    pub kubelet: Option<kubelet::KubeletClient>,
     metrics: Metrics,
     metrics_registry: MetricsRegistry,
 }
@@ -129,6 +132,8 @@ pub struct Config {
     pub ip_range: String,
     pub port_range: String,
     pub bookmark_interval: Duration,
+    /// The client certificate and key (PEM) presented to node agents.
+    pub kubelet_client: Option<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +219,13 @@ pub async fn start(cfg: Config) -> Result<Server, ServeError> {
         tokens: cfg.tokens,
         bookmark_interval: cfg.bookmark_interval,
         watch_cache: Default::default(),
+        kubelet: match &cfg.kubelet_client {
+            Some((cert, key)) => Some(
+                kubelet::KubeletClient::new(cert, key)
+                    .map_err(|e| ServeError::Config(e.to_string()))?,
+            ),
+            None => None,
+        },
         metrics,
         metrics_registry,
     });
@@ -231,55 +243,9 @@ pub async fn start(cfg: Config) -> Result<Server, ServeError> {
     bootstrap(&state, addr).await?;
     let acceptor = TlsAcceptor::from(cfg.tls);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(accept_loop(listener, acceptor, app, stopped));
+    let task = tokio::spawn(crate::serve::accept_loop(listener, acceptor, app, stopped));
     tracing::info!(%addr, "API server listening");
     Ok(Server { addr, task, stop })
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    app: Router,
-    stopped: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let conn =
-                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc);
-            tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended");
-                    }
-                }
-                _ = stopped.wait_for(|s| *s) => {}
-            }
-        });
-    }
 }
 
 /// Creates what exists from the start: the system namespaces, and the `kubernetes` Service in
@@ -615,11 +581,12 @@ async fn handle(
             }
             Ok(json_answer(StatusCode::OK, &obj, &[]))
         }
+        (&Method::GET, Some(_), Some(Subresource::Log)) => kubelet::pod_log(&st, &t, &q).await,
         (_, Some(_), Some(Subresource::Log | Subresource::Exec)) => Err(ApiError::new(
             503,
             "ServiceUnavailable",
             format!(
-                "{} {:?}: no node agent is serving this pod's logs or exec sessions",
+                "{} {:?}: exec sessions are not served yet",
                 r.qualified(),
                 t.name.as_deref().unwrap_or("")
             ),

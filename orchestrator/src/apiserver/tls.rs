@@ -61,15 +61,7 @@ pub fn serving_files(
     // Generated together: the serving certificate needs the CA's parameters to be signed.
     if ![&ca_crt, &ca_key, &crt, &key].iter().all(|p| p.exists()) {
         let ca_kp = KeyPair::generate()?;
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name.push(DnType::CommonName, "cairn-ca");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        p.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let p = ca_params()?;
         let ca = p.self_signed(&ca_kp)?;
         write_private(&ca_key, &ca_kp.serialize_pem())?;
         std::fs::write(&ca_crt, ca.pem()).map_err(io(&ca_crt))?;
@@ -101,6 +93,51 @@ pub fn serving_files(
         key,
         ca_pem,
     })
+}
+
+/// The generated CA's parameters; signing with them and the CA's key gives certificates the CA
+/// certificate verifies.
+fn ca_params() -> Result<CertificateParams, TlsError> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, "cairn-ca");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    Ok(p)
+}
+
+/// The client certificate and key (PEM) the API server presents to node agents, signed (once) by
+/// the CA generated in `cert_dir`, as kube-apiserver's `--kubelet-client-certificate`. `None` when
+/// `cert_dir` holds no generated CA (certificates given by flag).
+pub fn kubelet_client(cert_dir: &Path) -> Result<Option<(String, String)>, TlsError> {
+    let ca_key = cert_dir.join("ca.key");
+    if !ca_key.exists() {
+        return Ok(None);
+    }
+    let crt = cert_dir.join("apiserver-kubelet-client.crt");
+    let key = cert_dir.join("apiserver-kubelet-client.key");
+    if !crt.exists() || !key.exists() {
+        let ca_pem = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
+        let issuer = rcgen::Issuer::new(ca_params()?, KeyPair::from_pem(&ca_pem)?);
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name
+            .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+        p.distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let kp = KeyPair::generate()?;
+        let cert = p.signed_by(&kp, &issuer)?;
+        write_private(&key, &kp.serialize_pem())?;
+        std::fs::write(&crt, cert.pem()).map_err(io(&crt))?;
+    }
+    let cert_pem = std::fs::read_to_string(&crt).map_err(io(&crt))?;
+    let key_pem = std::fs::read_to_string(&key).map_err(io(&key))?;
+    Ok(Some((cert_pem, key_pem)))
 }
 
 fn write_private(path: &Path, pem: &str) -> Result<(), TlsError> {

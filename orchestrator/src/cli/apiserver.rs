@@ -43,6 +43,12 @@ pub struct ApiserverArgs {
     /// Writes a kubeconfig with the CA and an admin token to this path.
     #[arg(long)]
     write_kubeconfig: Option<PathBuf>,
+    /// Client certificate (PEM) presented to node agents; generated in --cert-dir when absent and
+    /// the CA was generated there.
+    #[arg(long, requires = "kubelet_client_key")]
+    kubelet_client_certificate: Option<PathBuf>,
+    #[arg(long, requires = "kubelet_client_certificate")]
+    kubelet_client_key: Option<PathBuf>,
     /// How often watches that allow bookmarks get one while idle.
     #[arg(long, default_value = "60s", value_parser = super::control::parse_duration, hide = true)]
     watch_bookmark_interval: Duration,
@@ -62,6 +68,13 @@ pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
         &[],
     )?;
     let tls_config = tls::server_config(&files)?;
+    let kubelet_client = match (&args.kubelet_client_certificate, &args.kubelet_client_key) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read_to_string(c).with_context(|| format!("read {}", c.display()))?,
+            std::fs::read_to_string(k).with_context(|| format!("read {}", k.display()))?,
+        )),
+        _ => tls::kubelet_client(&args.cert_dir)?,
+    };
     let transformer = match &args.encryption_provider_config {
         Some(p) => Transformer::from_file(p)?,
         None => Transformer::default(),
@@ -99,6 +112,7 @@ pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
         ip_range: args.service_cluster_ip_range.clone(),
         port_range: args.service_node_port_range.clone(),
         bookmark_interval: args.watch_bookmark_interval,
+        kubelet_client,
     })
     .await?;
     if let (Some(path), Some(token)) = (&args.write_kubeconfig, admin) {

@@ -37,6 +37,13 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
+    /// The CA certificates (DER) the kubeconfig trusts for the API server: the cluster's CA.
+    async fn cluster_ca(&self) -> Result<Vec<Vec<u8>>> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok(cfg.root_cert.unwrap_or_default())
+    }
+
     /// A client throttled as the flags say, or by the component's defaults.
     async fn client(&self, qps: f64, burst: u32) -> Result<kube::Client> {
         let throttle = Throttle {
@@ -184,6 +191,9 @@ pub struct AgentArgs {
     /// cgroup directory (under /sys/fs/cgroup) holding the pods' cgroups.
     #[arg(long, default_value = "cairn")]
     cgroup_parent: String,
+    /// Port for the API server's log requests; only the cluster CA's client certificates are served.
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
 }
 
 pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
@@ -200,6 +210,8 @@ pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
     rcfg.cgroup_parent = args.cgroup_parent;
     let mut cfg = cairn_orchestrator::agent::AgentConfig::new(name, rcfg);
     cfg.address = args.node_ip;
+    cfg.port = args.port;
+    cfg.client_ca = args.api.cluster_ca().await?;
     cairn_orchestrator::agent::run(client, cfg, super::wait_for_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -88,6 +88,8 @@ impl Cluster {
             ip_range: "10.96.0.0/16".into(),
             port_range: "30000-32767".into(),
             bookmark_interval: self.bookmark_interval,
+            kubelet_client: tls::kubelet_client(&self.dir.path().join("certs"))
+                .expect("kubelet client"),
         })
         .await
         .expect("apiserver starts");
