@@ -2,6 +2,7 @@
 
 mod apiserver;
 mod control;
+mod up;
 
 use anyhow::{bail, Context, Result};
 use cairn_orchestrator::runtime::{
@@ -22,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Top {
+    /// The whole cluster on this machine: store, API server, scheduler, controllers and an agent.
+    Up(up::UpArgs),
     /// Serve the Kubernetes API from objects kept in a Cairn (or etcd) store.
     Apiserver(apiserver::ApiserverArgs),
     /// Place pods on nodes (kube-scheduler's role), as an API client.
@@ -105,6 +108,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers say what they serve; the runtime commands print only their results.
     let default_level = match cli.command {
+        // The embedded store's consensus internals are not what a user of `up` watches for.
+        Top::Up(_) => "info,openraft=warn",
         Top::Apiserver(_)
         | Top::Scheduler(_)
         | Top::ControllerManager(_)
@@ -193,6 +198,7 @@ fn fmt_state(s: &ContainerState) -> String {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let args = match cli.command {
+        Top::Up(args) => return up::run(args).await,
         Top::Apiserver(args) => return apiserver::run(args).await,
         Top::Scheduler(args) => return control::scheduler(args).await,
         Top::ControllerManager(args) => return control::controller_manager(args).await,

@@ -1,0 +1,196 @@
+//! `cairn-orchestrator up`: the whole cluster on this machine from one command. An embedded
+//! single-member Cairn store (or `--etcd-servers`), the API server, the scheduler, the controller
+//! manager and a node agent for this machine, all in this process; writes the kubeconfig, prints
+//! the `export KUBECONFIG=...` line, and on Ctrl-C stops the pods and everything else. Started
+//! again with the same data directory it resumes where it stopped.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use cairn_orchestrator::agent::{self, AgentConfig};
+use cairn_orchestrator::apiserver::{self, tls};
+use cairn_orchestrator::client::{self, Throttle};
+use cairn_orchestrator::registry::encryption::Transformer;
+use cairn_orchestrator::registry::Registry;
+use cairn_orchestrator::runtime::{Runtime, RuntimeConfig};
+use cairn_orchestrator::{controllers, scheduler};
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Where the store, certificates and pods' state live.
+    #[arg(long, default_value = "./cairn-data")]
+    data_dir: PathBuf,
+    /// The kubeconfig written for kubectl.
+    #[arg(long, default_value = "./cairn.kubeconfig")]
+    kubeconfig: PathBuf,
+    /// Use this Cairn (or etcd) cluster instead of the embedded store.
+    #[arg(long, value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// Port of the embedded store's etcd API on 127.0.0.1.
+    #[arg(long, default_value_t = 2379)]
+    store_port: u16,
+    /// Port of the embedded store's peer listener on 127.0.0.1.
+    #[arg(long, default_value_t = 2380)]
+    store_peer_port: u16,
+    /// Port of the API server on 127.0.0.1.
+    #[arg(long, default_value_t = 6443)]
+    secure_port: u16,
+    /// Port of the node agent's log endpoint on 127.0.0.1.
+    #[arg(long, default_value_t = 10250)]
+    agent_port: u16,
+    /// This machine's node name (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// cgroup directory (under /sys/fs/cgroup) holding the pods' cgroups.
+    #[arg(long, default_value = "cairn")]
+    cgroup_parent: String,
+}
+
+pub async fn run(args: UpArgs) -> Result<ExitCode> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+
+    // The store.
+    let (store, endpoints) = if args.etcd_servers.is_empty() {
+        let client_url = format!("http://127.0.0.1:{}", args.store_port);
+        let peer_url = format!("http://127.0.0.1:{}", args.store_peer_port);
+        let cfg = cairn_server::Config {
+            data_dir: data_dir.join("store"),
+            listen_client_urls: vec![client_url.clone()],
+            advertise_client_urls: vec![client_url],
+            listen_peer_urls: vec![peer_url.clone()],
+            initial_advertise_peer_urls: vec![peer_url],
+            ..Default::default()
+        };
+        let node = cairn_server::Node::start(cfg)
+            .await
+            .context("start the embedded store")?;
+        let endpoint = node.client_addr().to_string();
+        (Some(node), vec![endpoint])
+    } else {
+        (None, args.etcd_servers.clone())
+    };
+
+    // The API server, with an admin token kept beside its certificates.
+    let cert_dir = data_dir.join("pki");
+    let files = tls::serving_files(&cert_dir, None, None, &[])?;
+    let token_path = cert_dir.join("admin.token");
+    let token = match std::fs::read_to_string(&token_path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let t = tls::random_token();
+            std::fs::write(&token_path, &t)?;
+            t
+        }
+    };
+    let store_client = cairn_client::Client::connect(endpoints, None)
+        .await
+        .context("connect to the store")?;
+    let server = apiserver::start(apiserver::Config {
+        registry: Registry::new(store_client, Transformer::default()),
+        bind: SocketAddr::from(([127, 0, 0, 1], args.secure_port)),
+        tls: tls::server_config(&files)?,
+        tokens: HashMap::from([(token.clone(), "admin".to_string())]),
+        ip_range: "10.96.0.0/16".into(),
+        port_range: "30000-32767".into(),
+        bookmark_interval: std::time::Duration::from_secs(60),
+        kubelet_client: tls::kubelet_client(&cert_dir)?,
+    })
+    .await?;
+    let url = format!("https://127.0.0.1:{}", server.addr.port());
+    std::fs::write(
+        &args.kubeconfig,
+        tls::kubeconfig(&url, &files.ca_pem, "admin", &token),
+    )
+    .with_context(|| format!("write {}", args.kubeconfig.display()))?;
+
+    // The control plane and this machine's agent, as API clients of it.
+    let throttle = Throttle {
+        qps: 50.0,
+        burst: 100,
+    };
+    let kc = &args.kubeconfig;
+    let (sched_client, cm_client, agent_client) = (
+        client::from_kubeconfig(kc, throttle).await?,
+        client::from_kubeconfig(kc, throttle).await?,
+        client::from_kubeconfig(kc, throttle).await?,
+    );
+    let helper = std::env::current_exe()?;
+    let mut rcfg = RuntimeConfig::new(data_dir.join("agent"), helper);
+    rcfg.cgroup_parent = args.cgroup_parent.clone();
+    let name = match &args.node_name {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
+            .trim()
+            .to_lowercase(),
+    };
+    let mut acfg = AgentConfig::new(name, rcfg.clone());
+    acfg.port = args.agent_port;
+    acfg.client_ca = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kc)?,
+        &Default::default(),
+    )
+    .await?
+    .root_cert
+    .unwrap_or_default();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    let s = stopped();
+    tasks.spawn(async move {
+        if let Err(e) = scheduler::run(sched_client, s).await {
+            tracing::error!(error = %e, "scheduler stopped");
+        }
+    });
+    let s = stopped();
+    tasks.spawn(async move {
+        if let Err(e) = controllers::run(cm_client, Default::default(), s).await {
+            tracing::error!(error = %e, "controller manager stopped");
+        }
+    });
+    let s = stopped();
+    tasks.spawn(async move {
+        if let Err(e) = agent::run(agent_client, acfg, s).await {
+            tracing::error!(error = %e, "agent stopped");
+        }
+    });
+
+    println!(
+        "Cairn is up: API server {url}, store {}",
+        data_dir.display()
+    );
+    println!(
+        "export KUBECONFIG={}",
+        args.kubeconfig
+            .canonicalize()
+            .unwrap_or(args.kubeconfig.clone())
+            .display()
+    );
+    super::wait_for_signal().await;
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    // Everything stops: the pods' processes too (the API keeps them, and the next `up` starts them).
+    let rt = Arc::new(Runtime::new(rcfg)?);
+    for p in rt.list().unwrap_or_default() {
+        if let Err(e) = rt.remove_pod(&p.name).await {
+            tracing::warn!(pod = %p.name, error = %e, "cannot stop a pod");
+        }
+    }
+    drop(server);
+    if let Some(node) = store {
+        node.shutdown().await.context("stop the embedded store")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
