@@ -174,6 +174,35 @@ async fn the_agent_runs_restarts_readopts_and_stops_pods() {
             .contains("container nope is not valid for pod web"),
         "{err}"
     );
+    // The agent's port answers only certificates the cluster's CA signed.
+    let node_obj = nodes.get(&name).await.unwrap();
+    let port = node_obj
+        .status
+        .unwrap()
+        .daemon_endpoints
+        .unwrap()
+        .kubelet_endpoint
+        .unwrap()
+        .port as u16;
+    let path = "/containerLogs/default/web/main";
+    let (cert, key) =
+        cairn_orchestrator::apiserver::tls::kubelet_client(&c.dir.path().join("certs"))
+            .unwrap()
+            .unwrap();
+    let trusted = cairn_orchestrator::apiserver::kubelet::KubeletClient::new(&cert, &key).unwrap();
+    let ok = trusted
+        .get([127, 0, 0, 1].into(), port, path)
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let stranger = rcgen::generate_simple_self_signed(vec!["stranger".to_string()]).unwrap();
+    let untrusted = cairn_orchestrator::apiserver::kubelet::KubeletClient::new(
+        &stranger.cert.pem(),
+        &stranger.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let refused = untrusted.get([127, 0, 0, 1].into(), port, path).await;
+    assert!(refused.is_err(), "a certificate from another CA was served");
     if kube_api::have_kubectl("the_agent_runs_restarts_readopts_and_stops_pods", 32) {
         assert_eq!(c.ok(32, &["logs", "web"]), "started\n");
     }

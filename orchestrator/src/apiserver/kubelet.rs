@@ -103,7 +103,7 @@ impl KubeletClient {
     }
 
     /// GET `path` from the agent at `host:port`; the answer streams.
-    async fn get(
+    pub async fn get(
         &self,
         host: IpAddr,
         port: u16,
