@@ -24,13 +24,11 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{cpu_secs, row, rss_kib, Row};
+use common::{cpu_secs, row, rss_kib, Component, Row};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -77,51 +75,6 @@ impl Knobs {
 
     fn pods(&self) -> usize {
         self.deployments * self.replicas
-    }
-}
-
-/// A `cairn-orchestrator` subcommand as a child process, killed on drop; stderr goes to a file.
-struct Component {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Component {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Component {
-    fn start(name: &'static str, args: &[&str], kubeconfig: &Path, dir: &Path) -> Component {
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(common::orchestrator_bin())
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn cairn-orchestrator {name}: {e}"));
-        Component { name, child, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Panics with the log when the process has exited.
-    fn check(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "cairn-orchestrator {} exited ({status}): {}",
-                self.name,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
     }
 }
 

@@ -310,3 +310,48 @@ pub fn print_table(description: &str, rows: &[Row]) {
         println!("| {} | {} | {} |", r.what, r.value, r.target);
     }
 }
+
+/// A `cairn-orchestrator` subcommand as a child process, killed on drop; stderr goes to a file.
+pub struct Component {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Component {
+    pub fn start(name: &'static str, args: &[&str], kubeconfig: &Path, dir: &Path) -> Component {
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(orchestrator_bin())
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn cairn-orchestrator {name}: {e}"));
+        Component { name, child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Panics with the log when the process has exited.
+    pub fn check(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "cairn-orchestrator {} exited ({status}): {}",
+                self.name,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}

@@ -76,6 +76,8 @@ impl AgentConfig {
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// Status writes in flight at once.
+const STATUS_WRITES: usize = 16;
 /// How long a pod whose start failed waits before the next attempt.
 const START_RETRY: Duration = Duration::from_secs(10);
 
@@ -249,16 +251,32 @@ impl Agent {
                 });
             }
         }
+        let mut writes = Vec::new();
         for pod in pods {
             let uid = convert::runtime_name(&pod);
             if uid.is_empty() || self.busy.contains(&uid) {
                 continue;
             }
-            self.sync_pod(&pod, &uid, running.get(&uid)).await;
+            if let Some(st) = self.sync_pod(&pod, &uid, running.get(&uid)) {
+                writes.push((pod, st));
+            }
         }
+        let client = &self.client;
+        futures::stream::iter(writes)
+            .for_each_concurrent(STATUS_WRITES, |(pod, st)| async move {
+                write_status(client, &pod, st).await;
+            })
+            .await;
     }
 
-    async fn sync_pod(&mut self, pod: &Arc<Pod>, uid: &str, rt: Option<&runtime::PodStatus>) {
+    /// Acts on one pod; returns the status to write for it, if any (written together with the
+    /// other pods', concurrently).
+    fn sync_pod(
+        &mut self,
+        pod: &Arc<Pod>,
+        uid: &str,
+        rt: Option<&runtime::PodStatus>,
+    ) -> Option<Value> {
         if pod.metadata.deletion_timestamp.is_some() {
             self.busy.insert(uid.to_string());
             let grace = pod
@@ -284,7 +302,7 @@ impl Agent {
                 finish_deletion(&client, &pod).await;
                 Done::Removed(uid)
             });
-            return;
+            return None;
         }
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         let track = self.pods.entry(uid.to_string()).or_insert_with(|| {
@@ -301,13 +319,11 @@ impl Agent {
         });
         let Some(rt) = rt else {
             if matches!(phase, Some("Succeeded" | "Failed")) {
-                return;
+                return None;
             }
             if let Some((why, retry_at)) = &track.refused {
                 if Instant::now() < *retry_at {
-                    let st = convert::refused(pod, why, &self.cfg.address);
-                    write_status(&self.client, pod, st).await;
-                    return;
+                    return Some(convert::refused(pod, why, &self.cfg.address));
                 }
             }
             track.refused = None;
@@ -323,7 +339,7 @@ impl Agent {
                 let r = start(&rt, &client, &pod, &host_ip).await;
                 Done::Started(uid, r)
             });
-            return;
+            return None;
         };
         let policy = pod
             .spec
@@ -414,7 +430,6 @@ impl Agent {
             );
         }
         let st = convert::status(pod, rt, &restarts, &self.cfg.address);
-        write_status(&self.client, pod, st).await;
         if let Some((container, kill)) = restart {
             self.busy.insert(uid.to_string());
             let grace = Duration::from_secs(
@@ -440,6 +455,7 @@ impl Agent {
                 Done::Restarted(uid, container, last)
             });
         }
+        Some(st)
     }
 }
 
