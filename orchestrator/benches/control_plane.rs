@@ -322,22 +322,9 @@ impl Pids {
     }
 }
 
-fn p_secs(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)].as_secs_f64()
-}
-
 async fn bench(k: &Knobs) -> Vec<Row> {
     let mut rows = Vec::new();
-    let cluster = common::start_cluster(3);
-    for u in &cluster.client_urls {
-        common::wait_serving(u).await;
-    }
-    let mut api = common::ApiServer::start(&cluster.client_urls);
-    api.wait_ready().await;
-    let client = api.client().await.expect("kube client");
+    let (cluster, api, client) = common::cluster_and_apiserver(3).await;
     let dir = api.dir().to_path_buf();
     let kc = api.kubeconfig.clone();
     let count = k.nodes.to_string();
@@ -587,8 +574,8 @@ async fn bench(k: &Knobs) -> Vec<Row> {
         "pod startup in the burst: Deployment create to pod Running+Ready, p50 / p99",
         format!(
             "{:.2} s / {:.2} s (over {} pods)",
-            p_secs(&startup, 0.5),
-            p_secs(&startup, 0.99),
+            common::quantile_secs(&startup, 0.5),
+            common::quantile_secs(&startup, 0.99),
             startup.len()
         ),
         "",
@@ -598,8 +585,8 @@ async fn bench(k: &Knobs) -> Vec<Row> {
         "pod startup in the burst: creationTimestamp to Running+Ready seen, p50 / p99",
         format!(
             "{:.2} s / {:.2} s (over {} pods)",
-            p_secs(&burst_sli, 0.5),
-            p_secs(&burst_sli, 0.99),
+            common::quantile_secs(&burst_sli, 0.5),
+            common::quantile_secs(&burst_sli, 0.99),
             burst_sli.len()
         ),
         "",
@@ -612,8 +599,8 @@ async fn bench(k: &Knobs) -> Vec<Row> {
         ),
         format!(
             "{:.2} s / {:.2} s (over {} pods; {lat_errors} create errors)",
-            p_secs(&latency_sli, 0.5),
-            p_secs(&latency_sli, 0.99),
+            common::quantile_secs(&latency_sli, 0.5),
+            common::quantile_secs(&latency_sli, 0.99),
             latency_sli.len()
         ),
         "p99 < 2 s",

@@ -42,22 +42,9 @@ fn running_ready(p: &Pod) -> bool {
     })
 }
 
-fn pct(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)].as_secs_f64()
-}
-
 async fn bench(pods_wanted: usize) -> Vec<Row> {
     let mut rows = Vec::new();
-    let cluster = common::start_cluster(1);
-    for u in &cluster.client_urls {
-        common::wait_serving(u).await;
-    }
-    let mut api = common::ApiServer::start(&cluster.client_urls);
-    api.wait_ready().await;
-    let client = api.client().await.expect("kube client");
+    let (_cluster, api, client) = common::cluster_and_apiserver(1).await;
     let dir = api.dir().to_path_buf();
     let kc = api.kubeconfig.clone();
     let root = dir.join("agent");
@@ -210,8 +197,8 @@ async fn bench(pods_wanted: usize) -> Vec<Row> {
         "pod startup: first seen (ADDED) to Running+Ready seen, p50 / p99",
         format!(
             "{:.3} s / {:.3} s (over {n_ready} of {pods_wanted} pods)",
-            pct(&startup, 0.5),
-            pct(&startup, 0.99)
+            common::quantile_secs(&startup, 0.5),
+            common::quantile_secs(&startup, 0.99)
         ),
         "p99 < 1 s",
     );
@@ -220,8 +207,8 @@ async fn bench(pods_wanted: usize) -> Vec<Row> {
         "Deployment create to pod Running+Ready, p50 / p99",
         format!(
             "{:.3} s / {:.3} s",
-            pct(&from_create, 0.5),
-            pct(&from_create, 0.99)
+            common::quantile_secs(&from_create, 0.5),
+            common::quantile_secs(&from_create, 0.99)
         ),
         "",
     );

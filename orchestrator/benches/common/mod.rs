@@ -355,3 +355,23 @@ impl Component {
         }
     }
 }
+
+/// A Cairn cluster of `members` serving, and an API server in front of it, ready, with a client.
+pub async fn cluster_and_apiserver(members: usize) -> (Cluster, ApiServer, kube::Client) {
+    let cluster = start_cluster(members);
+    for u in &cluster.client_urls {
+        wait_serving(u).await;
+    }
+    let mut api = ApiServer::start(&cluster.client_urls);
+    api.wait_ready().await;
+    let client = api.client().await.expect("kube client");
+    (cluster, api, client)
+}
+
+/// The `q` quantile in seconds of sorted durations (NaN when there are none).
+pub fn quantile_secs(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)].as_secs_f64()
+}
