@@ -312,39 +312,34 @@ async fn container_env(
         let value = match &e.value_from {
             None => expand(e.value.as_deref().unwrap_or(""), &defined),
             Some(from) => {
-                if let Some(r) = &from.config_map_key_ref {
-                    let optional = r.optional.unwrap_or(false);
-                    match sources.config_map(&r.name).await? {
-                        Some(d) => match d.get(&r.key) {
-                            Some(v) => v.clone(),
-                            None if optional => continue,
-                            None => {
-                                return Err(config_error(format!(
-                                    "couldn't find key {} in ConfigMap {}/{}",
-                                    r.key, sources.ns, r.name
-                                )))
-                            }
-                        },
-                        None if optional => continue,
-                        None => {
-                            return Err(config_error(format!("configmap {:?} not found", r.name)))
-                        }
-                    }
+                let keyed = if let Some(r) = &from.config_map_key_ref {
+                    let value = sources
+                        .config_map(&r.name)
+                        .await?
+                        .map(|d| d.get(&r.key).cloned());
+                    Some((value, "configmap", "ConfigMap", &r.name, &r.key, r.optional))
                 } else if let Some(r) = &from.secret_key_ref {
-                    let optional = r.optional.unwrap_or(false);
-                    match sources.secret(&r.name).await? {
-                        Some(d) => match d.get(&r.key) {
-                            Some(v) => v.clone(),
-                            None if optional => continue,
-                            None => {
-                                return Err(config_error(format!(
-                                    "couldn't find key {} in Secret {}/{}",
-                                    r.key, sources.ns, r.name
-                                )))
-                            }
-                        },
-                        None if optional => continue,
-                        None => return Err(config_error(format!("secret {:?} not found", r.name))),
+                    let value = sources
+                        .secret(&r.name)
+                        .await?
+                        .map(|d| d.get(&r.key).cloned());
+                    Some((value, "secret", "Secret", &r.name, &r.key, r.optional))
+                } else {
+                    None
+                };
+                // The source's value for the key: None without the source, Some(None) without the key.
+                if let Some((value, what, kind, name, key, optional)) = keyed {
+                    let optional = optional.unwrap_or(false);
+                    match value {
+                        Some(Some(v)) => v,
+                        _ if optional => continue,
+                        Some(None) => {
+                            return Err(config_error(format!(
+                                "couldn't find key {key} in {kind} {}/{name}",
+                                sources.ns
+                            )))
+                        }
+                        None => return Err(config_error(format!("{what} {name:?} not found"))),
                     }
                 } else if let Some(f) = &from.field_ref {
                     field(pod, &f.field_path, host_ip)?
