@@ -250,3 +250,39 @@ async fn http_ok(host: &str, port: u16, path: &str) -> bool {
         .and_then(|c| c.parse::<u16>().ok())
         .is_some_and(|c| (200..400).contains(&c))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP server on loopback answering every request with `status`.
+    async fn answering(status: u16) -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn http_probes_pass_on_2xx_and_3xx_only() {
+        assert!(http_ok("127.0.0.1", answering(200).await, "/healthz").await);
+        assert!(http_ok("127.0.0.1", answering(302).await, "/").await);
+        assert!(!http_ok("127.0.0.1", answering(500).await, "/").await);
+        assert!(!http_ok("127.0.0.1", answering(404).await, "/").await);
+    }
+
+    #[tokio::test]
+    async fn an_http_probe_to_a_closed_port_fails() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        assert!(!http_ok("127.0.0.1", port, "/").await);
+    }
+}

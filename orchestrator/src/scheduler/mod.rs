@@ -614,6 +614,36 @@ mod tests {
     }
 
     #[test]
+    fn large_clusters_score_a_shrinking_share_of_nodes() {
+        assert_eq!(feasible_nodes_to_find(50), 50);
+        assert_eq!(feasible_nodes_to_find(100), 100);
+        assert_eq!(feasible_nodes_to_find(1000), 420);
+        assert_eq!(feasible_nodes_to_find(5000), 500);
+        assert_eq!(feasible_nodes_to_find(10000), 500);
+    }
+
+    #[test]
+    fn a_decision_stops_at_enough_feasible_nodes_and_the_next_starts_after_them() {
+        let nodes: Vec<NodeInfo> = (0..1000)
+            .map(|i| node(&format!("n{i:04}"), "4", "8Gi", json!({})))
+            .collect();
+        let plugins = plugins();
+        let (d, examined) = decide_from(&plugins, &pod("100m", json!({})), &nodes, 0);
+        assert_eq!(examined, 420);
+        match d {
+            Decision::Bind(n) => assert!(n.as_str() < "n0420", "{n}"),
+            Decision::Unschedulable(m) => panic!("{m}"),
+        }
+        // Starting near the end wraps around to the first nodes.
+        let (d, examined) = decide_from(&plugins, &pod("100m", json!({})), &nodes, 900);
+        assert_eq!(examined, 420);
+        match d {
+            Decision::Bind(n) => assert!(n.as_str() >= "n0900" || n.as_str() < "n0320", "{n}"),
+            Decision::Unschedulable(m) => panic!("{m}"),
+        }
+    }
+
+    #[test]
     fn the_least_loaded_feasible_node_wins() {
         let mut busy = node("a", "4", "8Gi", json!({}));
         busy.add(Arc::new(pod("3", json!({"metadata": {"uid": "other"}}))));
