@@ -121,6 +121,15 @@ where
     }
 }
 
+/// A kubeconfig for `server` trusting `ca_pem` and authenticating with `token`.
+pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: cairn\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: cairn\n  context:\n    cluster: cairn\n    user: {user}\n    namespace: default\ncurrent-context: cairn\npreferences: {{}}\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

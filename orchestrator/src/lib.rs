@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod apiserver;
+pub mod bootstrap;
 pub mod client;
 pub mod controllers;
 pub mod election;

@@ -6,6 +6,7 @@
 //! never imports the runtime.
 
 pub mod admission;
+pub mod authn;
 pub mod discovery;
 pub mod kubelet;
 pub mod openapi;
@@ -52,8 +53,7 @@ pub struct State {
     pub ip_range: IpRange,
     pub ip_range_text: String,
     pub port_range: PortRange,
-    /// Bearer token -> user name.
-    pub tokens: HashMap<String, String>,
+    pub authn: authn::Authenticator,
     pub bookmark_interval: Duration,
     pub watch_cache: watchcache::WatchCache,
     /// Calls to node agents (pods/log); `None` without a kubelet client certificate.
@@ -128,7 +128,11 @@ pub struct Config {
     pub registry: Registry,
     pub bind: SocketAddr,
     pub tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    /// Static bearer token -> user name.
     pub tokens: HashMap<String, String>,
+    /// Accept bootstrap tokens (`<id>.<secret>`, from Secrets in kube-system), as
+    /// `--enable-bootstrap-token-auth` does.
+    pub bootstrap_tokens: bool,
     pub ip_range: String,
     pub port_range: String,
     pub bookmark_interval: Duration,
@@ -216,7 +220,7 @@ pub async fn start(cfg: Config) -> Result<Server, ServeError> {
         ip_range,
         ip_range_text: cfg.ip_range.clone(),
         port_range,
-        tokens: cfg.tokens,
+        authn: authn::Authenticator::new(cfg.tokens, cfg.bootstrap_tokens),
         bookmark_interval: cfg.bookmark_interval,
         watch_cache: Default::default(),
         kubelet: match &cfg.kubelet_client {
@@ -323,7 +327,10 @@ fn router(state: Arc<State>) -> Router {
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/{*path}", get(openapi::document))
         .fallback(resource_entry)
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            authn::authenticate,
+        ));
     open.merge(authed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -351,19 +358,6 @@ async fn metrics(AxState(st): AxState<Arc<State>>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
-}
-
-async fn authenticate(AxState(st): AxState<Arc<State>>, req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match token.and_then(|t| st.tokens.get(t)) {
-        Some(_) => next.run(req).await,
-        None => ApiError::unauthorized().into_response(),
-    }
 }
 
 /// Counts and times every request by its Kubernetes verb and resource.

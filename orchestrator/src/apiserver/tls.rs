@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    KeyUsagePurpose,
 };
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -58,34 +58,47 @@ pub fn serving_files(
     let ca_key = cert_dir.join("ca.key");
     let crt = cert_dir.join("apiserver.crt");
     let key = cert_dir.join("apiserver.key");
-    // Generated together: the serving certificate needs the CA's parameters to be signed.
-    if ![&ca_crt, &ca_key, &crt, &key].iter().all(|p| p.exists()) {
+    // The names the serving certificate was issued for, so a new address (say a changed
+    // --advertise-address) gets a certificate naming it while the CA, which nodes pin, stays.
+    let sans_file = cert_dir.join("apiserver.sans");
+    let mut names = vec![
+        "localhost".to_string(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+    ];
+    for n in extra_sans {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    if !ca_crt.exists() || !ca_key.exists() {
         let ca_kp = KeyPair::generate()?;
-        let p = ca_params()?;
-        let ca = p.self_signed(&ca_kp)?;
+        let ca = ca_params()?.self_signed(&ca_kp)?;
         write_private(&ca_key, &ca_kp.serialize_pem())?;
         std::fs::write(&ca_crt, ca.pem()).map_err(io(&ca_crt))?;
-        let issuer = rcgen::Issuer::new(p, ca_kp);
-        let mut names = vec![
-            "localhost".to_string(),
-            "kubernetes".into(),
-            "kubernetes.default".into(),
-            "kubernetes.default.svc".into(),
-        ];
-        names.extend(extra_sans.iter().cloned());
+        let _ = std::fs::remove_file(&crt);
+    }
+    let issued_for = std::fs::read_to_string(&sans_file).unwrap_or_default();
+    let wanted = names.join("\n");
+    if !crt.exists() || !key.exists() || issued_for != wanted {
+        let ca_kp = KeyPair::from_pem(&std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?)?;
+        let issuer = rcgen::Issuer::new(ca_params()?, ca_kp);
+        // Strings that parse as addresses become IP SANs.
         let mut sp = CertificateParams::new(names)?;
         sp.distinguished_name
             .push(DnType::CommonName, "cairn-apiserver");
-        for ip in ["127.0.0.1", "::1"] {
-            sp.subject_alt_names
-                .push(SanType::IpAddress(ip.parse().expect("literal address")));
-        }
         sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         sp.not_after = rcgen::date_time_ymd(2036, 1, 1);
         let kp = KeyPair::generate()?;
         let cert = sp.signed_by(&kp, &issuer)?;
         write_private(&key, &kp.serialize_pem())?;
         std::fs::write(&crt, cert.pem()).map_err(io(&crt))?;
+    }
+    if issued_for != wanted {
+        std::fs::write(&sans_file, &wanted).map_err(io(&sans_file))?;
     }
     let ca_pem = std::fs::read_to_string(&ca_crt).map_err(io(&ca_crt))?;
     Ok(ServingFiles {
@@ -185,13 +198,4 @@ pub fn random_token() -> String {
     let a = uuid::Uuid::new_v4().simple().to_string();
     let b = uuid::Uuid::new_v4().simple().to_string();
     format!("{a}{b}")
-}
-
-/// A kubeconfig for `server` trusting `ca_pem` and authenticating with `token`.
-pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
-    use base64::Engine;
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: cairn\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: cairn\n  context:\n    cluster: cairn\n    user: {user}\n    namespace: default\ncurrent-context: cairn\npreferences: {{}}\n"
-    )
 }

@@ -33,6 +33,10 @@ pub struct ApiserverArgs {
     /// Static bearer tokens: `token,user,uid,"group1,group2"` per line.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// Accept bootstrap tokens (Secrets of type bootstrap.kubernetes.io/token in kube-system), as
+    /// joining nodes present them.
+    #[arg(long)]
+    enable_bootstrap_token_auth: bool,
     /// Kubernetes' EncryptionConfiguration for encryption at rest.
     #[arg(long)]
     encryption_provider_config: Option<PathBuf>,
@@ -109,6 +113,7 @@ pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
         bind,
         tls: tls_config,
         tokens,
+        bootstrap_tokens: args.enable_bootstrap_token_auth,
         ip_range: args.service_cluster_ip_range.clone(),
         port_range: args.service_node_port_range.clone(),
         bookmark_interval: args.watch_bookmark_interval,
@@ -127,8 +132,11 @@ pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
             host
         };
         let url = format!("https://{host}:{}", server.addr.port());
-        std::fs::write(path, tls::kubeconfig(&url, &files.ca_pem, "admin", &token))
-            .with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(
+            path,
+            cairn_orchestrator::client::kubeconfig(&url, &files.ca_pem, "admin", &token),
+        )
+        .with_context(|| format!("write {}", path.display()))?;
     }
     if let Some(path) = &args.write_kubeconfig {
         tracing::info!(kubeconfig = %path.display(), "admin kubeconfig written");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use cairn_orchestrator::client::{self, Throttle};
 use cairn_orchestrator::controllers;
 use cairn_orchestrator::election::{self, ElectionConfig};
@@ -26,8 +26,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The API connection of a control-plane component (client-go's flags).
 #[derive(clap::Args)]
 pub struct ClientArgs {
+    /// The kubeconfig to reach the API server with (required, except for an agent that joins:
+    /// its kubeconfig is written there, by default in its --root-dir).
     #[arg(long)]
-    kubeconfig: PathBuf,
+    kubeconfig: Option<PathBuf>,
     /// Requests per second to the API server, on average (0: unlimited).
     #[arg(long)]
     kube_api_qps: Option<f64>,
@@ -37,9 +39,13 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
+    fn kubeconfig(&self) -> Result<&PathBuf> {
+        self.kubeconfig.as_ref().context("--kubeconfig is required")
+    }
+
     /// The CA certificates (DER) the kubeconfig trusts for the API server: the cluster's CA.
     async fn cluster_ca(&self) -> Result<Vec<Vec<u8>>> {
-        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()?)?;
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
         Ok(cfg.root_cert.unwrap_or_default())
     }
@@ -50,7 +56,7 @@ impl ClientArgs {
             qps: self.kube_api_qps.unwrap_or(qps),
             burst: self.kube_api_burst.unwrap_or(burst),
         };
-        Ok(client::from_kubeconfig(&self.kubeconfig, throttle).await?)
+        Ok(client::from_kubeconfig(self.kubeconfig()?, throttle).await?)
     }
 }
 
@@ -179,6 +185,8 @@ pub async fn simulate(args: SimulateArgs) -> Result<ExitCode> {
 pub struct AgentArgs {
     #[command(flatten)]
     api: ClientArgs,
+    #[command(flatten)]
+    join: JoinArgs,
     /// The Node's name (default: the hostname).
     #[arg(long)]
     node_name: Option<String>,
@@ -196,7 +204,50 @@ pub struct AgentArgs {
     port: u16,
 }
 
-pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
+/// `kubeadm join`'s discovery flags.
+#[derive(clap::Args)]
+struct JoinArgs {
+    /// Join the cluster whose API server is at this URL (https://host:port), with --token.
+    #[arg(long, requires = "token")]
+    join: Option<String>,
+    /// The bootstrap token (`<id>.<secret>`) from `cairn-orchestrator token create`.
+    #[arg(long, requires = "join")]
+    token: Option<String>,
+    /// The CA public key pin(s) to trust: `sha256:<hex>`.
+    #[arg(long)]
+    discovery_token_ca_cert_hash: Vec<String>,
+    /// Trust whatever CA the cluster-info ConfigMap signed with the token names.
+    #[arg(long)]
+    discovery_token_unsafe_skip_ca_verification: bool,
+}
+
+/// With --join: discovers and checks the cluster, writes the agent's kubeconfig and points
+/// `--kubeconfig` at it.
+async fn join(args: &mut AgentArgs) -> Result<()> {
+    let (Some(url), Some(token)) = (&args.join.join, &args.join.token) else {
+        return Ok(());
+    };
+    let token = cairn_orchestrator::bootstrap::Token::parse(token)?;
+    let found = cairn_orchestrator::agent::join::discover(
+        url,
+        &token,
+        &args.join.discovery_token_ca_cert_hash,
+        args.join.discovery_token_unsafe_skip_ca_verification,
+    )
+    .await?;
+    let path = args
+        .api
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| args.root_dir.join("kubeconfig"));
+    cairn_orchestrator::agent::join::write_kubeconfig(&path, &found, &token)?;
+    tracing::info!(server = %found.server, kubeconfig = %path.display(), "joined the cluster");
+    args.api.kubeconfig = Some(path);
+    Ok(())
+}
+
+pub async fn agent(mut args: AgentArgs) -> Result<ExitCode> {
+    join(&mut args).await?;
     // The kubelet's defaults.
     let client = args.api.client(50.0, 100).await?;
     let name = match args.node_name {

@@ -1,7 +1,10 @@
-//! Command line: `cairn-orchestrator apiserver` and `cairn-orchestrator runtime run|ps|logs|exec|stop|rm`.
+//! Command line: one subcommand per component (`up`, `apiserver`, `scheduler`,
+//! `controller-manager`, `agent`, `simulate-nodes`), `token` for joining nodes, and
+//! `runtime run|ps|logs|exec|stop|rm` for the bundled runtime alone.
 
 mod apiserver;
 mod control;
+mod token;
 mod up;
 
 use anyhow::{bail, Context, Result};
@@ -35,6 +38,8 @@ enum Top {
     SimulateNodes(control::SimulateArgs),
     /// Run the pods bound to this machine (the kubelet's role), as an API client.
     Agent(control::AgentArgs),
+    /// Manage bootstrap tokens for joining nodes (as `kubeadm token`).
+    Token(token::TokenArgs),
     /// Run pods directly with the bundled namespace runtime (no store).
     Runtime(RuntimeArgs),
 }
@@ -115,7 +120,7 @@ pub fn main() -> ExitCode {
         | Top::ControllerManager(_)
         | Top::SimulateNodes(_)
         | Top::Agent(_) => "info",
-        Top::Runtime(_) => "warn",
+        Top::Runtime(_) | Top::Token(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -204,6 +209,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Top::ControllerManager(args) => return control::controller_manager(args).await,
         Top::SimulateNodes(args) => return control::simulate(args).await,
         Top::Agent(args) => return control::agent(args).await,
+        Top::Token(args) => return token::run(args).await,
         Top::Runtime(args) => args,
     };
     let helper = std::env::current_exe().context("locate own executable")?;

@@ -36,10 +36,14 @@ pub struct UpArgs {
     /// Port of the embedded store's peer listener on 127.0.0.1.
     #[arg(long, default_value_t = 2380)]
     store_peer_port: u16,
-    /// Port of the API server on 127.0.0.1.
+    /// Port of the API server.
     #[arg(long, default_value_t = 6443)]
     secure_port: u16,
-    /// Port of the node agent's log endpoint on 127.0.0.1.
+    /// The address the API server and this machine's agent listen on and other nodes reach
+    /// (published in kube-public's cluster-info for `agent --join`).
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise_address: std::net::IpAddr,
+    /// Port of the node agent's log and exec endpoint.
     #[arg(long, default_value_t = 10250)]
     agent_port: u16,
     /// This machine's node name (default: the hostname).
@@ -78,7 +82,9 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
 
     // The API server, with an admin token kept beside its certificates.
     let cert_dir = data_dir.join("pki");
-    let files = tls::serving_files(&cert_dir, None, None, &[])?;
+    // The `kubernetes` Service's address too, for clients inside pods.
+    let sans = [args.advertise_address.to_string(), "10.96.0.1".to_string()];
+    let files = tls::serving_files(&cert_dir, None, None, &sans)?;
     let token_path = cert_dir.join("admin.token");
     let token = match std::fs::read_to_string(&token_path) {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
@@ -93,19 +99,20 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         .context("connect to the store")?;
     let server = apiserver::start(apiserver::Config {
         registry: Registry::new(store_client, Transformer::default()),
-        bind: SocketAddr::from(([127, 0, 0, 1], args.secure_port)),
+        bind: SocketAddr::new(args.advertise_address, args.secure_port),
         tls: tls::server_config(&files)?,
         tokens: HashMap::from([(token.clone(), "admin".to_string())]),
+        bootstrap_tokens: true,
         ip_range: "10.96.0.0/16".into(),
         port_range: "30000-32767".into(),
         bookmark_interval: std::time::Duration::from_secs(60),
         kubelet_client: tls::kubelet_client(&cert_dir)?,
     })
     .await?;
-    let url = format!("https://127.0.0.1:{}", server.addr.port());
+    let url = format!("https://{}", server.addr);
     std::fs::write(
         &args.kubeconfig,
-        tls::kubeconfig(&url, &files.ca_pem, "admin", &token),
+        cairn_orchestrator::client::kubeconfig(&url, &files.ca_pem, "admin", &token),
     )
     .with_context(|| format!("write {}", args.kubeconfig.display()))?;
 
@@ -129,7 +136,11 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
             .trim()
             .to_lowercase(),
     };
+    controllers::bootstrap::publish_cluster_info(&agent_client, &url, &files.ca_pem)
+        .await
+        .context("publish kube-public/cluster-info")?;
     let mut acfg = AgentConfig::new(name, rcfg.clone());
+    acfg.address = args.advertise_address.to_string();
     acfg.port = args.agent_port;
     acfg.client_ca = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(kc)?,
@@ -176,6 +187,14 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
             .canonicalize()
             .unwrap_or(args.kubeconfig.clone())
             .display()
+    );
+    println!(
+        "Other machines join with the command `cairn-orchestrator token create --print-join-command` prints{}",
+        if args.advertise_address.is_loopback() {
+            " (start with --advertise-address set to an address they reach)"
+        } else {
+            ""
+        }
     );
     super::wait_for_signal().await;
     tracing::info!("stopping");

@@ -3,6 +3,7 @@
 //! reflector caches, as Kubernetes' kube-controller-manager runs them. They are clients of the API
 //! server only: this module never imports `registry` or `apiserver`.
 
+pub mod bootstrap;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage;
@@ -172,6 +173,7 @@ pub async fn run(
         tokio::spawn(endpoints::run(shared.clone(), stopped(stop_rx.clone()))),
         tokio::spawn(namespace::run(shared.clone(), stopped(stop_rx.clone()))),
         tokio::spawn(garbage::run(client.clone(), stopped(stop_rx.clone()))),
+        tokio::spawn(bootstrap::run(client.clone(), stopped(stop_rx.clone()))),
         tokio::spawn(quota::run(shared.clone(), stopped(stop_rx.clone()))),
         tokio::spawn(node_lifecycle::run(
             shared.clone(),

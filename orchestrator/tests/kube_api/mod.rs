@@ -70,7 +70,7 @@ impl Cluster {
         let url = format!("https://127.0.0.1:{}", c.addr.port());
         std::fs::write(
             &c.kubeconfig,
-            tls::kubeconfig(&url, &files.ca_pem, "admin", TOKEN),
+            cairn_orchestrator::client::kubeconfig(&url, &files.ca_pem, "admin", TOKEN),
         )
         .unwrap();
         c
@@ -85,6 +85,7 @@ impl Cluster {
             bind: self.addr,
             tls: self.tls.clone(),
             tokens: [(TOKEN.to_string(), "admin".to_string())].into(),
+            bootstrap_tokens: true,
             ip_range: "10.96.0.0/16".into(),
             port_range: "30000-32767".into(),
             bookmark_interval: self.bookmark_interval,

@@ -1,0 +1,161 @@
+//! Authentication: who a request comes from. Static bearer tokens (kube-apiserver's
+//! `--token-auth-file`), bootstrap tokens (`--enable-bootstrap-token-auth`: `<id>.<secret>` checked
+//! against the token Secrets in kube-system, as joining nodes present them), and the one anonymous
+//! read Kubernetes clusters allow for joining: GET of kube-public's `cluster-info` ConfigMap.
+//! The user found is put in the request's extensions for what runs after.
+//!
+//! Reads Secrets through the registry directly (never over HTTP to itself); imports nothing of the
+//! controllers, the agent or the runtime.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State as AxState};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+
+use super::status::ApiError;
+use super::State;
+use crate::bootstrap::{self, Token, TokenSecret};
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+impl User {
+    fn anonymous() -> User {
+        User {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+        }
+    }
+}
+
+/// How long a bootstrap token found valid is trusted without reading its Secret again: the
+/// longest a deleted or expired token keeps working.
+const BOOTSTRAP_CACHE_TTL: Duration = Duration::from_secs(5);
+
+pub struct Authenticator {
+    tokens: HashMap<String, User>,
+    bootstrap: bool,
+    cache: Mutex<HashMap<String, (Instant, User)>>,
+}
+
+impl Authenticator {
+    /// `tokens`: bearer token -> user name (every static user is in `system:authenticated`).
+    pub fn new(tokens: HashMap<String, String>, bootstrap: bool) -> Authenticator {
+        let tokens = tokens
+            .into_iter()
+            .map(|(t, name)| {
+                let user = User {
+                    name,
+                    groups: vec!["system:authenticated".into()],
+                };
+                (t, user)
+            })
+            .collect();
+        Authenticator {
+            tokens,
+            bootstrap,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn bootstrap_user(&self, st: &State, presented: &str) -> Option<User> {
+        let token = Token::parse(presented).ok()?;
+        {
+            let cache = self.cache.lock().expect("not poisoned");
+            if let Some((at, user)) = cache.get(presented) {
+                if at.elapsed() < BOOTSTRAP_CACHE_TTL {
+                    return Some(user.clone());
+                }
+            }
+        }
+        let secrets = crate::api::lookup("", "v1", "secrets").expect("secrets are served");
+        let obj = st
+            .registry
+            .get(secrets, bootstrap::NAMESPACE, &token.secret_name())
+            .await
+            .ok()?;
+        if obj["type"] != bootstrap::SECRET_TYPE || !obj["metadata"]["deletionTimestamp"].is_null()
+        {
+            return None;
+        }
+        let data: BTreeMap<String, Vec<u8>> = obj["data"]
+            .as_object()?
+            .iter()
+            .filter_map(|(k, v)| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str()?)
+                    .ok()?;
+                Some((k.clone(), bytes))
+            })
+            .collect();
+        let secret = TokenSecret::from_data(&token.secret_name(), &data)?;
+        if !secret.authenticates(&token, jiff::Timestamp::now()) {
+            return None;
+        }
+        let mut groups = secret.groups();
+        groups.push("system:authenticated".into());
+        let user = User {
+            name: token.user(),
+            groups,
+        };
+        let mut cache = self.cache.lock().expect("not poisoned");
+        cache.retain(|_, (at, _)| at.elapsed() < BOOTSTRAP_CACHE_TTL);
+        cache.insert(presented.to_string(), (Instant::now(), user.clone()));
+        Some(user)
+    }
+
+    async fn user(&self, st: &State, token: Option<String>, cluster_info: bool) -> Option<User> {
+        if let Some(t) = token {
+            if let Some(u) = self.tokens.get(&t) {
+                return Some(u.clone());
+            }
+            if self.bootstrap {
+                return self.bootstrap_user(st, &t).await;
+            }
+            return None;
+        }
+        (self.bootstrap && cluster_info).then(User::anonymous)
+    }
+}
+
+/// The one request a node that is joining may make before it trusts anything: the public
+/// cluster information, whose content it checks with its token's signature.
+fn is_cluster_info_read(req: &Request) -> bool {
+    req.method() == Method::GET
+        && req.uri().path()
+            == format!(
+                "/api/v1/namespaces/{}/configmaps/{}",
+                bootstrap::CLUSTER_INFO_NAMESPACE,
+                bootstrap::CLUSTER_INFO
+            )
+}
+
+pub async fn authenticate(
+    AxState(st): AxState<Arc<State>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let cluster_info = is_cluster_info_read(&req);
+    match st.authn.user(&st, token, cluster_info).await {
+        Some(user) => {
+            req.extensions_mut().insert(user);
+            next.run(req).await
+        }
+        None => ApiError::unauthorized().into_response(),
+    }
+}
