@@ -357,7 +357,9 @@ mod tests {
                 state,
                 started_at_ms: Some(1_700_000_001_000),
                 finished_at_ms,
+                message: None,
             }],
+            init_containers: vec![],
         }
     }
 
