@@ -13,7 +13,7 @@ use std::time::Duration;
 use cairn_orchestrator::agent::{self, AgentConfig};
 use cairn_orchestrator::runtime::{Runtime, RuntimeConfig};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube_api::{converge, eventually, Cluster};
 use serde_json::json;
 
@@ -427,5 +427,261 @@ async fn environments_are_resolved_as_the_kubelet_does() {
             .is_empty()
     })
     .await;
+    agent.abort();
+}
+
+/// Runs `script` in a pod's container through the runtime; its stdout.
+async fn sh(rt: &Runtime, uid: &str, container: &str, script: &str) -> String {
+    let out = rt
+        .exec(
+            uid,
+            container,
+            &["/bin/sh".into(), "-c".into(), script.into()],
+        )
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn wait_running(pods: &Api<Pod>, name: &str) -> Pod {
+    eventually(&format!("{name} Running"), 30, || async {
+        let p = pods.get(name).await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Running")
+            && container_status(&p)["state"]["running"].is_object())
+        .then_some(p)
+    })
+    .await
+}
+
+async fn delete_all(pods: &Api<Pod>) {
+    for p in pods.list(&Default::default()).await.unwrap().items {
+        let _ = pods
+            .delete(
+                p.metadata.name.as_deref().unwrap(),
+                &DeleteParams::default(),
+            )
+            .await;
+    }
+    converge("pods gone", 60, async || {
+        pods.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_downward_and_projected_volumes_are_files_kept_up_to_date() {
+    if !common::can_run("secret_downward_and_projected_volumes_are_files_kept_up_to_date") {
+        return;
+    }
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let node = AgentNode::new("vol");
+    let name = format!("agent-vol-{}", std::process::id());
+    let agent = node.agent(client.clone(), &name);
+    let rt = node.runtime();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "default");
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "cfg"}, "data": {"color": "blue"}}))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+
+    // The secret does not exist yet: the pod waits in ContainerCreating, as the kubelet says.
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "vols", "labels": {"app": "web", "tier": "front"}},
+        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
+            "volumes": [
+                {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o400,
+                    "items": [{"key": "password", "path": "pw"}, {"key": "user", "path": "u/name", "mode": 0o440}]}},
+                {"name": "info", "downwardAPI": {"items": [
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                    {"path": "mem", "resourceFieldRef": {"containerName": "main", "resource": "limits.memory", "divisor": "1Mi"}}]}},
+                {"name": "all", "projected": {"sources": [
+                    {"secret": {"name": "creds", "items": [{"key": "user", "path": "user"}]}},
+                    {"configMap": {"name": "cfg"}},
+                    {"downwardAPI": {"items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}],
+            "containers": [{"name": "main", "image": "/", "command": ["sleep", "300"],
+                "resources": {"limits": {"memory": "64Mi"}},
+                "volumeMounts": [
+                    {"name": "creds", "mountPath": "/etc/creds"},
+                    {"name": "info", "mountPath": "/etc/info"},
+                    {"name": "all", "mountPath": "/etc/all"}]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    converge(
+        "ContainerCreating while the secret is missing",
+        30,
+        async || {
+            let p = pods.get("vols").await.unwrap();
+            let w = &container_status(&p)["state"]["waiting"];
+            w["reason"] == "ContainerCreating"
+                && w["message"]
+                    == r#"MountVolume.SetUp failed for volume "creds" : secret "creds" not found"#
+        },
+    )
+    .await;
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    converge("a FailedMount event", 30, async || {
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("FailedMount")
+                    && e.involved_object.name.as_deref() == Some("vols")
+                    && e.message
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains(r#"secret "creds" not found"#)
+            })
+    })
+    .await;
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "creds"},
+                "data": {"password": "czNjcmV0", "user": "YWRtaW4="}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let p = wait_running(&pods, "vols").await;
+    let uid = p.metadata.uid.clone().unwrap();
+
+    // Secret: base64-decoded, on a tmpfs, with the modes asked for, read-only.
+    assert_eq!(sh(&rt, &uid, "main", "cat /etc/creds/pw").await, "s3cret");
+    assert_eq!(
+        sh(&rt, &uid, "main", "cat /etc/creds/u/name").await,
+        "admin"
+    );
+    assert_eq!(
+        sh(
+            &rt,
+            &uid,
+            "main",
+            "stat -L -c %a /etc/creds/pw /etc/creds/u/name"
+        )
+        .await,
+        "400\n440\n"
+    );
+    let fs_type = sh(&rt, &uid, "main", "stat -f -c %T /etc/creds/..data/").await;
+    assert_eq!(fs_type.trim(), "tmpfs");
+    assert_eq!(
+        sh(
+            &rt,
+            &uid,
+            "main",
+            "touch /etc/creds/x 2>/dev/null && echo writable || echo read-only"
+        )
+        .await
+        .trim(),
+        "read-only"
+    );
+    // Nothing of the secret on the node's disk: its directory is a tmpfs mount.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.starts_with("tmpfs ") && l.contains(&uid) && l.contains("/files/creds ")),
+        "no tmpfs for the secret volume"
+    );
+    // Downward API: the kubelet's label lines; the limit with its divisor.
+    assert_eq!(
+        sh(&rt, &uid, "main", "cat /etc/info/labels").await,
+        "app=\"web\"\ntier=\"front\""
+    );
+    assert_eq!(sh(&rt, &uid, "main", "cat /etc/info/mem").await, "64");
+    // Projected: every source in one directory.
+    assert_eq!(
+        sh(
+            &rt,
+            &uid,
+            "main",
+            "cat /etc/all/user /etc/all/color /etc/all/ns"
+        )
+        .await,
+        "adminbluedefault"
+    );
+
+    // Updates reach the files in place (the same mount, a new `..data`).
+    secrets
+        .patch(
+            "creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"password": "bmV3LXBhc3M="}})),
+        )
+        .await
+        .unwrap();
+    pods.patch(
+        "vols",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"tier": "back"}}})),
+    )
+    .await
+    .unwrap();
+    cms.patch(
+        "cfg",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"color": "green"}})),
+    )
+    .await
+    .unwrap();
+    let updated = eventually("the volumes updated", 30, || async {
+        let out = sh(
+            &rt,
+            &uid,
+            "main",
+            "cat /etc/creds/pw; echo; cat /etc/info/labels; echo; cat /etc/all/color",
+        )
+        .await;
+        (out == "new-pass\napp=\"web\"\ntier=\"back\"\ngreen").then_some(out)
+    })
+    .await;
+    assert!(updated.ends_with("green"));
+    let pid = rt.status(&uid).unwrap().containers[0].pid;
+    assert_eq!(
+        rt.status(&uid).unwrap().containers[0].pid,
+        pid,
+        "an update must not restart the container"
+    );
+
+    // A token projection is refused in words, not mounted without its token.
+    let tok: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "tok"},
+        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}],
+            "containers": [{"name": "main", "image": "/", "command": ["sleep", "300"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &tok).await.unwrap();
+    converge("the token projection refused", 30, async || {
+        let p = pods.get("tok").await.unwrap();
+        container_status(&p)["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("serviceAccountToken")
+    })
+    .await;
+
+    delete_all(&pods).await;
+    assert!(
+        !std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .contains(&uid),
+        "the secret's tmpfs outlived its pod"
+    );
     agent.abort();
 }
