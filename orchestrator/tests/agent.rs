@@ -685,3 +685,155 @@ async fn secret_downward_and_projected_volumes_are_files_kept_up_to_date() {
     );
     agent.abort();
 }
+
+fn condition(p: &Pod, ty: &str) -> Option<String> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == ty)
+        .map(|c| c.status.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_in_order_once_before_the_app_containers() {
+    if !common::can_run("init_containers_run_in_order_once_before_the_app_containers") {
+        return;
+    }
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let node = AgentNode::new("init");
+    let name = format!("agent-init-{}", std::process::id());
+    let first = node.agent(client.clone(), &name);
+    let rt = node.runtime();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().to_str().unwrap();
+    // Each init container appends its mark; the first one waits on a file the test writes, so the
+    // pod can be seen half-initialized.
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "inits"},
+        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "work", "hostPath": {"path": dir}}],
+            "initContainers": [
+                {"name": "one", "image": "/", "command": ["/bin/sh", "-c",
+                    "echo one >> /work/order; while [ ! -e /work/go ]; do sleep 0.1; done"],
+                    "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+                {"name": "two", "image": "/", "command": ["/bin/sh", "-c", "echo two >> /work/order"],
+                    "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+            "containers": [{"name": "main", "image": "/", "command": ["/bin/sh", "-c",
+                "echo main >> /work/order; exec sleep 300"],
+                "volumeMounts": [{"name": "work", "mountPath": "/work"}]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    let waiting = eventually("the first init container running", 30, || async {
+        let p = pods.get("inits").await.ok()?;
+        let st = serde_json::to_value(&p.status).ok()?;
+        st["initContainerStatuses"][0]["state"]["running"]
+            .is_object()
+            .then_some(p)
+    })
+    .await;
+    let st = serde_json::to_value(&waiting.status).unwrap();
+    assert_eq!(st["phase"], "Pending");
+    assert_eq!(condition(&waiting, "Initialized").as_deref(), Some("False"));
+    assert_eq!(
+        st["initContainerStatuses"][1]["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    assert_eq!(
+        st["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    if kube_api::have_kubectl("init_containers_run_in_order", 32) {
+        let out = c.ok(32, &["get", "pod", "inits", "--no-headers"]);
+        assert!(out.contains("Init:0/2"), "{out}");
+    }
+    std::fs::write(work.path().join("go"), "").unwrap();
+    let p = wait_running(&pods, "inits").await;
+    assert_eq!(condition(&p, "Initialized").as_deref(), Some("True"));
+    let st = serde_json::to_value(&p.status).unwrap();
+    for i in 0..2 {
+        let t = &st["initContainerStatuses"][i]["state"]["terminated"];
+        assert_eq!(t["exitCode"], 0, "{st}");
+        assert_eq!(t["reason"], "Completed");
+    }
+    let order = || std::fs::read_to_string(work.path().join("order")).unwrap();
+    assert_eq!(order(), "one\ntwo\nmain\n");
+
+    // A new agent adopts the pod as it is: completed init containers are not run again.
+    first.abort();
+    let _ = first.await;
+    let second = node.agent(client.clone(), &name);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(order(), "one\ntwo\nmain\n");
+    let p = pods.get("inits").await.unwrap();
+    assert_eq!(condition(&p, "Initialized").as_deref(), Some("True"));
+    assert_eq!(container_status(&p)["restartCount"], 0);
+    let uid = p.metadata.uid.clone().unwrap();
+    assert_eq!(
+        rt.status(&uid).unwrap().containers[0].state,
+        cairn_orchestrator::runtime::ContainerState::Running
+    );
+
+    // With restartPolicy Never a failed init container fails the pod; the app never starts.
+    let failing: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "badinit"},
+        "spec": {"nodeName": name, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+            "initContainers": [{"name": "setup", "image": "/", "command": ["/bin/sh", "-c", "exit 7"]}],
+            "containers": [{"name": "main", "image": "/", "command": ["sleep", "300"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &failing).await.unwrap();
+    let failed = eventually("the pod Failed", 30, || async {
+        let p = pods.get("badinit").await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then_some(p)
+    })
+    .await;
+    let st = serde_json::to_value(&failed.status).unwrap();
+    assert_eq!(
+        st["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+        7
+    );
+    assert_eq!(condition(&failed, "Initialized").as_deref(), Some("False"));
+    assert_eq!(
+        st["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    if kube_api::have_kubectl("init_containers_run_in_order", 32) {
+        let out = c.ok(32, &["get", "pod", "badinit", "--no-headers"]);
+        assert!(out.contains("Init:Error"), "{out}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let uid = failed.metadata.uid.clone().unwrap();
+    let s = rt.status(&uid).unwrap();
+    assert_eq!(
+        s.containers[0].state,
+        cairn_orchestrator::runtime::ContainerState::Created,
+        "the app container started after a failed init container"
+    );
+    assert_eq!(s.init_containers.len(), 1);
+
+    // With OnFailure it is run again, with the back-off shown as Init:CrashLoopBackOff.
+    let retried: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "retryinit"},
+        "spec": {"nodeName": name, "restartPolicy": "OnFailure", "terminationGracePeriodSeconds": 1,
+            "initContainers": [{"name": "setup", "image": "/", "command": ["/bin/sh", "-c", "exit 1"]}],
+            "containers": [{"name": "main", "image": "/", "command": ["sleep", "300"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &retried).await.unwrap();
+    converge("the init container crash-looping", 30, async || {
+        let p = pods.get("retryinit").await.unwrap();
+        let st = serde_json::to_value(&p.status).unwrap();
+        let i = &st["initContainerStatuses"][0];
+        st["phase"] == "Pending"
+            && i["restartCount"].as_i64().unwrap_or(0) >= 1
+            && i["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    })
+    .await;
+    delete_all(&pods).await;
+    second.abort();
+}
