@@ -837,3 +837,173 @@ async fn init_containers_run_in_order_once_before_the_app_containers() {
     delete_all(&pods).await;
     second.abort();
 }
+
+/// An HTTP server on loopback that answers 200 and records the paths asked for.
+async fn recording_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = l.accept().await {
+            let mut buf = [0u8; 1024];
+            let n = conn.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            if let Some(path) = head.split_whitespace().nth(1) {
+                s.lock().unwrap().push(path.to_string());
+            }
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_hooks_run_around_the_container_and_exits_leave_a_message() {
+    if !common::can_run("lifecycle_hooks_run_around_the_container_and_exits_leave_a_message") {
+        return;
+    }
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let node = AgentNode::new("hooks");
+    let name = format!("agent-hooks-{}", std::process::id());
+    let agent = node.agent(client.clone(), &name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().to_str().unwrap();
+    let (port, seen) = recording_server().await;
+    let order = || std::fs::read_to_string(work.path().join("order")).unwrap_or_default();
+
+    // exec hooks: postStart after the start; preStop before SIGTERM, which the container traps.
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "hooked"},
+        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 10,
+            "volumes": [{"name": "work", "hostPath": {"path": dir}}],
+            "containers": [
+                {"name": "main", "image": "/", "command": ["/bin/sh", "-c",
+                    "trap 'echo term >> /work/order; exit 0' TERM; while true; do sleep 0.1; done"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                 "lifecycle": {
+                    "postStart": {"exec": {"command": ["/bin/sh", "-c", "echo post-start >> /work/order"]}},
+                    "preStop": {"exec": {"command": ["/bin/sh", "-c",
+                        "echo pre-stop >> /work/order; sleep 1; echo pre-stop-done >> /work/order"]}}}},
+                {"name": "web", "image": "/", "command": ["sleep", "300"],
+                 "lifecycle": {
+                    "postStart": {"httpGet": {"host": "127.0.0.1", "port": port, "path": "/post-start"}},
+                    "preStop": {"httpGet": {"host": "127.0.0.1", "port": port, "path": "/pre-stop"}}}}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    wait_running(&pods, "hooked").await;
+    assert_eq!(order(), "post-start\n");
+    assert_eq!(*seen.lock().unwrap(), ["/post-start"]);
+    pods.delete("hooked", &DeleteParams::default())
+        .await
+        .unwrap();
+    converge("hooked gone", 30, async || {
+        pods.get_opt("hooked").await.unwrap().is_none()
+    })
+    .await;
+    assert_eq!(order(), "post-start\npre-stop\npre-stop-done\nterm\n");
+    assert_eq!(*seen.lock().unwrap(), ["/post-start", "/pre-stop"]);
+
+    // A preStop hook that outlasts the grace period is cut short: the pod goes after the grace
+    // plus the kubelet's 2 s, not after the hook.
+    let slow: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "slowstop"},
+        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 2,
+            "containers": [{"name": "main", "image": "/", "command": ["sleep", "300"],
+                "lifecycle": {"preStop": {"exec": {"command": ["sleep", "60"]}}}}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &slow).await.unwrap();
+    wait_running(&pods, "slowstop").await;
+    let began = std::time::Instant::now();
+    pods.delete("slowstop", &DeleteParams::default())
+        .await
+        .unwrap();
+    converge("slowstop gone", 30, async || {
+        pods.get_opt("slowstop").await.unwrap().is_none()
+    })
+    .await;
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "deletion took {took:?}"
+    );
+
+    // A failing postStart hook kills the container; the restart policy runs it again.
+    let bad: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "badhook"},
+        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "/", "command": ["sleep", "300"],
+                "lifecycle": {"postStart": {"exec": {"command": ["/bin/sh", "-c", "exit 1"]}}}}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &bad).await.unwrap();
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    converge("a FailedPostStartHook event", 30, async || {
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("FailedPostStartHook")
+                    && e.involved_object.name.as_deref() == Some("badhook")
+            })
+    })
+    .await;
+    converge("the killed container restarted", 30, async || {
+        let p = pods.get("badhook").await.unwrap();
+        container_status(&p)["restartCount"].as_i64().unwrap_or(0) >= 1
+    })
+    .await;
+
+    // Termination messages: the file the container wrote, or its log's tail after a failure.
+    let msg: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "msg"},
+        "spec": {"nodeName": name, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {"name": "file", "image": "/", "command": ["/bin/sh", "-c",
+                    "printf 'bye' > /dev/termination-log; exit 3"]},
+                {"name": "custom", "image": "/", "terminationMessagePath": "/tmp/why",
+                    "command": ["/bin/sh", "-c", "printf 'custom path' > /tmp/why"]},
+                {"name": "logs", "image": "/", "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "command": ["/bin/sh", "-c", "echo first; echo oops; exit 4"]},
+                {"name": "quiet", "image": "/", "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "command": ["/bin/sh", "-c", "echo fine"]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &msg).await.unwrap();
+    let done = eventually("msg Failed", 30, || async {
+        let p = pods.get("msg").await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then_some(p)
+    })
+    .await;
+    let st = serde_json::to_value(&done.status).unwrap();
+    let term = |name: &str| {
+        st["containerStatuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["state"]["terminated"]
+            .clone()
+    };
+    assert_eq!(term("file")["message"], "bye");
+    assert_eq!(term("file")["exitCode"], 3);
+    assert_eq!(term("custom")["message"], "custom path");
+    assert_eq!(term("logs")["message"], "first\noops\n");
+    assert!(
+        term("quiet").get("message").is_none(),
+        "a success takes no message from the log"
+    );
+
+    delete_all(&pods).await;
+    agent.abort();
+}
