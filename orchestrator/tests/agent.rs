@@ -1007,3 +1007,126 @@ async fn lifecycle_hooks_run_around_the_container_and_exits_leave_a_message() {
     delete_all(&pods).await;
     agent.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_reach_the_cgroups_the_environment_and_the_oom_killer() {
+    if !common::can_run("resources_reach_the_cgroups_the_environment_and_the_oom_killer") {
+        return;
+    }
+    use cairn_orchestrator::runtime::CgroupVersion;
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let node = AgentNode::new("res");
+    let name = format!("agent-res-{}", std::process::id());
+    let agent = node.agent(client.clone(), &name);
+    let rt = node.runtime();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let field = |env: &str, resource: &str, divisor: Option<&str>| {
+        let mut r = json!({"resource": resource});
+        if let Some(d) = divisor {
+            r["divisor"] = json!(d);
+        }
+        json!({"name": env, "valueFrom": {"resourceFieldRef": r}})
+    };
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "limited"},
+        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {"name": "main", "image": "/", "command": ["/bin/sh", "-c",
+                    "echo \"$CPU|$CPU_M|$MEM|$MEM_REQ|$CPU_REQ\"; exec sleep 300"],
+                 "resources": {"limits": {"cpu": "500m", "memory": "64Mi"},
+                    "requests": {"cpu": "250m", "memory": "32Mi"}},
+                 "env": [field("CPU", "limits.cpu", None), field("CPU_M", "limits.cpu", Some("1m")),
+                    field("MEM", "limits.memory", None), field("MEM_REQ", "requests.memory", Some("1Mi")),
+                    field("CPU_REQ", "requests.cpu", Some("1m"))]},
+                {"name": "free", "image": "/", "command": ["/bin/sh", "-c",
+                    "echo \"$CPU|$MEM\"; exec sleep 300"],
+                 "env": [field("CPU", "limits.cpu", None), field("MEM", "limits.memory", None)]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    let p = wait_running(&pods, "limited").await;
+    let uid = p.metadata.uid.clone().unwrap();
+    let log = |container: &'static str| {
+        let rt = &rt;
+        let uid = uid.clone();
+        async move {
+            eventually("the environment printed", 30, || async {
+                let l = rt.logs(&uid, container, None).ok()?;
+                (!l.is_empty()).then(|| String::from_utf8_lossy(&l).trim().to_string())
+            })
+            .await
+        }
+    };
+    // limits.cpu rounds up to whole cores unless the divisor says otherwise.
+    assert_eq!(log("main").await, "1|500|67108864|32|250");
+    // Without limits the values are the node's allocatable, as registered.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let alloc = nodes
+        .get(&name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .allocatable
+        .unwrap();
+    let mem_ki: u64 = alloc["memory"].0.trim_end_matches("Ki").parse().unwrap();
+    assert_eq!(
+        log("free").await,
+        format!("{}|{}", alloc["cpu"].0, mem_ki * 1024)
+    );
+
+    // The limits and the request are the container's cgroup's.
+    let rel = rt.container_cgroup(&uid, "main");
+    let dirs = rt.cgroups().dirs(&rel);
+    let read = |ctrl: &str, file: &str| {
+        let dir = match rt.cgroups().version() {
+            CgroupVersion::V2 => dirs[0].clone(),
+            _ => dirs
+                .iter()
+                .find(|d| d.components().any(|c| c.as_os_str() == ctrl))
+                .unwrap()
+                .clone(),
+        };
+        std::fs::read_to_string(dir.join(file))
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()))
+            .trim()
+            .to_string()
+    };
+    match rt.cgroups().version() {
+        CgroupVersion::V2 => {
+            assert_eq!(read("", "memory.max"), "67108864");
+            assert_eq!(read("", "cpu.max"), "50000 100000");
+            // 250m: 256 shares, which cgroup v2 weighs as 10.
+            assert_eq!(read("", "cpu.weight"), "10");
+        }
+        _ => {
+            assert_eq!(read("memory", "memory.limit_in_bytes"), "67108864");
+            assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+            assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+            assert_eq!(read("cpu", "cpu.shares"), "256");
+        }
+    }
+
+    // Past its memory limit a container is killed, and the status says OOMKilled.
+    let oom: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "oom"},
+        "spec": {"nodeName": name, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "/",
+                "command": ["/bin/sh", "-c", "head -c 209715200 /dev/zero | tail > /dev/null"],
+                "resources": {"limits": {"memory": "32Mi"}}}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &oom).await.unwrap();
+    let done = eventually("oom Failed", 60, || async {
+        let p = pods.get("oom").await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then_some(p)
+    })
+    .await;
+    let t = &container_status(&done)["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{t}");
+    assert_eq!(t["exitCode"], 137);
+
+    delete_all(&pods).await;
+    agent.abort();
+}
