@@ -2,7 +2,9 @@
 //! runtime (root): it registers its Node and turns Ready, runs a pod bound to it and reports it
 //! Running and Ready, restarts a crashing container with the crash-loop back-off shown in the
 //! status, keeps pods running across its own restart (same process, same restart count), and on
-//! deletion stops the processes before the pod object goes.
+//! deletion stops the processes before the pod object goes. Also the rest of the pod spec: secret,
+//! downwardAPI and projected volumes kept up to date, init containers, lifecycle hooks and
+//! termination messages, resources in cgroups and in the environment, OOMKilled.
 
 mod common;
 mod kube_api;

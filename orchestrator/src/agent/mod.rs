@@ -3,10 +3,14 @@
 //! through the bundled runtime (`convert` translates both ways), restarts exited containers as
 //! their restartPolicy says with the kubelet's crash-loop back-off (10 s doubling to 5 min,
 //! forgotten after 10 min of running), writes each pod's status back with a resourceVersion
-//! precondition, and on deletion stops the processes within the grace period before it removes
-//! the pod object. The runtime keeps its state on disk, so a restarted agent re-adopts running
-//! pods without restarting them. A client of the API server only: this module never imports
-//! `registry` or `apiserver`.
+//! precondition, and on deletion runs the preStop hooks (`hooks`) and stops the processes within
+//! the grace period before it removes the pod object. Init containers run one at a time, each to
+//! success, before the app containers start; a failed one is run again with the same back-off
+//! unless the policy is Never. Secret, configMap, downwardAPI and projected volumes (`volumes`)
+//! are resolved from watched Secrets and ConfigMaps and rewritten in place whenever they change.
+//! The runtime keeps its state on disk, so a restarted agent re-adopts running pods without
+//! restarting them (or re-running their completed init containers). A client of the API server
+//! only: this module never imports `registry` or `apiserver`.
 
 pub mod convert;
 pub mod env;

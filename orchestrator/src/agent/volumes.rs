@@ -74,18 +74,29 @@ fn mode(item: Option<i32>, default: Option<i32>) -> u32 {
     item.or(default).unwrap_or(DEFAULT_MODE) as u32 & 0o7777
 }
 
+/// A Secret or ConfigMap as a volume (or projection) names it.
+struct Keyed<'a> {
+    what: &'static str,
+    name: &'a str,
+    items: Option<&'a Vec<KeyToPath>>,
+    optional: bool,
+}
+
 /// Keys of `data` as files: all of them, or the listed items. A listed key the source lacks is
 /// an error unless the source is optional.
 fn keyed(
     volume: &str,
-    what: &str,
+    src: Keyed,
     data: Option<BTreeMap<String, Vec<u8>>>,
-    name: &str,
-    items: Option<&Vec<KeyToPath>>,
-    optional: bool,
     default_mode: Option<i32>,
     out: &mut Vec<VolumeFile>,
 ) -> Result<(), String> {
+    let Keyed {
+        what,
+        name,
+        items,
+        optional,
+    } = src;
     let Some(data) = data else {
         if optional {
             return Ok(());
@@ -166,22 +177,26 @@ fn volume_files(
         let sname = s.secret_name.clone().unwrap_or_default();
         keyed(
             name,
-            "secret",
+            Keyed {
+                what: "secret",
+                name: &sname,
+                items: s.items.as_ref(),
+                optional: s.optional.unwrap_or(false),
+            },
             lookup.secret(&sname),
-            &sname,
-            s.items.as_ref(),
-            s.optional.unwrap_or(false),
             s.default_mode,
             &mut out,
         )?;
     } else if let Some(c) = &v.config_map {
         keyed(
             name,
-            "configmap",
+            Keyed {
+                what: "configmap",
+                name: &c.name,
+                items: c.items.as_ref(),
+                optional: c.optional.unwrap_or(false),
+            },
             lookup.config_map(&c.name),
-            &c.name,
-            c.items.as_ref(),
-            c.optional.unwrap_or(false),
             c.default_mode,
             &mut out,
         )?;
@@ -199,22 +214,26 @@ fn volume_files(
             if let Some(s) = &src.secret {
                 keyed(
                     name,
-                    "secret",
+                    Keyed {
+                        what: "secret",
+                        name: &s.name,
+                        items: s.items.as_ref(),
+                        optional: s.optional.unwrap_or(false),
+                    },
                     lookup.secret(&s.name),
-                    &s.name,
-                    s.items.as_ref(),
-                    s.optional.unwrap_or(false),
                     p.default_mode,
                     &mut out,
                 )?;
             } else if let Some(c) = &src.config_map {
                 keyed(
                     name,
-                    "configmap",
+                    Keyed {
+                        what: "configmap",
+                        name: &c.name,
+                        items: c.items.as_ref(),
+                        optional: c.optional.unwrap_or(false),
+                    },
                     lookup.config_map(&c.name),
-                    &c.name,
-                    c.items.as_ref(),
-                    c.optional.unwrap_or(false),
                     p.default_mode,
                     &mut out,
                 )?;

@@ -421,14 +421,12 @@ impl Pod {
                 .as_ref()
                 .map(|e| (e.medium.as_ref(), "emptyDir"))
                 .or(v.files.as_ref().map(|f| (f.medium.as_ref(), "files")));
-            if let Some((medium, kind)) = medium {
-                if let Some(m) = medium {
-                    if !m.is_empty() && m != "Memory" {
-                        return Err(invalid(
-                            format!("{f}.{kind}.medium"),
-                            "must be \"\" or \"Memory\"",
-                        ));
-                    }
+            if let Some((Some(m), kind)) = medium {
+                if !m.is_empty() && m != "Memory" {
+                    return Err(invalid(
+                        format!("{f}.{kind}.medium"),
+                        "must be \"\" or \"Memory\"",
+                    ));
                 }
             }
         }
