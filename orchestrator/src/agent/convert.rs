@@ -67,8 +67,17 @@ pub fn to_runtime(pod: &Pod) -> Result<runtime::Pod, Refusal> {
     let v = serde_json::to_value(pod).map_err(|e| refuse("InvalidPod", e.to_string()))?;
     let spec = &v["spec"];
     let mut containers = Vec::new();
-    for c in spec["containers"].as_array().into_iter().flatten() {
+    let mut init_containers = Vec::new();
+    let init = spec["initContainers"].as_array().into_iter().flatten();
+    let app = spec["containers"].as_array().into_iter().flatten();
+    for (is_init, c) in init.map(|c| (true, c)).chain(app.map(|c| (false, c))) {
         let name = c["name"].as_str().unwrap_or("");
+        if is_init && c["restartPolicy"] == "Always" {
+            return Err(refuse(
+                "CreateContainerConfigError",
+                format!("init container {name}: sidecar containers (restartPolicy: Always) are not supported by this node"),
+            ));
+        }
         let image = c["image"].as_str().unwrap_or("");
         if !image.starts_with('/') {
             return Err(refuse(
@@ -111,36 +120,52 @@ pub fn to_runtime(pod: &Pod) -> Result<runtime::Pod, Refusal> {
             }
             out["securityContext"] = s;
         }
-        containers.push(out);
+        if let Some(p) = c["terminationMessagePath"]
+            .as_str()
+            .filter(|p| !p.is_empty())
+        {
+            out["terminationMessagePath"] = json!(p);
+        }
+        if c["terminationMessagePolicy"] == "FallbackToLogsOnError" {
+            out["terminationMessageFallbackToLogs"] = json!(true);
+        }
+        if is_init {
+            init_containers.push(out);
+        } else {
+            containers.push(out);
+        }
     }
     let mut volumes = Vec::new();
     for vol in spec["volumes"].as_array().into_iter().flatten() {
         let name = vol["name"].as_str().unwrap_or("");
         let mut out = json!({"name": name});
+        let api_backed = ["secret", "configMap", "downwardAPI", "projected"];
         if let Some(e) = vol.get("emptyDir").filter(|v| v.is_object()) {
             out["emptyDir"] = pick(e, &["medium", "sizeLimit"]);
-        } else if let Some(cm) = vol.get("configMap").filter(|v| v.is_object()) {
-            let items: Vec<Value> = cm["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|i| pick(i, &["key", "path"]))
-                .collect();
-            out["configMap"] = pick(cm, &["name", "optional"]);
-            out["configMap"]["items"] = json!(items);
+        } else if let Some(kind) = api_backed.iter().find(|k| vol[**k].is_object()) {
+            // Resolved by the agent (`volumes`) into files it keeps up to date; secrets, and
+            // projections that may carry them, stay off the disk.
+            out["files"] = if matches!(*kind, "secret" | "projected") {
+                json!({"medium": "Memory"})
+            } else {
+                json!({})
+            };
         } else if let Some(h) = vol.get("hostPath").filter(|v| v.is_object()) {
             out["hostPath"] = pick(h, &["path", "type"]);
         } else {
             return Err(refuse(
                 "CreateContainerConfigError",
                 format!(
-                    "volume {name}: only emptyDir, configMap and hostPath volumes are supported"
+                    "volume {name}: only emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes are supported"
                 ),
             ));
         }
         volumes.push(out);
     }
     let mut rspec = json!({"containers": containers, "volumes": volumes});
+    if !init_containers.is_empty() {
+        rspec["initContainers"] = json!(init_containers);
+    }
     if let Some(p) = spec.get("restartPolicy").filter(|v| v.is_string()) {
         rspec["restartPolicy"] = p.clone();
     }
@@ -205,8 +230,12 @@ pub fn terminated(c: &runtime::ContainerStatus) -> Option<Value> {
         ContainerState::Unknown => (137, "ContainerStatusUnknown"),
         _ => return None,
     };
-    Some(json!({"terminated": {"exitCode": code, "reason": reason,
-        "startedAt": time_ms(c.started_at_ms), "finishedAt": time_ms(c.finished_at_ms)}}))
+    let mut t = json!({"exitCode": code, "reason": reason,
+        "startedAt": time_ms(c.started_at_ms), "finishedAt": time_ms(c.finished_at_ms)});
+    if let Some(m) = &c.message {
+        t["message"] = json!(m);
+    }
+    Some(json!({ "terminated": t }))
 }
 
 /// The pod's status from the runtime's view of it.
@@ -221,8 +250,19 @@ pub fn status(
         .as_ref()
         .and_then(|s| s.restart_policy.clone())
         .unwrap_or_else(|| "Always".into());
-    let by_name: BTreeMap<&str, &runtime::ContainerStatus> =
-        rt.containers.iter().map(|c| (c.name.as_str(), c)).collect();
+    let by_name: BTreeMap<&str, &runtime::ContainerStatus> = rt
+        .containers
+        .iter()
+        .chain(rt.init_containers.iter())
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    let (init_statuses, initialized, init_failed) = init_status(pod, rt, &by_name, restarts);
+    // The app containers wait for the init containers in the kubelet's words.
+    let not_started = if initialized {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
     let (mut running, mut succeeded, mut failed, mut ready_count) = (0, 0, 0, 0);
     let mut statuses = Vec::new();
     for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
@@ -263,11 +303,9 @@ pub fn status(
                     false,
                 )
             }
-            Some(ContainerState::Created) | None => (
-                json!({"waiting": {"reason": "ContainerCreating"}}),
-                false,
-                false,
-            ),
+            Some(ContainerState::Created) | None => {
+                (json!({"waiting": {"reason": not_started}}), false, false)
+            }
         };
         if ready {
             ready_count += 1;
@@ -289,7 +327,14 @@ pub fn status(
     let crash_looping = statuses
         .iter()
         .any(|s| s["state"]["waiting"]["reason"] == "CrashLoopBackOff");
-    let phase = if total == 0 {
+    let phase = if !initialized {
+        // A failed init container that will not run again fails the pod.
+        if init_failed && restart_policy == "Never" {
+            "Failed"
+        } else {
+            "Pending"
+        }
+    } else if total == 0 {
         "Pending"
     } else if running > 0 || crash_looping || will_restart {
         "Running"
@@ -309,15 +354,74 @@ pub fn status(
         "phase": phase,
         "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
         "startTime": time_ms(Some(rt.created_at_ms)),
-        "conditions": [cond("PodReadyToStartContainers", rt.sandbox_running), cond("Initialized", true),
+        "conditions": [cond("PodReadyToStartContainers", rt.sandbox_running), cond("Initialized", initialized),
             cond("Ready", all_ready), cond("ContainersReady", all_ready), cond("PodScheduled", true)],
         "containerStatuses": statuses,
     });
+    if !init_statuses.is_empty() {
+        st["initContainerStatuses"] = json!(init_statuses);
+    }
     if let Some(ip) = rt.ip {
         st["podIP"] = json!(ip.to_string());
         st["podIPs"] = json!([{"ip": ip.to_string()}]);
     }
     st
+}
+
+/// The init containers' statuses; whether all have completed; whether one failed (its exit is
+/// the last word unless the restart policy runs it again).
+fn init_status(
+    pod: &Pod,
+    rt: &runtime::PodStatus,
+    by_name: &BTreeMap<&str, &runtime::ContainerStatus>,
+    restarts: &HashMap<String, Restarts>,
+) -> (Vec<Value>, bool, bool) {
+    let mut out = Vec::new();
+    let (mut initialized, mut failed) = (true, false);
+    for c in pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+    {
+        let r = restarts.get(&c.name).cloned().unwrap_or_default();
+        let st = by_name.get(c.name.as_str()).copied();
+        let state = match st.map(|s| &s.state) {
+            Some(ContainerState::Running) => {
+                initialized = false;
+                json!({"running": {"startedAt": time_ms(st.and_then(|s| s.started_at_ms))}})
+            }
+            _ if r.backing_off.is_some() => {
+                initialized = false;
+                json!({"waiting": {"reason": "CrashLoopBackOff", "message": r.backing_off}})
+            }
+            Some(ContainerState::Exited { exit_code: 0, .. }) => {
+                st.and_then(terminated).unwrap_or_default()["terminated"].clone()
+            }
+            Some(ContainerState::Exited { .. } | ContainerState::Unknown) => {
+                initialized = false;
+                failed = true;
+                st.and_then(terminated).unwrap_or_default()["terminated"].clone()
+            }
+            Some(ContainerState::Created) | None => {
+                initialized = false;
+                json!({"waiting": {"reason": "PodInitializing"}})
+            }
+        };
+        let state = if state.get("exitCode").is_some() {
+            json!({ "terminated": state })
+        } else {
+            state
+        };
+        let done = state["terminated"]["exitCode"] == 0;
+        let mut s = json!({"name": c.name, "image": c.image, "imageID": "",
+            "containerID": format!("cairn://{}/{}", rt.name, c.name),
+            "ready": done, "started": state.get("running").is_some(), "restartCount": r.count, "state": state});
+        if let Some(last) = r.last {
+            s["lastState"] = last;
+        }
+        out.push(s);
+    }
+    (out, initialized, failed)
 }
 
 /// The status of a pod this node refuses to run.
@@ -357,7 +461,9 @@ mod tests {
                 state,
                 started_at_ms: Some(1_700_000_001_000),
                 finished_at_ms,
+                message: None,
             }],
+            init_containers: vec![],
         }
     }
 
@@ -377,7 +483,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.reason, "ErrImagePull");
         let e = to_runtime(&pod(
-            json!({"spec": {"volumes": [{"name": "s", "secret": {"secretName": "x"}}]}}),
+            json!({"spec": {"volumes": [{"name": "s", "nfs": {"server": "x", "path": "/"}}]}}),
         ))
         .unwrap_err();
         assert_eq!(e.reason, "CreateContainerConfigError");

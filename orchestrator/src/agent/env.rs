@@ -2,7 +2,7 @@
 //! literal values: the service links of the pod's namespace (`<SVC>_SERVICE_HOST`, `_PORT` and the
 //! docker-link `<SVC>_PORT_*` forms, unless `enableServiceLinks: false`), then `envFrom`
 //! ConfigMaps and Secrets, then `env` (values with `$(VAR)` expansion, configMapKeyRef,
-//! secretKeyRef and fieldRef); later definitions win. A missing ConfigMap, Secret or key that is
+//! secretKeyRef, fieldRef and resourceFieldRef); later definitions win. A missing ConfigMap, Secret or key that is
 //! not optional refuses the pod with `CreateContainerConfigError` in the kubelet's words. It never
 //! imports `registry` or `apiserver`.
 
@@ -172,7 +172,7 @@ pub fn service_env(services: &[Service]) -> BTreeMap<String, String> {
 }
 
 /// A `fieldRef` path's value for `pod`.
-fn field(pod: &Pod, path: &str, host_ip: &str) -> Result<String, Refusal> {
+pub(crate) fn field(pod: &Pod, path: &str, host_ip: &str) -> Result<String, Refusal> {
     let meta = &pod.metadata;
     let keyed = |prefix: &str, map: &Option<BTreeMap<String, String>>| {
         path.strip_prefix(prefix)
@@ -261,7 +261,12 @@ pub async fn resolve(
         services_env.extend(service_env(&svcs));
     }
     let mut out = HashMap::new();
-    for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+    let mut containers: Vec<&Container> = Vec::new();
+    if let Some(s) = &pod.spec {
+        containers.extend(s.init_containers.iter().flatten());
+        containers.extend(&s.containers);
+    }
+    for c in containers {
         out.insert(
             c.name.clone(),
             container_env(&mut sources, pod, c, &services_env, host_ip).await?,
@@ -343,11 +348,16 @@ async fn container_env(
                     }
                 } else if let Some(f) = &from.field_ref {
                     field(pod, &f.field_path, host_ip)?
+                } else if let Some(r) = &from.resource_field_ref {
+                    super::volumes::resource_value(
+                        pod,
+                        Some(&c.name),
+                        r,
+                        super::node::allocatable(),
+                    )
+                    .map_err(|m| config_error(format!("env {}: {m}", e.name)))?
                 } else {
-                    return Err(config_error(format!(
-                        "env {}: resourceFieldRef is not supported yet",
-                        e.name
-                    )));
+                    return Err(config_error(format!("env {}: no value source", e.name)));
                 }
             }
         };

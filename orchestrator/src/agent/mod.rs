@@ -3,24 +3,30 @@
 //! through the bundled runtime (`convert` translates both ways), restarts exited containers as
 //! their restartPolicy says with the kubelet's crash-loop back-off (10 s doubling to 5 min,
 //! forgotten after 10 min of running), writes each pod's status back with a resourceVersion
-//! precondition, and on deletion stops the processes within the grace period before it removes
-//! the pod object. The runtime keeps its state on disk, so a restarted agent re-adopts running
-//! pods without restarting them. A client of the API server only: this module never imports
-//! `registry` or `apiserver`.
+//! precondition, and on deletion runs the preStop hooks (`hooks`) and stops the processes within
+//! the grace period before it removes the pod object. Init containers run one at a time, each to
+//! success, before the app containers start; a failed one is run again with the same back-off
+//! unless the policy is Never. Secret, configMap, downwardAPI and projected volumes (`volumes`)
+//! are resolved from watched Secrets and ConfigMaps and rewritten in place whenever they change.
+//! The runtime keeps its state on disk, so a restarted agent re-adopts running pods without
+//! restarting them (or re-running their completed init containers). A client of the API server
+//! only: this module never imports `registry` or `apiserver`.
 
 pub mod convert;
 pub mod env;
+pub mod hooks;
 pub mod join;
 pub mod node;
 pub mod probe;
 pub mod server;
+pub mod volumes;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -28,7 +34,9 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::runtime::{self, ConfigMaps, ContainerState, Runtime, RuntimeConfig, RuntimeError};
+use crate::runtime::{
+    self, ConfigMaps, ContainerState, Runtime, RuntimeConfig, RuntimeError, VolumeFile,
+};
 use convert::{Refusal, Restarts};
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +107,11 @@ struct PodTrack {
     containers: HashMap<String, ContainerTrack>,
     /// Why the last start failed, and when to try again.
     refused: Option<(Refusal, Instant)>,
+    /// A digest of the API-backed volumes' files as last written: unchanged sources cost no
+    /// writes.
+    volumes: Option<u64>,
+    /// The last FailedMount message posted as an event (posted once, not every sync).
+    mount_event: Option<String>,
 }
 
 /// Work finished in the background, reported back to the sync loop.
@@ -118,6 +131,10 @@ struct Agent {
     busy: HashSet<String>,
     tasks: JoinSet<Done>,
     probes: probe::Probes,
+    /// Every Secret and ConfigMap, watched: volumes are resolved from here each sync, so a
+    /// change reaches the pods' files within a sync period without a read per pod.
+    secrets: Store<Secret>,
+    config_maps: Store<ConfigMap>,
 }
 
 /// Runs the agent until `stop` resolves. Pods keep running when it stops.
@@ -169,10 +186,41 @@ pub async fn run(
             futures::future::ready(())
         }),
     );
-    store
-        .wait_until_ready()
-        .await
-        .map_err(|e| AgentError::Sync(e.to_string()))?;
+    let (secrets, secrets_writer) = reflector::store();
+    let (config_maps, config_maps_writer) = reflector::store();
+    let w = wake.clone();
+    background.spawn(
+        watcher(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(secrets_writer)
+        .for_each(move |_| {
+            w.notify_one();
+            futures::future::ready(())
+        }),
+    );
+    let w = wake.clone();
+    background.spawn(
+        watcher(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(config_maps_writer)
+        .for_each(move |_| {
+            w.notify_one();
+            futures::future::ready(())
+        }),
+    );
+    for ready in [
+        store.wait_until_ready().await,
+        secrets.wait_until_ready().await,
+        config_maps.wait_until_ready().await,
+    ] {
+        ready.map_err(|e| AgentError::Sync(e.to_string()))?;
+    }
     tracing::info!(node = %cfg.node_name, "agent registered and watching its pods");
     let period = cfg.sync_period;
     let mut agent = Agent {
@@ -183,6 +231,8 @@ pub async fn run(
         busy: HashSet::new(),
         tasks: JoinSet::new(),
         probes: probe::Probes::default(),
+        secrets,
+        config_maps,
     };
     tokio::pin!(stop);
     loop {
@@ -291,8 +341,20 @@ impl Agent {
                 uid.to_string(),
                 rt.is_some(),
             );
+            let running: Vec<String> = rt
+                .iter()
+                .flat_map(|s| s.containers.iter())
+                .filter(|c| c.state == ContainerState::Running)
+                .map(|c| c.name.clone())
+                .collect();
             self.tasks.spawn(async move {
                 if present {
+                    let full = grace.unwrap_or_else(|| Duration::from_secs(pod_grace(&pod)));
+                    let (left, failed) = hooks::pre_stop(&rt_, &pod, &uid, &running, full).await;
+                    for m in failed {
+                        event(&client, &pod, "Warning", "FailedPreStopHook", &m).await;
+                    }
+                    let grace = Some(left);
                     if let Err(e) = rt_.stop_pod(&uid, grace).await {
                         tracing::warn!(pod = %uid, error = %e, "stop");
                     }
@@ -309,11 +371,12 @@ impl Agent {
         let track = self.pods.entry(uid.to_string()).or_insert_with(|| {
             // Restart counts survive an agent restart through the pod's own status.
             let mut t = PodTrack::default();
-            for cs in pod
-                .status
-                .iter()
-                .flat_map(|s| s.container_statuses.iter().flatten())
-            {
+            for cs in pod.status.iter().flat_map(|s| {
+                s.container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.init_container_statuses.iter().flatten())
+            }) {
                 t.containers.entry(cs.name.clone()).or_default().restarts = cs.restart_count;
             }
             t
@@ -328,6 +391,31 @@ impl Agent {
                 }
             }
             track.refused = None;
+            let lookup = StoreLookup {
+                ns: pod.metadata.namespace.as_deref().unwrap_or("default"),
+                secrets: &self.secrets,
+                config_maps: &self.config_maps,
+            };
+            let files = match volumes::resolve(pod, &lookup, node::allocatable()) {
+                Ok(f) => f,
+                Err(message) => {
+                    // The kubelet keeps the pod ContainerCreating until its volumes can be set
+                    // up, and says why in a FailedMount event.
+                    if track.mount_event.as_ref() != Some(&message) {
+                        track.mount_event = Some(message.clone());
+                        let (client, pod, m) = (self.client.clone(), pod.clone(), message.clone());
+                        tokio::spawn(async move {
+                            event(&client, &pod, "Warning", "FailedMount", &m).await;
+                        });
+                    }
+                    let why = Refusal {
+                        reason: "ContainerCreating",
+                        message,
+                    };
+                    return Some(convert::refused(pod, &why, &self.cfg.address));
+                }
+            };
+            track.volumes = Some(digest(&files));
             self.busy.insert(uid.to_string());
             let (rt, client, pod, uid, host_ip) = (
                 self.rt.clone(),
@@ -337,11 +425,13 @@ impl Agent {
                 self.cfg.address.clone(),
             );
             self.tasks.spawn(async move {
-                let r = start(&rt, &client, &pod, &host_ip).await;
+                let r = start(&rt, &client, &pod, &host_ip, &files).await;
                 Done::Started(uid, r)
             });
             return None;
         };
+        self.refresh_volumes(pod, uid);
+        let track = self.pods.get_mut(uid).expect("tracked above");
         let policy = pod
             .spec
             .as_ref()
@@ -352,7 +442,44 @@ impl Agent {
         let mut restart: Option<(String, bool)> = None;
         let mut restarts: HashMap<String, Restarts> = HashMap::new();
         let pod_ip = rt.ip.map(|ip| ip.to_string());
-        for c in &rt.containers {
+        // Init containers one at a time, each to success; the app containers only after all.
+        let mut initialized = true;
+        for c in &rt.init_containers {
+            let t = track.containers.entry(c.name.clone()).or_default();
+            let mut backing_off = None;
+            match &c.state {
+                ContainerState::Exited { exit_code: 0, .. } => {}
+                ContainerState::Running => initialized = false,
+                ContainerState::Created => {
+                    initialized = false;
+                    restart = Some((c.name.clone(), false));
+                }
+                ContainerState::Exited { .. } | ContainerState::Unknown => {
+                    initialized = false;
+                    // Init containers are run again after a failure unless the policy is Never.
+                    if policy != "Never" {
+                        backing_off = back_off(t, c, now, pod, uid, &mut restart);
+                    }
+                }
+            }
+            restarts.insert(
+                c.name.clone(),
+                Restarts {
+                    count: t.restarts,
+                    backing_off,
+                    last: t.last.clone(),
+                    probed: None,
+                },
+            );
+            if !initialized {
+                break;
+            }
+        }
+        let mut start_apps = Vec::new();
+        for c in rt.containers.iter().filter(|_| initialized) {
+            if c.state == ContainerState::Created {
+                start_apps.push(c.name.clone());
+            }
             let t = track.containers.entry(c.name.clone()).or_default();
             let spec_c = pod
                 .spec
@@ -377,6 +504,9 @@ impl Agent {
                 ContainerState::Unknown => Some(137),
                 _ => None,
             };
+            if !initialized {
+                continue;
+            }
             let mut backing_off = None;
             match exited {
                 None => {
@@ -389,34 +519,7 @@ impl Agent {
                 Some(code) => {
                     let again = policy == "Always" || (policy == "OnFailure" && code != 0);
                     if again {
-                        if t.seen_exit != c.finished_at_ms {
-                            t.seen_exit = c.finished_at_ms;
-                            t.last = convert::terminated(c);
-                            t.retry_at = Some(now + t.backoff);
-                        }
-                        match t.retry_at {
-                            Some(at) if at <= now && restart.is_none() => {
-                                t.retry_at = None;
-                                t.restarts += 1;
-                                t.backoff = if t.backoff.is_zero() {
-                                    BACKOFF_START
-                                } else {
-                                    (t.backoff * 2).min(BACKOFF_MAX)
-                                };
-                                restart = Some((c.name.clone(), false));
-                            }
-                            Some(at) => {
-                                let wait = at.saturating_duration_since(now).as_secs().max(1);
-                                backing_off = Some(format!(
-                                    "back-off {wait}s restarting failed container={} pod={}_{}({})",
-                                    c.name,
-                                    pod.metadata.name.as_deref().unwrap_or(""),
-                                    pod.metadata.namespace.as_deref().unwrap_or(""),
-                                    uid
-                                ));
-                            }
-                            None => {}
-                        }
+                        backing_off = back_off(t, c, now, pod, uid, &mut restart);
                     }
                 }
             }
@@ -433,30 +536,241 @@ impl Agent {
         let st = convert::status(pod, rt, &restarts, &self.cfg.address);
         if let Some((container, kill)) = restart {
             self.busy.insert(uid.to_string());
-            let grace = Duration::from_secs(
-                pod.spec
-                    .as_ref()
-                    .and_then(|s| s.termination_grace_period_seconds)
-                    .unwrap_or(30)
-                    .max(0) as u64,
+            let grace = Duration::from_secs(pod_grace(pod));
+            let (rt, client, pod, uid) = (
+                self.rt.clone(),
+                self.client.clone(),
+                pod.clone(),
+                uid.to_string(),
             );
-            let (rt, uid) = (self.rt.clone(), uid.to_string());
             self.tasks.spawn(async move {
                 let mut last = None;
                 if kill {
                     tracing::info!(pod = %uid, container, "probe failed: restarting the container");
+                    let running = [container.clone()];
+                    let (grace, failed) = hooks::pre_stop(&rt, &pod, &uid, &running, grace).await;
+                    for m in failed {
+                        event(&client, &pod, "Warning", "FailedPreStopHook", &m).await;
+                    }
                     match rt.stop_container(&uid, &container, grace).await {
                         Ok(st) => last = convert::terminated(&st),
                         Err(e) => tracing::warn!(pod = %uid, container, error = %e, "stop failed"),
                     }
                 }
-                if let Err(e) = rt.start_container(&uid, &container).await {
+                if let Err(e) = start_container(&rt, &client, &pod, &uid, &container).await {
                     tracing::warn!(pod = %uid, container, error = %e, "restart failed");
                 }
                 Done::Restarted(uid, container, last)
             });
+        } else if !start_apps.is_empty() {
+            self.busy.insert(uid.to_string());
+            let (rt, client, pod, uid) = (
+                self.rt.clone(),
+                self.client.clone(),
+                pod.clone(),
+                uid.to_string(),
+            );
+            self.tasks.spawn(async move {
+                for c in &start_apps {
+                    if let Err(e) = start_container(&rt, &client, &pod, &uid, c).await {
+                        tracing::warn!(pod = %uid, container = %c, error = %e, "start failed");
+                    }
+                }
+                Done::Restarted(uid, String::new(), None)
+            });
         }
         Some(st)
+    }
+}
+
+impl Agent {
+    /// Rewrites the pod's API-backed volumes whose sources changed since the last write. A
+    /// source that has gone away leaves the files as they were, as the kubelet does.
+    fn refresh_volumes(&mut self, pod: &Pod, uid: &str) {
+        if volumes::kinds(pod).is_empty() {
+            return;
+        }
+        let lookup = StoreLookup {
+            ns: pod.metadata.namespace.as_deref().unwrap_or("default"),
+            secrets: &self.secrets,
+            config_maps: &self.config_maps,
+        };
+        let files = match volumes::resolve(pod, &lookup, node::allocatable()) {
+            Ok(f) => f,
+            Err(m) => {
+                tracing::debug!(pod = %uid, message = %m, "volumes not refreshed");
+                return;
+            }
+        };
+        let d = digest(&files);
+        let track = self.pods.entry(uid.to_string()).or_default();
+        if track.volumes == Some(d) {
+            return;
+        }
+        for (volume, files) in &files {
+            match self.rt.write_volume_files(uid, volume, files) {
+                Ok(true) => tracing::info!(pod = %uid, volume, "volume contents updated"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(pod = %uid, volume, error = %e, "cannot update a volume");
+                    return;
+                }
+            }
+        }
+        track.volumes = Some(d);
+    }
+}
+
+/// Applies the crash-loop back-off to an exited container the policy runs again: restarts it
+/// (through `restart`, one container per pod and sync) once its back-off has passed, or says
+/// how long it still waits.
+fn back_off(
+    t: &mut ContainerTrack,
+    c: &runtime::ContainerStatus,
+    now: Instant,
+    pod: &Pod,
+    uid: &str,
+    restart: &mut Option<(String, bool)>,
+) -> Option<String> {
+    if t.seen_exit != c.finished_at_ms {
+        t.seen_exit = c.finished_at_ms;
+        t.last = convert::terminated(c);
+        t.retry_at = Some(now + t.backoff);
+    }
+    match t.retry_at {
+        Some(at) if at <= now && restart.is_none() => {
+            t.retry_at = None;
+            t.restarts += 1;
+            t.backoff = if t.backoff.is_zero() {
+                BACKOFF_START
+            } else {
+                (t.backoff * 2).min(BACKOFF_MAX)
+            };
+            *restart = Some((c.name.clone(), false));
+            None
+        }
+        Some(at) => {
+            let wait = at.saturating_duration_since(now).as_secs().max(1);
+            Some(format!(
+                "back-off {wait}s restarting failed container={} pod={}_{}({})",
+                c.name,
+                pod.metadata.name.as_deref().unwrap_or(""),
+                pod.metadata.namespace.as_deref().unwrap_or(""),
+                uid
+            ))
+        }
+        None => None,
+    }
+}
+
+/// Secrets and ConfigMaps of one namespace from the agent's caches.
+struct StoreLookup<'a> {
+    ns: &'a str,
+    secrets: &'a Store<Secret>,
+    config_maps: &'a Store<ConfigMap>,
+}
+
+impl volumes::Lookup for StoreLookup<'_> {
+    fn secret(&self, name: &str) -> Option<std::collections::BTreeMap<String, Vec<u8>>> {
+        let s = self
+            .secrets
+            .get(&reflector::ObjectRef::new(name).within(self.ns))?;
+        let mut data: std::collections::BTreeMap<String, Vec<u8>> = s
+            .data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        for (k, v) in s.string_data.clone().unwrap_or_default() {
+            data.insert(k, v.into_bytes());
+        }
+        Some(data)
+    }
+
+    fn config_map(&self, name: &str) -> Option<std::collections::BTreeMap<String, Vec<u8>>> {
+        let c = self
+            .config_maps
+            .get(&reflector::ObjectRef::new(name).within(self.ns))?;
+        let mut data: std::collections::BTreeMap<String, Vec<u8>> = c
+            .binary_data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        for (k, v) in c.data.clone().unwrap_or_default() {
+            data.insert(k, v.into_bytes());
+        }
+        Some(data)
+    }
+}
+
+fn digest(files: &[(String, Vec<VolumeFile>)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (v, fs) in files {
+        v.hash(&mut h);
+        for f in fs {
+            (&f.path, &f.data, f.mode).hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+fn pod_grace(pod: &Pod) -> u64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30)
+        .max(0) as u64
+}
+
+/// Starts one container and runs its postStart hook; a failed hook kills the container, as the
+/// kubelet does, after a `FailedPostStartHook` event.
+async fn start_container(
+    rt: &Runtime,
+    client: &kube::Client,
+    pod: &Pod,
+    uid: &str,
+    container: &str,
+) -> Result<(), RuntimeError> {
+    rt.start_container(uid, container).await?;
+    if let Err(m) = hooks::post_start(rt, pod, uid, container).await {
+        tracing::info!(pod = %uid, container, message = %m, "postStart hook failed: killing the container");
+        event(client, pod, "Warning", "FailedPostStartHook", &m).await;
+        rt.stop_container(uid, container, Duration::from_secs(pod_grace(pod)))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Posts an Event about `pod` from this node, as the kubelet reports what happened to it.
+async fn event(client: &kube::Client, pod: &Pod, type_: &str, reason: &str, message: &str) {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or("");
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
+    let now = crate::api::meta::now();
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{name}.{:016x}", fastrand::u64(..)), "namespace": ns},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns,
+            "uid": pod.metadata.uid},
+        "reason": reason, "message": message, "type": type_, "count": 1,
+        "firstTimestamp": now, "lastTimestamp": now,
+        "source": {"component": "kubelet", "host": node},
+        "reportingComponent": "kubelet", "reportingInstance": node,
+    });
+    let Ok(ev) = serde_json::from_value::<k8s_openapi::api::core::v1::Event>(ev) else {
+        return;
+    };
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    if let Err(e) = api.create(&kube::api::PostParams::default(), &ev).await {
+        tracing::debug!(pod = %name, reason, error = %e, "cannot post an event");
     }
 }
 
@@ -467,21 +781,24 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Resolves what the pod reads (environments, ConfigMaps for volumes), translates it for the
-/// runtime and starts it.
+/// Resolves what the pod reads (environments; its API-backed volumes' `files` come resolved),
+/// translates it for the runtime, creates the sandbox with its volumes and starts the first init
+/// container, or else the app containers.
 async fn start(
     rt: &Runtime,
     client: &kube::Client,
     pod: &Pod,
     host_ip: &str,
+    files: &[(String, Vec<VolumeFile>)],
 ) -> Result<(), Refusal> {
     let envs = env::resolve(client, pod, host_ip).await?;
     let mut literal = pod.clone();
-    for c in literal
-        .spec
-        .iter_mut()
-        .flat_map(|s| s.containers.iter_mut())
-    {
+    for c in literal.spec.iter_mut().flat_map(|s| {
+        s.init_containers
+            .iter_mut()
+            .flatten()
+            .chain(s.containers.iter_mut())
+    }) {
         c.env_from = None;
         c.env = Some(
             envs.get(&c.name)
@@ -514,13 +831,33 @@ async fn start(
             }
         }
     }
-    rt.run_pod(&spec, &config_maps)
+    let failed = |e: RuntimeError| Refusal {
+        reason: "CreateContainerError",
+        message: e.to_string(),
+    };
+    rt.create_sandbox(&spec, &config_maps)
         .await
-        .map(|_| ())
-        .map_err(|e| Refusal {
-            reason: "CreateContainerError",
-            message: e.to_string(),
-        })
+        .map_err(failed)?;
+    let uid = spec.name().to_string();
+    let run = async || -> Result<(), RuntimeError> {
+        for (volume, files) in files {
+            rt.write_volume_files(&uid, volume, files)?;
+        }
+        match spec.spec.init_containers.first() {
+            Some(first) => start_container(rt, client, pod, &uid, &first.name).await,
+            None => {
+                for c in &spec.spec.containers {
+                    start_container(rt, client, pod, &uid, &c.name).await?;
+                }
+                Ok(())
+            }
+        }
+    };
+    if let Err(e) = run().await {
+        let _ = rt.remove_pod(&uid).await;
+        return Err(failed(e));
+    }
+    Ok(())
 }
 
 /// Conditions keep their transition time while their status stays the same.

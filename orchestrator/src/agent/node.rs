@@ -37,6 +37,18 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
+/// What the node offers its pods, as registered (cpu, memory): the value of a `resourceFieldRef`
+/// to a limit the container does not set.
+pub fn allocatable() -> super::volumes::Allocatable {
+    let cpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    super::volumes::Allocatable {
+        cpu_milli: cpu as u64 * 1000,
+        memory: memory_ki() * 1024,
+    }
+}
+
 /// The Node's status as this machine has it.
 pub fn status(address: &str, name: &str, port: u16) -> Value {
     let now = crate::api::meta::now();

@@ -230,7 +230,7 @@ async fn run_probe(
 }
 
 /// A plain HTTP/1.1 GET: 200-399 passes, as the kubelet judges it.
-async fn http_ok(host: &str, port: u16, path: &str) -> bool {
+pub(crate) async fn http_ok(host: &str, port: u16, path: &str) -> bool {
     let Ok(mut s) = tokio::net::TcpStream::connect((host, port)).await else {
         return false;
     };

@@ -169,13 +169,41 @@ fn pod_cells(p: &Value, now: i64) -> Vec<Value> {
         .count();
     let restarts: i64 = statuses
         .iter()
+        .chain(arr(p, "/status/initContainerStatuses"))
         .map(|c| c.get("restartCount").and_then(Value::as_i64).unwrap_or(0))
         .sum();
     let mut status = s(p, "/status/reason").to_string();
     if status.is_empty() {
         status = s(p, "/status/phase").to_string();
     }
-    for c in statuses {
+    // kubectl's order: the first init container that has not succeeded names the status.
+    let inits = arr(p, "/status/initContainerStatuses");
+    let total_inits = arr(p, "/spec/initContainers").len();
+    let mut initializing = false;
+    for (i, c) in inits.iter().enumerate() {
+        let code = c
+            .pointer("/state/terminated/exitCode")
+            .and_then(Value::as_i64);
+        let waiting = c
+            .pointer("/state/waiting/reason")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty() && *r != "PodInitializing");
+        status = match (code, waiting) {
+            (Some(0), _) => continue,
+            (Some(code), _) => match c
+                .pointer("/state/terminated/reason")
+                .and_then(Value::as_str)
+            {
+                Some(r) if !r.is_empty() => format!("Init:{r}"),
+                _ => format!("Init:ExitCode:{code}"),
+            },
+            (None, Some(r)) => format!("Init:{r}"),
+            (None, None) => format!("Init:{i}/{total_inits}"),
+        };
+        initializing = true;
+        break;
+    }
+    for c in statuses.iter().filter(|_| !initializing) {
         if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
             status = r.to_string();
         } else if let Some(r) = c
@@ -498,6 +526,30 @@ pub fn table(r: &Resource, items: &[Value], list_meta: Value, include: &str) -> 
 mod tests {
     use super::*;
     use crate::api::lookup_kind;
+
+    #[test]
+    fn pods_still_initializing_show_kubectls_init_status() {
+        let status = |inits: Value| {
+            let pod = json!({"metadata": {"name": "p", "creationTimestamp": meta::now()},
+                "spec": {"initContainers": [{"name": "i1"}, {"name": "i2"}], "containers": [{"name": "a"}]},
+                "status": {"phase": "Pending", "initContainerStatuses": inits, "containerStatuses": [
+                    {"ready": false, "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}]}});
+            pod_cells(&pod, jiff::Timestamp::now().as_second())[2].clone()
+        };
+        let done = json!({"restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}});
+        let running = json!({"restartCount": 0, "state": {"running": {}}});
+        let waiting =
+            json!({"restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}});
+        assert_eq!(status(json!([done, running])), "Init:1/2");
+        assert_eq!(status(json!([waiting, waiting])), "Init:0/2");
+        let failed =
+            json!({"restartCount": 0, "state": {"terminated": {"exitCode": 3, "reason": "Error"}}});
+        assert_eq!(status(json!([failed, waiting])), "Init:Error");
+        let looping =
+            json!({"restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}}});
+        assert_eq!(status(json!([looping, waiting])), "Init:CrashLoopBackOff");
+        assert_eq!(status(json!([done, done])), "PodInitializing");
+    }
 
     #[test]
     fn pod_rows_have_the_known_columns() {

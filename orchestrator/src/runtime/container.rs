@@ -129,6 +129,14 @@ impl Runtime {
                 is_file: true,
             },
         ];
+        if let Some(path) = &c.termination_message_path {
+            mounts.push(BindMount {
+                source: cdir.join("termination-log"),
+                target: path.clone(),
+                read_only: false,
+                is_file: true,
+            });
+        }
         for m in &c.volume_mounts {
             let (source, forced_ro) = self
                 .volume_source(&rec.pod, &m.name)
@@ -197,6 +205,17 @@ impl Runtime {
         }
         fs::create_dir_all(cdir.join("rootfs")).map_err(ioc("create container dir"))?;
         let _ = fs::remove_file(cdir.join("exit.json"));
+        // Each run starts with an empty message, writable whatever user the container runs as.
+        let message_file = c
+            .termination_message_path
+            .as_ref()
+            .map(|_| cdir.join("termination-log"));
+        if let Some(f) = &message_file {
+            fs::write(f, b"").map_err(ioc("create termination-log"))?;
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(f, fs::Permissions::from_mode(0o666))
+                .map_err(ioc("chmod termination-log"))?;
+        }
         let cg = self.container_cgroup(pod, container);
         self.cgroups
             .create(&cg, &container_resources(&c, self.cfg.default_pids_limit))?;
@@ -243,6 +262,8 @@ impl Runtime {
             started_at_ms,
             monitor_pid,
             monitor_start,
+            message_file,
+            fallback_to_logs: c.termination_message_fallback_to_logs,
         };
         write_json(&cdir.join("state.json"), &cr)?;
         tracing::info!(pod, container, pid, "container started");

@@ -36,6 +36,7 @@ pub use logs::tail_lines;
 pub use network::{NetworkConfig, NetworkError, PodNetwork};
 pub use records::{ContainerState, ContainerStatus, ExecOutput, ExitReason, PodStatus};
 pub use spec::{ConfigMaps, Pod, SpecError};
+pub use volumes::VolumeFile;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -47,6 +47,21 @@ pub struct ContainerStatus {
     pub pid: Option<i32>,
     pub started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
+    /// Of an exited run: what it wrote to its termination message path (or, when so asked, its
+    /// log's tail after a failure).
+    pub message: Option<String>,
+}
+
+/// The kubelet's caps on a termination message: 4096 bytes from the file, or the last 80 lines
+/// and 2048 bytes of the log.
+const MESSAGE_MAX: usize = 4096;
+const LOG_MESSAGE_LINES: usize = 80;
+const LOG_MESSAGE_MAX: usize = 2048;
+
+/// The last `max` bytes of `data` as text, cut at a character boundary.
+fn tail_text(data: &[u8], max: usize) -> String {
+    let s = String::from_utf8_lossy(&data[data.len().saturating_sub(max)..]).into_owned();
+    s.trim_start_matches('\u{fffd}').to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +71,7 @@ pub struct PodStatus {
     pub sandbox_running: bool,
     pub holder_pid: i32,
     pub created_at_ms: u64,
+    pub init_containers: Vec<ContainerStatus>,
     pub containers: Vec<ContainerStatus>,
 }
 
@@ -95,6 +111,11 @@ pub(super) struct ContainerRecord {
     pub(super) monitor_pid: i32,
     #[serde(default)]
     pub(super) monitor_start: u64,
+    /// The host file bind-mounted at the termination message path, if any.
+    #[serde(default)]
+    pub(super) message_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) fallback_to_logs: bool,
 }
 
 impl ContainerRecord {
@@ -160,11 +181,26 @@ impl Runtime {
                 pid: None,
                 started_at_ms: None,
                 finished_at_ms: None,
+                message: None,
             });
         };
         let exit: Option<ExitRecord> = read_json(&cdir.join("exit.json"))?;
+        let mut message = None;
         let (state, finished) = match exit {
             Some(x) => {
+                message = cr
+                    .message_file
+                    .as_ref()
+                    .and_then(|f| fs::read(f).ok())
+                    .map(|d| String::from_utf8_lossy(&d[..d.len().min(MESSAGE_MAX)]).into_owned())
+                    .filter(|m| !m.is_empty());
+                if message.is_none() && cr.fallback_to_logs && x.exit_code != 0 {
+                    message = self
+                        .logs(pod, container, Some(LOG_MESSAGE_LINES))
+                        .ok()
+                        .map(|l| tail_text(&l, LOG_MESSAGE_MAX))
+                        .filter(|m| !m.is_empty());
+                }
                 let reason = if x.oom_killed {
                     ExitReason::OOMKilled
                 } else if x.exit_code == 0 {
@@ -189,23 +225,25 @@ impl Runtime {
             pid: Some(cr.pid),
             started_at_ms: Some(cr.started_at_ms),
             finished_at_ms: finished,
+            message,
         })
     }
 
     pub(super) fn pod_status(&self, rec: &PodRecord) -> Result<PodStatus> {
-        let containers = rec
-            .pod
-            .spec
-            .containers
-            .iter()
-            .map(|c| self.container_status(rec.pod.name(), &c.name))
-            .collect::<Result<Vec<_>>>()?;
+        let statuses = |cs: &[super::spec::Container]| {
+            cs.iter()
+                .map(|c| self.container_status(rec.pod.name(), &c.name))
+                .collect::<Result<Vec<_>>>()
+        };
+        let containers = statuses(&rec.pod.spec.containers)?;
+        let init_containers = statuses(&rec.pod.spec.init_containers)?;
         Ok(PodStatus {
             name: rec.pod.name().to_string(),
             ip: rec.network.as_ref().map(|n| n.ip),
             sandbox_running: alive(rec.holder_pid, rec.holder_start),
             holder_pid: rec.holder_pid,
             created_at_ms: rec.created_at_ms,
+            init_containers,
             containers,
         })
     }
@@ -258,6 +296,8 @@ mod tests {
             started_at_ms: 0,
             monitor_pid: 0,
             monitor_start: 0,
+            message_file: None,
+            fallback_to_logs: false,
         };
         assert!(!gone.running());
         let recording = ContainerRecord {

@@ -25,6 +25,19 @@ pub(super) fn sum_all(values: impl Iterator<Item = Option<u64>>) -> Option<u64> 
     values.sum::<Option<u64>>()
 }
 
+/// The pod's share of one resource: the app containers' sum or the largest init container's,
+/// whichever is larger; `None` (unlimited) if any container is.
+fn pod_total(
+    app: &[Resources],
+    init: &[Resources],
+    f: impl Fn(&Resources) -> Option<u64>,
+) -> Option<u64> {
+    let sum = sum_all(app.iter().map(&f))?;
+    init.iter()
+        .map(&f)
+        .try_fold(sum, |acc, v| v.map(|v| acc.max(v)))
+}
+
 impl Runtime {
     pub(super) fn ipam(&self, net: &NetworkConfig) -> Result<network::Ipam> {
         Ok(network::Ipam::new(&self.cfg.state_dir.join("ipam"), net)?)
@@ -87,17 +100,19 @@ impl Runtime {
         fs::write(etc.join("hostname"), format!("{name}\n")).map_err(ioc("write hostname"))?;
 
         let default_pids = self.cfg.default_pids_limit;
-        let per: Vec<Resources> = pod
-            .spec
-            .containers
-            .iter()
-            .map(|c| container_resources(c, default_pids))
-            .collect();
+        let per = |cs: &[super::spec::Container]| -> Vec<Resources> {
+            cs.iter()
+                .map(|c| container_resources(c, default_pids))
+                .collect()
+        };
+        let (app, init) = (per(&pod.spec.containers), per(&pod.spec.init_containers));
+        // Init containers run alone, before the app containers: the pod needs the larger of the
+        // biggest init container and the app containers together, as Kubernetes sizes it.
         let pod_res = Resources {
-            memory_limit: sum_all(per.iter().map(|r| r.memory_limit)),
-            cpu_limit_millis: sum_all(per.iter().map(|r| r.cpu_limit_millis)),
-            cpu_request_millis: sum_all(per.iter().map(|r| r.cpu_request_millis)),
-            pids_limit: sum_all(per.iter().map(|r| r.pids_limit)),
+            memory_limit: pod_total(&app, &init, |r| r.memory_limit),
+            cpu_limit_millis: pod_total(&app, &init, |r| r.cpu_limit_millis),
+            cpu_request_millis: pod_total(&app, &init, |r| r.cpu_request_millis),
+            pids_limit: pod_total(&app, &init, |r| r.pids_limit),
         };
         self.cgroups.create(&cg, &pod_res)?;
 
@@ -148,7 +163,8 @@ impl Runtime {
         self.pod_status(&rec)
     }
 
-    /// Creates the sandbox and starts every container in spec order.
+    /// Creates the sandbox and starts every app container in spec order (init containers are
+    /// the caller's to sequence).
     pub async fn run_pod(&self, pod: &Pod, config_maps: &ConfigMaps) -> Result<PodStatus> {
         self.create_sandbox(pod, config_maps).await?;
         for c in &pod.spec.containers {
@@ -169,9 +185,7 @@ impl Runtime {
         });
         let stops = rec
             .pod
-            .spec
-            .containers
-            .iter()
+            .all_containers()
             .map(|c| self.stop_container(pod, &c.name, grace));
         for r in futures_util::future::join_all(stops).await {
             r?;
@@ -194,6 +208,7 @@ impl Runtime {
         let rec = match self.load(pod) {
             Ok(r) => r,
             Err(RuntimeError::NotFound(_)) if dir.exists() => {
+                super::volumes::unmount_files(&dir);
                 fs::remove_dir_all(&dir).map_err(ioc(format!("remove {}", dir.display())))?;
                 return Ok(());
             }
@@ -217,6 +232,7 @@ impl Runtime {
         })
         .await
         .map_err(|e| ioc("cgroup removal task")(io::Error::other(e)))??;
+        super::volumes::unmount_files(&dir);
         fs::remove_dir_all(&dir).map_err(ioc(format!("remove {}", dir.display())))?;
         tracing::info!(pod, "pod removed");
         Ok(())
@@ -231,5 +247,19 @@ mod tests {
     fn pod_sums() {
         assert_eq!(sum_all([Some(1), Some(2)].into_iter()), Some(3));
         assert_eq!(sum_all([Some(1), None].into_iter()), None);
+        let r = |m: Option<u64>| Resources {
+            memory_limit: m,
+            ..Default::default()
+        };
+        let mem = |r: &Resources| r.memory_limit;
+        assert_eq!(
+            pod_total(&[r(Some(2)), r(Some(3))], &[r(Some(4))], mem),
+            Some(5)
+        );
+        assert_eq!(
+            pod_total(&[r(Some(2))], &[r(Some(9)), r(Some(1))], mem),
+            Some(9)
+        );
+        assert_eq!(pod_total(&[r(Some(2))], &[r(None)], mem), None);
     }
 }

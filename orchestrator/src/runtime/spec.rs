@@ -61,6 +61,10 @@ pub enum RestartPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PodSpec {
+    /// Run one at a time, each to completion, before `containers`; sequencing them is the
+    /// caller's ([`crate::runtime::Runtime::start_container`] starts any one of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<Container>,
     pub containers: Vec<Container>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
@@ -103,6 +107,14 @@ pub struct Container {
     pub volume_mounts: Vec<VolumeMount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+    /// Where the container may write why it ended: a fresh host file is bind-mounted there for
+    /// each run, and its first 4096 bytes become the exit's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_message_path: Option<String>,
+    /// Kubernetes' `FallbackToLogsOnError`: a failed run that wrote no message gets the tail of
+    /// its log instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub termination_message_fallback_to_logs: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -180,6 +192,20 @@ pub struct Volume {
     pub config_map: Option<ConfigMapVolumeSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_path: Option<HostPathVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesVolumeSource>,
+}
+
+/// Files whose contents the caller supplies and replaces while the pod runs
+/// ([`crate::runtime::Runtime::write_volume_files`]): what Kubernetes' secret, downwardAPI,
+/// projected and configMap volumes become once resolved. Mounted read-only. The contents are
+/// never part of the spec, so they are never in the pod's record on disk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FilesVolumeSource {
+    /// `Memory`: the files live on a tmpfs of their own and never reach a disk (secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -324,8 +350,17 @@ impl Pod {
         &self.metadata.name
     }
 
+    /// An app or init container by name.
     pub fn container(&self, name: &str) -> Option<&Container> {
-        self.spec.containers.iter().find(|c| c.name == name)
+        self.all_containers().find(|c| c.name == name)
+    }
+
+    /// Init containers, then app containers.
+    pub fn all_containers(&self) -> impl Iterator<Item = &Container> {
+        self.spec
+            .init_containers
+            .iter()
+            .chain(self.spec.containers.iter())
     }
 
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -357,6 +392,7 @@ impl Pod {
                 v.empty_dir.is_some(),
                 v.config_map.is_some(),
                 v.host_path.is_some(),
+                v.files.is_some(),
             ]
             .iter()
             .filter(|s| **s)
@@ -364,7 +400,7 @@ impl Pod {
             if sources != 1 {
                 return Err(invalid(
                     f.clone(),
-                    "exactly one of emptyDir, configMap, hostPath is required",
+                    "exactly one of emptyDir, configMap, hostPath, files is required",
                 ));
             }
             if let Some(hp) = &v.host_path {
@@ -380,20 +416,32 @@ impl Pod {
                     check_relative(&format!("{f}.configMap.items[{j}].path"), &item.path)?;
                 }
             }
-            if let Some(ed) = &v.empty_dir {
-                if let Some(m) = &ed.medium {
-                    if !m.is_empty() && m != "Memory" {
-                        return Err(invalid(
-                            format!("{f}.emptyDir.medium"),
-                            "must be \"\" or \"Memory\"",
-                        ));
-                    }
+            let medium = v
+                .empty_dir
+                .as_ref()
+                .map(|e| (e.medium.as_ref(), "emptyDir"))
+                .or(v.files.as_ref().map(|f| (f.medium.as_ref(), "files")));
+            if let Some((Some(m), kind)) = medium {
+                if !m.is_empty() && m != "Memory" {
+                    return Err(invalid(
+                        format!("{f}.{kind}.medium"),
+                        "must be \"\" or \"Memory\"",
+                    ));
                 }
             }
         }
         let mut container_names = std::collections::BTreeSet::new();
-        for (i, c) in spec.containers.iter().enumerate() {
-            let f = format!("spec.containers[{i}]");
+        let init = spec
+            .init_containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("spec.initContainers[{i}]"), c));
+        let app = spec
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("spec.containers[{i}]"), c));
+        for (f, c) in init.chain(app) {
             check_dns_label(&format!("{f}.name"), &c.name)?;
             if !container_names.insert(c.name.as_str()) {
                 return Err(invalid(
@@ -406,6 +454,14 @@ impl Pod {
                     format!("{f}.command"),
                     "command or args is required (images carry no entrypoint here)",
                 ));
+            }
+            if let Some(p) = &c.termination_message_path {
+                if !p.starts_with('/') || p.split('/').any(|p| p == "..") {
+                    return Err(invalid(
+                        format!("{f}.terminationMessagePath"),
+                        "must be an absolute path without `..`",
+                    ));
+                }
             }
             if let Some(wd) = &c.working_dir {
                 if !wd.starts_with('/') {
