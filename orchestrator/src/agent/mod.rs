@@ -10,6 +10,7 @@
 
 pub mod convert;
 pub mod env;
+mod exec;
 pub mod node;
 pub mod probe;
 pub mod server;
