@@ -68,7 +68,12 @@ impl ExecRequest {
 fn text(code: StatusCode, message: impl Into<String>) -> Response {
     let mut m = message.into();
     m.push('\n');
-    (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], m).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        m,
+    )
+        .into_response()
 }
 
 pub(super) async fn exec(
@@ -110,14 +115,20 @@ pub(super) async fn exec(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.to_ascii_lowercase().starts_with("spdy"));
             if spdy {
-                return text(
+                // As a Status: clients read a plain-text answer with a colon in it as YAML.
+                let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "reason": "BadRequest", "code": 400,
+                "message": format!(
+                    "SPDY/3.1 streams are not served by this node; exec needs a WebSocket \
+                     client ({V5} or {V4}), as kubectl 1.30 and later are (1.29 with \
+                     KUBECTL_REMOTE_COMMAND_WEBSOCKETS=true)"
+                )});
+                return (
                     StatusCode::BAD_REQUEST,
-                    format!(
-                        "SPDY streams are not served by this node: connect with a WebSocket \
-                         ({V5} or {V4}; kubectl 1.30 and later do, 1.29 with \
-                         KUBECTL_REMOTE_COMMAND_WEBSOCKETS=true)"
-                    ),
-                );
+                    [(header::CONTENT_TYPE, "application/json")],
+                    status.to_string(),
+                )
+                    .into_response();
             }
             return rejection.into_response();
         }
@@ -152,12 +163,21 @@ pub(super) fn exit_status(command: &[String], code: i32) -> Value {
 
 /// The kubelet's Status for a command that could not be run at all.
 fn internal_error(message: String) -> Value {
-    let inner = format!("error executing command in container: failed to exec in container: {message}");
+    let inner =
+        format!("error executing command in container: failed to exec in container: {message}");
     json!({"metadata": {}, "status": "Failure",
         "message": format!("Internal error occurred: {inner}"),
         "reason": "InternalError",
         "details": {"causes": [{"message": inner}]},
         "code": 500})
+}
+
+/// Clients read a close without a code (1005) as an error, even after the Status.
+fn normal_close() -> Message {
+    Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    }))
 }
 
 fn frame(channel: u8, data: &[u8]) -> Message {
@@ -198,8 +218,10 @@ async fn serve(
                 other => other.to_string(),
             };
             let status = internal_error(message);
-            let _ = sink.send(frame(STATUS, status.to_string().as_bytes())).await;
-            let _ = sink.send(Message::Close(None)).await;
+            let _ = sink
+                .send(frame(STATUS, status.to_string().as_bytes()))
+                .await;
+            let _ = sink.send(normal_close()).await;
             return;
         }
     };
@@ -294,8 +316,10 @@ async fn serve(
         }
     }
     let status = exit_status(command, code.unwrap_or(128));
-    let _ = sink.send(frame(STATUS, status.to_string().as_bytes())).await;
-    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink
+        .send(frame(STATUS, status.to_string().as_bytes()))
+        .await;
+    let _ = sink.send(normal_close()).await;
     // Let the close handshake finish before the connection drops.
     let _ = tokio::time::timeout(Duration::from_secs(1), &mut input).await;
 }
@@ -306,7 +330,8 @@ mod tests {
 
     #[test]
     fn both_the_kubelets_and_the_apis_query_names_are_understood() {
-        let k = ExecRequest::parse("command=sh&command=-c&command=echo+hi&input=1&output=1&error=1");
+        let k =
+            ExecRequest::parse("command=sh&command=-c&command=echo+hi&input=1&output=1&error=1");
         assert_eq!(k.command, ["sh", "-c", "echo hi"]);
         assert!(k.streams.stdin && k.streams.stdout && k.streams.stderr && !k.streams.tty);
         let a = ExecRequest::parse("command=ls&stdin=true&stdout=true&stderr=true&tty=true");
@@ -319,13 +344,19 @@ mod tests {
     #[test]
     fn exit_codes_read_as_the_kubelets_status() {
         let cmd = ["sh".to_string(), "-c".to_string(), "exit 3".to_string()];
-        assert_eq!(exit_status(&cmd, 0), json!({"metadata": {}, "status": "Success"}));
+        assert_eq!(
+            exit_status(&cmd, 0),
+            json!({"metadata": {}, "status": "Success"})
+        );
         let s = exit_status(&cmd, 3);
         assert_eq!(
             s["message"],
             "command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3"
         );
         assert_eq!(s["reason"], "NonZeroExitCode");
-        assert_eq!(s["details"]["causes"][0], json!({"reason": "ExitCode", "message": "3"}));
+        assert_eq!(
+            s["details"]["causes"][0],
+            json!({"reason": "ExitCode", "message": "3"})
+        );
     }
 }

@@ -550,8 +550,9 @@ fn resolve_command(cmd: &str, env: &[String]) -> io::Result<CString> {
                 .unwrap_or(false)
         })
     };
-    let p =
-        found.ok_or_else(|| io::Error::other(format!("exec: {cmd:?}: executable file not found in $PATH")))?;
+    let p = found.ok_or_else(|| {
+        io::Error::other(format!("exec: {cmd:?}: executable file not found in $PATH"))
+    })?;
     CString::new(p.into_os_string().into_encoded_bytes()).map_err(io::Error::other)
 }
 
@@ -806,12 +807,19 @@ fn exec_stream(sys: &dyn Syscall, args: &[String]) -> io::Result<i32> {
         child_err = out(streams.stderr)?;
     }
     let (err_r, err_w) = ctx(nix::unistd::pipe2(cloexec), "pipe")?;
-    let parent = nix::unistd::getpid();
     // SAFETY: single-threaded process; the child only execs or exits.
     let child = match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
+            // As the child sees it: 0, the helper being outside its PID namespace.
+            let parent = nix::unistd::getppid();
             drop(err_r);
-            let r = stream_child(&cfg, streams.tty, parent, [child_in, child_out, child_err], argv);
+            let r = stream_child(
+                &cfg,
+                streams.tty,
+                parent,
+                [child_in, child_out, child_err],
+                argv,
+            );
             let Err(e) = r;
             let _ = nix::unistd::write(&err_w, e.to_string().as_bytes());
             // SAFETY: see the monitor's child.
@@ -827,7 +835,11 @@ fn exec_stream(sys: &dyn Syscall, args: &[String]) -> io::Result<i32> {
     let control = io::stdin();
     if !msg.is_empty() {
         let _ = wait_for(child);
-        send_control(&control, format!("{STREAM_ERR}{}", msg.replace('\n', " ")), &[])?;
+        send_control(
+            &control,
+            format!("{STREAM_ERR}{}", msg.replace('\n', " ")),
+            &[],
+        )?;
         return Ok(127);
     }
     let raw: Vec<i32> = theirs.iter().map(|f| f.as_raw_fd()).collect();
@@ -878,7 +890,7 @@ fn stream_child(
         .map_err(io::Error::other)?;
     drop_privileges(cfg.uid, cfg.gid, &cfg.caps, cfg.no_new_privs)?;
     // After the identity change, which clears it; the check closes the race with a helper
-    // that died before the signal was armed.
+    // that died before the signal was armed (the child would have been reparented).
     ctx(
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
         "parent-death signal",

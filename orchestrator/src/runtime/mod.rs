@@ -35,9 +35,9 @@ mod volumes;
 
 pub use cgroup::{CgroupDriver, CgroupError, CgroupVersion, Resources};
 pub use init::helper_main;
+pub use init::Streams as ExecStreams;
 pub use logs::tail_lines;
 pub use network::{NetworkConfig, NetworkError, PodNetwork};
-pub use init::Streams as ExecStreams;
 pub use records::{ContainerState, ContainerStatus, ExecOutput, ExitReason, PodStatus};
 pub use session::{ExecExit, ExecInput, ExecReader, ExecSession, Terminal};
 pub use spec::{ConfigMaps, Pod, SpecError};

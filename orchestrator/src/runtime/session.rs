@@ -135,22 +135,18 @@ impl Runtime {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .map_err(ioc(format!(
-                "spawn helper {}",
-                self.cfg.helper.display()
-            )))?;
+            .map_err(ioc(format!("spawn helper {}", self.cfg.helper.display())))?;
         let what = || format!("exec in container {pod}/{container}");
-        let (text, mut fds) = match tokio::time::timeout(START_TIMEOUT, read_control(&control))
-            .await
-        {
-            Ok(r) => r.map_err(ioc("read from exec helper"))?,
-            Err(_) => {
-                return Err(RuntimeError::Start {
-                    what: what(),
-                    message: format!("the command did not start within {START_TIMEOUT:?}"),
-                })
-            }
-        };
+        let (text, mut fds) =
+            match tokio::time::timeout(START_TIMEOUT, read_control(&control)).await {
+                Ok(r) => r.map_err(ioc("read from exec helper"))?,
+                Err(_) => {
+                    return Err(RuntimeError::Start {
+                        what: what(),
+                        message: format!("the command did not start within {START_TIMEOUT:?}"),
+                    })
+                }
+            };
         drop(control);
         if text == STREAM_OK {
             return session(streams, &mut fds, helper);
@@ -161,11 +157,9 @@ impl Runtime {
                 // The helper failed before it could answer; it said why on stderr.
                 let mut err = String::new();
                 if let Some(mut e) = helper.stderr.take() {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        e.read_to_string(&mut err),
-                    )
-                    .await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), e.read_to_string(&mut err))
+                            .await;
                 }
                 let _ = helper.wait().await;
                 err.trim().to_string()
@@ -184,13 +178,19 @@ fn session(
     helper: tokio::process::Child,
 ) -> Result<ExecSession> {
     let bad = |what: &str| RuntimeError::InvalidState(format!("exec helper: {what}"));
-    let mut next = || fds.drain(..1).next().ok_or_else(|| bad("too few streams passed"));
+    let mut next = || {
+        fds.drain(..1)
+            .next()
+            .ok_or_else(|| bad("too few streams passed"))
+    };
     let exit = ExecExit { helper };
     if streams.tty {
         let master = next()?;
         nix::fcntl::fcntl(
             &master,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NONBLOCK),
+            nix::fcntl::FcntlArg::F_SETFL(
+                nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NONBLOCK,
+            ),
         )
         .map_err(|e| bad(&format!("terminal: {e}")))?;
         let dup = |f: &OwnedFd| f.try_clone().map_err(ioc("dup terminal"));
@@ -262,13 +262,8 @@ fn recv_with_fds(fd: RawFd) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut cmsg = nix::cmsg_space!([RawFd; 4]);
     let (n, raw) = {
         let mut iov = [io::IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<UnixAddr>(
-            fd,
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(io::Error::from)?;
+        let msg = recvmsg::<UnixAddr>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(io::Error::from)?;
         let mut raw = Vec::new();
         for c in msg.cmsgs().map_err(io::Error::from)? {
             if let ControlMessageOwned::ScmRights(fds) = c {
