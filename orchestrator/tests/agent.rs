@@ -611,6 +611,86 @@ async fn kubectl_exec_streams_output_input_exit_codes_and_a_terminal() {
         assert_eq!(out.status.code(), Some(5), "1.{minor}: {screen:?}");
     }
 
+    // The agent's own port, as a v4 client that is not kubectl sees it: the subprotocol
+    // chosen, resizes applied in order with the input, the exit code in the closing Status.
+    let port = eventually("the agent's port", 10, || async {
+        let n = Api::<Node>::all(client.clone()).get(&name).await.ok()?;
+        let port = n.status?.daemon_endpoints?.kubelet_endpoint?.port;
+        (port != 0).then_some(port as u16)
+    })
+    .await;
+    let (cert, key) =
+        cairn_orchestrator::apiserver::tls::kubelet_client(&c.dir.path().join("certs"))
+            .unwrap()
+            .unwrap();
+    let kubelet = cairn_orchestrator::apiserver::kubelet::KubeletClient::new(&cert, &key).unwrap();
+    let script = "while [ \"$(stty size)\" = \"0 0\" ]; do sleep 0.05; done; echo first=$(stty size); read go; echo then=$(stty size); exit 7";
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("command", "sh"), ("command", "-c"), ("command", script)])
+        .extend_pairs([("input", "1"), ("output", "1"), ("tty", "1")])
+        .finish();
+    let mut headers = axum::http::HeaderMap::new();
+    for (k, v) in [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-protocol", "v4.channel.k8s.io"),
+    ] {
+        headers.insert(k, v.parse().unwrap());
+    }
+    let resp = kubelet
+        .upgrade(
+            [127, 0, 0, 1].into(),
+            port,
+            axum::http::Method::GET,
+            &format!("/exec/default/shell/main?{query}"),
+            &headers,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"],
+        "v4.channel.k8s.io"
+    );
+    let io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        io,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let send = |channel: u8, data: &[u8]| Message::Binary([&[channel][..], data].concat().into());
+    ws.send(send(4, br#"{"Width":80,"Height":24}"#))
+        .await
+        .unwrap();
+    let mut screen = String::new();
+    let mut status = None;
+    let mut resized = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        let Message::Binary(b) = msg else { continue };
+        match b[0] {
+            1 => screen.push_str(&text(&b[1..])),
+            3 => status = Some(serde_json::from_slice::<serde_json::Value>(&b[1..]).unwrap()),
+            other => panic!("frame on channel {other}"),
+        }
+        if !resized && screen.contains("first=24 80") {
+            resized = true;
+            ws.send(send(4, br#"{"Width":100,"Height":40}"#))
+                .await
+                .unwrap();
+            ws.send(send(0, b"go\n")).await.unwrap();
+        }
+    }
+    assert!(screen.contains("then=40 100"), "{screen:?}");
+    let status = status.expect("a closing Status");
+    assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+    assert_eq!(status["details"]["causes"][0]["message"], "7");
+
     // kubectl 1.28 speaks SPDY only: it is told so rather than left hanging.
     if kube_api::have_kubectl(test, 28) {
         let out = kubectl(&c, 28, &["exec", "shell", "-c", "main", "--", "true"], None);
