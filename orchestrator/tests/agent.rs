@@ -477,6 +477,38 @@ async fn delete_all(pods: &Api<Pod>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_downward_and_projected_volumes_are_files_kept_up_to_date() {
     if !common::can_run("secret_downward_and_projected_volumes_are_files_kept_up_to_date") {
+/// kubectl 1.`minor` run off the async workers, which keep serving the API and the agent.
+fn kubectl(c: &Cluster, minor: u32, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    tokio::task::block_in_place(|| c.kubectl_stdin(minor, args, stdin))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `kubectl exec -t` wants a terminal: `script` gives it one (of 33 rows and 101 columns, which
+/// kubectl sends as the session's first resize) and copies what appears on it.
+fn kubectl_on_a_terminal(c: &Cluster, minor: u32, args: &str) -> std::process::Output {
+    let bin = kube_api::kubectl_bin(minor).unwrap();
+    let home = c.dir.path().join(format!("home-1.{minor}"));
+    std::fs::create_dir_all(&home).unwrap();
+    let line = format!("stty rows 33 cols 101; exec {} {args}", bin.display());
+    tokio::task::block_in_place(|| {
+        std::process::Command::new("script")
+            .args(["-q", "-e", "-c", &line, "/dev/null"])
+            .env("HOME", &home)
+            .env("KUBECONFIG", &c.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("script runs")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_streams_output_input_exit_codes_and_a_terminal() {
+    let test = "kubectl_exec_streams_output_input_exit_codes_and_a_terminal";
+    if !common::can_run(test) || !kube_api::have_kubectl(test, 33) {
         return;
     }
     let c = Cluster::start().await;
@@ -1130,5 +1162,247 @@ async fn resources_reach_the_cgroups_the_environment_and_the_oom_killer() {
     assert_eq!(t["exitCode"], 137);
 
     delete_all(&pods).await;
+    let node = AgentNode::new("exec");
+    let name = format!("agent-exec-{}", std::process::id());
+    let agent = node.agent_with_ca(client.clone(), &name, cluster_ca(&c));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let container = |who: &str| {
+        json!({"name": who, "image": "/", "command": ["/bin/sh", "-c", "exec sleep 300"],
+            "env": [{"name": "WHO", "value": who}]})
+    };
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "shell"},
+        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
+            "containers": [container("main"), container("side")]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    converge("both containers running", 30, async || {
+        let p = pods.get("shell").await.unwrap();
+        let st = serde_json::to_value(&p.status).unwrap();
+        let cs = st["containerStatuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        cs.len() == 2 && cs.iter().all(|s| s["state"]["running"].is_object())
+    })
+    .await;
+
+    for minor in [33, 30] {
+        if !kube_api::have_kubectl(test, minor) {
+            continue;
+        }
+        // Output on both streams, and the command's exit code as kubectl's own.
+        let script = "echo out; echo err >&2; exit 3";
+        let out = kubectl(
+            &c,
+            minor,
+            &["exec", "shell", "-c", "main", "--", "sh", "-c", script],
+            None,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "1.{minor}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), "out\n", "1.{minor}");
+        assert!(
+            text(&out.stderr).starts_with("err\n"),
+            "1.{minor}: {}",
+            text(&out.stderr)
+        );
+
+        // Standard input reaches the command, and its end closes the command's stdin.
+        let out = kubectl(
+            &c,
+            minor,
+            &["exec", "-i", "shell", "-c", "main", "--", "cat"],
+            Some("hello\n"),
+        );
+        assert!(out.status.success(), "1.{minor}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "hello\n", "1.{minor}");
+
+        // -c picks the container; without it kubectl takes the first.
+        let who = ["sh", "-c", "echo $WHO"];
+        let side = kubectl(
+            &c,
+            minor,
+            &[&["exec", "shell", "-c", "side", "--"][..], &who].concat(),
+            None,
+        );
+        assert_eq!(
+            text(&side.stdout),
+            "side\n",
+            "1.{minor}: {}",
+            text(&side.stderr)
+        );
+        let first = kubectl(
+            &c,
+            minor,
+            &[&["exec", "shell", "--"][..], &who].concat(),
+            None,
+        );
+        assert_eq!(
+            text(&first.stdout),
+            "main\n",
+            "1.{minor}: {}",
+            text(&first.stderr)
+        );
+
+        // Kubernetes' words for what cannot be run.
+        let missing = kubectl(&c, minor, &["exec", "nope", "--", "true"], None);
+        assert!(
+            text(&missing.stderr).contains("pods \"nope\" not found"),
+            "1.{minor}: {}",
+            text(&missing.stderr)
+        );
+        let no_command = kubectl(&c, minor, &["exec", "shell"], None);
+        assert!(
+            text(&no_command.stderr)
+                .contains("you must specify at least one command for the container"),
+            "1.{minor}: {}",
+            text(&no_command.stderr)
+        );
+        let not_found = kubectl(
+            &c,
+            minor,
+            &["exec", "shell", "-c", "main", "--", "no-such-command"],
+            None,
+        );
+        assert!(!not_found.status.success());
+        assert!(
+            text(&not_found.stderr)
+                .contains("exec: \"no-such-command\": executable file not found in $PATH"),
+            "1.{minor}: {}",
+            text(&not_found.stderr)
+        );
+        let bad_container = kubectl(
+            &c,
+            minor,
+            &["exec", "shell", "-c", "nope", "--", "true"],
+            None,
+        );
+        assert!(
+            text(&bad_container.stderr).contains("container nope is not valid for pod shell"),
+            "1.{minor}: {}",
+            text(&bad_container.stderr)
+        );
+
+        // A terminal: the command has it as its controlling terminal, from the container's own
+        // devpts, sized by kubectl's resize; its exit code still comes through.
+        let wait_for_size = "for i in 1 2 3 4 5 6 7 8 9 10; do s=$(stty size); [ \"$s\" != \"0 0\" ] && break; sleep 0.2; done; echo size=$s; tty; exit 5";
+        let out = kubectl_on_a_terminal(
+            &c,
+            minor,
+            &format!("exec -it shell -c main -- sh -c '{wait_for_size}'"),
+        );
+        let screen = text(&out.stdout);
+        assert!(
+            screen.contains("size=33 101"),
+            "1.{minor}: {screen:?} {}",
+            text(&out.stderr)
+        );
+        assert!(screen.contains("/dev/pts/0"), "1.{minor}: {screen:?}");
+        assert_eq!(out.status.code(), Some(5), "1.{minor}: {screen:?}");
+    }
+
+    // The agent's own port, as a v4 client that is not kubectl sees it: the subprotocol
+    // chosen, resizes applied in order with the input, the exit code in the closing Status.
+    let port = eventually("the agent's port", 10, || async {
+        let n = Api::<Node>::all(client.clone()).get(&name).await.ok()?;
+        let port = n.status?.daemon_endpoints?.kubelet_endpoint?.port;
+        (port != 0).then_some(port as u16)
+    })
+    .await;
+    let (cert, key) =
+        cairn_orchestrator::apiserver::tls::kubelet_client(&c.dir.path().join("certs"))
+            .unwrap()
+            .unwrap();
+    let kubelet = cairn_orchestrator::apiserver::kubelet::KubeletClient::new(&cert, &key).unwrap();
+    let script = "while [ \"$(stty size)\" = \"0 0\" ]; do sleep 0.05; done; echo first=$(stty size); read go; echo then=$(stty size); exit 7";
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("command", "sh"), ("command", "-c"), ("command", script)])
+        .extend_pairs([("input", "1"), ("output", "1"), ("tty", "1")])
+        .finish();
+    let mut headers = axum::http::HeaderMap::new();
+    for (k, v) in [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-protocol", "v4.channel.k8s.io"),
+    ] {
+        headers.insert(k, v.parse().unwrap());
+    }
+    let resp = kubelet
+        .upgrade(
+            [127, 0, 0, 1].into(),
+            port,
+            axum::http::Method::GET,
+            &format!("/exec/default/shell/main?{query}"),
+            &headers,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"],
+        "v4.channel.k8s.io"
+    );
+    let io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        io,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let send = |channel: u8, data: &[u8]| Message::Binary([&[channel][..], data].concat().into());
+    ws.send(send(4, br#"{"Width":80,"Height":24}"#))
+        .await
+        .unwrap();
+    let mut screen = String::new();
+    let mut status = None;
+    let mut resized = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        let Message::Binary(b) = msg else { continue };
+        match b[0] {
+            1 => screen.push_str(&text(&b[1..])),
+            3 => status = Some(serde_json::from_slice::<serde_json::Value>(&b[1..]).unwrap()),
+            other => panic!("frame on channel {other}"),
+        }
+        if !resized && screen.contains("first=24 80") {
+            resized = true;
+            ws.send(send(4, br#"{"Width":100,"Height":40}"#))
+                .await
+                .unwrap();
+            ws.send(send(0, b"go\n")).await.unwrap();
+        }
+    }
+    assert!(screen.contains("then=40 100"), "{screen:?}");
+    let status = status.expect("a closing Status");
+    assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+    assert_eq!(status["details"]["causes"][0]["message"], "7");
+
+    // kubectl 1.28 speaks SPDY only: it is told so rather than left hanging.
+    if kube_api::have_kubectl(test, 28) {
+        let out = kubectl(&c, 28, &["exec", "shell", "-c", "main", "--", "true"], None);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("SPDY/3.1 streams are not served by this node"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    pods.delete("shell", &DeleteParams::default())
+        .await
+        .unwrap();
+    converge("shell gone", 30, async || {
+        pods.get_opt("shell").await.unwrap().is_none()
+    })
+    .await;
     agent.abort();
 }

@@ -14,6 +14,7 @@
 
 pub mod convert;
 pub mod env;
+mod exec;
 pub mod hooks;
 pub mod join;
 pub mod node;

@@ -1,5 +1,5 @@
 //! The agent's own HTTPS port (the kubelet's 10250), where the API server fetches container logs
-//! for `pods/log`. Only callers presenting a client certificate signed by the cluster's CA are
+//! for `pods/log` and opens `pods/exec` sessions (`exec`). Only callers presenting a client certificate signed by the cluster's CA are
 //! served (the API server's kubelet client certificate); the serving certificate is generated at
 //! start. It never imports `registry` or `apiserver`.
 
@@ -26,9 +26,9 @@ use super::AgentError;
 use crate::runtime::{Runtime, RuntimeError};
 
 #[derive(Clone)]
-struct Ctx {
-    pods: Store<Pod>,
-    rt: Arc<Runtime>,
+pub(super) struct Ctx {
+    pub(super) pods: Store<Pod>,
+    pub(super) rt: Arc<Runtime>,
 }
 
 /// The running server: its port, and the loop that stops when this is dropped.
@@ -91,11 +91,16 @@ pub async fn start(
         .port();
     let app = Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        // GET for WebSocket clients, POST for SPDY ones (refused with a clear answer).
+        .route(
+            "/exec/{ns}/{pod}/{container}",
+            get(super::exec::exec).post(super::exec::exec),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(Ctx { pods, rt });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(crate::serve::accept_loop(listener, acceptor, app, stopped));
-    tracing::info!(port, "agent serving logs");
+    tracing::info!(port, "agent serving logs and exec");
     Ok(Serving {
         port,
         task,

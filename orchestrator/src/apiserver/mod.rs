@@ -1,5 +1,6 @@
 //! The Kubernetes-compatible API server: HTTPS (HTTP/2 and HTTP/1.1) with bearer-token
-//! authentication, discovery, OpenAPI, the resource verbs, watches, Table output, metrics and health.
+//! authentication, discovery, OpenAPI, the resource verbs, watches, Table output, metrics and health;
+//! pods/log and pods/exec go on to the pod's node agent (`kubelet`).
 //!
 //! Requests flow: TLS -> authentication -> routing -> `resources` (read-check-write over the
 //! registry) -> a JSON or Table answer. This module reaches the store only through `registry`; it
@@ -56,7 +57,7 @@ pub struct State {
     pub authn: authn::Authenticator,
     pub bookmark_interval: Duration,
     pub watch_cache: watchcache::WatchCache,
-    /// Calls to node agents (pods/log); `None` without a kubelet client certificate.
+    /// Calls to node agents (pods/log, pods/exec); `None` without a kubelet client certificate.
     pub kubelet: Option<kubelet::KubeletClient>,
     metrics: Metrics,
     metrics_registry: MetricsRegistry,
@@ -470,6 +471,12 @@ async fn resource_entry(AxState(st): AxState<Arc<State>>, req: Request) -> Respo
         Ok(None) => return not_found_path(),
         Err(e) => return e.into_response(),
     };
+    if target.sub == Some(Subresource::Exec) {
+        let req = Request::from_parts(parts, body);
+        return kubelet::pod_exec(&st, &target, req)
+            .await
+            .unwrap_or_else(|e| e.into_response());
+    }
     let body = match read_body(body).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -576,15 +583,6 @@ async fn handle(
             Ok(json_answer(StatusCode::OK, &obj, &[]))
         }
         (&Method::GET, Some(_), Some(Subresource::Log)) => kubelet::pod_log(&st, &t, &q).await,
-        (_, Some(_), Some(Subresource::Log | Subresource::Exec)) => Err(ApiError::new(
-            503,
-            "ServiceUnavailable",
-            format!(
-                "{} {:?}: exec sessions are not served yet",
-                r.qualified(),
-                t.name.as_deref().unwrap_or("")
-            ),
-        )),
         (&Method::POST, Some(_), Some(Subresource::Binding)) => {
             let obj = request::decode_object(headers, &body)?;
             let status = resources::bind(&st, &t, obj).await?;

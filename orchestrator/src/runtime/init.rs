@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -33,6 +33,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 pub const HOLDER: &str = "__holder";
 pub const INIT: &str = "__init";
 pub const EXEC: &str = "__exec";
+pub const EXEC_STREAM: &str = "__exec_stream";
 pub const NETCFG: &str = "__netcfg";
 
 /// Everything the monitor and container process need, written by the
@@ -94,6 +95,7 @@ pub fn helper_main() -> Option<i32> {
         HOLDER => holder(&Linux, rest),
         INIT => monitor(&Linux, rest),
         EXEC => exec(&Linux, rest),
+        EXEC_STREAM => exec_stream(&Linux, rest),
         NETCFG => return Some(super::network::netcfg_main(rest)),
         _ => return None,
     };
@@ -548,8 +550,9 @@ fn resolve_command(cmd: &str, env: &[String]) -> io::Result<CString> {
                 .unwrap_or(false)
         })
     };
-    let p =
-        found.ok_or_else(|| io::Error::other(format!("executable {cmd:?} not found in PATH")))?;
+    let p = found.ok_or_else(|| {
+        io::Error::other(format!("exec: {cmd:?}: executable file not found in $PATH"))
+    })?;
     CString::new(p.into_os_string().into_encoded_bytes()).map_err(io::Error::other)
 }
 
@@ -611,15 +614,10 @@ fn container_process(
     exec_command(&cfg.argv, &cfg.env)
 }
 
-/// `__exec <config> <container pid> <argv...>`: runs a command inside a
-/// running container with its namespaces, cgroup, identity and privileges.
-fn exec(sys: &dyn Syscall, args: &[String]) -> io::Result<i32> {
-    let cfg = read_config(args)?;
-    let pid: i32 = args
-        .get(1)
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| io::Error::other("container pid missing"))?;
-    let argv = &args[2..];
+/// Joins a running container from outside: its cgroup first (so that every process forked from
+/// here on is charged to it), then its namespaces, after which the root and working directory
+/// are the container's own.
+fn enter_container(sys: &dyn Syscall, cfg: &InitConfig, pid: i32) -> io::Result<()> {
     // Open every namespace before joining any: after joining the mount
     // namespace /proc/<pid> no longer names the same process.
     let order = [
@@ -640,7 +638,44 @@ fn exec(sys: &dyn Syscall, args: &[String]) -> io::Result<i32> {
     for (fd, kind) in &fds {
         ns_ctx(sys.setns(fd.as_fd(), *kind), &format!("setns {kind:?}"))?;
     }
-    drop(fds);
+    Ok(())
+}
+
+fn exit_code(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, c) => Some(c),
+        WaitStatus::Signaled(_, s, _) => Some(128 + s as i32),
+        _ => None,
+    }
+}
+
+fn wait_for(child: Pid) -> io::Result<i32> {
+    loop {
+        match waitpid(child, None) {
+            Ok(status) => {
+                if let Some(code) = exit_code(status) {
+                    return Ok(code);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(io::Error::other(format!("wait: {e}"))),
+        }
+    }
+}
+
+fn pid_arg(args: &[String]) -> io::Result<i32> {
+    args.get(1)
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| io::Error::other("container pid missing"))
+}
+
+/// `__exec <config> <container pid> <argv...>`: runs a command inside a
+/// running container with its namespaces, cgroup, identity and privileges.
+fn exec(sys: &dyn Syscall, args: &[String]) -> io::Result<i32> {
+    let cfg = read_config(args)?;
+    let pid = pid_arg(args)?;
+    let argv = &args[2..];
+    enter_container(sys, &cfg, pid)?;
     // SAFETY: single-threaded process; the child only execs or exits.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
@@ -656,16 +691,222 @@ fn exec(sys: &dyn Syscall, args: &[String]) -> io::Result<i32> {
             // SAFETY: see the monitor's child.
             unsafe { libc::_exit(127) }
         }
-        Ok(ForkResult::Parent { child }) => loop {
-            match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, c)) => return Ok(c),
-                Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
-                Err(nix::errno::Errno::EINTR) | Ok(_) => continue,
-                Err(e) => return Err(io::Error::other(format!("wait: {e}"))),
-            }
-        },
+        Ok(ForkResult::Parent { child }) => wait_for(child),
         Err(e) => Err(io::Error::other(format!("fork: {e}"))),
     }
+}
+
+/// Which of a streaming exec's standard streams are wired to the caller, as the helper's third
+/// argument spells them: `i` stdin, `o` stdout, `e` stderr, `t` a terminal (stdout and stderr
+/// both go to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Streams {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+impl Streams {
+    pub fn encode(self) -> String {
+        let mut s = String::from("-");
+        for (on, c) in [
+            (self.stdin, 'i'),
+            (self.stdout, 'o'),
+            (self.stderr && !self.tty, 'e'),
+            (self.tty, 't'),
+        ] {
+            if on {
+                s.push(c);
+            }
+        }
+        s
+    }
+
+    fn decode(s: &str) -> Streams {
+        Streams {
+            stdin: s.contains('i'),
+            stdout: s.contains('o'),
+            stderr: s.contains('e'),
+            tty: s.contains('t'),
+        }
+    }
+}
+
+/// What the streaming exec helper's single control message starts with: the process runs, and
+/// the caller's ends of its streams ride along (stdin, stdout, stderr as asked, or the
+/// terminal's master side alone).
+pub const STREAM_OK: &str = "ok";
+/// The command could not be started; the rest of the message says why.
+pub const STREAM_ERR: &str = "err ";
+
+/// `__exec_stream <config> <container pid> <streams> <argv...>`, its standard input a Unix
+/// socket to the runtime: like `__exec`, but the command's standard streams are pipes (or a
+/// terminal made in the container's own devpts) whose other ends are passed back over the
+/// socket, so they can be read and written as the command runs. The helper's exit code is the
+/// command's; if the helper is killed the command is too (its parent-death signal).
+fn exec_stream(sys: &dyn Syscall, args: &[String]) -> io::Result<i32> {
+    use nix::fcntl::OFlag;
+    let cfg = read_config(args)?;
+    let pid = pid_arg(args)?;
+    let streams = Streams::decode(args.get(2).map(String::as_str).unwrap_or(""));
+    let argv = &args[3..];
+    if argv.is_empty() {
+        return Err(io::Error::other("empty command"));
+    }
+    enter_container(sys, &cfg, pid)?;
+    let cloexec = OFlag::O_CLOEXEC;
+    // The command's ends (stdin, stdout, stderr) and the caller's.
+    let mut theirs: Vec<OwnedFd> = Vec::new();
+    let (child_in, child_out, child_err): (OwnedFd, OwnedFd, OwnedFd);
+    if streams.tty {
+        // Made after joining the mount namespace, so the terminal belongs to the container's
+        // devpts and is named there (`tty` prints a path that exists inside).
+        let master = ctx(
+            nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | cloexec),
+            "open /dev/ptmx",
+        )?;
+        ctx(nix::pty::grantpt(&master), "grantpt")?;
+        ctx(nix::pty::unlockpt(&master), "unlockpt")?;
+        let name = ctx(nix::pty::ptsname_r(&master), "ptsname")?;
+        let slave: OwnedFd = ctx(
+            nix::fcntl::open(
+                name.as_str(),
+                OFlag::O_RDWR | OFlag::O_NOCTTY | cloexec,
+                nix::sys::stat::Mode::empty(),
+            ),
+            &format!("open {name}"),
+        )?;
+        child_in = slave.try_clone()?;
+        child_out = slave.try_clone()?;
+        child_err = slave;
+        theirs.push(OwnedFd::from(master));
+    } else {
+        let null = || -> io::Result<OwnedFd> {
+            Ok(OwnedFd::from(
+                File::options().read(true).write(true).open("/dev/null")?,
+            ))
+        };
+        child_in = if streams.stdin {
+            let (r, w) = ctx(nix::unistd::pipe2(cloexec), "pipe")?;
+            theirs.push(w);
+            r
+        } else {
+            null()?
+        };
+        let mut out = |on: bool| -> io::Result<OwnedFd> {
+            if on {
+                let (r, w) = ctx(nix::unistd::pipe2(cloexec), "pipe")?;
+                theirs.push(r);
+                Ok(w)
+            } else {
+                null()
+            }
+        };
+        child_out = out(streams.stdout)?;
+        child_err = out(streams.stderr)?;
+    }
+    let (err_r, err_w) = ctx(nix::unistd::pipe2(cloexec), "pipe")?;
+    // SAFETY: single-threaded process; the child only execs or exits.
+    let child = match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            // As the child sees it: 0, the helper being outside its PID namespace.
+            let parent = nix::unistd::getppid();
+            drop(err_r);
+            let r = stream_child(
+                &cfg,
+                streams.tty,
+                parent,
+                [child_in, child_out, child_err],
+                argv,
+            );
+            let Err(e) = r;
+            let _ = nix::unistd::write(&err_w, e.to_string().as_bytes());
+            // SAFETY: see the monitor's child.
+            unsafe { libc::_exit(127) }
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => return Err(io::Error::other(format!("fork: {e}"))),
+    };
+    drop((child_in, child_out, child_err, err_w));
+    // EOF without data means exec succeeded (the pipe is close-on-exec).
+    let mut msg = String::new();
+    let _ = File::from(err_r).read_to_string(&mut msg);
+    let control = io::stdin();
+    if !msg.is_empty() {
+        let _ = wait_for(child);
+        send_control(
+            &control,
+            format!("{STREAM_ERR}{}", msg.replace('\n', " ")),
+            &[],
+        )?;
+        return Ok(127);
+    }
+    let raw: Vec<i32> = theirs.iter().map(|f| f.as_raw_fd()).collect();
+    send_control(&control, STREAM_OK.to_string(), &raw)?;
+    drop(theirs);
+    wait_for(child)
+}
+
+fn send_control(sock: &io::Stdin, text: String, fds: &[i32]) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let line = format!("{text}\n");
+    let iov = [io::IoSlice::new(line.as_bytes())];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    ctx(
+        sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None),
+        "send to the runtime",
+    )?;
+    Ok(())
+}
+
+/// The command's side of a streaming exec: a session of its own (with the terminal as its
+/// controlling one), its streams on 0, 1 and 2, then the container's identity.
+fn stream_child(
+    cfg: &InitConfig,
+    tty: bool,
+    parent: Pid,
+    [stdin, stdout, stderr]: [OwnedFd; 3],
+    argv: &[String],
+) -> io::Result<std::convert::Infallible> {
+    ctx(nix::unistd::setsid(), "setsid")?;
+    if tty {
+        // SAFETY: TIOCSCTTY takes an integer argument and touches no memory.
+        let r = unsafe { libc::ioctl(stdin.as_raw_fd(), libc::TIOCSCTTY, 0) };
+        if r != 0 {
+            return Err(io::Error::other(format!(
+                "set controlling terminal: {}",
+                io::Error::last_os_error()
+            )));
+        }
+    }
+    ctx(nix::unistd::dup2_stdin(&stdin), "stdin")?;
+    ctx(nix::unistd::dup2_stdout(&stdout), "stdout")?;
+    ctx(nix::unistd::dup2_stderr(&stderr), "stderr")?;
+    drop((stdin, stdout, stderr));
+    nix::unistd::chdir(cfg.cwd.as_str())
+        .or_else(|_| nix::unistd::chdir("/"))
+        .map_err(io::Error::other)?;
+    drop_privileges(cfg.uid, cfg.gid, &cfg.caps, cfg.no_new_privs)?;
+    // After the identity change, which clears it; the check closes the race with a helper
+    // that died before the signal was armed (the child would have been reparented).
+    ctx(
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
+        "parent-death signal",
+    )?;
+    if nix::unistd::getppid() != parent {
+        return Err(io::Error::other("the exec helper went away"));
+    }
+    // The helper, a Rust program, ignores SIGPIPE; a command must not inherit that.
+    // SAFETY: restoring the default disposition installs no handler.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
+    exec_command(argv, &cfg.env)
 }
 
 /// Makes sure the state directory a config points into is not world-readable.

@@ -9,7 +9,7 @@
 //!
 //! By concern: `records` (what is kept on disk, and statuses), `volumes`,
 //! `sandbox` (the pod's holder, cgroup and network), `container` (start,
-//! stop, exec), `logs`; `init` is the helper's single-threaded side, and it
+//! stop, exec), `session` (exec with streams open while it runs), `logs`; `init` is the helper's single-threaded side, and it
 //! reaches the kernel's namespace calls only through `syscall`'s seam.
 //! `cgroup`, `network`, `caps` and `spec` are the building blocks.
 //!
@@ -26,15 +26,20 @@ mod logs;
 pub mod network;
 mod records;
 mod sandbox;
+// Receiving descriptors and sizing terminals are raw calls too.
+#[allow(unsafe_code)]
+mod session;
 pub mod spec;
 mod syscall;
 mod volumes;
 
 pub use cgroup::{CgroupDriver, CgroupError, CgroupVersion, Resources};
 pub use init::helper_main;
+pub use init::Streams as ExecStreams;
 pub use logs::tail_lines;
 pub use network::{NetworkConfig, NetworkError, PodNetwork};
 pub use records::{ContainerState, ContainerStatus, ExecOutput, ExitReason, PodStatus};
+pub use session::{ExecExit, ExecInput, ExecReader, ExecSession, Terminal};
 pub use spec::{ConfigMaps, Pod, SpecError};
 pub use volumes::VolumeFile;
 
