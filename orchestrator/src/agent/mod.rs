@@ -7,9 +7,19 @@
 //! the pod object. The runtime keeps its state on disk, so a restarted agent re-adopts running
 //! pods without restarting them. A client of the API server only: this module never imports
 //! `registry` or `apiserver`.
+//!
+//! With a pod bridge configured (`network`), pods get their addresses from the Node's podCIDR,
+//! which the agent waits for before it runs any pod. The path of a pod's packet: its `eth0` (one
+//! end of a veth pair) -> the other end on the node's bridge -> the bridge, which is the pods'
+//! gateway -> the node's routing table: a pod on this node is on the bridge; a pod on another node
+//! is reached through that node's InternalIP (one route per node, `network`); anything else leaves
+//! masqueraded as the node. Host-network pods share the node's namespace and its address. Each
+//! pod's /etc/hosts and /etc/resolv.conf are formed as the kubelet does (`dns`).
 
 pub mod convert;
+pub mod dns;
 pub mod env;
+pub mod network;
 pub mod node;
 pub mod probe;
 pub mod server;
@@ -20,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::{json, Value};
@@ -40,6 +50,8 @@ pub enum AgentError {
     Sync(String),
     #[error("serving: {0}")]
     Tls(String),
+    #[error("pod network: {0}")]
+    Network(#[from] network::PodNetworkError),
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +69,10 @@ pub struct AgentConfig {
     /// DER certificates of the CA whose client certificates may read logs (the cluster's CA).
     /// Empty: no logs are served.
     pub client_ca: Vec<Vec<u8>>,
+    /// The bridge pods attach to, addressed from the Node's podCIDR. None: pods get only a
+    /// loopback interface (and `runtime.network`, if set, is used as it is).
+    pub network: Option<String>,
+    pub dns: dns::DnsSettings,
 }
 
 impl AgentConfig {
@@ -69,6 +85,8 @@ impl AgentConfig {
             sync_period: Duration::from_secs(1),
             port: 10250,
             client_ca: Vec::new(),
+            network: None,
+            dns: dns::DnsSettings::default(),
         }
     }
 }
@@ -172,6 +190,27 @@ pub async fn run(
         .wait_until_ready()
         .await
         .map_err(|e| AgentError::Sync(e.to_string()))?;
+    tokio::pin!(stop);
+    let rt = match &cfg.network {
+        None => rt,
+        Some(bridge) => {
+            let cidr = tokio::select! {
+                _ = &mut stop => return Ok(()),
+                c = network::wait_for_pod_cidr(&client, &cfg.node_name) => c?,
+            };
+            let mut rcfg = cfg.runtime.clone();
+            rcfg.network = Some(network::prepare(bridge, cidr).await?);
+            background.spawn(network::keep_routes(
+                client.clone(),
+                cfg.node_name.clone(),
+                bridge.clone(),
+                cidr,
+            ));
+            // The log server keeps the instance it started with: logs and exec read the same
+            // state on disk and need no network settings.
+            Arc::new(Runtime::new(rcfg)?)
+        }
+    };
     tracing::info!(node = %cfg.node_name, "agent registered and watching its pods");
     let period = cfg.sync_period;
     let mut agent = Agent {
@@ -183,7 +222,6 @@ pub async fn run(
         tasks: JoinSet::new(),
         probes: probe::Probes::default(),
     };
-    tokio::pin!(stop);
     loop {
         agent.sync(&store).await;
         tokio::select! {
@@ -328,15 +366,16 @@ impl Agent {
             }
             track.refused = None;
             self.busy.insert(uid.to_string());
-            let (rt, client, pod, uid, host_ip) = (
+            let (rt, client, pod, uid, host_ip, dns) = (
                 self.rt.clone(),
                 self.client.clone(),
                 pod.clone(),
                 uid.to_string(),
                 self.cfg.address.clone(),
+                self.cfg.dns.clone(),
             );
             self.tasks.spawn(async move {
-                let r = start(&rt, &client, &pod, &host_ip).await;
+                let r = start(&rt, &client, &pod, &host_ip, &dns).await;
                 Done::Started(uid, r)
             });
             return None;
@@ -473,6 +512,7 @@ async fn start(
     client: &kube::Client,
     pod: &Pod,
     host_ip: &str,
+    dns: &dns::DnsSettings,
 ) -> Result<(), Refusal> {
     let envs = env::resolve(client, pod, host_ip).await?;
     let mut literal = pod.clone();
@@ -494,7 +534,10 @@ async fn start(
                 .collect(),
         );
     }
-    let spec = convert::to_runtime(&literal)?;
+    let mut spec = convert::to_runtime(&literal)?;
+    for w in dns::apply(&mut spec, pod, dns)? {
+        warn_event(client, pod, w.reason, &w.message).await;
+    }
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let mut config_maps = ConfigMaps::new();
@@ -520,6 +563,29 @@ async fn start(
             reason: "CreateContainerError",
             message: e.to_string(),
         })
+}
+
+/// Records a Warning event about `pod` from the kubelet.
+async fn warn_event(client: &kube::Client, pod: &Pod, reason: &str, message: &str) {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or("");
+    let now = crate::api::meta::now();
+    let ev = json!({
+        "metadata": {"generateName": format!("{name}."), "namespace": ns},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": name,
+            "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
+        "reason": reason, "message": message, "type": "Warning",
+        "source": {"component": "kubelet"}, "reportingComponent": "kubelet",
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    });
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    let created = match serde_json::from_value(ev) {
+        Ok(ev) => events.create(&PostParams::default(), &ev).await.map(|_| ()),
+        Err(e) => Err(kube::Error::SerdeError(e)),
+    };
+    if let Err(e) = created {
+        tracing::warn!(pod = %name, reason, error = %e, "cannot record an event");
+    }
 }
 
 /// Conditions keep their transition time while their status stays the same.
