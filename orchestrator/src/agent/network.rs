@@ -197,8 +197,12 @@ pub async fn keep_routes(client: kube::Client, node_name: String, bridge: String
             futures::future::ready(())
         });
     tokio::pin!(watch);
-    if store.wait_until_ready().await.is_err() {
-        return;
+    // The watch runs only while polled: it is polled while the cache fills, too.
+    tokio::select! {
+        _ = &mut watch => return,
+        ready = store.wait_until_ready() => if ready.is_err() {
+            return;
+        },
     }
     let mut applied: Option<(BTreeMap<Ipv4Net, Ipv4Addr>, BTreeSet<Ipv4Net>)> = None;
     loop {
