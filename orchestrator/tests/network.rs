@@ -83,7 +83,6 @@ struct Lab {
 
 impl Lab {
     fn new(dir: &Path) -> Lab {
-        sh(&["ip", "link", "set", "lo", "up"]);
         sh(&["ip", "link", "add", "seg0", "type", "bridge"]);
         sh(&["ip", "addr", "add", &format!("{SEGMENT}.1/24"), "dev", "seg0"]);
         sh(&["ip", "link", "set", "seg0", "up"]);
@@ -326,20 +325,7 @@ fn pods_on_two_nodes_reach_each_other() {
         println!("SKIPPED: pods_on_two_nodes_reach_each_other: {why}");
         return;
     }
-    // A thread of its own, moved into a fresh network namespace before any of the test's other
-    // threads exist, so every socket and process it makes lives there.
-    let t = std::thread::spawn(|| {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare net");
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(two_nodes())
-    });
-    if let Err(panic) = t.join() {
-        std::panic::resume_unwind(panic);
-    }
+    common::in_own_netns("pods_on_two_nodes_reach_each_other", two_nodes);
 }
 
 async fn two_nodes() {
