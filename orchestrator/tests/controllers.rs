@@ -759,7 +759,8 @@ async fn node_ipam_allocates_rebuilds_releases_and_reports_exhaustion() {
     for n in ["a", "b", "c"] {
         create(n).await;
     }
-    let first = kube_api::eventually("3 nodes with a podCIDR", 20, || ranges(&["a", "b", "c"])).await;
+    let first =
+        kube_api::eventually("3 nodes with a podCIDR", 20, || ranges(&["a", "b", "c"])).await;
     let mut distinct = first.clone();
     distinct.sort();
     distinct.dedup();
@@ -783,10 +784,18 @@ async fn node_ipam_allocates_rebuilds_releases_and_reports_exhaustion() {
     sorted.sort();
     assert_eq!(
         sorted,
-        ["10.77.0.0/24", "10.77.1.0/24", "10.77.2.0/24", "10.77.3.0/24"],
+        [
+            "10.77.0.0/24",
+            "10.77.1.0/24",
+            "10.77.2.0/24",
+            "10.77.3.0/24"
+        ],
         "{all:?}"
     );
-    assert_eq!(all[..2], first[..3].iter().step_by(2).cloned().collect::<Vec<_>>()[..]);
+    assert_eq!(
+        all[..2],
+        first[..3].iter().step_by(2).cloned().collect::<Vec<_>>()[..]
+    );
 
     // Full: the fifth node waits, and is told why.
     create("f").await;
@@ -803,7 +812,10 @@ async fn node_ipam_allocates_rebuilds_releases_and_reports_exhaustion() {
     .await;
     assert_eq!(ev.involved_object.kind.as_deref(), Some("Node"));
     assert_eq!(ev.involved_object.name.as_deref(), Some("f"));
-    assert_eq!(ev.message.as_deref(), Some("Node f status is now: CIDRNotAvailable"));
+    assert_eq!(
+        ev.message.as_deref(),
+        Some("Node f status is now: CIDRNotAvailable")
+    );
     assert!(pod_cidr_of(&nodes.get("f").await.unwrap()).is_none());
 
     // A deleted node's range goes to the one waiting.

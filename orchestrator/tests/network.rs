@@ -84,7 +84,14 @@ struct Lab {
 impl Lab {
     fn new(dir: &Path) -> Lab {
         sh(&["ip", "link", "add", "seg0", "type", "bridge"]);
-        sh(&["ip", "addr", "add", &format!("{SEGMENT}.1/24"), "dev", "seg0"]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{SEGMENT}.1/24"),
+            "dev",
+            "seg0",
+        ]);
         sh(&["ip", "link", "set", "seg0", "up"]);
         let resolv = dir.join("resolv.conf");
         std::fs::write(
@@ -113,7 +120,8 @@ impl Lab {
             sh(&["ip", "netns", "add", &h.netns]);
             let veth = format!("seg0{n}");
             sh(&[
-                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &h.netns,
+                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+                &h.netns,
             ]);
             sh(&["ip", "link", "set", &veth, "master", "seg0", "up"]);
             let cidr = format!("{}/24", h.ip);
@@ -171,7 +179,10 @@ impl Lab {
         let mut out = String::new();
         for (i, h) in self.hosts.iter().enumerate() {
             for args in [&["route"][..], &["addr"], &["link"]] {
-                let o = Command::new("ip").args(["-n", &h.netns]).args(args).output();
+                let o = Command::new("ip")
+                    .args(["-n", &h.netns])
+                    .args(args)
+                    .output();
                 out.push_str(&format!(
                     "--- {} ip {args:?}:\n{}",
                     h.name,
@@ -215,7 +226,12 @@ impl Lab {
             .exec(
                 &uid,
                 "main",
-                &["/bin/busybox".into(), "sh".into(), "-c".into(), script.into()],
+                &[
+                    "/bin/busybox".into(),
+                    "sh".into(),
+                    "-c".into(),
+                    script.into(),
+                ],
             )
             .await
             .unwrap();
@@ -390,7 +406,11 @@ async fn two_nodes() {
     for ip in [&client_ip, &server_a_ip] {
         assert!(in_cidr(ip, &cidrs[0]), "{ip} not in node-a's {}", cidrs[0]);
     }
-    assert!(in_cidr(&server_b_ip, &cidrs[1]), "{server_b_ip} not in {}", cidrs[1]);
+    assert!(
+        in_cidr(&server_b_ip, &cidrs[1]),
+        "{server_b_ip} not in {}",
+        cidrs[1]
+    );
     assert_ne!(client_ip, server_a_ip);
     // The bridge took the range's first address.
     for ip in [&client_ip, &server_a_ip, &server_b_ip] {
@@ -407,7 +427,11 @@ async fn two_nodes() {
     for (ip, port, want) in [
         (&server_a_ip, 8080, "server-a".to_string()),
         (&server_b_ip, 8080, "server-b".to_string()),
-        (&host_b_ip, 8081, nix::unistd::gethostname().unwrap().into_string().unwrap()),
+        (
+            &host_b_ip,
+            8081,
+            nix::unistd::gethostname().unwrap().into_string().unwrap(),
+        ),
     ] {
         let mut last = (0, String::new());
         for _ in 0..20 {
@@ -450,20 +474,31 @@ async fn two_nodes() {
     );
     let (_, hosts) = lab.exec(0, &client_pod, "cat /etc/hosts; hostname").await;
     assert!(
-        hosts.contains(&format!("\n{client_ip}\tclient.net.default.svc.cluster.local\tclient\n")),
+        hosts.contains(&format!(
+            "\n{client_ip}\tclient.net.default.svc.cluster.local\tclient\n"
+        )),
         "{hosts}"
     );
     assert!(hosts.ends_with("\nclient\n"), "{hosts}");
     let (_, resolv) = lab.exec(1, &host_b, "cat /etc/resolv.conf").await;
-    assert_eq!(resolv, format!("search corp.example\nnameserver {SEGMENT}.254\n"));
+    assert_eq!(
+        resolv,
+        format!("search corp.example\nnameserver {SEGMENT}.254\n")
+    );
 
     // A restarted agent finds its pods where they were, with the same addresses.
     lab.stop_agent(0);
     lab.start_agent(0, &c.kubeconfig);
-    let holder = lab.runtime(0).status(client_pod.metadata.uid.as_deref().unwrap()).unwrap();
+    let holder = lab
+        .runtime(0)
+        .status(client_pod.metadata.uid.as_deref().unwrap())
+        .unwrap();
     assert_eq!(holder.ip.map(|i| i.to_string()), Some(client_ip.clone()));
     converge("node-a's agent back", 30, async || {
-        lab.log(0).matches("agent registered and watching its pods").count() == 2
+        lab.log(0)
+            .matches("agent registered and watching its pods")
+            .count()
+            == 2
     })
     .await;
     let (_, again) = running_ip(&pods, "client").await;
@@ -473,14 +508,25 @@ async fn two_nodes() {
 
     // A node that goes takes its route along.
     let route_to_b = || {
-        sh(&["ip", "-n", &lab.hosts[0].netns, "route", "show", "proto", "202"])
+        sh(&[
+            "ip",
+            "-n",
+            &lab.hosts[0].netns,
+            "route",
+            "show",
+            "proto",
+            "202",
+        ])
     };
     let before = route_to_b();
     assert!(
         before.contains(&format!("{} via {}", cidrs[1], lab.hosts[1].ip)),
         "{before}"
     );
-    nodes.delete("node-b", &DeleteParams::default()).await.unwrap();
+    nodes
+        .delete("node-b", &DeleteParams::default())
+        .await
+        .unwrap();
     converge("node-b's route removed", 30, async || {
         route_to_b().trim().is_empty()
     })

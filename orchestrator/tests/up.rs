@@ -201,8 +201,10 @@ async fn up_and_resume() {
     .await;
     let before = running_pods(&pods).await;
     // The node got the first range of the cluster CIDR, and the pods their addresses from it.
-    let node: k8s_openapi::api::core::v1::Node =
-        Api::all(client.clone()).get(&format!("up-{}", std::process::id())).await.unwrap();
+    let node: k8s_openapi::api::core::v1::Node = Api::all(client.clone())
+        .get(&format!("up-{}", std::process::id()))
+        .await
+        .unwrap();
     let cidr = node.spec.and_then(|s| s.pod_cidr);
     assert_eq!(cidr.as_deref(), Some("10.244.0.0/24"));
     let mut ips = Vec::new();

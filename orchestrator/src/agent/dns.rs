@@ -200,7 +200,10 @@ pub fn pod_resolver(pod: &Pod, s: &DnsSettings, host: &Resolver) -> (Resolver, V
         }
     };
     if let Some(cfg) = spec.and_then(|s| s.dns_config.as_ref()) {
-        push_unique(&mut r.nameservers, cfg.nameservers.iter().flatten().cloned());
+        push_unique(
+            &mut r.nameservers,
+            cfg.nameservers.iter().flatten().cloned(),
+        );
         push_unique(&mut r.searches, cfg.searches.iter().flatten().cloned());
         for o in cfg.options.iter().flatten() {
             let Some(name) = o.name.as_deref() else {
@@ -293,12 +296,10 @@ pub fn apply(
             })
             .collect(),
     });
-    rspec
-        .validate()
-        .map_err(|e| Refusal {
-            reason: "CreateContainerConfigError",
-            message: e.to_string(),
-        })?;
+    rspec.validate().map_err(|e| Refusal {
+        reason: "CreateContainerConfigError",
+        message: e.to_string(),
+    })?;
     Ok(warnings)
 }
 

@@ -75,7 +75,9 @@ pub async fn wait_for_pod_cidr(client: &kube::Client, name: &str) -> Result<Ipv4
                 if let Some(c) = pod_cidr(&n) {
                     match Ipv4Net::parse(&c) {
                         Ok(net) => return Ok(net),
-                        Err(e) => tracing::warn!(node = name, cidr = c, error = %e, "unusable podCIDR"),
+                        Err(e) => {
+                            tracing::warn!(node = name, cidr = c, error = %e, "unusable podCIDR")
+                        }
                     }
                 }
             }
@@ -220,7 +222,9 @@ pub async fn keep_routes(client: kube::Client, node_name: String, bridge: String
                 Some(ip) => {
                     routes.insert(cidr, ip);
                 }
-                None => tracing::warn!(node = ?n.metadata.name, "a node without an InternalIP gets no route"),
+                None => {
+                    tracing::warn!(node = ?n.metadata.name, "a node without an InternalIP gets no route")
+                }
             }
         }
         let want = (routes, ranges);

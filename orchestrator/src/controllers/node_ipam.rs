@@ -200,7 +200,11 @@ impl Allocator {
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         });
         let created = match serde_json::from_value::<Event>(ev) {
-            Ok(ev) => self.events.create(&PostParams::default(), &ev).await.map(|_| ()),
+            Ok(ev) => self
+                .events
+                .create(&PostParams::default(), &ev)
+                .await
+                .map(|_| ()),
             Err(e) => Err(kube::Error::SerdeError(e)),
         };
         if let Err(e) = created {
@@ -338,7 +342,10 @@ mod tests {
         let mut s = CidrSet::new("10.244.0.0/16", 24).unwrap();
         s.occupy("a", "10.244.0.0/24").unwrap();
         s.occupy("a", "10.244.0.0/24").unwrap();
-        assert!(s.occupy("b", "10.244.0.0/24").unwrap_err().contains("node a"));
+        assert!(s
+            .occupy("b", "10.244.0.0/24")
+            .unwrap_err()
+            .contains("node a"));
         assert!(s.occupy("b", "10.9.0.0/24").is_err());
         assert!(s.occupy("b", "10.244.0.0/25").is_err());
         assert_eq!(s.allocate("b").as_deref(), Some("10.244.1.0/24"));

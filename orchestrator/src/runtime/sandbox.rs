@@ -290,13 +290,18 @@ mod tests {
             host_veth: "v".into(),
         };
         let h = hosts_file(
-            &pod("  hostname: web-0\n  hostDomain: web.default.svc.cluster.local\n  \
-                  hostAliases: [{ip: 10.1.2.3, hostnames: [a, b]}]"),
+            &pod(
+                "  hostname: web-0\n  hostDomain: web.default.svc.cluster.local\n  \
+                  hostAliases: [{ip: 10.1.2.3, hostnames: [a, b]}]",
+            ),
             Some(&net),
         );
         assert!(h.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
         assert!(h.contains("\n10.244.1.7\tweb-0.web.default.svc.cluster.local\tweb-0\n"));
-        assert!(h.ends_with("# Entries added by HostAliases.\n10.1.2.3\ta\tb\n"), "{h}");
+        assert!(
+            h.ends_with("# Entries added by HostAliases.\n10.1.2.3\ta\tb\n"),
+            "{h}"
+        );
         let h = hosts_file(&pod(""), None);
         assert!(h.ends_with("\n127.0.1.1\tp-1\n"), "{h}");
     }
