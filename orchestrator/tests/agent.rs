@@ -477,38 +477,6 @@ async fn delete_all(pods: &Api<Pod>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_downward_and_projected_volumes_are_files_kept_up_to_date() {
     if !common::can_run("secret_downward_and_projected_volumes_are_files_kept_up_to_date") {
-/// kubectl 1.`minor` run off the async workers, which keep serving the API and the agent.
-fn kubectl(c: &Cluster, minor: u32, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    tokio::task::block_in_place(|| c.kubectl_stdin(minor, args, stdin))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// `kubectl exec -t` wants a terminal: `script` gives it one (of 33 rows and 101 columns, which
-/// kubectl sends as the session's first resize) and copies what appears on it.
-fn kubectl_on_a_terminal(c: &Cluster, minor: u32, args: &str) -> std::process::Output {
-    let bin = kube_api::kubectl_bin(minor).unwrap();
-    let home = c.dir.path().join(format!("home-1.{minor}"));
-    std::fs::create_dir_all(&home).unwrap();
-    let line = format!("stty rows 33 cols 101; exec {} {args}", bin.display());
-    tokio::task::block_in_place(|| {
-        std::process::Command::new("script")
-            .args(["-q", "-e", "-c", &line, "/dev/null"])
-            .env("HOME", &home)
-            .env("KUBECONFIG", &c.kubeconfig)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("script runs")
-    })
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_exec_streams_output_input_exit_codes_and_a_terminal() {
-    let test = "kubectl_exec_streams_output_input_exit_codes_and_a_terminal";
-    if !common::can_run(test) || !kube_api::have_kubectl(test, 33) {
         return;
     }
     let c = Cluster::start().await;
@@ -1162,6 +1130,45 @@ async fn resources_reach_the_cgroups_the_environment_and_the_oom_killer() {
     assert_eq!(t["exitCode"], 137);
 
     delete_all(&pods).await;
+    agent.abort();
+}
+
+/// kubectl 1.`minor` run off the async workers, which keep serving the API and the agent.
+fn kubectl(c: &Cluster, minor: u32, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    tokio::task::block_in_place(|| c.kubectl_stdin(minor, args, stdin))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `kubectl exec -t` wants a terminal: `script` gives it one (of 33 rows and 101 columns, which
+/// kubectl sends as the session's first resize) and copies what appears on it.
+fn kubectl_on_a_terminal(c: &Cluster, minor: u32, args: &str) -> std::process::Output {
+    let bin = kube_api::kubectl_bin(minor).unwrap();
+    let home = c.dir.path().join(format!("home-1.{minor}"));
+    std::fs::create_dir_all(&home).unwrap();
+    let line = format!("stty rows 33 cols 101; exec {} {args}", bin.display());
+    tokio::task::block_in_place(|| {
+        std::process::Command::new("script")
+            .args(["-q", "-e", "-c", &line, "/dev/null"])
+            .env("HOME", &home)
+            .env("KUBECONFIG", &c.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("script runs")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_streams_output_input_exit_codes_and_a_terminal() {
+    let test = "kubectl_exec_streams_output_input_exit_codes_and_a_terminal";
+    if !common::can_run(test) || !kube_api::have_kubectl(test, 33) {
+        return;
+    }
+    let c = Cluster::start().await;
+    let client = c.kube().await;
     let node = AgentNode::new("exec");
     let name = format!("agent-exec-{}", std::process::id());
     let agent = node.agent_with_ca(client.clone(), &name, cluster_ca(&c));

@@ -708,3 +708,119 @@ async fn a_standby_controller_manager_takes_over_without_double_creates() {
     collector.abort();
     drop(sim);
 }
+
+fn pod_cidr_of(n: &k8s_openapi::api::core::v1::Node) -> Option<String> {
+    let spec = n.spec.as_ref()?;
+    let cidr = spec.pod_cidr.clone()?;
+    assert_eq!(spec.pod_cidrs.as_deref(), Some(&[cidr.clone()][..]));
+    Some(cidr)
+}
+
+/// Node IPAM over 10.77.0.0/22 in /24s: each node gets a range of its own; a new controller
+/// manager rebuilds what is taken from the nodes before it hands out more (a node deleted while it
+/// was down frees its range); a fifth node finds none left and gets the CIDRNotAvailable event,
+/// then the range of a node deleted later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ipam_allocates_rebuilds_releases_and_reports_exhaustion() {
+    use k8s_openapi::api::core::v1::{Event, Node};
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let cfg = cairn_orchestrator::controllers::ControllerConfig {
+        cluster_cidr: Some("10.77.0.0/22".into()),
+        node_cidr_mask_size: 24,
+        ..Default::default()
+    };
+    let start = || {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (client, cfg) = (client.clone(), cfg.clone());
+        let task = tokio::spawn(async move {
+            cairn_orchestrator::controllers::run(client, cfg, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        (tx, task)
+    };
+    let nodes: Api<Node> = Api::all(client.clone());
+    let create = async |name: &str| {
+        let n: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        nodes.create(&PostParams::default(), &n).await.unwrap();
+    };
+    let ranges = async |names: &[&str]| -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        for n in names {
+            out.push(pod_cidr_of(&nodes.get(n).await.unwrap())?);
+        }
+        Some(out)
+    };
+
+    let (stop, task) = start();
+    for n in ["a", "b", "c"] {
+        create(n).await;
+    }
+    let first =
+        kube_api::eventually("3 nodes with a podCIDR", 20, || ranges(&["a", "b", "c"])).await;
+    let mut distinct = first.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{first:?}");
+    for r in &first {
+        assert!(r.starts_with("10.77.") && r.ends_with(".0/24"), "{r}");
+    }
+
+    // Down, a node goes; up again, the controller must know a and c hold theirs.
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    nodes.delete("b", &DeleteParams::default()).await.unwrap();
+    let (_stop, _task) = start();
+    create("d").await;
+    create("e").await;
+    let all = kube_api::eventually("d and e with a podCIDR", 20, || {
+        ranges(&["a", "c", "d", "e"])
+    })
+    .await;
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "10.77.0.0/24",
+            "10.77.1.0/24",
+            "10.77.2.0/24",
+            "10.77.3.0/24"
+        ],
+        "{all:?}"
+    );
+    assert_eq!(
+        all[..2],
+        first[..3].iter().step_by(2).cloned().collect::<Vec<_>>()[..]
+    );
+
+    // Full: the fifth node waits, and is told why.
+    create("f").await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let ev = kube_api::eventually("the CIDRNotAvailable event", 20, || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("CIDRNotAvailable"))
+    })
+    .await;
+    assert_eq!(ev.involved_object.kind.as_deref(), Some("Node"));
+    assert_eq!(ev.involved_object.name.as_deref(), Some("f"));
+    assert_eq!(
+        ev.message.as_deref(),
+        Some("Node f status is now: CIDRNotAvailable")
+    );
+    assert!(pod_cidr_of(&nodes.get("f").await.unwrap()).is_none());
+
+    // A deleted node's range goes to the one waiting.
+    let freed = all[2].clone();
+    nodes.delete("d", &DeleteParams::default()).await.unwrap();
+    let got = kube_api::eventually("f gets the freed range", 20, || ranges(&["f"])).await;
+    assert_eq!(got, [freed]);
+}

@@ -1,7 +1,8 @@
 //! `cairn-orchestrator up` as a user runs it (root): one process brings up the store, the API
 //! server, the scheduler, the controller manager and an agent; a Deployment's pods run as real
 //! processes and their logs come back through the API; Ctrl-C stops everything, pods included;
-//! started again on the same data directory, the same pods run again.
+//! started again on the same data directory, the same pods run again. Pods get addresses from the
+//! node's podCIDR, which the controller manager cut from `up`'s cluster CIDR.
 
 mod common;
 mod kube_api;
@@ -161,11 +162,18 @@ async fn running_pods(pods: &Api<Pod>) -> Vec<String> {
     names
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_runs_a_deployment_stops_on_ctrl_c_and_resumes() {
-    if !common::can_run("up_runs_a_deployment_stops_on_ctrl_c_and_resumes") {
+#[test]
+fn up_runs_a_deployment_stops_on_ctrl_c_and_resumes() {
+    let name = "up_runs_a_deployment_stops_on_ctrl_c_and_resumes";
+    if !common::can_run(name) {
         return;
     }
+    // `up` gives its pods a bridge, forwarding and a masquerade table: in a namespace of the
+    // test's own, not on this machine.
+    common::in_own_netns(name, up_and_resume);
+}
+
+async fn up_and_resume() {
     let dir = tempfile::tempdir().unwrap();
     let mut up = Up::new(dir.path());
     up.start();
@@ -192,6 +200,22 @@ async fn up_runs_a_deployment_stops_on_ctrl_c_and_resumes() {
     })
     .await;
     let before = running_pods(&pods).await;
+    // The node got the first range of the cluster CIDR, and the pods their addresses from it.
+    let node: k8s_openapi::api::core::v1::Node = Api::all(client.clone())
+        .get(&format!("up-{}", std::process::id()))
+        .await
+        .unwrap();
+    let cidr = node.spec.and_then(|s| s.pod_cidr);
+    assert_eq!(cidr.as_deref(), Some("10.244.0.0/24"));
+    let mut ips = Vec::new();
+    for name in &before {
+        let p = pods.get(name).await.unwrap();
+        let ip = p.status.and_then(|s| s.pod_ip).unwrap_or_default();
+        assert!(ip.starts_with("10.244.0."), "{name}: {ip:?}");
+        ips.push(ip);
+    }
+    ips.dedup();
+    assert_eq!(ips.len(), 2);
     let logs = pods.logs(&before[0], &LogParams::default()).await.unwrap();
     assert_eq!(logs, "serving\n");
     assert_eq!(up.runtime().list().unwrap().len(), 2);

@@ -175,6 +175,9 @@ pub fn to_runtime(pod: &Pod) -> Result<runtime::Pod, Refusal> {
     {
         rspec["terminationGracePeriodSeconds"] = g.clone();
     }
+    if spec["hostNetwork"] == true {
+        rspec["hostNetwork"] = json!(true);
+    }
     if let Some(sc) = spec.get("securityContext").filter(|s| s.is_object()) {
         let s = pick(sc, &["runAsUser", "runAsGroup"]);
         if s.as_object().is_some_and(|m| !m.is_empty()) {
@@ -361,9 +364,15 @@ pub fn status(
     if !init_statuses.is_empty() {
         st["initContainerStatuses"] = json!(init_statuses);
     }
-    if let Some(ip) = rt.ip {
-        st["podIP"] = json!(ip.to_string());
-        st["podIPs"] = json!([{"ip": ip.to_string()}]);
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    let pod_ip = match rt.ip {
+        Some(ip) => Some(ip.to_string()),
+        None if host_network => Some(host_ip.to_string()),
+        None => None,
+    };
+    if let Some(ip) = pod_ip {
+        st["podIP"] = json!(ip);
+        st["podIPs"] = json!([{"ip": ip}]);
     }
     st
 }

@@ -11,12 +11,22 @@
 //! The runtime keeps its state on disk, so a restarted agent re-adopts running pods without
 //! restarting them (or re-running their completed init containers). A client of the API server
 //! only: this module never imports `registry` or `apiserver`.
+//!
+//! With a pod bridge configured (`network`), pods get their addresses from the Node's podCIDR,
+//! which the agent waits for before it runs any pod. The path of a pod's packet: its `eth0` (one
+//! end of a veth pair) -> the other end on the node's bridge -> the bridge, which is the pods'
+//! gateway -> the node's routing table: a pod on this node is on the bridge; a pod on another node
+//! is reached through that node's InternalIP (one route per node, `network`); anything else leaves
+//! masqueraded as the node. Host-network pods share the node's namespace and its address. Each
+//! pod's /etc/hosts and /etc/resolv.conf are formed as the kubelet does (`dns`).
 
 pub mod convert;
+pub mod dns;
 pub mod env;
 mod exec;
 pub mod hooks;
 pub mod join;
+pub mod network;
 pub mod node;
 pub mod probe;
 pub mod server;
@@ -50,6 +60,8 @@ pub enum AgentError {
     Sync(String),
     #[error("serving: {0}")]
     Tls(String),
+    #[error("pod network: {0}")]
+    Network(#[from] network::PodNetworkError),
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +79,10 @@ pub struct AgentConfig {
     /// DER certificates of the CA whose client certificates may read logs (the cluster's CA).
     /// Empty: no logs are served.
     pub client_ca: Vec<Vec<u8>>,
+    /// The bridge pods attach to, addressed from the Node's podCIDR. None: pods get only a
+    /// loopback interface (and `runtime.network`, if set, is used as it is).
+    pub network: Option<String>,
+    pub dns: dns::DnsSettings,
 }
 
 impl AgentConfig {
@@ -79,6 +95,8 @@ impl AgentConfig {
             sync_period: Duration::from_secs(1),
             port: 10250,
             client_ca: Vec::new(),
+            network: None,
+            dns: dns::DnsSettings::default(),
         }
     }
 }
@@ -222,6 +240,27 @@ pub async fn run(
     ] {
         ready.map_err(|e| AgentError::Sync(e.to_string()))?;
     }
+    tokio::pin!(stop);
+    let rt = match &cfg.network {
+        None => rt,
+        Some(bridge) => {
+            let cidr = tokio::select! {
+                _ = &mut stop => return Ok(()),
+                c = network::wait_for_pod_cidr(&client, &cfg.node_name) => c?,
+            };
+            let mut rcfg = cfg.runtime.clone();
+            rcfg.network = Some(network::prepare(bridge, cidr).await?);
+            background.spawn(network::keep_routes(
+                client.clone(),
+                cfg.node_name.clone(),
+                bridge.clone(),
+                cidr,
+            ));
+            // The log server keeps the instance it started with: logs and exec read the same
+            // state on disk and need no network settings.
+            Arc::new(Runtime::new(rcfg)?)
+        }
+    };
     tracing::info!(node = %cfg.node_name, "agent registered and watching its pods");
     let period = cfg.sync_period;
     let mut agent = Agent {
@@ -235,7 +274,6 @@ pub async fn run(
         secrets,
         config_maps,
     };
-    tokio::pin!(stop);
     loop {
         agent.sync(&store).await;
         tokio::select! {
@@ -418,15 +456,16 @@ impl Agent {
             };
             track.volumes = Some(digest(&files));
             self.busy.insert(uid.to_string());
-            let (rt, client, pod, uid, host_ip) = (
+            let (rt, client, pod, uid, host_ip, dns) = (
                 self.rt.clone(),
                 self.client.clone(),
                 pod.clone(),
                 uid.to_string(),
                 self.cfg.address.clone(),
+                self.cfg.dns.clone(),
             );
             self.tasks.spawn(async move {
-                let r = start(&rt, &client, &pod, &host_ip, &files).await;
+                let r = start(&rt, &client, &pod, &host_ip, &files, &dns).await;
                 Done::Started(uid, r)
             });
             return None;
@@ -791,6 +830,7 @@ async fn start(
     pod: &Pod,
     host_ip: &str,
     files: &[(String, Vec<VolumeFile>)],
+    dns: &dns::DnsSettings,
 ) -> Result<(), Refusal> {
     let envs = env::resolve(client, pod, host_ip).await?;
     let mut literal = pod.clone();
@@ -813,7 +853,10 @@ async fn start(
                 .collect(),
         );
     }
-    let spec = convert::to_runtime(&literal)?;
+    let mut spec = convert::to_runtime(&literal)?;
+    for w in dns::apply(&mut spec, pod, dns)? {
+        event(client, pod, "Warning", w.reason, &w.message).await;
+    }
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let mut config_maps = ConfigMaps::new();

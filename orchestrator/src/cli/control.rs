@@ -117,6 +117,12 @@ pub struct ControllerManagerArgs {
     /// The most endpoints one EndpointSlice holds.
     #[arg(long, default_value_t = 100)]
     max_endpoints_per_slice: usize,
+    /// The range nodes' pod CIDRs are cut from; unset: nodes get no podCIDR.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// The prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
     #[command(flatten)]
     leader: LeaderArgs,
 }
@@ -128,6 +134,8 @@ pub async fn controller_manager(args: ControllerManagerArgs) -> Result<ExitCode>
     let ccfg = controllers::ControllerConfig {
         node_monitor_grace_period: args.node_monitor_grace_period,
         max_endpoints_per_slice: args.max_endpoints_per_slice,
+        cluster_cidr: args.cluster_cidr,
+        node_cidr_mask_size: args.node_cidr_mask_size,
     };
     if !args.leader.leader_elect {
         controllers::run(client, ccfg, std::future::pending()).await?;
@@ -202,6 +210,19 @@ pub struct AgentArgs {
     /// Port for the API server's log requests; only the cluster CA's client certificates are served.
     #[arg(long, default_value_t = 10250)]
     port: u16,
+    /// Bridge the pods attach to, addressed from the Node's podCIDR (which the agent waits for);
+    /// unset: pods get only a loopback interface.
+    #[arg(long)]
+    pod_bridge: Option<String>,
+    /// Nameservers of ClusterFirst pods (comma-separated); unset: they resolve as the host does.
+    #[arg(long, value_delimiter = ',')]
+    cluster_dns: Vec<std::net::IpAddr>,
+    /// The cluster's DNS domain, searched by ClusterFirst pods.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The resolver file Default pods copy (empty: none).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
 }
 
 /// `kubeadm join`'s discovery flags.
@@ -263,6 +284,12 @@ pub async fn agent(mut args: AgentArgs) -> Result<ExitCode> {
     cfg.address = args.node_ip;
     cfg.port = args.port;
     cfg.client_ca = args.api.cluster_ca().await?;
+    cfg.network = args.pod_bridge;
+    cfg.dns = cairn_orchestrator::agent::dns::DnsSettings {
+        cluster_dns: args.cluster_dns,
+        cluster_domain: args.cluster_domain,
+        resolv_conf: args.resolv_conf,
+    };
     cairn_orchestrator::agent::run(client, cfg, super::wait_for_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! `cairn-orchestrator up`: the whole cluster on this machine from one command. An embedded
 //! single-member Cairn store (or `--etcd-servers`), the API server, the scheduler, the controller
-//! manager and a node agent for this machine, all in this process; writes the kubeconfig, prints
+//! manager (with node IPAM over `--cluster-cidr`) and a node agent for this machine whose pods
+//! get addresses on the `--pod-bridge` network, all in this process; writes the kubeconfig, prints
 //! the `export KUBECONFIG=...` line, and on Ctrl-C stops the pods and everything else. Started
 //! again with the same data directory it resumes where it stopped.
 
@@ -52,6 +53,12 @@ pub struct UpArgs {
     /// cgroup directory (under /sys/fs/cgroup) holding the pods' cgroups.
     #[arg(long, default_value = "cairn")]
     cgroup_parent: String,
+    /// The range nodes' pod CIDRs (one /24 each) are cut from.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// Bridge this machine's pods attach to.
+    #[arg(long, default_value = "cairn0")]
+    pod_bridge: String,
 }
 
 pub async fn run(args: UpArgs) -> Result<ExitCode> {
@@ -142,6 +149,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let mut acfg = AgentConfig::new(name, rcfg.clone());
     acfg.address = args.advertise_address.to_string();
     acfg.port = args.agent_port;
+    acfg.network = Some(args.pod_bridge.clone());
     acfg.client_ca = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(kc)?,
         &Default::default(),
@@ -165,8 +173,12 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         }
     });
     let s = stopped();
+    let ccfg = controllers::ControllerConfig {
+        cluster_cidr: Some(args.cluster_cidr.clone()),
+        ..Default::default()
+    };
     tasks.spawn(async move {
-        if let Err(e) = controllers::run(cm_client, Default::default(), s).await {
+        if let Err(e) = controllers::run(cm_client, ccfg, s).await {
             tracing::error!(error = %e, "controller manager stopped");
         }
     });

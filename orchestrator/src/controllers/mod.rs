@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod garbage;
 pub mod informer;
 pub mod namespace;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod quota;
 pub mod replicaset;
@@ -134,6 +135,11 @@ pub struct ControllerConfig {
     pub node_monitor_grace_period: Duration,
     /// The most endpoints one EndpointSlice holds.
     pub max_endpoints_per_slice: usize,
+    /// The range nodes' pod CIDRs are cut from; none: nodes get no podCIDR from here
+    /// (kube-controller-manager without `--allocate-node-cidrs`).
+    pub cluster_cidr: Option<String>,
+    /// The prefix length of each node's pod CIDR.
+    pub node_cidr_mask_size: u8,
 }
 
 impl Default for ControllerConfig {
@@ -141,6 +147,8 @@ impl Default for ControllerConfig {
         ControllerConfig {
             node_monitor_grace_period: Duration::from_secs(40),
             max_endpoints_per_slice: 100,
+            cluster_cidr: None,
+            node_cidr_mask_size: 24,
         }
     }
 }
@@ -151,6 +159,13 @@ pub async fn run(
     config: ControllerConfig,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), ControllerError> {
+    // Bad flags stop the start, before any controller runs.
+    let cidrs = config
+        .cluster_cidr
+        .as_deref()
+        .map(|c| node_ipam::CidrSet::new(c, config.node_cidr_mask_size))
+        .transpose()
+        .map_err(ControllerError::Invalid)?;
     let (pods, pod_task) = informer::PodInformer::start(client.clone());
     let (replicasets, rs_task) = reflect(Api::<ReplicaSet>::all(client.clone()));
     let _guard = AbortOnDrop(vec![pod_task, rs_task]);
@@ -167,7 +182,7 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(replicaset::run(shared.clone(), stopped(stop_rx.clone()))),
         tokio::spawn(deployment::run(shared.clone(), stopped(stop_rx.clone()))),
         tokio::spawn(endpoints::run(shared.clone(), stopped(stop_rx.clone()))),
@@ -181,6 +196,13 @@ pub async fn run(
             stopped(stop_rx.clone()),
         )),
     ];
+    if let Some(set) = cidrs {
+        tasks.push(tokio::spawn(node_ipam::run(
+            client.clone(),
+            set,
+            stopped(stop_rx.clone()),
+        )));
+    }
     stop.await;
     let _ = stop_tx.send(true);
     for t in tasks {

@@ -42,7 +42,7 @@ impl Runtime {
     pub(super) fn resolve_env(&self, rec: &PodRecord, c: &spec::Container) -> Result<Vec<String>> {
         let mut env: Vec<String> = vec![
             DEFAULT_PATH.to_string(),
-            format!("HOSTNAME={}", rec.pod.name()),
+            format!("HOSTNAME={}", self.hostname_of(rec)),
             "HOME=/root".to_string(),
         ];
         for e in &c.env {
@@ -68,6 +68,13 @@ impl Runtime {
             env.push(format!("{}={value}", e.name));
         }
         Ok(env)
+    }
+
+    /// The hostname the sandbox was given (the host's, for a host-network pod).
+    fn hostname_of(&self, rec: &PodRecord) -> String {
+        fs::read_to_string(self.pod_dir(rec.pod.name()).join("etc/hostname"))
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| rec.pod.hostname().to_string())
     }
 
     /// Image `""` is the host root; a directory is used as is; a tarball is
@@ -134,6 +141,14 @@ impl Runtime {
                 source: cdir.join("termination-log"),
                 target: path.clone(),
                 read_only: false,
+                is_file: true,
+            });
+        }
+        if rec.pod.spec.dns_config.is_some() {
+            mounts.push(BindMount {
+                source: pdir.join("etc/resolv.conf"),
+                target: "/etc/resolv.conf".into(),
+                read_only: true,
                 is_file: true,
             });
         }

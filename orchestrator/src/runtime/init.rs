@@ -35,6 +35,8 @@ pub const INIT: &str = "__init";
 pub const EXEC: &str = "__exec";
 pub const EXEC_STREAM: &str = "__exec_stream";
 pub const NETCFG: &str = "__netcfg";
+/// The holder's argument, instead of a hostname, for a pod on the host's network.
+pub const HOST_NETWORK: &str = "--host-network";
 
 /// Everything the monitor and container process need, written by the
 /// runtime as JSON next to the container's other state.
@@ -130,14 +132,7 @@ fn ns_ctx<T>(r: nix::Result<T>, what: &str) -> io::Result<T> {
 /// until killed. It is not a PID-namespace init (each container has its own
 /// PID namespace); it still reaps any child it may acquire.
 fn holder(sys: &dyn Syscall, args: &[String]) -> io::Result<i32> {
-    let hostname = args
-        .first()
-        .ok_or_else(|| io::Error::other("hostname argument missing"))?;
-    ns_ctx(
-        sys.unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET),
-        "unshare uts/ipc/net",
-    )?;
-    ctx(sys.sethostname(hostname), "sethostname")?;
+    holder_namespaces(sys, args)?;
     let mut out = io::stdout();
     out.write_all(b"ready\n")?;
     out.flush()?;
@@ -153,6 +148,21 @@ fn holder(sys: &dyn Syscall, args: &[String]) -> io::Result<i32> {
             Err(_) => nix::unistd::pause(),
         }
     }
+}
+
+/// A host-network pod keeps the host's network and UTS namespaces and gets only its own IPC.
+fn holder_namespaces(sys: &dyn Syscall, args: &[String]) -> io::Result<()> {
+    let hostname = args
+        .first()
+        .ok_or_else(|| io::Error::other("hostname argument missing"))?;
+    if hostname == HOST_NETWORK {
+        return ns_ctx(sys.unshare(CloneFlags::CLONE_NEWIPC), "unshare ipc");
+    }
+    ns_ctx(
+        sys.unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET),
+        "unshare uts/ipc/net",
+    )?;
+    ctx(sys.sethostname(hostname), "sethostname")
 }
 
 fn open_ns(pid: i32, kind: &str) -> io::Result<File> {
@@ -1024,6 +1034,21 @@ mod tests {
         let err = setup_rootfs(&sys, &config(dir.path())).unwrap_err();
         assert!(err.to_string().contains("CAP_SYS_ADMIN"), "{err}");
         assert_eq!(sys.calls().len(), 1);
+    }
+
+    #[test]
+    fn a_host_network_holder_keeps_the_hosts_network_and_name() {
+        let sys = Recorder::default();
+        holder_namespaces(&sys, &[HOST_NETWORK.to_string()]).unwrap();
+        assert_eq!(sys.calls(), [Call::Unshare(CloneFlags::CLONE_NEWIPC)]);
+        let sys = Recorder::default();
+        holder_namespaces(&sys, &["web".to_string()]).unwrap();
+        assert_eq!(
+            sys.calls()[0],
+            Call::Unshare(
+                CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET
+            )
+        );
     }
 
     #[test]

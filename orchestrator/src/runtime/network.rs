@@ -50,7 +50,7 @@ pub struct NetworkConfig {
     pub cidr: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ipv4Net {
     pub network: Ipv4Addr,
     pub prefix: u8,
@@ -72,6 +72,12 @@ impl Ipv4Net {
         })
     }
 
+    /// Whether `ip` lies in this range.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.prefix);
+        u32::from(ip) & mask == u32::from(self.network)
+    }
+
     fn host(&self, n: u32) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.network) + n)
     }
@@ -82,6 +88,12 @@ impl Ipv4Net {
 
     fn hosts(&self) -> u32 {
         (1u32 << (32 - self.prefix)) - 2
+    }
+}
+
+impl std::fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
     }
 }
 
@@ -206,27 +218,101 @@ async fn link_index(h: &Handle, name: &str) -> Option<u32> {
         .map(|l| l.header.index)
 }
 
-/// Creates the bridge with the gateway address if it is missing.
+/// Creates the bridge with the gateway address if either is missing.
 pub async fn ensure_bridge(cfg: &NetworkConfig) -> Result<(), NetworkError> {
     let net = Ipv4Net::parse(&cfg.cidr)?;
     let h = connect()?;
-    if link_index(&h, &cfg.bridge).await.is_some() {
-        return Ok(());
+    if link_index(&h, &cfg.bridge).await.is_none() {
+        h.link()
+            .add(LinkBridge::new(&cfg.bridge).up().build())
+            .execute()
+            .await
+            .map_err(nl(format!("add bridge {}", cfg.bridge)))?;
     }
-    h.link()
-        .add(LinkBridge::new(&cfg.bridge).up().build())
-        .execute()
-        .await
-        .map_err(nl(format!("add bridge {}", cfg.bridge)))?;
     let idx = link_index(&h, &cfg.bridge)
         .await
         .ok_or_else(|| NetworkError::InNamespace(format!("bridge {} vanished", cfg.bridge)))?;
-    h.address()
-        .add(idx, IpAddr::V4(net.gateway()), net.prefix)
+    let mut addrs = h
+        .address()
+        .get()
+        .set_link_index_filter(idx)
+        .set_address_filter(IpAddr::V4(net.gateway()))
+        .execute();
+    if addrs
+        .try_next()
+        .await
+        .map_err(nl(format!("addresses of {}", cfg.bridge)))?
+        .is_none()
+    {
+        h.address()
+            .add(idx, IpAddr::V4(net.gateway()), net.prefix)
+            .execute()
+            .await
+            .map_err(nl(format!("address on {}", cfg.bridge)))?;
+    }
+    Ok(())
+}
+
+/// IPv4 routes of the main table installed with routing protocol `proto`: (destination, gateway).
+pub async fn routes(proto: u8) -> Result<Vec<(Ipv4Net, Ipv4Addr)>, NetworkError> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
+    let h = connect()?;
+    let mut out = Vec::new();
+    let mut stream = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(r) = stream.try_next().await.map_err(nl("list routes"))? {
+        if r.header.protocol != RouteProtocol::from(proto) {
+            continue;
+        }
+        let mut dst = None;
+        let mut gw = None;
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+                _ => {}
+            }
+        }
+        if let (Some(network), Some(gw)) = (dst, gw) {
+            let prefix = r.header.destination_prefix_length;
+            out.push((Ipv4Net { network, prefix }, gw));
+        }
+    }
+    Ok(out)
+}
+
+fn route_message(
+    dst: Ipv4Net,
+    via: Ipv4Addr,
+    proto: u8,
+) -> rtnetlink::packet_route::route::RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.network, dst.prefix)
+        .gateway(via)
+        .protocol(proto.into())
+        .build()
+}
+
+/// Routes `dst` through `via` (which must be directly reachable), replacing any route to `dst`.
+pub async fn replace_route(dst: Ipv4Net, via: Ipv4Addr, proto: u8) -> Result<(), NetworkError> {
+    let h = connect()?;
+    h.route()
+        .add(route_message(dst, via, proto))
+        .replace()
         .execute()
         .await
-        .map_err(nl(format!("address on {}", cfg.bridge)))?;
-    Ok(())
+        .map_err(nl(format!("route {dst} via {via}")))
+}
+
+pub async fn delete_route(dst: Ipv4Net, via: Ipv4Addr, proto: u8) -> Result<(), NetworkError> {
+    let h = connect()?;
+    h.route()
+        .del(route_message(dst, via, proto))
+        .execute()
+        .await
+        .map_err(nl(format!("delete route {dst} via {via}")))
 }
 
 pub async fn delete_link(name: &str) -> Result<bool, NetworkError> {

@@ -97,7 +97,20 @@ impl Runtime {
         self.prepare_volumes(pod, config_maps, dir)?;
         let etc = dir.join("etc");
         fs::create_dir_all(&etc).map_err(ioc("create etc"))?;
-        fs::write(etc.join("hostname"), format!("{name}\n")).map_err(ioc("write hostname"))?;
+        let host_network = pod.spec.host_network;
+        let hostname = if host_network {
+            // The host's UTS namespace is shared too, as the kubelet does for host-network pods.
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            pod.hostname().to_string()
+        };
+        fs::write(etc.join("hostname"), format!("{hostname}\n")).map_err(ioc("write hostname"))?;
+        if let Some(dns) = &pod.spec.dns_config {
+            fs::write(etc.join("resolv.conf"), dns.resolv_conf())
+                .map_err(ioc("write resolv.conf"))?;
+        }
 
         let default_pids = self.cfg.default_pids_limit;
         let per = |cs: &[super::spec::Container]| -> Vec<Resources> {
@@ -116,7 +129,12 @@ impl Runtime {
         };
         self.cgroups.create(&cg, &pod_res)?;
 
-        let mut child = self.spawn_helper(init::HOLDER, name.as_ref())?;
+        let holder_arg = if host_network {
+            init::HOST_NETWORK
+        } else {
+            pod.hostname()
+        };
+        let mut child = self.spawn_helper(init::HOLDER, holder_arg.as_ref())?;
         let pid = child.id().unwrap_or(0) as i32;
         let mut line = String::new();
         let mut out = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
@@ -144,6 +162,7 @@ impl Runtime {
         self.cgroups.add_pid(&cg, pid)?;
 
         match &self.cfg.network {
+            _ if host_network => rec.network_config = None,
             Some(net) => {
                 let ipam = self.ipam(net)?;
                 rec.network =
@@ -151,13 +170,8 @@ impl Runtime {
             }
             None => network::loopback_only(pid, &self.cfg.helper).await?,
         }
-        let mut hosts =
-            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        match &rec.network {
-            Some(n) => hosts.push_str(&format!("{}\t{name}\n", n.ip)),
-            None => hosts.push_str(&format!("127.0.1.1\t{name}\n")),
-        }
-        fs::write(etc.join("hosts"), hosts).map_err(ioc("write hosts"))?;
+        fs::write(etc.join("hosts"), hosts_file(pod, rec.network.as_ref()))
+            .map_err(ioc("write hosts"))?;
         write_json(&dir.join("pod.json"), &rec)?;
         tracing::info!(pod = %name, holder = pid, ip = ?rec.network.as_ref().map(|n| n.ip), "sandbox created");
         self.pod_status(&rec)
@@ -239,9 +253,74 @@ impl Runtime {
     }
 }
 
+/// The pod's /etc/hosts: the host's own for a host-network pod, otherwise localhost and the pod's
+/// address under its hostname (and its fully qualified name when it has a domain); then its
+/// host aliases.
+fn hosts_file(pod: &Pod, net: Option<&network::PodNetwork>) -> String {
+    let mut out;
+    if pod.spec.host_network {
+        out = fs::read_to_string("/etc/hosts").unwrap_or_default();
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+    } else {
+        out = String::from(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n\
+             ::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+             fe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+        );
+        let ip = net.map_or_else(|| "127.0.1.1".to_string(), |n| n.ip.to_string());
+        let host = pod.hostname();
+        match &pod.spec.host_domain {
+            Some(d) => out.push_str(&format!("{ip}\t{host}.{d}\t{host}\n")),
+            None => out.push_str(&format!("{ip}\t{host}\n")),
+        }
+    }
+    if !pod.spec.host_aliases.is_empty() {
+        out.push_str("\n# Entries added by HostAliases.\n");
+        for a in &pod.spec.host_aliases {
+            out.push_str(&format!("{}\t{}\n", a.ip, a.hostnames.join("\t")));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(spec: &str) -> Pod {
+        Pod::from_yaml(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p-1}}\nspec:\n  containers: \
+             [{{name: c, command: [x]}}]\n{spec}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn hosts_name_the_pod_by_its_hostname_and_domain() {
+        let net = network::PodNetwork {
+            ip: std::net::Ipv4Addr::new(10, 244, 1, 7),
+            prefix: 24,
+            gateway: std::net::Ipv4Addr::new(10, 244, 1, 1),
+            host_veth: "v".into(),
+        };
+        let h = hosts_file(
+            &pod(
+                "  hostname: web-0\n  hostDomain: web.default.svc.cluster.local\n  \
+                  hostAliases: [{ip: 10.1.2.3, hostnames: [a, b]}]",
+            ),
+            Some(&net),
+        );
+        assert!(h.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
+        assert!(h.contains("\n10.244.1.7\tweb-0.web.default.svc.cluster.local\tweb-0\n"));
+        assert!(
+            h.ends_with("# Entries added by HostAliases.\n10.1.2.3\ta\tb\n"),
+            "{h}"
+        );
+        let h = hosts_file(&pod(""), None);
+        assert!(h.ends_with("\n127.0.1.1\tp-1\n"), "{h}");
+    }
 
     #[test]
     fn pod_sums() {

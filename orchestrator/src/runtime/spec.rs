@@ -74,6 +74,73 @@ pub struct PodSpec {
     pub termination_grace_period_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<PodSecurityContext>,
+    /// Share the host's network and UTS namespaces: no interface or address of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    /// The pod's hostname (default: `metadata.name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The domain of the pod's own line in /etc/hosts (`<ip> <hostname>.<hostDomain> <hostname>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_domain: Option<String>,
+    /// Extra /etc/hosts lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_aliases: Vec<HostAlias>,
+    /// The containers' /etc/resolv.conf, written as given; none: the root filesystem's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<DnsConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostAlias {
+    pub ip: String,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DnsConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub searches: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<DnsOption>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DnsOption {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+impl DnsConfig {
+    /// The resolv.conf text: search, nameserver and options lines.
+    pub fn resolv_conf(&self) -> String {
+        let mut out = String::new();
+        if !self.searches.is_empty() {
+            out.push_str(&format!("search {}\n", self.searches.join(" ")));
+        }
+        for ns in &self.nameservers {
+            out.push_str(&format!("nameserver {ns}\n"));
+        }
+        if !self.options.is_empty() {
+            let opts: Vec<String> = self
+                .options
+                .iter()
+                .map(|o| match &o.value {
+                    Some(v) => format!("{}:{v}", o.name),
+                    None => o.name.clone(),
+                })
+                .collect();
+            out.push_str(&format!("options {}\n", opts.join(" ")));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -350,6 +417,11 @@ impl Pod {
         &self.metadata.name
     }
 
+    /// The hostname its containers see.
+    pub fn hostname(&self) -> &str {
+        self.spec.hostname.as_deref().unwrap_or(&self.metadata.name)
+    }
+
     /// An app or init container by name.
     pub fn container(&self, name: &str) -> Option<&Container> {
         self.all_containers().find(|c| c.name == name)
@@ -428,6 +500,46 @@ impl Pod {
                         "must be \"\" or \"Memory\"",
                     ));
                 }
+            }
+        }
+        if let Some(h) = &spec.hostname {
+            check_dns_label("spec.hostname", h)?;
+        }
+        let no_space = |field: &str, v: &str| {
+            if v.is_empty() || v.chars().any(char::is_whitespace) {
+                Err(invalid(field, format!("{v:?} must be a non-empty word")))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(d) = &spec.host_domain {
+            no_space("spec.hostDomain", d)?;
+        }
+        for (i, a) in spec.host_aliases.iter().enumerate() {
+            if a.ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    format!("spec.hostAliases[{i}].ip"),
+                    format!("{:?} is not an IP address", a.ip),
+                ));
+            }
+            for (j, h) in a.hostnames.iter().enumerate() {
+                no_space(&format!("spec.hostAliases[{i}].hostnames[{j}]"), h)?;
+            }
+        }
+        if let Some(dns) = &spec.dns_config {
+            for (i, ns) in dns.nameservers.iter().enumerate() {
+                if ns.parse::<std::net::IpAddr>().is_err() {
+                    return Err(invalid(
+                        format!("spec.dnsConfig.nameservers[{i}]"),
+                        format!("{ns:?} is not an IP address"),
+                    ));
+                }
+            }
+            for (i, s) in dns.searches.iter().enumerate() {
+                no_space(&format!("spec.dnsConfig.searches[{i}]"), s)?;
+            }
+            for (i, o) in dns.options.iter().enumerate() {
+                no_space(&format!("spec.dnsConfig.options[{i}].name"), &o.name)?;
             }
         }
         let mut container_names = std::collections::BTreeSet::new();

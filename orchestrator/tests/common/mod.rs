@@ -200,3 +200,42 @@ pub fn has_python(test: &str) -> bool {
     println!("SKIPPED: {test}: /usr/bin/python3 is needed inside the container");
     false
 }
+
+/// Runs `body` on a thread of its own moved into a fresh network namespace (loopback up), with a
+/// tokio runtime started there, so every socket, link, route and nftables table the test or its
+/// processes make lives in that namespace and goes with it. False (after saying why) when `ip` is
+/// missing.
+pub fn in_own_netns<F, Fut>(test: &str, body: F) -> bool
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let have_ip = std::process::Command::new("ip")
+        .arg("-V")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !have_ip {
+        println!("SKIPPED: {test}: iproute2's ip is not installed");
+        return false;
+    }
+    let t = std::thread::spawn(move || {
+        // Only this thread moves; threads and processes it starts afterwards follow it.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare net");
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("ip runs");
+        assert!(up.success(), "ip link set lo up");
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(body())
+    });
+    if let Err(panic) = t.join() {
+        std::panic::resume_unwind(panic);
+    }
+    true
+}

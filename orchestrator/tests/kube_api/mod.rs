@@ -20,6 +20,8 @@ pub const TOKEN: &str = "test-admin-token";
 pub struct Options {
     pub encryption: Option<String>,
     pub bookmark_interval: Option<Duration>,
+    /// Serve on this address (one of a network namespace the test made) instead of 127.0.0.1.
+    pub bind: Option<std::net::IpAddr>,
 }
 
 pub struct Cluster {
@@ -48,7 +50,9 @@ impl Cluster {
                 .expect("store starts");
         let store_endpoint = node.client_addr().to_string();
         let peer_endpoint = node.peer_addr().to_string();
-        let files = tls::serving_files(&dir.path().join("certs"), None, None, &[]).expect("certs");
+        let sans: Vec<String> = opts.bind.iter().map(|ip| ip.to_string()).collect();
+        let files =
+            tls::serving_files(&dir.path().join("certs"), None, None, &sans).expect("certs");
         let tls = tls::server_config(&files).expect("tls config");
         let transformer = match &opts.encryption {
             Some(y) => Transformer::from_yaml(y).expect("encryption config"),
@@ -61,13 +65,13 @@ impl Cluster {
             store_endpoint,
             peer_endpoint,
             server: None,
-            addr: "127.0.0.1:0".parse().unwrap(),
+            addr: SocketAddr::new(opts.bind.unwrap_or([127, 0, 0, 1].into()), 0),
             transformer,
             tls,
             bookmark_interval: opts.bookmark_interval.unwrap_or(Duration::from_secs(60)),
         };
         c.start_apiserver().await;
-        let url = format!("https://127.0.0.1:{}", c.addr.port());
+        let url = c.url();
         std::fs::write(
             &c.kubeconfig,
             cairn_orchestrator::client::kubeconfig(&url, &files.ca_pem, "admin", TOKEN),
@@ -106,7 +110,7 @@ impl Cluster {
     }
 
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.addr.port())
+        format!("https://{}", self.addr)
     }
 
     pub async fn store(&self) -> cairn_client::Client {
