@@ -74,10 +74,10 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// How often every pod is looked at even when nothing in the API changed (exits, restarts).
     pub sync_period: Duration,
-    /// The port logs are served on (the kubelet's 10250; 0 picks a free one).
+    /// The port logs and exec sessions are served on (the kubelet's 10250; 0 picks a free one).
     pub port: u16,
-    /// DER certificates of the CA whose client certificates may read logs (the cluster's CA).
-    /// Empty: no logs are served.
+    /// DER certificates of the CA whose client certificates may read logs and exec into
+    /// containers (the cluster's CA). Empty: neither is served.
     pub client_ca: Vec<Vec<u8>>,
     /// The bridge pods attach to, addressed from the Node's podCIDR. None: pods get only a
     /// loopback interface (and `runtime.network`, if set, is used as it is).
