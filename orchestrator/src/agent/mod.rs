@@ -5,11 +5,14 @@
 //! forgotten after 10 min of running), writes each pod's status back with a resourceVersion
 //! precondition, and on deletion stops the processes within the grace period before it removes
 //! the pod object. The runtime keeps its state on disk, so a restarted agent re-adopts running
-//! pods without restarting them. A client of the API server only: this module never imports
-//! `registry` or `apiserver`.
+//! pods without restarting them. Images named by reference are pulled (`images`) as each pod
+//! starts, in the background, with the kubelet's ErrImagePull / ImagePullBackOff back-off (10 s
+//! doubling to 5 min). A client of the API server only: this module never imports `registry` or
+//! `apiserver`.
 
 pub mod convert;
 pub mod env;
+pub mod images;
 pub mod node;
 pub mod probe;
 pub mod server;
@@ -40,6 +43,8 @@ pub enum AgentError {
     Sync(String),
     #[error("serving: {0}")]
     Tls(String),
+    #[error("images: {0}")]
+    Images(#[from] images::ImageError),
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +62,9 @@ pub struct AgentConfig {
     /// DER certificates of the CA whose client certificates may read logs (the cluster's CA).
     /// Empty: no logs are served.
     pub client_ca: Vec<Vec<u8>>,
+    /// When unused images are removed (the kubelet's `--image-gc-high-threshold` and
+    /// `--image-gc-low-threshold`, 85 and 80 percent of the disk).
+    pub image_gc: images::gc::GcPolicy,
 }
 
 impl AgentConfig {
@@ -69,6 +77,7 @@ impl AgentConfig {
             sync_period: Duration::from_secs(1),
             port: 10250,
             client_ca: Vec::new(),
+            image_gc: images::gc::GcPolicy::default(),
         }
     }
 }
@@ -98,6 +107,8 @@ struct PodTrack {
     containers: HashMap<String, ContainerTrack>,
     /// Why the last start failed, and when to try again.
     refused: Option<(Refusal, Instant)>,
+    /// The image pull back-off; zero until a pull fails.
+    pull_backoff: Duration,
 }
 
 /// Work finished in the background, reported back to the sync loop.
@@ -117,6 +128,7 @@ struct Agent {
     busy: HashSet<String>,
     tasks: JoinSet<Done>,
     probes: probe::Probes,
+    images: Arc<images::ImageStore>,
 }
 
 /// Runs the agent until `stop` resolves. Pods keep running when it stops.
@@ -126,6 +138,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let rt = Arc::new(Runtime::new(cfg.runtime.clone())?);
+    let image_store = images::ImageStore::open(&cfg.runtime.state_dir)?;
     let (store, writer) = reflector::store();
     let serving = if cfg.client_ca.is_empty() {
         None
@@ -152,6 +165,12 @@ pub async fn run(
         client.clone(),
         cfg.node_name.clone(),
         cfg.heartbeat,
+    ));
+    background.spawn(image_store.clone().housekeeping(
+        client.clone(),
+        cfg.node_name.clone(),
+        rt.clone(),
+        cfg.image_gc.clone(),
     ));
     let wake = Arc::new(Notify::new());
     let w = wake.clone();
@@ -182,6 +201,7 @@ pub async fn run(
         busy: HashSet::new(),
         tasks: JoinSet::new(),
         probes: probe::Probes::default(),
+        images: image_store,
     };
     tokio::pin!(stop);
     loop {
@@ -204,10 +224,23 @@ impl Agent {
         match done {
             Done::Started(uid, r) => {
                 self.busy.remove(&uid);
-                if let Err(why) = r {
-                    tracing::warn!(pod = %uid, reason = why.reason, message = %why.message, "pod start failed");
-                    self.pods.entry(uid).or_default().refused =
-                        Some((why, Instant::now() + START_RETRY));
+                let t = self.pods.entry(uid.clone()).or_default();
+                match r {
+                    Ok(()) => t.pull_backoff = Duration::ZERO,
+                    Err(why) => {
+                        tracing::warn!(pod = %uid, reason = why.reason, message = %why.message, "pod start failed");
+                        let wait = if why.reason == "ErrImagePull" {
+                            t.pull_backoff = if t.pull_backoff.is_zero() {
+                                BACKOFF_START
+                            } else {
+                                (t.pull_backoff * 2).min(BACKOFF_MAX)
+                            };
+                            t.pull_backoff
+                        } else {
+                            START_RETRY
+                        };
+                        t.refused = Some((why, Instant::now() + wait));
+                    }
                 }
             }
             Done::Restarted(uid, container, last) => {
@@ -321,22 +354,29 @@ impl Agent {
             if matches!(phase, Some("Succeeded" | "Failed")) {
                 return None;
             }
-            if let Some((why, retry_at)) = &track.refused {
+            if let Some((why, retry_at)) = &mut track.refused {
                 if Instant::now() < *retry_at {
-                    return Some(convert::refused(pod, why, &self.cfg.address));
+                    let st = convert::refused(pod, why, &self.cfg.address);
+                    // The failure is shown once; until the next attempt the kubelet says it is
+                    // backing off.
+                    if why.reason == "ErrImagePull" {
+                        *why = pull_back_off(pod, &why.message);
+                    }
+                    return Some(st);
                 }
             }
             track.refused = None;
             self.busy.insert(uid.to_string());
-            let (rt, client, pod, uid, host_ip) = (
+            let (rt, client, pod, uid, host_ip, images) = (
                 self.rt.clone(),
                 self.client.clone(),
                 pod.clone(),
                 uid.to_string(),
                 self.cfg.address.clone(),
+                self.images.clone(),
             );
             self.tasks.spawn(async move {
-                let r = start(&rt, &client, &pod, &host_ip).await;
+                let r = start(&rt, &client, &images, &pod, &host_ip).await;
                 Done::Started(uid, r)
             });
             return None;
@@ -466,14 +506,77 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Resolves what the pod reads (environments, ConfigMaps for volumes), translates it for the
-/// runtime and starts it.
+/// `ImagePullBackOff` for the image whose pull failed with `message`.
+fn pull_back_off(pod: &Pod, message: &str) -> Refusal {
+    let images: Vec<&str> = pod
+        .spec
+        .iter()
+        .flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+        })
+        .filter_map(|c| c.image.as_deref())
+        .filter(|i| !i.starts_with('/'))
+        .collect();
+    let failed = images
+        .iter()
+        .find(|i| images::normalize(i).is_ok_and(|r| message.contains(&format!("\"{r}\""))));
+    Refusal {
+        reason: "ImagePullBackOff",
+        message: format!(
+            "Back-off pulling image {:?}",
+            failed.or(images.first()).unwrap_or(&"")
+        ),
+    }
+}
+
+/// The images the pod's containers run (by the name the pod gives), each as its
+/// imagePullPolicy says: pulled if need be (sharing pulls in progress), or why not.
+async fn pull_images(
+    store: &Arc<images::ImageStore>,
+    pod: &Pod,
+) -> Result<HashMap<String, images::Image>, Refusal> {
+    let wanted: Vec<(String, images::PullPolicy)> = pod
+        .spec
+        .iter()
+        .flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+        })
+        .filter_map(|c| {
+            let image = c.image.as_deref()?;
+            let policy = images::PullPolicy::of(c.image_pull_policy.as_deref(), image);
+            (!image.starts_with('/')).then(|| (image.to_string(), policy))
+        })
+        .collect();
+    let mut out = HashMap::new();
+    for (image, policy) in wanted {
+        if out.contains_key(&image) {
+            continue;
+        }
+        let img = store.ensure(&image, policy).await.map_err(|f| Refusal {
+            reason: f.reason,
+            message: f.message,
+        })?;
+        out.insert(image, img);
+    }
+    Ok(out)
+}
+
+/// Resolves what the pod reads (images, environments, ConfigMaps for volumes), translates it
+/// for the runtime and starts it.
 async fn start(
     rt: &Runtime,
     client: &kube::Client,
+    images: &Arc<images::ImageStore>,
     pod: &Pod,
     host_ip: &str,
 ) -> Result<(), Refusal> {
+    let pulled = pull_images(images, pod).await?;
     let envs = env::resolve(client, pod, host_ip).await?;
     let mut literal = pod.clone();
     for c in literal
@@ -494,7 +597,7 @@ async fn start(
                 .collect(),
         );
     }
-    let spec = convert::to_runtime(&literal)?;
+    let spec = convert::to_runtime_with(&literal, &pulled)?;
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let mut config_maps = ConfigMaps::new();
