@@ -194,9 +194,22 @@ pub struct AgentArgs {
     /// Port for the API server's log requests; only the cluster CA's client certificates are served.
     #[arg(long, default_value_t = 10250)]
     port: u16,
+    /// Percent of disk usage at which unused images are removed (100: never).
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_high_threshold: u8,
+    /// Percent of disk usage image garbage collection frees down to.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: u8,
 }
 
 pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
+    if args.image_gc_low_threshold > args.image_gc_high_threshold {
+        bail!(
+            "--image-gc-low-threshold ({}) must not be greater than --image-gc-high-threshold ({})",
+            args.image_gc_low_threshold,
+            args.image_gc_high_threshold
+        );
+    }
     // The kubelet's defaults.
     let client = args.api.client(50.0, 100).await?;
     let name = match args.node_name {
@@ -212,6 +225,8 @@ pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
     cfg.address = args.node_ip;
     cfg.port = args.port;
     cfg.client_ca = args.api.cluster_ca().await?;
+    cfg.image_gc.high = args.image_gc_high_threshold;
+    cfg.image_gc.low = args.image_gc_low_threshold;
     cairn_orchestrator::agent::run(client, cfg, super::wait_for_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

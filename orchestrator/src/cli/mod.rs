@@ -1,7 +1,9 @@
-//! Command line: `cairn-orchestrator apiserver` and `cairn-orchestrator runtime run|ps|logs|exec|stop|rm`.
+//! Command line: `cairn-orchestrator apiserver`, `cairn-orchestrator runtime run|ps|logs|exec|stop|rm`
+//! and `cairn-orchestrator image import|ls|rm|pull`.
 
 mod apiserver;
 mod control;
+mod image;
 mod up;
 
 use anyhow::{bail, Context, Result};
@@ -37,6 +39,8 @@ enum Top {
     Agent(control::AgentArgs),
     /// Run pods directly with the bundled namespace runtime (no store).
     Runtime(RuntimeArgs),
+    /// The node's container images: import, list, remove, pull.
+    Image(image::ImageArgs),
 }
 
 #[derive(clap::Args)]
@@ -115,7 +119,7 @@ pub fn main() -> ExitCode {
         | Top::ControllerManager(_)
         | Top::SimulateNodes(_)
         | Top::Agent(_) => "info",
-        Top::Runtime(_) => "warn",
+        Top::Runtime(_) | Top::Image(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -204,6 +208,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Top::ControllerManager(args) => return control::controller_manager(args).await,
         Top::SimulateNodes(args) => return control::simulate(args).await,
         Top::Agent(args) => return control::agent(args).await,
+        Top::Image(args) => return image::run(args).await,
         Top::Runtime(args) => args,
     };
     let helper = std::env::current_exe().context("locate own executable")?;

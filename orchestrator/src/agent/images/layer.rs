@@ -68,7 +68,15 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<(), ImageError> {
     ar.set_preserve_mtime(true);
     ar.set_unpack_xattrs(true);
     ar.set_overwrite(true);
-    let tar_err = |e: io::Error| bad(format!("layer {}: {e}", archive.display()));
+    let tar_err = |e: io::Error| {
+        let mut msg = format!("layer {}: {e}", archive.display());
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            msg.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        bad(msg)
+    };
     for entry in ar.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         let path = entry.path().map_err(tar_err)?.into_owned();
@@ -115,6 +123,9 @@ mod tests {
 
     fn add(b: &mut tar::Builder<Vec<u8>>, path: &str, data: Option<&[u8]>) {
         let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         match data {
             Some(d) => {
                 h.set_entry_type(tar::EntryType::Regular);
