@@ -63,7 +63,10 @@ fn run(cmd: &str, args: &[&str]) -> String {
 fn build_image(layout: &Path, tag: &str, marker: &str) {
     let image = format!("{}:{tag}", layout.display());
     if !layout.join("index.json").exists() {
-        run("umoci", &["init", "--layout", &layout.display().to_string()]);
+        run(
+            "umoci",
+            &["init", "--layout", &layout.display().to_string()],
+        );
     }
     run("umoci", &["new", "--image", &image]);
     let bundle = layout.with_extension(format!("bundle-{tag}"));
@@ -266,11 +269,11 @@ async fn wait_running(pods: &Api<Pod>, name: &str) -> Pod {
     eventually(&format!("{name} Running"), 60, || async {
         let p = pods.get(name).await.ok()?;
         let st = p.status.as_ref()?;
-        let all = st.container_statuses.as_ref()?.iter().all(|c| {
-            c.state
-                .as_ref()
-                .is_some_and(|s| s.running.is_some())
-        });
+        let all = st
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
         (st.phase.as_deref() == Some("Running") && all).then_some(p)
     })
     .await
@@ -288,11 +291,18 @@ async fn waiting(pods: &Api<Pod>, name: &str) -> Option<(String, String)> {
 async fn delete_all(pods: &Api<Pod>) {
     for p in pods.list(&Default::default()).await.unwrap().items {
         let _ = pods
-            .delete(p.metadata.name.as_deref().unwrap(), &DeleteParams::default())
+            .delete(
+                p.metadata.name.as_deref().unwrap(),
+                &DeleteParams::default(),
+            )
             .await;
     }
     converge("pods gone", 60, async || {
-        pods.list(&Default::default()).await.unwrap().items.is_empty()
+        pods.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
     })
     .await;
 }
@@ -347,12 +357,21 @@ async fn pods_run_images_pulled_from_a_registry() {
     let uid = two.metadata.uid.clone().unwrap();
     let rt = node.runtime();
     let log = rt.logs(&uid, "one", None).unwrap();
-    assert_eq!(String::from_utf8_lossy(&log).lines().next(), Some("only-in-the-image"));
-    assert!(!Path::new("/etc/cairn-image").exists(), "the host has the image's file");
+    assert_eq!(
+        String::from_utf8_lossy(&log).lines().next(),
+        Some("only-in-the-image")
+    );
+    assert!(
+        !Path::new("/etc/cairn-image").exists(),
+        "the host has the image's file"
+    );
     for (c, other) in [("one", "other"), ("other", "one")] {
         let out = rt.exec(&uid, c, &sh("cat /mine")).await.unwrap();
         let mine = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(mine.trim().ends_with(&format!("-{c}")), "{c} reads {mine:?}");
+        assert!(
+            mine.trim().ends_with(&format!("-{c}")),
+            "{c} reads {mine:?}"
+        );
         assert!(!mine.contains(other));
     }
     // The writes went to each container's own layer, not into the shared image layers.
@@ -426,7 +445,11 @@ async fn pods_run_images_pulled_from_a_registry() {
     .await
     .unwrap();
     let seen = watch.await.unwrap();
-    assert_eq!(seen.first().map(|s| s.0.as_str()), Some("ErrImagePull"), "{seen:?}");
+    assert_eq!(
+        seen.first().map(|s| s.0.as_str()),
+        Some("ErrImagePull"),
+        "{seen:?}"
+    );
     assert!(seen[0].1.contains("manifest unknown"), "{seen:?}");
     assert!(seen[0].1.contains(&missing), "{seen:?}");
     assert_eq!(
@@ -468,10 +491,9 @@ async fn pods_run_images_pulled_from_a_registry() {
         .as_str()
         .unwrap()
         .to_string();
-    let manifest: Value = serde_json::from_slice(
-        &std::fs::read(layout.join("blobs/sha256").join(&m2[7..])).unwrap(),
-    )
-    .unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&m2[7..])).unwrap())
+            .unwrap();
     let layer = manifest["layers"][0]["digest"].as_str().unwrap()[7..].to_string();
     let stored = registry
         .storage
@@ -488,11 +510,7 @@ async fn pods_run_images_pulled_from_a_registry() {
     assert!(out.to_lowercase().contains("digest"), "{out}");
     let (_, ls) = node.image_cmd(&["ls"]);
     assert!(!ls.contains("tampered"), "{ls}");
-    assert!(!node
-        .root()
-        .join("images/layers")
-        .join(&layer)
-        .exists());
+    assert!(!node.root().join("images/layers").join(&layer).exists());
 
     // Without the registry: IfNotPresent runs what the node has; Always cannot.
     registry.stop();
@@ -559,15 +577,24 @@ async fn imported_images_run_with_never_and_are_removed_when_unused() {
     assert!(ok, "{ls}");
     let rows: Vec<Vec<&str>> = ls.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows[0], ["REPOSITORY", "TAG", "DIGEST", "SIZE"]);
-    assert!(rows.iter().any(|r| r[..2] == ["example.com/layout", "1"]), "{ls}");
-    assert!(rows.iter().any(|r| r[..2] == ["example.com/saved", "2"]), "{ls}");
+    assert!(
+        rows.iter().any(|r| r[..2] == ["example.com/layout", "1"]),
+        "{ls}"
+    );
+    assert!(
+        rows.iter().any(|r| r[..2] == ["example.com/saved", "2"]),
+        "{ls}"
+    );
 
     let c = Cluster::start().await;
     let client = c.kube().await;
     let name = format!("images-never-{}", std::process::id());
     let agent = node.agent(client.clone(), &name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    for (pod_name, image) in [("layout", "example.com/layout:1"), ("saved", "example.com/saved:2")] {
+    for (pod_name, image) in [
+        ("layout", "example.com/layout:1"),
+        ("saved", "example.com/saved:2"),
+    ] {
         pods.create(
             &PostParams::default(),
             &pod(
@@ -615,7 +642,9 @@ async fn imported_images_run_with_never_and_are_removed_when_unused() {
     // In use: kept. Once its pod is gone: removed.
     let (ok, out) = node.image_cmd(&["rm", "example.com/layout:1"]);
     assert!(!ok && out.contains("in use"), "{out}");
-    pods.delete("layout", &DeleteParams::default()).await.unwrap();
+    pods.delete("layout", &DeleteParams::default())
+        .await
+        .unwrap();
     converge("layout gone", 60, async || {
         pods.get_opt("layout").await.unwrap().is_none()
     })
@@ -646,8 +675,14 @@ async fn imported_images_run_with_never_and_are_removed_when_unused() {
     assert!(store.resolve("example.com/unused:1").unwrap().is_none());
     assert!(store.resolve("example.com/saved:2").unwrap().is_some());
     let saved_uid = pods.get("saved").await.unwrap().metadata.uid.unwrap();
-    let out = rt.exec(&saved_uid, "main", &sh("cat /etc/cairn-image")).await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "imported-layout");
+    let out = rt
+        .exec(&saved_uid, "main", &sh("cat /etc/cairn-image"))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "imported-layout"
+    );
 
     delete_all(&pods).await;
     agent.abort();

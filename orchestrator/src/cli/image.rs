@@ -88,7 +88,11 @@ pub async fn run(args: ImageArgs) -> Result<ExitCode> {
             }
         }
         ImageCommand::Ls => {
-            writeln!(out, "{:<48} {:<20} {:<14} SIZE", "REPOSITORY", "TAG", "DIGEST")?;
+            writeln!(
+                out,
+                "{:<48} {:<20} {:<14} SIZE",
+                "REPOSITORY", "TAG", "DIGEST"
+            )?;
             for img in store.list()? {
                 let digest = img.id.trim_start_matches("sha256:");
                 let digest = &digest[..digest.len().min(13)];
