@@ -13,7 +13,7 @@ mod kube_api;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cairn_orchestrator::agent::images::gc::GcPolicy;
@@ -115,6 +115,8 @@ struct Registry {
     child: Child,
     port: u16,
     storage: PathBuf,
+    /// Its access log (one line per request).
+    log: PathBuf,
 }
 
 impl Registry {
@@ -134,11 +136,13 @@ impl Registry {
             ),
         )
         .unwrap();
+        let log = dir.join("registry.log");
+        let out = std::fs::File::create(&log).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
             .spawn()
             .expect("docker-registry");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -150,7 +154,18 @@ impl Registry {
             child,
             port,
             storage,
+            log,
         }
+    }
+
+    /// How many requests the access log shows for `path`.
+    fn requests(&self, method: &str, path: &str) -> usize {
+        let needle = format!("\"{method} {path} HTTP");
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
     }
 
     fn host(&self) -> String {
@@ -323,6 +338,13 @@ async fn pods_run_images_pulled_from_a_registry() {
     let mut registry = Registry::start(work.path());
     registry.push(&layout, "1", "busybox:1");
     let image = format!("{}/busybox:1", registry.host());
+
+    // Pulls of one reference at once are one pull.
+    let scratch = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(scratch.path()).unwrap();
+    let (a, b) = tokio::join!(store.pull(&image), store.pull(&image));
+    assert_eq!(a.unwrap(), b.unwrap());
+    assert_eq!(registry.requests("GET", "/v2/busybox/manifests/1"), 1);
 
     let c = Cluster::start().await;
     let client = c.kube().await;
