@@ -64,8 +64,18 @@ pub fn config_maps_used(pod: &Pod) -> Vec<String> {
 
 /// The runtime's spec for `pod`, or why this node cannot run it.
 pub fn to_runtime(pod: &Pod) -> Result<runtime::Pod, Refusal> {
+    to_runtime_with(pod, &HashMap::new())
+}
+
+/// As [`to_runtime`], with the pod's images (by the name the pod gives) already on the node.
+/// An absolute path as image is a directory of this host (`/`: its root).
+pub fn to_runtime_with(
+    pod: &Pod,
+    images: &HashMap<String, super::images::Image>,
+) -> Result<runtime::Pod, Refusal> {
     let v = serde_json::to_value(pod).map_err(|e| refuse("InvalidPod", e.to_string()))?;
     let spec = &v["spec"];
+    let pod_run_as_user = spec["securityContext"]["runAsUser"].is_number();
     let mut containers = Vec::new();
     let mut init_containers = Vec::new();
     let init = spec["initContainers"].as_array().into_iter().flatten();
@@ -79,10 +89,11 @@ pub fn to_runtime(pod: &Pod) -> Result<runtime::Pod, Refusal> {
             ));
         }
         let image = c["image"].as_str().unwrap_or("");
-        if !image.starts_with('/') {
+        let pulled = images.get(image);
+        if !image.starts_with('/') && pulled.is_none() {
             return Err(refuse(
                 "ErrImagePull",
-                format!("image {image:?}: this node runs images from a local rootfs directory or tarball path only"),
+                format!("image {image:?} is not present on the node"),
             ));
         }
         let mut out = pick(
@@ -119,6 +130,10 @@ pub fn to_runtime(pod: &Pod) -> Result<runtime::Pod, Refusal> {
                 s["capabilities"] = pick(caps, &["add", "drop"]);
             }
             out["securityContext"] = s;
+        }
+        if let Some(img) = pulled {
+            img.apply(&mut out, pod_run_as_user)
+                .map_err(|e| refuse("CreateContainerError", e))?;
         }
         if let Some(p) = c["terminationMessagePath"]
             .as_str()

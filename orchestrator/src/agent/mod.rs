@@ -12,6 +12,9 @@
 //! restarting them (or re-running their completed init containers). A client of the API server
 //! only: this module never imports `registry` or `apiserver`.
 //!
+//! Images named by reference are pulled (`images`) as each pod starts, in the background, with
+//! the kubelet's ErrImagePull / ImagePullBackOff back-off (10 s doubling to 5 min).
+//!
 //! With a pod bridge configured (`network`), pods get their addresses from the Node's podCIDR,
 //! which the agent waits for before it runs any pod. The path of a pod's packet: its `eth0` (one
 //! end of a veth pair) -> the other end on the node's bridge -> the bridge, which is the pods'
@@ -25,6 +28,7 @@ pub mod dns;
 pub mod env;
 mod exec;
 pub mod hooks;
+pub mod images;
 pub mod join;
 pub mod network;
 pub mod node;
@@ -62,6 +66,8 @@ pub enum AgentError {
     Tls(String),
     #[error("pod network: {0}")]
     Network(#[from] network::PodNetworkError),
+    #[error("images: {0}")]
+    Images(#[from] images::ImageError),
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +89,9 @@ pub struct AgentConfig {
     /// loopback interface (and `runtime.network`, if set, is used as it is).
     pub network: Option<String>,
     pub dns: dns::DnsSettings,
+    /// When unused images are removed (the kubelet's `--image-gc-high-threshold` and
+    /// `--image-gc-low-threshold`, 85 and 80 percent of the disk).
+    pub image_gc: images::gc::GcPolicy,
 }
 
 impl AgentConfig {
@@ -97,6 +106,7 @@ impl AgentConfig {
             client_ca: Vec::new(),
             network: None,
             dns: dns::DnsSettings::default(),
+            image_gc: images::gc::GcPolicy::default(),
         }
     }
 }
@@ -131,6 +141,8 @@ struct PodTrack {
     volumes: Option<u64>,
     /// The last FailedMount message posted as an event (posted once, not every sync).
     mount_event: Option<String>,
+    /// The image pull back-off; zero until a pull fails.
+    pull_backoff: Duration,
 }
 
 /// Work finished in the background, reported back to the sync loop.
@@ -154,6 +166,7 @@ struct Agent {
     /// change reaches the pods' files within a sync period without a read per pod.
     secrets: Store<Secret>,
     config_maps: Store<ConfigMap>,
+    images: Arc<images::ImageStore>,
 }
 
 /// Runs the agent until `stop` resolves. Pods keep running when it stops.
@@ -163,6 +176,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let rt = Arc::new(Runtime::new(cfg.runtime.clone())?);
+    let image_store = images::ImageStore::open(&cfg.runtime.state_dir)?;
     let (store, writer) = reflector::store();
     let serving = if cfg.client_ca.is_empty() {
         None
@@ -189,6 +203,12 @@ pub async fn run(
         client.clone(),
         cfg.node_name.clone(),
         cfg.heartbeat,
+    ));
+    background.spawn(image_store.clone().housekeeping(
+        client.clone(),
+        cfg.node_name.clone(),
+        rt.clone(),
+        cfg.image_gc.clone(),
     ));
     let wake = Arc::new(Notify::new());
     let w = wake.clone();
@@ -273,6 +293,7 @@ pub async fn run(
         probes: probe::Probes::default(),
         secrets,
         config_maps,
+        images: image_store,
     };
     loop {
         agent.sync(&store).await;
@@ -294,10 +315,23 @@ impl Agent {
         match done {
             Done::Started(uid, r) => {
                 self.busy.remove(&uid);
-                if let Err(why) = r {
-                    tracing::warn!(pod = %uid, reason = why.reason, message = %why.message, "pod start failed");
-                    self.pods.entry(uid).or_default().refused =
-                        Some((why, Instant::now() + START_RETRY));
+                let t = self.pods.entry(uid.clone()).or_default();
+                match r {
+                    Ok(()) => t.pull_backoff = Duration::ZERO,
+                    Err(why) => {
+                        tracing::warn!(pod = %uid, reason = why.reason, message = %why.message, "pod start failed");
+                        let wait = if why.reason == "ErrImagePull" {
+                            t.pull_backoff = if t.pull_backoff.is_zero() {
+                                BACKOFF_START
+                            } else {
+                                (t.pull_backoff * 2).min(BACKOFF_MAX)
+                            };
+                            t.pull_backoff
+                        } else {
+                            START_RETRY
+                        };
+                        t.refused = Some((why, Instant::now() + wait));
+                    }
                 }
             }
             Done::Restarted(uid, container, last) => {
@@ -424,9 +458,15 @@ impl Agent {
             if matches!(phase, Some("Succeeded" | "Failed")) {
                 return None;
             }
-            if let Some((why, retry_at)) = &track.refused {
+            if let Some((why, retry_at)) = &mut track.refused {
                 if Instant::now() < *retry_at {
-                    return Some(convert::refused(pod, why, &self.cfg.address));
+                    let st = convert::refused(pod, why, &self.cfg.address);
+                    // The failure is shown once; until the next attempt the kubelet says it is
+                    // backing off.
+                    if why.reason == "ErrImagePull" {
+                        *why = pull_back_off(pod, &why.message);
+                    }
+                    return Some(st);
                 }
             }
             track.refused = None;
@@ -456,16 +496,17 @@ impl Agent {
             };
             track.volumes = Some(digest(&files));
             self.busy.insert(uid.to_string());
-            let (rt, client, pod, uid, host_ip, dns) = (
+            let (rt, client, pod, uid, host_ip, dns, images) = (
                 self.rt.clone(),
                 self.client.clone(),
                 pod.clone(),
                 uid.to_string(),
                 self.cfg.address.clone(),
                 self.cfg.dns.clone(),
+                self.images.clone(),
             );
             self.tasks.spawn(async move {
-                let r = start(&rt, &client, &pod, &host_ip, &files, &dns).await;
+                let r = start(&rt, &client, &images, &pod, &host_ip, &files, &dns).await;
                 Done::Started(uid, r)
             });
             return None;
@@ -821,17 +862,80 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Resolves what the pod reads (environments; its API-backed volumes' `files` come resolved),
-/// translates it for the runtime, creates the sandbox with its volumes and starts the first init
-/// container, or else the app containers.
+/// `ImagePullBackOff` for the image whose pull failed with `message`.
+fn pull_back_off(pod: &Pod, message: &str) -> Refusal {
+    let images: Vec<&str> = pod
+        .spec
+        .iter()
+        .flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+        })
+        .filter_map(|c| c.image.as_deref())
+        .filter(|i| !i.starts_with('/'))
+        .collect();
+    let failed = images
+        .iter()
+        .find(|i| images::normalize(i).is_ok_and(|r| message.contains(&format!("\"{r}\""))));
+    Refusal {
+        reason: "ImagePullBackOff",
+        message: format!(
+            "Back-off pulling image {:?}",
+            failed.or(images.first()).unwrap_or(&"")
+        ),
+    }
+}
+
+/// The images the pod's containers run (by the name the pod gives), each as its
+/// imagePullPolicy says: pulled if need be (sharing pulls in progress), or why not.
+async fn pull_images(
+    store: &Arc<images::ImageStore>,
+    pod: &Pod,
+) -> Result<HashMap<String, images::Image>, Refusal> {
+    let wanted: Vec<(String, images::PullPolicy)> = pod
+        .spec
+        .iter()
+        .flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+        })
+        .filter_map(|c| {
+            let image = c.image.as_deref()?;
+            let policy = images::PullPolicy::of(c.image_pull_policy.as_deref(), image);
+            (!image.starts_with('/')).then(|| (image.to_string(), policy))
+        })
+        .collect();
+    let mut out = HashMap::new();
+    for (image, policy) in wanted {
+        if out.contains_key(&image) {
+            continue;
+        }
+        let img = store.ensure(&image, policy).await.map_err(|f| Refusal {
+            reason: f.reason,
+            message: f.message,
+        })?;
+        out.insert(image, img);
+    }
+    Ok(out)
+}
+
+/// Resolves what the pod reads (images, environments; its API-backed volumes' `files` come
+/// resolved), translates it for the runtime, creates the sandbox with its volumes and starts the
+/// first init container, or else the app containers.
 async fn start(
     rt: &Runtime,
     client: &kube::Client,
+    images: &Arc<images::ImageStore>,
     pod: &Pod,
     host_ip: &str,
     files: &[(String, Vec<VolumeFile>)],
     dns: &dns::DnsSettings,
 ) -> Result<(), Refusal> {
+    let pulled = pull_images(images, pod).await?;
     let envs = env::resolve(client, pod, host_ip).await?;
     let mut literal = pod.clone();
     for c in literal.spec.iter_mut().flat_map(|s| {
@@ -853,7 +957,7 @@ async fn start(
                 .collect(),
         );
     }
-    let mut spec = convert::to_runtime(&literal)?;
+    let mut spec = convert::to_runtime_with(&literal, &pulled)?;
     for w in dns::apply(&mut spec, pod, dns)? {
         event(client, pod, "Warning", w.reason, &w.message).await;
     }

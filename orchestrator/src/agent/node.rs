@@ -171,3 +171,20 @@ pub async fn heartbeat(client: kube::Client, name: String, every: Duration) {
         tokio::time::sleep(every).await;
     }
 }
+
+/// Replaces the Node's `status.images` (names and sizes of the images this node holds).
+pub async fn set_images(
+    client: &kube::Client,
+    name: &str,
+    images: Value,
+) -> Result<(), kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"images": images}})),
+        )
+        .await
+        .map(|_| ())
+}

@@ -223,6 +223,12 @@ pub struct AgentArgs {
     /// The resolver file Default pods copy (empty: none).
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// Percent of disk usage at which unused images are removed (100: never).
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_high_threshold: u8,
+    /// Percent of disk usage image garbage collection frees down to.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: u8,
 }
 
 /// `kubeadm join`'s discovery flags.
@@ -268,6 +274,13 @@ async fn join(args: &mut AgentArgs) -> Result<()> {
 }
 
 pub async fn agent(mut args: AgentArgs) -> Result<ExitCode> {
+    if args.image_gc_low_threshold > args.image_gc_high_threshold {
+        bail!(
+            "--image-gc-low-threshold ({}) must not be greater than --image-gc-high-threshold ({})",
+            args.image_gc_low_threshold,
+            args.image_gc_high_threshold
+        );
+    }
     join(&mut args).await?;
     // The kubelet's defaults.
     let client = args.api.client(50.0, 100).await?;
@@ -290,6 +303,8 @@ pub async fn agent(mut args: AgentArgs) -> Result<ExitCode> {
         cluster_domain: args.cluster_domain,
         resolv_conf: args.resolv_conf,
     };
+    cfg.image_gc.high = args.image_gc_high_threshold;
+    cfg.image_gc.low = args.image_gc_low_threshold;
     cairn_orchestrator::agent::run(client, cfg, super::wait_for_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

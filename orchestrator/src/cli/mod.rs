@@ -1,9 +1,11 @@
 //! Command line: one subcommand per component (`up`, `apiserver`, `scheduler`,
-//! `controller-manager`, `agent`, `simulate-nodes`), `token` for joining nodes, and
-//! `runtime run|ps|logs|exec|stop|rm` for the bundled runtime alone.
+//! `controller-manager`, `agent`, `simulate-nodes`), `token` for joining nodes,
+//! `image import|ls|rm|pull` for a node's images, and `runtime run|ps|logs|exec|stop|rm` for the
+//! bundled runtime alone.
 
 mod apiserver;
 mod control;
+mod image;
 mod token;
 mod up;
 
@@ -42,6 +44,8 @@ enum Top {
     Token(token::TokenArgs),
     /// Run pods directly with the bundled namespace runtime (no store).
     Runtime(RuntimeArgs),
+    /// The node's container images: import, list, remove, pull.
+    Image(image::ImageArgs),
 }
 
 #[derive(clap::Args)]
@@ -120,7 +124,7 @@ pub fn main() -> ExitCode {
         | Top::ControllerManager(_)
         | Top::SimulateNodes(_)
         | Top::Agent(_) => "info",
-        Top::Runtime(_) | Top::Token(_) => "warn",
+        Top::Runtime(_) | Top::Token(_) | Top::Image(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -210,6 +214,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Top::SimulateNodes(args) => return control::simulate(args).await,
         Top::Agent(args) => return control::agent(args).await,
         Top::Token(args) => return token::run(args).await,
+        Top::Image(args) => return image::run(args).await,
         Top::Runtime(args) => args,
     };
     let helper = std::env::current_exe().context("locate own executable")?;

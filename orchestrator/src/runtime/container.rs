@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use super::caps;
 use super::cgroup::Resources;
-use super::init::{self, BindMount, InitConfig};
+use super::init::{self, BindMount, InitConfig, Overlay};
 use super::records::{
     alive, kill, proc_start_time, read_json, write_json, ContainerRecord, ContainerState,
     ContainerStatus, ExecOutput, PodRecord,
@@ -36,6 +36,11 @@ pub(super) fn container_resources(c: &spec::Container, default_pids: Option<u64>
             .and_then(|q| q.to_milli()),
         pids_limit: lim.get("pids").and_then(|q| q.to_units()).or(default_pids),
     }
+}
+
+/// The container's writable layer over an image, and overlayfs' work directory beside it.
+fn writable_layer(cdir: &Path) -> (PathBuf, PathBuf) {
+    (cdir.join("overlay/upper"), cdir.join("overlay/work"))
 }
 
 impl Runtime {
@@ -176,10 +181,29 @@ impl Runtime {
         let argv: Vec<String> = c.command.iter().chain(c.args.iter()).cloned().collect();
         let cg = self.container_cgroup(pod_name, &c.name);
         let (oom_file, oom_key) = self.cgroups.oom_counter(&cg);
+        let (rootfs, overlay) = if c.image_layers.is_empty() {
+            (self.rootfs_for(&c.image, &cdir).await?, None)
+        } else {
+            let layer = |l: &String| -> Result<PathBuf> {
+                let p = PathBuf::from(l);
+                if p.is_dir() {
+                    Ok(p)
+                } else {
+                    Err(RuntimeError::NotFound(format!(
+                        "image layer {l} of container {}",
+                        c.name
+                    )))
+                }
+            };
+            let lower = c.image_layers.iter().map(layer).collect::<Result<_>>()?;
+            let (upper, work) = writable_layer(&cdir);
+            (None, Some(Overlay { lower, upper, work }))
+        };
         Ok(InitConfig {
             holder_pid: rec.holder_pid,
-            rootfs: self.rootfs_for(&c.image, &cdir).await?,
+            rootfs,
             rootfs_mount: cdir.join("rootfs"),
+            overlay,
             mounts,
             argv,
             env: self.resolve_env(rec, c)?,
@@ -230,6 +254,18 @@ impl Runtime {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(f, fs::Permissions::from_mode(0o666))
                 .map_err(ioc("chmod termination-log"))?;
+        }
+        if !c.image_layers.is_empty() {
+            // Every run starts from the image, as a new container does: the last run's writes go.
+            let (upper, work) = writable_layer(&cdir);
+            if let Some(dir) = upper.parent() {
+                if dir.exists() {
+                    fs::remove_dir_all(dir).map_err(ioc("remove the old writable layer"))?;
+                }
+            }
+            for d in [&upper, &work] {
+                fs::create_dir_all(d).map_err(ioc("create the writable layer"))?;
+            }
         }
         let cg = self.container_cgroup(pod, container);
         self.cgroups

@@ -47,6 +47,10 @@ pub struct InitConfig {
     pub rootfs: Option<PathBuf>,
     /// Empty directory used as the mount point of the new root.
     pub rootfs_mount: PathBuf,
+    /// An image's layers under a writable layer: the root is an overlayfs mount (and `rootfs`
+    /// is not used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<Overlay>,
     pub mounts: Vec<BindMount>,
     pub argv: Vec<String>,
     pub env: Vec<String>,
@@ -60,6 +64,14 @@ pub struct InitConfig {
     pub log_path: PathBuf,
     pub log_max_bytes: u64,
     pub exit_path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Overlay {
+    /// Topmost first.
+    pub lower: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -429,6 +441,7 @@ fn setup_rootfs(sys: &dyn Syscall, cfg: &InitConfig) -> io::Result<()> {
     )?;
     let root = cfg.rootfs_mount.as_path();
     match &cfg.rootfs {
+        _ if cfg.overlay.is_some() => {}
         // Non-recursive: only the root filesystem, not the host's other mounts.
         None => do_mount(
             sys,
@@ -447,6 +460,9 @@ fn setup_rootfs(sys: &dyn Syscall, cfg: &InitConfig) -> io::Result<()> {
             None,
         )?,
     }
+    if let Some(o) = &cfg.overlay {
+        mount_overlay(sys, o, root)?;
+    }
     // Mount points must exist before the root becomes read-only.
     for d in ["proc", "dev", "tmp"] {
         ensure_mountpoint(&root.join(d), false)?;
@@ -454,14 +470,17 @@ fn setup_rootfs(sys: &dyn Syscall, cfg: &InitConfig) -> io::Result<()> {
     for m in cfg.mounts.iter().filter(|m| !under_fresh_fs(&m.target)) {
         ensure_mountpoint(&inside(root, &m.target), m.is_file)?;
     }
-    do_mount(
-        sys,
-        None,
-        root,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-        None,
-    )?;
+    // An image's root is writable, into the container's own layer, as with any runtime.
+    if cfg.overlay.is_none() {
+        do_mount(
+            sys,
+            None,
+            root,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
 
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     do_mount(
@@ -495,6 +514,37 @@ fn setup_rootfs(sys: &dyn Syscall, cfg: &InitConfig) -> io::Result<()> {
     ctx(sys.umount2(here, MntFlags::MNT_DETACH), "detach old root")?;
     ctx(sys.chdir(Path::new("/")), "chdir /")?;
     Ok(())
+}
+
+/// Mounts the image's layers with the container's writable layer on `root`.
+fn mount_overlay(sys: &dyn Syscall, o: &Overlay, root: &Path) -> io::Result<()> {
+    // The options must fit in a page: layers sharing a directory (the image store's) are named
+    // relative to it, which the kernel resolves from the working directory.
+    let parent = o.lower.first().and_then(|l| l.parent());
+    let lower: Vec<String> = match parent {
+        Some(p) if o.lower.iter().all(|l| l.parent() == Some(p)) => {
+            ctx(sys.chdir(p), "chdir to the image layers")?;
+            o.lower
+                .iter()
+                .map(|l| l.file_name().unwrap_or_default().to_string_lossy().into())
+                .collect()
+        }
+        _ => o.lower.iter().map(|l| l.display().to_string()).collect(),
+    };
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        o.upper.display(),
+        o.work.display()
+    );
+    do_mount(
+        sys,
+        Some(Path::new("overlay")),
+        root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&data),
+    )
 }
 
 fn setup_dev(sys: &dyn Syscall, dev: &Path) -> io::Result<()> {
@@ -939,6 +989,7 @@ mod tests {
             holder_pid: 0,
             rootfs: None,
             rootfs_mount: root,
+            overlay: None,
             mounts: vec![
                 BindMount {
                     source: data.clone(),
@@ -1022,6 +1073,49 @@ mod tests {
         ] {
             assert!(root.join(made).is_dir(), "{made}");
         }
+    }
+
+    #[test]
+    fn an_image_root_is_a_writable_overlay_of_its_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        let root = cfg.rootfs_mount.clone();
+        let layers = Path::new("/var/lib/cairn/agent/images/layers");
+        cfg.overlay = Some(Overlay {
+            lower: vec![layers.join("top"), layers.join("base")],
+            upper: dir.path().join("upper"),
+            work: dir.path().join("work"),
+        });
+        let sys = Recorder::default();
+        setup_rootfs(&sys, &cfg).unwrap();
+        let calls = sys.calls();
+        let at = calls
+            .iter()
+            .position(|c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "overlay"))
+            .unwrap();
+        assert_eq!(calls[at - 1], Call::Chdir(layers.to_path_buf()));
+        let Call::Mount { target, data, .. } = &calls[at] else {
+            unreachable!()
+        };
+        assert_eq!(*target, root);
+        let upper = dir.path().join("upper");
+        let work = dir.path().join("work");
+        assert_eq!(
+            data.as_deref(),
+            Some(
+                format!(
+                    "lowerdir=top:base,upperdir={},workdir={}",
+                    upper.display(),
+                    work.display()
+                )
+                .as_str()
+            )
+        );
+        // Nothing bind-mounts another root over it, and it stays writable.
+        assert!(!calls
+            .iter()
+            .any(|c| matches!(c, Call::Mount { target, flags, .. }
+            if *target == root && flags.intersects(MsFlags::MS_BIND | MsFlags::MS_RDONLY))));
     }
 
     #[test]

@@ -157,9 +157,13 @@ pub struct PodSecurityContext {
 pub struct Container {
     pub name: String,
     /// A local rootfs directory or tarball; empty means the host root,
-    /// bind-mounted read-only.
+    /// bind-mounted read-only. With `image_layers`, only the image's name.
     #[serde(default)]
     pub image: String,
+    /// An image's unpacked layers, topmost first: the read-only lower layers of an overlayfs
+    /// root whose writable layer is the container's own, fresh at every start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_layers: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -572,6 +576,15 @@ impl Pod {
                     return Err(invalid(
                         format!("{f}.terminationMessagePath"),
                         "must be an absolute path without `..`",
+                    ));
+                }
+            }
+            for (j, l) in c.image_layers.iter().enumerate() {
+                // overlayfs separates options with `,` and layers with `:`.
+                if !l.starts_with('/') || l.contains([',', ':']) {
+                    return Err(invalid(
+                        format!("{f}.imageLayers[{j}]"),
+                        "must be an absolute path without `,` or `:`",
                     ));
                 }
             }
