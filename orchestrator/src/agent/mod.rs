@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -118,6 +118,7 @@ struct Agent {
     busy: HashSet<String>,
     tasks: JoinSet<Done>,
     probes: probe::Probes,
+    services: Store<Service>,
 }
 
 /// Runs the agent until `stop` resolves. Pods keep running when it stops.
@@ -169,7 +170,22 @@ pub async fn run(
             futures::future::ready(())
         }),
     );
+    // Every Service, for pods' service-link environment (the kubelet's service lister).
+    let (services, services_writer) = reflector::store();
+    background.spawn(
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(services_writer)
+        .for_each(|_| futures::future::ready(())),
+    );
     store
+        .wait_until_ready()
+        .await
+        .map_err(|e| AgentError::Sync(e.to_string()))?;
+    services
         .wait_until_ready()
         .await
         .map_err(|e| AgentError::Sync(e.to_string()))?;
@@ -179,6 +195,7 @@ pub async fn run(
         client,
         rt,
         cfg,
+        services,
         pods: HashMap::new(),
         busy: HashSet::new(),
         tasks: JoinSet::new(),
@@ -329,15 +346,16 @@ impl Agent {
             }
             track.refused = None;
             self.busy.insert(uid.to_string());
-            let (rt, client, pod, uid, host_ip) = (
+            let (rt, client, services, pod, uid, host_ip) = (
                 self.rt.clone(),
                 self.client.clone(),
+                self.services.clone(),
                 pod.clone(),
                 uid.to_string(),
                 self.cfg.address.clone(),
             );
             self.tasks.spawn(async move {
-                let r = start(&rt, &client, &pod, &host_ip).await;
+                let r = start(&rt, &client, &services, &pod, &host_ip).await;
                 Done::Started(uid, r)
             });
             return None;
@@ -472,10 +490,11 @@ fn now_ms() -> u64 {
 async fn start(
     rt: &Runtime,
     client: &kube::Client,
+    services: &Store<Service>,
     pod: &Pod,
     host_ip: &str,
 ) -> Result<(), Refusal> {
-    let envs = env::resolve(client, pod, host_ip).await?;
+    let envs = env::resolve(client, services, pod, host_ip).await?;
     let mut literal = pod.clone();
     for c in literal
         .spec
