@@ -7,9 +7,11 @@
 //! imports `registry` or `apiserver`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
-use kube::api::{Api, ListParams};
+use kube::api::Api;
+use kube::runtime::reflector::Store;
 
 use super::convert::Refusal;
 
@@ -116,7 +118,9 @@ pub fn expand(value: &str, defined: &BTreeMap<String, String>) -> String {
 
 /// The kubelet's service environment for the services of a namespace (and the API's own
 /// `kubernetes` service).
-pub fn service_env(services: &[Service]) -> BTreeMap<String, String> {
+pub fn service_env<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     for s in services {
         let Some(spec) = s.spec.as_ref() else {
@@ -215,6 +219,7 @@ pub(crate) fn field(pod: &Pod, path: &str, host_ip: &str) -> Result<String, Refu
 /// The resolved environment of each container, in definition order, by container name.
 pub async fn resolve(
     client: &kube::Client,
+    services: &Store<Service>,
     pod: &Pod,
     host_ip: &str,
 ) -> Result<HashMap<String, Vec<(String, String)>>, Refusal> {
@@ -234,32 +239,19 @@ pub async fn resolve(
         .as_ref()
         .and_then(|s| s.enable_service_links)
         .unwrap_or(true);
-    let mut services_env = BTreeMap::new();
-    {
-        let list = |n: &str| {
-            let api: Api<Service> = Api::namespaced(client.clone(), n);
-            async move { api.list(&ListParams::default()).await.map(|l| l.items) }
-        };
-        let mut svcs = Vec::new();
-        if ns != "default" {
+    // From the agent's Service cache, as the kubelet reads its service lister: starting a pod
+    // costs no API call for its service links.
+    let svcs: Vec<Arc<Service>> = services
+        .state()
+        .into_iter()
+        .filter(|s| {
+            let sns = s.metadata.namespace.as_deref().unwrap_or("default");
+            let api_service = sns == "default" && s.metadata.name.as_deref() == Some("kubernetes");
             // The API's own service is always there, as the kubelet adds it.
-            let all = list("default")
-                .await
-                .map_err(|e| config_error(e.to_string()))?;
-            svcs.extend(
-                all.into_iter()
-                    .filter(|s| s.metadata.name.as_deref() == Some("kubernetes")),
-            );
-        }
-        if links || ns == "default" {
-            let own = list(&ns).await.map_err(|e| config_error(e.to_string()))?;
-            svcs.extend(
-                own.into_iter()
-                    .filter(|s| links || s.metadata.name.as_deref() == Some("kubernetes")),
-            );
-        }
-        services_env.extend(service_env(&svcs));
-    }
+            api_service || (links && sns == ns)
+        })
+        .collect();
+    let services_env = service_env(svcs.iter().map(|s| &**s));
     let mut out = HashMap::new();
     let mut containers: Vec<&Container> = Vec::new();
     if let Some(s) = &pod.spec {

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -167,6 +167,7 @@ struct Agent {
     secrets: Store<Secret>,
     config_maps: Store<ConfigMap>,
     images: Arc<images::ImageStore>,
+    services: Store<Service>,
 }
 
 /// Runs the agent until `stop` resolves. Pods keep running when it stops.
@@ -225,6 +226,17 @@ pub async fn run(
             futures::future::ready(())
         }),
     );
+    // Every Service, for pods' service-link environment (the kubelet's service lister).
+    let (services, services_writer) = reflector::store();
+    background.spawn(
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(services_writer)
+        .for_each(|_| futures::future::ready(())),
+    );
     let (secrets, secrets_writer) = reflector::store();
     let (config_maps, config_maps_writer) = reflector::store();
     let w = wake.clone();
@@ -257,6 +269,7 @@ pub async fn run(
         store.wait_until_ready().await,
         secrets.wait_until_ready().await,
         config_maps.wait_until_ready().await,
+        services.wait_until_ready().await,
     ] {
         ready.map_err(|e| AgentError::Sync(e.to_string()))?;
     }
@@ -287,6 +300,7 @@ pub async fn run(
         client,
         rt,
         cfg,
+        services,
         pods: HashMap::new(),
         busy: HashSet::new(),
         tasks: JoinSet::new(),
@@ -496,17 +510,16 @@ impl Agent {
             };
             track.volumes = Some(digest(&files));
             self.busy.insert(uid.to_string());
-            let (rt, client, pod, uid, host_ip, dns, images) = (
-                self.rt.clone(),
-                self.client.clone(),
-                pod.clone(),
-                uid.to_string(),
-                self.cfg.address.clone(),
-                self.cfg.dns.clone(),
-                self.images.clone(),
-            );
+            let (rt, pod, uid) = (self.rt.clone(), pod.clone(), uid.to_string());
+            let ctx = StartContext {
+                client: self.client.clone(),
+                services: self.services.clone(),
+                images: self.images.clone(),
+                host_ip: self.cfg.address.clone(),
+                dns: self.cfg.dns.clone(),
+            };
             self.tasks.spawn(async move {
-                let r = start(&rt, &client, &images, &pod, &host_ip, &files, &dns).await;
+                let r = start(&rt, &ctx, &pod, &files).await;
                 Done::Started(uid, r)
             });
             return None;
@@ -923,20 +936,33 @@ async fn pull_images(
     Ok(out)
 }
 
+/// What starting a pod reads besides the pod: the API, the caches and the node's settings.
+struct StartContext {
+    client: kube::Client,
+    services: Store<Service>,
+    images: Arc<images::ImageStore>,
+    host_ip: String,
+    dns: dns::DnsSettings,
+}
+
 /// Resolves what the pod reads (images, environments; its API-backed volumes' `files` come
 /// resolved), translates it for the runtime, creates the sandbox with its volumes and starts the
 /// first init container, or else the app containers.
 async fn start(
     rt: &Runtime,
-    client: &kube::Client,
-    images: &Arc<images::ImageStore>,
+    ctx: &StartContext,
     pod: &Pod,
-    host_ip: &str,
     files: &[(String, Vec<VolumeFile>)],
-    dns: &dns::DnsSettings,
 ) -> Result<(), Refusal> {
+    let StartContext {
+        client,
+        services,
+        images,
+        host_ip,
+        dns,
+    } = ctx;
     let pulled = pull_images(images, pod).await?;
-    let envs = env::resolve(client, pod, host_ip).await?;
+    let envs = env::resolve(client, services, pod, host_ip).await?;
     let mut literal = pod.clone();
     for c in literal.spec.iter_mut().flat_map(|s| {
         s.init_containers
