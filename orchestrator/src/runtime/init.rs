@@ -427,6 +427,38 @@ fn inside(root: &Path, abs: &str) -> PathBuf {
     root.join(abs.trim_start_matches('/'))
 }
 
+/// Where a file mount lands inside `root`: a symlink at the target (a host's
+/// /etc/resolv.conf pointing into /run, say) is followed as it will resolve
+/// once `root` is `/`, never out of it, so the mount covers what the
+/// container reads.
+fn mount_target(root: &Path, target: &str) -> PathBuf {
+    let mut rel = PathBuf::from(target.trim_start_matches('/'));
+    for _ in 0..16 {
+        let Ok(link) = fs::read_link(root.join(&rel)) else {
+            break;
+        };
+        let joined = if link.is_absolute() {
+            link
+        } else {
+            Path::new("/")
+                .join(rel.parent().unwrap_or(Path::new("")))
+                .join(link)
+        };
+        let mut clean = PathBuf::new();
+        for part in joined.components() {
+            match part {
+                std::path::Component::Normal(p) => clean.push(p),
+                std::path::Component::ParentDir => {
+                    clean.pop();
+                }
+                _ => {}
+            }
+        }
+        rel = clean;
+    }
+    root.join(rel)
+}
+
 /// Builds the container's root under `cfg.rootfs_mount` and pivots into it.
 fn setup_rootfs(sys: &dyn Syscall, cfg: &InitConfig) -> io::Result<()> {
     ns_ctx(sys.unshare(CloneFlags::CLONE_NEWNS), "unshare mnt")?;
@@ -468,7 +500,7 @@ fn setup_rootfs(sys: &dyn Syscall, cfg: &InitConfig) -> io::Result<()> {
         ensure_mountpoint(&root.join(d), false)?;
     }
     for m in cfg.mounts.iter().filter(|m| !under_fresh_fs(&m.target)) {
-        ensure_mountpoint(&inside(root, &m.target), m.is_file)?;
+        ensure_mountpoint(&mount_target(root, &m.target), m.is_file)?;
     }
     // An image's root is writable, into the container's own layer, as with any runtime.
     if cfg.overlay.is_none() {
@@ -501,7 +533,11 @@ fn setup_rootfs(sys: &dyn Syscall, cfg: &InitConfig) -> io::Result<()> {
     )?;
     setup_dev(sys, &root.join("dev"))?;
     for m in &cfg.mounts {
-        let target = inside(root, &m.target);
+        let target = if under_fresh_fs(&m.target) {
+            inside(root, &m.target)
+        } else {
+            mount_target(root, &m.target)
+        };
         ensure_mountpoint(&target, m.is_file)?;
         bind(sys, &m.source, &target, m.read_only)?;
     }
@@ -1019,7 +1055,7 @@ mod tests {
         }
     }
 
-    fn mount_target(call: &Call) -> Option<&Path> {
+    fn mount_target_of(call: &Call) -> Option<&Path> {
         match call {
             Call::Mount { target, .. } => Some(target),
             _ => None,
@@ -1043,10 +1079,10 @@ mod tests {
             matches!(c, Call::Mount { target, flags, .. }
                 if *target == root && flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY))
         });
-        let proc = position(&|c| mount_target(c) == Some(&root.join("proc")));
-        let dev = position(&|c| mount_target(c) == Some(&root.join("dev")));
-        let data = position(&|c| mount_target(c) == Some(&root.join("data")));
-        let scratch = position(&|c| mount_target(c) == Some(&root.join("tmp/scratch")));
+        let proc = position(&|c| mount_target_of(c) == Some(&root.join("proc")));
+        let dev = position(&|c| mount_target_of(c) == Some(&root.join("dev")));
+        let data = position(&|c| mount_target_of(c) == Some(&root.join("data")));
+        let scratch = position(&|c| mount_target_of(c) == Some(&root.join("tmp/scratch")));
         assert!(read_only_root < proc && proc < dev && dev < data && data < scratch);
         // The user's read-only bind is remounted read-only right after it is made.
         assert!(matches!(&calls[data + 1], Call::Mount { target, flags, .. }
@@ -1128,6 +1164,37 @@ mod tests {
         let err = setup_rootfs(&sys, &config(dir.path())).unwrap_err();
         assert!(err.to_string().contains("CAP_SYS_ADMIN"), "{err}");
         assert_eq!(sys.calls().len(), 1);
+    }
+
+    #[test]
+    fn a_mount_on_a_symlink_lands_where_it_points_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        let root = cfg.rootfs_mount.clone();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("../run/resolve/stub.conf", root.join("etc/resolv.conf"))
+            .unwrap();
+        std::os::unix::fs::symlink("/etc/../../../outside", root.join("etc/hosts")).unwrap();
+        cfg.mounts = ["/etc/resolv.conf", "/etc/hosts"]
+            .iter()
+            .map(|t| BindMount {
+                source: dir.path().join("data"),
+                target: t.to_string(),
+                read_only: true,
+                is_file: true,
+            })
+            .collect();
+        let sys = Recorder::default();
+        setup_rootfs(&sys, &cfg).unwrap();
+        let targets: Vec<PathBuf> = sys
+            .calls()
+            .iter()
+            .filter_map(|c| mount_target_of(c).map(Path::to_path_buf))
+            .collect();
+        let resolv = root.join("run/resolve/stub.conf");
+        assert!(targets.contains(&resolv) && resolv.is_file());
+        assert!(targets.contains(&root.join("outside")));
+        assert!(!dir.path().join("outside").exists());
     }
 
     #[test]
