@@ -2,6 +2,8 @@
 
 mod apiserver;
 mod control;
+mod dns;
+mod proxy;
 mod up;
 
 use anyhow::{bail, Context, Result};
@@ -35,6 +37,10 @@ enum Top {
     SimulateNodes(control::SimulateArgs),
     /// Run the pods bound to this machine (the kubelet's role), as an API client.
     Agent(control::AgentArgs),
+    /// Send Services' traffic to their endpoints with nftables (kube-proxy's role), as an API client.
+    Proxy(proxy::ProxyArgs),
+    /// Answer the cluster's DNS names (CoreDNS's role), as an API client.
+    Dns(dns::DnsArgs),
     /// Run pods directly with the bundled namespace runtime (no store).
     Runtime(RuntimeArgs),
 }
@@ -114,7 +120,9 @@ pub fn main() -> ExitCode {
         | Top::Scheduler(_)
         | Top::ControllerManager(_)
         | Top::SimulateNodes(_)
-        | Top::Agent(_) => "info",
+        | Top::Agent(_)
+        | Top::Proxy(_)
+        | Top::Dns(_) => "info",
         Top::Runtime(_) => "warn",
     };
     tracing_subscriber::fmt()
@@ -204,6 +212,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Top::ControllerManager(args) => return control::controller_manager(args).await,
         Top::SimulateNodes(args) => return control::simulate(args).await,
         Top::Agent(args) => return control::agent(args).await,
+        Top::Proxy(args) => return proxy::run(args).await,
+        Top::Dns(args) => return dns::run(args).await,
         Top::Runtime(args) => args,
     };
     let helper = std::env::current_exe().context("locate own executable")?;
