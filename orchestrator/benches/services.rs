@@ -156,7 +156,11 @@ async fn bench_proxy(rows: &mut Vec<Row>, client: &kube::Client, n: usize, netns
         let patch = json!({"ports": [{"name": "http", "port": 9000 + k, "protocol": "TCP"}]});
         let t = Instant::now();
         slices
-            .patch(&format!("svc-{i}-x"), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &format!("svc-{i}-x"),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
             .unwrap();
         let answered = t.elapsed();
@@ -219,7 +223,10 @@ async fn bench_dns(rows: &mut Vec<Row>, client: &kube::Client, n: usize) {
     let addr = server.addr;
     let deadline = Instant::now() + Duration::from_secs(120);
     while server.names().unwrap_or(0) < n {
-        assert!(Instant::now() < deadline, "the DNS zone never held {n} names");
+        assert!(
+            Instant::now() < deadline,
+            "the DNS zone never held {n} names"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let secs = common::knob("CAIRN_BENCH_SECS", 5).max(1);

@@ -227,12 +227,17 @@ async fn up_runs_a_deployment_stops_on_ctrl_c_and_resumes() {
         })
         .await;
     } else {
-        println!("no route to 10.96.0.10 on this machine: DNS checked at the server's address only");
+        println!(
+            "no route to 10.96.0.10 on this machine: DNS checked at the server's address only"
+        );
     }
     assert!(nft_table_exists(), "the proxy's table while up runs");
 
     up.interrupt();
-    assert!(!nft_table_exists(), "the proxy's table is removed on Ctrl-C");
+    assert!(
+        !nft_table_exists(),
+        "the proxy's table is removed on Ctrl-C"
+    );
     assert!(
         up.runtime().list().unwrap().is_empty(),
         "pods still running after Ctrl-C"

@@ -176,9 +176,16 @@ impl DnsServer {
             .map(|z| z.len())
     }
 
-    /// Stops answering and closes the sockets.
+    /// Stops answering and closes the sockets. Requests still in flight get a moment to finish;
+    /// after that they are dropped with the server.
     pub async fn shutdown(mut self) {
-        let _ = self.server.shutdown_gracefully().await;
+        let graceful = self.server.shutdown_gracefully();
+        if tokio::time::timeout(Duration::from_secs(2), graceful)
+            .await
+            .is_err()
+        {
+            tracing::debug!("DNS requests still in flight at shutdown; dropped");
+        }
     }
 }
 

@@ -13,7 +13,8 @@
 //!                   numgen random mod 2 vmap { 0 : goto endpoint-a, 1 : goto endpoint-b }
 //!   endpoint chain: ip saddr <self> jump mark-for-masquerade      (hairpin)
 //!                   dnat to <ip>:<port>
-//! filter-prerouting / filter-output ──> ct state new: @no-endpoint-services -> reject
+//! filter-prerouting (tcp) / -input / -forward / -output ──> ct state new:
+//!     @no-endpoint-services -> reject (tcp reset, else icmp port unreachable)
 //! nat-postrouting ──> masquerade packets marked 0x4000
 //! ```
 //!
@@ -112,6 +113,11 @@ impl RuleConfig {
                 "filter-prerouting",
                 "{ type filter hook prerouting priority -110 ; }",
             ),
+            ("filter-input", "{ type filter hook input priority -110 ; }"),
+            (
+                "filter-forward",
+                "{ type filter hook forward priority -110 ; }",
+            ),
             (
                 "filter-output",
                 "{ type filter hook output priority -110 ; }",
@@ -132,9 +138,20 @@ impl RuleConfig {
             ("services", ""),
         ];
         let rules = [
-            // New connections to a service without endpoints are refused before NAT sees them.
+            // New connections to a service without endpoints are refused.
+            // TCP is reset before routing, so it works on a node without a route to the service
+            // range; other protocols get their ICMP error after routing (input, forward), where
+            // the kernel can send it back.
             (
                 "filter-prerouting",
+                "ct state new meta l4proto tcp jump endpoints-check".to_string(),
+            ),
+            (
+                "filter-input",
+                "ct state new jump endpoints-check".to_string(),
+            ),
+            (
+                "filter-forward",
                 "ct state new jump endpoints-check".to_string(),
             ),
             (
@@ -149,8 +166,8 @@ impl RuleConfig {
                 "endpoints-check",
                 format!("{np} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"),
             ),
-            // A TCP reset refuses the connection on the spot; the ICMP error a bare `reject` sends
-            // from the prerouting hook does not reach the client before routing has happened.
+            // A TCP reset refuses the connection on the spot; an ICMP error sent from the
+            // prerouting hook would not reach the client.
             (
                 "reject-chain",
                 "meta l4proto tcp reject with tcp reset".to_string(),
