@@ -148,7 +148,7 @@ impl Net {
     }
 
     /// Runs `f` in a thread that has joined the client's network namespace.
-    fn from_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+    fn in_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let ns = self.client.clone();
         std::thread::spawn(move || {
             enter(&ns);
@@ -227,7 +227,7 @@ fn ask(addr: SocketAddr) -> std::io::Result<String> {
 
 /// The names `n` new connections to `addr` reach (errors as `error: <kind>`).
 fn spread(net: &Net, addr: SocketAddr, n: usize) -> Vec<String> {
-    net.from_client(move || {
+    net.in_client(move || {
         (0..n)
             .map(|_| ask(addr).unwrap_or_else(|e| format!("error: {:?}", e.kind())))
             .collect()
@@ -321,7 +321,7 @@ async fn proxy_balances_follows_endpoints_rejects_and_cleans_up() {
     until_answers(&net, vip, &["b1"], "one endpoint").await;
 
     // A connection made now must outlive the endpoint update below.
-    let mut held = net.from_client(move || {
+    let mut held = net.in_client(move || {
         let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         s

@@ -367,13 +367,13 @@ impl Handler {
             Lookup::Found(data) => {
                 let cname = data.iter().find(|d| matches!(d, Data::Cname(_)));
                 for d in data {
-                    let wanted = match (d, qtype) {
-                        (_, RecordType::ANY) => true,
-                        (Data::A(_), RecordType::A) => true,
-                        (Data::Srv { .. }, RecordType::SRV) => true,
-                        (Data::Cname(_), _) => true,
-                        _ => false,
-                    };
+                    let wanted = matches!(
+                        (d, qtype),
+                        (_, RecordType::ANY)
+                            | (Data::A(_), RecordType::A)
+                            | (Data::Srv { .. }, RecordType::SRV)
+                            | (Data::Cname(_), _)
+                    );
                     if wanted && (cname.is_none() || matches!(d, Data::Cname(_))) {
                         a.answers.extend(rec(d));
                     }
