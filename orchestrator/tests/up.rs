@@ -2,7 +2,8 @@
 //! server, the scheduler, the controller manager and an agent; a Deployment's pods run as real
 //! processes and their logs come back through the API; Ctrl-C stops everything, pods included;
 //! started again on the same data directory, the same pods run again. Pods get addresses from the
-//! node's podCIDR, which the controller manager cut from `up`'s cluster CIDR.
+//! node's podCIDR, which the controller manager cut from `up`'s cluster CIDR. The cluster DNS answers
+//! behind kube-system/kube-dns, reached through the service proxy's rules on this machine.
 
 mod common;
 mod kube_api;
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use cairn_orchestrator::runtime::{Runtime, RuntimeConfig};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, LogParams, PostParams};
 use kube_api::converge;
 use serde_json::json;
@@ -55,6 +57,8 @@ impl Up {
             format!("up-{}", std::process::id()),
             "--cgroup-parent".into(),
             cgroup_parent.clone(),
+            "--cluster-dns-listen".into(),
+            "127.0.0.1:0".into(),
         ];
         Up {
             dir: dir.to_path_buf(),
@@ -220,7 +224,44 @@ async fn up_and_resume() {
     assert_eq!(logs, "serving\n");
     assert_eq!(up.runtime().list().unwrap().len(), 2);
 
+    // kube-dns: the tenth address of the service range, its slice naming the server.
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
+    let slice = kube_api::eventually("kube-dns's EndpointSlice", 30, async || {
+        slices.get("kube-dns-server").await.ok()
+    })
+    .await;
+    let svc: Service = Api::namespaced(client.clone(), "kube-system")
+        .get("kube-dns")
+        .await
+        .unwrap();
+    assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("10.96.0.10"));
+    let port = slice.ports.unwrap()[0].port.unwrap() as u16;
+    let name = "kube-dns.kube-system.svc.cluster.local.";
+    let direct: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(dns_a(direct, name).await, Some([10, 96, 0, 10].into()));
+    // Through the Service's address, the proxy's rules on this machine DNAT to the server.
+    let routed = Command::new("ip")
+        .args(["route", "get", "10.96.0.10"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if routed {
+        let vip: std::net::SocketAddr = "10.96.0.10:53".parse().unwrap();
+        converge("DNS through 10.96.0.10:53", 30, async || {
+            dns_a(vip, name).await == Some([10, 96, 0, 10].into())
+        })
+        .await;
+    } else {
+        println!(
+            "no route to 10.96.0.10 on this machine: DNS checked at the server's address only"
+        );
+    }
+    assert!(nft_table_exists(), "the proxy's table while up runs");
+
     up.interrupt();
+    assert!(
+        !nft_table_exists(),
+        "the proxy's table is removed on Ctrl-C"
+    );
     assert!(
         up.runtime().list().unwrap().is_empty(),
         "pods still running after Ctrl-C"
@@ -235,4 +276,36 @@ async fn up_and_resume() {
     })
     .await;
     up.interrupt();
+}
+
+fn nft_table_exists() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "ip", "cairn-proxy"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The A record a DNS server at `server` gives `name` over UDP (None: no answer within 2 s).
+async fn dns_a(server: std::net::SocketAddr, name: &str) -> Option<std::net::Ipv4Addr> {
+    use hickory_server::proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_server::proto::rr::{Name, RData, RecordType};
+    let mut m = Message::new();
+    m.set_id(fastrand::u16(..))
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await.ok()?;
+    sock.connect(server).await.ok()?;
+    sock.send(&m.to_vec().ok()?).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let reply = Message::from_vec(&buf[..n]).ok()?;
+    reply.answers().iter().find_map(|r| match r.data() {
+        RData::A(a) => Some(a.0),
+        _ => None,
+    })
 }

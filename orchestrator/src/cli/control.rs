@@ -51,7 +51,7 @@ impl ClientArgs {
     }
 
     /// A client throttled as the flags say, or by the component's defaults.
-    async fn client(&self, qps: f64, burst: u32) -> Result<kube::Client> {
+    pub(super) async fn client(&self, qps: f64, burst: u32) -> Result<kube::Client> {
         let throttle = Throttle {
             qps: self.kube_api_qps.unwrap_or(qps),
             burst: self.kube_api_burst.unwrap_or(burst),

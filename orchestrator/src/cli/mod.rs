@@ -5,7 +5,9 @@
 
 mod apiserver;
 mod control;
+mod dns;
 mod image;
+mod proxy;
 mod token;
 mod up;
 
@@ -42,6 +44,10 @@ enum Top {
     Agent(control::AgentArgs),
     /// Manage bootstrap tokens for joining nodes (as `kubeadm token`).
     Token(token::TokenArgs),
+    /// Send Services' traffic to their endpoints with nftables (kube-proxy's role), as an API client.
+    Proxy(proxy::ProxyArgs),
+    /// Answer the cluster's DNS names (CoreDNS's role), as an API client.
+    Dns(dns::DnsArgs),
     /// Run pods directly with the bundled namespace runtime (no store).
     Runtime(RuntimeArgs),
     /// The node's container images: import, list, remove, pull.
@@ -123,7 +129,9 @@ pub fn main() -> ExitCode {
         | Top::Scheduler(_)
         | Top::ControllerManager(_)
         | Top::SimulateNodes(_)
-        | Top::Agent(_) => "info",
+        | Top::Agent(_)
+        | Top::Proxy(_)
+        | Top::Dns(_) => "info",
         Top::Runtime(_) | Top::Token(_) | Top::Image(_) => "warn",
     };
     tracing_subscriber::fmt()
@@ -215,6 +223,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Top::Agent(args) => return control::agent(args).await,
         Top::Token(args) => return token::run(args).await,
         Top::Image(args) => return image::run(args).await,
+        Top::Proxy(args) => return proxy::run(args).await,
+        Top::Dns(args) => return dns::run(args).await,
         Top::Runtime(args) => args,
     };
     let helper = std::env::current_exe().context("locate own executable")?;

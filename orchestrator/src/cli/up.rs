@@ -3,10 +3,11 @@
 //! manager (with node IPAM over `--cluster-cidr`) and a node agent for this machine whose pods
 //! get addresses on the `--pod-bridge` network, all in this process; writes the kubeconfig, prints
 //! the `export KUBECONFIG=...` line, and on Ctrl-C stops the pods and everything else. Started
-//! again with the same data directory it resumes where it stopped.
+//! again with the same data directory it resumes where it stopped. The service proxy and the
+//! cluster DNS server run here too, the DNS server behind kube-system/kube-dns as CoreDNS is.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,7 +19,10 @@ use cairn_orchestrator::client::{self, Throttle};
 use cairn_orchestrator::registry::encryption::Transformer;
 use cairn_orchestrator::registry::Registry;
 use cairn_orchestrator::runtime::{Runtime, RuntimeConfig};
-use cairn_orchestrator::{controllers, scheduler};
+use cairn_orchestrator::{controllers, dns, proxy, scheduler};
+
+/// The Services' range; the cluster DNS Service takes its tenth address.
+const SERVICE_CIDR: &str = "10.96.0.0/16";
 
 #[derive(clap::Args)]
 pub struct UpArgs {
@@ -59,6 +63,10 @@ pub struct UpArgs {
     /// Bridge this machine's pods attach to.
     #[arg(long, default_value = "cairn0")]
     pod_bridge: String,
+    /// Where the cluster DNS server answers, UDP and TCP (port 0: any free port); the kube-dns
+    /// Service's port 53 leads here.
+    #[arg(long, default_value = "127.0.0.1:53")]
+    cluster_dns_listen: SocketAddrV4,
 }
 
 pub async fn run(args: UpArgs) -> Result<ExitCode> {
@@ -110,7 +118,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         tls: tls::server_config(&files)?,
         tokens: HashMap::from([(token.clone(), "admin".to_string())]),
         bootstrap_tokens: true,
-        ip_range: "10.96.0.0/16".into(),
+        ip_range: SERVICE_CIDR.into(),
         port_range: "30000-32767".into(),
         bookmark_interval: std::time::Duration::from_secs(60),
         kubelet_client: tls::kubelet_client(&cert_dir)?,
@@ -146,7 +154,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     controllers::bootstrap::publish_cluster_info(&agent_client, &url, &files.ca_pem)
         .await
         .context("publish kube-public/cluster-info")?;
-    let mut acfg = AgentConfig::new(name, rcfg.clone());
+    let mut acfg = AgentConfig::new(name.clone(), rcfg.clone());
     acfg.address = args.advertise_address.to_string();
     acfg.port = args.agent_port;
     acfg.network = Some(args.pod_bridge.clone());
@@ -189,6 +197,13 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         }
     });
 
+    // Services in the kernel and the cluster's names, as kube-proxy and CoreDNS provide them.
+    let services = proxy::Proxy::start(
+        client::from_kubeconfig(kc, throttle).await?,
+        proxy::ProxyConfig::new(name),
+    )?;
+    let cluster_dns = start_dns(kc, throttle, args.cluster_dns_listen).await;
+
     println!(
         "Cairn is up: API server {url}, store {}",
         data_dir.display()
@@ -212,6 +227,12 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    if let Err(e) = services.shutdown().await {
+        tracing::warn!(error = %e, "service proxy");
+    }
+    if let Some(d) = cluster_dns {
+        d.shutdown().await;
+    }
     // Everything stops: the pods' processes too (the API keeps them, and the next `up` starts them).
     let rt = Arc::new(Runtime::new(rcfg)?);
     for p in rt.list().unwrap_or_default() {
@@ -224,4 +245,35 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         node.shutdown().await.context("stop the embedded store")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The cluster DNS server and its kube-dns Service; a DNS server that cannot start (say, port 53
+/// taken) is reported and the rest of the cluster runs without it.
+async fn start_dns(
+    kc: &std::path::Path,
+    throttle: Throttle,
+    listen: SocketAddrV4,
+) -> Option<dns::DnsServer> {
+    let mut cfg = dns::DnsConfig::new(SocketAddr::V4(listen));
+    cfg.upstreams = super::dns::upstreams(&[]).unwrap_or_default();
+    let started = async {
+        let server =
+            dns::DnsServer::start(client::from_kubeconfig(kc, throttle).await?, cfg).await?;
+        let SocketAddr::V4(addr) = server.addr else {
+            anyhow::bail!("the DNS server listens on IPv6");
+        };
+        let ip = dns::cluster_dns_ip(SERVICE_CIDR)?;
+        dns::service::publish(client::from_kubeconfig(kc, throttle).await?, ip, addr)
+            .await
+            .context("publish kube-system/kube-dns")?;
+        tracing::info!(service = %ip, server = %addr, "cluster DNS");
+        anyhow::Ok(server)
+    };
+    match started.await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "cluster DNS not running");
+            None
+        }
+    }
 }
