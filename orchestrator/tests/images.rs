@@ -11,6 +11,8 @@
 mod common;
 mod kube_api;
 
+use common::image::{build_image, have_tools, run};
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -25,89 +27,6 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube_api::{converge, eventually, Cluster};
 use serde_json::{json, Value};
-
-/// Whether the image tools the tests drive are installed (scripts/test.sh installs them).
-fn have_tools(test: &str) -> bool {
-    if !common::can_run(test) {
-        return false;
-    }
-    for tool in ["umoci", "skopeo", "docker-registry"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
-            println!("SKIPPED: {test}: {tool} is not installed (scripts/test.sh installs it)");
-            return false;
-        }
-    }
-    if !Path::new("/bin/busybox").is_file() {
-        println!("SKIPPED: {test}: /bin/busybox (busybox-static) is not installed");
-        return false;
-    }
-    true
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Builds an OCI layout at `layout` holding image `tag`: busybox and its applets, a file
-/// `/etc/cairn-image` saying `marker` (the host has no such file), Cmd printing `from-cmd` and
-/// the working directory, PATH=/bin, WorkingDir /etc.
-fn build_image(layout: &Path, tag: &str, marker: &str) {
-    let image = format!("{}:{tag}", layout.display());
-    if !layout.join("index.json").exists() {
-        run(
-            "umoci",
-            &["init", "--layout", &layout.display().to_string()],
-        );
-    }
-    run("umoci", &["new", "--image", &image]);
-    let bundle = layout.with_extension(format!("bundle-{tag}"));
-    run(
-        "umoci",
-        &["unpack", "--image", &image, &bundle.display().to_string()],
-    );
-    let rootfs = bundle.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "cat", "echo", "ls", "sleep", "touch", "test", "pwd", "id", "mkdir", "rm",
-    ] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(rootfs.join("etc/cairn-image"), format!("{marker}\n")).unwrap();
-    run(
-        "umoci",
-        &["repack", "--image", &image, &bundle.display().to_string()],
-    );
-    run(
-        "umoci",
-        &[
-            "config",
-            "--image",
-            &image,
-            "--config.cmd",
-            "/bin/sh",
-            "--config.cmd",
-            "-c",
-            "--config.cmd",
-            "echo from-cmd $PWD; exec sleep 300",
-            "--config.env",
-            "PATH=/bin",
-            "--config.workingdir",
-            "/etc",
-        ],
-    );
-    std::fs::remove_dir_all(&bundle).unwrap();
-}
 
 /// A `docker-registry` serving plain HTTP on a free loopback port, its storage in `dir`; killed
 /// (by its pid) when dropped.

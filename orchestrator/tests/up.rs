@@ -8,6 +8,8 @@
 mod common;
 mod kube_api;
 
+use common::up::Up;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,138 +21,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, LogParams, PostParams};
 use kube_api::converge;
 use serde_json::json;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One `up` process and what it leaves on the machine, cleaned up when the test ends.
-struct Up {
-    dir: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-    cgroup_parent: String,
-}
-
-impl Up {
-    fn new(dir: &Path) -> Up {
-        let cgroup_parent = format!("cairn-up-{}", std::process::id());
-        let args = vec![
-            "up".into(),
-            "--data-dir".into(),
-            dir.join("data").display().to_string(),
-            "--kubeconfig".into(),
-            dir.join("cairn.kubeconfig").display().to_string(),
-            "--store-port".into(),
-            free_port().to_string(),
-            "--store-peer-port".into(),
-            free_port().to_string(),
-            "--secure-port".into(),
-            free_port().to_string(),
-            "--agent-port".into(),
-            free_port().to_string(),
-            "--node-name".into(),
-            format!("up-{}", std::process::id()),
-            "--cgroup-parent".into(),
-            cgroup_parent.clone(),
-            "--cluster-dns-listen".into(),
-            "127.0.0.1:0".into(),
-        ];
-        Up {
-            dir: dir.to_path_buf(),
-            args,
-            child: None,
-            cgroup_parent,
-        }
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::File::create(self.dir.join("up.log")).unwrap();
-        let _ = std::fs::remove_file(self.dir.join("cairn.kubeconfig"));
-        self.child = Some(
-            Command::new(common::HELPER)
-                .args(&self.args)
-                .current_dir(&self.dir)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("up.log")).unwrap_or_default()
-    }
-
-    async fn client(&self) -> kube::Client {
-        let path = self.dir.join("cairn.kubeconfig");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !path.exists() {
-            assert!(Instant::now() < deadline, "no kubeconfig: {}", self.log());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(cfg).unwrap()
-    }
-
-    /// Ctrl-C, then the process must end on its own, successfully.
-    fn interrupt(&mut self) {
-        let mut child = self.child.take().expect("running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "up exited {status}: {}", self.log());
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("up did not stop within 60 s: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn runtime(&self) -> Runtime {
-        let mut cfg = RuntimeConfig::new(self.dir.join("data/agent"), common::HELPER);
-        cfg.cgroup_parent = self.cgroup_parent.clone();
-        Runtime::new(cfg).unwrap()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let rt = self.runtime();
-        let parent = self.cgroup_parent.clone();
-        let _ = std::thread::spawn(move || {
-            let r = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            r.block_on(async {
-                for p in rt.list().unwrap_or_default() {
-                    let _ = rt.remove_pod(&p.name).await;
-                }
-                let _ = rt.cgroups().remove(Path::new(&parent));
-            });
-        })
-        .join();
-    }
-}
 
 async fn running_pods(pods: &Api<Pod>) -> Vec<String> {
     let mut names: Vec<String> = pods
@@ -236,9 +106,39 @@ async fn up_and_resume() {
         .unwrap();
     assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("10.96.0.10"));
     let port = slice.ports.unwrap()[0].port.unwrap() as u16;
+    // It answers on the pods' gateway, the first address of the node's range.
+    assert_eq!(slice.endpoints[0].addresses, ["10.244.0.1"]);
+    assert_eq!(port, 53);
     let name = "kube-dns.kube-system.svc.cluster.local.";
-    let direct: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let direct: std::net::SocketAddr = format!("10.244.0.1:{port}").parse().unwrap();
     assert_eq!(dns_a(direct, name).await, Some([10, 96, 0, 10].into()));
+    // A pod resolves Services' names through kube-dns, as its resolv.conf (ClusterFirst) says.
+    let resolver: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "resolver"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "/",
+            "command": ["/bin/sh", "-c",
+                "cat /etc/resolv.conf; /bin/busybox nslookup kubernetes.default.svc.cluster.local"]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &resolver)
+        .await
+        .unwrap();
+    converge("the resolver pod to finish", 60, async || {
+        let p = pods.get("resolver").await.unwrap();
+        matches!(
+            p.status.and_then(|s| s.phase).as_deref(),
+            Some("Succeeded" | "Failed")
+        )
+    })
+    .await;
+    let out = pods.logs("resolver", &LogParams::default()).await.unwrap();
+    assert!(out.contains("nameserver 10.96.0.10"), "{out}");
+    assert!(out.contains("search default.svc.cluster.local"), "{out}");
+    assert!(
+        out.contains("10.96.0.1"),
+        "kubernetes.default's address: {out}"
+    );
+    pods.delete("resolver", &Default::default()).await.unwrap();
     // Through the Service's address, the proxy's rules on this machine DNAT to the server.
     let routed = Command::new("ip")
         .args(["route", "get", "10.96.0.10"])

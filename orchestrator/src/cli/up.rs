@@ -64,9 +64,11 @@ pub struct UpArgs {
     #[arg(long, default_value = "cairn0")]
     pod_bridge: String,
     /// Where the cluster DNS server answers, UDP and TCP (port 0: any free port); the kube-dns
-    /// Service's port 53 leads here.
-    #[arg(long, default_value = "127.0.0.1:53")]
-    cluster_dns_listen: SocketAddrV4,
+    /// Service's port 53 leads here. Default: port 53 on the pods' gateway (the first address of
+    /// this node's podCIDR, on the pod bridge), which pods reach and the host's resolver leaves
+    /// free.
+    #[arg(long)]
+    cluster_dns_listen: Option<SocketAddrV4>,
 }
 
 pub async fn run(args: UpArgs) -> Result<ExitCode> {
@@ -154,10 +156,13 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     controllers::bootstrap::publish_cluster_info(&agent_client, &url, &files.ca_pem)
         .await
         .context("publish kube-public/cluster-info")?;
+    let name_for_dns = name.clone();
     let mut acfg = AgentConfig::new(name.clone(), rcfg.clone());
     acfg.address = args.advertise_address.to_string();
     acfg.port = args.agent_port;
     acfg.network = Some(args.pod_bridge.clone());
+    // ClusterFirst pods ask the kube-dns Service, as with CoreDNS behind it.
+    acfg.dns.cluster_dns = vec![std::net::IpAddr::V4(dns::cluster_dns_ip(SERVICE_CIDR)?)];
     acfg.client_ca = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(kc)?,
         &Default::default(),
@@ -202,7 +207,10 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         client::from_kubeconfig(kc, throttle).await?,
         proxy::ProxyConfig::new(name),
     )?;
-    let cluster_dns = start_dns(kc, throttle, args.cluster_dns_listen).await;
+    let cluster_dns = {
+        let (kc, name, listen) = (kc.to_path_buf(), name_for_dns, args.cluster_dns_listen);
+        tokio::spawn(async move { start_dns(&kc, throttle, &name, listen).await })
+    };
 
     println!(
         "Cairn is up: API server {url}, store {}",
@@ -230,8 +238,13 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     if let Err(e) = services.shutdown().await {
         tracing::warn!(error = %e, "service proxy");
     }
-    if let Some(d) = cluster_dns {
-        d.shutdown().await;
+    // Still waiting for the pod network means it never started.
+    if cluster_dns.is_finished() {
+        if let Ok(Some(d)) = cluster_dns.await {
+            d.shutdown().await;
+        }
+    } else {
+        cluster_dns.abort();
     }
     // Everything stops: the pods' processes too (the API keeps them, and the next `up` starts them).
     let rt = Arc::new(Runtime::new(rcfg)?);
@@ -252,13 +265,18 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
 async fn start_dns(
     kc: &std::path::Path,
     throttle: Throttle,
-    listen: SocketAddrV4,
+    node: &str,
+    listen: Option<SocketAddrV4>,
 ) -> Option<dns::DnsServer> {
-    let mut cfg = dns::DnsConfig::new(SocketAddr::V4(listen));
-    cfg.upstreams = super::dns::upstreams(&[]).unwrap_or_default();
     let started = async {
-        let server =
-            dns::DnsServer::start(client::from_kubeconfig(kc, throttle).await?, cfg).await?;
+        let server = match listen {
+            Some(listen) => {
+                let mut cfg = dns::DnsConfig::new(SocketAddr::V4(listen));
+                cfg.upstreams = super::dns::upstreams(&[]).unwrap_or_default();
+                dns::DnsServer::start(client::from_kubeconfig(kc, throttle).await?, cfg).await?
+            }
+            None => on_pod_gateway(kc, throttle, node).await?,
+        };
         let SocketAddr::V4(addr) = server.addr else {
             anyhow::bail!("the DNS server listens on IPv6");
         };
@@ -276,4 +294,38 @@ async fn start_dns(
             None
         }
     }
+}
+
+/// The DNS server on port 53 of this node's pod gateway: once the controller manager has given
+/// the node its podCIDR and the agent has put the gateway address on the bridge (binding fails
+/// until then).
+async fn on_pod_gateway(
+    kc: &std::path::Path,
+    throttle: Throttle,
+    node: &str,
+) -> Result<dns::DnsServer> {
+    use k8s_openapi::api::core::v1::Node;
+    let client = client::from_kubeconfig(kc, throttle).await?;
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
+    let mut last = String::from("the node has no podCIDR yet");
+    while tokio::time::Instant::now() < deadline {
+        let cidr = nodes
+            .get_opt(node)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|n| n.spec?.pod_cidr);
+        if let Some(cidr) = cidr {
+            let gateway = cairn_orchestrator::runtime::network::Ipv4Net::parse(&cidr)?.gateway();
+            let mut cfg = dns::DnsConfig::new(SocketAddr::V4(SocketAddrV4::new(gateway, 53)));
+            cfg.upstreams = super::dns::upstreams(&[]).unwrap_or_default();
+            match dns::DnsServer::start(client.clone(), cfg).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    anyhow::bail!("no pod gateway to serve DNS on: {last}")
 }

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod image;
+pub mod up;
+
 use cairn_orchestrator::runtime::{ContainerState, NetworkConfig, Pod, Runtime, RuntimeConfig};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

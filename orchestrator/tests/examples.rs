@@ -1,0 +1,206 @@
+//! The examples in `examples/`, applied with real kubectl to `cairn-orchestrator up` (root, in a
+//! network namespace of the test's own), each doing what its comment and the README say: the web
+//! Deployment serves its ConfigMap's page behind a Service that another pod reaches by DNS name;
+//! the log shipper streams the app's log file; the metrics exporter reads the app over the pod's
+//! localhost; the Secret arrives as env and as a file; the quota refuses a pod over it. The image
+//! (`busybox:1.36`) is a busybox built here and loaded with `image import`, so nothing is pulled.
+
+mod common;
+mod kube_api;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::up::Up;
+
+fn examples_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// kubectl 1.33 against `up`'s kubeconfig: (success, stdout, stderr).
+fn kubectl(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let bin = kube_api::kubectl_bin(33).expect("kubectl 1.33 (checked by the test)");
+    let out = Command::new(bin)
+        .args(args)
+        .env("KUBECONFIG", dir.join("cairn.kubeconfig"))
+        .env("HOME", dir)
+        .output()
+        .expect("kubectl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs kubectl until `check` accepts its output, for at most `secs`.
+fn until(dir: &Path, what: &str, secs: u64, args: &[&str], check: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (ok, out, err) = kubectl(dir, args);
+        if ok && check(&out) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {out}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn apply(dir: &Path, file: &str) -> (bool, String, String) {
+    let path = examples_dir().join(file);
+    kubectl(dir, &["apply", "-f", &path.display().to_string()])
+}
+
+#[test]
+fn examples_converge_and_do_what_they_say() {
+    let name = "examples_converge_and_do_what_they_say";
+    if !common::image::have_tools(name) || !kube_api::have_kubectl(name, 33) {
+        return;
+    }
+    common::in_own_netns(name, run_examples);
+}
+
+/// Everything here waits on other processes (up, kubectl), so blocking this runtime's threads
+/// holds nothing up.
+async fn run_examples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let layout = dir.join("busybox-layout");
+    common::image::build_image(&layout, "1.36", "examples");
+    let agent_root = dir.join("data/agent");
+    let imported = Command::new(common::HELPER)
+        .args(["image", "--root-dir"])
+        .arg(&agent_root)
+        .args(["import", "--name", "docker.io/library/busybox:1.36"])
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert!(
+        imported.status.success(),
+        "image import: {}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let mut up = Up::new(dir);
+    up.start();
+    up.client().await;
+    until(dir, "the node to be Ready", 60, &["get", "nodes"], |o| {
+        o.contains(" Ready ")
+    });
+
+    // The web Deployment, its Service, and a client pod reaching it by name.
+    let (ok, out, err) = apply(dir, "web.yaml");
+    assert!(ok, "apply web.yaml: {out}{err}");
+    until(
+        dir,
+        "3 web replicas available",
+        90,
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.status.availableReplicas}",
+        ],
+        |o| o == "3",
+    );
+    let endpoints = until(
+        dir,
+        "the web Service's 3 endpoints",
+        30,
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "jsonpath={.items[*].endpoints[*].addresses[0]}",
+        ],
+        |o| o.split_whitespace().count() == 3,
+    );
+    assert!(
+        endpoints
+            .split_whitespace()
+            .all(|a| a.starts_with("10.244.")),
+        "{endpoints}"
+    );
+    until(
+        dir,
+        "the client's page through the Service's DNS name",
+        90,
+        &["logs", "web-client"],
+        |o| o.contains("<h1>Hello from Cairn</h1>"),
+    );
+
+    // The log shipper streams the file the app writes.
+    let (ok, out, err) = apply(dir, "sidecar-logs.yaml");
+    assert!(ok, "apply sidecar-logs.yaml: {out}{err}");
+    until(
+        dir,
+        "the shipper's copy of the app's log",
+        60,
+        &["logs", "app-with-shipper", "-c", "shipper"],
+        |o| o.contains("request 2 served"),
+    );
+
+    // The exporter turns the app's localhost answer into a metric on localhost:9100.
+    let (ok, out, err) = apply(dir, "metrics-sidecar.yaml");
+    assert!(ok, "apply metrics-sidecar.yaml: {out}{err}");
+    until(
+        dir,
+        "app_up 1 on the pod's localhost:9100",
+        60,
+        &[
+            "exec",
+            "app-with-exporter",
+            "-c",
+            "app",
+            "--",
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:9100/metrics",
+        ],
+        |o| o.contains("app_up 1"),
+    );
+
+    // The Secret as an environment variable and as a file.
+    let (ok, out, err) = apply(dir, "secret.yaml");
+    assert!(ok, "apply secret.yaml: {out}{err}");
+    let logs = until(
+        dir,
+        "the secret's values",
+        60,
+        &["logs", "uses-secret"],
+        |o| o.contains("password file:"),
+    );
+    assert!(logs.contains("user from env: app"), "{logs}");
+    assert!(logs.contains("password file: s3cr3t-passw0rd"), "{logs}");
+
+    // The quota: defaults from the LimitRange, then a pod over the quota refused.
+    let (ok, out, err) = apply(dir, "quota.yaml");
+    assert!(ok, "apply quota.yaml: {out}{err}");
+    let (ok, requests, err) = kubectl(
+        dir,
+        &[
+            "get",
+            "pod",
+            "small-1",
+            "-n",
+            "limited",
+            "-o",
+            "jsonpath={.spec.containers[0].resources.requests.cpu}",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(requests, "100m");
+    let (ok, out, err) = apply(dir, "quota-over.yaml");
+    assert!(!ok, "a pod over the quota was admitted: {out}");
+    assert!(
+        err.contains("Forbidden") && err.contains("exceeded quota: small"),
+        "{err}"
+    );
+    up.interrupt();
+}
