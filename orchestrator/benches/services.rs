@@ -2,9 +2,9 @@
 //! `1000,10000`): a one-member Cairn store and `cairn-orchestrator apiserver` as processes on
 //! 127.0.0.1, that many ClusterIP Services each with an EndpointSlice of 2 ready endpoints, then
 //! - the proxy (in this process, its `nft` in a network namespace of its own, so the host's rules
-//!   are untouched): the first sync, which writes the whole table; the same again after a restart
-//!   (list plus sync); and the time from an EndpointSlice update's answer until the sync that
-//!   carries it has been applied (`CAIRN_BENCH_UPDATES`, default 10, spaced beyond the 1 s
+//!   are untouched): the first sync, which writes the whole table, and the time from the proxy's
+//!   start until then (list plus sync); the time from an EndpointSlice update's answer until the
+//!   sync that carries it has been applied (`CAIRN_BENCH_UPDATES`, default 10, spaced beyond the 1 s
 //!   minimum sync period);
 //! - the DNS server (in this process, on 127.0.0.1): A queries for random Services from
 //!   `CAIRN_BENCH_DNS_CLIENTS` (default 16) concurrent UDP clients for `CAIRN_BENCH_SECS`
@@ -191,8 +191,6 @@ async fn bench_proxy(rows: &mut Vec<Row>, client: &kube::Client, n: usize, netns
         "",
     );
     proxy.shutdown().await.unwrap();
-
-    // A restart over an existing table: the new proxy replaces it whole.
     let table = Command::new("ip")
         .args(["netns", "exec", netns, "nft", "list", "tables"])
         .output()

@@ -149,11 +149,18 @@ impl DnsServer {
             notify,
             zone.clone(),
         ));
+        // A resolv.conf that names this very server would send every outside name in a circle.
+        let upstreams: Vec<SocketAddr> = config
+            .upstreams
+            .iter()
+            .copied()
+            .filter(|u| *u != addr)
+            .collect();
         let handler = Handler {
             zone: zone.clone(),
             domain: zone::fqdn(&config.cluster_domain).to_ascii_lowercase(),
             ttl: config.ttl,
-            upstreams: config.upstreams.clone(),
+            upstreams,
         };
         let mut server = ServerFuture::new(handler);
         server.register_socket(udp);
