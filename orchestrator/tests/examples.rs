@@ -42,10 +42,15 @@ fn until(dir: &Path, what: &str, secs: u64, args: &[&str], check: impl Fn(&str) 
         if ok && check(&out) {
             return out;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {out}{err}"
-        );
+        if Instant::now() >= deadline {
+            let (_, pods, _) = kubectl(dir, &["get", "pods", "-A", "-o", "wide"]);
+            let (_, statuses, _) = kubectl(
+                dir,
+                &["get", "pods", "-o", "jsonpath={range .items[*]}{.metadata.name}: {.status.containerStatuses}{\"\\n\"}{end}"],
+            );
+            let (_, events, _) = kubectl(dir, &["get", "events", "-A"]);
+            panic!("timed out waiting for {what}: {out}{err}\n{pods}\n{statuses}\n{events}");
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 }

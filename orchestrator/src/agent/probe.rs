@@ -76,8 +76,8 @@ impl Probes {
             container: &c.name,
             pod_ip,
         };
-        let startup = c.startup_probe.as_ref();
-        let started = match startup {
+        let startup = c.startup_probe.as_ref().map(|p| by_number(p, c));
+        let started = match &startup {
             None => true,
             Some(p) => self.tick(&target, Kind::Startup, p, run) == Some(true),
         };
@@ -86,10 +86,10 @@ impl Probes {
         let mut ready = started;
         if started {
             if let Some(p) = c.liveness_probe.as_ref() {
-                restart |= self.tick(&target, Kind::Liveness, p, run) == Some(false);
+                restart |= self.tick(&target, Kind::Liveness, &by_number(p, c), run) == Some(false);
             }
             if let Some(p) = c.readiness_probe.as_ref() {
-                ready = self.tick(&target, Kind::Readiness, p, run) == Some(true);
+                ready = self.tick(&target, Kind::Readiness, &by_number(p, c), run) == Some(true);
             }
         }
         Verdict {
@@ -187,11 +187,39 @@ impl Probes {
     }
 }
 
+/// The probe with its named ports replaced by the container's port of that name, as the kubelet
+/// resolves them (a name the container does not declare stays, and the probe fails).
+fn by_number<'a>(p: &'a Probe, c: &Container) -> std::borrow::Cow<'a, Probe> {
+    let named = |port: &IntOrString| -> Option<IntOrString> {
+        let IntOrString::String(name) = port else {
+            return None;
+        };
+        c.ports
+            .iter()
+            .flatten()
+            .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+            .map(|cp| IntOrString::Int(cp.container_port))
+    };
+    let http = p.http_get.as_ref().and_then(|h| named(&h.port));
+    let tcp = p.tcp_socket.as_ref().and_then(|t| named(&t.port));
+    if http.is_none() && tcp.is_none() {
+        return std::borrow::Cow::Borrowed(p);
+    }
+    let mut p = p.clone();
+    if let (Some(h), Some(port)) = (p.http_get.as_mut(), http) {
+        h.port = port;
+    }
+    if let (Some(t), Some(port)) = (p.tcp_socket.as_mut(), tcp) {
+        t.port = port;
+    }
+    std::borrow::Cow::Owned(p)
+}
+
 fn port_of(port: &IntOrString, c: &str) -> Option<u16> {
     match port {
         IntOrString::Int(n) => u16::try_from(*n).ok(),
         IntOrString::String(s) => {
-            tracing::debug!(container = c, port = %s, "named probe ports resolve to numbers only");
+            tracing::debug!(container = c, port = %s, "a probe port named nothing the container declares");
             s.parse().ok()
         }
     }
@@ -254,6 +282,27 @@ pub(crate) async fn http_ok(host: &str, port: u16, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_probe_ports_are_the_containers_ports_of_that_name() {
+        let c: Container = serde_json::from_value(serde_json::json!({"name": "c",
+            "ports": [{"name": "http", "containerPort": 8080}]}))
+        .unwrap();
+        let p: Probe = serde_json::from_value(serde_json::json!({
+            "httpGet": {"path": "/", "port": "http"}}))
+        .unwrap();
+        assert_eq!(
+            by_number(&p, &c).http_get.as_ref().unwrap().port,
+            IntOrString::Int(8080)
+        );
+        let other: Probe = serde_json::from_value(serde_json::json!({
+            "tcpSocket": {"port": "metrics"}}))
+        .unwrap();
+        assert_eq!(
+            by_number(&other, &c).tcp_socket.as_ref().unwrap().port,
+            IntOrString::String("metrics".into())
+        );
+    }
 
     /// An HTTP server on loopback answering every request with `status`.
     async fn answering(status: u16) -> u16 {
