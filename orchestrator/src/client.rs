@@ -121,6 +121,41 @@ where
     }
 }
 
+/// A reflector cache of `api`'s objects kept by a watch in its own task, which also wakes
+/// `notify` (if any) on every change it applies.
+pub fn reflect<K>(
+    api: kube::Api<K>,
+    notify: Option<std::sync::Arc<tokio::sync::Notify>>,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+    let (store, writer) = reflector::store();
+    let task = tokio::spawn(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .for_each(move |ev| {
+                if let (Ok(_), Some(n)) = (ev, &notify) {
+                    n.notify_one();
+                }
+                futures::future::ready(())
+            }),
+    );
+    (store, task)
+}
+
 /// A kubeconfig for `server` trusting `ca_pem` and authenticating with `token`.
 pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
     use base64::Engine;

@@ -757,6 +757,23 @@ fn back_off(
     }
 }
 
+/// An object's byte values with its string values over them (a Secret's data and stringData, a
+/// ConfigMap's binaryData and data).
+fn bytes_and_strings(
+    bytes: &Option<std::collections::BTreeMap<String, k8s_openapi::ByteString>>,
+    strings: &Option<std::collections::BTreeMap<String, String>>,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut data: std::collections::BTreeMap<String, Vec<u8>> = bytes
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    for (k, v) in strings.iter().flatten() {
+        data.insert(k.clone(), v.clone().into_bytes());
+    }
+    data
+}
+
 /// Secrets and ConfigMaps of one namespace from the agent's caches.
 struct StoreLookup<'a> {
     ns: &'a str,
@@ -769,34 +786,14 @@ impl volumes::Lookup for StoreLookup<'_> {
         let s = self
             .secrets
             .get(&reflector::ObjectRef::new(name).within(self.ns))?;
-        let mut data: std::collections::BTreeMap<String, Vec<u8>> = s
-            .data
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        for (k, v) in s.string_data.clone().unwrap_or_default() {
-            data.insert(k, v.into_bytes());
-        }
-        Some(data)
+        Some(bytes_and_strings(&s.data, &s.string_data))
     }
 
     fn config_map(&self, name: &str) -> Option<std::collections::BTreeMap<String, Vec<u8>>> {
         let c = self
             .config_maps
             .get(&reflector::ObjectRef::new(name).within(self.ns))?;
-        let mut data: std::collections::BTreeMap<String, Vec<u8>> = c
-            .binary_data
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        for (k, v) in c.data.clone().unwrap_or_default() {
-            data.insert(k, v.into_bytes());
-        }
-        Some(data)
+        Some(bytes_and_strings(&c.binary_data, &c.data))
     }
 }
 

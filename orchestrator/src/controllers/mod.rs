@@ -98,27 +98,6 @@ impl Expectations {
     }
 }
 
-/// Starts a reflector whose store the controllers read.
-fn reflect<K>(api: Api<K>) -> (Store<K>, tokio::task::JoinHandle<()>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let task = tokio::spawn(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .for_each(|_| futures::future::ready(())),
-    );
-    (store, task)
-}
-
 /// How many objects of one kind a controller reconciles at once (kube-controller-manager's
 /// `--concurrent-replicaset-syncs`, `--concurrent-deployment-syncs` and
 /// `--concurrent-endpoint-syncs` defaults).
@@ -167,7 +146,8 @@ pub async fn run(
         .transpose()
         .map_err(ControllerError::Invalid)?;
     let (pods, pod_task) = informer::PodInformer::start(client.clone());
-    let (replicasets, rs_task) = reflect(Api::<ReplicaSet>::all(client.clone()));
+    let (replicasets, rs_task) =
+        crate::client::reflect(Api::<ReplicaSet>::all(client.clone()), None);
     let _guard = AbortOnDrop(vec![pod_task, rs_task]);
     let _ = pods.store().wait_until_ready().await;
     let _ = replicasets.wait_until_ready().await;

@@ -140,8 +140,10 @@ impl DnsServer {
         })?;
         let zone: Arc<RwLock<Option<Arc<Zone>>>> = Arc::new(RwLock::new(None));
         let notify = Arc::new(Notify::new());
-        let (services, t1) = reflect(Api::<Service>::all(client.clone()), notify.clone());
-        let (slices, t2) = reflect(Api::<EndpointSlice>::all(client), notify.clone());
+        let (services, t1) =
+            crate::client::reflect(Api::<Service>::all(client.clone()), Some(notify.clone()));
+        let (slices, t2) =
+            crate::client::reflect(Api::<EndpointSlice>::all(client), Some(notify.clone()));
         let t3 = tokio::spawn(rebuild(
             config.cluster_domain.clone(),
             services,
@@ -230,31 +232,6 @@ async fn bind(
         std::io::ErrorKind::AddrInUse,
         "no port free for both UDP and TCP",
     )))
-}
-
-fn reflect<K>(api: Api<K>, notify: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let task = tokio::spawn(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .for_each(move |ev| {
-                if ev.is_ok() {
-                    notify.notify_one();
-                }
-                futures::future::ready(())
-            }),
-    );
-    (store, task)
 }
 
 /// Keeps the zone snapshot current: one rebuild per burst of changes.

@@ -181,31 +181,6 @@ pub async fn run(
     proxy.shutdown().await
 }
 
-fn reflect<K>(api: Api<K>, notify: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let task = tokio::spawn(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .for_each(move |ev| {
-                if ev.is_ok() {
-                    notify.notify_one();
-                }
-                futures::future::ready(())
-            }),
-    );
-    (store, task)
-}
-
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {
@@ -223,8 +198,10 @@ async fn sync_loop(
     stats: watch::Sender<SyncStats>,
 ) -> Result<(), ProxyError> {
     let notify = Arc::new(Notify::new());
-    let (services, t1) = reflect(Api::<Service>::all(client.clone()), notify.clone());
-    let (slices, t2) = reflect(Api::<EndpointSlice>::all(client), notify.clone());
+    let (services, t1) =
+        crate::client::reflect(Api::<Service>::all(client.clone()), Some(notify.clone()));
+    let (slices, t2) =
+        crate::client::reflect(Api::<EndpointSlice>::all(client), Some(notify.clone()));
     let _watches = AbortOnDrop(vec![t1, t2]);
     let stopped = |stop: &watch::Receiver<bool>| *stop.borrow();
     tokio::select! {
