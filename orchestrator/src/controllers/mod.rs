@@ -18,13 +18,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::api::Api;
 use kube::runtime::reflector::Store;
-use kube::runtime::{reflector, watcher, WatchStreamExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {

@@ -20,7 +20,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt;
 use hickory_server::authority::MessageResponseBuilder;
 use hickory_server::proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, CNAME, SOA, SRV};
@@ -31,8 +30,7 @@ use hickory_server::ServerFuture;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
