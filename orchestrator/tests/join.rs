@@ -290,6 +290,7 @@ async fn an_agent_joins_with_a_token_and_runs_a_pod() {
         .arg(&root)
         .args(["--node-name", &node_name, "--port", "0"])
         .args(["--cgroup-parent", &cgroup_parent])
+        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .expect("start the agent");
