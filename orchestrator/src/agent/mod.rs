@@ -170,6 +170,33 @@ struct Agent {
     services: Store<Service>,
 }
 
+/// A watched cache of `api`'s objects, its watch a task of `background` (so it ends with the
+/// agent), waking `notify` on each change.
+fn cache<K>(background: &mut JoinSet<()>, api: Api<K>, notify: Option<Arc<Notify>>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    background.spawn(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .for_each(move |_| {
+                if let Some(n) = &notify {
+                    n.notify_one();
+                }
+                futures::future::ready(())
+            }),
+    );
+    store
+}
+
 /// Runs the agent until `stop` resolves. Pods keep running when it stops.
 pub async fn run(
     client: kube::Client,
@@ -226,44 +253,18 @@ pub async fn run(
             futures::future::ready(())
         }),
     );
-    // Every Service, for pods' service-link environment (the kubelet's service lister).
-    let (services, services_writer) = reflector::store();
-    background.spawn(
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(services_writer)
-        .for_each(|_| futures::future::ready(())),
+    // Every Service, for pods' service-link environment (the kubelet's service lister); every
+    // Secret and ConfigMap, for volumes, whose changes wake the sync loop.
+    let services = cache(&mut background, Api::<Service>::all(client.clone()), None);
+    let secrets = cache(
+        &mut background,
+        Api::<Secret>::all(client.clone()),
+        Some(wake.clone()),
     );
-    let (secrets, secrets_writer) = reflector::store();
-    let (config_maps, config_maps_writer) = reflector::store();
-    let w = wake.clone();
-    background.spawn(
-        watcher(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(secrets_writer)
-        .for_each(move |_| {
-            w.notify_one();
-            futures::future::ready(())
-        }),
-    );
-    let w = wake.clone();
-    background.spawn(
-        watcher(
-            Api::<ConfigMap>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(config_maps_writer)
-        .for_each(move |_| {
-            w.notify_one();
-            futures::future::ready(())
-        }),
+    let config_maps = cache(
+        &mut background,
+        Api::<ConfigMap>::all(client.clone()),
+        Some(wake.clone()),
     );
     for ready in [
         store.wait_until_ready().await,
