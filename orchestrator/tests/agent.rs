@@ -9,82 +9,15 @@
 mod common;
 mod kube_api;
 
-use std::path::PathBuf;
+use common::node::AgentNode;
+
 use std::time::Duration;
 
-use cairn_orchestrator::agent::{self, AgentConfig};
-use cairn_orchestrator::runtime::{Runtime, RuntimeConfig};
+use cairn_orchestrator::runtime::Runtime;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube_api::{converge, eventually, Cluster};
 use serde_json::json;
-
-/// The agent's runtime state and cgroups, removed (with any pod left) when the test ends.
-struct AgentNode {
-    cfg: RuntimeConfig,
-}
-
-impl AgentNode {
-    fn new(tag: &str) -> AgentNode {
-        let id = format!("{}-{tag}", std::process::id());
-        let state_dir = std::env::temp_dir().join(format!("cairn-agent-{id}"));
-        let _ = std::fs::remove_dir_all(&state_dir);
-        let mut cfg = RuntimeConfig::new(&state_dir, common::HELPER);
-        cfg.cgroup_parent = format!("cairn-agent-{id}");
-        AgentNode { cfg }
-    }
-
-    fn agent(&self, client: kube::Client, name: &str) -> tokio::task::JoinHandle<()> {
-        self.agent_with_ca(client, name, Vec::new())
-    }
-
-    /// An agent that serves logs to callers with a certificate from the cluster's CA.
-    fn agent_with_ca(
-        &self,
-        client: kube::Client,
-        name: &str,
-        client_ca: Vec<Vec<u8>>,
-    ) -> tokio::task::JoinHandle<()> {
-        let mut cfg = AgentConfig::new(name, self.cfg.clone());
-        cfg.heartbeat = Duration::from_secs(1);
-        cfg.sync_period = Duration::from_millis(200);
-        cfg.port = 0;
-        cfg.client_ca = client_ca;
-        tokio::spawn(async move {
-            if let Err(e) = agent::run(client, cfg, std::future::pending()).await {
-                panic!("agent: {e}");
-            }
-        })
-    }
-
-    fn runtime(&self) -> Runtime {
-        Runtime::new(self.cfg.clone()).expect("runtime")
-    }
-}
-
-impl Drop for AgentNode {
-    fn drop(&mut self) {
-        let cfg = self.cfg.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(runtime) = Runtime::new(cfg.clone()) {
-                    for p in runtime.list().unwrap_or_default() {
-                        let _ = runtime.remove_pod(&p.name).await;
-                    }
-                    let _ = runtime
-                        .cgroups()
-                        .remove(std::path::Path::new(&cfg.cgroup_parent));
-                }
-            });
-            let _ = std::fs::remove_dir_all(PathBuf::from(&cfg.state_dir));
-        })
-        .join();
-    }
-}
 
 /// The cluster's CA (DER), as the agent reads it from its kubeconfig.
 fn cluster_ca(c: &Cluster) -> Vec<Vec<u8>> {

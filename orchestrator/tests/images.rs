@@ -12,6 +12,7 @@ mod common;
 mod kube_api;
 
 use common::image::{build_image, have_tools, run};
+use common::node::AgentNode;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -20,8 +21,6 @@ use std::time::{Duration, Instant};
 
 use cairn_orchestrator::agent::images::gc::GcPolicy;
 use cairn_orchestrator::agent::images::{ImageStore, InUse};
-use cairn_orchestrator::agent::{self, AgentConfig};
-use cairn_orchestrator::runtime::{Runtime, RuntimeConfig};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -115,78 +114,6 @@ impl Drop for Registry {
     }
 }
 
-/// The agent's root directory and cgroups, removed (with any pod left) when the test ends.
-struct Node_ {
-    cfg: RuntimeConfig,
-}
-
-impl Node_ {
-    fn new(tag: &str) -> Node_ {
-        let id = format!("{}-{tag}", std::process::id());
-        let root = std::env::temp_dir().join(format!("cairn-images-{id}"));
-        let _ = std::fs::remove_dir_all(&root);
-        let mut cfg = RuntimeConfig::new(&root, common::HELPER);
-        cfg.cgroup_parent = format!("cairn-images-{id}");
-        Node_ { cfg }
-    }
-
-    fn root(&self) -> &Path {
-        &self.cfg.state_dir
-    }
-
-    fn agent(&self, client: kube::Client, name: &str) -> tokio::task::JoinHandle<()> {
-        let mut cfg = AgentConfig::new(name, self.cfg.clone());
-        cfg.heartbeat = Duration::from_secs(1);
-        cfg.sync_period = Duration::from_millis(200);
-        cfg.port = 0;
-        tokio::spawn(async move {
-            if let Err(e) = agent::run(client, cfg, std::future::pending()).await {
-                panic!("agent: {e}");
-            }
-        })
-    }
-
-    fn runtime(&self) -> Runtime {
-        Runtime::new(self.cfg.clone()).expect("runtime")
-    }
-
-    /// `cairn-orchestrator image ARGS --root-dir <the agent's>`: (success, stdout + stderr).
-    fn image_cmd(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(common::HELPER)
-            .arg("image")
-            .args(args)
-            .arg("--root-dir")
-            .arg(self.root())
-            .output()
-            .unwrap();
-        let mut text = String::from_utf8_lossy(&out.stdout).to_string();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
-    }
-}
-
-impl Drop for Node_ {
-    fn drop(&mut self) {
-        let cfg = self.cfg.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(runtime) = Runtime::new(cfg.clone()) {
-                    for p in runtime.list().unwrap_or_default() {
-                        let _ = runtime.remove_pod(&p.name).await;
-                    }
-                    let _ = runtime.cgroups().remove(Path::new(&cfg.cgroup_parent));
-                }
-            });
-            let _ = std::fs::remove_dir_all(&cfg.state_dir);
-        })
-        .join();
-    }
-}
-
 fn pod(name: &str, node: &str, containers: Value) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name},
@@ -267,7 +194,7 @@ async fn pods_run_images_pulled_from_a_registry() {
 
     let c = Cluster::start().await;
     let client = c.kube().await;
-    let node = Node_::new("pull");
+    let node = AgentNode::new("pull");
     let name = format!("images-{}", std::process::id());
     let agent = node.agent(client.clone(), &name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -504,7 +431,7 @@ async fn imported_images_run_with_never_and_are_removed_when_unused() {
             &format!("docker-archive:{}:example.com/saved:2", archive.display()),
         ],
     );
-    let node = Node_::new("import");
+    let node = AgentNode::new("import");
     let (ok, out) = node.image_cmd(&[
         "import",
         &layout.display().to_string(),

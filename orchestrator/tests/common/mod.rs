@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod image;
+pub mod node;
 pub mod up;
 
 use cairn_orchestrator::runtime::{ContainerState, NetworkConfig, Pod, Runtime, RuntimeConfig};
