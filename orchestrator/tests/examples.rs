@@ -140,6 +140,59 @@ async fn run_examples() {
         |o| o.contains("<h1>Hello from Cairn</h1>"),
     );
 
+    // A web replica's process killed from the host comes back at once; killed again, it waits
+    // out the first back-off, which `kubectl get pods` shows as CrashLoopBackOff.
+    let (ok, victim, err) = kubectl(
+        dir,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    );
+    assert!(ok && !victim.is_empty(), "{err}");
+    for restarts in ["1", "2"] {
+        let (ok, uid, err) = kubectl(
+            dir,
+            &["get", "pod", &victim, "-o", "jsonpath={.metadata.uid}"],
+        );
+        assert!(ok, "{err}");
+        let pid = up.runtime().status(&uid).unwrap().containers[0]
+            .pid
+            .expect("the web container running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        if restarts == "2" {
+            until(
+                dir,
+                "CrashLoopBackOff in kubectl get pods",
+                30,
+                &["get", "pod", &victim],
+                |o| {
+                    o.lines()
+                        .nth(1)
+                        .is_some_and(|l| l.contains("CrashLoopBackOff"))
+                },
+            );
+        }
+        until(
+            dir,
+            "the killed container running again",
+            60,
+            &["get", "pod", &victim],
+            |o| {
+                let cols: Vec<&str> = o.lines().nth(1).unwrap_or("").split_whitespace().collect();
+                cols.get(2) == Some(&"Running") && cols.get(3) == Some(&restarts)
+            },
+        );
+    }
+
     // The log shipper streams the file the app writes.
     let (ok, out, err) = apply(dir, "sidecar-logs.yaml");
     assert!(ok, "apply sidecar-logs.yaml: {out}{err}");

@@ -16,13 +16,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cairn_orchestrator::runtime::{Runtime, RuntimeConfig};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube_api::{converge, eventually, Cluster, Options};
 use serde_json::json;
 
 const SEGMENT: &str = "10.123.1";
 const CLUSTER_DNS: &str = "10.96.0.10";
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])
@@ -71,6 +72,7 @@ struct Host {
     root: PathBuf,
     cgroup_parent: String,
     agent: Option<Child>,
+    proxy: Option<Child>,
 }
 
 /// Everything the test made outside its own namespace (which goes with its last process): the
@@ -82,7 +84,8 @@ struct Lab {
 }
 
 impl Lab {
-    fn new(dir: &Path) -> Lab {
+    /// `tag` keeps the node namespaces of tests running side by side apart.
+    fn new(dir: &Path, tag: &str) -> Lab {
         sh(&["ip", "link", "add", "seg0", "type", "bridge"]);
         sh(&[
             "ip",
@@ -107,12 +110,13 @@ impl Lab {
         let pid = std::process::id();
         for (i, n) in ["a", "b"].iter().enumerate() {
             let host = Host {
-                netns: format!("cairn-net-{pid}-{n}"),
+                netns: format!("cairn-{tag}-{pid}-{n}"),
                 name: format!("node-{n}"),
                 ip: format!("{SEGMENT}.{}", i + 2),
                 root: dir.join(format!("agent-{n}")),
-                cgroup_parent: format!("cairn-net-{pid}-{n}"),
+                cgroup_parent: format!("cairn-{tag}-{pid}-{n}"),
                 agent: None,
+                proxy: None,
             };
             // Pushed first, so that a failure below still removes the namespace.
             lab.hosts.push(host);
@@ -158,6 +162,57 @@ impl Lab {
         h.agent = Some(child);
     }
 
+    /// The service proxy of host `i`, logging beside its agent.
+    fn start_proxy(&mut self, i: usize, kubeconfig: &Path) {
+        let h = &mut self.hosts[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}-proxy.log", h.name)))
+            .unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", h.netns))
+            .arg(common::HELPER)
+            .args(["proxy", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args(["--node-name", &h.name, "--cluster-cidr", CLUSTER_CIDR])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        h.proxy = Some(child);
+    }
+
+    /// A control-plane process on the segment's host, logging to `<name>.log`.
+    fn start_control(&mut self, name: &str, args: &[&str], kubeconfig: &Path) {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        self.others.push(
+            Command::new(common::HELPER)
+                .args(args)
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .arg("--leader-elect=false")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// Host `i` goes down: its agent and proxy are killed and its pods die with it.
+    async fn power_off(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        for mut c in [h.agent.take(), h.proxy.take()].into_iter().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let rt = self.runtime(i);
+        for p in rt.list().unwrap() {
+            rt.remove_pod(&p.name).await.unwrap();
+        }
+    }
+
     /// SIGTERM, as a service manager stops the agent; its pods keep running.
     fn stop_agent(&mut self, i: usize) {
         let mut child = self.hosts[i].agent.take().expect("running");
@@ -201,6 +256,10 @@ impl Lab {
                     .unwrap_or_default()
             ));
             out.push_str(&format!("--- {} log:\n{}", h.name, self.log(i)));
+            let proxy = std::fs::read_to_string(self.dir.join(format!("{}-proxy.log", h.name)));
+            if let Ok(proxy) = proxy {
+                out.push_str(&format!("--- {} proxy log:\n{proxy}", h.name));
+            }
         }
         out
     }
@@ -246,7 +305,8 @@ impl Drop for Lab {
         for c in self
             .hosts
             .iter_mut()
-            .filter_map(|h| h.agent.as_mut())
+            .flat_map(|h| [h.agent.as_mut(), h.proxy.as_mut()])
+            .flatten()
             .chain(self.others.iter_mut())
         {
             let _ = c.kill();
@@ -346,7 +406,7 @@ fn pods_on_two_nodes_reach_each_other() {
 
 async fn two_nodes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut lab = Lab::new(dir.path());
+    let mut lab = Lab::new(dir.path(), "net");
     let c = Cluster::start_with(Options {
         bind: Some(format!("{SEGMENT}.1").parse().unwrap()),
         ..Default::default()
@@ -358,7 +418,7 @@ async fn two_nodes() {
         Command::new(common::HELPER)
             .args(["controller-manager", "--kubeconfig"])
             .arg(&c.kubeconfig)
-            .args(["--leader-elect=false", "--cluster-cidr", "10.244.0.0/16"])
+            .args(["--leader-elect=false", "--cluster-cidr", CLUSTER_CIDR])
             .stdout(Stdio::null())
             .stderr(cm_log)
             .spawn()
@@ -530,6 +590,229 @@ async fn two_nodes() {
     converge("node-b's route removed", 30, async || {
         route_to_b().trim().is_empty()
     })
+    .await;
+    c.shutdown().await;
+}
+
+#[test]
+fn a_service_spans_two_nodes_follows_readiness_and_survives_a_node() {
+    let name = "a_service_spans_two_nodes_follows_readiness_and_survives_a_node";
+    if !common::can_run(name) {
+        return;
+    }
+    if let Some(why) = missing_tools() {
+        println!("SKIPPED: {name}: {why}");
+        return;
+    }
+    common::in_own_netns(name, service_on_two_nodes);
+}
+
+/// The pods of `app=web` that are not being deleted: (name, node, ready).
+async fn web_pods(pods: &Api<Pod>) -> Vec<(String, String, bool)> {
+    let list = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap();
+    list.items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let node = p.spec.and_then(|s| s.node_name).unwrap_or_default();
+            (p.metadata.name.unwrap(), node, ready)
+        })
+        .collect()
+}
+
+/// Asks the Service `n` times from the client pod; the names of the pods that answered, in order
+/// (an empty line for a request that failed).
+async fn ask_service(lab: &Lab, client: &Pod, ip: &str, n: usize) -> Vec<String> {
+    let script = format!(
+        "for i in $(/bin/busybox seq {n}); do r=$({} | /bin/busybox tail -n 1); echo \"answer:$r\"; done",
+        get(ip, 80, "/name")
+    );
+    let (_, out) = lab.exec(0, client, &script).await;
+    out.lines()
+        .filter_map(|l| l.strip_prefix("answer:"))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// Two nodes with agents and service proxies, a scheduler and a controller manager: a Deployment
+/// spread over both nodes serves one ClusterIP from pods on both; a pod whose readiness fails stops
+/// getting requests; a node that goes down has its pods replaced on the other, which then serves
+/// every request.
+async fn service_on_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = Lab::new(dir.path(), "svc");
+    let c = Cluster::start_with(Options {
+        bind: Some(format!("{SEGMENT}.1").parse().unwrap()),
+        ..Default::default()
+    })
+    .await;
+    let client = c.kube().await;
+    // Above the agents' 10 s Lease renewal with room for a loaded machine, short enough to wait.
+    lab.start_control(
+        "cm",
+        &[
+            "controller-manager",
+            "--cluster-cidr",
+            CLUSTER_CIDR,
+            "--node-monitor-grace-period",
+            "20s",
+        ],
+        &c.kubeconfig,
+    );
+    lab.start_control("scheduler", &["scheduler"], &c.kubeconfig);
+    for i in 0..2 {
+        lab.start_agent(i, &c.kubeconfig);
+        lab.start_proxy(i, &c.kubeconfig);
+    }
+
+    // Each replica serves its own name and says it is ready while /www/ready exists.
+    let web = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 4,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    // Unreachable nodes' pods are evicted after 2 s instead of 300 s.
+                    "tolerations": [
+                        {"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                         "effect": "NoExecute", "tolerationSeconds": 2},
+                        {"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+                         "effect": "NoExecute", "tolerationSeconds": 2}],
+                    "volumes": [{"name": "www", "emptyDir": {}}],
+                    "containers": [{
+                        "name": "main", "image": "/",
+                        "command": ["/bin/busybox", "sh", "-c",
+                            "hostname > /www/name; echo ok > /www/ready; exec /bin/busybox httpd -f -p 8080 -h /www"],
+                        "volumeMounts": [{"name": "www", "mountPath": "/www"}],
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080},
+                            "periodSeconds": 1, "failureThreshold": 1}
+                    }]
+                }
+            }
+        }
+    });
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "default");
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(web).unwrap(),
+        )
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "web"},
+                "spec": {"selector": {"app": "web"},
+                         "ports": [{"port": 80, "targetPort": 8080}]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let cluster_ip = svc.spec.unwrap().cluster_ip.unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let placed = eventually("4 ready replicas, 2 per node", 120, || async {
+        let web = web_pods(&pods).await;
+        let on = |n: &str| web.iter().filter(|p| p.1 == n && p.2).count();
+        (web.len() == 4 && on("node-a") == 2 && on("node-b") == 2).then_some(web)
+    })
+    .await;
+    pods.create(
+        &PostParams::default(),
+        &pod("client", "node-a", "exec sleep 600", json!({})),
+    )
+    .await
+    .unwrap();
+    let (client_pod, _) = running_ip(&pods, "client").await;
+
+    // Requests to the ClusterIP from node-a reach the replicas on both nodes.
+    let all: std::collections::BTreeSet<String> = placed.iter().map(|p| p.0.clone()).collect();
+    let seen = eventually(
+        "every replica answering through the Service",
+        60,
+        || async {
+            let got = ask_service(&lab, &client_pod, &cluster_ip, 40).await;
+            let seen: std::collections::BTreeSet<String> = got.into_iter().collect();
+            (seen == all).then_some(seen)
+        },
+    )
+    .await;
+    assert_eq!(seen, all, "{}", lab.diagnose());
+
+    // A replica on node-b stops being ready: it leaves the endpoints and gets no more requests.
+    let (unready, _, _) = placed.iter().find(|p| p.1 == "node-b").unwrap().clone();
+    let unready_pod = pods.get(&unready).await.unwrap();
+    let (code, out) = lab.exec(1, &unready_pod, "rm /www/ready").await;
+    assert_eq!(code, 0, "{out}");
+    eventually("the replica not ready", 30, || async {
+        web_pods(&pods)
+            .await
+            .iter()
+            .any(|p| p.0 == unready && !p.2)
+            .then_some(())
+    })
+    .await;
+    let others: std::collections::BTreeSet<String> =
+        all.iter().filter(|n| **n != unready).cloned().collect();
+    // The proxy applies the endpoints' change within its sync period; after that, 40 requests
+    // in a row reach only the ready replicas, all of them.
+    eventually("traffic only to the ready replicas", 30, || async {
+        let got = ask_service(&lab, &client_pod, &cluster_ip, 40).await;
+        let seen: std::collections::BTreeSet<String> = got.into_iter().collect();
+        (seen == others).then_some(())
+    })
+    .await;
+    let got = ask_service(&lab, &client_pod, &cluster_ip, 40).await;
+    assert!(
+        got.iter().all(|n| others.contains(n)),
+        "a request went to the unready {unready} or failed: {got:?}"
+    );
+
+    // node-b goes down: after the grace period and the pods' 2 s toleration, its replicas are
+    // replaced on node-a, and the Service is served from there alone.
+    lab.power_off(1).await;
+    let moved = eventually("4 ready replicas on node-a", 120, || async {
+        let web = web_pods(&pods).await;
+        (web.len() == 4 && web.iter().all(|p| p.1 == "node-a" && p.2)).then_some(web)
+    })
+    .await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let b = nodes.get("node-b").await.unwrap();
+    let ready = b
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "Unknown");
+    let now: std::collections::BTreeSet<String> = moved.iter().map(|p| p.0.clone()).collect();
+    eventually(
+        "every request answered by node-a's replicas",
+        60,
+        || async {
+            let got = ask_service(&lab, &client_pod, &cluster_ip, 40).await;
+            let seen: std::collections::BTreeSet<String> = got.iter().cloned().collect();
+            (got.len() == 40 && seen == now).then_some(())
+        },
+    )
     .await;
     c.shutdown().await;
 }
