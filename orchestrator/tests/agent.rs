@@ -73,9 +73,6 @@ async fn the_agent_runs_restarts_readopts_and_stops_pods() {
     )
     .await
     .unwrap();
-    pods.create(&PostParams::default(), &pod("crash", &name, "exit 3"))
-        .await
-        .unwrap();
     let web = eventually("web Running and Ready", 30, || async {
         let p = pods.get("web").await.unwrap();
         let cs = container_status(&p);
@@ -83,6 +80,19 @@ async fn the_agent_runs_restarts_readopts_and_stops_pods() {
         (phase == "Running" && cs["ready"] == true).then_some(p)
     })
     .await;
+    // Nothing changes for a running pod without probes, so the agent's syncs (every watch
+    // event, every second) send no status: the API server counts no pods/status PATCH.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = status_patches(&client).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = status_patches(&client).await;
+    assert_eq!(
+        after, before,
+        "status written again for running pods that did not change"
+    );
+    pods.create(&PostParams::default(), &pod("crash", &name, "exit 3"))
+        .await
+        .unwrap();
     let st = web.status.clone().unwrap();
     assert_eq!(st.host_ip.as_deref(), Some("127.0.0.1"));
     assert!(st.start_time.is_some());
@@ -366,6 +376,23 @@ async fn environments_are_resolved_as_the_kubelet_does() {
 }
 
 /// Runs `script` in a pod's container through the runtime; its stdout.
+/// How many PATCH requests of pods/status the API server has answered (its /metrics).
+async fn status_patches(client: &kube::Client) -> u64 {
+    let req = axum::http::Request::get("/metrics")
+        .body(Vec::new())
+        .unwrap();
+    let text = client.request_text(req).await.unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains("verb=\"PATCH\"")
+                && l.contains("resource=\"pods\"")
+                && l.contains("subresource=\"status\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 async fn sh(rt: &Runtime, uid: &str, container: &str, script: &str) -> String {
     let out = rt
         .exec(

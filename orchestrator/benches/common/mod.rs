@@ -322,6 +322,15 @@ impl Drop for Component {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // CAIRN_BENCH_LOGS=<dir> keeps each component's log, which is otherwise lost with the
+        // run's temporary directory.
+        if let Some(keep) = std::env::var_os("CAIRN_BENCH_LOGS") {
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(
+                &self.log,
+                Path::new(&keep).join(format!("{}.log", self.name)),
+            );
+        }
     }
 }
 
@@ -332,7 +341,11 @@ impl Component {
             .args(args)
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .env("RUST_LOG", "warn")
+            // CAIRN_BENCH_RUST_LOG sets the components' log filter (default: warnings only).
+            .env(
+                "RUST_LOG",
+                std::env::var("CAIRN_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

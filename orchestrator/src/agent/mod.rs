@@ -520,7 +520,9 @@ impl Agent {
                 dns: self.cfg.dns.clone(),
             };
             self.tasks.spawn(async move {
+                let began = Instant::now();
                 let r = start(&rt, &ctx, &pod, &files).await;
+                tracing::debug!(pod = %uid, ms = began.elapsed().as_millis() as u64, ok = r.is_ok(), "pod start");
                 Done::Started(uid, r)
             });
             return None;
@@ -1055,24 +1057,49 @@ fn keep_transition_times(pod: &Pod, st: &mut Value) {
 async fn write_status(client: &kube::Client, pod: &Pod, mut st: Value) {
     keep_transition_times(pod, &mut st);
     let current = serde_json::to_value(&pod.status).unwrap_or_default();
-    let same = st
+    // The stored status never holds nulls (an absent field reads back as absent), so a null in
+    // what we would write is no difference; counting it as one rewrote every status on every
+    // sync.
+    let wanted = without_nulls(st.clone());
+    let changed: Vec<&String> = wanted
         .as_object()
-        .is_some_and(|m| m.iter().all(|(k, v)| current.get(k) == Some(v)));
-    if same {
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| current.get(k.as_str()) != Some(v))
+        .map(|(k, _)| k)
+        .collect();
+    if changed.is_empty() {
         return;
     }
+    tracing::trace!(pod = ?pod.metadata.name, ?changed, "status changed");
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or("");
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let patch =
         json!({"metadata": {"resourceVersion": pod.metadata.resource_version}, "status": st});
-    match api
+    let began = Instant::now();
+    let r = api
         .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
+        .await;
+    tracing::debug!(pod = %name, ms = began.elapsed().as_millis() as u64, ok = r.is_ok(), "status written");
+    match r {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
         Err(e) => tracing::warn!(pod = %name, error = %e, "status update failed"),
+    }
+}
+
+/// `v` with every null object member removed, at any depth.
+fn without_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nulls).collect()),
+        other => other,
     }
 }
 
