@@ -17,6 +17,8 @@
 //! - bulk: `CAIRN_BENCH_STREAMS` (default 4) long-lived connections streaming to the backends;
 //!   the backends count what they read.
 //!
+//! `CAIRN_BENCH_PATHS=proxied` (or `direct`) runs one path only, for a system-wide profile of it.
+//!
 //! Clients and servers are tokio runtimes of this process: the client runtime's threads join the
 //! client namespace as they start; the servers' listeners are bound by threads that joined a
 //! backend namespace, so their sockets live there whichever thread then serves them. CPU use of
@@ -531,10 +533,65 @@ fn quantile_us(sorted: &[u32], q: f64) -> f64 {
     sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)] as f64
 }
 
+/// The ratios proxied / direct of each round's pair of runs: median (min–max). A pair shares the
+/// machine's load of its moment better than the sums over all rounds do.
+fn paired(direct: &[f64], proxied: &[f64]) -> String {
+    let mut r: Vec<f64> = direct
+        .iter()
+        .zip(proxied)
+        .map(|(d, p)| 100.0 * p / d)
+        .collect();
+    if r.is_empty() {
+        return String::new();
+    }
+    r.sort_by(f64::total_cmp);
+    let median = if r.len() % 2 == 1 {
+        r[r.len() / 2]
+    } else {
+        (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0
+    };
+    format!(
+        "; per round: median {median:.1} %, {:.0}–{:.0} %",
+        r[0],
+        r[r.len() - 1]
+    )
+}
+
 fn spread(rates: &[f64]) -> String {
     let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
     let max = rates.iter().copied().fold(0.0, f64::max);
     format!("{min:.0}–{max:.0}")
+}
+
+/// Which paths run (`CAIRN_BENCH_PATHS`, default `direct,proxied`): one alone lets a system-wide
+/// profile see only its traffic.
+struct Paths {
+    direct: bool,
+    proxied: bool,
+}
+
+impl Paths {
+    fn from_env() -> Paths {
+        let v = std::env::var("CAIRN_BENCH_PATHS").unwrap_or_else(|_| "direct,proxied".into());
+        let has = |w: &str| v.split(',').any(|p| p.trim() == w);
+        let p = Paths {
+            direct: has("direct"),
+            proxied: has("proxied"),
+        };
+        assert!(
+            p.direct || p.proxied,
+            "CAIRN_BENCH_PATHS={v:?}: name direct, proxied or both"
+        );
+        p
+    }
+
+    fn wants(&self, via_proxy: bool) -> bool {
+        if via_proxy {
+            self.proxied
+        } else {
+            self.direct
+        }
+    }
 }
 
 fn main() {
@@ -550,6 +607,7 @@ fn main() {
     let clients = common::knob("CAIRN_BENCH_CLIENTS", 32).max(1) as usize;
     let streams = common::knob("CAIRN_BENCH_STREAMS", 4).max(1) as usize;
     let others = common::knob("CAIRN_BENCH_PROXY_SERVICES", 1000) as usize;
+    let paths = Paths::from_env();
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
     let net = Net::new();
@@ -638,8 +696,12 @@ fn main() {
         assert!(Instant::now() < deadline, "{vip}:80 never answered");
         std::thread::sleep(Duration::from_millis(100));
     }
-    bench.short(&rr_direct, clients, 1.0);
-    bench.short(&rr_vip, clients, 1.0);
+    if paths.direct {
+        bench.short(&rr_direct, clients, 1.0);
+    }
+    if paths.proxied {
+        bench.short(&rr_vip, clients, 1.0);
+    }
 
     let mut direct = Path::default();
     let mut proxied = Path::default();
@@ -650,7 +712,7 @@ fn main() {
         } else {
             [true, false]
         };
-        for via_proxy in order {
+        for via_proxy in order.into_iter().filter(|&p| paths.wants(p)) {
             let (path, targets, name) = if via_proxy {
                 (&mut proxied, &rr_vip, "proxied")
             } else {
@@ -669,7 +731,7 @@ fn main() {
             path.rates.push(rate);
             path.short_cpu.add(cpu);
         }
-        for via_proxy in order {
+        for via_proxy in order.into_iter().filter(|&p| paths.wants(p)) {
             let (path, targets, name) = if via_proxy {
                 (&mut proxied, &bulk_vip, "proxied")
             } else {
@@ -717,12 +779,13 @@ fn main() {
     );
     println!("|---|---|---|---|");
     println!(
-        "| new connections/s, {clients} clients (spread of the runs) | {:.0} ({}) | {:.0} ({}) | {:.1} % |",
+        "| new connections/s, {clients} clients (spread of the runs) | {:.0} ({}) | {:.0} ({}) | {:.1} %{} |",
         conn_rate(&direct),
         spread(&direct.rates),
         conn_rate(&proxied),
         spread(&proxied.rates),
-        100.0 * conn_rate(&proxied) / conn_rate(&direct)
+        100.0 * conn_rate(&proxied) / conn_rate(&direct),
+        paired(&direct.rates, &proxied.rates)
     );
     for (what, x) in [("p50", 0.5), ("p99", 0.99)] {
         println!(
@@ -737,12 +800,31 @@ fn main() {
         direct.errors, proxied.errors
     );
     println!(
-        "| bulk MB/s, {streams} streams (spread of the runs) | {:.0} ({}) | {:.0} ({}) | {:.1} % |",
+        "| bulk MB/s, {streams} streams (spread of the runs) | {:.0} ({}) | {:.0} ({}) | {:.1} %{} |",
         mb(&direct),
         spread(&direct.bulk_rates),
         mb(&proxied),
         spread(&proxied.bulk_rates),
-        100.0 * mb(&proxied) / mb(&direct)
+        100.0 * mb(&proxied) / mb(&direct),
+        paired(&direct.bulk_rates, &proxied.bulk_rates)
+    );
+    // The bench's own threads carry the kernel's work for their packets (veth hands a packet to
+    // the next namespace in the sender's softirq), so their CPU per unit of work is the path's
+    // cost, whatever else the machine runs.
+    let per_conn =
+        |p: &Path| 1e6 * (p.short_cpu.client + p.short_cpu.server) / p.connections as f64;
+    let per_gb = |p: &Path| 1e9 * (p.bulk_cpu.client + p.bulk_cpu.server) / p.bulk_bytes as f64;
+    println!(
+        "| client + server threads' CPU per connection | {:.1} µs | {:.1} µs | {:.1} % |",
+        per_conn(&direct),
+        per_conn(&proxied),
+        100.0 * per_conn(&proxied) / per_conn(&direct)
+    );
+    println!(
+        "| client + server threads' CPU per GB streamed | {:.2} s | {:.2} s | {:.1} % |",
+        per_gb(&direct),
+        per_gb(&proxied),
+        100.0 * per_gb(&proxied) / per_gb(&direct)
     );
     println!(
         "| CPU during the connection runs | {} | {} | |",
