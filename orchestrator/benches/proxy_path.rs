@@ -17,7 +17,9 @@
 //! - bulk: `CAIRN_BENCH_STREAMS` (default 4) long-lived connections streaming to the backends;
 //!   the backends count what they read.
 //!
-//! `CAIRN_BENCH_PATHS=proxied` (or `direct`) runs one path only, for a system-wide profile of it.
+//! `CAIRN_BENCH_PATHS=proxied` (or `direct`) runs one path only, for a system-wide profile of it;
+//! adding `bare` (e.g. `bare,direct,proxied`) first measures the direct path before the proxy has
+//! started, when the node's namespace has no netfilter hooks at all.
 //!
 //! Clients and servers are tokio runtimes of this process: the client runtime's threads join the
 //! client namespace as they start; the servers' listeners are bound by threads that joined a
@@ -563,11 +565,12 @@ fn spread(rates: &[f64]) -> String {
     format!("{min:.0}–{max:.0}")
 }
 
-/// Which paths run (`CAIRN_BENCH_PATHS`, default `direct,proxied`): one alone lets a system-wide
-/// profile see only its traffic.
+/// Which paths run (`CAIRN_BENCH_PATHS`, default `direct,proxied`; `bare` adds the direct path
+/// before the proxy starts): one alone lets a system-wide profile see only its traffic.
 struct Paths {
     direct: bool,
     proxied: bool,
+    bare: bool,
 }
 
 impl Paths {
@@ -577,10 +580,11 @@ impl Paths {
         let p = Paths {
             direct: has("direct"),
             proxied: has("proxied"),
+            bare: has("bare"),
         };
         assert!(
-            p.direct || p.proxied,
-            "CAIRN_BENCH_PATHS={v:?}: name direct, proxied or both"
+            p.direct || p.proxied || p.bare,
+            "CAIRN_BENCH_PATHS={v:?}: name direct, proxied, bare or several"
         );
         p
     }
@@ -647,6 +651,45 @@ fn main() {
         .unwrap();
     let (_cluster, _api, client) = control.block_on(common::cluster_and_apiserver(1));
     let vip = control.block_on(services(&client, others));
+    let rr_direct: Vec<SocketAddr> = BACKENDS
+        .iter()
+        .map(|ip| format!("{ip}:{RR_PORT}").parse().unwrap())
+        .collect();
+    let bulk_direct: Vec<SocketAddr> = BACKENDS
+        .iter()
+        .map(|ip| format!("{ip}:{BULK_PORT}").parse().unwrap())
+        .collect();
+
+    // Before the proxy's table exists the node's namespace has no netfilter hooks and tracks
+    // nothing: what the direct path costs on a node without the proxy.
+    let mut bare = Path::default();
+    if paths.bare {
+        bench.short(&rr_direct, clients, 1.0);
+        for round in 0..rounds {
+            let ((n, errors, lat), cpu) = Cpu::measure(|| bench.short(&rr_direct, clients, secs));
+            let rate = n as f64 / cpu.wall;
+            eprintln!(
+                "round {round} direct without the proxy: {rate:.0} connections/s ({errors} errors); {}",
+                cpu.describe()
+            );
+            bare.connections += n;
+            bare.errors += errors;
+            bare.secs += cpu.wall;
+            bare.latencies_us.extend(lat);
+            bare.rates.push(rate);
+            bare.short_cpu.add(cpu);
+            let ((bytes, took), cpu) = Cpu::measure(|| bench.bulk(&bulk_direct, streams, secs));
+            let rate = bytes as f64 / took / 1e6;
+            eprintln!(
+                "round {round} direct without the proxy bulk: {rate:.0} MB/s; {}",
+                cpu.describe()
+            );
+            bare.bulk_bytes += bytes;
+            bare.bulk_secs += took;
+            bare.bulk_rates.push(rate);
+            bare.bulk_cpu.add(cpu);
+        }
+    }
     let proxy = {
         let _guard = control.enter();
         Proxy::start(client.clone(), proxy_config(&net)).unwrap()
@@ -667,14 +710,6 @@ fn main() {
         }
     });
 
-    let rr_direct: Vec<SocketAddr> = BACKENDS
-        .iter()
-        .map(|ip| format!("{ip}:{RR_PORT}").parse().unwrap())
-        .collect();
-    let bulk_direct: Vec<SocketAddr> = BACKENDS
-        .iter()
-        .map(|ip| format!("{ip}:{BULK_PORT}").parse().unwrap())
-        .collect();
     let rr_vip: Vec<SocketAddr> = vec![format!("{vip}:80").parse().unwrap()];
     let bulk_vip: Vec<SocketAddr> = vec![format!("{vip}:81").parse().unwrap()];
 
@@ -753,7 +788,7 @@ fn main() {
     let (chains, rules) = net.ruleset_size();
     control.block_on(proxy.shutdown()).unwrap();
 
-    for p in [&mut direct, &mut proxied] {
+    for p in [&mut direct, &mut proxied, &mut bare] {
         p.latencies_us.sort_unstable();
     }
     let conn_rate = |p: &Path| p.connections as f64 / p.secs;
@@ -836,6 +871,50 @@ fn main() {
         direct.bulk_cpu.describe(),
         proxied.bulk_cpu.describe()
     );
+    if paths.bare && paths.direct {
+        println!();
+        println!(
+            "The direct path on a node without the proxy's table ({rounds} rounds before the proxy \
+             started, so not interleaved with the runs above):"
+        );
+        println!();
+        println!("| measurement | direct, no proxy table | direct, the proxy's table in place | with / without |");
+        println!("|---|---|---|---|");
+        println!(
+            "| new connections/s, {clients} clients | {:.0} ({}) | {:.0} | {:.1} % |",
+            conn_rate(&bare),
+            spread(&bare.rates),
+            conn_rate(&direct),
+            100.0 * conn_rate(&direct) / conn_rate(&bare)
+        );
+        for (what, x) in [("p50", 0.5), ("p99", 0.99)] {
+            println!(
+                "| connect + request + answer, {what} | {} | {} | {:.1} % |",
+                ms(q(&bare, x)),
+                ms(q(&direct, x)),
+                100.0 * q(&direct, x) / q(&bare, x)
+            );
+        }
+        println!(
+            "| bulk MB/s, {streams} streams | {:.0} ({}) | {:.0} | {:.1} % |",
+            mb(&bare),
+            spread(&bare.bulk_rates),
+            mb(&direct),
+            100.0 * mb(&direct) / mb(&bare)
+        );
+        println!(
+            "| client + server threads' CPU per connection | {:.1} µs | {:.1} µs | {:.1} % |",
+            per_conn(&bare),
+            per_conn(&direct),
+            100.0 * per_conn(&direct) / per_conn(&bare)
+        );
+        println!(
+            "| client + server threads' CPU per GB streamed | {:.2} s | {:.2} s | {:.1} % |",
+            per_gb(&bare),
+            per_gb(&direct),
+            100.0 * per_gb(&direct) / per_gb(&bare)
+        );
+    }
     println!();
     println!("conntrack entries in the node namespace at the end: {conntrack}");
     drop(bench);
