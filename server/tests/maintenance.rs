@@ -1,6 +1,6 @@
 //! Maintenance and observability of one in-process member over real gRPC and HTTP: the space
-//! quota and its alarm, HashKV, auto compaction, `/metrics` (parsed as Prometheus text), `/health`
-//! and the gRPC health service.
+//! quota and its alarm, alarm requests of type NONE, HashKV, auto compaction, `/metrics` (parsed
+//! as Prometheus text), `/health` and the gRPC health service.
 
 mod common;
 
@@ -107,6 +107,60 @@ async fn quota_alarm_rejects_writes_until_space_is_freed_and_the_alarm_disarmed(
         .await
         .unwrap();
     assert!(alarms.alarms().is_empty());
+}
+
+/// Raising or clearing alarm type NONE changes nothing and answers with no alarms, as etcd 3.5 does;
+/// etcd client test suites send it to clear alarms before their checks.
+#[tokio::test]
+async fn alarm_raise_or_clear_of_type_none_changes_nothing() {
+    let node = TestNode::start().await;
+    let member = node.node.as_ref().unwrap().member_id();
+    let mut c = client(&node).await;
+    let mut mine = etcd_client::AlarmOptions::new();
+    mine.with_member(member);
+    let listed = |r: &etcd_client::AlarmResponse| -> Vec<(u64, AlarmType)> {
+        r.alarms()
+            .iter()
+            .map(|a| (a.member_id(), a.alarm()))
+            .collect()
+    };
+    let none_actions = [
+        (AlarmAction::Deactivate, None),
+        (AlarmAction::Deactivate, Some(mine.clone())),
+        (AlarmAction::Activate, None),
+        (AlarmAction::Activate, Some(mine.clone())),
+    ];
+    for (action, opts) in none_actions.clone() {
+        let r = c.alarm(action, AlarmType::None, opts).await.unwrap();
+        assert_eq!(listed(&r), vec![], "{action:?}");
+        assert_eq!(r.header().unwrap().member_id(), member);
+    }
+    let all = c.alarm(AlarmAction::Get, AlarmType::None, None).await;
+    assert_eq!(listed(&all.unwrap()), vec![]);
+
+    // A raised alarm is neither cleared nor joined by a NONE one.
+    let raised = c
+        .alarm(
+            AlarmAction::Activate,
+            AlarmType::Nospace,
+            Some(mine.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed(&raised), vec![(member, AlarmType::Nospace)]);
+    for (action, opts) in none_actions {
+        let r = c.alarm(action, AlarmType::None, opts).await.unwrap();
+        assert_eq!(listed(&r), vec![], "{action:?}");
+    }
+    let all = c.alarm(AlarmAction::Get, AlarmType::None, None).await;
+    assert_eq!(listed(&all.unwrap()), vec![(member, AlarmType::Nospace)]);
+    let cleared = c
+        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(mine))
+        .await
+        .unwrap();
+    assert_eq!(listed(&cleared), vec![(member, AlarmType::Nospace)]);
+    let all = c.alarm(AlarmAction::Get, AlarmType::None, None).await;
+    assert_eq!(listed(&all.unwrap()), vec![]);
 }
 
 #[tokio::test]

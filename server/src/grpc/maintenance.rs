@@ -89,11 +89,16 @@ impl Maintenance for MaintenanceService {
             .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
         let alarms = match action {
             pb::alarm_request::AlarmAction::Get => self.alarm_members(req.alarm),
+            // etcd 3.5 ignores raising NONE, and no NONE alarm can exist to be cleared: both
+            // change nothing and so answer with no alarms (3.4 stored a NONE alarm instead).
+            pb::alarm_request::AlarmAction::Activate
+            | pb::alarm_request::AlarmAction::Deactivate
+                if req.alarm == pb::AlarmType::None as i32 =>
+            {
+                Vec::new()
+            }
             pb::alarm_request::AlarmAction::Activate
             | pb::alarm_request::AlarmAction::Deactivate => {
-                if req.alarm == pb::AlarmType::None as i32 {
-                    return Err(Status::invalid_argument("etcdserver: no alarm given"));
-                }
                 let activate = action == pb::alarm_request::AlarmAction::Activate;
                 let existed = self
                     .ctx
