@@ -1,13 +1,14 @@
 //! Maintenance and observability of one in-process member over real gRPC and HTTP: the space
 //! quota and its alarm, alarm requests of type NONE, HashKV, auto compaction, `/metrics` (parsed
-//! as Prometheus text), `/health` and the gRPC health service.
+//! as Prometheus text), `/health` and the gRPC health service; and, on a cluster of `cairn`
+//! processes, the answers of Defragment and MoveLeader.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::etcdctl::{etcdctl_present, Ctl};
-use common::{status, TestNode};
+use common::{connect, leader_index, member_id, status, wait_serving, ProcessCluster, TestNode};
 use etcd_client::{AlarmAction, AlarmType, Client, GetOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -503,4 +504,27 @@ async fn a_stalled_backup_reader_holds_up_nothing() {
         assert_eq!(msg.remaining_bytes(), total - received);
     }
     assert_eq!(received, total, "remaining_bytes adds up to the file");
+}
+
+/// etcd answers Defragment and MoveLeader without a response header; clients that check the shape
+/// of the answer expect none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defragment_and_move_leader_answer_without_a_header() {
+    let cluster = ProcessCluster::start(3);
+    let all = [0, 1, 2];
+    wait_serving(&cluster, &all).await;
+    let leader = leader_index(&cluster, &all).await;
+    let target = (leader + 1) % 3;
+    let target_id = member_id(&cluster, target).await;
+    let mut c = connect(&cluster.members[leader].url())
+        .await
+        .expect("connect");
+    let defragmented = c.defragment().await.unwrap();
+    assert!(defragmented.header().is_none(), "{defragmented:?}");
+    let moved = c.move_leader(target_id).await.unwrap();
+    assert!(moved.header().is_none(), "{moved:?}");
+    assert_eq!(leader_index(&cluster, &all).await, target);
+    // Answers that carry a header in etcd still do.
+    let listed = c.alarm(AlarmAction::Get, AlarmType::None, None).await;
+    assert!(listed.unwrap().header().is_some());
 }

@@ -146,9 +146,8 @@ impl Maintenance for MaintenanceService {
             .flush()
             .await
             .map_err(|e| ServerError::Internal(e.to_string()))?;
-        Ok(Response::new(pb::DefragmentResponse {
-            header: self.ctx.header(self.ctx.raft.state().current_revision()),
-        }))
+        // etcd (3.4 to 3.6) answers Defragment and MoveLeader without a header.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     async fn hash_kv(
@@ -220,8 +219,6 @@ impl Maintenance for MaintenanceService {
             .admin(AdminCall::MoveLeader(req.into_inner().target_id))
             .await
             .map_err(ServerError::from)?;
-        Ok(Response::new(pb::MoveLeaderResponse {
-            header: self.ctx.header(self.ctx.raft.state().current_revision()),
-        }))
+        Ok(Response::new(pb::MoveLeaderResponse { header: None }))
     }
 }
