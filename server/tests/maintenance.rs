@@ -1,14 +1,16 @@
 //! Maintenance and observability of one in-process member over real gRPC and HTTP: the space
 //! quota and its alarm, alarm requests of type NONE, HashKV, auto compaction, `/metrics` (parsed
 //! as Prometheus text), `/health` and the gRPC health service; and, on a cluster of `cairn`
-//! processes, the answers of Defragment and MoveLeader.
+//! processes, the answers of Defragment and MoveLeader and the agreement of Hash.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::etcdctl::{etcdctl_present, Ctl};
-use common::{connect, leader_index, member_id, status, wait_serving, ProcessCluster, TestNode};
+use common::{
+    connect, leader_index, member_id, put_rev, status, wait_serving, ProcessCluster, TestNode,
+};
 use etcd_client::{AlarmAction, AlarmType, Client, GetOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -527,4 +529,90 @@ async fn defragment_and_move_leader_answer_without_a_header() {
     // Answers that carry a header in etcd still do.
     let listed = c.alarm(AlarmAction::Get, AlarmType::None, None).await;
     assert!(listed.unwrap().header().is_some());
+}
+
+/// Waits (up to 30 s) until each of `members` reports the same Hash at `revision`. Members at the
+/// same revision may differ for a moment, until each applied the entries that change no revision
+/// (a member publishing its URLs).
+async fn agreed_hash(cluster: &ProcessCluster, members: &[usize], revision: i64) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut seen = Vec::new();
+        for &i in members {
+            if let Some(mut c) = connect(&cluster.members[i].url()).await {
+                if let Ok(h) = c.hash().await {
+                    seen.push((h.header().expect("header").revision(), h.hash()));
+                }
+            }
+        }
+        if seen.len() == members.len() && seen.iter().all(|&s| s == (revision, seen[0].1)) {
+            return seen[0].1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members {members:?} did not agree at revision {revision}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Maintenance.Hash is the same on every member that applied the same writes, whether entry by
+/// entry or from a snapshot; it changes with a write and stays the same across a member's restart
+/// and a change of leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_agrees_across_members_snapshots_restarts_and_leader_changes() {
+    // Snapshot every 50 entries, so a member that misses more catches up from a snapshot.
+    let mut cluster = ProcessCluster::start_with(3, &["--snapshot-count", "50"]);
+    let all = [0, 1, 2];
+    wait_serving(&cluster, &all).await;
+    let leader = leader_index(&cluster, &all).await;
+    let mut c = connect(&cluster.members[leader].url())
+        .await
+        .expect("connect");
+    // Keys, a lease holding some of them, a deletion and a compaction: all of it replicated.
+    let lease = c.lease_grant(600, None).await.unwrap().id();
+    for i in 0..20 {
+        let opts = (i % 3 == 0).then(|| etcd_client::PutOptions::new().with_lease(lease));
+        c.put(format!("h{i}"), format!("{i}"), opts).await.unwrap();
+    }
+    c.delete("h1", None).await.unwrap();
+    let rev = put_rev(&mut c, "last", "1").await;
+    c.compact(rev - 5, None).await.unwrap();
+    let before = agreed_hash(&cluster, &all, rev).await;
+    assert_eq!(agreed_hash(&cluster, &all, rev).await, before, "stable");
+
+    let rev = put_rev(&mut c, "last", "2").await;
+    let hash = agreed_hash(&cluster, &all, rev).await;
+    assert_ne!(hash, before, "a write changes the hash");
+
+    // A follower killed (only what it made durable survives) and started again.
+    let restarted = (leader + 1) % 3;
+    cluster.kill(restarted);
+    cluster.spawn(restarted);
+    wait_serving(&cluster, &[restarted]).await;
+    assert_eq!(agreed_hash(&cluster, &all, rev).await, hash);
+
+    // The other follower misses more entries than the log keeps and catches up from a snapshot.
+    let behind = (leader + 2) % 3;
+    cluster.kill(behind);
+    for i in 0..200 {
+        c.put(format!("s{i:03}"), format!("{i}"), None)
+            .await
+            .unwrap();
+    }
+    let rev = put_rev(&mut c, "last", "3").await;
+    cluster.spawn(behind);
+    wait_serving(&cluster, &[behind]).await;
+    let hash = agreed_hash(&cluster, &all, rev).await;
+    let log = cluster.log_of(behind);
+    assert!(
+        log.contains("installed snapshot"),
+        "no snapshot; log:\n{log}"
+    );
+
+    // Leadership moves to the restarted one: a new term and its entries change no data.
+    let target = member_id(&cluster, restarted).await;
+    c.move_leader(target).await.unwrap();
+    assert_eq!(leader_index(&cluster, &all).await, restarted);
+    assert_eq!(agreed_hash(&cluster, &all, rev).await, hash);
 }

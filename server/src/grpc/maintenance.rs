@@ -150,6 +150,23 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
+    async fn hash(
+        &self,
+        _req: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        let (hash, revision) = self
+            .ctx
+            .raft
+            .state()
+            .hash()
+            .await
+            .map_err(ServerError::from)?;
+        Ok(Response::new(pb::HashResponse {
+            header: self.ctx.header(revision),
+            hash,
+        }))
+    }
+
     async fn hash_kv(
         &self,
         req: Request<pb::HashKvRequest>,
