@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestNode;
-use etcd_client::{Client, LockOptions, ProclaimOptions, ResignOptions};
+use etcd_client::{
+    Client, GetOptions, LeaseTimeToLiveOptions, LockOptions, ProclaimOptions, ResignOptions,
+};
 
 async fn client(node: &TestNode) -> Client {
     Client::connect([node.url()], None).await.expect("connect")
@@ -60,6 +62,92 @@ async fn contenders_never_hold_the_lock_together_and_fencing_revisions_grow() {
         12,
         "every acquisition has its own fencing revision"
     );
+    node.stop().await;
+}
+
+/// The lease a Lock that names none holds its key with, as etcd's lock service grants it.
+async fn own_lease(c: &mut Client, key: &[u8]) -> i64 {
+    let kvs = c.get(key, None).await.unwrap().kvs().to_vec();
+    assert_eq!(kvs.len(), 1, "the lock key exists");
+    let lease = kvs[0].lease();
+    assert_ne!(lease, 0, "the lock key is attached to a lease");
+    assert_eq!(key, format!("door/{lease:x}").as_bytes());
+    lease
+}
+
+/// Waits (up to 10 s) until `n` keys are under `door/`, and returns them.
+async fn lock_keys_become(c: &mut Client, n: usize) -> Vec<Vec<u8>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let under = c
+            .get("door/", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        let keys: Vec<_> = under.kvs().iter().map(|kv| kv.key().to_vec()).collect();
+        if keys.len() == n {
+            return keys;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not {n} lock keys: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Lock naming no lease gets one of its own, as etcd's lock service does: the session's 60 s,
+/// never refreshed, holding the lock key; revoking it releases the lock, and a caller that gives
+/// up waiting loses its key but leaves its lease to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_without_a_lease_holds_a_session_lease_of_its_own() {
+    let mut node = TestNode::start().await;
+    let mut c = client(&node).await;
+    let first = c.lock("door", None).await.unwrap().key().to_vec();
+    let first_lease = own_lease(&mut c, &first).await;
+    let live = c
+        .lease_time_to_live(first_lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    assert_eq!(live.granted_ttl(), 60);
+    assert_eq!(live.keys(), std::slice::from_ref(&first));
+
+    let mut b = client(&node).await;
+    let second = tokio::spawn(async move { b.lock("door", None).await.map(|r| r.key().to_vec()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the lock is still held");
+    c.lease_revoke(first_lease).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the lock passed on in time")
+        .unwrap()
+        .unwrap();
+    assert!(c.get(first, None).await.unwrap().kvs().is_empty());
+    let second_lease = own_lease(&mut c, &second).await;
+    assert_ne!(second_lease, first_lease);
+
+    // Nothing keeps the lease alive while the lock is held.
+    let before = c
+        .lease_time_to_live(second_lease, None)
+        .await
+        .unwrap()
+        .ttl();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let after = c
+        .lease_time_to_live(second_lease, None)
+        .await
+        .unwrap()
+        .ttl();
+    assert!(after < before && after <= 58, "{before} then {after}");
+
+    // A waiter that gives up: its key goes, its lease stays until it expires.
+    let leases = c.leases().await.unwrap().leases().len();
+    let mut w = client(&node).await;
+    let waiter = tokio::spawn(async move { w.lock("door", None).await.map(|_| ()) });
+    let waiting = lock_keys_become(&mut c, 2).await;
+    assert!(waiting.contains(&second), "{waiting:?}");
+    waiter.abort();
+    assert_eq!(lock_keys_become(&mut c, 1).await, [second]);
+    assert_eq!(c.leases().await.unwrap().leases().len(), leases + 1);
     node.stop().await;
 }
 

@@ -1,13 +1,16 @@
 //! Maintenance and observability of one in-process member over real gRPC and HTTP: the space
-//! quota and its alarm, HashKV, auto compaction, `/metrics` (parsed as Prometheus text), `/health`
-//! and the gRPC health service.
+//! quota and its alarm, alarm requests of type NONE, HashKV, auto compaction, `/metrics` (parsed
+//! as Prometheus text), `/health` and the gRPC health service; and, on a cluster of `cairn`
+//! processes, the answers of Defragment and MoveLeader and the agreement of Hash.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::etcdctl::{etcdctl_present, Ctl};
-use common::{status, TestNode};
+use common::{
+    connect, leader_index, member_id, put_rev, status, wait_serving, ProcessCluster, TestNode,
+};
 use etcd_client::{AlarmAction, AlarmType, Client, GetOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -107,6 +110,60 @@ async fn quota_alarm_rejects_writes_until_space_is_freed_and_the_alarm_disarmed(
         .await
         .unwrap();
     assert!(alarms.alarms().is_empty());
+}
+
+/// Raising or clearing alarm type NONE changes nothing and answers with no alarms, as etcd 3.5 does;
+/// etcd client test suites send it to clear alarms before their checks.
+#[tokio::test]
+async fn alarm_raise_or_clear_of_type_none_changes_nothing() {
+    let node = TestNode::start().await;
+    let member = node.node.as_ref().unwrap().member_id();
+    let mut c = client(&node).await;
+    let mut mine = etcd_client::AlarmOptions::new();
+    mine.with_member(member);
+    let listed = |r: &etcd_client::AlarmResponse| -> Vec<(u64, AlarmType)> {
+        r.alarms()
+            .iter()
+            .map(|a| (a.member_id(), a.alarm()))
+            .collect()
+    };
+    let none_actions = [
+        (AlarmAction::Deactivate, None),
+        (AlarmAction::Deactivate, Some(mine.clone())),
+        (AlarmAction::Activate, None),
+        (AlarmAction::Activate, Some(mine.clone())),
+    ];
+    for (action, opts) in none_actions.clone() {
+        let r = c.alarm(action, AlarmType::None, opts).await.unwrap();
+        assert_eq!(listed(&r), vec![], "{action:?}");
+        assert_eq!(r.header().unwrap().member_id(), member);
+    }
+    let all = c.alarm(AlarmAction::Get, AlarmType::None, None).await;
+    assert_eq!(listed(&all.unwrap()), vec![]);
+
+    // A raised alarm is neither cleared nor joined by a NONE one.
+    let raised = c
+        .alarm(
+            AlarmAction::Activate,
+            AlarmType::Nospace,
+            Some(mine.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed(&raised), vec![(member, AlarmType::Nospace)]);
+    for (action, opts) in none_actions {
+        let r = c.alarm(action, AlarmType::None, opts).await.unwrap();
+        assert_eq!(listed(&r), vec![], "{action:?}");
+    }
+    let all = c.alarm(AlarmAction::Get, AlarmType::None, None).await;
+    assert_eq!(listed(&all.unwrap()), vec![(member, AlarmType::Nospace)]);
+    let cleared = c
+        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(mine))
+        .await
+        .unwrap();
+    assert_eq!(listed(&cleared), vec![(member, AlarmType::Nospace)]);
+    let all = c.alarm(AlarmAction::Get, AlarmType::None, None).await;
+    assert_eq!(listed(&all.unwrap()), vec![]);
 }
 
 #[tokio::test]
@@ -449,4 +506,113 @@ async fn a_stalled_backup_reader_holds_up_nothing() {
         assert_eq!(msg.remaining_bytes(), total - received);
     }
     assert_eq!(received, total, "remaining_bytes adds up to the file");
+}
+
+/// etcd answers Defragment and MoveLeader without a response header; clients that check the shape
+/// of the answer expect none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defragment_and_move_leader_answer_without_a_header() {
+    let cluster = ProcessCluster::start(3);
+    let all = [0, 1, 2];
+    wait_serving(&cluster, &all).await;
+    let leader = leader_index(&cluster, &all).await;
+    let target = (leader + 1) % 3;
+    let target_id = member_id(&cluster, target).await;
+    let mut c = connect(&cluster.members[leader].url())
+        .await
+        .expect("connect");
+    let defragmented = c.defragment().await.unwrap();
+    assert!(defragmented.header().is_none(), "{defragmented:?}");
+    let moved = c.move_leader(target_id).await.unwrap();
+    assert!(moved.header().is_none(), "{moved:?}");
+    assert_eq!(leader_index(&cluster, &all).await, target);
+    // Answers that carry a header in etcd still do.
+    let listed = c.alarm(AlarmAction::Get, AlarmType::None, None).await;
+    assert!(listed.unwrap().header().is_some());
+}
+
+/// Waits (up to 30 s) until each of `members` reports the same Hash at `revision`. Members at the
+/// same revision may differ for a moment, until each applied the entries that change no revision
+/// (a member publishing its URLs).
+async fn agreed_hash(cluster: &ProcessCluster, members: &[usize], revision: i64) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut seen = Vec::new();
+        for &i in members {
+            if let Some(mut c) = connect(&cluster.members[i].url()).await {
+                if let Ok(h) = c.hash().await {
+                    seen.push((h.header().expect("header").revision(), h.hash()));
+                }
+            }
+        }
+        if seen.len() == members.len() && seen.iter().all(|&s| s == (revision, seen[0].1)) {
+            return seen[0].1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members {members:?} did not agree at revision {revision}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Maintenance.Hash is the same on every member that applied the same writes, whether entry by
+/// entry or from a snapshot; it changes with a write and stays the same across a member's restart
+/// and a change of leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_agrees_across_members_snapshots_restarts_and_leader_changes() {
+    // Snapshot every 50 entries, so a member that misses more catches up from a snapshot.
+    let mut cluster = ProcessCluster::start_with(3, &["--snapshot-count", "50"]);
+    let all = [0, 1, 2];
+    wait_serving(&cluster, &all).await;
+    let leader = leader_index(&cluster, &all).await;
+    let mut c = connect(&cluster.members[leader].url())
+        .await
+        .expect("connect");
+    // Keys, a lease holding some of them, a deletion and a compaction: all of it replicated.
+    let lease = c.lease_grant(600, None).await.unwrap().id();
+    for i in 0..20 {
+        let opts = (i % 3 == 0).then(|| etcd_client::PutOptions::new().with_lease(lease));
+        c.put(format!("h{i}"), format!("{i}"), opts).await.unwrap();
+    }
+    c.delete("h1", None).await.unwrap();
+    let rev = put_rev(&mut c, "last", "1").await;
+    c.compact(rev - 5, None).await.unwrap();
+    let before = agreed_hash(&cluster, &all, rev).await;
+    assert_eq!(agreed_hash(&cluster, &all, rev).await, before, "stable");
+
+    let rev = put_rev(&mut c, "last", "2").await;
+    let hash = agreed_hash(&cluster, &all, rev).await;
+    assert_ne!(hash, before, "a write changes the hash");
+
+    // A follower killed (only what it made durable survives) and started again.
+    let restarted = (leader + 1) % 3;
+    cluster.kill(restarted);
+    cluster.spawn(restarted);
+    wait_serving(&cluster, &[restarted]).await;
+    assert_eq!(agreed_hash(&cluster, &all, rev).await, hash);
+
+    // The other follower misses more entries than the log keeps and catches up from a snapshot.
+    let behind = (leader + 2) % 3;
+    cluster.kill(behind);
+    for i in 0..200 {
+        c.put(format!("s{i:03}"), format!("{i}"), None)
+            .await
+            .unwrap();
+    }
+    let rev = put_rev(&mut c, "last", "3").await;
+    cluster.spawn(behind);
+    wait_serving(&cluster, &[behind]).await;
+    let hash = agreed_hash(&cluster, &all, rev).await;
+    let log = cluster.log_of(behind);
+    assert!(
+        log.contains("installed snapshot"),
+        "no snapshot; log:\n{log}"
+    );
+
+    // Leadership moves to the restarted one: a new term and its entries change no data.
+    let target = member_id(&cluster, restarted).await;
+    c.move_leader(target).await.unwrap();
+    assert_eq!(leader_index(&cluster, &all).await, restarted);
+    assert_eq!(agreed_hash(&cluster, &all, rev).await, hash);
 }

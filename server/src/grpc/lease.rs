@@ -32,18 +32,36 @@ fn new_lease_id(member_id: u64) -> i64 {
     ((h.finish() >> 1) as i64).max(1)
 }
 
-impl LeaseService {
-    async fn grant(&self, id: i64, ttl: i64) -> Result<(i64, i64, i64), ServerError> {
-        let CommandResponse { revision, result } = self
-            .ctx
-            .raft
-            .propose(Command::LeaseGrant { id, ttl }, 16)
-            .await?;
-        match result? {
-            Applied::LeaseGrant { id, ttl } => Ok((id, ttl, revision)),
-            other => Err(ServerError::Internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
+async fn grant_as(ctx: &ServerContext, id: i64, ttl: i64) -> Result<(i64, i64, i64), ServerError> {
+    let CommandResponse { revision, result } = ctx
+        .raft
+        .propose(Command::LeaseGrant { id, ttl }, 16)
+        .await?;
+    match result? {
+        Applied::LeaseGrant { id, ttl } => Ok((id, ttl, revision)),
+        other => Err(ServerError::Internal(format!(
+            "unexpected apply result {other:?}"
+        ))),
+    }
+}
+
+/// Grants a lease of `ttl` seconds (raised to the minimum) under `id`, or a fresh id for 0.
+/// Returns (id, granted TTL, revision).
+pub(crate) async fn grant(
+    ctx: &ServerContext,
+    id: i64,
+    ttl: i64,
+) -> Result<(i64, i64, i64), ServerError> {
+    let ttl = ttl.max(ctx.limits.min_lease_ttl);
+    ctx.check_quota(16).await?;
+    if id != 0 {
+        return grant_as(ctx, id, ttl).await;
+    }
+    let mut attempt = 0;
+    loop {
+        match grant_as(ctx, new_lease_id(ctx.member_id), ttl).await {
+            Err(ServerError::LeaseExists) if attempt < 3 => attempt += 1,
+            other => return other,
         }
     }
 }
@@ -58,19 +76,7 @@ impl Lease for LeaseService {
         if req.ttl > MAX_LEASE_TTL {
             return Err(ServerError::LeaseTtlTooLarge.into());
         }
-        let ttl = req.ttl.max(self.ctx.limits.min_lease_ttl);
-        self.ctx.check_quota(16).await?;
-        let (id, ttl, revision) = if req.id != 0 {
-            self.grant(req.id, ttl).await?
-        } else {
-            let mut attempt = 0;
-            loop {
-                match self.grant(new_lease_id(self.ctx.member_id), ttl).await {
-                    Err(ServerError::LeaseExists) if attempt < 3 => attempt += 1,
-                    other => break other?,
-                }
-            }
-        };
+        let (id, ttl, revision) = grant(&self.ctx, req.id, req.ttl).await?;
         Ok(Response::new(pb::LeaseGrantResponse {
             header: self.ctx.header(revision),
             id,

@@ -2,6 +2,8 @@
 //!
 //! A lock on `name` is the key `name/<lease in hex>`, attached to the caller's lease; the holder is
 //! the key with the lowest create revision under `name/`. Waiters watch the key just ahead of them.
+//! A caller without a lease gets one of its own, as etcd's session would grant it (see
+//! [`SESSION_TTL`]).
 //! The create revision of the returned key grows with every acquisition, so it works as a fencing
 //! token: a lock alone cannot stop a holder whose lease expired while it was paused from writing,
 //! but a store that rejects writes carrying an older token can.
@@ -11,13 +13,19 @@ use cairn_proto::v3lockpb::lock_server::Lock;
 use tonic::{Request, Response, Status};
 
 use super::recipes::{self, create_revision_is, first_created, AbandonGuard};
-use super::ServerContext;
+use super::{lease, ServerContext};
 use crate::error::ServerError;
 use crate::mvcc::{PutRequest, RangeRequest, RequestOp, ResponseOp, TxnRequest};
 
 pub(crate) struct LockService {
     pub ctx: ServerContext,
 }
+
+/// The TTL (seconds) of the lease granted to a Lock request that names none: etcd's lock service
+/// opens a session with the default session TTL and stops refreshing it at once, so nothing keeps
+/// that lease alive. The lock is held until it is unlocked or this lease expires, whichever comes
+/// first, and the lease is left to expire even if the request is abandoned.
+const SESSION_TTL: i64 = 60;
 
 /// The key a lease holds under an election or lock name, as etcd's clients name it.
 pub(crate) fn lease_key(name: &[u8], lease: i64) -> (Vec<u8>, Vec<u8>) {
@@ -96,8 +104,12 @@ impl Lock for LockService {
         req: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
         let req = req.into_inner();
-        let (prefix, key) = lease_key(&req.name, req.lease);
-        let (my_rev, _, _) = claim(&self.ctx, &key, b"", req.lease).await?;
+        let lease = match req.lease {
+            0 => lease::grant(&self.ctx, 0, SESSION_TTL).await?.0,
+            given => given,
+        };
+        let (prefix, key) = lease_key(&req.name, lease);
+        let (my_rev, _, _) = claim(&self.ctx, &key, b"", lease).await?;
         let guard = AbandonGuard {
             ctx: self.ctx.clone(),
             key: Some(key.clone()),

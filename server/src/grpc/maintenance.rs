@@ -89,11 +89,16 @@ impl Maintenance for MaintenanceService {
             .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
         let alarms = match action {
             pb::alarm_request::AlarmAction::Get => self.alarm_members(req.alarm),
+            // etcd 3.5 ignores raising NONE, and no NONE alarm can exist to be cleared: both
+            // change nothing and so answer with no alarms (3.4 stored a NONE alarm instead).
+            pb::alarm_request::AlarmAction::Activate
+            | pb::alarm_request::AlarmAction::Deactivate
+                if req.alarm == pb::AlarmType::None as i32 =>
+            {
+                Vec::new()
+            }
             pb::alarm_request::AlarmAction::Activate
             | pb::alarm_request::AlarmAction::Deactivate => {
-                if req.alarm == pb::AlarmType::None as i32 {
-                    return Err(Status::invalid_argument("etcdserver: no alarm given"));
-                }
                 let activate = action == pb::alarm_request::AlarmAction::Activate;
                 let existed = self
                     .ctx
@@ -141,8 +146,24 @@ impl Maintenance for MaintenanceService {
             .flush()
             .await
             .map_err(|e| ServerError::Internal(e.to_string()))?;
-        Ok(Response::new(pb::DefragmentResponse {
-            header: self.ctx.header(self.ctx.raft.state().current_revision()),
+        // etcd (3.4 to 3.6) answers Defragment and MoveLeader without a header.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
+    }
+
+    async fn hash(
+        &self,
+        _req: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        let (hash, revision) = self
+            .ctx
+            .raft
+            .state()
+            .hash()
+            .await
+            .map_err(ServerError::from)?;
+        Ok(Response::new(pb::HashResponse {
+            header: self.ctx.header(revision),
+            hash,
         }))
     }
 
@@ -215,8 +236,6 @@ impl Maintenance for MaintenanceService {
             .admin(AdminCall::MoveLeader(req.into_inner().target_id))
             .await
             .map_err(ServerError::from)?;
-        Ok(Response::new(pb::MoveLeaderResponse {
-            header: self.ctx.header(self.ctx.raft.state().current_revision()),
-        }))
+        Ok(Response::new(pb::MoveLeaderResponse { header: None }))
     }
 }

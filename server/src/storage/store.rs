@@ -5,6 +5,24 @@
 //! Consensus' own rows (the applied position, the membership, snapshot metadata) are stored here
 //! but never interpreted: they reach storage encoded, or through [`SnapshotMeta`]. Must never
 //! import `raft/` or `grpc/`.
+//!
+//! What etcd's `Maintenance.Hash` means here ([`StoreState::hash`]): etcd hashes its bbolt file
+//! bucket by bucket, less the consistent index and term, so that members holding the same data
+//! report the same number. sled's files differ between members holding the same data, so Cairn
+//! hashes a canonical serialization of the replicated state instead, with the same CRC-32C
+//! (Castagnoli): the rows of a point-in-time copy ([`StoreState::capture`]) in their fixed order,
+//! first the `sm` rows other than key revisions in key order (member attributes, leases, the
+//! compaction and store revisions, alarms), then every stored key revision (puts and tombstones,
+//! up to the copy's revision) in revision order; each row as its key and its value, each preceded
+//! by its length (u32 big-endian). Left out are consensus' rows, which differ between members
+//! holding the same data: the applied log position (like etcd's consistent index, it moves with
+//! entries that change no data, such as an election's blank entry) and the membership (encoded
+//! with the log id it was recorded under, and every founder records the founding membership under
+//! its own id); and this member's own rows: the redo record of the last apply and the markers of
+//! an install or restore in progress. So members that applied the same log give the same hash at
+//! the same revision, whether they applied it entry by entry or installed a snapshot of it, and a
+//! restart leaves it unchanged. Only equality between Cairn members means anything: the number is
+//! not etcd's for the same data.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -243,6 +261,32 @@ impl StoreState {
         .map_err(|e| storage(&e))?
         .map_err(|e| storage(&e))?;
         Ok((hash, compact, revision))
+    }
+
+    /// etcd's Hash: a CRC-32C over the replicated state as of the current revision (see the
+    /// module comment for what it covers). Returns (hash, revision).
+    pub async fn hash(self: &Arc<Self>) -> Result<(u32, i64), MvccError> {
+        let storage = |e: &dyn std::fmt::Display| MvccError::Storage(e.to_string());
+        let capture = self.capture().await.map_err(|e| storage(&e))?;
+        let revision = capture.revision;
+        let state = self.clone();
+        let hash = tokio::task::spawn_blocking(move || {
+            let mut crc = 0;
+            state.captured_rows(capture, |key, value| {
+                if key != META_APPLIED && key != META_MEMBERSHIP && key != META_RESTORING {
+                    for part in [key, value] {
+                        crc = crc32c::crc32c_append(crc, &(part.len() as u32).to_be_bytes());
+                        crc = crc32c::crc32c_append(crc, part);
+                    }
+                }
+                Ok(())
+            })?;
+            Ok::<_, std::io::Error>(crc)
+        })
+        .await
+        .map_err(|e| storage(&e))?
+        .map_err(|e| storage(&e))?;
+        Ok((hash, revision))
     }
 
     /// Starts a point-in-time copy of the store: takes the small rows (meta, leases, members,
