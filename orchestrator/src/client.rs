@@ -41,18 +41,57 @@ pub async fn from_kubeconfig(
     kubeconfig: &Path,
     throttle: Throttle,
 ) -> Result<kube::Client, ClientError> {
-    let path = kubeconfig.display().to_string();
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|source| {
-        ClientError::Kubeconfig {
-            path: path.clone(),
-            source,
+    Clients::from_kubeconfig(kubeconfig, throttle)
+        .await?
+        .client()
+}
+
+/// Where a component's parts get their clients. kube-controller-manager gives each controller a
+/// client of its own, so one controller's burst of writes does not hold back the others'.
+#[derive(Clone)]
+pub enum Clients {
+    /// A new client for each part, each with a token bucket of its own.
+    Each {
+        config: kube::Config,
+        throttle: Throttle,
+    },
+    /// One client (and one token bucket) for all parts.
+    Shared(kube::Client),
+}
+
+impl From<kube::Client> for Clients {
+    fn from(c: kube::Client) -> Clients {
+        Clients::Shared(c)
+    }
+}
+
+impl Clients {
+    pub async fn from_kubeconfig(
+        kubeconfig: &Path,
+        throttle: Throttle,
+    ) -> Result<Clients, ClientError> {
+        let path = kubeconfig.display().to_string();
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|source| {
+            ClientError::Kubeconfig {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .map_err(|source| ClientError::Config { path, source })?;
+        Ok(Clients::Each { config, throttle })
+    }
+
+    pub fn client(&self) -> Result<kube::Client, ClientError> {
+        match self {
+            Clients::Each { config, throttle } => {
+                let builder = kube::client::ClientBuilder::try_from(config.clone())?;
+                Ok(builder.with_layer(&TokenBucketLayer(*throttle)).build())
+            }
+            Clients::Shared(c) => Ok(c.clone()),
         }
-    })?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .map_err(|source| ClientError::Config { path, source })?;
-    let builder = kube::client::ClientBuilder::try_from(cfg)?;
-    Ok(builder.with_layer(&TokenBucketLayer(throttle)).build())
+    }
 }
 
 struct TokenBucketLayer(Throttle);

@@ -58,6 +58,15 @@ impl ClientArgs {
         };
         Ok(client::from_kubeconfig(self.kubeconfig()?, throttle).await?)
     }
+
+    /// A client per part, each throttled as the flags say, or by the component's defaults.
+    pub(super) async fn clients(&self, qps: f64, burst: u32) -> Result<client::Clients> {
+        let throttle = Throttle {
+            qps: self.kube_api_qps.unwrap_or(qps),
+            burst: self.kube_api_burst.unwrap_or(burst),
+        };
+        Ok(client::Clients::from_kubeconfig(self.kubeconfig()?, throttle).await?)
+    }
 }
 
 #[derive(clap::Args)]
@@ -130,7 +139,7 @@ pub struct ControllerManagerArgs {
 pub async fn controller_manager(args: ControllerManagerArgs) -> Result<ExitCode> {
     // kube-controller-manager's defaults.
     let (qps, burst) = (20.0, 30);
-    let client = args.api.client(qps, burst).await?;
+    let client = args.api.clients(qps, burst).await?;
     let ccfg = controllers::ControllerConfig {
         node_monitor_grace_period: args.node_monitor_grace_period,
         max_endpoints_per_slice: args.max_endpoints_per_slice,

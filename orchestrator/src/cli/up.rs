@@ -141,7 +141,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let kc = &args.kubeconfig;
     let (sched_client, cm_client, agent_client) = (
         client::from_kubeconfig(kc, throttle).await?,
-        client::from_kubeconfig(kc, throttle).await?,
+        client::Clients::from_kubeconfig(kc, throttle).await?,
         client::from_kubeconfig(kc, throttle).await?,
     );
     let helper = std::env::current_exe()?;

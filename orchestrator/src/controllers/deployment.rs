@@ -29,7 +29,7 @@ pub async fn run(
     shared: Arc<Shared>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = shared.client.clone();
+    let client = shared.controller_client();
     Controller::new(
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default(),

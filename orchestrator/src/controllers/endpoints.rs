@@ -32,7 +32,7 @@ pub async fn run(
     shared: Arc<Shared>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = shared.client.clone();
+    let client = shared.controller_client();
     let controller = Controller::new(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),

@@ -30,11 +30,15 @@ pub enum ControllerError {
     Api(#[from] kube::Error),
     #[error("invalid object: {0}")]
     Invalid(String),
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
 }
 
 /// Caches shared by the controllers.
 pub struct Shared {
+    /// The informers' client.
     pub client: kube::Client,
+    clients: crate::client::Clients,
     pub pods: informer::PodInformer,
     pub replicasets: Store<ReplicaSet>,
     pub expectations: Expectations,
@@ -130,9 +134,19 @@ impl Default for ControllerConfig {
     }
 }
 
+impl Shared {
+    /// A client for one controller, throttled on its own when `clients` makes one per part.
+    pub fn controller_client(&self) -> kube::Client {
+        self.clients.client().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "a controller's own client: using the shared one");
+            self.client.clone()
+        })
+    }
+}
+
 /// Runs every controller until `stop` resolves.
 pub async fn run(
-    client: kube::Client,
+    clients: impl Into<crate::client::Clients>,
     config: ControllerConfig,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), ControllerError> {
@@ -143,6 +157,8 @@ pub async fn run(
         .map(|c| node_ipam::CidrSet::new(c, config.node_cidr_mask_size))
         .transpose()
         .map_err(ControllerError::Invalid)?;
+    let clients = clients.into();
+    let client = clients.client()?;
     let (pods, pod_task) = informer::PodInformer::start(client.clone());
     let (replicasets, rs_task) =
         crate::client::reflect(Api::<ReplicaSet>::all(client.clone()), None);
@@ -151,6 +167,7 @@ pub async fn run(
     let _ = replicasets.wait_until_ready().await;
     let shared = Arc::new(Shared {
         client: client.clone(),
+        clients: clients.clone(),
         pods,
         replicasets,
         expectations: Expectations::default(),
@@ -165,8 +182,14 @@ pub async fn run(
         tokio::spawn(deployment::run(shared.clone(), stopped(stop_rx.clone()))),
         tokio::spawn(endpoints::run(shared.clone(), stopped(stop_rx.clone()))),
         tokio::spawn(namespace::run(shared.clone(), stopped(stop_rx.clone()))),
-        tokio::spawn(garbage::run(client.clone(), stopped(stop_rx.clone()))),
-        tokio::spawn(bootstrap::run(client.clone(), stopped(stop_rx.clone()))),
+        tokio::spawn(garbage::run(
+            shared.controller_client(),
+            stopped(stop_rx.clone()),
+        )),
+        tokio::spawn(bootstrap::run(
+            shared.controller_client(),
+            stopped(stop_rx.clone()),
+        )),
         tokio::spawn(quota::run(shared.clone(), stopped(stop_rx.clone()))),
         tokio::spawn(node_lifecycle::run(
             shared.clone(),
@@ -176,7 +199,7 @@ pub async fn run(
     ];
     if let Some(set) = cidrs {
         tasks.push(tokio::spawn(node_ipam::run(
-            client.clone(),
+            shared.controller_client(),
             set,
             stopped(stop_rx.clone()),
         )));

@@ -24,7 +24,7 @@ pub async fn run(
     shared: Arc<Shared>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = shared.client.clone();
+    let client = shared.controller_client();
     Controller::new(
         Api::<ResourceQuota>::all(client),
         watcher::Config::default(),

@@ -28,7 +28,7 @@ pub async fn run(
     shared: Arc<Shared>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = shared.client.clone();
+    let client = shared.controller_client();
     let replicasets = shared.replicasets.clone();
     // A pod change wakes the ReplicaSet that controls it (before and after the change), or, for a
     // pod without a controller, the ReplicaSets whose selector would adopt it.
