@@ -52,7 +52,7 @@ pub async fn from_kubeconfig(
 pub enum Clients {
     /// A new client for each part, each with a token bucket of its own.
     Each {
-        config: kube::Config,
+        config: Box<kube::Config>,
         throttle: Throttle,
     },
     /// One client (and one token bucket) for all parts.
@@ -80,13 +80,16 @@ impl Clients {
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
             .map_err(|source| ClientError::Config { path, source })?;
-        Ok(Clients::Each { config, throttle })
+        Ok(Clients::Each {
+            config: Box::new(config),
+            throttle,
+        })
     }
 
     pub fn client(&self) -> Result<kube::Client, ClientError> {
         match self {
             Clients::Each { config, throttle } => {
-                let builder = kube::client::ClientBuilder::try_from(config.clone())?;
+                let builder = kube::client::ClientBuilder::try_from((**config).clone())?;
                 Ok(builder.with_layer(&TokenBucketLayer(*throttle)).build())
             }
             Clients::Shared(c) => Ok(c.clone()),

@@ -204,6 +204,51 @@ async fn run_examples() {
         |o| o.contains("request 2 served"),
     );
 
+    // `kubectl logs -f` streams: with the latest line given first, later lines arrive on the
+    // same connection as the app writes them.
+    let mut follow = Command::new(kube_api::kubectl_bin(33).unwrap())
+        .args([
+            "logs",
+            "-f",
+            "--tail=1",
+            "app-with-shipper",
+            "-c",
+            "shipper",
+        ])
+        .env("KUBECONFIG", dir.join("cairn.kubeconfig"))
+        .env("HOME", dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let request =
+        |l: &str| -> Option<u64> { l.split("request ").nth(1)?.split(' ').next()?.parse().ok() };
+    let wait = Duration::from_secs(30);
+    let first = rx
+        .recv_timeout(wait)
+        .expect("kubectl logs -f printed the latest line");
+    let first_n = request(&first).unwrap_or_else(|| panic!("{first}"));
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let line = rx
+            .recv_timeout(wait)
+            .expect("kubectl logs -f went on with new lines");
+        got.push(request(&line).unwrap_or_else(|| panic!("{line}")));
+    }
+    assert_eq!(got, vec![first_n + 1, first_n + 2], "after {first}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
     // The exporter turns the app's localhost answer into a metric on localhost:9100.
     let (ok, out, err) = apply(dir, "metrics-sidecar.yaml");
     assert!(ok, "apply metrics-sidecar.yaml: {out}{err}");
