@@ -30,23 +30,24 @@
 //! cairn` first, then `sudo cargo bench -p cairn-orchestrator --bench proxy_path`.
 
 mod common;
+#[path = "../tests/netlab/mod.rs"]
+mod netlab;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_orchestrator::proxy::{Nft, NodePortAddresses, Proxy, ProxyConfig, SyncStats};
+use cairn_orchestrator::proxy::{NodePortAddresses, Proxy, ProxyConfig, SyncStats};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
+use netlab::enter;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NS: &str = "bench";
-const CLIENT_IP: &str = "10.232.1.2";
 const NODE_IP: &str = "10.232.1.1";
 const BACKENDS: [&str; 2] = ["10.232.2.2", "10.232.3.2"];
 const RR_PORT: u16 = 8080;
@@ -56,121 +57,37 @@ const ANSWER: usize = 256;
 const CLIENT_THREADS: &str = "path-client";
 const SERVER_THREADS: &str = "path-server";
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn sh_out(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-}
-
 /// The bench's namespaces, deleted (with their links, rules and conntrack) on drop, unwinding
 /// included.
-struct Net {
-    node: String,
-    client: String,
-    backends: Vec<String>,
+struct Net(netlab::Hosts);
+
+impl std::ops::Deref for Net {
+    type Target = netlab::Hosts;
+
+    fn deref(&self) -> &netlab::Hosts {
+        &self.0
+    }
 }
 
 impl Net {
     fn new() -> Net {
-        let p = format!("cpb{}", std::process::id());
-        let net = Net {
-            node: format!("{p}-node"),
-            client: format!("{p}-client"),
-            backends: vec![format!("{p}-b1"), format!("{p}-b2")],
-        };
-        // `net` exists before the first namespace, so a failure below still deletes what was made.
-        sh(&["ip", "netns", "add", &net.node]);
-        sh(&["ip", "-n", &net.node, "link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &net.node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        let leaves: Vec<(String, &str)> = std::iter::once((net.client.clone(), CLIENT_IP))
-            .chain(net.backends.iter().cloned().zip(BACKENDS))
-            .collect();
-        for (i, (ns, ip)) in leaves.iter().enumerate() {
-            let gw = format!("10.232.{}.1", i + 1);
-            let host_if = format!("v{i}");
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip", "-n", &net.node, "link", "add", &host_if, "type", "veth", "peer", "name",
-                "eth0", "netns", ns,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &net.node,
-                "addr",
-                "add",
-                &format!("{gw}/24"),
-                "dev",
-                &host_if,
-            ]);
-            sh(&["ip", "-n", &net.node, "link", "set", &host_if, "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "eth0",
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
-            sh(&["ip", "-n", ns, "route", "add", "default", "via", &gw]);
+        let hosts = netlab::Hosts::new(&format!("cpb{}", std::process::id()), "10.232", 2);
+        for (i, (_, ip)) in hosts.backends.iter().enumerate() {
+            assert_eq!(ip, BACKENDS[i]);
         }
-        net
-    }
-
-    fn nft(&self) -> Nft {
-        Nft {
-            command: vec![
-                "ip".into(),
-                "netns".into(),
-                "exec".into(),
-                self.node.clone(),
-                "nft".into(),
-            ],
-        }
+        Net(hosts)
     }
 
     /// Connections conntrack tracks in the node namespace now.
     fn conntrack_count(&self) -> String {
-        sh_out(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.node,
-            "cat",
-            "/proc/sys/net/netfilter/nf_conntrack_count",
-        ])
-        .trim()
-        .to_string()
+        self.on_node(&["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])
+            .trim()
+            .to_string()
     }
 
     /// Rules (lines holding a statement) and chains in the node namespace's ruleset.
     fn ruleset_size(&self) -> (usize, usize) {
-        let text = sh_out(&["ip", "netns", "exec", &self.node, "nft", "list", "ruleset"]);
+        let text = self.on_node(&["nft", "list", "ruleset"]);
         let chains = text
             .lines()
             .filter(|l| l.trim_start().starts_with("chain "))
@@ -191,14 +108,6 @@ impl Net {
             })
             .count();
         (chains, rules)
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in self.backends.iter().chain([&self.client, &self.node]) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
     }
 }
 
@@ -632,7 +541,7 @@ fn main() {
             .unwrap(),
         bulk_read: Arc::new(AtomicU64::new(0)),
     };
-    for (ns, ip) in net.backends.iter().zip(BACKENDS) {
+    for (ns, ip) in net.backends.iter() {
         let rr = listen_in(ns, format!("{ip}:{RR_PORT}").parse().unwrap());
         let bulk = listen_in(ns, format!("{ip}:{BULK_PORT}").parse().unwrap());
         let read = bench.bulk_read.clone();

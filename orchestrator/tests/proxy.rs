@@ -5,6 +5,7 @@
 //! `ip netns exec`). Connections from the client show where the rules send them.
 
 mod kube_api;
+mod netlab;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,25 +14,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_orchestrator::proxy::{Nft, NodePortAddresses, Proxy, ProxyConfig};
+use cairn_orchestrator::proxy::{NodePortAddresses, Proxy, ProxyConfig};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use netlab::enter;
 use serde_json::json;
 
-const CLIENT_IP: &str = "10.231.1.2";
 const NODE_IP: &str = "10.231.1.1";
 const B1: &str = "10.231.2.2";
 const B2: &str = "10.231.3.2";
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Returns false (after printing why) when the kernel or the tools are missing.
 fn can_run(test: &str) -> bool {
@@ -52,74 +44,30 @@ fn can_run(test: &str) -> bool {
     true
 }
 
-/// The test's namespaces, deleted (with their links and nftables) when it ends.
+/// The test's namespaces (deleted, with their links and nftables, when it ends) and the stop
+/// flag of the backends' servers.
 struct Net {
-    node: String,
-    client: String,
-    backends: Vec<(String, String)>,
+    hosts: netlab::Hosts,
     stop: Arc<AtomicBool>,
+}
+
+impl std::ops::Deref for Net {
+    type Target = netlab::Hosts;
+
+    fn deref(&self) -> &netlab::Hosts {
+        &self.hosts
+    }
 }
 
 impl Net {
     fn new(tag: &str) -> Net {
-        let p = format!("cp{}{tag}", std::process::id());
-        let net = Net {
-            node: format!("{p}-node"),
-            client: format!("{p}-client"),
-            backends: vec![
-                (format!("{p}-b1"), B1.into()),
-                (format!("{p}-b2"), B2.into()),
-            ],
+        let hosts = netlab::Hosts::new(&format!("cp{}{tag}", std::process::id()), "10.231", 2);
+        assert_eq!(hosts.backends[0].1, B1);
+        assert_eq!(hosts.backends[1].1, B2);
+        Net {
+            hosts,
             stop: Arc::new(AtomicBool::new(false)),
-        };
-        sh(&["ip", "netns", "add", &net.node]);
-        sh(&["ip", "-n", &net.node, "link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &net.node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        let leaves: Vec<(String, String)> = std::iter::once((net.client.clone(), CLIENT_IP.into()))
-            .chain(net.backends.iter().cloned())
-            .collect();
-        for (i, (ns, ip)) in leaves.iter().enumerate() {
-            let gw = format!("10.231.{}.1", i + 1);
-            let host_if = format!("v{i}");
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip", "-n", &net.node, "link", "add", &host_if, "type", "veth", "peer", "name",
-                "eth0", "netns", ns,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &net.node,
-                "addr",
-                "add",
-                &format!("{gw}/24"),
-                "dev",
-                &host_if,
-            ]);
-            sh(&["ip", "-n", &net.node, "link", "set", &host_if, "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "eth0",
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
-            sh(&["ip", "-n", ns, "route", "add", "default", "via", &gw]);
         }
-        net
     }
 
     /// Each backend answers every line (and the connection itself) with its name.
@@ -158,50 +106,19 @@ impl Net {
         .unwrap()
     }
 
-    fn nft(&self) -> Nft {
-        Nft {
-            command: vec![
-                "ip".into(),
-                "netns".into(),
-                "exec".into(),
-                self.node.clone(),
-                "nft".into(),
-            ],
-        }
-    }
-
     fn conntrack(&self) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.node, "cat", "/proc/net/nf_conntrack"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.on_node(&["cat", "/proc/net/nf_conntrack"])
     }
 
     fn ruleset(&self) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.node, "nft", "list", "ruleset"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.on_node(&["nft", "list", "ruleset"])
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for (ns, _) in &self.backends {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-        for ns in [&self.client, &self.node] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
     }
-}
-
-fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
 }
 
 fn answer(s: TcpStream, name: &str) {
