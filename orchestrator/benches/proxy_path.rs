@@ -178,23 +178,6 @@ async fn exchange(to: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-/// CPU ticks (1/100 s) of the machine: busy (all but idle and iowait), softirq, all.
-fn machine_ticks() -> (u64, u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .take(8)
-        .collect();
-    let all: u64 = f.iter().sum();
-    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
-    (all - idle, f.get(6).copied().unwrap_or(0), all)
-}
-
 /// CPU seconds of this process's threads whose name starts with `prefix`.
 fn threads_cpu(prefix: &str) -> f64 {
     let mut ticks = 0u64;
@@ -227,11 +210,11 @@ struct Cpu {
 
 impl Cpu {
     fn measure<T>(f: impl FnOnce() -> T) -> (T, Cpu) {
-        let (b0, s0, a0) = machine_ticks();
+        let (b0, s0, a0) = common::machine_ticks();
         let (c0, v0) = (threads_cpu(CLIENT_THREADS), threads_cpu(SERVER_THREADS));
         let t = Instant::now();
         let out = f();
-        let (b1, s1, a1) = machine_ticks();
+        let (b1, s1, a1) = common::machine_ticks();
         let cpu = Cpu {
             wall: t.elapsed().as_secs_f64(),
             busy: (b1 - b0) as f64 / 100.0,

@@ -253,9 +253,11 @@ pub fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
-/// CPU seconds the whole machine spent busy (every process, kernel included), from /proc/stat.
-pub fn machine_busy_secs() -> f64 {
+/// CPU ticks (1/100 s) of the whole machine from /proc/stat: busy (all but idle and iowait),
+/// softirq, all.
+pub fn machine_ticks() -> (u64, u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    // user nice system idle iowait irq softirq steal
     let f: Vec<u64> = stat
         .lines()
         .next()
@@ -263,16 +265,16 @@ pub fn machine_busy_secs() -> f64 {
         .split_whitespace()
         .skip(1)
         .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal: everything but idle and iowait.
-    let busy: u64 = f
-        .iter()
         .take(8)
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .map(|(_, v)| v)
-        .sum();
-    busy as f64 / 100.0
+        .collect();
+    let all: u64 = f.iter().sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (all - idle, f.get(6).copied().unwrap_or(0), all)
+}
+
+/// CPU seconds the whole machine spent busy (every process, kernel included).
+pub fn machine_busy_secs() -> f64 {
+    machine_ticks().0 as f64 / 100.0
 }
 
 /// The value at quantile `q` of sorted microsecond samples, in milliseconds.
