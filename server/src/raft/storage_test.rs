@@ -41,7 +41,22 @@ mod snapshots {
     use crate::storage::Backend;
 
     fn open(dir: &std::path::Path) -> (Backend, StateMachineStore) {
-        let backend = Backend::open(dir, 1024 * 1024).expect("open the store");
+        // The store dropped just before may still hold sled's file lock for a moment (its last
+        // handle goes with a background thread), as a restarted process can find its
+        // predecessor not yet gone: wait for it, within bounds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let backend = loop {
+            match Backend::open(dir, 1024 * 1024) {
+                Ok(b) => break b,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("open the store: {e:?}"),
+            }
+        };
         let sm = StateMachineStore::open(
             backend.clone(),
             std::time::Duration::from_secs(600),
