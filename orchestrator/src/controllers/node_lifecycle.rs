@@ -23,8 +23,9 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
+    let client = shared.controller_client();
     loop {
-        if let Err(e) = pass(&shared, grace).await {
+        if let Err(e) = pass(&shared, &client, grace).await {
             tracing::warn!(error = %e, "node lifecycle pass");
         }
         tokio::select! {
@@ -44,9 +45,9 @@ fn unreachable_taints(node: &Node) -> Vec<Taint> {
         .collect()
 }
 
-async fn pass(ctx: &Shared, grace: Duration) -> Result<(), kube::Error> {
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), "kube-node-lease");
+async fn pass(ctx: &Shared, client: &kube::Client, grace: Duration) -> Result<(), kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let now = jiff::Timestamp::now().as_second();
     let renewed: std::collections::HashMap<String, i64> = leases
         .list(&ListParams::default())
@@ -116,14 +117,19 @@ async fn pass(ctx: &Shared, grace: Duration) -> Result<(), kube::Error> {
                 .patch_status(&name, &PatchParams::default(), &Patch::Strategic(status))
                 .await?;
         } else if lost {
-            evict(ctx, &name, &tainted).await?;
+            evict(ctx, client, &name, &tainted).await?;
         }
     }
     Ok(())
 }
 
 /// Deletes the node's pods whose toleration of the NoExecute taint has run out.
-async fn evict(ctx: &Shared, node: &str, taints: &[Taint]) -> Result<(), kube::Error> {
+async fn evict(
+    ctx: &Shared,
+    client: &kube::Client,
+    node: &str,
+    taints: &[Taint],
+) -> Result<(), kube::Error> {
     let Some(taint) = taints.iter().find(|t| t.effect == "NoExecute") else {
         return Ok(());
     };
@@ -156,7 +162,7 @@ async fn evict(ctx: &Shared, node: &str, taints: &[Taint]) -> Result<(), kube::E
         };
         if due {
             let api: Api<Pod> = Api::namespaced(
-                ctx.client.clone(),
+                client.clone(),
                 p.metadata.namespace.as_deref().unwrap_or(""),
             );
             let name = p.metadata.name.clone().unwrap_or_default();
