@@ -17,8 +17,9 @@ pub enum ClusterError {
     NoBinary(PathBuf),
     #[error("cluster i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("members {0:?} did not serve within {1:?}")]
-    NotServing(Vec<usize>, Duration),
+    /// The members, the wait, and the tails of their logs (why they did not serve).
+    #[error("members {0:?} did not serve within {1:?}{2}")]
+    NotServing(Vec<usize>, Duration, String),
     #[error("signal {0} to pid {1} failed")]
     Signal(&'static str, u32),
 }
@@ -255,6 +256,19 @@ impl Cluster {
         &self.cfg.dir
     }
 
+    /// The last `lines` lines of each member's log, for an error's message.
+    fn log_tails(&self, members: &[usize], lines: usize) -> String {
+        let mut out = String::new();
+        for &i in members {
+            let m = &self.members[i];
+            let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+            let all: Vec<&str> = log.lines().collect();
+            out.push_str(&format!("\n--- {} log, last {lines} lines:\n", m.name));
+            out.push_str(&all[all.len().saturating_sub(lines)..].join("\n"));
+        }
+        out
+    }
+
     /// Waits until each of `members` answers a linearizable read.
     pub async fn wait_serving(
         &self,
@@ -269,7 +283,11 @@ impl Cluster {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(ClusterError::NotServing(members.to_vec(), limit));
+                    return Err(ClusterError::NotServing(
+                        members.to_vec(),
+                        limit,
+                        self.log_tails(members, 20),
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
