@@ -181,21 +181,41 @@ where
         + Sync
         + 'static,
 {
+    let (store, watch) = reflector(api, notify);
+    (store, tokio::spawn(watch))
+}
+
+/// The cache of [`reflect`] and the watch that keeps it, for the caller to run where its tasks
+/// live.
+pub fn reflector<K>(
+    api: kube::Api<K>,
+    notify: Option<std::sync::Arc<tokio::sync::Notify>>,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    impl Future<Output = ()> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     use futures::StreamExt;
     use kube::runtime::{reflector, watcher, WatchStreamExt};
     let (store, writer) = reflector::store();
-    let task = tokio::spawn(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .for_each(move |ev| {
-                if let (Ok(_), Some(n)) = (ev, &notify) {
-                    n.notify_one();
-                }
-                futures::future::ready(())
-            }),
-    );
-    (store, task)
+    let watch = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(move |ev| {
+            if let (Ok(_), Some(n)) = (ev, &notify) {
+                n.notify_one();
+            }
+            futures::future::ready(())
+        });
+    (store, watch)
 }
 
 /// A kubeconfig for `server` trusting `ca_pem` and authenticating with `token`.

@@ -182,18 +182,8 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
-    background.spawn(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .for_each(move |_| {
-                if let Some(n) = &notify {
-                    n.notify_one();
-                }
-                futures::future::ready(())
-            }),
-    );
+    let (store, watch) = crate::client::reflector(api, notify);
+    background.spawn(watch);
     store
 }
 
