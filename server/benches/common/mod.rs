@@ -83,8 +83,10 @@ impl Cluster {
         let client = format!("http://127.0.0.1:{}", ports.0);
         let peer = format!("http://127.0.0.1:{}", ports.1);
         let bin = match system {
-            System::Cairn => env!("CARGO_BIN_EXE_cairn"),
-            System::Etcd => "etcd",
+            // CAIRN_BENCH_BIN runs another build of `cairn` (an A/B comparison in one run).
+            System::Cairn => std::env::var("CAIRN_BENCH_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_cairn").to_string()),
+            System::Etcd => "etcd".to_string(),
         };
         let mut cmd = Command::new(bin);
         cmd.arg("--name")
@@ -140,7 +142,67 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// User plus system CPU time in seconds; the kernel counts in ticks of 1/100 s on Linux.
+/// User plus system CPU time of a process (all its threads) in seconds; the kernel counts in
+/// ticks of 1/100 s on Linux.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))
+        .unwrap_or_default();
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are the 14th and 15th fields, the 12th and 13th after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    ticks as f64 / 100.0
+}
+
+/// Context switches (voluntary and involuntary) of every live thread of a process: each is a
+/// thread going to sleep or being preempted, the cost of a hand-off between tasks or threads.
+pub fn context_switches(pid: u32) -> u64 {
+    let tasks = Path::new("/proc").join(pid.to_string()).join("task");
+    let Ok(dir) = std::fs::read_dir(tasks) else {
+        return 0;
+    };
+    let mut total = 0;
+    for task in dir.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+/// CPU seconds and context switches of a set of processes, read at the start and end of a row.
+#[derive(Clone, Copy, Default)]
+pub struct Usage {
+    pub cpu_secs: f64,
+    pub switches: u64,
+}
+
+impl Usage {
+    pub fn of(pids: &[u32]) -> Usage {
+        Usage {
+            cpu_secs: pids.iter().map(|&p| cpu_secs(p)).sum(),
+            switches: pids.iter().map(|&p| context_switches(p)).sum(),
+        }
+    }
+
+    pub fn since(self, before: Usage) -> Usage {
+        Usage {
+            cpu_secs: self.cpu_secs - before.cpu_secs,
+            switches: self.switches.saturating_sub(before.switches),
+        }
+    }
+}
+
 pub struct Row {
     pub workload: String,
     pub results: Vec<(System, String)>,
