@@ -354,7 +354,7 @@ async fn identity(
             (members::member_id(name, urls, token), member)
         })
         .collect();
-    let log_rows = LogRows::new(backend);
+    let log_rows = LogRows::new(backend).map_err(storage)?;
     let (member_id, cluster_id) = match log_rows.meta(LogMeta::Identity).map_err(storage)? {
         Some(identity) => identity,
         None => {
@@ -403,7 +403,8 @@ async fn assemble_raft(
     .validate()
     .map_err(|e| NodeError::Raft(e.to_string()))?;
     let counters = metrics.counters.clone();
-    let (log_store, flusher) = LogStore::new(backend, counters.wal_fsync_duration.clone());
+    let (log_store, flusher) =
+        LogStore::new(backend, counters.wal_fsync_duration.clone()).map_err(storage)?;
     let sm = StateMachineStore::open(
         backend.clone(),
         cfg.watch_progress_notify_interval,

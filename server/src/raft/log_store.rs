@@ -1,9 +1,9 @@
 //! The Raft log handed to openraft: an adapter over `storage`'s log rows.
 //!
-//! An append is written to storage at once (so it is readable) and acknowledged to openraft only after a
-//! flush has made it durable. Flushes are grouped: a single flusher task takes every append that
-//! arrived while the previous flush ran and completes them all with one flush, so 256 concurrent
-//! writers cost a handful of fsyncs, not 256.
+//! An append is written to the log file at once (so it is readable) and acknowledged to openraft only
+//! after an `fdatasync` has made it durable. Syncs are grouped: a single flusher thread takes every
+//! append that arrived while the previous sync ran and completes them all with one, so 256
+//! concurrent writers cost a handful of fsyncs, not 256.
 //!
 //! Must never name sled: the rows are `storage/`'s.
 
@@ -44,15 +44,18 @@ pub struct LogStore {
 
 impl LogStore {
     /// Also returns the flusher task, which ends once every clone of the store is dropped.
-    pub(crate) fn new(backend: &Backend, fsync: Histogram) -> (LogStore, JoinHandle<()>) {
+    pub(crate) fn new(
+        backend: &Backend,
+        fsync: Histogram,
+    ) -> Result<(LogStore, JoinHandle<()>), StorageError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        // A thread of its own: the flush blocks, and a wake-up here is one hop where an async task
-        // handing the flush to a blocking thread would be two.
-        let rows = LogRows::new(backend);
+        // A thread of its own: the sync blocks, and a wake-up here is one hop where an async task
+        // handing the sync to a blocking thread would be two.
+        let rows = LogRows::new(backend).map_err(read_err)?;
         let flush_rows = rows.clone();
         let flusher = tokio::task::spawn_blocking(move || flush_loop(flush_rows, rx, fsync));
         let store = LogStore { rows, flusher: tx };
-        (store, flusher)
+        Ok((store, flusher))
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -76,7 +79,7 @@ impl LogStore {
     }
 }
 
-/// Completes appends in groups: wait for one, take all that queued behind it, flush once.
+/// Completes appends in groups: wait for one, take all that queued behind it, sync once.
 fn flush_loop(
     rows: LogRows,
     mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
@@ -89,7 +92,7 @@ fn flush_loop(
             pending.push(more);
         }
         let started = std::time::Instant::now();
-        let result = rows.flush_blocking();
+        let result = rows.sync_log();
         fsync.observe(started.elapsed().as_secs_f64());
         for cb in pending.drain(..) {
             let r = match &result {
@@ -166,11 +169,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        for entry in entries {
-            self.rows
-                .append(entry.log_id.index, &entry)
-                .map_err(write_err)?;
-        }
+        self.rows
+            .append(entries.into_iter().map(|e| (e.log_id.index, e)))
+            .map_err(write_err)?;
         self.flusher
             .send(callback)
             .map_err(|_| write_err(std::io::Error::other("log flusher stopped")))?;
@@ -182,8 +183,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Record the purge point first: a crash in between leaves extra entries, never a hole.
-        self.write_meta(LogMeta::Purged, &log_id, false).await?;
-        self.rows.purge_to(log_id.index).map_err(write_err)
+        self.rows
+            .purge_to(log_id.index, &log_id)
+            .await
+            .map_err(write_err)
     }
 }

@@ -17,7 +17,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let dir = tempfile::tempdir().expect("temp dir");
         let backend = Backend::open(dir.path(), 1024 * 1024).expect("open the store");
         let histogram = || Histogram::new([1.0]);
-        let (log, _flusher) = LogStore::new(&backend, histogram());
+        let (log, _flusher) = LogStore::new(&backend, histogram()).unwrap();
         let sm =
             StateMachineStore::open(backend, std::time::Duration::from_secs(600), histogram())?;
         Ok((dir, log, sm))

@@ -3,11 +3,14 @@
 //!
 //! Must never import `raft/` or `grpc/`: storage sits below consensus.
 //!
-//! One sled database per member, so one write-ahead log orders every write: a flush
-//! that makes a log append durable also makes every earlier state-machine batch durable.
+//! The Raft log is not in sled but in its own write-ahead file (`wal/`, see `wal`): a log append
+//! is made durable without flushing sled. The state machine is flushed when it must outlive the log
+//! entries that produced it (before a purge, at snapshots, at shutdown); after a crash, sled
+//! recovers a prefix of its writes and the entries applied since are applied again from the log.
 //!
 //! Trees:
-//! - `log`: Raft log, key = index (u64 big-endian), value = bincode entry.
+//! - `log`: where the Raft log lived before `wal/` (index u64 big-endian -> entry); moved to
+//!   `wal/` and emptied when a data dir from before is opened.
 //! - `raft`: vote, committed and last purged log ids; this member's identity.
 //! - `sm`: the state machine, replaced whole when a snapshot is installed. Keys starting with
 //!   `KV_PREFIX` hold MVCC revisions (`r` + 16-byte revision -> bincode [`StoredKv`]); keys
@@ -22,6 +25,7 @@ use std::sync::{Arc, Mutex};
 
 pub(crate) use super::error::RowWriteError;
 use super::keys::{kv_key, KV_PREFIX, META_APPLY_RECORD};
+use super::wal::Wal;
 use crate::mvcc::Revision;
 
 /// The row changes of one applied entry, made crash-atomic without a sled batch.
@@ -167,12 +171,12 @@ impl RowWrites {
 #[derive(Clone)]
 pub(crate) struct Backend {
     pub db: sled::Db,
-    pub log: sled::Tree,
     pub raft: sled::Tree,
     pub sm: sled::Tree,
     pub snapshot: sled::Tree,
     /// Raft snapshot files (the `snapshot` tree names the current one).
     pub snap_dir: PathBuf,
+    pub wal: Wal,
     disk: Arc<Disk>,
 }
 
@@ -221,13 +225,35 @@ impl Disk {
     }
 }
 
+/// Moves a Raft log kept in sled (data dirs from before `wal/`) into the write-ahead file.
+fn move_old_log(log: &sled::Tree, wal: &Wal) -> sled::Result<()> {
+    if log.is_empty() {
+        return Ok(());
+    }
+    if wal.bounds().is_none() {
+        for row in log.iter() {
+            let (key, value) = row?;
+            let index = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "a log key is not an index")
+            })?);
+            wal.append([(index, value.as_ref())])?;
+        }
+        wal.sync()?;
+    }
+    // Only once the copy is durable: a crash before leaves the old log to be moved again.
+    log.clear()?;
+    log.flush()?;
+    Ok(())
+}
+
 impl Backend {
     pub fn open(dir: &Path, cache_bytes: u64) -> sled::Result<Backend> {
         let path = dir.join("db");
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(cache_bytes)
-            // Durability is driven by explicit flushes after log appends; a timer adds nothing.
+            // Flushed when the state machine must be durable (see the module comment); between
+            // flushes the log holds what a crash could lose, so a timer adds nothing.
             .flush_every_ms(None)
             .open()?;
         // The data dir's own entries (sled's files) must survive a power cut too.
@@ -240,8 +266,18 @@ impl Backend {
             blobs: path.join("blobs"),
             synced_blobs: Mutex::new(HashSet::new()),
         };
+        let (wal, recovered) = Wal::open(&dir.join("wal"))?;
+        if recovered.dropped_bytes > 0 {
+            tracing::warn!(
+                entries = recovered.entries,
+                dropped_bytes = recovered.dropped_bytes,
+                "the Raft log ended in a torn write; cut it there"
+            );
+        }
+        move_old_log(&db.open_tree("log")?, &wal)?;
+        std::fs::File::open(dir)?.sync_all()?;
         Ok(Backend {
-            log: db.open_tree("log")?,
+            wal,
             raft: db.open_tree("raft")?,
             sm: db.open_tree("sm")?,
             snapshot: db.open_tree("snapshot")?,

@@ -1,6 +1,7 @@
-//! The Raft log's rows: entries in the `log` tree (key = index, u64 big-endian), and the `raft`
-//! tree's few values (vote, committed and purged positions, this member's identity). Entries and
-//! values are encoded here as consensus hands them over; what they mean is consensus' business.
+//! The Raft log as consensus sees it: entries in the write-ahead file (`wal`), and the `raft`
+//! tree's few values in sled (vote, committed and purged positions, this member's identity).
+//! Entries and values are encoded here as consensus hands them over; what they mean is
+//! consensus' business.
 //!
 //! Must never import `raft/` or `grpc/`.
 
@@ -11,6 +12,7 @@ use serde::Serialize;
 
 use super::backend::Backend;
 use super::error::StoreError;
+use super::wal::Wal;
 use crate::codec::{decode, encode};
 
 /// Values of the `raft` tree.
@@ -23,6 +25,10 @@ pub enum LogMeta {
     Identity,
 }
 
+/// The index of [`LogMeta::Purged`], kept beside it in this layer's own encoding: the log file
+/// forgets entries up to it when it is opened.
+const PURGED_INDEX: &[u8] = b"purged_index";
+
 impl LogMeta {
     fn key(self) -> &'static [u8] {
         match self {
@@ -34,25 +40,26 @@ impl LogMeta {
     }
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-/// The log and its metadata on sled.
+/// The log (in the write-ahead file) and its metadata (in sled).
 #[derive(Clone)]
 pub struct LogRows {
     backend: Backend,
-    log: sled::Tree,
+    wal: Wal,
     raft: sled::Tree,
 }
 
 impl LogRows {
-    pub fn new(backend: &Backend) -> LogRows {
-        LogRows {
+    /// Also forgets entries up to the recorded purge point that a crash left in the log.
+    pub fn new(backend: &Backend) -> Result<LogRows, StoreError> {
+        let rows = LogRows {
             backend: backend.clone(),
-            log: backend.log.clone(),
+            wal: backend.wal.clone(),
             raft: backend.raft.clone(),
+        };
+        if let Some(bytes) = rows.raft.get(PURGED_INDEX)? {
+            rows.wal.purge_to(decode::<u64>(&bytes)?)?;
         }
+        Ok(rows)
     }
 
     pub fn meta<T: DeserializeOwned>(&self, which: LogMeta) -> Result<Option<T>, StoreError> {
@@ -74,64 +81,67 @@ impl LogRows {
         start: u64,
         end: Bound<u64>,
     ) -> Result<Vec<T>, StoreError> {
-        let iter = match end {
-            Bound::Included(i) => self.log.range(index_key(start)..=index_key(i)),
-            Bound::Excluded(i) => self.log.range(index_key(start)..index_key(i)),
-            Bound::Unbounded => self.log.range(index_key(start)..),
+        let end = match end {
+            Bound::Included(i) => Some(i.saturating_add(1)),
+            Bound::Excluded(i) => Some(i),
+            Bound::Unbounded => None,
         };
-        let mut entries = Vec::new();
-        for item in iter {
-            let (_, value) = item?;
-            entries.push(decode(&value)?);
-        }
-        Ok(entries)
+        self.wal
+            .read(start, end)?
+            .iter()
+            .map(|bytes| Ok(decode(bytes)?))
+            .collect()
     }
 
     pub fn last<T: DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
-        match self.log.last()? {
-            Some((_, value)) => Ok(Some(decode(&value)?)),
-            None => Ok(None),
-        }
+        let Some((_, last)) = self.wal.bounds() else {
+            return Ok(None);
+        };
+        Ok(self
+            .wal
+            .read(last, None)?
+            .first()
+            .map(|b| decode(b))
+            .transpose()?)
     }
 
-    /// Writes an entry, not yet durable. Plain inserts, not a sled batch (which forces log writes
-    /// of its own): sled recovers a prefix of its log and one task appends in index order, so a
-    /// crash leaves a log without holes; the flush that follows makes the whole append durable.
-    pub fn append<T: Serialize>(&self, index: u64, entry: &T) -> Result<(), StoreError> {
-        self.log.insert(index_key(index), encode(entry)?)?;
+    /// Writes entries (index, entry) in index order, readable at once, durable after
+    /// [`LogRows::sync_log`].
+    pub fn append<T: Serialize>(
+        &self,
+        entries: impl IntoIterator<Item = (u64, T)>,
+    ) -> Result<(), StoreError> {
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|(i, e)| Ok((i, encode(&e)?)))
+            .collect::<Result<_, StoreError>>()?;
+        self.wal
+            .append(encoded.iter().map(|(i, b)| (*i, b.as_slice())))?;
         Ok(())
     }
 
-    /// Removes the entries from `index` on.
+    /// Removes the entries from `index` on, durably.
     pub fn truncate_from(&self, index: u64) -> Result<(), StoreError> {
-        // Newest first, so a crash part way leaves a shorter log, never a hole.
-        let keys: Vec<_> = self
-            .log
-            .range(index_key(index)..)
-            .keys()
-            .collect::<Result<_, _>>()?;
-        for key in keys.into_iter().rev() {
-            self.log.remove(key)?;
-        }
-        Ok(())
+        Ok(self.wal.truncate_from(index)?)
     }
 
-    /// Removes the entries up to `index`, inclusive.
-    pub fn purge_to(&self, index: u64) -> Result<(), StoreError> {
-        // Oldest first, so a crash part way leaves the log contiguous.
-        for key in self.log.range(..=index_key(index)).keys() {
-            self.log.remove(key?)?;
-        }
-        Ok(())
+    /// Removes the entries up to `index`, inclusive. The purge point (`purged`, stored under
+    /// [`LogMeta::Purged`]) and the state machine, which then holds the only copy of what those
+    /// entries did, are made durable first.
+    pub async fn purge_to<T: Serialize>(&self, index: u64, purged: &T) -> Result<(), StoreError> {
+        self.set_meta(LogMeta::Purged, purged)?;
+        self.raft.insert(PURGED_INDEX, encode(&index)?)?;
+        self.flush().await?;
+        Ok(self.wal.purge_to(index)?)
     }
 
-    /// Makes every write so far durable (the state machine's too: one database orders them all).
+    /// Makes every appended entry durable (one `fdatasync` of the log file; sled is untouched).
+    pub fn sync_log(&self) -> std::io::Result<()> {
+        self.wal.sync()
+    }
+
+    /// Makes the metadata and the state machine durable.
     pub async fn flush(&self) -> std::io::Result<()> {
         self.backend.flush().await
-    }
-
-    /// [`LogRows::flush`] for a thread of its own.
-    pub fn flush_blocking(&self) -> std::io::Result<()> {
-        self.backend.flush_blocking()
     }
 }

@@ -1,7 +1,8 @@
 //! Storage, below consensus: everything that names sled. The database and its durability
 //! (`backend`), how rows are keyed (`keys`), the persisted MVCC store and its loading (`store`),
 //! deterministic apply (`apply`), Raft snapshot files (`snapshot_file`, `snapshots`), backups
-//! (`backup`) and the Raft log's rows (`log`), with its own error type.
+//! (`backup`), the Raft log's write-ahead file (`wal`) and its metadata rows (`log`), with its own
+//! error type.
 //!
 //! Arrows point down only: `raft/` adapts this layer to openraft, and this layer must never import
 //! `raft/`, `grpc/` or `node`. It uses `mvcc` (the index), `lease` and `watch` (the tables and the
@@ -16,6 +17,7 @@ pub(crate) mod log;
 pub(crate) mod snapshot_file;
 pub(crate) mod snapshots;
 pub(crate) mod store;
+pub(crate) mod wal;
 
 pub use apply::Payload;
 pub(crate) use backend::Backend;
