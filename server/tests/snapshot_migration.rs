@@ -115,7 +115,8 @@ fn key(i: usize) -> String {
 }
 
 /// Writes the same history to any store: 10,000 keys in transactions of 100, leased keys,
-/// overwrites, deletes, a compaction, then more overwrites, deletes and re-creations after it.
+/// overwrites, deletes, a compaction, then more overwrites, deletes, re-creations and values
+/// larger than a page after it.
 /// Returns the compaction revision.
 async fn load(c: &mut Client) -> i64 {
     async fn puts(c: &mut Client, keys: Vec<usize>, round: usize) {
@@ -167,6 +168,16 @@ async fn load(c: &mut Client) -> i64 {
     puts(c, (0..KEYS).filter(|i| i % 10 == 3).collect(), 2).await;
     deletes(c, (0..KEYS).filter(|i| i % 100 == 7).collect()).await;
     puts(c, (0..KEYS).filter(|i| i % 200 == 1).collect(), 3).await;
+    // Values larger than a page: bbolt stores them in overflow pages.
+    for i in 0..3 {
+        c.put(
+            format!("big/{i}"),
+            vec![b'0' + i; 20_000 + i as usize],
+            None,
+        )
+        .await
+        .expect("a big put");
+    }
     c.put("last", "written", None).await.expect("put");
     compact
 }

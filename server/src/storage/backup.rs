@@ -240,12 +240,25 @@ mod tests {
         let path = dir.path().join("b.snap");
         let file = backup_bytes(&rows, &path);
         assert_eq!(file.len() % 512, 32, "where etcdctl looks for the checksum");
-        read_backup(&path, &dir.path().join("new")).expect("a good file");
+        let backup = read_backup(&path, &dir.path().join("new")).expect("a good file");
+        // Files of this older format still restore, row for row.
+        let backend = Backend::open(&dir.path().join("new"), 1 << 20).unwrap();
+        let revision: i64 = decode(b"\x05").unwrap();
+        assert_eq!(write_backup(backup, &backend).unwrap(), revision);
+        let restored: Vec<(Vec<u8>, Vec<u8>)> = backend
+            .sm
+            .iter()
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+            .collect();
+        let expected: Vec<(Vec<u8>, Vec<u8>)> =
+            rows.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        assert_eq!(restored, expected);
+        drop(backend);
         let mut flipped = file.clone();
         flipped[MAGIC.len() + 30] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
         assert!(matches!(
-            read_backup(&path, &dir.path().join("new")),
+            read_backup(&path, &dir.path().join("other")),
             Err(RestoreError::Checksum)
         ));
         std::fs::write(
@@ -254,7 +267,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            read_backup(&path, &dir.path().join("new")),
+            read_backup(&path, &dir.path().join("other")),
             Err(RestoreError::NotASnapshot)
         ));
     }
