@@ -66,9 +66,15 @@ impl Db {
             if u32_at(meta, 4) != VERSION {
                 return Err(BboltError::Version(u32_at(meta, 4)));
             }
-            if u16_at(&page, 8) & META_PAGE == 0
-                || fnv64a(&meta[..META_CHECKED]) != u64_at(meta, META_CHECKED)
-            {
+            if u16_at(&page, 8) & META_PAGE == 0 {
+                return Err(BboltError::BadPage {
+                    page: id,
+                    what: "not a meta page".into(),
+                });
+            }
+            // Both must be valid: bbolt would fall back to the other one, but a file that was
+            // copied whole (as a snapshot is) has no reason to hold a torn meta page.
+            if fnv64a(&meta[..META_CHECKED]) != u64_at(meta, META_CHECKED) {
                 return Err(BboltError::MetaChecksum(id));
             }
             let txid = u64_at(meta, 48);
