@@ -46,7 +46,8 @@ pub enum RestoreError {
     NotASnapshot,
     #[error(
         "the etcd snapshot has no SHA-256 trailer (its size, {0} bytes, is not 512·n + 32): \
-         not a complete `etcdctl snapshot save` file"
+         not a complete `etcdctl snapshot save` file (a database copied from an etcd \
+         data dir has none: save a snapshot of it with etcdctl)"
     )]
     NoTrailer(u64),
     #[error("etcd snapshot: {0}")]
