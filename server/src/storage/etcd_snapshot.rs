@@ -161,6 +161,7 @@ pub(crate) fn import(path: &Path, db_len: u64, backend: &Backend) -> Result<i64,
     let storage = |e: sled::Error| RestoreError::Storage(e.to_string());
     let encoding = |e: bincode::error::EncodeError| RestoreError::Storage(e.to_string());
     let image = |what: String| RestoreError::Image(what);
+    let started = std::time::Instant::now();
     let db = Db::open(File::open(path).map_err(read)?, db_len)?;
     let buckets: Vec<String> = db
         .bucket_names()?
@@ -244,11 +245,13 @@ pub(crate) fn import(path: &Path, db_len: u64, backend: &Backend) -> Result<i64,
     backend
         .flush_blocking()
         .map_err(|e| RestoreError::Storage(e.to_string()))?;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
     tracing::info!(
         revisions,
         leases,
         revision,
         compact,
+        elapsed_ms,
         "read an etcd snapshot"
     );
     Ok(revision)
