@@ -331,6 +331,33 @@ mod tests {
     }
 
     #[test]
+    fn a_log_kept_in_sled_moves_to_the_write_ahead_file() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A data dir from before `wal/`: the log in sled's `log` tree.
+            let db = sled::Config::new()
+                .path(dir.path().join("db"))
+                .open()
+                .unwrap();
+            let log = db.open_tree("log").unwrap();
+            for i in 7u64..=9 {
+                log.insert(i.to_be_bytes(), format!("entry {i}").into_bytes())
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        for _ in 0..2 {
+            let backend = Backend::open(dir.path(), 1 << 20).unwrap();
+            assert_eq!(backend.wal.bounds(), Some((7, 9)));
+            assert_eq!(
+                backend.wal.read(9, None).unwrap(),
+                vec![b"entry 9".to_vec()]
+            );
+            assert!(backend.db.open_tree("log").unwrap().is_empty());
+        }
+    }
+
+    #[test]
     fn a_record_cut_short_is_completed_on_replay() {
         let dir = tempfile::tempdir().unwrap();
         let backend = Backend::open(dir.path(), 1 << 20).unwrap();
