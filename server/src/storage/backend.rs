@@ -4,9 +4,10 @@
 //! Must never import `raft/` or `grpc/`: storage sits below consensus.
 //!
 //! The Raft log is not in sled but in its own write-ahead file (`wal/`, see `wal`): a log append
-//! is made durable without flushing sled. The state machine is flushed when it must outlive the log
-//! entries that produced it (before a purge, at snapshots, at shutdown); after a crash, sled
-//! recovers a prefix of its writes and the entries applied since are applied again from the log.
+//! is made durable without flushing sled. The state machine must be durable only when it is to
+//! outlive the log entries that produced it (before a purge, at snapshots, at shutdown), and is
+//! flushed then (and once a second by sled); after a crash, sled recovers a prefix of its writes
+//! and the entries applied since are applied again from the log.
 //!
 //! Trees:
 //! - `log`: where the Raft log lived before `wal/` (index u64 big-endian -> entry); moved to
@@ -252,9 +253,10 @@ impl Backend {
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(cache_bytes)
-            // Flushed when the state machine must be durable (see the module comment); between
-            // flushes the log holds what a crash could lose, so a timer adds nothing.
-            .flush_every_ms(None)
+            // The state machine needs no flush for safety (the log holds what a crash loses, see
+            // the module comment), but one a second bounds how much a restart applies again:
+            // without it, up to a snapshot interval of entries.
+            .flush_every_ms(Some(1000))
             .open()?;
         // The data dir's own entries (sled's files) must survive a power cut too.
         std::fs::File::open(&path)?.sync_all()?;
