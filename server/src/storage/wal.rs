@@ -34,6 +34,10 @@ const HEADER: usize = 16;
 /// Larger payloads are taken for damage, not entries (a batch is bounded well below this).
 const MAX_PAYLOAD: usize = 256 << 20;
 const EXTENSION: &str = "wal";
+/// Zeros written ahead of the records, this much at a time. An `fdatasync` that must also commit a
+/// new file size costs a journal commit: on ext4 a 4 KiB append that grows the file syncs in about
+/// 0.17 ms, one into already written blocks in about 0.10 ms. The zeros read as the end of the log.
+const PREALLOCATE: u64 = 4 << 20;
 
 /// Where one entry lives.
 #[derive(Clone, Copy)]
@@ -47,7 +51,10 @@ struct Slot {
 struct Segment {
     first: u64,
     file: Arc<File>,
+    /// Bytes of records.
     len: u64,
+    /// Bytes in the file: `len` plus zeros written ahead of the records (see [`PREALLOCATE`]).
+    size: u64,
 }
 
 struct Inner {
@@ -133,6 +140,21 @@ fn scan(
     }
 }
 
+/// Whether the file holds only zeros from `from` to `to`: space written ahead of the records.
+fn zeros_from(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 /// Fills `buf`; false if the input ended first (a torn record reads as the end).
 fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
     let mut filled = 0;
@@ -202,10 +224,13 @@ impl Wal {
                 }
             };
             let valid = scan(&file, first, expect, &mut found)?;
-            if valid < size {
+            let mut kept = size;
+            if valid < size && !zeros_from(&file, valid, size)? {
+                // A torn write: its bytes go, and so does everything after it.
                 recovered.dropped_bytes += size - valid;
                 file.set_len(valid)?;
                 file.sync_all()?;
+                kept = valid;
                 ended = true;
             }
             inner.next = Some(found.last().map(|(i, _)| i + 1).unwrap_or(first));
@@ -213,6 +238,7 @@ impl Wal {
                 first,
                 file: Arc::new(file),
                 len: valid,
+                size: kept,
             });
         }
         if removed || names.is_empty() {
@@ -355,6 +381,7 @@ impl Wal {
         seg.file.set_len(cut.offset)?;
         seg.file.sync_all()?;
         seg.len = cut.offset;
+        seg.size = cut.offset;
         if removed {
             sync_dir(&inner.dir)?;
         }
@@ -410,6 +437,14 @@ impl Inner {
         let seg = self.segments.back_mut().expect("a segment to write to");
         seg.file.write_all_at(buf, seg.len)?;
         seg.len += buf.len() as u64;
+        seg.size = seg.size.max(seg.len);
+        if seg.size - seg.len < PREALLOCATE / 4 {
+            // Written now, synced with these records: the syncs of the next few MiB of records
+            // then leave the file's size alone.
+            let zeros = vec![0u8; (seg.len + PREALLOCATE - seg.size) as usize];
+            seg.file.write_all_at(&zeros, seg.size)?;
+            seg.size = seg.len + PREALLOCATE;
+        }
         let segment = seg.first;
         for (index, offset, len) in pending.drain(..) {
             if self.slots.is_empty() {
@@ -445,6 +480,13 @@ impl Inner {
                 }
                 return sync_dir(&self.dir);
             }
+        }
+        if let Some(last) = self.segments.back_mut() {
+            // Closed at its records' end: only the newest segment has zeros after its records.
+            if last.size > last.len {
+                last.file.set_len(last.len)?;
+                last.size = last.len;
+            }
             last.file.sync_data()?;
         }
         let path = segment_path(&self.dir, first);
@@ -458,6 +500,7 @@ impl Inner {
             first,
             file: Arc::new(file),
             len: 0,
+            size: 0,
         });
         if fresh {
             self.drop_older_than_newest()?;
@@ -504,6 +547,12 @@ mod tests {
         }
         let (wal, rec) = Wal::open(dir.path()).unwrap();
         assert_eq!(rec.entries, 100);
+        // The zeros written ahead of the records are not mistaken for a torn write.
+        assert_eq!(rec.dropped_bytes, 0);
+        let size = std::fs::metadata(segment_path(dir.path(), 1))
+            .unwrap()
+            .len();
+        assert!(size >= PREALLOCATE, "{size}");
         assert_eq!(wal.bounds(), Some((1, 100)));
         assert_eq!(
             wal.read(10, Some(13)).unwrap(),
@@ -532,10 +581,15 @@ mod tests {
             wal.sync().unwrap();
         }
         let path = segment_path(dir.path(), 1);
-        let full = std::fs::metadata(&path).unwrap().len();
+        let end = {
+            let (wal, _) = Wal::open(dir.path()).unwrap();
+            let inner = wal.lock();
+            let last = inner.slots[19];
+            last.offset + HEADER as u64 + last.len as u64
+        };
         // A write torn part way through entry 20, then a flipped byte inside entry 19's payload.
         let file = OpenOptions::new().write(true).open(&path).unwrap();
-        file.set_len(full - 3).unwrap();
+        file.set_len(end - 3).unwrap();
         let (wal, rec) = Wal::open(dir.path()).unwrap();
         assert_eq!(rec.entries, 19);
         assert!(rec.dropped_bytes > 0);
