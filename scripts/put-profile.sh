@@ -19,5 +19,5 @@ bench_pid=$!
 sleep 9
 perf record -F 2000 -a -g -o "$out" -- sleep 6 >/dev/null 2>&1
 wait "$bench_pid"
-grep "put x$clients" target/put-profile-bench.txt
+grep "put, $clients clients" target/put-profile-bench.txt
 python3 scripts/perf-categories.py "$out"

@@ -138,6 +138,30 @@ fn swapped_revision(r: &TxnResponse) -> i64 {
         .unwrap_or(0)
 }
 
+/// Prints a row as it completes and records its two table lines: throughput and latency, then
+/// what each operation cost.
+fn report(rows: &mut Vec<Row>, system: System, what: &str, m: &Measured) {
+    eprintln!(
+        "{} {what}: {:.0}/s p50 {:.2} ms p99 {:.2} ms",
+        system.name(),
+        m.ops_per_sec,
+        m.p50_ms,
+        m.p99_ms
+    );
+    record(
+        rows,
+        &format!("{what}: ops/s (p50 / p99 ms)"),
+        system,
+        format!("{:.0} ({:.1} / {:.1})", m.ops_per_sec, m.p50_ms, m.p99_ms),
+    );
+    record(
+        rows,
+        &format!("{what}: CPU per op, members / generator; members' switches per op"),
+        system,
+        m.cost(),
+    );
+}
+
 async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
     let cluster = start(system, members());
     let mut clients = Vec::new();
@@ -178,66 +202,12 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
     let pids: Vec<u32> = cluster.children.iter().map(|c| c.id()).collect();
     for &n in &client_counts() {
         let m = load(&kvs, &pids, n, Op::Put, secs).await;
-        eprintln!(
-            "{} put x{n}: {:.0}/s p50 {:.2} ms p99 {:.2} ms",
-            system.name(),
-            m.ops_per_sec,
-            m.p50_ms,
-            m.p99_ms
-        );
-        record(
-            rows,
-            &format!("put, {n} clients: ops/s (p50 / p99 ms)"),
-            system,
-            format!("{:.0} ({:.1} / {:.1})", m.ops_per_sec, m.p50_ms, m.p99_ms),
-        );
-        record(
-            rows,
-            &format!("put, {n} clients: CPU per op, members / generator; members' switches per op"),
-            system,
-            m.cost(),
-        );
+        report(rows, system, &format!("put, {n} clients"), &m);
     }
     let m = load(&kvs, &pids, 64, Op::Cas, secs).await;
-    eprintln!(
-        "{} txn cas x64: {:.0}/s p50 {:.2} ms p99 {:.2} ms",
-        system.name(),
-        m.ops_per_sec,
-        m.p50_ms,
-        m.p99_ms
-    );
-    record(
-        rows,
-        "txn compare-and-swap, 64 clients: ops/s (p50 / p99 ms)",
-        system,
-        format!("{:.0} ({:.1} / {:.1})", m.ops_per_sec, m.p50_ms, m.p99_ms),
-    );
-    record(
-        rows,
-        "txn cas, 64 clients: CPU per op, members / generator; members' switches per op",
-        system,
-        m.cost(),
-    );
+    report(rows, system, "txn compare-and-swap, 64 clients", &m);
     let m = load(&kvs, &pids, 256, Op::Get, secs).await;
-    eprintln!(
-        "{} get x256: {:.0}/s p50 {:.2} ms p99 {:.2} ms",
-        system.name(),
-        m.ops_per_sec,
-        m.p50_ms,
-        m.p99_ms
-    );
-    record(
-        rows,
-        "linearizable get, 256 clients: ops/s (p50 / p99 ms)",
-        system,
-        format!("{:.0} ({:.1} / {:.1})", m.ops_per_sec, m.p50_ms, m.p99_ms),
-    );
-    record(
-        rows,
-        "get, 256 clients: CPU per op, members / generator; members' switches per op",
-        system,
-        m.cost(),
-    );
+    report(rows, system, "linearizable get, 256 clients", &m);
     let rss: Vec<u64> = cluster.children.iter().map(|c| rss_kib(c.id())).collect();
     let max_rss = *rss.iter().max().unwrap() as f64 / 1024.0;
     record(
