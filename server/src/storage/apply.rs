@@ -44,7 +44,7 @@ impl StoreState {
         payload: Payload<'_, M>,
     ) -> Result<CommandResponse, StoreError> {
         let state = self;
-        let sm = &state.backend.sm;
+        let sm = &state.backend.sm();
         // A compaction deletes stored revisions: it waits for copies in progress.
         let _rewriting = match &payload {
             Payload::Command(cmd) if cmd.compacts() => Some(state.rewrite_guard.write().await),

@@ -152,7 +152,7 @@ pub(crate) fn write_backup(backup: Backup, backend: &Backend) -> Result<i64, Res
     let mut magic = vec![0; MAGIC.len()];
     input.read_exact(&mut magic).map_err(read)?;
     let mut rows = RowReader::new(input).map_err(image)?;
-    let sm = &backend.sm;
+    let sm = &backend.sm();
     sm.insert(META_RESTORING, &[]).map_err(storage)?;
     let mut revision = 1;
     while let Some((key, value)) = rows.next_row().map_err(image)? {

@@ -1,5 +1,5 @@
 //! Storage, below consensus: everything that names sled. The database and its durability
-//! (`backend`), how rows are keyed (`keys`), the persisted MVCC store and its loading (`store`),
+//! (`backend`) and its compacting rewrite (`defrag`), how rows are keyed (`keys`), the persisted MVCC store and its loading (`store`),
 //! deterministic apply (`apply`), Raft snapshot files (`snapshot_file`, `snapshots`), backups
 //! (`backup`), the Raft log's write-ahead file (`wal`) and its metadata rows (`log`), with its own
 //! error type.
@@ -11,6 +11,7 @@
 pub(crate) mod apply;
 pub(crate) mod backend;
 pub mod backup;
+pub(crate) mod defrag;
 pub(crate) mod error;
 pub(crate) mod keys;
 pub(crate) mod log;

@@ -132,7 +132,9 @@ impl StoreState {
     pub fn consensus_rows<A: DeserializeOwned, M: DeserializeOwned>(
         &self,
     ) -> Result<(Option<A>, Option<M>), StoreError> {
-        let sm = &self.backend.sm;
+        // Under the index lock, which a defragmentation holds while it swaps the database.
+        let _index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let sm = &self.backend.sm();
         let applied = sm.get(META_APPLIED)?.map(|b| decode(&b)).transpose()?;
         let membership = sm.get(META_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?;
         Ok((applied, membership))
@@ -140,7 +142,7 @@ impl StoreState {
     /// Serves a read from local state.
     pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64), MvccError> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let resp = index.range(req, &SledValues(&self.backend.sm))?;
+        let resp = index.range(req, &SledValues(&self.backend.sm()))?;
         Ok((resp, index.current_revision()))
     }
 
@@ -250,7 +252,7 @@ impl StoreState {
             let _guard = guard;
             let mut hasher = crc32fast::Hasher::new();
             let end = kv_key(Revision::new(revision + 1, 0));
-            for item in state.backend.sm.range(&[KV_PREFIX][..]..&end[..]) {
+            for item in state.backend.sm().range(&[KV_PREFIX][..]..&end[..]) {
                 let (key, value) = item?;
                 hasher.update(&key);
                 hasher.update(&value);
@@ -300,7 +302,7 @@ impl StoreState {
         let guard = self.rewrite_guard.clone().read_owned().await;
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         let revision = index.current_revision();
-        let sm = &self.backend.sm;
+        let sm = &self.backend.sm();
         let mut rows = Vec::new();
         let after_kv = [KV_PREFIX + 1];
         for item in sm
@@ -332,7 +334,7 @@ impl StoreState {
             row(k, v)?;
         }
         let end = kv_key(Revision::new(capture.revision + 1, 0));
-        for item in self.backend.sm.range(&[KV_PREFIX][..]..&end[..]) {
+        for item in self.backend.sm().range(&[KV_PREFIX][..]..&end[..]) {
             let (k, v) = item.map_err(std::io::Error::other)?;
             row(&k, &v)?;
         }
@@ -399,7 +401,7 @@ impl StoreState {
     /// Rebuilds the in-memory key index, leases, members and alarms from the `sm` tree; with `M`,
     /// the snapshot meta consensus stores, redoes a snapshot install a crash cut short.
     pub(super) fn load<M: SnapshotMeta>(&self) -> Result<(), StoreError> {
-        let sm = &self.backend.sm;
+        let sm = &self.backend.sm();
         if sm.get(META_RESTORING)?.is_some() {
             return Err(StoreError::RestoreCutShort);
         }
@@ -494,11 +496,11 @@ impl History for StoreState {
         let start = kv_key(Revision::new(from, 0));
         let end = kv_key(Revision::new(to + 1, 0));
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let values = SledValues(&self.backend.sm);
+        let values = SledValues(&self.backend.sm());
         let mut events = Vec::new();
         let mut last_main = from - 1;
         let mut bytes = 0;
-        for item in self.backend.sm.range(start..end) {
+        for item in self.backend.sm().range(start..end) {
             let (key, value) = item.map_err(|e| storage(&e))?;
             let rev = Revision::from_bytes(&key[1..])
                 .ok_or_else(|| MvccError::Storage("bad revision key".into()))?;
@@ -587,7 +589,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
-            backend.sm.insert(META_RESTORING, &[]).unwrap();
+            backend.sm().insert(META_RESTORING, &[]).unwrap();
             backend.flush_blocking().unwrap();
         }
         let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
