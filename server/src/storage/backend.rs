@@ -226,6 +226,9 @@ fn generation_name(generation: u64) -> String {
 
 const CURRENT: &str = "CURRENT";
 
+/// Cache of the consensus database (`db/`), which holds only the `raft` tree's few values.
+const CONSENSUS_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Opens a sled database at `path` with Cairn's settings, and what it takes to make it durable.
 fn open_db(path: &Path, cache_bytes: u64) -> sled::Result<(sled::Db, Disk)> {
     let db = sled::Config::new()
@@ -365,7 +368,8 @@ fn move_old_log(log: &sled::Tree, wal: &Wal) -> sled::Result<()> {
 impl Backend {
     pub fn open(dir: &Path, cache_bytes: u64) -> sled::Result<Backend> {
         let path = dir.join("db");
-        let (db, disk) = open_db(&path, cache_bytes)?;
+        // A handful of values: the cache is for the store.
+        let (db, disk) = open_db(&path, cache_bytes.min(CONSENSUS_CACHE_BYTES))?;
         let snap_dir = dir.join("snap");
         std::fs::create_dir_all(&snap_dir)?;
         let state_dir = dir.join("state");

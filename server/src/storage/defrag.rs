@@ -13,12 +13,18 @@
 //!    durable, named in `state/CURRENT` by an atomic rename, and put in use (see
 //!    [`Backend::swap_in`]); the old one is removed.
 //!
+//! So every read or write of the store must take its tree ([`Backend::sm`]) under one of those
+//! locks (the index lock, the rewrite guard, the snapshot lock), never before: a tree taken before
+//! the swap belongs to the replaced database, and writes through it would be lost.
+//!
 //! A crash before the rename leaves the old database whole (and the partial new one is removed
 //! at open); after it, the new one is complete. Must never import `raft/` or `grpc/`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+#[cfg(doc)]
+use super::backend::Backend;
 use super::backend::StateDb;
 use super::error::StoreError;
 use super::keys::{kv_key, KV_PREFIX};
