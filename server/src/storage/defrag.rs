@@ -216,6 +216,90 @@ mod tests {
         );
     }
 
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Meta {
+        id: String,
+    }
+
+    impl super::super::store::SnapshotMeta for Meta {
+        fn snapshot_id(&self) -> &str {
+            &self.id
+        }
+
+        fn newer_than(&self, _other: &Self) -> bool {
+            true
+        }
+
+        fn meta_rows(&self) -> Result<super::super::store::ConsensusRows, StoreError> {
+            Ok(super::super::store::ConsensusRows {
+                applied: Vec::new(),
+                membership: Vec::new(),
+            })
+        }
+    }
+
+    fn put(key: String) -> crate::storage::Payload<'static, ()> {
+        crate::storage::Payload::Command(crate::command::Command::Put(crate::mvcc::PutRequest {
+            key: key.into_bytes(),
+            value: vec![7; 2000],
+            lease: 0,
+            prev_kv: false,
+            ignore_value: false,
+            ignore_lease: false,
+        }))
+    }
+
+    /// Applies racing a defragmentation all land in the database in use, and survive reopening.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_applied_during_a_defragmentation_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |dir: &std::path::Path| {
+            let backend = Backend::open(dir, 1 << 22).unwrap();
+            StoreState::open::<Meta>(backend, std::time::Duration::from_secs(600)).unwrap()
+        };
+        let state = open(dir.path());
+        for i in 0..500u64 {
+            state
+                .apply(&i, put(format!("before/{i:04}")))
+                .await
+                .unwrap();
+        }
+        let writer = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                for i in 0..2000u64 {
+                    state
+                        .apply(&(1000 + i), put(format!("during/{i:04}")))
+                        .await
+                        .unwrap();
+                    if i % 50 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        };
+        for _ in 0..3 {
+            state.defragment().await.unwrap();
+        }
+        writer.await.unwrap();
+        let count = |state: &StoreState| {
+            let req = crate::mvcc::RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                count_only: true,
+                ..Default::default()
+            };
+            state.range(&req).unwrap().0.count
+        };
+        assert_eq!(count(&state), 2500);
+        assert_eq!(state.backend.state_db().generation, 4);
+        state.flush().await.unwrap();
+        drop(state);
+        let reopened = open(dir.path());
+        assert_eq!(count(&reopened), 2500);
+        assert_eq!(reopened.current_revision(), 2501);
+    }
+
     #[test]
     fn a_data_dir_with_the_store_in_db_moves_it_to_a_first_generation() {
         let dir = tempfile::tempdir().unwrap();
