@@ -74,15 +74,36 @@ pub struct Cluster {
 
 /// Ports for the members, held until the proxies are bound so the OS cannot hand one of them
 /// to a proxy; released just before the members start.
+///
+/// Drawn from below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up by default):
+/// a member keeps its port across kills and power cuts and binds it again on restart, and a port
+/// from the ephemeral range could meanwhile become the source port of any outgoing connection on
+/// the machine, leaving the restarted member unable to bind.
 fn reserve_ports(n: usize) -> std::io::Result<(Vec<u16>, Vec<std::net::TcpListener>)> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
-    let ports = ls
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()?;
-    Ok((ports, ls))
+    const LOW: u16 = 10_000;
+    const HIGH: u16 = 32_000;
+    let mut held = Vec::with_capacity(n);
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..10_000 {
+        if held.len() == n {
+            break;
+        }
+        let port = fastrand::u16(LOW..HIGH);
+        if ports.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            ports.push(port);
+            held.push(l);
+        }
+    }
+    if held.len() < n {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("no {n} free ports between {LOW} and {HIGH}"),
+        ));
+    }
+    Ok((ports, held))
 }
 
 impl Cluster {

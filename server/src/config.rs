@@ -57,7 +57,8 @@ pub struct Config {
     /// that add data fail until space is freed and the alarm disarmed. 0 = the 2 GiB default,
     /// negative = no quota.
     pub quota_backend_bytes: i64,
-    /// Build the data dir from this backup file before starting (it must not exist yet).
+    /// Build the data dir from this snapshot file before starting (it must not exist yet): one
+    /// saved from etcd or from Cairn (etcd's format), or an older Cairn backup.
     pub restore_from: Option<PathBuf>,
     /// When the leader compacts on its own (etcd's `--auto-compaction-mode/-retention`).
     pub auto_compaction: Option<AutoCompaction>,

@@ -87,8 +87,8 @@ struct Args {
     /// count; 0 turns auto compaction off.
     #[arg(long, default_value = "0")]
     auto_compaction_retention: String,
-    /// Build a fresh data dir from this snapshot file (saved by `etcdctl snapshot save`) and found
-    /// a new cluster on it. The data dir must not exist yet.
+    /// Build a fresh data dir from this snapshot file (saved by `etcdctl snapshot save` from etcd or
+    /// from Cairn) and found a new cluster on it. The data dir must not exist yet.
     #[arg(long)]
     restore_from: Option<PathBuf>,
     /// Comma-separated URLs to serve /metrics and /health on (plain HTTP), besides the client URLs.

@@ -185,6 +185,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
+    /// A consistent copy of the store in etcd's snapshot format (a bbolt database, then its
+    /// SHA-256), so etcd's own tools and `etcd` itself take it; see `storage::etcd_snapshot`.
     #[tracing::instrument(skip_all)]
     async fn snapshot(
         &self,

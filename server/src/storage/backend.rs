@@ -4,9 +4,10 @@
 //! Must never import `raft/` or `grpc/`: storage sits below consensus.
 //!
 //! The Raft log is not in sled but in its own write-ahead file (`wal/`, see `wal`): a log append
-//! is made durable without flushing sled. The state machine is flushed when it must outlive the log
-//! entries that produced it (before a purge, at snapshots, at shutdown); after a crash, sled
-//! recovers a prefix of its writes and the entries applied since are applied again from the log.
+//! is made durable without flushing sled. The state machine must be durable only when it is to
+//! outlive the log entries that produced it (before a purge, at snapshots, at shutdown), and is
+//! flushed then (and once a second by sled); after a crash, sled recovers a prefix of its writes
+//! and the entries applied since are applied again from the log.
 //!
 //! Two sled databases: `db/` holds the trees consensus writes (`log`, `raft`), and
 //! `state/<generation>/` the store (`sm`, `snapshot`). The store's database can be rewritten
@@ -234,9 +235,10 @@ fn open_db(path: &Path, cache_bytes: u64) -> sled::Result<(sled::Db, Disk)> {
     let db = sled::Config::new()
         .path(path)
         .cache_capacity(cache_bytes)
-        // Flushed when the state machine must be durable (see the module comment); between
-        // flushes the log holds what a crash could lose, so a timer adds nothing.
-        .flush_every_ms(None)
+        // The state machine needs no flush for safety (the log holds what a crash loses, see
+        // the module comment), but one a second bounds how much a restart applies again:
+        // without it, up to a snapshot interval of entries.
+        .flush_every_ms(Some(1000))
         .open()?;
     // The directory's own entries (sled's files) must survive a power cut too.
     std::fs::File::open(path)?.sync_all()?;
@@ -520,6 +522,33 @@ mod tests {
         w.insert(b"big", vec![7u8; 70_000]);
         w.insert(b"empty", Vec::new());
         w
+    }
+
+    #[test]
+    fn a_log_kept_in_sled_moves_to_the_write_ahead_file() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A data dir from before `wal/`: the log in sled's `log` tree.
+            let db = sled::Config::new()
+                .path(dir.path().join("db"))
+                .open()
+                .unwrap();
+            let log = db.open_tree("log").unwrap();
+            for i in 7u64..=9 {
+                log.insert(i.to_be_bytes(), format!("entry {i}").into_bytes())
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        for _ in 0..2 {
+            let backend = Backend::open(dir.path(), 1 << 20).unwrap();
+            assert_eq!(backend.wal.bounds(), Some((7, 9)));
+            assert_eq!(
+                backend.wal.read(9, None).unwrap(),
+                vec![b"entry 9".to_vec()]
+            );
+            assert!(backend.db.open_tree("log").unwrap().is_empty());
+        }
     }
 
     #[test]

@@ -1,10 +1,16 @@
 //! Backup files: what Maintenance.Snapshot streams and what a restore reads.
 //!
-//! A file is [`MAGIC`], then the store's rows in the Raft snapshot file layout (a consistent
-//! point-in-time copy, see `snapshot_file`), zero padding, then the SHA-256 of everything
-//! before it. etcd also ends its snapshots with a SHA-256 trailer, and `etcdctl snapshot save`
-//! insists on finding one where etcd puts it: the file size must be a multiple of 512 plus the 32
-//! trailer bytes, hence the padding. Files are written and read row by row, never held whole.
+//! Maintenance.Snapshot sends etcd's own snapshot format (see `etcd_snapshot`): a bbolt database
+//! followed by the SHA-256 of everything before it, so `etcdctl snapshot status` and `etcdctl
+//! snapshot restore` take a Cairn backup, and `--restore-from` takes an etcd one. A restore tells
+//! the formats apart by content: a bbolt meta page at the start, or Cairn's older format.
+//!
+//! Cairn's older format, still read so earlier backups restore: [`MAGIC`], then the store's rows in
+//! the Raft snapshot file layout (see `snapshot_file`), zero padding, then the SHA-256 of
+//! everything before it (where `etcdctl snapshot save` looks for it: the file size is a multiple
+//! of 512 plus the 32 trailer bytes). It is no longer written: etcd's format carries everything a
+//! restore keeps. Files are read row by row (or page by page), never held whole.
+//!
 //! Restoring keeps the data, revisions, compaction point and leases; it drops the old cluster's
 //! membership, member attributes and alarms, so the restored members form a new cluster from their
 //! own `--initial-cluster`.
@@ -18,10 +24,14 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::backend::Backend;
+use super::bbolt::BboltError;
+use super::etcd_snapshot;
 use super::keys::{
     ALARM_PREFIX, MEMBER_PREFIX, META_APPLIED, META_MEMBERSHIP, META_RESTORING, META_REVISION,
 };
-use super::snapshot_file::{RowReader, RowWriter};
+use super::snapshot_file::RowReader;
+#[cfg(test)]
+use super::snapshot_file::RowWriter;
 use crate::codec::decode;
 
 /// Identifies a Cairn backup file and its format version.
@@ -32,8 +42,16 @@ const DIGEST_LEN: usize = 32;
 pub enum RestoreError {
     #[error("reading {0}: {1}")]
     Read(String, std::io::Error),
-    #[error("not a Cairn snapshot file (bad header)")]
+    #[error("not a snapshot file: neither an etcd snapshot (bbolt) nor a Cairn backup")]
     NotASnapshot,
+    #[error(
+        "the etcd snapshot has no SHA-256 trailer (its size, {0} bytes, is not 512·n + 32): \
+         not a complete `etcdctl snapshot save` file (a database copied from an etcd \
+         data dir has none: save a snapshot of it with etcdctl)"
+    )]
+    NoTrailer(u64),
+    #[error("etcd snapshot: {0}")]
+    Bbolt(#[from] BboltError),
     #[error("snapshot file is corrupt: its SHA-256 does not match its content")]
     Checksum,
     #[error("snapshot image is unreadable: {0}")]
@@ -44,13 +62,16 @@ pub enum RestoreError {
     Storage(String),
 }
 
-/// Writes a backup file, hashing and counting what passes.
+/// Writes a backup file in Cairn's older format, hashing and counting what passes (kept to test
+/// that such files still restore).
+#[cfg(test)]
 pub(crate) struct BackupFile {
     out: io::BufWriter<File>,
     hasher: Sha256,
     written: u64,
 }
 
+#[cfg(test)]
 impl BackupFile {
     /// Starts a backup file at `path`; rows go to the returned writer.
     pub fn create(path: &Path) -> io::Result<RowWriter<BackupFile>> {
@@ -75,6 +96,7 @@ impl BackupFile {
     }
 }
 
+#[cfg(test)]
 impl Write for BackupFile {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         let n = self.out.write(bytes)?;
@@ -91,6 +113,13 @@ impl Write for BackupFile {
 /// A verified backup, ready to be written into a new data dir.
 pub struct Backup {
     path: PathBuf,
+    format: Format,
+}
+
+enum Format {
+    Cairn,
+    /// An etcd snapshot whose database is this many bytes (the trailer follows).
+    Etcd(u64),
 }
 
 /// Reads and verifies a backup file meant for a new store at `data_dir` (one pass, in bounded
@@ -109,7 +138,17 @@ pub fn read_backup(file: &Path, data_dir: &Path) -> Result<Backup, RestoreError>
     let mut magic = vec![0; MAGIC.len()];
     input.read_exact(&mut magic).map_err(read)?;
     if magic != MAGIC {
-        return Err(RestoreError::NotASnapshot);
+        let mut head = [0u8; 20];
+        head[..MAGIC.len()].copy_from_slice(&magic);
+        input.read_exact(&mut head[MAGIC.len()..]).map_err(read)?;
+        if !etcd_snapshot::looks_like(&head) {
+            return Err(RestoreError::NotASnapshot);
+        }
+        let db_len = etcd_snapshot::verify(file)?;
+        return Ok(Backup {
+            path: file.to_path_buf(),
+            format: Format::Etcd(db_len),
+        });
     }
     let mut hasher = Sha256::new();
     hasher.update(&magic);
@@ -126,6 +165,7 @@ pub fn read_backup(file: &Path, data_dir: &Path) -> Result<Backup, RestoreError>
     }
     Ok(Backup {
         path: file.to_path_buf(),
+        format: Format::Cairn,
     })
 }
 
@@ -145,6 +185,9 @@ impl Write for HashWriter<'_> {
 /// Writes a backup into a freshly opened store, row by row; returns the store revision it holds.
 /// The member that starts on it founds a new cluster (with `--initial-cluster-state new`).
 pub(crate) fn write_backup(backup: Backup, backend: &Backend) -> Result<i64, RestoreError> {
+    if let Format::Etcd(db_len) = backup.format {
+        return etcd_snapshot::import(&backup.path, db_len, backend);
+    }
     let storage = |e: sled::Error| RestoreError::Storage(e.to_string());
     let image = |e: io::Error| RestoreError::Image(e.to_string());
     let read = |e| RestoreError::Read(backup.path.display().to_string(), e);
@@ -198,12 +241,25 @@ mod tests {
         let path = dir.path().join("b.snap");
         let file = backup_bytes(&rows, &path);
         assert_eq!(file.len() % 512, 32, "where etcdctl looks for the checksum");
-        read_backup(&path, &dir.path().join("new")).expect("a good file");
+        let backup = read_backup(&path, &dir.path().join("new")).expect("a good file");
+        // Files of this older format still restore, row for row.
+        let backend = Backend::open(&dir.path().join("new"), 1 << 20).unwrap();
+        let revision: i64 = decode(b"\x05").unwrap();
+        assert_eq!(write_backup(backup, &backend).unwrap(), revision);
+        let restored: Vec<(Vec<u8>, Vec<u8>)> = backend
+            .sm()
+            .iter()
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+            .collect();
+        let expected: Vec<(Vec<u8>, Vec<u8>)> =
+            rows.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        assert_eq!(restored, expected);
+        drop(backend);
         let mut flipped = file.clone();
         flipped[MAGIC.len() + 30] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
         assert!(matches!(
-            read_backup(&path, &dir.path().join("new")),
+            read_backup(&path, &dir.path().join("other")),
             Err(RestoreError::Checksum)
         ));
         std::fs::write(
@@ -212,7 +268,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            read_backup(&path, &dir.path().join("new")),
+            read_backup(&path, &dir.path().join("other")),
             Err(RestoreError::NotASnapshot)
         ));
     }

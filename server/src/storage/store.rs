@@ -34,8 +34,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::backend::{Backend, RowWrites};
-use super::backup::BackupFile;
 use super::error::StoreError;
+use super::etcd_snapshot::{Export, DIGEST_LEN};
 use super::keys::{
     decode_alarm_key, decode_lease_key, decode_member_key, kv_key, StoredKv, ALARM_PREFIX,
     KV_PREFIX, LEASE_PREFIX, MEMBER_PREFIX, META_APPLIED, META_APPLY_RECORD, META_COMPACT,
@@ -341,11 +341,12 @@ impl StoreState {
         Ok(())
     }
 
-    /// A consistent copy of the whole store as a backup file (see [`super::backup`]), in chunks of
-    /// up to `chunk` bytes. The copy is first written to an unlinked file in the snapshot directory
-    /// (rows streamed from sled, so memory stays bounded whatever the store's size), which frees
-    /// compaction and snapshot installs as soon as it is written, not when a slow client has read
-    /// it. Returns the revision it reflects, the file's size, and the chunks.
+    /// A consistent copy of the whole store as an etcd snapshot (see [`super::etcd_snapshot`]), in
+    /// chunks of up to `chunk` bytes, the SHA-256 trailer last. The database is first written to an
+    /// unlinked file in the snapshot directory (rows streamed from sled into pages, so memory stays
+    /// bounded whatever the store's size), which frees compaction and snapshot installs as soon as
+    /// it is written, not when a slow client has read it. Returns the revision it reflects, the
+    /// size of the whole stream, and the chunks.
     pub(crate) async fn backup(
         self: &Arc<Self>,
         chunk: usize,
@@ -362,12 +363,14 @@ impl StoreState {
         let revision = capture.revision;
         let path = snapshot_file::temp_path(&self.backend.snap_dir, "backup");
         let state = self.clone();
-        let (file, size) = tokio::task::spawn_blocking(move || {
-            let written = BackupFile::create(&path).and_then(|mut rows| {
-                state.captured_rows(capture, |k, v| rows.row(k, v))?;
-                BackupFile::finish(rows)
-            });
-            let opened = written.and_then(|size| Ok((std::fs::File::open(&path)?, size)));
+        let (file, db_len) = tokio::task::spawn_blocking(move || {
+            let written = std::fs::File::create(&path)
+                .and_then(Export::create)
+                .and_then(|mut export| {
+                    state.captured_rows(capture, |k, v| export.row(k, v))?;
+                    export.finish()
+                });
+            let opened = written.and_then(|(_, len)| Ok((std::fs::File::open(&path)?, len)));
             // Unlinked at once: the open handle keeps it readable, and nothing is left behind.
             let _ = std::fs::remove_file(&path);
             opened
@@ -377,12 +380,14 @@ impl StoreState {
         .map_err(|e| storage(&e))?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::task::spawn_blocking(move || {
+            use sha2::Digest;
             use std::io::Read;
-            let mut input = file;
+            let mut input = file.take(db_len);
+            let mut hasher = sha2::Sha256::new();
             loop {
                 let mut buf = vec![0; chunk];
                 let n = match input.read(&mut buf) {
-                    Ok(0) => return,
+                    Ok(0) => break,
                     Ok(n) => n,
                     Err(e) => {
                         let _ = tx.blocking_send(Err(e));
@@ -390,12 +395,14 @@ impl StoreState {
                     }
                 };
                 buf.truncate(n);
+                hasher.update(&buf);
                 if tx.blocking_send(Ok(buf)).is_err() {
                     return;
                 }
             }
+            let _ = tx.blocking_send(Ok(hasher.finalize().to_vec()));
         });
-        Ok((revision, size, rx))
+        Ok((revision, db_len + DIGEST_LEN, rx))
     }
 
     /// Rebuilds the in-memory key index, leases, members and alarms from the `sm` tree; with `M`,

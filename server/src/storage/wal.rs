@@ -249,21 +249,32 @@ impl Wal {
     /// Appends entries with consecutive indexes, written (readable) but not yet durable: see
     /// [`Wal::sync`].
     pub fn append<'a>(&self, entries: impl IntoIterator<Item = (u64, &'a [u8])>) -> io::Result<()> {
+        let entries: Vec<(u64, &[u8])> = entries.into_iter().collect();
         let mut inner = self.lock();
-        let mut buf = Vec::new();
-        let mut pending: Vec<(u64, u64, u32)> = Vec::new();
-        for (index, payload) in entries {
-            if let Some(next) = inner.next {
-                if index != next && !inner.slots.is_empty() {
-                    return Err(corrupt(format!(
-                        "log append out of order: index {index}, expected {next}"
-                    )));
-                }
+        // Checked before anything is written: only the first entry written into an empty log may
+        // jump (past a purge of everything); every other follows its predecessor.
+        let mut expect = if inner.slots.is_empty() {
+            None
+        } else {
+            inner.next
+        };
+        for &(index, payload) in &entries {
+            if expect.is_some_and(|next| next != index) {
+                return Err(corrupt(format!(
+                    "log append out of order: index {index}, expected {}",
+                    expect.unwrap_or_default()
+                )));
             }
             if payload.len() > MAX_PAYLOAD {
                 return Err(io::Error::other("log entry too large"));
             }
-            let starts_fresh = inner.slots.is_empty() && inner.next != Some(index);
+            expect = Some(index + 1);
+        }
+        let mut buf = Vec::new();
+        let mut pending: Vec<(u64, u64, u32)> = Vec::new();
+        for (index, payload) in entries {
+            let may_jump = inner.slots.is_empty() && pending.is_empty();
+            let starts_fresh = may_jump && inner.next != Some(index);
             let segment_full = inner
                 .segments
                 .back()
@@ -501,6 +512,12 @@ mod tests {
         assert_eq!(wal.read(99, None).unwrap(), vec![payload(99), payload(100)]);
         assert!(wal.read(101, None).unwrap().is_empty());
         let err = wal.append([(7, b"late".as_slice())]).unwrap_err();
+        assert!(err.to_string().contains("out of order"), "{err}");
+        let empty = tempfile::tempdir().unwrap();
+        let (fresh, _) = Wal::open(empty.path()).unwrap();
+        let err = fresh
+            .append([(5, b"a".as_slice()), (7, b"b".as_slice())])
+            .unwrap_err();
         assert!(err.to_string().contains("out of order"), "{err}");
         append_range(&wal, 101, 102);
         assert_eq!(wal.bounds(), Some((1, 101)));
