@@ -220,3 +220,71 @@ async fn campaign_proclaim_observe_resign() {
     assert!(err.to_string().contains("election: not leader"), "{err}");
     node.stop().await;
 }
+
+/// A Campaign naming no lease campaigns with one of its own, as etcd's election service does: a
+/// session lease of 60 s, never refreshed, returned in the leader key. Two such campaigners get
+/// keys of their own and take turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_without_a_lease_holds_a_session_lease_of_its_own() {
+    let mut node = TestNode::start().await;
+    let mut a = client(&node).await;
+    let mut b = client(&node).await;
+
+    let won = a.campaign("seat", "first", 0).await.unwrap();
+    let leader_a = won.leader().unwrap().clone();
+    let lease_a = leader_a.lease();
+    assert_ne!(lease_a, 0, "a lease was granted");
+    assert_eq!(leader_a.key(), format!("seat/{lease_a:x}").as_bytes());
+    let live = a
+        .lease_time_to_live(lease_a, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    assert_eq!(live.granted_ttl(), 60);
+    assert_eq!(live.keys(), [leader_a.key().to_vec()]);
+    let kv = a.leader("seat").await.unwrap().kv().unwrap().clone();
+    assert_eq!((kv.value(), kv.lease()), (&b"first"[..], lease_a));
+
+    // A second campaigner without a lease waits behind the first on a key of its own.
+    let second = tokio::spawn(async move {
+        b.campaign("seat", "second", 0)
+            .await
+            .map(|r| r.leader().unwrap().clone())
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let under = a
+            .get("seat/", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        if under.kvs().len() == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no second key");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!second.is_finished(), "the first still leads");
+
+    // Nothing keeps the first lease alive while it leads.
+    let before = a.lease_time_to_live(lease_a, None).await.unwrap().ttl();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let after = a.lease_time_to_live(lease_a, None).await.unwrap().ttl();
+    assert!(after < before && after <= 58, "{before} then {after}");
+
+    a.resign(Some(ResignOptions::new().with_leader(leader_a.clone())))
+        .await
+        .unwrap();
+    let leader_b = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second won in time")
+        .unwrap()
+        .unwrap();
+    assert_ne!(leader_b.lease(), 0);
+    assert_ne!(leader_b.lease(), lease_a);
+    assert_ne!(leader_b.key(), leader_a.key());
+    assert!(leader_b.rev() > leader_a.rev());
+    assert_eq!(
+        a.leader("seat").await.unwrap().kv().unwrap().value(),
+        b"second"
+    );
+    node.stop().await;
+}

@@ -1,5 +1,9 @@
 //! etcd's `v3electionpb.Election` service: the leader of election `name` is the key under `name/`
 //! with the lowest create revision; campaigning creates `name/<lease in hex>` and waits its turn.
+//! A Campaign naming no lease (0) campaigns with a lease of its own, as etcd's election service
+//! does: it opens a session, which grants the default session TTL (60 s), and stops refreshing it
+//! at once. The granted lease is returned in the leader key; leadership ends at Resign or when that
+//! lease expires, whichever comes first.
 
 use cairn_proto::v3electionpb as pb;
 use cairn_proto::v3electionpb::election_server::Election;
@@ -8,9 +12,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use super::lock::{claim, lease_key, wait_turn};
+use super::lock::{claim, lease_key, wait_turn, SESSION_TTL};
 use super::recipes::{self, create_revision_is, first_created, prefix_end, AbandonGuard};
-use super::{convert, ServerContext};
+use super::{convert, lease, ServerContext};
 use crate::error::ServerError;
 use crate::mvcc::{DeleteRangeRequest, EventType, KeyValue, PutRequest, RequestOp, TxnRequest};
 use crate::watch::{WatchMessage, WatchSpec};
@@ -133,8 +137,12 @@ impl Election for ElectionService {
         req: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
         let req = req.into_inner();
-        let (prefix, key) = lease_key(&req.name, req.lease);
-        let (my_rev, value, _) = claim(&self.ctx, &key, &req.value, req.lease).await?;
+        let lease = match req.lease {
+            0 => lease::grant(&self.ctx, 0, SESSION_TTL).await?.0,
+            given => given,
+        };
+        let (prefix, key) = lease_key(&req.name, lease);
+        let (my_rev, value, _) = claim(&self.ctx, &key, &req.value, lease).await?;
         let guard = AbandonGuard {
             ctx: self.ctx.clone(),
             key: Some(key.clone()),
@@ -143,7 +151,7 @@ impl Election for ElectionService {
             name: req.name.clone(),
             key: key.clone(),
             rev: my_rev,
-            lease: req.lease,
+            lease,
         };
         // Campaigning again with a new value updates the value in place, as etcd's clients do.
         if value != req.value {

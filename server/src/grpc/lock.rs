@@ -25,7 +25,7 @@ pub(crate) struct LockService {
 /// opens a session with the default session TTL and stops refreshing it at once, so nothing keeps
 /// that lease alive. The lock is held until it is unlocked or this lease expires, whichever comes
 /// first, and the lease is left to expire even if the request is abandoned.
-const SESSION_TTL: i64 = 60;
+pub(crate) const SESSION_TTL: i64 = 60;
 
 /// The key a lease holds under an election or lock name, as etcd's clients name it.
 pub(crate) fn lease_key(name: &[u8], lease: i64) -> (Vec<u8>, Vec<u8>) {

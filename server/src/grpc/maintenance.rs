@@ -138,12 +138,12 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        // sled rewrites sparse segments on its own as data is freed (by compaction); what is
-        // left is to make the freed state durable so the space can be reused.
+        // This member only, as etcd's defrag: the store's database is rewritten compactly and
+        // swapped in, giving what compaction freed back to the file system.
         self.ctx
             .raft
             .state()
-            .flush()
+            .defragment()
             .await
             .map_err(|e| ServerError::Internal(e.to_string()))?;
         // etcd (3.4 to 3.6) answers Defragment and MoveLeader without a header.

@@ -79,7 +79,7 @@ mod snapshots {
 
     fn rows(backend: &Backend) -> Vec<(Vec<u8>, Vec<u8>)> {
         backend
-            .sm
+            .sm()
             .iter()
             .map(|r| r.unwrap())
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
@@ -138,14 +138,14 @@ mod snapshots {
         {
             let (backend, _sm) = receive_into_used_store(cut.path(), &meta, &data).await;
             // Roll the rows back to a torn state under the marker, as a crash part way would leave.
-            backend.sm.insert(b"m/installing", b"x".to_vec()).unwrap();
-            let keys: Vec<_> = backend.sm.iter().keys().map(|k| k.unwrap()).collect();
+            backend.sm().insert(b"m/installing", b"x".to_vec()).unwrap();
+            let keys: Vec<_> = backend.sm().iter().keys().map(|k| k.unwrap()).collect();
             for key in keys.iter().step_by(2) {
                 if &key[..] != b"m/installing" {
-                    backend.sm.remove(key).unwrap();
+                    backend.sm().remove(key).unwrap();
                 }
             }
-            backend.sm.insert(b"r-garbage", b"x".to_vec()).unwrap();
+            backend.sm().insert(b"r-garbage", b"x".to_vec()).unwrap();
             backend.flush_blocking().unwrap();
         }
         let (backend, sm) = open(cut.path());

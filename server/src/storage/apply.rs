@@ -44,7 +44,6 @@ impl StoreState {
         payload: Payload<'_, M>,
     ) -> Result<CommandResponse, StoreError> {
         let state = self;
-        let sm = &state.backend.sm;
         // A compaction deletes stored revisions: it waits for copies in progress.
         let _rewriting = match &payload {
             Payload::Command(cmd) if cmd.compacts() => Some(state.rewrite_guard.write().await),
@@ -53,6 +52,9 @@ impl StoreState {
         let mut batch = RowWrites::default();
         let mut events = Vec::new();
         let mut index = state.index.write().unwrap_or_else(|p| p.into_inner());
+        // Taken under the index lock, which a defragmentation holds while it swaps the database:
+        // a tree taken before could be the replaced one.
+        let sm = &state.backend.sm();
         let response = match payload {
             Payload::Blank => CommandResponse {
                 revision: index.current_revision(),

@@ -9,6 +9,14 @@
 //! flushed then (and once a second by sled); after a crash, sled recovers a prefix of its writes
 //! and the entries applied since are applied again from the log.
 //!
+//! Two sled databases: `db/` holds the trees consensus writes (`log`, `raft`), and
+//! `state/<generation>/` the store (`sm`, `snapshot`). The store's database can be rewritten
+//! compactly and swapped in while the member runs (see `defrag`): `state/CURRENT` names the
+//! generation in use, and is replaced by an atomic rename only once the new one is durable, so a
+//! crash at any point leaves one whole database or the other. The consensus trees are held by the
+//! log layer for the member's lifetime and stay put. Everything stored in one database keeps
+//! sled's prefix recovery; across the two, [`Backend::flush`] makes both durable.
+//!
 //! Trees:
 //! - `log`: where the Raft log lived before `wal/` (index u64 big-endian -> entry); moved to
 //!   `wal/` and emptied when a data dir from before is opened.
@@ -173,12 +181,124 @@ impl RowWrites {
 pub(crate) struct Backend {
     pub db: sled::Db,
     pub raft: sled::Tree,
-    pub sm: sled::Tree,
-    pub snapshot: sled::Tree,
+    /// The store's database, replaced whole by a defragmentation.
+    state: Arc<std::sync::RwLock<Arc<StateDb>>>,
     /// Raft snapshot files (the `snapshot` tree names the current one).
     pub snap_dir: PathBuf,
     pub wal: Wal,
     disk: Arc<Disk>,
+    /// `<data-dir>/state`: the store's database generations and the `CURRENT` pointer.
+    state_dir: PathBuf,
+    cache_bytes: u64,
+}
+
+/// One generation of the store's database and its trees.
+pub(crate) struct StateDb {
+    pub db: sled::Db,
+    pub sm: sled::Tree,
+    pub snapshot: sled::Tree,
+    pub generation: u64,
+    disk: Disk,
+}
+
+impl StateDb {
+    fn open(dir: &Path, generation: u64, cache_bytes: u64) -> sled::Result<StateDb> {
+        let path = dir.join(generation_name(generation));
+        let (db, disk) = open_db(&path, cache_bytes)?;
+        Ok(StateDb {
+            sm: db.open_tree("sm")?,
+            snapshot: db.open_tree("snapshot")?,
+            db,
+            generation,
+            disk,
+        })
+    }
+
+    /// sled's flush, then an `fdatasync` (see [`Disk`]).
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.db.flush().map_err(std::io::Error::other)?;
+        self.disk.sync()
+    }
+}
+
+fn generation_name(generation: u64) -> String {
+    format!("gen-{generation}")
+}
+
+const CURRENT: &str = "CURRENT";
+
+/// Cache of the consensus database (`db/`), which holds only the `raft` tree's few values.
+const CONSENSUS_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Opens a sled database at `path` with Cairn's settings, and what it takes to make it durable.
+fn open_db(path: &Path, cache_bytes: u64) -> sled::Result<(sled::Db, Disk)> {
+    let db = sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        // The state machine needs no flush for safety (the log holds what a crash loses, see
+        // the module comment), but one a second bounds how much a restart applies again:
+        // without it, up to a snapshot interval of entries.
+        .flush_every_ms(Some(1000))
+        .open()?;
+    // The directory's own entries (sled's files) must survive a power cut too.
+    std::fs::File::open(path)?.sync_all()?;
+    let disk = Disk {
+        data: std::fs::File::open(path.join("db"))?,
+        blobs: path.join("blobs"),
+        synced_blobs: Mutex::new(HashSet::new()),
+    };
+    Ok((db, disk))
+}
+
+/// The generation `state/CURRENT` names, if any.
+fn read_current(state_dir: &Path) -> std::io::Result<Option<u64>> {
+    match std::fs::read_to_string(state_dir.join(CURRENT)) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "state/CURRENT is damaged")
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Points `state/CURRENT` at `generation`, atomically and durably.
+fn write_current(state_dir: &Path, generation: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = state_dir.join("CURRENT.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(generation.to_string().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, state_dir.join(CURRENT))?;
+    std::fs::File::open(state_dir)?.sync_all()
+}
+
+/// Removes every entry of `state/` but `CURRENT` and the current generation: generations
+/// replaced by a defragmentation, or one a crash left half written.
+fn remove_stale_generations(state_dir: &Path, current: u64) -> std::io::Result<()> {
+    let keep = generation_name(current);
+    for entry in std::fs::read_dir(state_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == CURRENT || name == keep.as_str() {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    std::fs::File::open(state_dir)?.sync_all()
+}
+
+/// Copies every row of `from` into `to`.
+fn copy_tree(from: &sled::Tree, to: &sled::Tree) -> sled::Result<()> {
+    for row in from.iter() {
+        let (k, v) = row?;
+        to.insert(k, v)?;
+    }
+    Ok(())
 }
 
 /// What it takes to make sled's writes durable.
@@ -250,24 +370,13 @@ fn move_old_log(log: &sled::Tree, wal: &Wal) -> sled::Result<()> {
 impl Backend {
     pub fn open(dir: &Path, cache_bytes: u64) -> sled::Result<Backend> {
         let path = dir.join("db");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(cache_bytes)
-            // The state machine needs no flush for safety (the log holds what a crash loses, see
-            // the module comment), but one a second bounds how much a restart applies again:
-            // without it, up to a snapshot interval of entries.
-            .flush_every_ms(Some(1000))
-            .open()?;
-        // The data dir's own entries (sled's files) must survive a power cut too.
-        std::fs::File::open(&path)?.sync_all()?;
+        // A handful of values: the cache is for the store.
+        let (db, disk) = open_db(&path, cache_bytes.min(CONSENSUS_CACHE_BYTES))?;
         let snap_dir = dir.join("snap");
         std::fs::create_dir_all(&snap_dir)?;
+        let state_dir = dir.join("state");
+        std::fs::create_dir_all(&state_dir)?;
         std::fs::File::open(dir)?.sync_all()?;
-        let disk = Disk {
-            data: std::fs::File::open(path.join("db"))?,
-            blobs: path.join("blobs"),
-            synced_blobs: Mutex::new(HashSet::new()),
-        };
         let (wal, recovered) = Wal::open(&dir.join("wal"))?;
         if recovered.dropped_bytes > 0 {
             tracing::warn!(
@@ -277,19 +386,67 @@ impl Backend {
             );
         }
         move_old_log(&db.open_tree("log")?, &wal)?;
+        let state = open_state(&db, &state_dir, cache_bytes)?;
         std::fs::File::open(dir)?.sync_all()?;
         Ok(Backend {
             wal,
             raft: db.open_tree("raft")?,
-            sm: db.open_tree("sm")?,
-            snapshot: db.open_tree("snapshot")?,
+            state: Arc::new(std::sync::RwLock::new(Arc::new(state))),
             snap_dir,
             db,
             disk: Arc::new(disk),
+            state_dir,
+            cache_bytes,
         })
     }
 
-    /// Makes every write so far durable: sled's flush, then an `fdatasync` (see [`Disk`]).
+    /// The state machine tree of the database in use.
+    ///
+    /// A defragmentation swaps the database while holding every lock under which the store reads
+    /// or writes it; a tree taken outside those locks may belong to a replaced database.
+    pub fn sm(&self) -> sled::Tree {
+        self.state_db().sm.clone()
+    }
+
+    /// The tree naming the current Raft snapshot, in the database in use.
+    pub fn snapshot(&self) -> sled::Tree {
+        self.state_db().snapshot.clone()
+    }
+
+    pub(crate) fn state_db(&self) -> Arc<StateDb> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Opens an empty database for the next generation, removing one a failed attempt left.
+    pub(crate) fn create_next_generation(&self) -> sled::Result<StateDb> {
+        let next = self.state_db().generation + 1;
+        let path = self.state_dir.join(generation_name(next));
+        if path.exists() {
+            std::fs::remove_dir_all(&path)?;
+        }
+        StateDb::open(&self.state_dir, next, self.cache_bytes)
+    }
+
+    /// Makes `next` durable, points `state/CURRENT` at it and puts it in use; the database it
+    /// replaces is closed and removed. The caller guarantees no one reads or writes the store
+    /// meanwhile. A crash before the pointer is renamed leaves the old database in use (the new
+    /// one is removed when the data dir is opened); after, the new one, complete.
+    pub(crate) fn swap_in(&self, next: StateDb) -> std::io::Result<()> {
+        next.flush()?;
+        std::fs::File::open(self.state_dir.join(generation_name(next.generation)))?.sync_all()?;
+        write_current(&self.state_dir, next.generation)?;
+        let generation = next.generation;
+        let old = std::mem::replace(
+            &mut *self.state.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(next),
+        );
+        // Closing sled's files first, where nothing else holds the old database.
+        drop(old);
+        remove_stale_generations(&self.state_dir, generation)
+    }
+
+    /// Makes every write so far durable: sled's flush, then an `fdatasync` (see [`Disk`]); the
+    /// store's database first, so a purge point in `raft` never outlives the state it relies on.
     pub async fn flush(&self) -> std::io::Result<()> {
         // One blocking task for both steps: sled's flush_async would hop to a thread of its own first.
         let backend = self.clone();
@@ -300,14 +457,49 @@ impl Backend {
 
     /// [`Backend::flush`] for callers outside an async runtime.
     pub fn flush_blocking(&self) -> std::io::Result<()> {
+        self.state_db().flush()?;
         self.db.flush().map_err(std::io::Error::other)?;
         self.disk.sync()
     }
 
-    /// Bytes the database occupies on disk.
+    /// Bytes the databases occupy on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.state_db().db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// Opens the store's database in use. A data dir from before `state/` keeps the store in `db/`:
+/// its trees are copied to a first generation, made durable and pointed at, and only then emptied
+/// in `db/` (a crash in between copies them again, or finds them already moved).
+fn open_state(db: &sled::Db, state_dir: &Path, cache_bytes: u64) -> sled::Result<StateDb> {
+    let old_sm = db.open_tree("sm")?;
+    let old_snapshot = db.open_tree("snapshot")?;
+    let state = match read_current(state_dir)? {
+        Some(generation) => {
+            remove_stale_generations(state_dir, generation)?;
+            StateDb::open(state_dir, generation, cache_bytes)?
+        }
+        None => {
+            remove_stale_generations(state_dir, 1)?;
+            let path = state_dir.join(generation_name(1));
+            if path.exists() {
+                std::fs::remove_dir_all(&path)?;
+            }
+            let first = StateDb::open(state_dir, 1, cache_bytes)?;
+            copy_tree(&old_sm, &first.sm)?;
+            copy_tree(&old_snapshot, &first.snapshot)?;
+            first.flush()?;
+            std::fs::File::open(&path)?.sync_all()?;
+            write_current(state_dir, 1)?;
+            first
+        }
+    };
+    if !old_sm.is_empty() || !old_snapshot.is_empty() {
+        old_sm.clear()?;
+        old_snapshot.clear()?;
+        db.flush()?;
+    }
+    Ok(state)
 }
 
 #[cfg(test)]
@@ -363,7 +555,7 @@ mod tests {
     fn a_record_cut_short_is_completed_on_replay() {
         let dir = tempfile::tempdir().unwrap();
         let backend = Backend::open(dir.path(), 1 << 20).unwrap();
-        let sm = &backend.sm;
+        let sm = &backend.sm();
         sm.insert(b"gone", b"old").unwrap();
         sm.insert(b"a", b"0").unwrap();
 
@@ -376,9 +568,9 @@ mod tests {
         let expected = {
             let other = tempfile::tempdir().unwrap();
             let clean = Backend::open(other.path(), 1 << 20).unwrap();
-            clean.sm.insert(b"gone", b"old").unwrap();
-            change_set().commit(&clean.sm).unwrap();
-            rows(&clean.sm)
+            clean.sm().insert(b"gone", b"old").unwrap();
+            change_set().commit(&clean.sm()).unwrap();
+            rows(&clean.sm())
         };
         assert_eq!(rows(sm), expected);
         assert!(sm.get(b"gone").unwrap().is_none());
@@ -392,11 +584,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let backend = Backend::open(dir.path(), 1 << 20).unwrap();
-            change_set().commit(&backend.sm).unwrap();
+            change_set().commit(&backend.sm()).unwrap();
             backend.flush_blocking().unwrap();
         }
         let backend = Backend::open(dir.path(), 1 << 20).unwrap();
-        let bytes = backend.sm.get(META_APPLY_RECORD).unwrap().unwrap();
+        let bytes = backend.sm().get(META_APPLY_RECORD).unwrap().unwrap();
         let decoded = RowWrites::decode(&bytes).unwrap();
         assert_eq!(decoded.writes, change_set().writes);
         assert!(matches!(
@@ -415,7 +607,7 @@ mod tests {
     fn new_revisions_go_first_and_are_dropped_if_their_record_never_landed() {
         let dir = tempfile::tempdir().unwrap();
         let backend = Backend::open(dir.path(), 1 << 20).unwrap();
-        let sm = &backend.sm;
+        let sm = &backend.sm();
         let mut done = RowWrites::default();
         done.insert_new_revision(Revision::new(2, 0), vec![1; 200_000]);
         done.insert(META_REVISION, 2i64.to_le_bytes().to_vec());

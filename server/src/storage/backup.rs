@@ -195,7 +195,7 @@ pub(crate) fn write_backup(backup: Backup, backend: &Backend) -> Result<i64, Res
     let mut magic = vec![0; MAGIC.len()];
     input.read_exact(&mut magic).map_err(read)?;
     let mut rows = RowReader::new(input).map_err(image)?;
-    let sm = &backend.sm;
+    let sm = &backend.sm();
     sm.insert(META_RESTORING, &[]).map_err(storage)?;
     let mut revision = 1;
     while let Some((key, value)) = rows.next_row().map_err(image)? {
@@ -247,7 +247,7 @@ mod tests {
         let revision: i64 = decode(b"\x05").unwrap();
         assert_eq!(write_backup(backup, &backend).unwrap(), revision);
         let restored: Vec<(Vec<u8>, Vec<u8>)> = backend
-            .sm
+            .sm()
             .iter()
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
             .collect();

@@ -169,7 +169,7 @@ pub(crate) fn import(path: &Path, db_len: u64, backend: &Backend) -> Result<i64,
         .map(|b| String::from_utf8_lossy(b).into_owned())
         .collect();
     tracing::debug!(?buckets, "reading an etcd snapshot");
-    let sm = &backend.sm;
+    let sm = &backend.sm();
     sm.insert(META_RESTORING, &[]).map_err(storage)?;
 
     let mut newest = 0i64;
@@ -437,7 +437,7 @@ mod tests {
         let revision = write_backup(backup, &backend)?;
         assert_eq!(revision, 2_000);
         Ok(backend
-            .sm
+            .sm()
             .iter()
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
             .collect())

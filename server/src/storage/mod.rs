@@ -1,5 +1,6 @@
 //! Storage, below consensus: everything that names sled. The database and its durability
-//! (`backend`), how rows are keyed (`keys`), the persisted MVCC store and its loading (`store`),
+//! (`backend`) and its compacting rewrite (`defrag`), how rows are keyed (`keys`), the persisted
+//! MVCC store and its loading (`store`),
 //! deterministic apply (`apply`), Raft snapshot files (`snapshot_file`, `snapshots`), backups
 //! (`backup`: etcd's snapshot format, `etcd_snapshot` over the `bbolt` file format, and Cairn's
 //! own older one), the Raft log's write-ahead file (`wal`) and its metadata rows (`log`), with its
@@ -13,6 +14,7 @@ pub(crate) mod apply;
 pub(crate) mod backend;
 pub mod backup;
 pub(crate) mod bbolt;
+pub(crate) mod defrag;
 pub(crate) mod error;
 pub(crate) mod etcd_snapshot;
 pub(crate) mod keys;

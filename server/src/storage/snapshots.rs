@@ -17,7 +17,7 @@ impl StoreState {
     pub(super) fn current_snapshot<M: SnapshotMeta>(
         &self,
     ) -> Result<Option<(M, String)>, StoreError> {
-        match self.backend.snapshot.get(SNAP_CURRENT)? {
+        match self.backend.snapshot().get(SNAP_CURRENT)? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
@@ -51,12 +51,12 @@ impl StoreState {
             }
             _ => {
                 let value = encode(&(meta, &name))?;
-                self.backend.snapshot.insert(SNAP_CURRENT, value)?;
+                self.backend.snapshot().insert(SNAP_CURRENT, value)?;
                 Some(name.clone())
             }
         };
         if installing {
-            self.backend.sm.insert(META_INSTALLING, name.as_bytes())?;
+            self.backend.sm().insert(META_INSTALLING, name.as_bytes())?;
         }
         // openraft purges the log up to a snapshot once it is reported, so it must be durable first.
         self.backend.flush().await?;
@@ -84,7 +84,7 @@ impl StoreState {
         file: std::fs::File,
         consensus: &ConsensusRows,
     ) -> Result<(), StoreError> {
-        let sm = &self.backend.sm;
+        let sm = &self.backend.sm();
         for key in sm.iter().keys() {
             let key = key?;
             if key != META_INSTALLING {

@@ -132,7 +132,9 @@ impl StoreState {
     pub fn consensus_rows<A: DeserializeOwned, M: DeserializeOwned>(
         &self,
     ) -> Result<(Option<A>, Option<M>), StoreError> {
-        let sm = &self.backend.sm;
+        // Under the index lock, which a defragmentation holds while it swaps the database.
+        let _index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let sm = &self.backend.sm();
         let applied = sm.get(META_APPLIED)?.map(|b| decode(&b)).transpose()?;
         let membership = sm.get(META_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?;
         Ok((applied, membership))
@@ -140,7 +142,7 @@ impl StoreState {
     /// Serves a read from local state.
     pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64), MvccError> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let resp = index.range(req, &SledValues(&self.backend.sm))?;
+        let resp = index.range(req, &SledValues(&self.backend.sm()))?;
         Ok((resp, index.current_revision()))
     }
 
@@ -226,8 +228,8 @@ impl StoreState {
             .key_count()
     }
 
-    /// etcd's HashKV: a CRC-32 over every stored key revision up to `revision` (0 = the current one),
-    /// as stored. Members that applied the same log (and the same compactions) hash alike.
+    /// etcd's HashKV: a CRC-32C (Castagnoli, as etcd's) over every stored key revision up to
+    /// `revision` (0 = the current one), each row's key then value, as stored, in revision order. Members that applied the same log (and the same compactions) hash alike.
     /// Returns (hash, compact revision, hashed revision).
     pub async fn hash_kv(self: &Arc<Self>, revision: i64) -> Result<(u32, i64, i64), MvccError> {
         let storage = |e: &dyn std::fmt::Display| MvccError::Storage(e.to_string());
@@ -248,14 +250,14 @@ impl StoreState {
         let state = self.clone();
         let hash = tokio::task::spawn_blocking(move || {
             let _guard = guard;
-            let mut hasher = crc32fast::Hasher::new();
+            let mut crc = 0;
             let end = kv_key(Revision::new(revision + 1, 0));
-            for item in state.backend.sm.range(&[KV_PREFIX][..]..&end[..]) {
+            for item in state.backend.sm().range(&[KV_PREFIX][..]..&end[..]) {
                 let (key, value) = item?;
-                hasher.update(&key);
-                hasher.update(&value);
+                crc = crc32c::crc32c_append(crc, &key);
+                crc = crc32c::crc32c_append(crc, &value);
             }
-            Ok::<_, sled::Error>(hasher.finalize())
+            Ok::<_, sled::Error>(crc)
         })
         .await
         .map_err(|e| storage(&e))?
@@ -300,7 +302,7 @@ impl StoreState {
         let guard = self.rewrite_guard.clone().read_owned().await;
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         let revision = index.current_revision();
-        let sm = &self.backend.sm;
+        let sm = &self.backend.sm();
         let mut rows = Vec::new();
         let after_kv = [KV_PREFIX + 1];
         for item in sm
@@ -332,7 +334,7 @@ impl StoreState {
             row(k, v)?;
         }
         let end = kv_key(Revision::new(capture.revision + 1, 0));
-        for item in self.backend.sm.range(&[KV_PREFIX][..]..&end[..]) {
+        for item in self.backend.sm().range(&[KV_PREFIX][..]..&end[..]) {
             let (k, v) = item.map_err(std::io::Error::other)?;
             row(&k, &v)?;
         }
@@ -406,7 +408,7 @@ impl StoreState {
     /// Rebuilds the in-memory key index, leases, members and alarms from the `sm` tree; with `M`,
     /// the snapshot meta consensus stores, redoes a snapshot install a crash cut short.
     pub(super) fn load<M: SnapshotMeta>(&self) -> Result<(), StoreError> {
-        let sm = &self.backend.sm;
+        let sm = &self.backend.sm();
         if sm.get(META_RESTORING)?.is_some() {
             return Err(StoreError::RestoreCutShort);
         }
@@ -501,11 +503,11 @@ impl History for StoreState {
         let start = kv_key(Revision::new(from, 0));
         let end = kv_key(Revision::new(to + 1, 0));
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let values = SledValues(&self.backend.sm);
+        let values = SledValues(&self.backend.sm());
         let mut events = Vec::new();
         let mut last_main = from - 1;
         let mut bytes = 0;
-        for item in self.backend.sm.range(start..end) {
+        for item in self.backend.sm().range(start..end) {
             let (key, value) = item.map_err(|e| storage(&e))?;
             let rev = Revision::from_bytes(&key[1..])
                 .ok_or_else(|| MvccError::Storage("bad revision key".into()))?;
@@ -589,12 +591,50 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn hash_kv_is_crc32c_over_the_stored_revisions_up_to_its_revision() {
+        use crate::command::Command;
+        use crate::mvcc::PutRequest;
+        use crate::storage::Payload;
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
+        let state = StoreState::open::<Meta>(backend, Duration::from_secs(600)).unwrap();
+        for (i, key) in ["a", "b", "a"].iter().enumerate() {
+            let put = Command::Put(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: vec![i as u8; 10],
+                lease: 0,
+                prev_kv: false,
+                ignore_value: false,
+                ignore_lease: false,
+            });
+            state
+                .apply(&(i as u64), Payload::<()>::Command(put))
+                .await
+                .unwrap();
+        }
+        // Revisions 2 and 3 (the store starts at 1): the third put is left out.
+        let mut bytes = Vec::new();
+        let end = kv_key(Revision::new(4, 0));
+        for row in state.backend.sm().range(&[KV_PREFIX][..]..&end[..]) {
+            let (k, v) = row.unwrap();
+            bytes.extend_from_slice(&k);
+            bytes.extend_from_slice(&v);
+        }
+        let (hash, compact, revision) = state.hash_kv(3).await.unwrap();
+        // Never compacted: -1, as etcd reports it.
+        assert_eq!((compact, revision), (-1, 3));
+        assert_eq!(hash, crc32c::crc32c(&bytes));
+        assert_ne!(hash, crc32fast::hash(&bytes));
+        assert_ne!(state.hash_kv(0).await.unwrap().0, hash);
+    }
+
     #[test]
     fn a_store_left_by_a_restore_cut_short_does_not_open() {
         let dir = tempfile::tempdir().unwrap();
         {
             let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
-            backend.sm.insert(META_RESTORING, &[]).unwrap();
+            backend.sm().insert(META_RESTORING, &[]).unwrap();
             backend.flush_blocking().unwrap();
         }
         let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
