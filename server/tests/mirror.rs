@@ -9,73 +9,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::etcdctl::etcdctl_present;
+use common::etcd::{etcd_present, Etcd};
 use common::{connect, free_ports, wait_serving, ProcessCluster};
 use etcd_client::{Client, GetOptions};
-
-/// One real etcd process on loopback; killed by pid when dropped.
-struct Etcd {
-    child: std::process::Child,
-    url: String,
-    log: std::path::PathBuf,
-}
-
-impl Etcd {
-    fn start(dir: &Path, name: &str) -> Etcd {
-        let ports = free_ports(2);
-        let url = format!("http://127.0.0.1:{}", ports[0]);
-        let peer = format!("http://127.0.0.1:{}", ports[1]);
-        let log = dir.join(format!("{name}.log"));
-        let child = std::process::Command::new("etcd")
-            .arg("--name")
-            .arg(name)
-            .arg("--data-dir")
-            .arg(dir.join(format!("{name}.etcd")))
-            .arg("--listen-client-urls")
-            .arg(&url)
-            .arg("--advertise-client-urls")
-            .arg(&url)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("{name}={peer}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("etcd log"))
-            .spawn()
-            .expect("spawn etcd");
-        Etcd { child, url, log }
-    }
-
-    async fn wait_serving(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(mut c) = connect(&self.url).await {
-                if c.get("probe", None).await.is_ok() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not serve within 30 s: {}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A running `etcdctl make-mirror`; killed by pid when dropped.
 struct Mirror {
@@ -191,33 +130,24 @@ async fn mirror_one_way(source_url: &str, dest_url: &str, tag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn make_mirror_copies_and_follows_from_etcd_to_cairn_and_back() {
-    if !etcdctl_present() {
-        return;
-    }
-    if std::process::Command::new("etcd")
-        .arg("--version")
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server)");
+    if !etcd_present() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let etcd_source = Etcd::start(dir.path(), "source");
-    let etcd_dest = Etcd::start(dir.path(), "dest");
+    let etcd_source = Etcd::start("source", &dir.path().join("source.etcd"), free_ports(1)[0]);
+    let etcd_dest = Etcd::start("dest", &dir.path().join("dest.etcd"), free_ports(1)[0]);
     let cairn = ProcessCluster::start(1);
-    etcd_source.wait_serving().await;
-    etcd_dest.wait_serving().await;
+    etcd_source.client().await;
+    etcd_dest.client().await;
     wait_serving(&cairn, &[0]).await;
 
     // etcd -> Cairn.
-    mirror_one_way(&etcd_source.url, &cairn.members[0].url(), "from-etcd").await;
+    mirror_one_way(&etcd_source.url(), &cairn.members[0].url(), "from-etcd").await;
     // Cairn -> etcd: Cairn now also holds the keys mirrored into it, and they go along.
-    mirror_one_way(&cairn.members[0].url(), &etcd_dest.url, "from-cairn").await;
+    mirror_one_way(&cairn.members[0].url(), &etcd_dest.url(), "from-cairn").await;
 
     let mut c = connect(&cairn.members[0].url()).await.expect("connect");
-    let mut e = connect(&etcd_dest.url).await.expect("connect");
+    let mut e = connect(&etcd_dest.url()).await.expect("connect");
     let cairn_kvs = all_kvs(&mut c).await;
     // Per direction: 200 existing + 100 live - 100 deleted (existing/0100..0199).
     assert_eq!(cairn_kvs.len(), 400);

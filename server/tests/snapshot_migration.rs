@@ -7,108 +7,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::etcdctl::{etcdctl_present, Ctl};
+use common::etcd::{etcd_present, Etcd};
+use common::etcdctl::Ctl;
 use common::{connect, free_ports, wait_serving, ProcessCluster, TestNode};
 use etcd_client::{
     Client, CompactionOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
 };
 
 const KEYS: usize = 10_000;
-
-/// A real etcd member on loopback; killed when dropped.
-struct Etcd {
-    child: Child,
-    client_port: u16,
-    log: PathBuf,
-}
-
-impl Etcd {
-    fn name() -> &'static str {
-        "etcd0"
-    }
-
-    fn peer_url(port: u16) -> String {
-        format!("http://127.0.0.1:{port}")
-    }
-
-    /// Starts etcd on `data_dir` (new, or laid out by `etcdctl snapshot restore` with the
-    /// returned peer port's `--initial-cluster`).
-    fn start(data_dir: &Path, peer_port: u16) -> Etcd {
-        let client_port = free_ports(1)[0];
-        let log = data_dir.with_extension("log");
-        let out = std::fs::File::create(&log).expect("etcd log");
-        let peer = Etcd::peer_url(peer_port);
-        let client = format!("http://127.0.0.1:{client_port}");
-        let child = Command::new("etcd")
-            .arg("--name")
-            .arg(Etcd::name())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--listen-client-urls")
-            .arg(&client)
-            .arg("--advertise-client-urls")
-            .arg(&client)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("{}={peer}", Etcd::name()))
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("spawn etcd");
-        Etcd {
-            child,
-            client_port,
-            log,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    async fn client(&self) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(mut c) = connect(&self.url()).await {
-                if c.get("probe", None).await.is_ok() {
-                    return c;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not serve within 30 s; log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn etcd_present() -> bool {
-    let ok = etcdctl_present()
-        && Command::new("etcd")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server)");
-    }
-    ok
-}
+/// The etcd member's name, also given to `etcdctl snapshot restore`.
+const ETCD_NAME: &str = "etcd0";
 
 fn key(i: usize) -> String {
     format!("k/{i:05}")
@@ -277,7 +187,7 @@ async fn an_etcd_snapshot_restores_into_cairn_as_it_was() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(&dir.path().join("etcd"), free_ports(1)[0]);
+    let etcd = Etcd::start(ETCD_NAME, &dir.path().join("etcd"), free_ports(1)[0]);
     let mut source = etcd.client().await;
     let compact = load(&mut source).await;
     let file = dir.path().join("etcd.db");
@@ -352,11 +262,11 @@ async fn a_cairn_backup_restores_into_etcd_as_it_was() {
             "restore",
             file_name,
             "--name",
-            Etcd::name(),
+            ETCD_NAME,
             "--data-dir",
             data_dir.to_str().unwrap(),
             "--initial-cluster",
-            &format!("{}={}", Etcd::name(), Etcd::peer_url(peer_port)),
+            &format!("{}={}", ETCD_NAME, Etcd::peer_url(peer_port)),
             "--initial-advertise-peer-urls",
             &Etcd::peer_url(peer_port),
         ])
@@ -365,7 +275,7 @@ async fn a_cairn_backup_restores_into_etcd_as_it_was() {
         restored.is_empty() || !restored.contains("Error"),
         "{restored}"
     );
-    let etcd = Etcd::start(&data_dir, peer_port);
+    let etcd = Etcd::start(ETCD_NAME, &data_dir, peer_port);
     let mut target = etcd.client().await;
     assert_same(&mut source, &mut target, compact).await;
 
