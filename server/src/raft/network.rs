@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::types::{Member, NodeId, TypeConfig};
 use crate::codec::{decode, encode};
+use crate::tls::PeerDialTls;
 
 /// Largest message on the peer transport: a batch of log entries, each up to the request limit.
 pub(crate) const PEER_MAX_MESSAGE: usize = 512 * 1024 * 1024;
@@ -31,9 +32,18 @@ pub(crate) const PEER_MAX_MESSAGE: usize = 512 * 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// How `https://` peer URLs are dialed; without it they fail to connect (never plaintext).
+    tls: Option<PeerDialTls>,
 }
 
 impl PeerChannels {
+    pub(crate) fn new(tls: Option<PeerDialTls>) -> PeerChannels {
+        PeerChannels {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     pub(crate) fn client(
         &self,
         url: &str,
@@ -42,7 +52,11 @@ impl PeerChannels {
         let channel = match channels.get(url) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(url.to_string())?
+                let mut endpoint = Endpoint::from_shared(url.to_string())?;
+                if let (Some(tls), true) = (&self.tls, crate::config::is_https(url)) {
+                    endpoint = tls.apply(endpoint)?;
+                }
+                let c = endpoint
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))

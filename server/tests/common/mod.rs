@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod etcdctl;
+pub mod pki;
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
