@@ -129,7 +129,8 @@ pub struct Config {
     pub restore_from: Option<PathBuf>,
     /// When the leader compacts on its own (etcd's `--auto-compaction-mode/-retention`).
     pub auto_compaction: Option<AutoCompaction>,
-    /// Extra plain-HTTP listeners for /metrics and /health (the client URLs serve them too).
+    /// Extra listeners for /metrics and /health (the client URLs serve them too); `https://` ones
+    /// serve TLS with the client certificate.
     pub listen_metrics_urls: Vec<String>,
     /// TLS on `https://` client URLs.
     pub client_tls: TlsInfo,
@@ -206,8 +207,11 @@ impl Config {
     /// Refuses TLS flags that cannot work together, and `https://` URLs with no certificate to
     /// serve on them (etcd refuses those too, rather than serve plaintext).
     pub fn check_tls(&self) -> Result<(), ConfigError> {
-        self.client_tls
-            .check("client", "", &self.listen_client_urls)?;
+        let client_side: Vec<String> = (self.listen_client_urls.iter())
+            .chain(&self.listen_metrics_urls)
+            .cloned()
+            .collect();
+        self.client_tls.check("client", "", &client_side)?;
         self.peer_tls
             .check("peer", "peer-", &self.listen_peer_urls)?;
         let dials_https = self

@@ -91,7 +91,8 @@ struct Args {
     /// from Cairn) and found a new cluster on it. The data dir must not exist yet.
     #[arg(long)]
     restore_from: Option<PathBuf>,
-    /// Comma-separated URLs to serve /metrics and /health on (plain HTTP), besides the client URLs.
+    /// Comma-separated URLs to serve /metrics and /health on, besides the client URLs (https://
+    /// ones with the client certificate).
     #[arg(long, value_delimiter = ',')]
     listen_metrics_urls: Vec<String>,
     /// Log level: error, warn, info, debug or trace (or a tracing filter directive).

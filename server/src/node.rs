@@ -581,15 +581,20 @@ async fn serve(
         metrics: metrics.clone(),
         raft: handle.clone(),
     };
-    for listener in bind_all(&cfg.listen_metrics_urls, "metrics").await? {
+    let metrics_listeners = bind_all(&cfg.listen_metrics_urls, "metrics").await?;
+    for (listener, url) in metrics_listeners.into_iter().zip(&cfg.listen_metrics_urls) {
         let router = tonic::transport::Server::builder()
             .accept_http1(true)
             .layer(http.clone())
             .add_service(health_service.clone());
         let stop = stopped(shutdown_rx.clone());
-        servers.push(tokio::spawn(
-            router.serve_with_incoming_shutdown(incoming(listener), stop),
-        ));
+        servers.push(match tls_for(url, &tls.client)? {
+            Some(config) => tokio::spawn(router.serve_with_incoming_shutdown(
+                crate::tls::accept(listener, config, shutdown_rx.clone()),
+                stop,
+            )),
+            None => tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stop)),
+        });
     }
     for (listener, url) in peer_listeners.into_iter().zip(&cfg.listen_peer_urls) {
         let svc = RaftTransportServer::new(PeerService {

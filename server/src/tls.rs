@@ -60,12 +60,13 @@ impl MemberTls {
     /// [`Config::check_tls`] and once the data dir exists.
     pub fn prepare(cfg: &Config) -> Result<MemberTls, TlsError> {
         let mut tls = MemberTls::default();
-        if cfg.listen_client_urls.iter().any(|u| is_https(u)) {
-            let hosts = hosts_of(
-                cfg.listen_client_urls
-                    .iter()
-                    .chain(&cfg.advertise_client_urls),
-            );
+        // https:// metrics URLs are served with the client certificate, as etcd does.
+        let client_side = cfg
+            .listen_client_urls
+            .iter()
+            .chain(&cfg.listen_metrics_urls);
+        if client_side.clone().any(|u| is_https(u)) {
+            let hosts = hosts_of(client_side.chain(&cfg.advertise_client_urls));
             let (cert, key) = certificate(&cfg.client_tls, &cfg.data_dir, "client", &hosts)?;
             tls.client = Some(server_config(&cfg.client_tls, cert, key)?);
         }
@@ -79,13 +80,19 @@ impl MemberTls {
             .flat_map(|(_, urls)| urls)
             .chain(peer_urls.clone())
             .any(|u| is_https(u));
-        if dials_https && cfg.peer_tls.has_certificate() {
-            let hosts = hosts_of(peer_urls);
-            let (cert, key) = certificate(&cfg.peer_tls, &cfg.data_dir, "peer", &hosts)?;
-            if cfg.listen_peer_urls.iter().any(|u| is_https(u)) {
-                tls.peer = Some(server_config(&cfg.peer_tls, cert.clone(), key.clone())?);
+        if dials_https {
+            let pair = if cfg.peer_tls.has_certificate() {
+                let hosts = hosts_of(peer_urls);
+                Some(certificate(&cfg.peer_tls, &cfg.data_dir, "peer", &hosts)?)
+            } else {
+                None
+            };
+            if let Some((cert, key)) = &pair {
+                if cfg.listen_peer_urls.iter().any(|u| is_https(u)) {
+                    tls.peer = Some(server_config(&cfg.peer_tls, cert.clone(), key.clone())?);
+                }
             }
-            tls.dial = Some(PeerDialTls::new(&cfg.peer_tls, &cert, &key)?);
+            tls.dial = Some(PeerDialTls::new(&cfg.peer_tls, pair.as_ref())?);
         }
         Ok(tls)
     }
@@ -355,9 +362,16 @@ pub(crate) struct PeerDialTls {
 }
 
 impl PeerDialTls {
-    fn new(info: &TlsInfo, cert: &Path, key: &Path) -> Result<PeerDialTls, TlsError> {
-        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-        let config = tonic::transport::ClientTlsConfig::new().identity(identity);
+    /// `pair`: the certificate and key to present, if this member has one (a member serving
+    /// plaintext may still dial members that serve TLS without asking for certificates).
+    fn new(info: &TlsInfo, pair: Option<&(PathBuf, PathBuf)>) -> Result<PeerDialTls, TlsError> {
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        if let Some((cert, key)) = pair {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
         Ok(match &info.trusted_ca_file {
             Some(ca) => {
                 // Parsed here too, so that a bad CA file stops the start.

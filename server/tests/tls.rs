@@ -246,7 +246,7 @@ fn auto_tls_serves_a_self_signed_certificate_from_the_data_dir() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
-    let ports = free_ports(2);
+    let ports = free_ports(3);
     let endpoint = format!("https://127.0.0.1:{}", ports[0]);
     let member = Proc::spawn(
         d,
@@ -254,6 +254,7 @@ fn auto_tls_serves_a_self_signed_certificate_from_the_data_dir() {
         &[
             format!("--listen-client-urls={endpoint}"),
             format!("--listen-peer-urls=http://127.0.0.1:{}", ports[1]),
+            format!("--listen-metrics-urls=https://127.0.0.1:{}", ports[2]),
             "--auto-tls".into(),
         ],
     );
@@ -273,6 +274,52 @@ fn auto_tls_serves_a_self_signed_certificate_from_the_data_dir() {
     let (ok, out, err) = etcdctl(&endpoint, &flags, &["get", "ready"]);
     assert!(ok, "get: {err}");
     assert_eq!(out, "ready\n1\n");
+    // An https:// metrics URL serves TLS with the same certificate.
+    let health = https_get(ports[2], &cert, "/health").expect("GET /health over TLS");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("\"health\":\"true\""), "{health}");
+}
+
+/// `GET path` over TLS on 127.0.0.1:`port`, trusting `ca`; the raw response.
+fn https_get(port: u16, ca: &Path, path: &str) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let work = async {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let name = ServerName::try_from("127.0.0.1").expect("an IP address is a server name");
+            let mut tls = connector.connect(name, tcp).await?;
+            let request =
+                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            tls.write_all(request.as_bytes()).await?;
+            let mut response = Vec::new();
+            tls.read_to_end(&mut response).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
+        };
+        tokio::time::timeout(Duration::from_secs(10), work)
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())
+    })
 }
 
 /// Flags of a member whose peers authenticate each other with certificates from `ca`.
