@@ -364,50 +364,8 @@ async fn peers_authenticate_each_other_and_refuse_a_foreign_member() {
         })
         .collect();
 
-    // A write on one member is read (serializably, from its own store) on every member.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut writer = loop {
-        if let Some(mut c) = common::connect(&client_url(0)).await {
-            if c.put("k", "replicated", None).await.is_ok() {
-                break c;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the TLS cluster did not accept a write within 30 s; logs:\n{}",
-            members
-                .iter()
-                .map(Proc::log)
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    for (i, member) in members.iter().enumerate() {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let value = match common::connect(&client_url(i)).await {
-                Some(mut c) => c
-                    .get(
-                        "k",
-                        Some(etcd_client::GetOptions::new().with_serializable()),
-                    )
-                    .await
-                    .ok()
-                    .and_then(|r| r.kvs().first().map(|kv| kv.value().to_vec())),
-                None => None,
-            };
-            if value.as_deref() == Some(b"replicated".as_slice()) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "member {i} did not get the write within 15 s:\n{}",
-                member.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let client_urls: Vec<String> = (0..3).map(client_url).collect();
+    let mut writer = write_and_read_everywhere(&client_urls, &members).await;
 
     // A fourth member, added properly, but holding a certificate the cluster's CA did not sign.
     writer
@@ -445,4 +403,89 @@ async fn peers_authenticate_each_other_and_refuse_a_foreign_member() {
     c.put("after", "1", None)
         .await
         .expect("put after the refusal");
+}
+
+/// Writes a key through the first member (retrying while the cluster forms, at most 30 s), then
+/// waits until every member reads it from its own store (a serializable read), at most 15 s each.
+/// Returns the client of the first member.
+async fn write_and_read_everywhere(
+    client_urls: &[String],
+    members: &[Proc],
+) -> etcd_client::Client {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let writer = loop {
+        if let Some(mut c) = common::connect(&client_urls[0]).await {
+            if c.put("k", "replicated", None).await.is_ok() {
+                break c;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the TLS cluster did not accept a write within 30 s; logs:\n{}",
+            members
+                .iter()
+                .map(Proc::log)
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (i, member) in members.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let value = match common::connect(&client_urls[i]).await {
+                Some(mut c) => c
+                    .get(
+                        "k",
+                        Some(etcd_client::GetOptions::new().with_serializable()),
+                    )
+                    .await
+                    .ok()
+                    .and_then(|r| r.kvs().first().map(|kv| kv.value().to_vec())),
+                None => None,
+            };
+            if value.as_deref() == Some(b"replicated".as_slice()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i} did not get the write within 15 s:\n{}",
+                member.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    writer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_auto_tls_form_a_cluster() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let ports = free_ports(6);
+    let initial = (0..3)
+        .map(|i| format!("m{i}=https://127.0.0.1:{}", ports[2 * i + 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let members: Vec<Proc> = (0..3)
+        .map(|i| {
+            let args = vec![
+                format!("--listen-client-urls=http://127.0.0.1:{}", ports[2 * i]),
+                format!("--listen-peer-urls=https://127.0.0.1:{}", ports[2 * i + 1]),
+                format!("--initial-cluster={initial}"),
+                "--peer-auto-tls".into(),
+                "--election-timeout=500".into(),
+                "--heartbeat-interval=50".into(),
+            ];
+            Proc::spawn(d, &format!("m{i}"), &args)
+        })
+        .collect();
+    let client_urls: Vec<String> = (0..3)
+        .map(|i| format!("http://127.0.0.1:{}", ports[2 * i]))
+        .collect();
+    write_and_read_everywhere(&client_urls, &members).await;
+    for i in 0..3 {
+        let fixtures = d.join(format!("m{i}.data/fixtures/peer"));
+        assert!(fixtures.join("cert.pem").exists() && fixtures.join("key.pem").exists());
+    }
 }
