@@ -88,7 +88,8 @@ pub struct Node {
     member_id: NodeId,
     cluster_id: u64,
     client_addrs: Vec<SocketAddr>,
-    client_urls: Vec<String>,
+    /// `http` or `https`: the scheme of the first client listener.
+    client_scheme: &'static str,
     peer_addrs: Vec<SocketAddr>,
     raft: RaftHandle,
     backend: Backend,
@@ -238,7 +239,7 @@ impl Node {
             member_id,
             cluster_id,
             client_addrs: listeners.client_addrs,
-            client_urls: listeners.client_urls,
+            client_scheme: cfg.listen_client_urls.first().map_or("http", |u| scheme(u)),
             peer_addrs: listeners.peer_addrs,
             raft: handle,
             backend,
@@ -263,8 +264,7 @@ impl Node {
 
     /// URL of [`Node::client_addr`] (`http://` or `https://`), as etcd clients take it.
     pub fn client_url(&self) -> String {
-        let scheme = self.client_urls.first().map_or("http", |u| scheme(u));
-        format!("{scheme}://{}", self.client_addr())
+        format!("{}://{}", self.client_scheme, self.client_addr())
     }
 
     pub fn peer_addr(&self) -> SocketAddr {

@@ -489,3 +489,26 @@ async fn peers_with_auto_tls_form_a_cluster() {
         assert!(fixtures.join("cert.pem").exists() && fixtures.join("key.pem").exists());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_member_serves_tls_and_reports_an_https_url() {
+    let node = common::TestNode::start_with(|c| cairn_server::Config {
+        listen_client_urls: vec!["https://127.0.0.1:0".into()],
+        client_tls: cairn_server::TlsInfo {
+            auto_tls: true,
+            ..Default::default()
+        },
+        ..c
+    })
+    .await;
+    let url = node.url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let port = node.node.as_ref().expect("running").client_addr().port();
+    let cert = node.dir.path().join("fixtures/client/cert.pem");
+    // HTTP/1.1 over TLS on the client URL, beside gRPC.
+    let health = tokio::task::spawn_blocking(move || https_get(port, &cert, "/health"))
+        .await
+        .expect("join")
+        .expect("GET /health over TLS");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+}
