@@ -3,17 +3,21 @@
 //! restart), an optional CA that callers' certificates must chain to, and self-signed certificates
 //! kept in the data dir for `--auto-tls` / `--peer-auto-tls`.
 //!
-//! Handshakes happen here, before tonic sees a connection, so plaintext listeners keep their
-//! direct path. Depends on `config` only; must never import `raft/`, `storage/` or `grpc/`: they
+//! Handshakes happen here, before tonic sees a connection (accepted or dialed), so plaintext
+//! listeners and peer channels keep their direct path. Depends on `config` only; must never import `raft/`, `storage/` or `grpc/`: they
 //! get ready-made acceptor configs and dialing settings from here.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -24,6 +28,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http::Uri;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{is_https, Config, TlsInfo};
 
@@ -249,6 +255,8 @@ fn stamp(cert: &Path, key: &Path) -> Stamp {
 /// key not yet) leaves the previous certificate in service until it does.
 #[derive(Debug)]
 struct ReloadingCert {
+    /// `serving` (listeners) or `dialing` (the client certificate for peers), for the logs.
+    role: &'static str,
     cert: PathBuf,
     key: PathBuf,
     provider: Arc<CryptoProvider>,
@@ -262,13 +270,47 @@ impl ReloadingCert {
         if now != current.0 {
             match load_certified(&self.cert, &self.key, &self.provider) {
                 Ok(key) => {
-                    tracing::info!(cert = %self.cert.display(), "reloaded the TLS certificate");
+                    tracing::info!(cert = %self.cert.display(), role = self.role,
+                        "reloaded the TLS certificate");
                     *current = (now, Arc::new(key));
                 }
                 Err(e) => tracing::warn!(error = %e, "keeping the previous TLS certificate"),
             }
         }
         current.1.clone()
+    }
+}
+
+impl ReloadingCert {
+    /// Loaded now so that a bad file stops the start rather than every handshake.
+    fn open(
+        role: &'static str,
+        cert: &Path,
+        key: &Path,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let first = load_certified(cert, key, &provider)?;
+        Ok(ReloadingCert {
+            role,
+            current: Mutex::new((stamp(cert, key), Arc::new(first))),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            provider,
+        })
+    }
+}
+
+impl ResolvesClientCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -286,14 +328,7 @@ fn server_config(
     key: PathBuf,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    // Loaded now so that a bad file stops the start rather than every handshake.
-    let first = load_certified(&cert, &key, &provider)?;
-    let resolver = ReloadingCert {
-        current: Mutex::new((stamp(&cert, &key), Arc::new(first))),
-        cert,
-        key,
-        provider: provider.clone(),
-    };
+    let resolver = ReloadingCert::open("serving", &cert, &key, provider.clone())?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let builder = match (&info.trusted_ca_file, info.client_cert_auth) {
@@ -353,54 +388,93 @@ pub(crate) fn accept(
 }
 
 /// How this member dials other members' `https://` peer URLs: its peer certificate as client
-/// certificate, the members verified against `--peer-trusted-ca-file`; with `--peer-auto-tls` and
-/// no CA, the self-signed certificates of other members cannot be verified and are not, as in etcd.
+/// certificate (re-read when the files change, like the served one), the members verified against
+/// `--peer-trusted-ca-file`; with `--peer-auto-tls` and no CA, the self-signed certificates of other
+/// members cannot be verified and are not, as in etcd.
 #[derive(Clone)]
 pub(crate) struct PeerDialTls {
-    config: tonic::transport::ClientTlsConfig,
-    unverified: Option<Arc<dyn ServerCertVerifier>>,
+    connector: tokio_rustls::TlsConnector,
 }
 
 impl PeerDialTls {
     /// `pair`: the certificate and key to present, if this member has one (a member serving
     /// plaintext may still dial members that serve TLS without asking for certificates).
     fn new(info: &TlsInfo, pair: Option<&(PathBuf, PathBuf)>) -> Result<PeerDialTls, TlsError> {
-        let mut config = tonic::transport::ClientTlsConfig::new();
-        if let Some((cert, key)) = pair {
-            config = config.identity(tonic::transport::Identity::from_pem(
-                read(cert)?,
-                read(key)?,
-            ));
-        }
-        Ok(match &info.trusted_ca_file {
-            Some(ca) => {
-                // Parsed here too, so that a bad CA file stops the start.
-                root_store(ca)?;
-                let ca = tonic::transport::Certificate::from_pem(read(ca)?);
-                PeerDialTls {
-                    config: config.ca_certificate(ca),
-                    unverified: None,
-                }
-            }
+        let provider = provider();
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = match &info.trusted_ca_file {
+            Some(ca) => builder.with_root_certificates(root_store(ca)?),
             None => {
-                tracing::warn!("--peer-auto-tls without --peer-trusted-ca-file: members' certificates are not verified");
-                PeerDialTls {
-                    config,
-                    unverified: Some(Arc::new(Unverified(provider()))),
-                }
+                tracing::warn!(
+                    "--peer-auto-tls without --peer-trusted-ca-file: members' certificates are \
+                     not verified"
+                );
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(Unverified(provider.clone())))
             }
+        };
+        let mut config = match pair {
+            Some((cert, key)) => builder.with_client_cert_resolver(Arc::new(ReloadingCert::open(
+                "dialing", cert, key, provider,
+            )?)),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(PeerDialTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
         })
     }
 
-    /// `endpoint` dialing with TLS.
-    pub fn apply(
+    /// A channel to `url` (`https://`) whose connections this member makes itself, TCP then TLS;
+    /// tonic is handed the URL as `http://` so that it speaks HTTP/2 over the stream as it is.
+    pub fn channel(
         &self,
-        endpoint: tonic::transport::Endpoint,
-    ) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-        match &self.unverified {
-            None => endpoint.tls_config(self.config.clone()),
-            Some(v) => endpoint.tls_config_with_verifier(self.config.clone(), v.clone()),
-        }
+        url: &str,
+        endpoint: impl FnOnce(String) -> Result<Endpoint, tonic::transport::Error>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let plain = url.replacen("https://", "http://", 1);
+        Ok(endpoint(plain)?.connect_with_connector_lazy(TlsDialer {
+            connector: self.connector.clone(),
+        }))
+    }
+}
+
+/// Dials a member: TCP (no Nagle delay: small request/response messages), then the TLS handshake
+/// against the host of the URL. The channel's connect timeout bounds both.
+#[derive(Clone)]
+struct TlsDialer {
+    connector: tokio_rustls::TlsConnector,
+}
+
+type Dialed = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl tower::Service<Uri> for TlsDialer {
+    type Response = Dialed;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Dialed>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connector = self.connector.clone();
+        Box::pin(async move {
+            let invalid = |what: &str| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("{what} in {uri}"))
+            };
+            let host = uri.host().ok_or_else(|| invalid("no host"))?;
+            let host = host.trim_matches(['[', ']']).to_string();
+            let port = uri.port_u16().ok_or_else(|| invalid("no port"))?;
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::try_from(host).map_err(|_| invalid("a bad server name"))?;
+            Ok(hyper_util::rt::TokioIo::new(
+                connector.connect(name, tcp).await?,
+            ))
+        })
     }
 }
 
@@ -489,16 +563,7 @@ mod tests {
             "reused, not regenerated"
         );
 
-        let provider = provider();
-        let resolver = ReloadingCert {
-            current: Mutex::new((
-                stamp(&cert, &key),
-                Arc::new(load_certified(&cert, &key, &provider).unwrap()),
-            )),
-            cert: cert.clone(),
-            key: key.clone(),
-            provider,
-        };
+        let resolver = ReloadingCert::open("serving", &cert, &key, provider()).unwrap();
         let before = resolver.current().cert[0].clone();
         assert_eq!(
             resolver.current().cert[0],

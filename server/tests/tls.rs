@@ -365,7 +365,7 @@ async fn peers_authenticate_each_other_and_refuse_a_foreign_member() {
         .collect();
 
     let client_urls: Vec<String> = (0..3).map(client_url).collect();
-    let mut writer = write_and_read_everywhere(&client_urls, &members).await;
+    let mut writer = write_and_read_everywhere(&client_urls, &members, "replicated").await;
 
     // A fourth member, added properly, but holding a certificate the cluster's CA did not sign.
     writer
@@ -405,17 +405,18 @@ async fn peers_authenticate_each_other_and_refuse_a_foreign_member() {
         .expect("put after the refusal");
 }
 
-/// Writes a key through the first member (retrying while the cluster forms, at most 30 s), then
-/// waits until every member reads it from its own store (a serializable read), at most 15 s each.
-/// Returns the client of the first member.
+/// Writes `value` at key `k` through the first member (retrying while the cluster forms, at most
+/// 30 s), then waits until every member reads it from its own store (a serializable read), at most
+/// 15 s each. Returns the client of the first member.
 async fn write_and_read_everywhere(
     client_urls: &[String],
     members: &[Proc],
+    value: &str,
 ) -> etcd_client::Client {
     let deadline = Instant::now() + Duration::from_secs(30);
     let writer = loop {
         if let Some(mut c) = common::connect(&client_urls[0]).await {
-            if c.put("k", "replicated", None).await.is_ok() {
+            if c.put("k", value, None).await.is_ok() {
                 break c;
             }
         }
@@ -433,7 +434,7 @@ async fn write_and_read_everywhere(
     for (i, member) in members.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let value = match common::connect(&client_urls[i]).await {
+            let got = match common::connect(&client_urls[i]).await {
                 Some(mut c) => c
                     .get(
                         "k",
@@ -444,7 +445,7 @@ async fn write_and_read_everywhere(
                     .and_then(|r| r.kvs().first().map(|kv| kv.value().to_vec())),
                 None => None,
             };
-            if value.as_deref() == Some(b"replicated".as_slice()) {
+            if got.as_deref() == Some(value.as_bytes()) {
                 break;
             }
             assert!(
@@ -483,7 +484,7 @@ async fn peers_with_auto_tls_form_a_cluster() {
     let client_urls: Vec<String> = (0..3)
         .map(|i| format!("http://127.0.0.1:{}", ports[2 * i]))
         .collect();
-    write_and_read_everywhere(&client_urls, &members).await;
+    write_and_read_everywhere(&client_urls, &members, "replicated").await;
     for i in 0..3 {
         let fixtures = d.join(format!("m{i}.data/fixtures/peer"));
         assert!(fixtures.join("cert.pem").exists() && fixtures.join("key.pem").exists());
@@ -511,4 +512,63 @@ async fn an_embedded_member_serves_tls_and_reports_an_https_url() {
         .expect("join")
         .expect("GET /health over TLS");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_peer_certificates_are_used_without_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let ca = Ca::new(d, "peer-ca");
+    let ports = free_ports(6);
+    let initial = (0..3)
+        .map(|i| format!("m{i}=https://127.0.0.1:{}", ports[2 * i + 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pairs: Vec<Pair> = (0..3).map(|i| ca.issue(d, &format!("m{i}"))).collect();
+    let args = |i: usize| {
+        peer_member_args(
+            ports[2 * i],
+            ports[2 * i + 1],
+            &pairs[i],
+            &ca.cert,
+            &initial,
+        )
+    };
+    let mut members: Vec<Proc> = (0..3)
+        .map(|i| Proc::spawn(d, &format!("m{i}"), &args(i)))
+        .collect();
+    let client_urls: Vec<String> = (0..3)
+        .map(|i| format!("http://127.0.0.1:{}", ports[2 * i]))
+        .collect();
+    write_and_read_everywhere(&client_urls, &members, "before").await;
+
+    // m0's peer certificate is renewed in place while m0 keeps running; m1 and m2 restart, so
+    // that m0 both accepts and makes connections after the change: writes through m0 and
+    // linearizable reads through the others reach the leader whichever member it is.
+    let renewed = ca.issue(d, "m0-renewed");
+    std::fs::copy(&renewed.key, &pairs[0].key).expect("replace key");
+    std::fs::copy(&renewed.cert, &pairs[0].cert).expect("replace certificate");
+    for i in [1, 2] {
+        drop(members.remove(i));
+        members.insert(i, Proc::spawn(d, &format!("m{i}"), &args(i)));
+    }
+    write_and_read_everywhere(&client_urls, &members, "after").await;
+    // One reload for the certificate m0 serves, one for the one it presents when dialing.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        for url in &client_urls[1..] {
+            if let Some(mut c) = common::connect(url).await {
+                let _ = c.get("k", None).await;
+            }
+        }
+        let log0 = members[0].log();
+        if log0.contains(r#"role="serving""#) && log0.contains(r#"role="dialing""#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "m0 did not reload its certificate in both directions within 15 s:\n{log0}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

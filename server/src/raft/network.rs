@@ -52,16 +52,21 @@ impl PeerChannels {
         let channel = match channels.get(url) {
             Some(c) => c.clone(),
             None => {
-                let mut endpoint = Endpoint::from_shared(url.to_string())?;
-                if let (Some(tls), true) = (&self.tls, crate::config::is_https(url)) {
-                    endpoint = tls.apply(endpoint)?;
-                }
-                let c = endpoint
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_while_idle(true)
-                    .connect_lazy();
+                let endpoint = |url: String| {
+                    Ok::<_, tonic::transport::Error>(
+                        Endpoint::from_shared(url)?
+                            .connect_timeout(Duration::from_secs(1))
+                            .tcp_nodelay(true)
+                            .http2_keep_alive_interval(Duration::from_secs(5))
+                            .keep_alive_while_idle(true),
+                    )
+                };
+                let c = match (&self.tls, crate::config::is_https(url)) {
+                    (Some(tls), true) => tls.channel(url, endpoint)?,
+                    // Plaintext (or https:// with no TLS configured, which then fails to
+                    // connect rather than speak plaintext).
+                    _ => endpoint(url.to_string())?.connect_lazy(),
+                };
                 channels.insert(url.to_string(), c.clone());
                 c
             }
