@@ -4,8 +4,8 @@
 //! kept in the data dir for `--auto-tls` / `--peer-auto-tls`.
 //!
 //! Handshakes happen here, before tonic sees a connection (accepted or dialed), so plaintext
-//! listeners and peer channels keep their direct path. Depends on `config` only; must never import `raft/`, `storage/` or `grpc/`: they
-//! get ready-made acceptor configs and dialing settings from here.
+//! listeners and peer channels keep their direct path. Depends on `config` only; must never import
+//! `raft/`, `storage/` or `grpc/`: they get ready-made acceptor configs and dialers from here.
 
 use std::fmt;
 use std::future::Future;
