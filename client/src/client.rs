@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::error::{Error, Result};
@@ -29,6 +29,60 @@ pub struct ConnectOptions {
     pub(crate) keep_alive_timeout: Duration,
     pub(crate) discover: bool,
     pub(crate) max_backoff: Duration,
+    pub(crate) tls: Option<TlsOptions>,
+}
+
+/// TLS for `https://` endpoints, as etcdctl's `--cacert`, `--cert` and `--key` give it. Once set, bare
+/// `host:port` endpoints are dialed with `https://` too.
+#[derive(Clone, Default)]
+pub struct TlsOptions {
+    ca_pem: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    // Never print the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("ca", &self.ca_pem.is_some())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl TlsOptions {
+    /// Without a CA the system's trusted roots verify the server.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Verify servers against this CA certificate (PEM) instead of the system's roots.
+    pub fn with_ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Present this client certificate and key (PEM), for servers that require one.
+    pub fn with_identity(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca_pem {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
+            None => config.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        config
+    }
 }
 
 impl Default for ConnectOptions {
@@ -40,6 +94,7 @@ impl Default for ConnectOptions {
             keep_alive_timeout: Duration::from_secs(3),
             discover: false,
             max_backoff: Duration::from_millis(500),
+            tls: None,
         }
     }
 }
@@ -74,6 +129,12 @@ impl ConnectOptions {
     /// On connect, add the client URLs of every member listed by `MemberList` to the endpoints.
     pub fn with_member_discovery(mut self, discover: bool) -> Self {
         self.discover = discover;
+        self
+    }
+
+    /// Dial `https://` endpoints (and bare `host:port` ones) with this TLS.
+    pub fn with_tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -118,11 +179,13 @@ pub(crate) struct Picked {
     pub(crate) channel: Channel,
 }
 
-/// Adds `http://` to a bare `host:port`.
-fn normalize(endpoint: &str) -> String {
+/// Adds `http://` (`https://` when `tls`) to a bare `host:port`.
+fn normalize(endpoint: &str, tls: bool) -> String {
     let e = endpoint.trim();
     if e.contains("://") {
         e.to_string()
+    } else if tls {
+        format!("https://{e}")
     } else {
         format!("http://{e}")
     }
@@ -140,7 +203,7 @@ impl Client {
         let options = options.unwrap_or_default();
         let mut slots = Vec::new();
         for e in endpoints {
-            let url = normalize(e.as_ref());
+            let url = normalize(e.as_ref(), options.tls.is_some());
             if slots.iter().any(|s: &Arc<Slot>| s.url == url) {
                 continue;
             }
@@ -179,7 +242,7 @@ impl Client {
         {
             let mut slots = self.inner.slots.write().expect("endpoint lock poisoned");
             for url in members.members.iter().flat_map(|m| m.client_ur_ls.iter()) {
-                let url = normalize(url);
+                let url = normalize(url, self.inner.options.tls.is_some());
                 if slots.iter().any(|s| s.url == url) {
                     continue;
                 }
@@ -340,11 +403,16 @@ impl Client {
 
 impl Slot {
     fn new(url: &str, options: &ConnectOptions) -> Result<Slot> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| Error::InvalidEndpoint {
-                endpoint: url.to_string(),
-                message: e.to_string(),
-            })?
+        let invalid = |e: tonic::transport::Error| Error::InvalidEndpoint {
+            endpoint: url.to_string(),
+            message: e.to_string(),
+        };
+        let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(invalid)?;
+        if url.starts_with("https://") {
+            let tls = options.tls.clone().unwrap_or_default();
+            endpoint = endpoint.tls_config(tls.config()).map_err(invalid)?;
+        }
+        let endpoint = endpoint
             .connect_timeout(options.dial_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(options.keep_alive_interval)
@@ -440,8 +508,10 @@ mod tests {
 
     #[test]
     fn bare_endpoints_get_a_scheme() {
-        assert_eq!(normalize("127.0.0.1:2379"), "http://127.0.0.1:2379");
-        assert_eq!(normalize(" http://a:1 "), "http://a:1");
+        assert_eq!(normalize("127.0.0.1:2379", false), "http://127.0.0.1:2379");
+        assert_eq!(normalize(" http://a:1 ", false), "http://a:1");
+        assert_eq!(normalize("127.0.0.1:2379", true), "https://127.0.0.1:2379");
+        assert_eq!(normalize("http://a:1", true), "http://a:1");
     }
 
     #[tokio::test]

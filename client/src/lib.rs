@@ -28,7 +28,7 @@ mod namespace;
 mod txn;
 mod watch;
 
-pub use client::{Client, ConnectOptions};
+pub use client::{Client, ConnectOptions, TlsOptions};
 pub use concurrency::{Election, Fence, LeaderKey, Mutex, Session};
 pub use error::{Error, Result};
 pub use kv::{

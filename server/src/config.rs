@@ -24,6 +24,73 @@ pub enum ConfigError {
     MissingSelf(String),
     #[error("--initial-cluster entry for {0:?} does not match --initial-advertise-peer-urls")]
     SelfMismatch(String),
+    /// An `https://` URL with nothing to serve TLS with: refusing beats serving plaintext on it.
+    #[error(
+        "TLS key/cert (--{prefix}cert-file, --{prefix}key-file) must be provided for {side} url \
+         {url} with HTTPS scheme (or use --{prefix}auto-tls)"
+    )]
+    HttpsWithoutCerts {
+        side: &'static str,
+        prefix: &'static str,
+        url: String,
+    },
+    #[error("invalid TLS flags: {0}")]
+    Tls(String),
+}
+
+/// One side's TLS (client or peer), as etcd's `--cert-file --key-file --trusted-ca-file
+/// --client-cert-auth --auto-tls` (and their `--peer-` twins) describe it. Used only on `https://`
+/// URLs; `http://` ones stay plaintext whatever is set here.
+#[derive(Clone, Debug, Default)]
+pub struct TlsInfo {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The CA that certificates of callers (and, for peers, of the members dialed) must chain to.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse callers without a certificate signed by `trusted_ca_file`.
+    pub client_cert_auth: bool,
+    /// Without `cert_file`/`key_file`, serve a self-signed certificate kept in the data dir.
+    pub auto_tls: bool,
+}
+
+impl TlsInfo {
+    /// Whether there is a certificate to serve (given, or generated on start).
+    pub fn has_certificate(&self) -> bool {
+        (self.cert_file.is_some() && self.key_file.is_some()) || self.auto_tls
+    }
+
+    fn check(
+        &self,
+        side: &'static str,
+        prefix: &'static str,
+        urls: &[String],
+    ) -> Result<(), ConfigError> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(ConfigError::Tls(format!(
+                "--{prefix}cert-file and --{prefix}key-file must be given together"
+            )));
+        }
+        if self.client_cert_auth && self.trusted_ca_file.is_none() {
+            return Err(ConfigError::Tls(format!(
+                "--{prefix}client-cert-auth needs --{prefix}trusted-ca-file"
+            )));
+        }
+        if let Some(url) = urls.iter().find(|u| is_https(u)) {
+            if !self.has_certificate() {
+                return Err(ConfigError::HttpsWithoutCerts {
+                    side,
+                    prefix,
+                    url: url.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a listen or peer URL asks for TLS.
+pub fn is_https(url: &str) -> bool {
+    url.trim().starts_with("https://")
 }
 
 /// A member's configuration. [`Config::default`] is the embedded default: one member named
@@ -62,8 +129,13 @@ pub struct Config {
     pub restore_from: Option<PathBuf>,
     /// When the leader compacts on its own (etcd's `--auto-compaction-mode/-retention`).
     pub auto_compaction: Option<AutoCompaction>,
-    /// Extra plain-HTTP listeners for /metrics and /health (the client URLs serve them too).
+    /// Extra listeners for /metrics and /health (the client URLs serve them too); `https://` ones
+    /// serve TLS with the client certificate.
     pub listen_metrics_urls: Vec<String>,
+    /// TLS on `https://` client URLs.
+    pub client_tls: TlsInfo,
+    /// TLS on `https://` peer URLs, and for dialing other members' `https://` peer URLs.
+    pub peer_tls: TlsInfo,
 }
 
 /// etcd's auto-compaction policies.
@@ -113,6 +185,8 @@ impl Default for Config {
             restore_from: None,
             auto_compaction: None,
             listen_metrics_urls: Vec::new(),
+            client_tls: TlsInfo::default(),
+            peer_tls: TlsInfo::default(),
         }
     }
 }
@@ -128,6 +202,32 @@ impl Config {
             initial_advertise_peer_urls: Vec::new(),
             ..Config::default()
         }
+    }
+
+    /// Refuses TLS flags that cannot work together, and `https://` URLs with no certificate to
+    /// serve on them (etcd refuses those too, rather than serve plaintext).
+    pub fn check_tls(&self) -> Result<(), ConfigError> {
+        let client_side: Vec<String> = (self.listen_client_urls.iter())
+            .chain(&self.listen_metrics_urls)
+            .cloned()
+            .collect();
+        self.client_tls.check("client", "", &client_side)?;
+        self.peer_tls
+            .check("peer", "peer-", &self.listen_peer_urls)?;
+        let dials_https = self
+            .initial_cluster
+            .iter()
+            .flat_map(|(_, urls)| urls)
+            .chain(&self.listen_peer_urls)
+            .any(|u| is_https(u));
+        if dials_https && self.peer_tls.trusted_ca_file.is_none() && !self.peer_tls.auto_tls {
+            return Err(ConfigError::Tls(
+                "members reached over https need --peer-trusted-ca-file to verify them (or \
+                 --peer-auto-tls)"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Parses etcd's `--initial-cluster` form: `a=http://h:p,b=http://h:p`.

@@ -17,8 +17,9 @@ pub mod mvcc;
 pub mod node;
 pub mod raft;
 pub mod storage;
+pub(crate) mod tls;
 pub mod watch;
 
 pub use compactor::parse_policy as parse_auto_compaction;
-pub use config::{AutoCompaction, ClusterState, Config};
+pub use config::{AutoCompaction, ClusterState, Config, TlsInfo};
 pub use node::{Node, NodeError};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use cairn_server::{ClusterState, Config, Node};
+use cairn_server::{ClusterState, Config, Node, TlsInfo};
 use clap::{Parser, ValueEnum};
 
 // Under write load glibc's allocator took about a quarter of each member's CPU (consolidating and
@@ -91,7 +91,8 @@ struct Args {
     /// from Cairn) and found a new cluster on it. The data dir must not exist yet.
     #[arg(long)]
     restore_from: Option<PathBuf>,
-    /// Comma-separated URLs to serve /metrics and /health on (plain HTTP), besides the client URLs.
+    /// Comma-separated URLs to serve /metrics and /health on, besides the client URLs (https://
+    /// ones with the client certificate).
     #[arg(long, value_delimiter = ',')]
     listen_metrics_urls: Vec<String>,
     /// Log level: error, warn, info, debug or trace (or a tracing filter directive).
@@ -100,6 +101,36 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Path to the client server TLS cert file (served on https:// client URLs).
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long)]
+    trusted_ca_file: Option<PathBuf>,
+    /// Require clients to present a certificate signed by --trusted-ca-file.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
+    client_cert_auth: bool,
+    /// Client TLS using a generated self-signed certificate (kept in <data-dir>/fixtures/client).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
+    auto_tls: bool,
+    /// Path to the peer server TLS cert file (also presented when dialing other members).
+    #[arg(long)]
+    peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long)]
+    peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file (other members are verified against it).
+    #[arg(long)]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Require members to present a certificate signed by --peer-trusted-ca-file.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
+    peer_client_cert_auth: bool,
+    /// Peer TLS using a generated self-signed certificate (kept in <data-dir>/fixtures/peer).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
+    peer_auto_tls: bool,
 }
 
 impl Args {
@@ -148,6 +179,20 @@ impl Args {
             restore_from: self.restore_from,
             auto_compaction,
             listen_metrics_urls: self.listen_metrics_urls,
+            client_tls: TlsInfo {
+                cert_file: self.cert_file,
+                key_file: self.key_file,
+                trusted_ca_file: self.trusted_ca_file,
+                client_cert_auth: self.client_cert_auth,
+                auto_tls: self.auto_tls,
+            },
+            peer_tls: TlsInfo {
+                cert_file: self.peer_cert_file,
+                key_file: self.peer_key_file,
+                trusted_ca_file: self.peer_trusted_ca_file,
+                client_cert_auth: self.peer_client_cert_auth,
+                auto_tls: self.peer_auto_tls,
+            },
             ..defaults
         })
     }

@@ -46,6 +46,7 @@ use crate::raft::state_machine::StateMachineStore;
 use crate::raft::types::{Member, NodeId, Raft};
 use crate::raft::{HandleSettings, RaftHandle};
 use crate::storage::{Backend, LogMeta, LogRows};
+use crate::tls::MemberTls;
 use cairn_proto::v3electionpb::election_server::ElectionServer;
 use cairn_proto::v3lockpb::lock_server::LockServer;
 
@@ -69,6 +70,8 @@ pub enum NodeError {
     Join(String),
     #[error("restoring: {0}")]
     Restore(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -85,6 +88,8 @@ pub struct Node {
     member_id: NodeId,
     cluster_id: u64,
     client_addrs: Vec<SocketAddr>,
+    /// `http` or `https`: the scheme of the first client listener.
+    client_scheme: &'static str,
     peer_addrs: Vec<SocketAddr>,
     raft: RaftHandle,
     backend: Backend,
@@ -108,10 +113,15 @@ async fn bind_all(urls: &[String], what: &str) -> Result<Vec<TcpListener>, NodeE
     Ok(listeners)
 }
 
-/// Advertised URLs default to the bound addresses (which also resolves port 0).
-fn advertised(configured: &[String], bound: &[SocketAddr]) -> Vec<String> {
+/// Advertised URLs default to the bound addresses (which also resolves port 0), each with its
+/// listen URL's scheme.
+fn advertised(configured: &[String], listen: &[String], bound: &[SocketAddr]) -> Vec<String> {
     if configured.is_empty() || configured.iter().any(|u| u.ends_with(":0")) {
-        bound.iter().map(|a| format!("http://{a}")).collect()
+        bound
+            .iter()
+            .zip(listen)
+            .map(|(a, url)| format!("{}://{a}", scheme(url)))
+            .collect()
     } else {
         configured.to_vec()
     }
@@ -137,8 +147,16 @@ impl Listeners {
         };
         let (peer_addrs, client_addrs) = (addrs(&peer), addrs(&client));
         Ok(Listeners {
-            peer_urls: advertised(&cfg.initial_advertise_peer_urls, &peer_addrs),
-            client_urls: advertised(&cfg.advertise_client_urls, &client_addrs),
+            peer_urls: advertised(
+                &cfg.initial_advertise_peer_urls,
+                &cfg.listen_peer_urls,
+                &peer_addrs,
+            ),
+            client_urls: advertised(
+                &cfg.advertise_client_urls,
+                &cfg.listen_client_urls,
+                &client_addrs,
+            ),
             peer,
             client,
             peer_addrs,
@@ -165,9 +183,11 @@ impl Node {
     /// Opens (or creates) the member's data dir and starts serving.
     #[tracing::instrument(skip_all, fields(name = %cfg.name, data_dir = %cfg.data_dir.display()))]
     pub async fn start(cfg: Config) -> Result<Node, NodeError> {
+        cfg.check_tls()?;
         let backend = open_storage(&cfg)?;
+        let tls = MemberTls::prepare(&cfg).map_err(|e| NodeError::Tls(e.to_string()))?;
         let listeners = Listeners::bind(&cfg).await?;
-        let identity = identity(&cfg, &backend, &listeners).await?;
+        let identity = identity(&cfg, &backend, &listeners, &tls).await?;
         let (member_id, cluster_id) = (identity.member_id, identity.cluster_id);
         let metrics = Metrics::new(cfg.quota_bytes());
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -175,7 +195,15 @@ impl Node {
             raft,
             handle,
             mut tasks,
-        } = assemble_raft(&cfg, &backend, identity, &metrics, shutdown_rx.clone()).await?;
+        } = assemble_raft(
+            &cfg,
+            &backend,
+            identity,
+            &metrics,
+            &tls,
+            shutdown_rx.clone(),
+        )
+        .await?;
         let (health_reporter, _) = tonic_health::server::health_reporter();
         let health_service = HealthService::new(
             tonic_health::server::HealthService::from_health_reporter(health_reporter.clone()),
@@ -200,6 +228,7 @@ impl Node {
                 metrics: &metrics,
                 health: health_service,
                 identity: (member_id, cluster_id),
+                tls,
             },
             &shutdown_rx,
         )
@@ -210,6 +239,7 @@ impl Node {
             member_id,
             cluster_id,
             client_addrs: listeners.client_addrs,
+            client_scheme: cfg.listen_client_urls.first().map_or("http", |u| scheme(u)),
             peer_addrs: listeners.peer_addrs,
             raft: handle,
             backend,
@@ -232,9 +262,9 @@ impl Node {
         self.client_addrs[0]
     }
 
-    /// `http://` URL of [`Node::client_addr`], as etcd clients take it.
+    /// URL of [`Node::client_addr`] (`http://` or `https://`), as etcd clients take it.
     pub fn client_url(&self) -> String {
-        format!("http://{}", self.client_addr())
+        format!("{}://{}", self.client_scheme, self.client_addr())
     }
 
     pub fn peer_addr(&self) -> SocketAddr {
@@ -316,6 +346,7 @@ async fn identity(
     cfg: &Config,
     backend: &Backend,
     listeners: &Listeners,
+    tls: &MemberTls,
 ) -> Result<Identity, NodeError> {
     let (peer_urls, client_urls) = (&listeners.peer_urls, &listeners.client_urls);
     let mut initial = if cfg.initial_cluster.is_empty() {
@@ -359,7 +390,15 @@ async fn identity(
         Some(identity) => identity,
         None => {
             let (member_id, cluster_id) = if cfg.initial_cluster_state == ClusterState::Existing {
-                join_identity(&initial, &cfg.name, peer_urls, cfg.request_timeout).await?
+                let channels = PeerChannels::new(tls.dial.clone());
+                join_identity(
+                    &channels,
+                    &initial,
+                    &cfg.name,
+                    peer_urls,
+                    cfg.request_timeout,
+                )
+                .await?
             } else {
                 (
                     members::member_id(&cfg.name, peer_urls, token),
@@ -387,6 +426,7 @@ async fn assemble_raft(
     backend: &Backend,
     identity: Identity,
     metrics: &Metrics,
+    tls: &MemberTls,
     stop: watch::Receiver<bool>,
 ) -> Result<Consensus, NodeError> {
     let raft_config = openraft::Config {
@@ -412,7 +452,7 @@ async fn assemble_raft(
     )
     .map_err(storage)?;
     let state = sm.state();
-    let channels = PeerChannels::default();
+    let channels = PeerChannels::new(tls.dial.clone());
     let network = Network {
         channels: channels.clone(),
     };
@@ -511,6 +551,7 @@ struct Serving<'a> {
     health: HealthService,
     /// (member id, cluster id)
     identity: (NodeId, u64),
+    tls: MemberTls,
 }
 
 type HealthService =
@@ -533,23 +574,29 @@ async fn serve(
         metrics,
         health: health_service,
         identity: (member_id, cluster_id),
+        tls,
     } = with;
     let mut servers = Vec::new();
     let http = HttpLayer {
         metrics: metrics.clone(),
         raft: handle.clone(),
     };
-    for listener in bind_all(&cfg.listen_metrics_urls, "metrics").await? {
+    let metrics_listeners = bind_all(&cfg.listen_metrics_urls, "metrics").await?;
+    for (listener, url) in metrics_listeners.into_iter().zip(&cfg.listen_metrics_urls) {
         let router = tonic::transport::Server::builder()
             .accept_http1(true)
             .layer(http.clone())
             .add_service(health_service.clone());
         let stop = stopped(shutdown_rx.clone());
-        servers.push(tokio::spawn(
-            router.serve_with_incoming_shutdown(incoming(listener), stop),
-        ));
+        servers.push(match tls_for(url, &tls.client)? {
+            Some(config) => tokio::spawn(router.serve_with_incoming_shutdown(
+                crate::tls::accept(listener, config, shutdown_rx.clone()),
+                stop,
+            )),
+            None => tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stop)),
+        });
     }
-    for listener in peer_listeners {
+    for (listener, url) in peer_listeners.into_iter().zip(&cfg.listen_peer_urls) {
         let svc = RaftTransportServer::new(PeerService {
             raft: raft.clone(),
             handle: handle.clone(),
@@ -558,9 +605,13 @@ async fn serve(
         .max_encoding_message_size(PEER_MAX_MESSAGE);
         let router = tonic::transport::Server::builder().add_service(svc);
         let stop = stopped(shutdown_rx.clone());
-        servers.push(tokio::spawn(
-            router.serve_with_incoming_shutdown(incoming(listener), stop),
-        ));
+        servers.push(match tls_for(url, &tls.peer)? {
+            Some(config) => tokio::spawn(router.serve_with_incoming_shutdown(
+                crate::tls::accept(listener, config, shutdown_rx.clone()),
+                stop,
+            )),
+            None => tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stop)),
+        });
     }
     let ctx = ServerContext {
         raft: handle.clone(),
@@ -575,7 +626,7 @@ async fn serve(
         streams: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     };
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    for listener in client_listeners {
+    for (listener, url) in client_listeners.into_iter().zip(&cfg.listen_client_urls) {
         let kv = kv_server::KvServer::new(KvService { ctx: ctx.clone() })
             .max_decoding_message_size(max_msg);
         let router = tonic::transport::Server::builder()
@@ -604,11 +655,40 @@ async fn serve(
                 MaintenanceService { ctx: ctx.clone() },
             ));
         let stop = stopped(shutdown_rx.clone());
-        servers.push(tokio::spawn(
-            router.serve_with_incoming_shutdown(client_incoming(listener), stop),
-        ));
+        servers.push(match tls_for(url, &tls.client)? {
+            Some(config) => {
+                let accepted = crate::tls::accept(listener, config, shutdown_rx.clone())
+                    .map(|conn| conn.map(AuthorityFix::new));
+                tokio::spawn(router.serve_with_incoming_shutdown(accepted, stop))
+            }
+            None => {
+                tokio::spawn(router.serve_with_incoming_shutdown(client_incoming(listener), stop))
+            }
+        });
     }
     Ok(servers)
+}
+
+/// `http` or `https`: the scheme a listen URL asks for.
+fn scheme(url: &str) -> &'static str {
+    if crate::config::is_https(url) {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// The TLS an `https://` listener serves with; `None` (plaintext, read directly) for `http://`.
+/// An `https://` URL never falls back to plaintext.
+fn tls_for(
+    url: &str,
+    config: &Option<Arc<rustls::ServerConfig>>,
+) -> Result<Option<Arc<rustls::ServerConfig>>, NodeError> {
+    match (crate::config::is_https(url), config) {
+        (false, _) => Ok(None),
+        (true, Some(config)) => Ok(Some(config.clone())),
+        (true, None) => Err(NodeError::Tls(format!("no TLS certificate for {url}"))),
+    }
 }
 
 fn incoming(
@@ -719,12 +799,12 @@ async fn watch_removal(handle: RaftHandle, id: NodeId, mut stop: watch::Receiver
 /// A member joining an existing cluster takes the id the cluster gave it in MemberAdd: it asks the
 /// other members listed in `--initial-cluster` for the member list and finds itself by peer URLs.
 async fn join_identity(
+    channels: &PeerChannels,
     initial: &[(String, Vec<String>)],
     name: &str,
     peer_urls: &[String],
     timeout: std::time::Duration,
 ) -> Result<(u64, u64), NodeError> {
-    let channels = PeerChannels::default();
     let mut mine = peer_urls.to_vec();
     mine.sort();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -735,7 +815,7 @@ async fn join_identity(
             .filter(|(n, _)| n != name)
             .flat_map(|(_, urls)| urls)
         {
-            let mut client = match PeerClient::new(&channels, url) {
+            let mut client = match PeerClient::new(channels, url) {
                 Ok(c) => c,
                 Err(e) => {
                     last_error = format!("{url}: {e}");

@@ -2,6 +2,8 @@
 //! with temp data dirs, killed by pid when dropped.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

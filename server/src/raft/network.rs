@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::types::{Member, NodeId, TypeConfig};
 use crate::codec::{decode, encode};
+use crate::tls::PeerDialTls;
 
 /// Largest message on the peer transport: a batch of log entries, each up to the request limit.
 pub(crate) const PEER_MAX_MESSAGE: usize = 512 * 1024 * 1024;
@@ -31,9 +32,18 @@ pub(crate) const PEER_MAX_MESSAGE: usize = 512 * 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// How `https://` peer URLs are dialed; without it they fail to connect (never plaintext).
+    tls: Option<PeerDialTls>,
 }
 
 impl PeerChannels {
+    pub(crate) fn new(tls: Option<PeerDialTls>) -> PeerChannels {
+        PeerChannels {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     pub(crate) fn client(
         &self,
         url: &str,
@@ -42,12 +52,21 @@ impl PeerChannels {
         let channel = match channels.get(url) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(url.to_string())?
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_while_idle(true)
-                    .connect_lazy();
+                let endpoint = |url: String| {
+                    Ok::<_, tonic::transport::Error>(
+                        Endpoint::from_shared(url)?
+                            .connect_timeout(Duration::from_secs(1))
+                            .tcp_nodelay(true)
+                            .http2_keep_alive_interval(Duration::from_secs(5))
+                            .keep_alive_while_idle(true),
+                    )
+                };
+                let c = match (&self.tls, crate::config::is_https(url)) {
+                    (Some(tls), true) => tls.channel(url, endpoint)?,
+                    // Plaintext (or https:// with no TLS configured, which then fails to
+                    // connect rather than speak plaintext).
+                    _ => endpoint(url.to_string())?.connect_lazy(),
+                };
                 channels.insert(url.to_string(), c.clone());
                 c
             }

@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod etcdctl;
+pub mod pki;
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;

@@ -54,7 +54,7 @@ pub async fn endpoints(g: &Global, cluster: bool) -> Result<Vec<String>> {
 
 /// A client bound to one endpoint.
 pub async fn single(g: &Global, ep: &str) -> Result<Client> {
-    connect_endpoints(&[ep.to_string()], g.options()).await
+    connect_endpoints(&[ep.to_string()], g.options()?).await
 }
 
 struct Health {

@@ -14,10 +14,11 @@ mod snapshot;
 mod txn;
 mod watch;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cairn_client::{Client, ConnectOptions};
+use cairn_client::{Client, ConnectOptions, TlsOptions};
 use clap::{Parser, Subcommand};
 
 use output::{Format, Printer};
@@ -75,6 +76,21 @@ pub struct Global {
     /// Keepalive timeout for client connections
     #[arg(long, global = true, env = "CAIRNCTL_KEEPALIVE_TIMEOUT", value_parser = parse_duration, default_value = "6s")]
     pub keepalive_timeout: Duration,
+    /// Verify certificates of TLS-enabled secure servers using this CA bundle
+    #[arg(
+        long = "cacert",
+        id = "tls_cacert",
+        global = true,
+        env = "CAIRNCTL_CACERT"
+    )]
+    pub cacert: Option<PathBuf>,
+    /// Identify secure client using this TLS certificate file
+    #[arg(long = "cert", id = "tls_cert", global = true, env = "CAIRNCTL_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Identify secure client using this TLS key file
+    // Own ids: commands have positional `key` arguments of their own.
+    #[arg(long = "key", id = "tls_key", global = true, env = "CAIRNCTL_KEY")]
+    pub key: Option<PathBuf>,
 }
 
 impl Global {
@@ -85,16 +101,38 @@ impl Global {
         }
     }
 
-    pub fn options(&self) -> ConnectOptions {
-        ConnectOptions::new()
+    pub fn options(&self) -> Result<ConnectOptions> {
+        let options = ConnectOptions::new()
             .with_dial_timeout(self.dial_timeout)
             .with_request_timeout(self.command_timeout)
-            .with_keep_alive(self.keepalive_time, self.keepalive_timeout)
+            .with_keep_alive(self.keepalive_time, self.keepalive_timeout);
+        Ok(match self.tls()? {
+            Some(tls) => options.with_tls(tls),
+            None => options,
+        })
+    }
+
+    /// TLS from `--cacert --cert --key`, as etcdctl takes them; `None` when none is given.
+    fn tls(&self) -> Result<Option<TlsOptions>> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &self.cacert {
+            tls = tls.with_ca_certificate(read(ca)?);
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => tls = tls.with_identity(read(cert)?, read(key)?),
+            (None, None) => {}
+            _ => anyhow::bail!("--cert and --key must be given together"),
+        }
+        let any = self.cacert.is_some() || self.cert.is_some();
+        Ok(any.then_some(tls))
     }
 
     /// A client over every `--endpoints` entry.
     pub async fn connect(&self) -> Result<Client> {
-        connect_endpoints(&self.endpoints, self.options()).await
+        connect_endpoints(&self.endpoints, self.options()?).await
     }
 }
 
