@@ -2,6 +2,8 @@
 //! with temp data dirs, killed by pid when dropped.
 #![allow(dead_code)]
 
+// The server's tests make their certificates the same way.
+#[path = "../../../server/tests/common/pki.rs"]
 pub mod pki;
 
 use std::collections::BTreeSet;
