@@ -17,7 +17,7 @@ pub mod mvcc;
 pub mod node;
 pub mod raft;
 pub mod storage;
-pub(crate) mod tls;
+pub mod tls;
 pub mod watch;
 
 pub use compactor::parse_policy as parse_auto_compaction;
