@@ -82,7 +82,8 @@ fn survives(i: usize) -> bool {
     i % 10 == 0
 }
 
-async fn check_survivors(c: &mut Client) {
+/// Every kept key reads back unchanged, and all `acked` writes made during the defrag are there.
+async fn check_survivors(c: &mut Client, acked: usize) {
     let resp = c
         .get(
             "big/",
@@ -100,6 +101,18 @@ async fn check_survivors(c: &mut Client) {
             key(i)
         );
     }
+    let during = c
+        .get(
+            "during/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .expect("count");
+    assert_eq!(
+        during.count() as usize,
+        acked,
+        "writes made during the defrag"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,19 +202,7 @@ async fn defrag_returns_the_space_of_deleted_and_compacted_data() {
         sizes(&dir)
     );
 
-    check_survivors(&mut c).await;
-    let during = c
-        .get(
-            "during/",
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await
-        .expect("count");
-    assert_eq!(
-        during.count() as usize,
-        acked,
-        "writes made during the defrag"
-    );
+    check_survivors(&mut c, acked).await;
     c.put("after-defrag", "yes", None)
         .await
         .expect("write after defrag");
@@ -211,15 +212,7 @@ async fn defrag_returns_the_space_of_deleted_and_compacted_data() {
     cluster.spawn(0);
     wait_serving(&cluster, &[0]).await;
     let mut c = connect(&url).await.expect("connect");
-    check_survivors(&mut c).await;
-    let during = c
-        .get(
-            "during/",
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await
-        .expect("count");
-    assert_eq!(during.count() as usize, acked);
+    check_survivors(&mut c, acked).await;
     assert_eq!(
         c.get("after-defrag", None).await.expect("get").kvs()[0].value(),
         b"yes"
