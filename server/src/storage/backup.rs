@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::backend::Backend;
-use super::bbolt::BboltError;
+use super::error::RestoreError;
 use super::etcd_snapshot;
 use super::keys::{
     ALARM_PREFIX, MEMBER_PREFIX, META_APPLIED, META_MEMBERSHIP, META_RESTORING, META_REVISION,
@@ -37,30 +37,6 @@ use crate::codec::decode;
 /// Identifies a Cairn backup file and its format version.
 pub const MAGIC: &[u8] = b"CAIRN-SNAPSHOT-2\n";
 const DIGEST_LEN: usize = 32;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    #[error("reading {0}: {1}")]
-    Read(String, std::io::Error),
-    #[error("not a snapshot file: neither an etcd snapshot (bbolt) nor a Cairn backup")]
-    NotASnapshot,
-    #[error(
-        "the etcd snapshot has no SHA-256 trailer (its size, {0} bytes, is not 512·n + 32): \
-         not a complete `etcdctl snapshot save` file (a database copied from an etcd \
-         data dir has none: save a snapshot of it with etcdctl)"
-    )]
-    NoTrailer(u64),
-    #[error("etcd snapshot: {0}")]
-    Bbolt(#[from] BboltError),
-    #[error("snapshot file is corrupt: its SHA-256 does not match its content")]
-    Checksum,
-    #[error("snapshot image is unreadable: {0}")]
-    Image(String),
-    #[error("data dir {0} already holds a store; restore needs a new one")]
-    DataDirInUse(String),
-    #[error("writing the restored store: {0}")]
-    Storage(String),
-}
 
 /// Writes a backup file in Cairn's older format, hashing and counting what passes (kept to test
 /// that such files still restore).

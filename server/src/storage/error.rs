@@ -1,5 +1,5 @@
 //! What can go wrong below consensus: sled, the file system, a row that does not decode, a data
-//! dir left torn by a restore or a snapshot install.
+//! dir left torn by a restore or a snapshot install, a backup that cannot be restored.
 //!
 //! Must never import `raft/` or `grpc/`: consensus maps these to its own errors.
 
@@ -38,4 +38,29 @@ pub enum RowWriteError {
     Truncated,
     #[error("redo record: unknown change tag {0}")]
     Tag(u8),
+}
+
+/// Why a backup or etcd snapshot file cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("reading {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("not a snapshot file: neither an etcd snapshot (bbolt) nor a Cairn backup")]
+    NotASnapshot,
+    #[error(
+        "the etcd snapshot has no SHA-256 trailer (its size, {0} bytes, is not 512·n + 32): \
+         not a complete `etcdctl snapshot save` file (a database copied from an etcd \
+         data dir has none: save a snapshot of it with etcdctl)"
+    )]
+    NoTrailer(u64),
+    #[error("etcd snapshot: {0}")]
+    Bbolt(#[from] super::bbolt::BboltError),
+    #[error("snapshot file is corrupt: its SHA-256 does not match its content")]
+    Checksum,
+    #[error("snapshot image is unreadable: {0}")]
+    Image(String),
+    #[error("data dir {0} already holds a store; restore needs a new one")]
+    DataDirInUse(String),
+    #[error("writing the restored store: {0}")]
+    Storage(String),
 }

@@ -34,9 +34,9 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::backend::Backend;
-use super::backup::RestoreError;
 use super::bbolt::reader::Db;
 use super::bbolt::writer::{BucketBuilder, DbWriter, PAGE_SIZE};
+use super::error::RestoreError;
 use super::keys::{
     decode_lease_key, kv_key, lease_key, StoredKv, KV_PREFIX, LEASE_PREFIX, META_COMPACT,
     META_RESTORING, META_REVISION,
