@@ -2,11 +2,15 @@
 //! loopback, connecting, reading memory, choosing systems from the environment, printing the table.
 #![allow(dead_code)]
 
+pub mod load;
+#[path = "../../tests/common/pki.rs"]
+mod pki;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum System {
@@ -23,9 +27,46 @@ impl System {
     }
 }
 
+/// How clients and members talk: in the clear, over mutual TLS (client and peer ports), or over
+/// mutual TLS with authentication on and a user whose role may read and write every key.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Security {
+    Plain,
+    Tls,
+    TlsAuth,
+}
+
+impl Security {
+    pub fn name(self) -> &'static str {
+        match self {
+            Security::Plain => "plaintext",
+            Security::Tls => "TLS",
+            Security::TlsAuth => "TLS + auth",
+        }
+    }
+
+    fn scheme(self) -> &'static str {
+        match self {
+            Security::Plain => "http",
+            _ => "https",
+        }
+    }
+}
+
+/// The user the load runs as when authentication is on.
+pub const BENCH_USER: (&str, &str) = ("bench", "bench-password");
+
+struct Pki {
+    ca: std::path::PathBuf,
+    member: pki::Pair,
+    client: pki::Pair,
+}
+
 pub struct Cluster {
     pub children: Vec<Child>,
     pub client_urls: Vec<String>,
+    pub security: Security,
+    pki: Option<Pki>,
     _dir: tempfile::TempDir,
 }
 
@@ -46,14 +87,31 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 }
 
 pub fn start(system: System, members: usize) -> Cluster {
+    start_secured(system, members, Security::Plain)
+}
+
+/// Starts a cluster whose ports are secured as `security` says (authentication is turned on
+/// afterwards, by [`Cluster::enable_auth`], as an operator would).
+pub fn start_secured(system: System, members: usize, security: Security) -> Cluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let ports = free_ports(2 * members);
+    let scheme = security.scheme();
     let initial: Vec<String> = (0..members)
-        .map(|i| format!("m{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
+        .map(|i| format!("m{i}={scheme}://127.0.0.1:{}", ports[2 * i + 1]))
         .collect();
+    let pki = (security != Security::Plain).then(|| {
+        let ca = pki::Ca::new(dir.path(), "bench-ca");
+        Pki {
+            member: ca.issue(dir.path(), "member"),
+            client: ca.issue(dir.path(), "client"),
+            ca: ca.cert,
+        }
+    });
     let mut cluster = Cluster {
         children: Vec::new(),
         client_urls: Vec::new(),
+        security,
+        pki,
         _dir: dir,
     };
     for i in 0..members {
@@ -80,8 +138,9 @@ impl Cluster {
         initial_cluster: &str,
         state: &str,
     ) {
-        let client = format!("http://127.0.0.1:{}", ports.0);
-        let peer = format!("http://127.0.0.1:{}", ports.1);
+        let scheme = self.security.scheme();
+        let client = format!("{scheme}://127.0.0.1:{}", ports.0);
+        let peer = format!("{scheme}://127.0.0.1:{}", ports.1);
         let bin = match system {
             // CAIRN_BENCH_BIN runs another build of `cairn` (an A/B comparison in one run).
             System::Cairn => std::env::var("CAIRN_BENCH_BIN")
@@ -110,15 +169,84 @@ impl Cluster {
         if system == System::Cairn {
             cmd.arg("--log-level").arg("warn");
         }
+        if let Some(pki) = &self.pki {
+            let (cert, key) = (&pki.member.cert, &pki.member.key);
+            cmd.arg("--cert-file").arg(cert).arg("--key-file").arg(key);
+            cmd.arg("--trusted-ca-file").arg(&pki.ca);
+            cmd.arg("--client-cert-auth");
+            cmd.arg("--peer-cert-file").arg(cert);
+            cmd.arg("--peer-key-file").arg(key);
+            cmd.arg("--peer-trusted-ca-file").arg(&pki.ca);
+            cmd.arg("--peer-client-cert-auth");
+        }
         self.children.push(cmd.spawn().expect("spawn member"));
         self.client_urls.push(client);
     }
 }
 
-pub async fn connect(url: &str) -> Client {
-    let opts = ConnectOptions::new()
+impl Cluster {
+    /// How a client of this cluster connects: with its certificate over TLS, and as the bench
+    /// user once authentication is on.
+    pub fn options(&self) -> ConnectOptions {
+        self.connect_options(self.security == Security::TlsAuth)
+    }
+
+    fn connect_options(&self, as_user: bool) -> ConnectOptions {
+        let mut opts = options();
+        if let Some(pki) = &self.pki {
+            let pem = |p: &Path| std::fs::read(p).expect("read PEM");
+            opts = opts.with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(pem(&pki.ca)))
+                    .identity(Identity::from_pem(
+                        pem(&pki.client.cert),
+                        pem(&pki.client.key),
+                    )),
+            );
+        }
+        if as_user {
+            opts = opts.with_user(BENCH_USER.0, BENCH_USER.1);
+        }
+        opts
+    }
+
+    /// Turns authentication on as an operator would: a root user, and a user whose role may
+    /// read and write every key, which the load then runs as.
+    pub async fn enable_auth(&self) {
+        use etcd_client::{Permission, PermissionType};
+        let mut c = connect_with(&self.client_urls[0], self.connect_options(false)).await;
+        c.role_add("root").await.expect("role root");
+        c.user_add("root", "root-password", None)
+            .await
+            .expect("user root");
+        c.user_grant_role("root", "root").await.expect("grant root");
+        c.role_add("readwrite").await.expect("role readwrite");
+        let every_key = Permission::new(PermissionType::Readwrite, vec![0u8]).with_from_key();
+        c.role_grant_permission("readwrite", every_key)
+            .await
+            .expect("grant permission");
+        c.user_add(BENCH_USER.0, BENCH_USER.1, None)
+            .await
+            .expect("bench user");
+        c.user_grant_role(BENCH_USER.0, "readwrite")
+            .await
+            .expect("grant readwrite");
+        c.auth_enable().await.expect("auth enable");
+    }
+}
+
+fn options() -> ConnectOptions {
+    ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(10));
+        .with_timeout(Duration::from_secs(10))
+}
+
+pub async fn connect(url: &str) -> Client {
+    connect_with(url, options()).await
+}
+
+/// Connects and waits until the member answers a read.
+pub async fn connect_with(url: &str, opts: ConnectOptions) -> Client {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut c) = Client::connect([url], Some(opts.clone())).await {
