@@ -7,7 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_client::ConnectOptions;
+
 use crate::net::{Net, Pids};
+use crate::security::{Secrets, Security, SecurityError};
 use crate::workload::client::Conn;
 
 /// Errors of the harness itself; never a test outcome.
@@ -22,6 +25,8 @@ pub enum ClusterError {
     NotServing(Vec<usize>, Duration, String),
     #[error("signal {0} to pid {1} failed")]
     Signal(&'static str, u32),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 /// How to start a cluster.
@@ -34,6 +39,7 @@ pub struct ClusterConfig {
     /// Where data dirs live; a FUSE mount for power-loss runs.
     pub data_root: Option<PathBuf>,
     pub extra_args: Vec<String>,
+    pub security: Security,
 }
 
 /// One member process.
@@ -50,17 +56,19 @@ pub struct Member {
     paused: bool,
     /// `new` for founders; `existing` after a member was removed and re-added.
     pub state: &'static str,
+    /// `http` or `https`.
+    scheme: &'static str,
 }
 
 impl Member {
     /// The client URL.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 
     /// The advertised peer URL (the proxy in front of the member).
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.proxy_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.proxy_port)
     }
 }
 
@@ -70,6 +78,8 @@ pub struct Cluster {
     pub net: Net,
     pids: Pids,
     cfg: ClusterConfig,
+    secrets: Secrets,
+    options: ConnectOptions,
 }
 
 /// Ports for the members, held until the proxies are bound so the OS cannot hand one of them
@@ -119,6 +129,7 @@ impl Cluster {
         let net = Net::start((0..n).map(|i| ports[2 * i + 1]).collect(), pids.clone()).await?;
         drop(held);
         let data_root = cfg.data_root.clone().unwrap_or_else(|| cfg.dir.clone());
+        let secrets = Secrets::create(&cfg.dir, cfg.security)?;
         let members = (0..n)
             .map(|i| Member {
                 name: format!("n{i}"),
@@ -130,6 +141,7 @@ impl Cluster {
                 child: None,
                 paused: false,
                 state: "new",
+                scheme: secrets.scheme(),
             })
             .collect();
         let mut c = Cluster {
@@ -137,6 +149,8 @@ impl Cluster {
             net,
             pids,
             cfg,
+            options: secrets.options(),
+            secrets,
         };
         for i in 0..n {
             c.spawn(i)?;
@@ -183,13 +197,14 @@ impl Cluster {
             .arg("--listen-client-urls")
             .arg(m.url())
             .arg("--listen-peer-urls")
-            .arg(format!("http://127.0.0.1:{}", m.peer_port))
+            .arg(format!("{}://127.0.0.1:{}", m.scheme, m.peer_port))
             .arg("--initial-advertise-peer-urls")
             .arg(m.peer_url())
             .arg("--initial-cluster")
             .arg(initial)
             .arg("--initial-cluster-state")
             .arg(m.state)
+            .args(self.secrets.member_args())
             .args(&self.cfg.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -272,6 +287,11 @@ impl Cluster {
         self.members.iter().map(Member::url).collect()
     }
 
+    /// How clients connect to the members (TLS and the user, when the cluster is secured).
+    pub fn options(&self) -> &ConnectOptions {
+        &self.options
+    }
+
     /// The harness's working dir.
     pub fn dir(&self) -> &Path {
         &self.cfg.dir
@@ -298,7 +318,11 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         let deadline = Instant::now() + limit;
         for &i in members {
-            let conn = Conn::connect(&self.members[i].url(), Duration::from_secs(2));
+            let conn = Conn::connect(
+                &self.members[i].url(),
+                &self.options,
+                Duration::from_secs(2),
+            );
             loop {
                 if conn.get("jepsen-probe", false).await.is_ok() {
                     break;
@@ -321,7 +345,11 @@ impl Cluster {
         let mut leaders = Vec::new();
         let mut ids = Vec::new();
         for &i in members {
-            let conn = Conn::connect(&self.members[i].url(), Duration::from_secs(1));
+            let conn = Conn::connect(
+                &self.members[i].url(),
+                &self.options,
+                Duration::from_secs(1),
+            );
             let (leader, id) = conn.status().await.ok()?;
             leaders.push(leader);
             ids.push((i, id));

@@ -12,4 +12,5 @@ pub mod nemesis;
 pub mod net;
 pub mod report;
 pub mod runner;
+pub mod security;
 pub mod workload;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use cairn_jepsen::checker;
 use cairn_jepsen::history::History;
 use cairn_jepsen::runner::{self, TestConfig};
+use cairn_jepsen::security::Security;
 use cairn_jepsen::workload::Fault;
 
 #[derive(Parser)]
@@ -60,6 +61,9 @@ enum Command {
         /// often, so lagging or re-added members catch up by snapshot installs under the faults.
         #[arg(long)]
         snapshot_count: Option<u64>,
+        /// `plain` or `tls` (mutual TLS on client and peer ports, certificates made for the run).
+        #[arg(long, default_value = "plain")]
+        security: Security,
     },
     /// Checks a recorded history (JSON lines).
     Check {
@@ -105,6 +109,7 @@ fn real_main() -> anyhow::Result<bool> {
             results,
             fault,
             snapshot_count,
+            security,
         } => {
             let cairn_bin = match cairn_bin {
                 Some(p) => p,
@@ -133,6 +138,7 @@ fn real_main() -> anyhow::Result<bool> {
             cfg.clients = clients;
             cfg.fault = fault;
             cfg.fault_duration = Duration::from_secs(fault_duration);
+            cfg.security = security;
             if let Some(n) = snapshot_count {
                 cfg.extra_args = vec!["--snapshot-count".into(), n.to_string()];
             }

@@ -20,6 +20,7 @@ use crate::history::Recorder;
 use crate::lazyfs::LazyFs;
 use crate::nemesis::{self, Report, Status};
 use crate::report::{self, ReportError};
+use crate::security::Security;
 use crate::workload::{self, Ctx, Fault};
 
 /// Errors of the harness.
@@ -53,6 +54,8 @@ pub struct TestConfig {
     pub fault_duration: Duration,
     /// Extra flags for every member.
     pub extra_args: Vec<String>,
+    /// Plaintext, mutual TLS, or mutual TLS with authentication on.
+    pub security: Security,
 }
 
 impl TestConfig {
@@ -70,6 +73,7 @@ impl TestConfig {
             fault: None,
             fault_duration: Duration::from_secs(4),
             extra_args: Vec::new(),
+            security: Security::Plain,
         }
     }
 }
@@ -136,6 +140,7 @@ pub async fn run(cfg: TestConfig) -> Result<TestOutcome, HarnessError> {
         dir: cfg.results.clone(),
         data_root: power.as_ref().map(|p| p.mountpoint().to_path_buf()),
         extra_args: cfg.extra_args.clone(),
+        security: cfg.security,
     })
     .await?;
     let all: Vec<usize> = (0..cfg.nodes).collect();
@@ -146,6 +151,7 @@ pub async fn run(cfg: TestConfig) -> Result<TestOutcome, HarnessError> {
     let ctx = Ctx {
         recorder: recorder.clone(),
         endpoints: cluster.endpoints(),
+        options: cluster.options().clone(),
         clients: cfg.clients,
         rate: cfg.rate,
         timeout: Duration::from_secs(2),

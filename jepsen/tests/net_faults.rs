@@ -31,6 +31,7 @@ async fn isolated_member_stops_serving_until_healed() {
         dir: dir.path().to_path_buf(),
         data_root: None,
         extra_args: Vec::new(),
+        security: Default::default(),
     })
     .await
     .expect("cluster starts");
@@ -45,8 +46,16 @@ async fn isolated_member_stops_serving_until_healed() {
     assert_eq!(cluster.net.unidentified(), 0);
 
     cluster.net.partition(&[vec![0], vec![1, 2]]);
-    let isolated = Conn::connect(&cluster.members[0].url(), Duration::from_secs(2));
-    let majority = Conn::connect(&cluster.members[1].url(), Duration::from_secs(2));
+    let isolated = Conn::connect(
+        &cluster.members[0].url(),
+        cluster.options(),
+        Duration::from_secs(2),
+    );
+    let majority = Conn::connect(
+        &cluster.members[1].url(),
+        cluster.options(),
+        Duration::from_secs(2),
+    );
     // The majority elects a leader if it needs one and keeps serving writes and reads.
     let deadline = Instant::now() + Duration::from_secs(30);
     while majority.put("k", "v", 0).await.is_err() {

@@ -11,7 +11,13 @@ use crate::workload::client::Conn;
 fn conn_to_other(cluster: &Cluster, not: usize) -> Option<Conn> {
     (0..cluster.members.len())
         .find(|i| *i != not && cluster.is_running(*i))
-        .map(|i| Conn::connect(&cluster.members[i].url(), Duration::from_secs(5)))
+        .map(|i| {
+            Conn::connect(
+                &cluster.members[i].url(),
+                cluster.options(),
+                Duration::from_secs(5),
+            )
+        })
 }
 
 /// Removes a random member (never the last ones needed for a quorum of the rest).

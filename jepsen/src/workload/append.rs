@@ -164,7 +164,7 @@ async fn execute(
 /// One last read of every list once the cluster serves again, so every acknowledged append has
 /// a place in the version order.
 pub async fn finish(ctx: Ctx) {
-    let conn = Conn::connect(&ctx.endpoints[0], ctx.timeout);
+    let conn = Conn::connect(&ctx.endpoints[0], &ctx.options, ctx.timeout);
     let mops: Vec<Mop> = (0..KEYS).map(|k| Mop::Read(format!("a{k}"))).collect();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut p = 999_997;

@@ -76,6 +76,7 @@ pub struct Guarded {
 #[derive(Clone)]
 pub struct Conn {
     url: String,
+    options: ConnectOptions,
     timeout: Duration,
     client: Arc<Mutex<Option<Client>>>,
 }
@@ -90,10 +91,11 @@ fn kv(k: cairn_client::proto::KeyValue) -> Kv {
 }
 
 impl Conn {
-    /// A connection to `url` whose requests time out after `timeout`.
-    pub fn connect(url: &str, timeout: Duration) -> Conn {
+    /// A connection to `url` with `options` (TLS, user) whose requests time out after `timeout`.
+    pub fn connect(url: &str, options: &ConnectOptions, timeout: Duration) -> Conn {
         Conn {
             url: url.to_string(),
+            options: options.clone(),
             timeout,
             client: Arc::default(),
         }
@@ -120,7 +122,9 @@ impl Conn {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let options = ConnectOptions::new()
+        let options = self
+            .options
+            .clone()
             .with_dial_timeout(Duration::from_millis(500))
             .with_request_timeout(self.timeout);
         let c = Client::connect([self.url.as_str()], Some(options)).await?;

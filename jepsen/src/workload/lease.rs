@@ -128,7 +128,7 @@ async fn reader(ctx: Ctx, p0: u64, keys: Keys) {
 pub async fn finish(ctx: Ctx) {
     tokio::time::sleep(Duration::from_secs(TTL as u64) + GRACE + Duration::from_secs(1)).await;
     let keys = ctx.keys.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let conn = Conn::connect(&ctx.endpoints[0], ctx.timeout);
+    let conn = Conn::connect(&ctx.endpoints[0], &ctx.options, ctx.timeout);
     let mut p = 800;
     for key in keys {
         p = read_as(&ctx, &conn, p, &key, "lease-final-read").await;

@@ -40,6 +40,8 @@ pub enum Fault {
 pub struct Ctx {
     pub recorder: Recorder,
     pub endpoints: Vec<String>,
+    /// How to connect to them (TLS, user).
+    pub options: cairn_client::ConnectOptions,
     pub clients: usize,
     /// Offered operations per second, over all clients.
     pub rate: f64,
@@ -58,6 +60,7 @@ impl Ctx {
     pub fn conn(&self, p: u64) -> Conn {
         Conn::connect(
             &self.endpoints[(p % PROCESS_STRIDE) as usize % self.endpoints.len()],
+            &self.options,
             self.timeout,
         )
     }

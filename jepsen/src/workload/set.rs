@@ -70,7 +70,7 @@ async fn add(conn: &Conn, key: &str, e: i64) -> Result<(), ClientError> {
 
 /// Reads every set once the cluster serves again.
 pub async fn finish(ctx: Ctx) {
-    let conn = Conn::connect(&ctx.endpoints[0], ctx.timeout);
+    let conn = Conn::connect(&ctx.endpoints[0], &ctx.options, ctx.timeout);
     let p = 999_999;
     ctx.recorder.invoke(p, "final-read", json!({}));
     let got = retry(Duration::from_secs(30), || conn.get_prefix("s")).await;

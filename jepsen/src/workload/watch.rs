@@ -139,7 +139,7 @@ pub async fn finish(ctx: Ctx) {
         if tokio::time::Instant::now() > deadline {
             break;
         }
-        let conn = Conn::connect(endpoint, ctx.timeout);
+        let conn = Conn::connect(endpoint, &ctx.options, ctx.timeout);
         let target = match conn.get_prefix(PREFIX).await {
             Ok((_, rev)) => rev,
             Err(e) => {
