@@ -666,4 +666,6 @@ fn until(deadline: Instant) -> Duration {
 }
 
 #[cfg(test)]
+mod format_test;
+#[cfg(test)]
 mod storage_test;
