@@ -145,12 +145,9 @@ async fn kubectl_create_token_gives_tokens_that_authenticate_until_revoked() {
             cl["kubernetes.io"],
             json!({"namespace": "robots", "serviceaccount": {"name": "bot", "uid": sa_uid}})
         );
-        let listed = get_pods_as(&c, minor, &token, "robots")
-            .unwrap_or_else(|e| panic!("1.{minor}: the token does not authenticate: {e}"));
-        assert!(
-            listed.contains("No resources found in robots namespace."),
-            "{listed}"
-        );
+        if let Err(e) = get_pods_as(&c, minor, &token, "robots") {
+            panic!("1.{minor}: the token does not authenticate: {e}");
+        }
         tokens.push(token);
     }
     let token = tokens.pop().expect("kubectl 1.33 made one");

@@ -344,13 +344,15 @@ pub async fn admit_pod(st: &State, pod: &mut Value) -> ApiResult<()> {
     let sa = match get_local_first(st, service_accounts(), &ns, &name).await {
         Ok(sa) => sa,
         Err(StoreError::NotFound) if name == "default" => return Ok(()),
-        Err(StoreError::NotFound) => return Err(ApiError::forbidden(
-            pods(),
-            meta::name(pod),
-            &format!(
+        Err(StoreError::NotFound) => {
+            return Err(ApiError::forbidden(
+                pods(),
+                meta::name(pod),
+                &format!(
                 "error looking up service account {ns}/{name}: serviceaccount {name:?} not found"
             ),
-        )),
+            ))
+        }
         Err(e) => return Err(ApiError::store(service_accounts(), &name, e)),
     };
     let pull = &sa["imagePullSecrets"];
