@@ -135,18 +135,9 @@ impl Tokens {
                 }
             }
         }
-        let fetched: Vec<(Key, Entry)> = futures::stream::iter(due)
+        let fetched: Vec<(Key, Result<Entry, String>)> = futures::stream::iter(due)
             .map(|(key, pod)| async move {
-                let entry = match self.request(&key, &pod).await {
-                    Ok(e) => e,
-                    Err(message) => {
-                        tracing::warn!(pod = %key.pod_uid, message = %message, "token request failed");
-                        Entry::Failed {
-                            message,
-                            at: Instant::now(),
-                        }
-                    }
-                };
+                let entry = self.request(&key, &pod).await;
                 (key, entry)
             })
             .buffer_unordered(CONCURRENT)
@@ -155,14 +146,26 @@ impl Tokens {
         let mut cache = self.cache.lock().expect("not poisoned");
         cache.retain(|k, _| wanted.contains(k));
         for (key, entry) in fetched {
-            // A failed renewal keeps the token that still works until it expires.
-            if let (Entry::Failed { .. }, Some(Entry::Token { expires, .. })) =
-                (&entry, cache.get(&key))
-            {
-                if *expires > now {
+            let entry = match (entry, cache.get(&key)) {
+                (Ok(e), _) => e,
+                // A failed renewal keeps the token that still works until it expires.
+                (Err(message), Some(Entry::Token { expires, .. })) if *expires > now => {
+                    tracing::warn!(pod = %key.pod_uid, message = %message, "token renewal failed");
                     continue;
                 }
-            }
+                (Err(message), previous) => {
+                    // Said once per cause, not on every retry.
+                    let repeated =
+                        matches!(previous, Some(Entry::Failed { message: m, .. }) if *m == message);
+                    if !repeated {
+                        tracing::warn!(pod = %key.pod_uid, message = %message, "token request failed");
+                    }
+                    Entry::Failed {
+                        message,
+                        at: Instant::now(),
+                    }
+                }
+            };
             cache.insert(key, entry);
         }
     }
