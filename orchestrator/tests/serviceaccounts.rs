@@ -539,6 +539,28 @@ async fn a_pod_reads_its_token_ca_and_namespace_and_its_token_lists_pods() {
     // What a client in the pod would send: the token lists the pods of its namespace.
     let listed = get_pods_as(&c, 33, &token, "default").unwrap();
     assert!(listed.contains("pod/reader"), "{listed}");
+    // An in-cluster client trusts only the pod's ca.crt and asks for the name it knows the
+    // server by: the certificate checks out and the token lists pods.
+    let in_cluster = {
+        use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+        let ca: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(cat("ca.crt").as_bytes())
+            .map(|c| c.unwrap().to_vec())
+            .collect();
+        let mut cfg = kube::Config::new(c.url().parse().unwrap());
+        cfg.root_cert = Some(ca);
+        cfg.tls_server_name = Some("kubernetes.default.svc".into());
+        cfg.auth_info.token = Some(token.clone().into());
+        cfg.default_retry = false;
+        kube::Client::try_from(cfg).unwrap()
+    };
+    let seen = Api::<Pod>::namespaced(in_cluster, "default")
+        .list(&Default::default())
+        .await
+        .expect("the in-cluster client lists pods");
+    assert!(seen
+        .items
+        .iter()
+        .any(|p| p.metadata.name.as_deref() == Some("reader")));
 
     // The token ends with its pod.
     pods.delete("reader", &DeleteParams::default())

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cairn_orchestrator::apiserver::{self, satoken, tls};
+use cairn_orchestrator::registry::alloc::IpRange;
 use cairn_orchestrator::registry::encryption::Transformer;
 use cairn_orchestrator::registry::Registry;
 
@@ -81,11 +82,16 @@ pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
         tokens = apiserver::parse_token_file(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
     }
+    // Clients inside pods reach the server at the `kubernetes` Service's address (the range's
+    // first), so a generated certificate names it, as kube-apiserver's does.
+    let service_ip = IpRange::parse(&args.service_cluster_ip_range)
+        .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?
+        .first();
     let files = tls::serving_files(
         &args.cert_dir,
         args.tls_cert_file.as_deref(),
         args.tls_private_key_file.as_deref(),
-        &[],
+        &[service_ip.to_string()],
     )?;
     let tls_config = tls::server_config(&files)?;
     let kubelet_client = match (&args.kubelet_client_certificate, &args.kubelet_client_key) {
