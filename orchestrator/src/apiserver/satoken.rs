@@ -562,6 +562,45 @@ mod tests {
     }
 
     #[test]
+    fn an_rsa_key_from_files_signs_rs256() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("rsa.key");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
+            .arg(&key)
+            .output();
+        if !made.is_ok_and(|o| o.status.success()) {
+            println!(
+                "SKIPPED: an_rsa_key_from_files_signs_rs256: openssl cannot make an RSA key here"
+            );
+            return;
+        }
+        let iss = issuer(Keys::from_files(&key, &[]).unwrap());
+        let t = iss.sign(&claims(&[DEFAULT_ISSUER], now(), 600)).unwrap();
+        let header: serde_json::Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(t.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(header["alg"], "RS256");
+        assert!(iss.verify(&t).is_ok());
+        // An ES256 key of another cluster does not verify it.
+        let other = tempfile::tempdir().unwrap();
+        assert_eq!(
+            issuer(Keys::in_dir(other.path()).unwrap()).verify(&t),
+            Err(Invalid::Signature)
+        );
+    }
+
+    #[test]
     fn the_maximum_lifetime_shortens_requests() {
         let dir = tempfile::tempdir().unwrap();
         let iss = Issuer::new(
