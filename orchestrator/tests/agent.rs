@@ -620,23 +620,34 @@ async fn secret_downward_and_projected_volumes_are_files_kept_up_to_date() {
         "an update must not restart the container"
     );
 
-    // A token projection is refused in words, not mounted without its token.
+    // A token projection waits, in the kubelet's words, for its service account (no controller
+    // manager made `default` here), then starts with the token mounted.
     let tok: Pod = serde_json::from_value(json!({
         "metadata": {"name": "tok"},
         "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
             "volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}],
-            "containers": [{"name": "main", "image": "/", "command": ["sleep", "300"]}]},
+            "containers": [{"name": "main", "image": "/", "command": ["sleep", "300"],
+                "volumeMounts": [{"name": "t", "mountPath": "/etc/tok"}]}]},
     }))
     .unwrap();
     pods.create(&PostParams::default(), &tok).await.unwrap();
-    converge("the token projection refused", 30, async || {
+    converge("the token projection waiting for its account", 30, async || {
         let p = pods.get("tok").await.unwrap();
-        container_status(&p)["state"]["waiting"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("serviceAccountToken")
+        container_status(&p)["state"]["waiting"]["message"] == r#"MountVolume.SetUp failed for volume "t" : failed to fetch token: serviceaccounts "default" not found"#
     })
     .await;
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), "default");
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let tok = wait_running(&pods, "tok").await;
+    let tok_uid = tok.metadata.uid.clone().unwrap();
+    let token = sh(&rt, &tok_uid, "main", "cat /etc/tok/token").await;
+    assert_eq!(token.split('.').count(), 3, "a JWS: {token}");
 
     delete_all(&pods).await;
     assert!(

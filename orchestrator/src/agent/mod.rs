@@ -7,7 +7,9 @@
 //! the grace period before it removes the pod object. Init containers run one at a time, each to
 //! success, before the app containers start; a failed one is run again with the same back-off
 //! unless the policy is Never. Secret, configMap, downwardAPI and projected volumes (`volumes`)
-//! are resolved from watched Secrets and ConfigMaps and rewritten in place whenever they change.
+//! are resolved from watched Secrets and ConfigMaps and rewritten in place whenever they change;
+//! projected service account tokens are requested for each pod, bound to it, and renewed before
+//! 80 % of their lifetime (`volumes_token`).
 //! The runtime keeps its state on disk, so a restarted agent re-adopts running pods without
 //! restarting them (or re-running their completed init containers). A client of the API server
 //! only: this module never imports `registry` or `apiserver`.
@@ -35,6 +37,7 @@ pub mod node;
 pub mod probe;
 pub mod server;
 pub mod volumes;
+pub mod volumes_token;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -168,6 +171,8 @@ struct Agent {
     config_maps: Store<ConfigMap>,
     images: Arc<images::ImageStore>,
     services: Store<Service>,
+    /// Service account tokens for projected volumes, requested before each sync resolves them.
+    tokens: volumes_token::Tokens,
 }
 
 /// A watched cache of `api`'s objects, its watch a task of `background` (so it ends with the
@@ -287,6 +292,7 @@ pub async fn run(
     };
     tracing::info!(node = %cfg.node_name, "agent registered and watching its pods");
     let period = cfg.sync_period;
+    let client_for_tokens = client.clone();
     let mut agent = Agent {
         client,
         rt,
@@ -299,6 +305,7 @@ pub async fn run(
         secrets,
         config_maps,
         images: image_store,
+        tokens: volumes_token::Tokens::new(client_for_tokens),
     };
     loop {
         agent.sync(&store).await;
@@ -359,6 +366,7 @@ impl Agent {
             self.finished(done);
         }
         let pods = store.state();
+        self.tokens.refresh(&pods).await;
         let running: HashMap<String, runtime::PodStatus> = match self.rt.list() {
             Ok(l) => l.into_iter().map(|p| (p.name.clone(), p)).collect(),
             Err(e) => {
@@ -477,8 +485,10 @@ impl Agent {
             track.refused = None;
             let lookup = StoreLookup {
                 ns: pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod_uid: pod.metadata.uid.as_deref().unwrap_or(""),
                 secrets: &self.secrets,
                 config_maps: &self.config_maps,
+                tokens: &self.tokens,
             };
             let files = match volumes::resolve(pod, &lookup, node::allocatable()) {
                 Ok(f) => f,
@@ -679,8 +689,10 @@ impl Agent {
         }
         let lookup = StoreLookup {
             ns: pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod_uid: pod.metadata.uid.as_deref().unwrap_or(""),
             secrets: &self.secrets,
             config_maps: &self.config_maps,
+            tokens: &self.tokens,
         };
         let files = match volumes::resolve(pod, &lookup, node::allocatable()) {
             Ok(f) => f,
@@ -767,11 +779,13 @@ fn bytes_and_strings(
     data
 }
 
-/// Secrets and ConfigMaps of one namespace from the agent's caches.
+/// Secrets and ConfigMaps of one pod's namespace from the agent's caches, and its tokens.
 struct StoreLookup<'a> {
     ns: &'a str,
+    pod_uid: &'a str,
     secrets: &'a Store<Secret>,
     config_maps: &'a Store<ConfigMap>,
+    tokens: &'a volumes_token::Tokens,
 }
 
 impl volumes::Lookup for StoreLookup<'_> {
@@ -787,6 +801,14 @@ impl volumes::Lookup for StoreLookup<'_> {
             .config_maps
             .get(&reflector::ObjectRef::new(name).within(self.ns))?;
         Some(bytes_and_strings(&c.binary_data, &c.data))
+    }
+
+    fn service_account_token(
+        &self,
+        audience: &str,
+        expiration_seconds: i64,
+    ) -> Result<Vec<u8>, String> {
+        self.tokens.get(self.pod_uid, audience, expiration_seconds)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Volumes whose contents come from the API, resolved into plain files for the runtime's `files`
-//! volumes: secret, configMap, downwardAPI and projected (secret, configMap and downwardAPI
-//! sources), with the kubelet's items, modes and optional sources, the downward API's
+//! volumes: secret, configMap, downwardAPI and projected (secret, configMap, downwardAPI and
+//! serviceAccountToken sources, the token from `volumes_token`'s cache), with the kubelet's items, modes and optional sources, the downward API's
 //! `key="value"` lines for labels and annotations, and resource values with their divisor.
 //! Resolution is pure (the caller hands in lookups of Secrets and ConfigMaps), so the sync loop
 //! can redo it every period from its caches and rewrite a volume only when its files changed.
@@ -26,10 +26,18 @@ pub struct Allocatable {
     pub memory: u64,
 }
 
-/// Where Secrets' and ConfigMaps' data come from (the pod's namespace is implied).
+/// Where Secrets' and ConfigMaps' data and the pod's service account tokens come from (the pod
+/// is implied).
 pub trait Lookup {
     fn secret(&self, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
     fn config_map(&self, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
+    /// A token for `audience` (empty: the API server's) lasting `expiration_seconds`, or why
+    /// there is none.
+    fn service_account_token(
+        &self,
+        audience: &str,
+        expiration_seconds: i64,
+    ) -> Result<Vec<u8>, String>;
 }
 
 /// The volumes of `pod` this module resolves, with the medium their files live on: secrets (and
@@ -246,17 +254,22 @@ fn volume_files(
                     node,
                     &mut out,
                 )?;
-            } else if src.service_account_token.is_some() {
-                // Tokens come from the TokenRequest API, which this API server does not serve
-                // yet; mounting the volume without its token would hide that from the pod.
-                return Err(set_up_failed(
-                    name,
-                    "serviceAccountToken projections are not supported: this cluster has no TokenRequest API",
-                ));
+            } else if let Some(t) = &src.service_account_token {
+                let token = lookup
+                    .service_account_token(
+                        t.audience.as_deref().unwrap_or(""),
+                        super::volumes_token::expiration_of(t.expiration_seconds),
+                    )
+                    .map_err(|e| set_up_failed(name, format!("failed to fetch token: {e}")))?;
+                out.push(VolumeFile {
+                    path: t.path.clone(),
+                    data: token,
+                    mode: mode(None, p.default_mode),
+                });
             } else {
                 return Err(set_up_failed(
                     name,
-                    "only secret, configMap and downwardAPI projections are supported",
+                    "only secret, configMap, downwardAPI and serviceAccountToken projections are supported",
                 ));
             }
         }
@@ -382,6 +395,12 @@ mod tests {
         fn config_map(&self, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
             (name == "cfg").then(|| BTreeMap::from([("a".to_string(), b"1".to_vec())]))
         }
+        fn service_account_token(&self, audience: &str, exp: i64) -> Result<Vec<u8>, String> {
+            match audience {
+                "" => Ok(format!("jwt-{exp}").into_bytes()),
+                a => Err(format!("no token for {a}")),
+            }
+        }
     }
 
     const NODE: Allocatable = Allocatable {
@@ -454,20 +473,31 @@ mod tests {
     }
 
     #[test]
-    fn projections_merge_their_sources_and_refuse_tokens() {
-        let p = pod(json!([{"name": "all", "projected": {"sources": [
-            {"secret": {"name": "creds", "items": [{"key": "user", "path": "user"}]}},
-            {"configMap": {"name": "cfg"}},
-            {"downwardAPI": {"items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
-        ]}}]));
+    fn projections_merge_their_sources_and_tokens() {
+        let p = pod(
+            json!([{"name": "all", "projected": {"defaultMode": 0o640, "sources": [
+                {"secret": {"name": "creds", "items": [{"key": "user", "path": "user"}]}},
+                {"configMap": {"name": "cfg"}},
+                {"downwardAPI": {"items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+            ]}}]),
+        );
         let f = files(&resolve(&p, &Fixed, NODE).unwrap(), "all");
-        assert_eq!(f.keys().collect::<Vec<_>>(), ["a", "ns", "user"]);
+        assert_eq!(f.keys().collect::<Vec<_>>(), ["a", "ns", "token", "user"]);
         assert_eq!(f["ns"].0, "ns");
+        assert_eq!(f["token"], ("jwt-3607".into(), 0o640));
         let t = pod(json!([{"name": "tok", "projected": {"sources": [
             {"serviceAccountToken": {"path": "token"}}]}}]));
-        assert!(resolve(&t, &Fixed, NODE)
-            .unwrap_err()
-            .contains("serviceAccountToken"));
+        assert_eq!(
+            files(&resolve(&t, &Fixed, NODE).unwrap(), "tok")["token"].0,
+            "jwt-3600"
+        );
+        let other = pod(json!([{"name": "tok", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "token", "audience": "vault"}}]}}]));
+        assert_eq!(
+            resolve(&other, &Fixed, NODE).unwrap_err(),
+            r#"MountVolume.SetUp failed for volume "tok" : failed to fetch token: no token for vault"#
+        );
     }
 
     #[test]

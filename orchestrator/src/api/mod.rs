@@ -28,6 +28,8 @@ pub enum Subresource {
     Exec,
     /// A namespace's `spec.finalizers`, which only the namespace controller changes.
     Finalize,
+    /// A service account's TokenRequest.
+    Token,
 }
 
 impl Subresource {
@@ -39,6 +41,7 @@ impl Subresource {
             Subresource::Log => "log",
             Subresource::Exec => "exec",
             Subresource::Finalize => "finalize",
+            Subresource::Token => "token",
         }
     }
 
@@ -50,6 +53,7 @@ impl Subresource {
             Subresource::Log,
             Subresource::Exec,
             Subresource::Finalize,
+            Subresource::Token,
         ]
         .into_iter()
         .find(|r| r.name() == s)
@@ -219,7 +223,7 @@ pub static RESOURCES: &[Resource] = &[
         "serviceaccount",
         true,
         &["sa"],
-        &[],
+        &[Token],
     ),
     all(generation(res(
         "apps",

@@ -1,7 +1,8 @@
 //! Admission: the checks and changes between a validated object and the store, in Kubernetes'
 //! plug-in order: the namespace must exist and not be terminating, LimitRange defaults and bounds,
-//! Service ClusterIP and NodePort allocation, and ResourceQuota. Allocations and quota usage are
-//! returned as side effects that commit in the object's own Txn.
+//! ServiceAccount (in `serviceaccount`), Service ClusterIP and NodePort allocation, and
+//! ResourceQuota. Allocations and quota usage are returned as side effects that commit in the
+//! object's own Txn.
 
 use std::net::Ipv4Addr;
 
@@ -57,6 +58,7 @@ pub async fn admit_create(st: &State, r: &Resource, obj: &mut Value) -> ApiResul
         }
         if r.kind == "Pod" {
             limit_range(st, r, obj).await?;
+            super::serviceaccount::admit_pod(st, obj).await?;
         }
         quota(st, r, obj, 1, &mut side).await?;
     }

@@ -2,6 +2,9 @@
 //! `--token-auth-file`), bootstrap tokens (`--enable-bootstrap-token-auth`: `<id>.<secret>` checked
 //! against the token Secrets in kube-system, as joining nodes present them), and the one anonymous
 //! read Kubernetes clusters allow for joining: GET of kube-public's `cluster-info` ConfigMap.
+//! Service account tokens (JWTs from `satoken`): a valid signature, issuer, audience and lifetime,
+//! and the service account (and the Pod or Secret the token is bound to) still there with the
+//! uid the token names; they authenticate as `system:serviceaccount:<ns>:<name>`.
 //! The user found is put in the request's extensions for what runs after.
 //!
 //! Reads Secrets through the registry directly (never over HTTP to itself); imports nothing of the
@@ -16,10 +19,14 @@ use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use serde_json::Value;
 
+use super::satoken::{self, Claims};
 use super::status::ApiError;
 use super::State;
+use crate::api::{self, meta};
 use crate::bootstrap::{self, Token, TokenSecret};
+use crate::registry::{ReadRevision, StoreError};
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +125,9 @@ impl Authenticator {
             if let Some(u) = self.tokens.get(&t) {
                 return Some(u.clone());
             }
+            if satoken::Issuer::looks_like_jwt(&t) {
+                return service_account_user(st, &t).await;
+            }
             if self.bootstrap {
                 return self.bootstrap_user(st, &t).await;
             }
@@ -125,6 +135,88 @@ impl Authenticator {
         }
         (self.bootstrap && cluster_info).then(User::anonymous)
     }
+}
+
+/// How long after its deletion began an object still vouches for the tokens bound to it
+/// (Kubernetes' grace for pods that are shutting down).
+const DELETION_GRACE_SECONDS: i64 = 60;
+
+/// Whether `obj` is still the object `uid` names: present with that uid, and not deleted (or only
+/// just started to be).
+fn still_there(obj: Result<Value, StoreError>, uid: &str, now: i64) -> bool {
+    let Ok(obj) = obj else {
+        return false;
+    };
+    if meta::uid(&obj) != uid {
+        return false;
+    }
+    match obj["metadata"]["deletionTimestamp"].as_str() {
+        None => true,
+        Some(at) => at
+            .parse::<jiff::Timestamp>()
+            .is_ok_and(|at| at.as_second() >= now - DELETION_GRACE_SECONDS),
+    }
+}
+
+/// The object as this member has it; when it has none, or another one by that name, as the
+/// leader has it (a member that is behind never refuses a token for an object just created).
+async fn lookup(
+    st: &State,
+    plural: &str,
+    ns: &str,
+    name: &str,
+    uid: &str,
+) -> Result<Value, StoreError> {
+    let r = api::lookup("", "v1", plural).expect("core resources are served");
+    match st.registry.get_at(r, ns, name, ReadRevision::Any).await {
+        Ok(obj) if meta::uid(&obj) == uid => Ok(obj),
+        Ok(_) | Err(StoreError::NotFound) => st.registry.get(r, ns, name).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// The service account a JWT authenticates, if it does.
+async fn service_account_user(st: &State, token: &str) -> Option<User> {
+    let issuer = st.service_accounts.as_ref()?;
+    let claims: Claims = match issuer.verify(token) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "service account token refused");
+            return None;
+        }
+    };
+    let k = &claims.kubernetes;
+    let ns = k.namespace.as_str();
+    let sa = &k.serviceaccount;
+    if claims.sub != satoken::subject(ns, &sa.name) {
+        return None;
+    }
+    let now = jiff::Timestamp::now().as_second();
+    let valid = still_there(
+        lookup(st, "serviceaccounts", ns, &sa.name, &sa.uid).await,
+        &sa.uid,
+        now,
+    ) && match (&k.pod, &k.secret) {
+        (Some(p), _) => still_there(lookup(st, "pods", ns, &p.name, &p.uid).await, &p.uid, now),
+        (None, Some(s)) => still_there(
+            lookup(st, "secrets", ns, &s.name, &s.uid).await,
+            &s.uid,
+            now,
+        ),
+        (None, None) => true,
+    };
+    if !valid {
+        tracing::debug!(sub = %claims.sub, "service account token invalidated");
+        return None;
+    }
+    Some(User {
+        name: claims.sub.clone(),
+        groups: vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".into(),
+        ],
+    })
 }
 
 /// The one request a node that is joining may make before it trusts anything: the public

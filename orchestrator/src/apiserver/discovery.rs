@@ -39,7 +39,7 @@ const VERBS: &[&str] = &[
 fn sub_verbs(s: Subresource) -> &'static [&'static str] {
     match s {
         Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
-        Subresource::Binding => &["create"],
+        Subresource::Binding | Subresource::Token => &["create"],
         Subresource::Log => &["get"],
         Subresource::Exec => &["create", "get"],
         Subresource::Finalize => &["update"],
@@ -53,6 +53,7 @@ fn sub_kind(r: &Resource, s: Subresource) -> (&'static str, &'static str, &'stat
         Subresource::Binding => ("", "v1", "Binding"),
         Subresource::Log => ("", "v1", "Pod"),
         Subresource::Exec => ("", "v1", "PodExecOptions"),
+        Subresource::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
     }
 }
 

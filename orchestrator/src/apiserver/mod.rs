@@ -14,6 +14,8 @@ pub mod openapi;
 pub mod protobuf;
 pub mod request;
 pub mod resources;
+pub mod satoken;
+pub mod serviceaccount;
 pub mod status;
 pub mod table;
 pub mod tls;
@@ -59,6 +61,8 @@ pub struct State {
     pub watch_cache: watchcache::WatchCache,
     /// Calls to node agents (pods/log, pods/exec); `None` without a kubelet client certificate.
     pub kubelet: Option<kubelet::KubeletClient>,
+    /// Issues and checks service account tokens; `None`: no TokenRequest API, no such tokens.
+    pub service_accounts: Option<satoken::Issuer>,
     metrics: Metrics,
     metrics_registry: MetricsRegistry,
 }
@@ -139,6 +143,8 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// The client certificate and key (PEM) presented to node agents.
     pub kubelet_client: Option<(String, String)>,
+    /// The service account token issuer (keys, issuer, audiences).
+    pub service_accounts: Option<satoken::Issuer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +237,7 @@ pub async fn start(cfg: Config) -> Result<Server, ServeError> {
             ),
             None => None,
         },
+        service_accounts: cfg.service_accounts,
         metrics,
         metrics_registry,
     });
@@ -587,6 +594,10 @@ async fn handle(
             let obj = request::decode_object(headers, &body)?;
             let status = resources::bind(&st, &t, obj).await?;
             Ok(json_answer(StatusCode::CREATED, &status, &[]))
+        }
+        (&Method::POST, Some(_), Some(Subresource::Token)) => {
+            let (code, answer) = serviceaccount::create_token(&st, &t, headers, &body).await?;
+            Ok(json_answer(code, &answer, &[]))
         }
         (&Method::POST, None, None) => {
             let obj = request::decode_object(headers, &body)?;

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use k8s_pb::api::apps::v1 as appsv1;
+use k8s_pb::api::authentication::v1 as authv1;
 use k8s_pb::api::coordination::v1 as coordv1;
 use k8s_pb::api::core::v1 as corev1;
 use k8s_pb::api::discovery::v1 as discv1;
@@ -70,13 +71,23 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
             "protobuf envelope carries content type {ct:?}; expected {MEDIA_TYPE}"
         )));
     }
-    let Some(resource) = crate::api::lookup_kind(&api_version, &kind) else {
+    let raw = unknown.raw.unwrap_or_default();
+    // Bodies of subresources, which are not resources of their own.
+    let sub_body = match (api_version.as_str(), kind.as_str()) {
+        ("authentication.k8s.io/v1", "TokenRequest") => {
+            Some(("authentication.k8s.io", "TokenRequest"))
+        }
+        _ => None,
+    };
+    let Some((group, kind_name)) = sub_body
+        .or_else(|| crate::api::lookup_kind(&api_version, &kind).map(|r| (r.group, r.kind)))
+    else {
         return Err(ApiError::bad_request(format!(
             "no kind {kind:?} is registered for version {api_version:?}"
         )));
     };
-    let raw = unknown.raw.unwrap_or_default();
-    let object = match (resource.group, resource.kind) {
+    let object = match (group, kind_name) {
+        ("authentication.k8s.io", "TokenRequest") => object::<authv1::TokenRequest>(&raw),
         ("", "Namespace") => object::<corev1::Namespace>(&raw),
         ("", "Node") => object::<corev1::Node>(&raw),
         ("", "Pod") => object::<corev1::Pod>(&raw),
@@ -695,6 +706,12 @@ json_messages! { discv1:
     EndpointPort { name(keep), protocol(keep), port(keep), app_protocol(keep) }
     EndpointSlice { metadata, address_type(keep), endpoints, ports }
 }
+json_messages! { authv1:
+    BoundObjectReference { kind, api_version, name, u_id("uid") }
+    TokenRequestSpec { audiences, expiration_seconds(keep), bound_object_ref }
+    TokenRequestStatus { token, expiration_timestamp }
+    TokenRequest { metadata, spec, status }
+}
 json_messages! { coordv1:
     LeaseSpec { holder_identity(keep), lease_duration_seconds(keep), acquire_time, renew_time,
         lease_transitions(keep), strategy(keep), preferred_holder(keep) }
@@ -777,6 +794,37 @@ mod tests {
         let checked = crate::api::typed::check(resource, &v).unwrap();
         assert!(checked.unknown.is_empty(), "{:?}", checked.unknown);
         v
+    }
+
+    #[test]
+    fn token_request() {
+        let tr = authv1::TokenRequest {
+            metadata: Some(Default::default()),
+            spec: Some(authv1::TokenRequestSpec {
+                audiences: vec!["vault".into()],
+                expiration_seconds: Some(3600),
+                bound_object_ref: Some(authv1::BoundObjectReference {
+                    kind: s("Pod"),
+                    api_version: s("v1"),
+                    name: s("web"),
+                    u_id: s("u-1"),
+                }),
+            }),
+            status: Some(Default::default()),
+        };
+        let v = decode(&body(
+            "authentication.k8s.io/v1",
+            "TokenRequest",
+            tr.encode_to_vec(),
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "metadata": {}, "spec": {"audiences": ["vault"], "expirationSeconds": 3600,
+                    "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web", "uid": "u-1"}},
+                "status": {}})
+        );
     }
 
     #[test]

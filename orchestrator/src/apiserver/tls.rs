@@ -66,6 +66,7 @@ pub fn serving_files(
         "kubernetes".into(),
         "kubernetes.default".into(),
         "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
         "127.0.0.1".into(),
         "::1".into(),
     ];

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use cairn_orchestrator::apiserver::{self, tls};
+use cairn_orchestrator::apiserver::{self, satoken, tls};
+use cairn_orchestrator::registry::alloc::IpRange;
 use cairn_orchestrator::registry::encryption::Transformer;
 use cairn_orchestrator::registry::Registry;
 
@@ -53,6 +54,22 @@ pub struct ApiserverArgs {
     kubelet_client_certificate: Option<PathBuf>,
     #[arg(long, requires = "kubelet_client_certificate")]
     kubelet_client_key: Option<PathBuf>,
+    /// The private key (PEM, P-256 or RSA) service account tokens are signed with; generated in
+    /// --cert-dir (`sa.key`) when absent.
+    #[arg(long)]
+    service_account_signing_key_file: Option<PathBuf>,
+    /// Further keys (PEM) that verify service account tokens, as during a key rotation.
+    #[arg(long, value_delimiter = ',')]
+    service_account_key_file: Vec<PathBuf>,
+    /// The issuer (`iss`) of service account tokens; the first signs, every one is accepted.
+    #[arg(long, default_values_t = [apiserver::satoken::DEFAULT_ISSUER.to_string()])]
+    service_account_issuer: Vec<String>,
+    /// The audiences a token must be for to authenticate here (default: the first issuer).
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
+    /// The longest lifetime a requested service account token gets.
+    #[arg(long, value_parser = super::control::parse_duration)]
+    service_account_max_token_expiration: Option<Duration>,
     /// How often watches that allow bookmarks get one while idle.
     #[arg(long, default_value = "60s", value_parser = super::control::parse_duration, hide = true)]
     watch_bookmark_interval: Duration,
@@ -65,11 +82,16 @@ pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
         tokens = apiserver::parse_token_file(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
     }
+    // Clients inside pods reach the server at the `kubernetes` Service's address (the range's
+    // first), so a generated certificate names it, as kube-apiserver's does.
+    let service_ip = IpRange::parse(&args.service_cluster_ip_range)
+        .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?
+        .first();
     let files = tls::serving_files(
         &args.cert_dir,
         args.tls_cert_file.as_deref(),
         args.tls_private_key_file.as_deref(),
-        &[],
+        &[service_ip.to_string()],
     )?;
     let tls_config = tls::server_config(&files)?;
     let kubelet_client = match (&args.kubelet_client_certificate, &args.kubelet_client_key) {
@@ -104,6 +126,18 @@ pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
     if tokens.is_empty() {
         bail!("no credentials: give --token-auth-file or --write-kubeconfig");
     }
+    let keys = match &args.service_account_signing_key_file {
+        Some(f) => satoken::Keys::from_files(f, &args.service_account_key_file)?,
+        None if args.service_account_key_file.is_empty() => satoken::Keys::in_dir(&args.cert_dir)?,
+        None => bail!("--service-account-key-file needs --service-account-signing-key-file"),
+    };
+    let service_accounts = satoken::Issuer::new(
+        keys,
+        args.service_account_issuer.clone(),
+        args.api_audiences.clone(),
+        args.service_account_max_token_expiration
+            .map(|d| d.as_secs() as i64),
+    )?;
     let client = cairn_client::Client::connect(args.etcd_servers.clone(), None)
         .await
         .context("connect to the store")?;
@@ -118,6 +152,7 @@ pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
         port_range: args.service_node_port_range.clone(),
         bookmark_interval: args.watch_bookmark_interval,
         kubelet_client,
+        service_accounts: Some(service_accounts),
     })
     .await?;
     if let (Some(path), Some(token)) = (&args.write_kubeconfig, admin) {

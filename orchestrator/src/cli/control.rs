@@ -132,6 +132,10 @@ pub struct ControllerManagerArgs {
     /// The prefix length of each node's pod CIDR.
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
+    /// The CA bundle (PEM) published in every namespace's `kube-root-ca.crt` ConfigMap; default:
+    /// the CA the kubeconfig trusts.
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
     #[command(flatten)]
     leader: LeaderArgs,
 }
@@ -140,11 +144,22 @@ pub async fn controller_manager(args: ControllerManagerArgs) -> Result<ExitCode>
     // kube-controller-manager's defaults.
     let (qps, burst) = (20.0, 30);
     let client = args.api.clients(qps, burst).await?;
+    let root_ca = match &args.root_ca_file {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?,
+        None => args
+            .api
+            .cluster_ca()
+            .await?
+            .iter()
+            .map(|der| pem_certificate(der))
+            .collect(),
+    };
     let ccfg = controllers::ControllerConfig {
         node_monitor_grace_period: args.node_monitor_grace_period,
         max_endpoints_per_slice: args.max_endpoints_per_slice,
         cluster_cidr: args.cluster_cidr,
         node_cidr_mask_size: args.node_cidr_mask_size,
+        root_ca: Some(root_ca).filter(|pem| !pem.is_empty()),
     };
     if !args.leader.leader_elect {
         controllers::run(client, ccfg, std::future::pending()).await?;
@@ -158,6 +173,19 @@ pub async fn controller_manager(args: ControllerManagerArgs) -> Result<ExitCode>
     let mut leadership = election::acquire(election_client, cfg).await?;
     controllers::run(client, ccfg, async move { leadership.lost().await }).await?;
     bail!("leaderelection lost")
+}
+
+/// A DER certificate as PEM.
+fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }
 
 #[derive(clap::Args)]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use cairn_orchestrator::agent::{self, AgentConfig};
-use cairn_orchestrator::apiserver::{self, tls};
+use cairn_orchestrator::apiserver::{self, satoken, tls};
 use cairn_orchestrator::client::{self, Throttle};
 use cairn_orchestrator::registry::encryption::Transformer;
 use cairn_orchestrator::registry::Registry;
@@ -124,6 +124,12 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         port_range: "30000-32767".into(),
         bookmark_interval: std::time::Duration::from_secs(60),
         kubelet_client: tls::kubelet_client(&cert_dir)?,
+        service_accounts: Some(satoken::Issuer::new(
+            satoken::Keys::in_dir(&cert_dir)?,
+            vec![satoken::DEFAULT_ISSUER.into()],
+            Vec::new(),
+            None,
+        )?),
     })
     .await?;
     let url = format!("https://{}", server.addr);
@@ -188,6 +194,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let s = stopped();
     let ccfg = controllers::ControllerConfig {
         cluster_cidr: Some(args.cluster_cidr.clone()),
+        root_ca: Some(files.ca_pem.clone()),
         ..Default::default()
     };
     tasks.spawn(async move {

@@ -13,6 +13,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod quota;
 pub mod replicaset;
+pub mod root_ca;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -121,6 +122,9 @@ pub struct ControllerConfig {
     pub cluster_cidr: Option<String>,
     /// The prefix length of each node's pod CIDR.
     pub node_cidr_mask_size: u8,
+    /// The CA bundle (PEM) published as `kube-root-ca.crt` in every namespace; none: not
+    /// published (kube-controller-manager's `--root-ca-file`).
+    pub root_ca: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -130,6 +134,7 @@ impl Default for ControllerConfig {
             max_endpoints_per_slice: 100,
             cluster_cidr: None,
             node_cidr_mask_size: 24,
+            root_ca: None,
         }
     }
 }
@@ -197,6 +202,13 @@ pub async fn run(
             stopped(stop_rx.clone()),
         )),
     ];
+    if let Some(ca) = config.root_ca.clone() {
+        tasks.push(tokio::spawn(root_ca::run(
+            shared.controller_client(),
+            ca,
+            stopped(stop_rx.clone()),
+        )));
+    }
     if let Some(set) = cidrs {
         tasks.push(tokio::spawn(node_ipam::run(
             shared.controller_client(),

@@ -10,7 +10,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::ResourceExt;
 use serde_json::json;
 
 use super::garbage::api_for;
@@ -26,9 +28,12 @@ pub async fn run(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(
+    // A deleted `default` account is created again, as Kubernetes' serviceaccount controller
+    // does.
+    .watches(
         Api::<ServiceAccount>::all(client),
-        watcher::Config::default(),
+        watcher::Config::default().fields("metadata.name=default"),
+        |sa| sa.namespace().map(|ns| ObjectRef::new(&ns)),
     )
     .graceful_shutdown_on(stop)
     .run(reconcile, error_policy, shared)

@@ -427,36 +427,48 @@ fn inside(root: &Path, abs: &str) -> PathBuf {
     root.join(abs.trim_start_matches('/'))
 }
 
-/// Where a file mount lands inside `root`: a symlink at the target (a host's
-/// /etc/resolv.conf pointing into /run, say) is followed as it will resolve
-/// once `root` is `/`, never out of it, so the mount covers what the
-/// container reads.
+/// Where a mount lands inside `root`: every symlink on the way (a host's /etc/resolv.conf
+/// pointing into /run, an image's /var/run pointing at /run) is followed as it will resolve once
+/// `root` is `/`, never out of it. Resolving only the last component would let the kernel follow
+/// an absolute link in the middle against the host's root, and the mount would land there,
+/// outside what the container sees.
 fn mount_target(root: &Path, target: &str) -> PathBuf {
-    let mut rel = PathBuf::from(target.trim_start_matches('/'));
-    for _ in 0..16 {
-        let Ok(link) = fs::read_link(root.join(&rel)) else {
-            break;
-        };
-        let joined = if link.is_absolute() {
-            link
-        } else {
-            Path::new("/")
-                .join(rel.parent().unwrap_or(Path::new("")))
-                .join(link)
-        };
-        let mut clean = PathBuf::new();
-        for part in joined.components() {
-            match part {
-                std::path::Component::Normal(p) => clean.push(p),
-                std::path::Component::ParentDir => {
-                    clean.pop();
-                }
-                _ => {}
-            }
-        }
-        rel = clean;
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::path::Component;
+    fn parts(p: &Path) -> Vec<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some(OsString::from("..")),
+                _ => None,
+            })
+            .collect()
     }
-    root.join(rel)
+    let mut pending: VecDeque<OsString> = parts(Path::new(target)).into();
+    let mut resolved = PathBuf::new();
+    let mut hops = 0;
+    while let Some(part) = pending.pop_front() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&part);
+        match fs::read_link(root.join(&candidate)) {
+            // Bounded, as the kernel bounds link chains (a loop ends here).
+            Ok(link) if hops < 40 => {
+                hops += 1;
+                if link.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                for p in parts(&link).into_iter().rev() {
+                    pending.push_front(p);
+                }
+            }
+            _ => resolved = candidate,
+        }
+    }
+    root.join(resolved)
 }
 
 /// Builds the container's root under `cfg.rootfs_mount` and pivots into it.
@@ -1175,13 +1187,16 @@ mod tests {
         std::os::unix::fs::symlink("../run/resolve/stub.conf", root.join("etc/resolv.conf"))
             .unwrap();
         std::os::unix::fs::symlink("/etc/../../../outside", root.join("etc/hosts")).unwrap();
-        cfg.mounts = ["/etc/resolv.conf", "/etc/hosts"]
+        // A directory on the way that is an absolute link, as many images' /var/run is.
+        fs::create_dir_all(root.join("var")).unwrap();
+        std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
+        cfg.mounts = ["/etc/resolv.conf", "/etc/hosts", "/var/run/secrets/sa"]
             .iter()
             .map(|t| BindMount {
                 source: dir.path().join("data"),
                 target: t.to_string(),
                 read_only: true,
-                is_file: true,
+                is_file: !t.ends_with("/sa"),
             })
             .collect();
         let sys = Recorder::default();
@@ -1195,6 +1210,11 @@ mod tests {
         assert!(targets.contains(&resolv) && resolv.is_file());
         assert!(targets.contains(&root.join("outside")));
         assert!(!dir.path().join("outside").exists());
+        let secrets = root.join("run/secrets/sa");
+        assert!(
+            targets.contains(&secrets) && secrets.is_dir(),
+            "{targets:?}"
+        );
     }
 
     #[test]

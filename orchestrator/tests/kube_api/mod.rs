@@ -95,6 +95,16 @@ impl Cluster {
             bookmark_interval: self.bookmark_interval,
             kubelet_client: tls::kubelet_client(&self.dir.path().join("certs"))
                 .expect("kubelet client"),
+            service_accounts: Some(
+                apiserver::satoken::Issuer::new(
+                    apiserver::satoken::Keys::in_dir(&self.dir.path().join("certs"))
+                        .expect("service account key"),
+                    vec![apiserver::satoken::DEFAULT_ISSUER.into()],
+                    Vec::new(),
+                    None,
+                )
+                .expect("service account issuer"),
+            ),
         })
         .await
         .expect("apiserver starts");
