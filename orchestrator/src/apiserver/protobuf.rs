@@ -18,9 +18,14 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use k8s_pb::api::apps::v1 as appsv1;
+use k8s_pb::api::authentication::v1 as authnv1;
+use k8s_pb::api::authentication::v1alpha1 as authnv1alpha1;
+use k8s_pb::api::authentication::v1beta1 as authnv1beta1;
+use k8s_pb::api::authorization::v1 as authzv1;
 use k8s_pb::api::coordination::v1 as coordv1;
 use k8s_pb::api::core::v1 as corev1;
 use k8s_pb::api::discovery::v1 as discv1;
+use k8s_pb::api::rbac::v1 as rbacv1;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as metav1;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
@@ -70,13 +75,56 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
             "protobuf envelope carries content type {ct:?}; expected {MEDIA_TYPE}"
         )));
     }
-    let Some(resource) = crate::api::lookup_kind(&api_version, &kind) else {
+    let raw = unknown.raw.unwrap_or_default();
+    // The review kinds are answered, never stored, so they are not among the served resources.
+    let review = match (api_version.as_str(), kind.as_str()) {
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            Some(object::<authzv1::SelfSubjectAccessReview>(&raw))
+        }
+        ("authorization.k8s.io/v1", "SubjectAccessReview") => {
+            Some(object::<authzv1::SubjectAccessReview>(&raw))
+        }
+        ("authorization.k8s.io/v1", "LocalSubjectAccessReview") => {
+            Some(object::<authzv1::LocalSubjectAccessReview>(&raw))
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => {
+            Some(object::<authzv1::SelfSubjectRulesReview>(&raw))
+        }
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => {
+            Some(object::<authnv1::SelfSubjectReview>(&raw))
+        }
+        ("authentication.k8s.io/v1beta1", "SelfSubjectReview") => {
+            Some(object::<authnv1beta1::SelfSubjectReview>(&raw))
+        }
+        ("authentication.k8s.io/v1alpha1", "SelfSubjectReview") => {
+            Some(object::<authnv1alpha1::SelfSubjectReview>(&raw))
+        }
+        _ => None,
+    };
+    let object = match review {
+        Some(o) => o,
+        None => decode_served(&api_version, &kind, &raw)?,
+    };
+    let object =
+        object.map_err(|e| ApiError::bad_request(format!("{kind} ({api_version}): {e}")))?;
+    let mut out = Map::new();
+    out.insert("apiVersion".into(), Value::String(api_version));
+    out.insert("kind".into(), Value::String(kind));
+    if let Value::Object(fields) = object {
+        out.extend(fields);
+    }
+    Ok(Value::Object(out))
+}
+
+/// The JSON form of a stored kind's protobuf encoding.
+fn decode_served(api_version: &str, kind: &str, raw: &[u8]) -> ApiResult<Result<Value, String>> {
+    let Some(resource) = crate::api::lookup_kind(api_version, kind) else {
         return Err(ApiError::bad_request(format!(
             "no kind {kind:?} is registered for version {api_version:?}"
         )));
     };
-    let raw = unknown.raw.unwrap_or_default();
-    let object = match (resource.group, resource.kind) {
+    let raw = raw.to_vec();
+    Ok(match (resource.group, resource.kind) {
         ("", "Namespace") => object::<corev1::Namespace>(&raw),
         ("", "Node") => object::<corev1::Node>(&raw),
         ("", "Pod") => object::<corev1::Pod>(&raw),
@@ -92,17 +140,14 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
         ("apps", "ReplicaSet") => object::<appsv1::ReplicaSet>(&raw),
         ("discovery.k8s.io", "EndpointSlice") => object::<discv1::EndpointSlice>(&raw),
         ("coordination.k8s.io", "Lease") => object::<coordv1::Lease>(&raw),
+        ("rbac.authorization.k8s.io", "ClusterRole") => object::<rbacv1::ClusterRole>(&raw),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            object::<rbacv1::ClusterRoleBinding>(&raw)
+        }
+        ("rbac.authorization.k8s.io", "Role") => object::<rbacv1::Role>(&raw),
+        ("rbac.authorization.k8s.io", "RoleBinding") => object::<rbacv1::RoleBinding>(&raw),
         (group, kind) => Err(format!("no protobuf message for {kind} in group {group:?}")),
-    };
-    let object =
-        object.map_err(|e| ApiError::bad_request(format!("{kind} ({api_version}): {e}")))?;
-    let mut out = Map::new();
-    out.insert("apiVersion".into(), Value::String(api_version));
-    out.insert("kind".into(), Value::String(kind));
-    if let Value::Object(fields) = object {
-        out.extend(fields);
-    }
-    Ok(Value::Object(out))
+    })
 }
 
 fn object<T: Message + Default + ToJson>(raw: &[u8]) -> Result<Value, String> {
@@ -145,6 +190,18 @@ impl std::fmt::Display for Invalid {
         }
     }
 }
+
+/// Go's `ExtraValue` is a `[]string`, so JSON has the list where protobuf has a wrapper message.
+macro_rules! extra_value {
+    ($($t:ty),*) => {$(
+        impl ToJson for $t {
+            fn to_json(&self) -> Result<Value, Invalid> {
+                Ok(Value::Array(self.items.iter().cloned().map(Value::String).collect()))
+            }
+        }
+    )*};
+}
+extra_value!(authzv1::ExtraValue, authnv1::ExtraValue);
 
 /// A protobuf value as Kubernetes writes it in JSON.
 trait ToJson {
@@ -700,6 +757,50 @@ json_messages! { coordv1:
         lease_transitions(keep), strategy(keep), preferred_holder(keep) }
     Lease { metadata, spec }
 }
+json_messages! { rbacv1:
+    PolicyRule { verbs(keep), api_groups, resources, resource_names,
+        non_resource_ur_ls("nonResourceURLs") }
+    AggregationRule { cluster_role_selectors }
+    ClusterRole { metadata, rules(keep), aggregation_rule }
+    Role { metadata, rules(keep) }
+    Subject { kind(keep), api_group, name(keep), namespace }
+    RoleRef { api_group(keep), kind(keep), name(keep) }
+    ClusterRoleBinding { metadata, subjects, role_ref(keep) }
+    RoleBinding { metadata, subjects, role_ref(keep) }
+}
+json_messages! { authzv1:
+    FieldSelectorAttributes { raw_selector, requirements }
+    LabelSelectorAttributes { raw_selector, requirements }
+    ResourceAttributes { namespace, verb, group, version, resource, subresource, name,
+        field_selector, label_selector }
+    NonResourceAttributes { path, verb }
+    SelfSubjectAccessReviewSpec { resource_attributes, non_resource_attributes }
+    SubjectAccessReviewSpec { resource_attributes, non_resource_attributes, user, groups, extra,
+        uid }
+    SubjectAccessReviewStatus { allowed(keep), denied, reason, evaluation_error }
+    SelfSubjectAccessReview { metadata, spec(keep), status }
+    SubjectAccessReview { metadata, spec(keep), status }
+    LocalSubjectAccessReview { metadata, spec(keep), status }
+    SelfSubjectRulesReviewSpec { namespace }
+    ResourceRule { verbs(keep), api_groups, resources, resource_names }
+    NonResourceRule { verbs(keep), non_resource_ur_ls("nonResourceURLs") }
+    SubjectRulesReviewStatus { resource_rules(keep), non_resource_rules(keep), incomplete(keep),
+        evaluation_error }
+    SelfSubjectRulesReview { metadata, spec(keep), status }
+}
+json_messages! { authnv1:
+    UserInfo { username, uid, groups, extra }
+    SelfSubjectReviewStatus { user_info }
+    SelfSubjectReview { metadata, status }
+}
+json_messages! { authnv1beta1:
+    SelfSubjectReviewStatus { user_info }
+    SelfSubjectReview { metadata, status }
+}
+json_messages! { authnv1alpha1:
+    SelfSubjectReviewStatus { user_info }
+    SelfSubjectReview { metadata, status }
+}
 json_messages! { metav1:
     OwnerReference { api_version(keep), kind(keep), name(keep), uid(keep), controller(keep),
         block_owner_deletion(keep) }
@@ -708,6 +809,7 @@ json_messages! { metav1:
         creation_timestamp, deletion_timestamp, deletion_grace_period_seconds(keep), labels,
         annotations, owner_references, finalizers, managed_fields }
     LabelSelectorRequirement { key(keep), operator(keep), values }
+    FieldSelectorRequirement { key(keep), operator(keep), values }
     LabelSelector { match_labels, match_expressions }
     Condition { r#type(keep), status(keep), observed_generation, last_transition_time, reason(keep),
         message(keep) }

@@ -118,7 +118,13 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         registry: Registry::new(store_client, Transformer::default()),
         bind: SocketAddr::new(args.advertise_address, args.secure_port),
         tls: tls::server_config(&files)?,
-        tokens: HashMap::from([(token.clone(), "admin".to_string())]),
+        // Every component here uses the administrator's kubeconfig, in `system:masters`.
+        tokens: HashMap::from([(
+            token.clone(),
+            apiserver::authn::User::new("admin", &["system:masters"]),
+        )]),
+        authorization: apiserver::authz::Mode::Rbac,
+        audit_log: None,
         bootstrap_tokens: true,
         ip_range: SERVICE_CIDR.into(),
         port_range: "30000-32767".into(),
