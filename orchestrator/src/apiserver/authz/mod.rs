@@ -187,6 +187,21 @@ fn impersonate(
     }))
 }
 
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn upgrades_to_create(a: &Attributes) -> bool {
+    a.resource_request
+        && a.verb == "get"
+        && a.api_group.is_empty()
+        && a.resource == "pods"
+        && matches!(a.subresource.as_str(), "exec" | "attach" | "portforward")
+}
+
 /// The middleware: impersonation, then the decision on the request's attributes.
 pub async fn authorize(AxState(st): AxState<Arc<State>>, mut req: Request, next: Next) -> Response {
     let Some(user) = req.extensions().get::<User>().cloned() else {
@@ -208,7 +223,18 @@ pub async fn authorize(AxState(st): AxState<Arc<State>>, mut req: Request, next:
     };
     let effective = acting.clone().unwrap_or_else(|| user.clone());
     let a = request_info::attributes(req.method().as_str(), req.uri().path(), req.uri().query());
-    let d = st.authz.decide(&effective, &a);
+    let mut d = st.authz.decide(&effective, &a);
+    let mut a = a;
+    // A WebSocket exec, attach or port-forward arrives as a GET but starts a process or a
+    // connection, so it needs `create` too (Kubernetes' AuthorizePodWebsocketUpgradeCreatePermission).
+    if d.allowed && is_websocket_upgrade(req.headers()) && upgrades_to_create(&a) {
+        let create = Attributes {
+            verb: "create".into(),
+            ..a.clone()
+        };
+        d = st.authz.decide(&effective, &create);
+        a = create;
+    }
     let allowed = d.allowed;
     let mut resp = if allowed {
         req.extensions_mut().insert(effective);

@@ -54,13 +54,11 @@ pub fn attributes(method: &str, path: &str, query: Option<&str>) -> Attributes {
         }
     }
     let mut namespace = String::new();
-    if rest[0] == "namespaces" {
-        if rest.len() > 1 {
-            namespace = rest[1].to_string();
-            // `namespaces/<n>/status` and `/finalize` are the namespace's own subresources.
-            if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
-                rest = &rest[2..];
-            }
+    if rest[0] == "namespaces" && rest.len() > 1 {
+        namespace = rest[1].to_string();
+        // `namespaces/<n>/status` and `/finalize` are the namespace's own subresources.
+        if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
+            rest = &rest[2..];
         }
     }
     let mut a = Attributes {
@@ -133,12 +131,13 @@ mod tests {
 
     #[test]
     fn resource_requests() {
-        let cases: &[(
-            &str,
-            &str,
-            Option<&str>,
-            (&str, &str, &str, &str, &str, &str),
-        )] = &[
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            (&'a str, &'a str, &'a str, &'a str, &'a str, &'a str),
+        );
+        let cases: &[Case] = &[
             (
                 "GET",
                 "/api/v1/namespaces/b/pods",

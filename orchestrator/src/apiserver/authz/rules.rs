@@ -124,7 +124,7 @@ impl PolicyRule {
     }
 
     fn name_matches(&self, a: &Attributes) -> bool {
-        self.resource_names.is_empty() || self.resource_names.iter().any(|n| *n == a.name)
+        self.resource_names.is_empty() || self.resource_names.contains(&a.name)
     }
 
     fn url_matches(&self, path: &str) -> bool {
@@ -163,7 +163,7 @@ impl Subject {
     pub fn applies_to(&self, user: &User, binding_ns: &str) -> bool {
         match self.kind.as_str() {
             "User" => user.name == self.name,
-            "Group" => user.groups.iter().any(|g| *g == self.name),
+            "Group" => user.groups.contains(&self.name),
             "ServiceAccount" => {
                 let ns = if self.namespace.is_empty() {
                     binding_ns
