@@ -208,6 +208,43 @@ async fn roles_and_bindings_from_kubectl_are_enforced_with_kubernetes_texts() {
     let out = kubectl_as(&c, 33, "bob", &["delete", "namespace", "a"]);
     assert!(stderr(&out).contains("namespaces \"a\" is forbidden: User \"bob\" cannot delete resource \"namespaces\" in API group \"\" in the namespace \"a\""), "{}", stderr(&out));
 
+    // A ClusterRole of one's own, bound cluster-wide.
+    c.ok(
+        33,
+        &[
+            "create",
+            "clusterrole",
+            "node-reader",
+            "--verb=get,list,watch",
+            "--resource=nodes",
+        ],
+    );
+    c.ok(
+        33,
+        &[
+            "create",
+            "clusterrolebinding",
+            "bob-nodes",
+            "--clusterrole=node-reader",
+            "--user=bob",
+        ],
+    );
+    let out = kubectl_as(&c, 33, "bob", &["get", "nodes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let roles = c.ok(33, &["get", "clusterroles"]);
+    assert!(
+        roles.lines().any(|l| l.starts_with("node-reader ")),
+        "{roles}"
+    );
+    let crb = c.ok(33, &["get", "clusterrolebinding", "bob-nodes"]);
+    assert!(crb.contains("ClusterRole/node-reader"), "{crb}");
+    // The review groups are discoverable, as `kubectl api-resources` lists them.
+    let resources = c.ok(33, &["api-resources", "--api-group=authorization.k8s.io"]);
+    assert!(
+        resources.contains("selfsubjectaccessreviews"),
+        "{resources}"
+    );
+
     // system:masters needs no binding.
     let out = kubectl_as(&c, 33, "dave", &["create", "configmap", "y", "-n", "b"]);
     assert!(out.status.success(), "{}", stderr(&out));
