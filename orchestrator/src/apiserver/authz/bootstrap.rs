@@ -306,6 +306,8 @@ pub fn cluster_defaults() -> Vec<Value> {
                     &[""],
                     &["endpoints", "services", "namespaces"],
                 ),
+                // The node's podCIDR tells where the pod gateway (and so the server) is.
+                rule(&["get"], &[""], &["nodes"]),
                 rule(
                     &["list", "watch"],
                     &["discovery.k8s.io"],
