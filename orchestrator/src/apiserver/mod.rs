@@ -2,8 +2,8 @@
 //! authentication, discovery, OpenAPI, the resource verbs, watches, Table output, metrics and health;
 //! pods/log and pods/exec go on to the pod's node agent (`kubelet`).
 //!
-//! Requests flow: TLS -> authentication -> routing -> `resources` (read-check-write over the
-//! registry) -> a JSON or Table answer. This module reaches the store only through `registry`; it
+//! Requests flow: TLS -> authentication -> audit -> authorization (`authz`, RBAC) -> routing ->
+//! `resources` (read-check-write over the registry) or `reviews` -> a JSON or Table answer. This module reaches the store only through `registry`; it
 //! never imports the runtime.
 
 pub mod admission;
@@ -761,4 +761,38 @@ async fn handle(
 /// Where the API server's generated files go when no paths are given.
 pub fn default_cert_dir() -> PathBuf {
     PathBuf::from("/var/run/cairn-orchestrator")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_users_carry_their_groups() {
+        let text = "# comment\n\
+            t1,alice,1\n\
+            t2,bob,2,\"dev,ops\"\n\
+            t3,carol,3,system:masters\n\
+            \"t,4\",dave,4,\"a \"\"quoted\"\" group\"\n";
+        let users = parse_token_file(text).unwrap();
+        assert_eq!(users["t1"], authn::User::new("alice", &[]));
+        assert_eq!(users["t2"], authn::User::new("bob", &["dev", "ops"]));
+        assert_eq!(users["t3"], authn::User::new("carol", &["system:masters"]));
+        assert_eq!(
+            users["t,4"],
+            authn::User::new("dave", &["a \"quoted\" group"])
+        );
+        assert!(parse_token_file("t1,alice").is_err());
+        assert!(parse_token_file("t1,alice,1,\"dev").is_err());
+    }
+
+    #[test]
+    fn authorization_modes() {
+        assert_eq!("RBAC".parse::<authz::Mode>(), Ok(authz::Mode::Rbac));
+        assert_eq!(
+            "AlwaysAllow".parse::<authz::Mode>(),
+            Ok(authz::Mode::AlwaysAllow)
+        );
+        assert!("Node".parse::<authz::Mode>().is_err());
+    }
 }

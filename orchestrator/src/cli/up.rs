@@ -5,6 +5,8 @@
 //! the `export KUBECONFIG=...` line, and on Ctrl-C stops the pods and everything else. Started
 //! again with the same data directory it resumes where it stopped. The service proxy and the
 //! cluster DNS server run here too, the DNS server behind kube-system/kube-dns as CoreDNS is.
+//! Each component authenticates with a token of its own as Kubernetes' identity for it, so the
+//! default RBAC policy, not the administrator's rights, decides what it may do.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
