@@ -801,3 +801,171 @@ async fn always_allow_lets_every_user_through() {
         .unwrap();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_bindings_cannot_grant_more_than_their_author_holds() {
+    if !have_kubectl(
+        "roles_and_bindings_cannot_grant_more_than_their_author_holds",
+        33,
+    ) {
+        return;
+    }
+    let c = cluster(None).await;
+    c.ok(33, &["create", "namespace", "a"]);
+    c.ok(
+        33,
+        &[
+            "create",
+            "rolebinding",
+            "alice-admin",
+            "--clusterrole=admin",
+            "--user=alice",
+            "-n",
+            "a",
+        ],
+    );
+
+    // What alice holds she may grant.
+    let out = kubectl_as(
+        &c,
+        33,
+        "alice",
+        &[
+            "create",
+            "role",
+            "readers",
+            "--verb=get,list",
+            "--resource=pods",
+            "-n",
+            "a",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = kubectl_as(
+        &c,
+        33,
+        "alice",
+        &[
+            "create",
+            "rolebinding",
+            "carol-edits",
+            "--clusterrole=edit",
+            "--user=carol",
+            "-n",
+            "a",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // More than she holds she may not.
+    let out = kubectl_as(
+        &c,
+        33,
+        "alice",
+        &[
+            "create",
+            "role",
+            "nodes",
+            "--verb=list",
+            "--resource=nodes",
+            "-n",
+            "a",
+        ],
+    );
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error from server (Forbidden): roles.rbac.authorization.k8s.io \"nodes\" is forbidden: user \"alice\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"list\"]}"
+    );
+    let out = kubectl_as(
+        &c,
+        33,
+        "alice",
+        &[
+            "create",
+            "rolebinding",
+            "root",
+            "--clusterrole=cluster-admin",
+            "--user=alice",
+            "-n",
+            "a",
+        ],
+    );
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: failed to create rolebinding: rolebindings.rbac.authorization.k8s.io \"root\" is forbidden: user \"alice\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}\n{NonResourceURLs:[\"*\"], Verbs:[\"*\"]}"
+    );
+    // Nor by patching a role she may edit.
+    let out = kubectl_as(
+        &c,
+        33,
+        "alice",
+        &[
+            "patch",
+            "role",
+            "readers",
+            "-n",
+            "a",
+            "--type=json",
+            "-p",
+            r#"[{"op": "add", "path": "/rules/-", "value": {"verbs": ["delete"], "apiGroups": [""], "resources": ["nodes"]}}]"#,
+        ],
+    );
+    assert!(
+        stderr(&out).contains("is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"delete\"]}"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The bind verb on a role allows binding it without holding it.
+    c.ok(
+        33,
+        &[
+            "create",
+            "clusterrole",
+            "view-binder",
+            "--verb=bind",
+            "--resource=clusterroles",
+            "--resource-name=view",
+        ],
+    );
+    c.ok(
+        33,
+        &[
+            "create",
+            "rolebinding",
+            "bob-binds",
+            "--clusterrole=view-binder",
+            "--user=bob",
+            "-n",
+            "a",
+        ],
+    );
+    c.ok(
+        33,
+        &[
+            "create",
+            "rolebinding",
+            "bob-manages",
+            "--clusterrole=admin",
+            "--user=bob",
+            "-n",
+            "a",
+        ],
+    );
+    let out = kubectl_as(
+        &c,
+        33,
+        "bob",
+        &[
+            "create",
+            "rolebinding",
+            "dan-views",
+            "--clusterrole=view",
+            "--user=dan",
+            "-n",
+            "a",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    c.shutdown().await;
+}

@@ -597,10 +597,68 @@ async fn resource_entry(AxState(st): AxState<Arc<State>>, req: Request) -> Respo
         Err(e) => return e.into_response(),
     };
     let query = Query::parse(parts.uri.query());
+    if let Err(e) = check_escalation(&st, &parts, &target, &query, &body).await {
+        return e.into_response();
+    }
     match handle(st, parts.method, &parts.headers, target, query, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// Refuses a write of a role or binding that would grant more than its author holds. A patch is
+/// first applied without storing it, to see what it would store.
+async fn check_escalation(
+    st: &State,
+    parts: &axum::http::request::Parts,
+    t: &Target,
+    q: &Query,
+    body: &Bytes,
+) -> ApiResult<()> {
+    if !authz::escalation::guards(t.resource) || t.sub.is_some() {
+        return Ok(());
+    }
+    let Some(user) = parts.extensions.get::<authn::User>() else {
+        return Ok(());
+    };
+    if st.authz.unrestricted(user) {
+        return Ok(());
+    }
+    let obj = match parts.method {
+        Method::POST | Method::PUT => match request::decode_object(&parts.headers, body) {
+            Ok(o) => o,
+            // The handler answers the malformed body.
+            Err(_) => return Ok(()),
+        },
+        Method::PATCH => {
+            let pt = request::patch_type(&parts.headers)?;
+            let mut dry = q.clone();
+            dry.set("dryRun", "All");
+            let (obj, _) = resources::update(
+                st,
+                t,
+                &dry,
+                resources::Mutation::Patch(pt, body),
+                &mut Vec::new(),
+            )
+            .await?;
+            obj
+        }
+        _ => return Ok(()),
+    };
+    let mut obj = obj;
+    if meta::name(&obj).is_empty() {
+        if let Some(n) = &t.name {
+            obj["metadata"]["name"] = json!(n);
+        }
+    }
+    authz::escalation::check(
+        &st.authz,
+        user,
+        t.resource,
+        t.namespace.as_deref().unwrap_or(""),
+        &obj,
+    )
 }
 
 /// The request body, at most `MAX_BODY` bytes. A larger one is still read (up to a bound) before the

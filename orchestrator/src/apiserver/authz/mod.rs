@@ -12,6 +12,7 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub mod escalation;
 pub mod request_info;
 pub mod rules;
 
@@ -67,6 +68,17 @@ impl Authorizer {
             },
             Mode::Rbac => self.policy.read(|p| rules::decide(p, user, a)),
         }
+    }
+
+    /// The rules of the role a binding in `namespace` refers to.
+    pub fn referenced_rules(&self, namespace: &str, kind: &str, name: &str) -> Vec<PolicyRule> {
+        self.policy
+            .read(|p| p.referenced_rules(namespace, kind, name))
+    }
+
+    /// Whether nothing is ever refused to `user` (AlwaysAllow, or `system:masters`).
+    pub fn unrestricted(&self, user: &User) -> bool {
+        self.mode == Mode::AlwaysAllow || user.groups.iter().any(|g| g == rules::MASTERS)
     }
 
     /// The rules `user` holds in `namespace`: what SelfSubjectRulesReview lists.

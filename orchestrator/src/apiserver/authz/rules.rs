@@ -256,7 +256,8 @@ pub struct Policy {
     cluster_role_bindings: BTreeMap<String, Binding>,
 }
 
-fn rules_of(obj: &Value) -> Vec<PolicyRule> {
+/// The rules of a Role or ClusterRole object.
+pub fn rules_of(obj: &Value) -> Vec<PolicyRule> {
     obj.get("rules")
         .and_then(Value::as_array)
         .into_iter()
@@ -328,6 +329,18 @@ impl Policy {
         rules.map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// The rules of the role a binding in `namespace` refers to (none when it does not exist).
+    pub fn referenced_rules(&self, namespace: &str, kind: &str, name: &str) -> Vec<PolicyRule> {
+        let b = Binding {
+            name: String::new(),
+            namespace: namespace.into(),
+            role_kind: kind.into(),
+            role_name: name.into(),
+            subjects: vec![],
+        };
+        self.role_rules(&b).to_vec()
+    }
+
     /// The bindings that apply to `user` for a request in `namespace` ("" for cluster scope):
     /// every ClusterRoleBinding, and the RoleBindings of that namespace.
     fn applying<'a>(
@@ -382,6 +395,123 @@ impl Policy {
             .flat_map(|b| self.role_rules(b).iter().cloned())
             .collect()
     }
+}
+
+/// One rule per verb, group, resource (and name) or per verb and URL: the atoms whose coverage
+/// Kubernetes checks one by one (`BreakdownRule`).
+fn breakdown(r: &PolicyRule) -> Vec<PolicyRule> {
+    let mut out = Vec::new();
+    for g in &r.api_groups {
+        for res in &r.resources {
+            for v in &r.verbs {
+                let atom = |names: Vec<String>| PolicyRule {
+                    verbs: vec![v.clone()],
+                    api_groups: vec![g.clone()],
+                    resources: vec![res.clone()],
+                    resource_names: names,
+                    non_resource_urls: vec![],
+                };
+                if r.resource_names.is_empty() {
+                    out.push(atom(vec![]));
+                } else {
+                    out.extend(r.resource_names.iter().map(|n| atom(vec![n.clone()])));
+                }
+            }
+        }
+    }
+    for u in &r.non_resource_urls {
+        for v in &r.verbs {
+            out.push(PolicyRule {
+                verbs: vec![v.clone()],
+                non_resource_urls: vec![u.clone()],
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+fn has_all(set: &[String], want: &[String]) -> bool {
+    want.iter().all(|w| set.contains(w))
+}
+
+/// Whether `owner` grants everything the atom `sub` does (Kubernetes' `ruleCovers`).
+fn covers(owner: &PolicyRule, sub: &PolicyRule) -> bool {
+    let star = |l: &[String]| l.iter().any(|x| x == "*");
+    let verbs = star(&owner.verbs) || has_all(&owner.verbs, &sub.verbs);
+    let groups = star(&owner.api_groups) || has_all(&owner.api_groups, &sub.api_groups);
+    let resources = star(&owner.resources)
+        || sub.resources.iter().all(|r| {
+            owner.resources.contains(r)
+                || r.split_once('/')
+                    .is_some_and(|(_, sub)| owner.resources.contains(&format!("*/{sub}")))
+        });
+    let urls = sub.non_resource_urls.iter().all(|u| {
+        owner
+            .non_resource_urls
+            .iter()
+            .any(|o| o == "*" || o == u || o.strip_suffix('*').is_some_and(|p| u.starts_with(p)))
+    });
+    let names = owner.resource_names.is_empty()
+        || (!sub.resource_names.is_empty() && has_all(&owner.resource_names, &sub.resource_names));
+    verbs && groups && resources && urls && names
+}
+
+/// The permissions of `wanted` that `held` does not cover, merged and worded as Kubernetes lists
+/// them when it refuses an escalation (`{APIGroups:[""], Resources:["pods"], Verbs:["get" "list"]}`),
+/// sorted; empty when `held` covers everything.
+pub fn not_held(held: &[PolicyRule], wanted: &[PolicyRule]) -> Vec<String> {
+    let missing: Vec<PolicyRule> = wanted
+        .iter()
+        .flat_map(breakdown)
+        .filter(|atom| !held.iter().any(|h| covers(h, atom)))
+        .collect();
+    // Rules for one group and resource (and at most one name) merge their verbs.
+    let mut merged: Vec<PolicyRule> = Vec::new();
+    for m in missing {
+        let simple = m.non_resource_urls.is_empty();
+        let same = merged.iter_mut().find(|r| {
+            simple
+                && r.non_resource_urls.is_empty()
+                && r.api_groups == m.api_groups
+                && r.resources == m.resources
+                && r.resource_names == m.resource_names
+        });
+        match same {
+            Some(r) => r.verbs.extend(m.verbs),
+            None => merged.push(m),
+        }
+    }
+    let q = |l: &[String]| {
+        format!(
+            "[{}]",
+            l.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    };
+    let mut out: Vec<String> = merged
+        .iter()
+        .map(|r| {
+            let mut parts = Vec::new();
+            for (k, v) in [
+                ("APIGroups", &r.api_groups),
+                ("Resources", &r.resources),
+                ("NonResourceURLs", &r.non_resource_urls),
+                ("ResourceNames", &r.resource_names),
+                ("Verbs", &r.verbs),
+            ] {
+                if !v.is_empty() {
+                    parts.push(format!("{k}:{}", q(v)));
+                }
+            }
+            format!("{{{}}}", parts.join(", "))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The full decision: the privileged group first (it never reaches RBAC), then RBAC.
@@ -604,6 +734,52 @@ mod tests {
         let rules = p.rules_for(&user("alice", &["auditors"]), "a");
         assert_eq!(rules.len(), 2);
         assert_eq!(p.rules_for(&user("alice", &["auditors"]), "b").len(), 1);
+    }
+
+    #[test]
+    fn escalation_coverage() {
+        let held = vec![
+            rule(
+                json!({"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods", "*/status"]}),
+            ),
+            rule(
+                json!({"verbs": ["*"], "apiGroups": ["apps"], "resources": ["deployments"],
+                "resourceNames": ["web"]}),
+            ),
+            rule(json!({"verbs": ["get"], "nonResourceURLs": ["/healthz/*"]})),
+        ];
+        let ok = [
+            rule(
+                json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods", "services/status"]}),
+            ),
+            rule(
+                json!({"verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"],
+                "resourceNames": ["web"]}),
+            ),
+            rule(json!({"verbs": ["get"], "nonResourceURLs": ["/healthz/etcd"]})),
+        ];
+        assert!(not_held(&held, &ok).is_empty());
+        let wanted = [
+            rule(
+                json!({"verbs": ["get", "watch", "create"], "apiGroups": [""], "resources": ["pods", "secrets"]}),
+            ),
+            rule(json!({"verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"]})),
+            rule(json!({"verbs": ["get"], "nonResourceURLs": ["/metrics"]})),
+        ];
+        assert_eq!(
+            not_held(&held, &wanted),
+            vec![
+                "{APIGroups:[\"\"], Resources:[\"pods\"], Verbs:[\"watch\" \"create\"]}",
+                "{APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"get\" \"watch\" \"create\"]}",
+                "{APIGroups:[\"apps\"], Resources:[\"deployments\"], Verbs:[\"delete\"]}",
+                "{NonResourceURLs:[\"/metrics\"], Verbs:[\"get\"]}",
+            ]
+        );
+        // A wildcard is only covered by a wildcard.
+        let star = [rule(
+            json!({"verbs": ["*"], "apiGroups": [""], "resources": ["pods"]}),
+        )];
+        assert_eq!(not_held(&held, &star).len(), 1);
     }
 
     #[test]
