@@ -238,6 +238,27 @@ async fn roles_and_bindings_from_kubectl_are_enforced_with_kubernetes_texts() {
     );
     let crb = c.ok(33, &["get", "clusterrolebinding", "bob-nodes"]);
     assert!(crb.contains("ClusterRole/node-reader"), "{crb}");
+    // Declarative management works too (kubectl apply reads the kinds' OpenAPI schemas).
+    let manifest = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: applied\n  namespace: a\nrules:\n- apiGroups: [\"\"]\n  resources: [\"services\"]\n  verbs: [\"get\"]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: applied\n  namespace: a\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: applied\nsubjects:\n- kind: ServiceAccount\n  name: bot\n  namespace: a\n";
+    for _ in 0..2 {
+        let out = c.kubectl_stdin(33, &["apply", "-f", "-"], Some(manifest));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = c.kubectl(
+        33,
+        &[
+            "auth",
+            "can-i",
+            "get",
+            "services",
+            "-n",
+            "a",
+            "--as",
+            "system:serviceaccount:a:bot",
+        ],
+    );
+    assert_eq!(stdout(&out).trim(), "yes", "{}", stderr(&out));
+
     // The review groups are discoverable, as `kubectl api-resources` lists them.
     let resources = c.ok(33, &["api-resources", "--api-group=authorization.k8s.io"]);
     assert!(
