@@ -479,6 +479,20 @@ async fn a_new_binding_takes_effect_within_a_second() {
     c.shutdown().await;
 }
 
+/// A raw POST of a JSON body; returns the code and the answer.
+async fn post(client: &kube::Client, path: &str, body: &Value) -> (u16, Value) {
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(kube::client::Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap();
+    let resp = client.send(req).await.expect("request sent");
+    let code = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
 /// `kubectl auth can-i --as alice` for a request, and what alice actually gets for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn can_i_answers_what_is_enforced() {
@@ -625,6 +639,51 @@ async fn can_i_answers_what_is_enforced() {
         let out = kubectl_as(&c, 33, "alice", &own);
         assert_eq!(stdout(&out).trim(), answer, "alice's own can-i {args:?}");
     }
+
+    // SubjectAccessReview and LocalSubjectAccessReview ask about someone else.
+    let admin = c.kube().await;
+    let sar = |ns: &str| {
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": "alice", "resourceAttributes":
+                {"namespace": ns, "verb": "list", "resource": "configmaps"}}})
+    };
+    let sars = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
+    let (code, v) = post(&admin, sars, &sar("a")).await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(
+        v["status"],
+        json!({"allowed": true, "reason": "RBAC: allowed by RoleBinding \"a/r\" of Role \"r\" to User \"alice\""})
+    );
+    let (_, v) = post(&admin, sars, &sar("b")).await;
+    assert_eq!(v["status"], json!({"allowed": false}));
+    let mut local = sar("");
+    local["kind"] = json!("LocalSubjectAccessReview");
+    let (code, v) = post(
+        &admin,
+        "/apis/authorization.k8s.io/v1/namespaces/a/localsubjectaccessreviews",
+        &local,
+    )
+    .await;
+    assert_eq!((code, &v["status"]["allowed"]), (201, &json!(true)), "{v}");
+    let (code, v) = post(
+        &admin,
+        sars,
+        &json!({"kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+        "spec": {"resourceAttributes": {"verb": "get", "resource": "pods"}}}),
+    )
+    .await;
+    assert_eq!(code, 422);
+    assert_eq!(
+        v["message"],
+        "SubjectAccessReview.authorization.k8s.io \"\" is invalid: spec.user: Invalid value: \"\": at least one of user or group must be specified"
+    );
+    // Asking about others is itself a permission alice lacks.
+    let (code, v) = post(&alice, sars, &sar("a")).await;
+    assert_eq!(code, 403);
+    assert_eq!(
+        v["message"],
+        "subjectaccessreviews.authorization.k8s.io is forbidden: User \"alice\" cannot create resource \"subjectaccessreviews\" in API group \"authorization.k8s.io\" at the cluster scope"
+    );
 
     // --list is SelfSubjectRulesReview.
     let list = c.ok(33, &["auth", "can-i", "--list", "-n", "a", "--as", "alice"]);
