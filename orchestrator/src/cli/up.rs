@@ -71,6 +71,9 @@ pub struct UpArgs {
     /// free.
     #[arg(long)]
     cluster_dns_listen: Option<SocketAddrV4>,
+    /// Append the API server's audit log (JSON lines) here; `-` for standard output.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
 }
 
 pub async fn run(args: UpArgs) -> Result<ExitCode> {
@@ -152,7 +155,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         tls: tls::server_config(&files)?,
         tokens,
         authorization: apiserver::authz::Mode::Rbac,
-        audit_log: None,
+        audit_log: args.audit_log_path.clone(),
         bootstrap_tokens: true,
         ip_range: SERVICE_CIDR.into(),
         port_range: "30000-32767".into(),
