@@ -38,6 +38,14 @@ pub async fn accept_loop(
                     }
                     Err(_) => return,
                 };
+            // Handlers may ask who is on the other end (the audit log's source address).
+            let app = tower::ServiceExt::map_request(
+                app,
+                move |mut r: hyper::Request<hyper::body::Incoming>| {
+                    r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    r
+                },
+            );
             let svc = hyper_util::service::TowerToHyperService::new(app);
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());

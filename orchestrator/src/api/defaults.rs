@@ -25,6 +25,39 @@ fn default(m: &mut Map<String, Value>, key: &str, v: Value) {
 /// Fills `obj`'s defaults in place; `obj` is a checked object of `r`'s kind.
 pub fn apply(r: &Resource, obj: &mut Value) {
     match (r.group, r.kind) {
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            // rbac/v1's SetDefaults_RoleBinding and SetDefaults_Subject.
+            const GROUP: &str = "rbac.authorization.k8s.io";
+            if let Some(rr) = obj.get_mut("roleRef").and_then(Value::as_object_mut) {
+                if rr
+                    .get("apiGroup")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .is_empty()
+                {
+                    rr.insert("apiGroup".into(), json!(GROUP));
+                }
+            }
+            for sub in obj
+                .get_mut("subjects")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let Some(sub) = sub.as_object_mut() else {
+                    continue;
+                };
+                let kind = sub.get("kind").and_then(Value::as_str).unwrap_or("");
+                let empty = sub
+                    .get("apiGroup")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .is_empty();
+                if empty && matches!(kind, "User" | "Group") {
+                    sub.insert("apiGroup".into(), json!(GROUP));
+                }
+            }
+        }
         ("", "Pod") => {
             pod_spec(obj_mut(obj, "spec"));
             let spec = obj_mut(obj, "spec");

@@ -261,6 +261,42 @@ pub static RESOURCES: &[Resource] = &[
         &[],
         &[],
     ),
+    res(
+        "rbac.authorization.k8s.io",
+        "ClusterRole",
+        "clusterroles",
+        "clusterrole",
+        false,
+        &[],
+        &[],
+    ),
+    res(
+        "rbac.authorization.k8s.io",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        false,
+        &[],
+        &[],
+    ),
+    res(
+        "rbac.authorization.k8s.io",
+        "Role",
+        "roles",
+        "role",
+        true,
+        &[],
+        &[],
+    ),
+    res(
+        "rbac.authorization.k8s.io",
+        "RoleBinding",
+        "rolebindings",
+        "rolebinding",
+        true,
+        &[],
+        &[],
+    ),
 ];
 
 /// The resource served under `group`/`version` as `plural`.
@@ -314,7 +350,12 @@ mod tests {
         assert!(lookup_kind("apps/v1", "Pod").is_none());
         assert_eq!(
             groups(),
-            vec!["apps", "discovery.k8s.io", "coordination.k8s.io"]
+            vec![
+                "apps",
+                "discovery.k8s.io",
+                "coordination.k8s.io",
+                "rbac.authorization.k8s.io"
+            ]
         );
     }
 }

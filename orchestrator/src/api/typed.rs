@@ -37,6 +37,7 @@ where
 /// Decodes `obj` as `r`'s type; the error is the decoder's message with the failing field's path.
 pub fn check(r: &Resource, obj: &Value) -> Result<Checked, String> {
     use k8s_openapi::api::discovery::v1 as disc;
+    use k8s_openapi::api::rbac::v1 as rbac;
     use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coord, core::v1 as core};
     let object = match (r.group, r.kind) {
         ("", "Namespace") => roundtrip::<core::Namespace>(obj),
@@ -54,6 +55,12 @@ pub fn check(r: &Resource, obj: &Value) -> Result<Checked, String> {
         ("apps", "ReplicaSet") => roundtrip::<apps::ReplicaSet>(obj),
         ("discovery.k8s.io", "EndpointSlice") => roundtrip::<disc::EndpointSlice>(obj),
         ("coordination.k8s.io", "Lease") => roundtrip::<coord::Lease>(obj),
+        ("rbac.authorization.k8s.io", "ClusterRole") => roundtrip::<rbac::ClusterRole>(obj),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            roundtrip::<rbac::ClusterRoleBinding>(obj)
+        }
+        ("rbac.authorization.k8s.io", "Role") => roundtrip::<rbac::Role>(obj),
+        ("rbac.authorization.k8s.io", "RoleBinding") => roundtrip::<rbac::RoleBinding>(obj),
         (g, k) => Err(format!("no schema for {k} in group {g:?}")),
     }?;
     let mut unknown = Vec::new();

@@ -37,6 +37,15 @@ impl FieldError {
             detail: format!("Invalid value: {}: {why}", show(value)),
         }
     }
+    /// Like [`FieldError::invalid`], with the value already in the form the message shows.
+    pub fn invalid_shown(field: impl Into<String>, shown: String, why: &str) -> Self {
+        FieldError {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            detail: format!("Invalid value: {shown}: {why}"),
+        }
+    }
+
     pub fn unsupported(field: impl Into<String>, value: &Value, allowed: &[&str]) -> Self {
         let list: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
         FieldError {
@@ -159,9 +168,174 @@ pub fn validate(r: &Resource, obj: &Value, old: Option<&Value>) -> Vec<FieldErro
         ("", "Service") => service(obj, old, &mut errs),
         ("", "ConfigMap") | ("", "Secret") => data_keys(obj, &mut errs),
         ("", "ResourceQuota") => quantities(obj.pointer("/spec/hard"), "spec.hard", &mut errs),
+        (RBAC_GROUP, "Role" | "ClusterRole") => {
+            for (i, rule) in obj
+                .get("rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                policy_rule(rule, &format!("rules[{i}]"), r.namespaced, &mut errs);
+            }
+        }
+        (RBAC_GROUP, "RoleBinding" | "ClusterRoleBinding") => {
+            role_binding(obj, r.namespaced, &mut errs);
+            if let Some(old) = old {
+                if obj.get("roleRef") != old.get("roleRef") {
+                    errs.push(FieldError::invalid_shown(
+                        "roleRef",
+                        role_ref_go(obj.get("roleRef").unwrap_or(&Value::Null)),
+                        "cannot change roleRef",
+                    ));
+                }
+            }
+        }
         _ => {}
     }
     errs
+}
+
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// A rule must name verbs, and either resources (with their groups) or, outside a namespace,
+/// non-resource URLs, never both.
+fn policy_rule(rule: &Value, path: &str, namespaced: bool, errs: &mut Vec<FieldError>) {
+    let len = |k: &str| rule.get(k).and_then(Value::as_array).map_or(0, Vec::len);
+    if len("verbs") == 0 {
+        errs.push(FieldError::required_because(
+            format!("{path}.verbs"),
+            "verbs must contain at least one value",
+        ));
+    }
+    if len("nonResourceURLs") > 0 {
+        let urls = rule.get("nonResourceURLs").unwrap_or(&Value::Null);
+        let shown = go_string_slice(urls);
+        if namespaced {
+            errs.push(FieldError::invalid_shown(
+                format!("{path}.nonResourceURLs"),
+                shown.clone(),
+                "namespaced rules cannot apply to non-resource URLs",
+            ));
+        }
+        if len("apiGroups") > 0 || len("resources") > 0 || len("resourceNames") > 0 {
+            errs.push(FieldError::invalid_shown(
+                format!("{path}.nonResourceURLs"),
+                shown,
+                "rules cannot apply to both regular resources and non-resource URLs",
+            ));
+        }
+        return;
+    }
+    if len("apiGroups") == 0 {
+        errs.push(FieldError::required_because(
+            format!("{path}.apiGroups"),
+            "resource rules must supply at least one api group",
+        ));
+    }
+    if len("resources") == 0 {
+        errs.push(FieldError::required_because(
+            format!("{path}.resources"),
+            "resource rules must supply at least one resource",
+        ));
+    }
+}
+
+fn role_binding(obj: &Value, namespaced: bool, errs: &mut Vec<FieldError>) {
+    let rr = obj.get("roleRef").cloned().unwrap_or(Value::Null);
+    let field = |k: &str| rr.get(k).and_then(Value::as_str).unwrap_or("");
+    if field("apiGroup") != RBAC_GROUP {
+        errs.push(FieldError::unsupported(
+            "roleRef.apiGroup",
+            &Value::from(field("apiGroup")),
+            &[RBAC_GROUP],
+        ));
+    }
+    let kinds: &[&str] = if namespaced {
+        &["Role", "ClusterRole"]
+    } else {
+        &["ClusterRole"]
+    };
+    if !kinds.contains(&field("kind")) {
+        errs.push(FieldError::unsupported(
+            "roleRef.kind",
+            &Value::from(field("kind")),
+            kinds,
+        ));
+    }
+    if field("name").is_empty() {
+        errs.push(FieldError::required("roleRef.name"));
+    }
+    for (i, sub) in obj
+        .get("subjects")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let path = format!("subjects[{i}]");
+        let f = |k: &str| sub.get(k).and_then(Value::as_str).unwrap_or("");
+        if f("name").is_empty() {
+            errs.push(FieldError::required(format!("{path}.name")));
+        }
+        match f("kind") {
+            "ServiceAccount" => {
+                if !f("apiGroup").is_empty() {
+                    errs.push(FieldError::unsupported(
+                        format!("{path}.apiGroup"),
+                        &Value::from(f("apiGroup")),
+                        &[""],
+                    ));
+                }
+                if !f("name").is_empty() && !is_dns1123_subdomain(f("name")) {
+                    errs.push(FieldError::invalid(
+                        format!("{path}.name"),
+                        &Value::from(f("name")),
+                        DNS1123_SUBDOMAIN_MSG,
+                    ));
+                }
+                if !namespaced && f("namespace").is_empty() {
+                    errs.push(FieldError::required(format!("{path}.namespace")));
+                }
+            }
+            "User" | "Group" => {
+                if f("apiGroup") != RBAC_GROUP {
+                    errs.push(FieldError::unsupported(
+                        format!("{path}.apiGroup"),
+                        &Value::from(f("apiGroup")),
+                        &[RBAC_GROUP],
+                    ));
+                }
+            }
+            other => errs.push(FieldError::unsupported(
+                format!("{path}.kind"),
+                &Value::from(other),
+                &["ServiceAccount", "User", "Group"],
+            )),
+        }
+    }
+}
+
+/// A `[]string` as Go's `%#v` prints it: `[]string{"/healthz"}`.
+fn go_string_slice(v: &Value) -> String {
+    let items: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| format!("{:?}", s.as_str().unwrap_or("")))
+        .collect();
+    format!("[]string{{{}}}", items.join(", "))
+}
+
+/// A roleRef as Go's `%#v` prints Kubernetes' internal type, which its message shows.
+fn role_ref_go(rr: &Value) -> String {
+    let f = |k: &str| rr.get(k).and_then(Value::as_str).unwrap_or("");
+    format!(
+        "rbac.RoleRef{{APIGroup:{:?}, Kind:{:?}, Name:{:?}}}",
+        f("apiGroup"),
+        f("kind"),
+        f("name")
+    )
 }
 
 fn validate_meta(r: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
@@ -171,6 +345,22 @@ fn validate_meta(r: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
             "metadata.name",
             "name or generateName is required",
         ));
+    } else if r.group == RBAC_GROUP {
+        // RBAC names are path segments (`system:node`), not DNS names.
+        let why = match name {
+            "." => Some("may not be '.'"),
+            ".." => Some("may not be '..'"),
+            _ if name.contains('/') => Some("may not contain '/'"),
+            _ if name.contains('%') => Some("may not contain '%'"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            errs.push(FieldError::invalid(
+                "metadata.name",
+                &Value::from(name),
+                why,
+            ));
+        }
     } else if name_is_label(r) {
         let ok = if r.kind == "Service" {
             is_dns1035_label(name)

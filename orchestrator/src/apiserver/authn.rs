@@ -36,6 +36,13 @@ pub struct User {
 }
 
 impl User {
+    pub fn new(name: impl Into<String>, groups: &[&str]) -> User {
+        User {
+            name: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
     fn anonymous() -> User {
         User {
             name: "system:anonymous".into(),
@@ -55,15 +62,15 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// `tokens`: bearer token -> user name (every static user is in `system:authenticated`).
-    pub fn new(tokens: HashMap<String, String>, bootstrap: bool) -> Authenticator {
+    /// `tokens`: bearer token -> user and the groups the token file gives it (every static user is
+    /// in `system:authenticated` as well).
+    pub fn new(tokens: HashMap<String, User>, bootstrap: bool) -> Authenticator {
         let tokens = tokens
             .into_iter()
-            .map(|(t, name)| {
-                let user = User {
-                    name,
-                    groups: vec!["system:authenticated".into()],
-                };
+            .map(|(t, mut user)| {
+                if !user.groups.iter().any(|g| g == "system:authenticated") {
+                    user.groups.push("system:authenticated".into());
+                }
                 (t, user)
             })
             .collect();

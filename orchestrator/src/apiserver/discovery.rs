@@ -61,12 +61,72 @@ fn resources_of(group: &str) -> impl Iterator<Item = &'static Resource> + '_ {
     api::RESOURCES.iter().filter(move |r| r.group == group)
 }
 
+/// The review kinds: created and answered, never stored, so only `create` is served.
+/// (group, plural, kind, namespaced)
+const REVIEWS: &[(&str, &str, &str, bool)] = &[
+    (
+        "authentication.k8s.io",
+        "selfsubjectreviews",
+        "SelfSubjectReview",
+        false,
+    ),
+    (
+        "authorization.k8s.io",
+        "localsubjectaccessreviews",
+        "LocalSubjectAccessReview",
+        true,
+    ),
+    (
+        "authorization.k8s.io",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        false,
+    ),
+    (
+        "authorization.k8s.io",
+        "selfsubjectrulesreviews",
+        "SelfSubjectRulesReview",
+        false,
+    ),
+    (
+        "authorization.k8s.io",
+        "subjectaccessreviews",
+        "SubjectAccessReview",
+        false,
+    ),
+];
+
+fn reviews_of(
+    group: &str,
+) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str, bool)> + '_ {
+    REVIEWS.iter().filter(move |r| r.0 == group)
+}
+
+/// Every group served besides core: the stored kinds' groups, then the review groups.
+fn all_groups() -> Vec<&'static str> {
+    let mut g = api::groups();
+    for r in REVIEWS {
+        if !g.contains(&r.0) {
+            g.push(r.0);
+        }
+    }
+    g
+}
+
 /// `APIResourceList` of one group version.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    if resources_of(group).next().is_none() || version != "v1" {
+    if (resources_of(group).next().is_none() && reviews_of(group).next().is_none())
+        || version != "v1"
+    {
         return None;
     }
     let mut out = Vec::new();
+    for (_, plural, kind, namespaced) in reviews_of(group) {
+        out.push(
+            json!({"name": plural, "singularName": "", "namespaced": namespaced,
+            "kind": kind, "verbs": ["create"]}),
+        );
+    }
     for r in resources_of(group) {
         let mut e = json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
             "kind": r.kind, "verbs": VERBS, "storageVersionHash": ""});
@@ -127,6 +187,15 @@ fn aggregated_group(group: &str) -> Value {
             }
             e
         })
+        .chain(reviews_of(group).map(|(g, plural, kind, namespaced)| {
+            json!({
+                "resource": plural,
+                "responseKind": {"group": g, "version": "v1", "kind": kind},
+                "scope": if *namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": plural.trim_end_matches('s'),
+                "verbs": ["create"],
+            })
+        }))
         .collect();
     json!({"metadata": {"name": group, "creationTimestamp": null},
         "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}]})
@@ -196,12 +265,12 @@ pub fn groups(headers: &HeaderMap) -> Response {
         } else {
             "v2"
         };
-        let items: Vec<Value> = api::groups().into_iter().map(aggregated_group).collect();
+        let items: Vec<Value> = all_groups().into_iter().map(aggregated_group).collect();
         let body = json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{v}"),
             "metadata": {}, "items": items});
         return json_response(&body, mt);
     }
-    let groups: Vec<Value> = api::groups()
+    let groups: Vec<Value> = all_groups()
         .into_iter()
         .map(|g| {
             let gv = json!({"groupVersion": format!("{g}/v1"), "version": "v1"});
@@ -216,7 +285,7 @@ pub fn groups(headers: &HeaderMap) -> Response {
 
 /// `/apis/<group>`.
 pub fn group(group: &str) -> Option<Value> {
-    if !api::groups().contains(&group) {
+    if !all_groups().contains(&group) {
         return None;
     }
     let gv = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});

@@ -2,18 +2,21 @@
 //! authentication, discovery, OpenAPI, the resource verbs, watches, Table output, metrics and health;
 //! pods/log and pods/exec go on to the pod's node agent (`kubelet`).
 //!
-//! Requests flow: TLS -> authentication -> routing -> `resources` (read-check-write over the
-//! registry) -> a JSON or Table answer. This module reaches the store only through `registry`; it
+//! Requests flow: TLS -> authentication -> audit -> authorization (`authz`, RBAC) -> routing ->
+//! `resources` (read-check-write over the registry) or `reviews` -> a JSON or Table answer. This module reaches the store only through `registry`; it
 //! never imports the runtime.
 
 pub mod admission;
+pub mod audit;
 pub mod authn;
+pub mod authz;
 pub mod discovery;
 pub mod kubelet;
 pub mod openapi;
 pub mod protobuf;
 pub mod request;
 pub mod resources;
+pub mod reviews;
 pub mod satoken;
 pub mod serviceaccount;
 pub mod status;
@@ -57,6 +60,8 @@ pub struct State {
     pub ip_range_text: String,
     pub port_range: PortRange,
     pub authn: authn::Authenticator,
+    pub authz: authz::Authorizer,
+    pub audit: Option<audit::AuditLog>,
     pub bookmark_interval: Duration,
     pub watch_cache: watchcache::WatchCache,
     /// Calls to node agents (pods/log, pods/exec); `None` without a kubelet client certificate.
@@ -133,8 +138,12 @@ pub struct Config {
     pub registry: Registry,
     pub bind: SocketAddr,
     pub tls: Arc<tokio_rustls::rustls::ServerConfig>,
-    /// Static bearer token -> user name.
-    pub tokens: HashMap<String, String>,
+    /// Static bearer token -> user (name and groups).
+    pub tokens: HashMap<String, authn::User>,
+    /// `--authorization-mode`.
+    pub authorization: authz::Mode,
+    /// `--audit-log-path`: a file, or `-` for standard output.
+    pub audit_log: Option<PathBuf>,
     /// Accept bootstrap tokens (`<id>.<secret>`, from Secrets in kube-system), as
     /// `--enable-bootstrap-token-auth` does.
     pub bootstrap_tokens: bool,
@@ -165,12 +174,17 @@ pub enum ServeError {
 pub struct Server {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    /// The RBAC cache's watches and the audit writer.
+    background: Vec<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Server {
     pub fn abort(&self) {
         self.task.abort();
+        for t in &self.background {
+            t.abort();
+        }
         let _ = self.stop.send(true);
     }
 }
@@ -181,24 +195,82 @@ impl Drop for Server {
     }
 }
 
-/// Parses kube-apiserver's static token file: `token,user,uid,"group1,group2"` per line.
-pub fn parse_token_file(text: &str) -> Result<HashMap<String, String>, String> {
+/// Parses kube-apiserver's static token file: `token,user,uid[,"group1,group2"]` per line, CSV
+/// (the groups field is quoted when it names more than one group).
+pub fn parse_token_file(text: &str) -> Result<HashMap<String, authn::User>, String> {
     let mut out = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let fields: Vec<&str> = line.splitn(4, ',').collect();
+        let fields = csv_fields(line).map_err(|e| format!("line {}: {e}", n + 1))?;
         if fields.len() < 3 || fields[0].is_empty() || fields[1].is_empty() {
             return Err(format!(
                 "line {}: expected token,user,uid[,\"groups\"]",
                 n + 1
             ));
         }
-        out.insert(fields[0].to_string(), fields[1].to_string());
+        let groups = match fields.get(3) {
+            Some(g) if !g.is_empty() => g.split(',').map(str::to_string).collect(),
+            _ => Vec::new(),
+        };
+        out.insert(
+            fields[0].clone(),
+            authn::User {
+                name: fields[1].clone(),
+                groups,
+            },
+        );
     }
     Ok(out)
+}
+
+/// One CSV record: fields separated by commas, a field in double quotes may hold commas and `""`
+/// for a quote; spaces before a field are skipped (Go's `csv.Reader` with `TrimLeadingSpace`).
+fn csv_fields(line: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
+            chars.next();
+        }
+        let mut field = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                    None => return Err("unterminated quoted field".into()),
+                }
+            }
+            match chars.next() {
+                None => {
+                    out.push(field);
+                    return Ok(out);
+                }
+                Some(',') => out.push(field),
+                Some(c) => return Err(format!("unexpected {c:?} after a quoted field")),
+            }
+        } else {
+            loop {
+                match chars.next() {
+                    None => {
+                        out.push(field);
+                        return Ok(out);
+                    }
+                    Some(',') => break,
+                    Some(c) => field.push(c),
+                }
+            }
+            out.push(field);
+        }
+    }
 }
 
 /// Starts serving; returns once the listener is bound. Creates the system namespaces first.
@@ -222,12 +294,28 @@ pub async fn start(cfg: Config) -> Result<Server, ServeError> {
         metrics.watchers.clone(),
     );
     metrics_registry.register("apiserver_request_duration_seconds", "Response latency distribution in seconds for each verb, dry run value, group, version, resource, subresource, scope and component.", metrics.durations.clone());
+    // The system namespaces first: the default policy has a binding in kube-public.
+    bootstrap_namespaces(&cfg.registry).await?;
+    authz::bootstrap::reconcile(&cfg.registry).await?;
+    let (policy, mut background) = authz::cache::PolicyCache::start(cfg.registry.clone()).await?;
+    let audit = match &cfg.audit_log {
+        Some(path) => {
+            let (log, task) = audit::AuditLog::open(path)
+                .await
+                .map_err(|e| ServeError::Config(format!("audit log {}: {e}", path.display())))?;
+            background.push(task);
+            Some(log)
+        }
+        None => None,
+    };
     let state = Arc::new(State {
         registry: cfg.registry,
         ip_range,
         ip_range_text: cfg.ip_range.clone(),
         port_range,
         authn: authn::Authenticator::new(cfg.tokens, cfg.bootstrap_tokens),
+        authz: authz::Authorizer::new(cfg.authorization, policy),
+        audit,
         bookmark_interval: cfg.bookmark_interval,
         watch_cache: Default::default(),
         kubelet: match &cfg.kubelet_client {
@@ -257,19 +345,29 @@ pub async fn start(cfg: Config) -> Result<Server, ServeError> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(crate::serve::accept_loop(listener, acceptor, app, stopped));
     tracing::info!(%addr, "API server listening");
-    Ok(Server { addr, task, stop })
+    Ok(Server {
+        addr,
+        task,
+        background,
+        stop,
+    })
 }
 
-/// Creates what exists from the start: the system namespaces, and the `kubernetes` Service in
-/// `default` on the range's first address, with Endpoints naming this server.
-async fn bootstrap(st: &State, addr: SocketAddr) -> Result<(), ServeError> {
+/// Creates the system namespaces.
+async fn bootstrap_namespaces(registry: &Registry) -> Result<(), ServeError> {
     let ns = api::lookup("", "v1", "namespaces").expect("namespaces are served");
     for name in api::SYSTEM_NAMESPACES {
         let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name,
             "uid": meta::new_uid(), "creationTimestamp": meta::now()}});
         api::defaults::apply(ns, &mut obj);
-        create_if_missing(st, ns, &obj, Default::default()).await?;
+        create_if_missing(registry, ns, &obj, Default::default()).await?;
     }
+    Ok(())
+}
+
+/// Creates what exists from the start besides namespaces and policy: the `kubernetes` Service in
+/// `default` on the range's first address, with Endpoints naming this server.
+async fn bootstrap(st: &State, addr: SocketAddr) -> Result<(), ServeError> {
     let svc = api::lookup("", "v1", "services").expect("services are served");
     let ip = st.ip_range.first();
     let mut obj = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes",
@@ -283,7 +381,7 @@ async fn bootstrap(st: &State, addr: SocketAddr) -> Result<(), ServeError> {
         compares: vec![claim],
         ops: vec![op],
     };
-    create_if_missing(st, svc, &obj, side).await?;
+    create_if_missing(&st.registry, svc, &obj, side).await?;
     let ep = api::lookup("", "v1", "endpoints").expect("endpoints are served");
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
@@ -294,17 +392,17 @@ async fn bootstrap(st: &State, addr: SocketAddr) -> Result<(), ServeError> {
         "namespace": "default", "uid": meta::new_uid(), "creationTimestamp": meta::now(),
         "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": [{"addresses": [{"ip": host}], "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}]}]});
-    create_if_missing(st, ep, &obj, Default::default()).await?;
+    create_if_missing(&st.registry, ep, &obj, Default::default()).await?;
     Ok(())
 }
 
 async fn create_if_missing(
-    st: &State,
+    registry: &Registry,
     r: &api::Resource,
     obj: &Value,
     side: crate::registry::SideEffects,
 ) -> Result<(), ServeError> {
-    match st.registry.create(r, obj.clone(), side).await {
+    match registry.create(r, obj.clone(), side).await {
         // An earlier start created it (or its address is held by it): keep what is stored.
         Ok(_)
         | Err(crate::registry::StoreError::AlreadyExists)
@@ -335,6 +433,12 @@ fn router(state: Arc<State>) -> Router {
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/{*path}", get(openapi::document))
         .fallback(resource_entry)
+        // Outermost last: authentication, then the audit record, then authorization.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            authz::authorize,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             authn::authenticate,
@@ -473,6 +577,17 @@ async fn resource_entry(AxState(st): AxState<Arc<State>>, req: Request) -> Respo
         }
         _ => {}
     }
+    if let Some(kind) = reviews::Review::at(&parts.method, &path) {
+        let body = match read_body(body).await {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
+        };
+        let user = parts.extensions.get::<authn::User>().cloned();
+        return match reviews::answer(&st, kind, user, &parts.headers, &body) {
+            Ok(v) => json_answer(StatusCode::CREATED, &v, &[]),
+            Err(e) => e.into_response(),
+        };
+    }
     let target = match request::parse_target(&path) {
         Ok(Some(t)) => t,
         Ok(None) => return not_found_path(),
@@ -489,10 +604,68 @@ async fn resource_entry(AxState(st): AxState<Arc<State>>, req: Request) -> Respo
         Err(e) => return e.into_response(),
     };
     let query = Query::parse(parts.uri.query());
+    if let Err(e) = check_escalation(&st, &parts, &target, &query, &body).await {
+        return e.into_response();
+    }
     match handle(st, parts.method, &parts.headers, target, query, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// Refuses a write of a role or binding that would grant more than its author holds. A patch is
+/// first applied without storing it, to see what it would store.
+async fn check_escalation(
+    st: &State,
+    parts: &axum::http::request::Parts,
+    t: &Target,
+    q: &Query,
+    body: &Bytes,
+) -> ApiResult<()> {
+    if !authz::escalation::guards(t.resource) || t.sub.is_some() {
+        return Ok(());
+    }
+    let Some(user) = parts.extensions.get::<authn::User>() else {
+        return Ok(());
+    };
+    if st.authz.unrestricted(user) {
+        return Ok(());
+    }
+    let obj = match parts.method {
+        Method::POST | Method::PUT => match request::decode_object(&parts.headers, body) {
+            Ok(o) => o,
+            // The handler answers the malformed body.
+            Err(_) => return Ok(()),
+        },
+        Method::PATCH => {
+            let pt = request::patch_type(&parts.headers)?;
+            let mut dry = q.clone();
+            dry.set("dryRun", "All");
+            let (obj, _) = resources::update(
+                st,
+                t,
+                &dry,
+                resources::Mutation::Patch(pt, body),
+                &mut Vec::new(),
+            )
+            .await?;
+            obj
+        }
+        _ => return Ok(()),
+    };
+    let mut obj = obj;
+    if meta::name(&obj).is_empty() {
+        if let Some(n) = &t.name {
+            obj["metadata"]["name"] = json!(n);
+        }
+    }
+    authz::escalation::check(
+        &st.authz,
+        user,
+        t.resource,
+        t.namespace.as_deref().unwrap_or(""),
+        &obj,
+    )
 }
 
 /// The request body, at most `MAX_BODY` bytes. A larger one is still read (up to a bound) before the
@@ -657,4 +830,38 @@ async fn handle(
 /// Where the API server's generated files go when no paths are given.
 pub fn default_cert_dir() -> PathBuf {
     PathBuf::from("/var/run/cairn-orchestrator")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_users_carry_their_groups() {
+        let text = "# comment\n\
+            t1,alice,1\n\
+            t2,bob,2,\"dev,ops\"\n\
+            t3,carol,3,system:masters\n\
+            \"t,4\",dave,4,\"a \"\"quoted\"\" group\"\n";
+        let users = parse_token_file(text).unwrap();
+        assert_eq!(users["t1"], authn::User::new("alice", &[]));
+        assert_eq!(users["t2"], authn::User::new("bob", &["dev", "ops"]));
+        assert_eq!(users["t3"], authn::User::new("carol", &["system:masters"]));
+        assert_eq!(
+            users["t,4"],
+            authn::User::new("dave", &["a \"quoted\" group"])
+        );
+        assert!(parse_token_file("t1,alice").is_err());
+        assert!(parse_token_file("t1,alice,1,\"dev").is_err());
+    }
+
+    #[test]
+    fn authorization_modes() {
+        assert_eq!("RBAC".parse::<authz::Mode>(), Ok(authz::Mode::Rbac));
+        assert_eq!(
+            "AlwaysAllow".parse::<authz::Mode>(),
+            Ok(authz::Mode::AlwaysAllow)
+        );
+        assert!("Node".parse::<authz::Mode>().is_err());
+    }
 }

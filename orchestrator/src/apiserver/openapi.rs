@@ -89,6 +89,7 @@ fn gvk(r: &Resource) -> Value {
 fn register(gen: &mut schemars::SchemaGenerator, r: &Resource) -> Option<String> {
     use k8s_openapi::api::{
         apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
+        rbac::v1 as rbac,
     };
     let schema = match (r.group, r.kind) {
         ("", "Namespace") => gen.subschema_for::<core::Namespace>(),
@@ -106,6 +107,12 @@ fn register(gen: &mut schemars::SchemaGenerator, r: &Resource) -> Option<String>
         ("apps", "ReplicaSet") => gen.subschema_for::<apps::ReplicaSet>(),
         ("discovery.k8s.io", "EndpointSlice") => gen.subschema_for::<disc::EndpointSlice>(),
         ("coordination.k8s.io", "Lease") => gen.subschema_for::<coord::Lease>(),
+        ("rbac.authorization.k8s.io", "ClusterRole") => gen.subschema_for::<rbac::ClusterRole>(),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            gen.subschema_for::<rbac::ClusterRoleBinding>()
+        }
+        ("rbac.authorization.k8s.io", "Role") => gen.subschema_for::<rbac::Role>(),
+        ("rbac.authorization.k8s.io", "RoleBinding") => gen.subschema_for::<rbac::RoleBinding>(),
         _ => return None,
     };
     schema

@@ -18,10 +18,14 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use k8s_pb::api::apps::v1 as appsv1;
-use k8s_pb::api::authentication::v1 as authv1;
+use k8s_pb::api::authentication::v1 as authnv1;
+use k8s_pb::api::authentication::v1alpha1 as authnv1alpha1;
+use k8s_pb::api::authentication::v1beta1 as authnv1beta1;
+use k8s_pb::api::authorization::v1 as authzv1;
 use k8s_pb::api::coordination::v1 as coordv1;
 use k8s_pb::api::core::v1 as corev1;
 use k8s_pb::api::discovery::v1 as discv1;
+use k8s_pb::api::rbac::v1 as rbacv1;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as metav1;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
@@ -72,22 +76,57 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
         )));
     }
     let raw = unknown.raw.unwrap_or_default();
-    // Bodies of subresources, which are not resources of their own.
-    let sub_body = match (api_version.as_str(), kind.as_str()) {
-        ("authentication.k8s.io/v1", "TokenRequest") => {
-            Some(("authentication.k8s.io", "TokenRequest"))
+    // The review kinds are answered, never stored, and TokenRequest is the body of a
+    // subresource, so none of them are among the served resources.
+    let review = match (api_version.as_str(), kind.as_str()) {
+        ("authentication.k8s.io/v1", "TokenRequest") => Some(object::<authnv1::TokenRequest>(&raw)),
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            Some(object::<authzv1::SelfSubjectAccessReview>(&raw))
+        }
+        ("authorization.k8s.io/v1", "SubjectAccessReview") => {
+            Some(object::<authzv1::SubjectAccessReview>(&raw))
+        }
+        ("authorization.k8s.io/v1", "LocalSubjectAccessReview") => {
+            Some(object::<authzv1::LocalSubjectAccessReview>(&raw))
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => {
+            Some(object::<authzv1::SelfSubjectRulesReview>(&raw))
+        }
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => {
+            Some(object::<authnv1::SelfSubjectReview>(&raw))
+        }
+        ("authentication.k8s.io/v1beta1", "SelfSubjectReview") => {
+            Some(object::<authnv1beta1::SelfSubjectReview>(&raw))
+        }
+        ("authentication.k8s.io/v1alpha1", "SelfSubjectReview") => {
+            Some(object::<authnv1alpha1::SelfSubjectReview>(&raw))
         }
         _ => None,
     };
-    let Some((group, kind_name)) = sub_body
-        .or_else(|| crate::api::lookup_kind(&api_version, &kind).map(|r| (r.group, r.kind)))
-    else {
+    let object = match review {
+        Some(o) => o,
+        None => decode_served(&api_version, &kind, &raw)?,
+    };
+    let object =
+        object.map_err(|e| ApiError::bad_request(format!("{kind} ({api_version}): {e}")))?;
+    let mut out = Map::new();
+    out.insert("apiVersion".into(), Value::String(api_version));
+    out.insert("kind".into(), Value::String(kind));
+    if let Value::Object(fields) = object {
+        out.extend(fields);
+    }
+    Ok(Value::Object(out))
+}
+
+/// The JSON form of a stored kind's protobuf encoding.
+fn decode_served(api_version: &str, kind: &str, raw: &[u8]) -> ApiResult<Result<Value, String>> {
+    let Some(resource) = crate::api::lookup_kind(api_version, kind) else {
         return Err(ApiError::bad_request(format!(
             "no kind {kind:?} is registered for version {api_version:?}"
         )));
     };
-    let object = match (group, kind_name) {
-        ("authentication.k8s.io", "TokenRequest") => object::<authv1::TokenRequest>(&raw),
+    let raw = raw.to_vec();
+    Ok(match (resource.group, resource.kind) {
         ("", "Namespace") => object::<corev1::Namespace>(&raw),
         ("", "Node") => object::<corev1::Node>(&raw),
         ("", "Pod") => object::<corev1::Pod>(&raw),
@@ -103,17 +142,14 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
         ("apps", "ReplicaSet") => object::<appsv1::ReplicaSet>(&raw),
         ("discovery.k8s.io", "EndpointSlice") => object::<discv1::EndpointSlice>(&raw),
         ("coordination.k8s.io", "Lease") => object::<coordv1::Lease>(&raw),
+        ("rbac.authorization.k8s.io", "ClusterRole") => object::<rbacv1::ClusterRole>(&raw),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            object::<rbacv1::ClusterRoleBinding>(&raw)
+        }
+        ("rbac.authorization.k8s.io", "Role") => object::<rbacv1::Role>(&raw),
+        ("rbac.authorization.k8s.io", "RoleBinding") => object::<rbacv1::RoleBinding>(&raw),
         (group, kind) => Err(format!("no protobuf message for {kind} in group {group:?}")),
-    };
-    let object =
-        object.map_err(|e| ApiError::bad_request(format!("{kind} ({api_version}): {e}")))?;
-    let mut out = Map::new();
-    out.insert("apiVersion".into(), Value::String(api_version));
-    out.insert("kind".into(), Value::String(kind));
-    if let Value::Object(fields) = object {
-        out.extend(fields);
-    }
-    Ok(Value::Object(out))
+    })
 }
 
 fn object<T: Message + Default + ToJson>(raw: &[u8]) -> Result<Value, String> {
@@ -156,6 +192,18 @@ impl std::fmt::Display for Invalid {
         }
     }
 }
+
+/// Go's `ExtraValue` is a `[]string`, so JSON has the list where protobuf has a wrapper message.
+macro_rules! extra_value {
+    ($($t:ty),*) => {$(
+        impl ToJson for $t {
+            fn to_json(&self) -> Result<Value, Invalid> {
+                Ok(Value::Array(self.items.iter().cloned().map(Value::String).collect()))
+            }
+        }
+    )*};
+}
+extra_value!(authzv1::ExtraValue, authnv1::ExtraValue);
 
 /// A protobuf value as Kubernetes writes it in JSON.
 trait ToJson {
@@ -706,16 +754,58 @@ json_messages! { discv1:
     EndpointPort { name(keep), protocol(keep), port(keep), app_protocol(keep) }
     EndpointSlice { metadata, address_type(keep), endpoints, ports }
 }
-json_messages! { authv1:
-    BoundObjectReference { kind, api_version, name, u_id("uid") }
-    TokenRequestSpec { audiences, expiration_seconds(keep), bound_object_ref }
-    TokenRequestStatus { token, expiration_timestamp }
-    TokenRequest { metadata, spec, status }
-}
 json_messages! { coordv1:
     LeaseSpec { holder_identity(keep), lease_duration_seconds(keep), acquire_time, renew_time,
         lease_transitions(keep), strategy(keep), preferred_holder(keep) }
     Lease { metadata, spec }
+}
+json_messages! { rbacv1:
+    PolicyRule { verbs(keep), api_groups, resources, resource_names,
+        non_resource_ur_ls("nonResourceURLs") }
+    AggregationRule { cluster_role_selectors }
+    ClusterRole { metadata, rules(keep), aggregation_rule }
+    Role { metadata, rules(keep) }
+    Subject { kind(keep), api_group, name(keep), namespace }
+    RoleRef { api_group(keep), kind(keep), name(keep) }
+    ClusterRoleBinding { metadata, subjects, role_ref(keep) }
+    RoleBinding { metadata, subjects, role_ref(keep) }
+}
+json_messages! { authzv1:
+    FieldSelectorAttributes { raw_selector, requirements }
+    LabelSelectorAttributes { raw_selector, requirements }
+    ResourceAttributes { namespace, verb, group, version, resource, subresource, name,
+        field_selector, label_selector }
+    NonResourceAttributes { path, verb }
+    SelfSubjectAccessReviewSpec { resource_attributes, non_resource_attributes }
+    SubjectAccessReviewSpec { resource_attributes, non_resource_attributes, user, groups, extra,
+        uid }
+    SubjectAccessReviewStatus { allowed(keep), denied, reason, evaluation_error }
+    SelfSubjectAccessReview { metadata, spec(keep), status }
+    SubjectAccessReview { metadata, spec(keep), status }
+    LocalSubjectAccessReview { metadata, spec(keep), status }
+    SelfSubjectRulesReviewSpec { namespace }
+    ResourceRule { verbs(keep), api_groups, resources, resource_names }
+    NonResourceRule { verbs(keep), non_resource_ur_ls("nonResourceURLs") }
+    SubjectRulesReviewStatus { resource_rules(keep), non_resource_rules(keep), incomplete(keep),
+        evaluation_error }
+    SelfSubjectRulesReview { metadata, spec(keep), status }
+}
+json_messages! { authnv1:
+    BoundObjectReference { kind, api_version, name, u_id("uid") }
+    TokenRequestSpec { audiences, expiration_seconds(keep), bound_object_ref }
+    TokenRequestStatus { token, expiration_timestamp }
+    TokenRequest { metadata, spec, status }
+    UserInfo { username, uid, groups, extra }
+    SelfSubjectReviewStatus { user_info }
+    SelfSubjectReview { metadata, status }
+}
+json_messages! { authnv1beta1:
+    SelfSubjectReviewStatus { user_info }
+    SelfSubjectReview { metadata, status }
+}
+json_messages! { authnv1alpha1:
+    SelfSubjectReviewStatus { user_info }
+    SelfSubjectReview { metadata, status }
 }
 json_messages! { metav1:
     OwnerReference { api_version(keep), kind(keep), name(keep), uid(keep), controller(keep),
@@ -725,6 +815,7 @@ json_messages! { metav1:
         creation_timestamp, deletion_timestamp, deletion_grace_period_seconds(keep), labels,
         annotations, owner_references, finalizers, managed_fields }
     LabelSelectorRequirement { key(keep), operator(keep), values }
+    FieldSelectorRequirement { key(keep), operator(keep), values }
     LabelSelector { match_labels, match_expressions }
     Condition { r#type(keep), status(keep), observed_generation, last_transition_time, reason(keep),
         message(keep) }
@@ -798,12 +889,12 @@ mod tests {
 
     #[test]
     fn token_request() {
-        let tr = authv1::TokenRequest {
+        let tr = authnv1::TokenRequest {
             metadata: Some(Default::default()),
-            spec: Some(authv1::TokenRequestSpec {
+            spec: Some(authnv1::TokenRequestSpec {
                 audiences: vec!["vault".into()],
                 expiration_seconds: Some(3600),
-                bound_object_ref: Some(authv1::BoundObjectReference {
+                bound_object_ref: Some(authnv1::BoundObjectReference {
                     kind: s("Pod"),
                     api_version: s("v1"),
                     name: s("web"),

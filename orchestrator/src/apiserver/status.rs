@@ -87,14 +87,26 @@ impl ApiError {
     }
 
     pub fn invalid(r: &Resource, name: &str, errs: &[FieldError]) -> ApiError {
+        Self::invalid_kind(r.group, r.kind, name, errs)
+    }
+
+    /// 422 Invalid for a kind of `group`, stored or not (the review kinds are never stored).
+    pub fn invalid_kind(group: &str, kind: &str, name: &str, errs: &[FieldError]) -> ApiError {
         let msgs: Vec<String> = errs.iter().map(FieldError::message).collect();
         let joined = if msgs.len() == 1 {
             msgs[0].clone()
         } else {
             format!("[{}]", msgs.join(", "))
         };
-        let mut d = details(r, name);
-        d["kind"] = json!(r.kind);
+        let qualified = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let mut d = json!({"name": name, "kind": kind});
+        if !group.is_empty() {
+            d["group"] = json!(group);
+        }
         d["causes"] = Value::Array(
             errs.iter()
                 .map(|e| json!({"reason": e.reason, "message": e.detail, "field": e.field}))
@@ -105,7 +117,7 @@ impl ApiError {
             ..ApiError::new(
                 422,
                 "Invalid",
-                format!("{} {name:?} is invalid: {joined}", r.kind),
+                format!("{qualified} {name:?} is invalid: {joined}"),
             )
         }
     }
@@ -119,6 +131,33 @@ impl ApiError {
         ApiError {
             details: Some(details(r, name)),
             ..ApiError::new(403, "Forbidden", format!("{what} is forbidden: {why}"))
+        }
+    }
+
+    /// `apierrors.NewForbidden` for a group and resource (both empty for a non-resource path):
+    /// `pods "x" is forbidden: <why>`, or `forbidden: <why>`.
+    pub fn forbidden_raw(group: &str, resource: &str, name: &str, why: &str) -> ApiError {
+        let qualified = if group.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource}.{group}")
+        };
+        let message = if qualified.is_empty() {
+            format!("forbidden: {why}")
+        } else if name.is_empty() {
+            format!("{qualified} is forbidden: {why}")
+        } else {
+            format!("{qualified} {name:?} is forbidden: {why}")
+        };
+        let mut d = serde_json::Map::new();
+        for (k, v) in [("name", name), ("group", group), ("kind", resource)] {
+            if !v.is_empty() {
+                d.insert(k.into(), json!(v));
+            }
+        }
+        ApiError {
+            details: Some(Value::Object(d)),
+            ..ApiError::new(403, "Forbidden", message)
         }
     }
 

@@ -103,6 +103,14 @@ fn columns(r: &Resource) -> Vec<Col> {
             age,
         ],
         ("coordination.k8s.io", "Lease") => vec![name, col("Holder", "string", 0), age],
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => vec![
+            name,
+            col("Role", "string", 0),
+            age,
+            col("Users", "string", 1),
+            col("Groups", "string", 1),
+            col("ServiceAccounts", "string", 1),
+        ],
         _ => vec![name, col("Created At", "date", 0)],
     }
 }
@@ -484,6 +492,31 @@ fn cells(r: &Resource, o: &Value, now: i64) -> Vec<Value> {
             json!(or_none(s(o, "/spec/holderIdentity").to_string())),
             a,
         ],
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            let subjects = |kind: &str| -> String {
+                arr(o, "/subjects")
+                    .iter()
+                    .filter(|sub| s(sub, "/kind") == kind)
+                    .map(|sub| match (kind, s(sub, "/namespace")) {
+                        ("ServiceAccount", ns) => format!("{ns}/{}", s(sub, "/name")),
+                        _ => s(sub, "/name").to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    s(o, "/roleRef/kind"),
+                    s(o, "/roleRef/name")
+                )),
+                a,
+                json!(subjects("User")),
+                json!(subjects("Group")),
+                json!(subjects("ServiceAccount")),
+            ]
+        }
         _ => vec![name, json!(meta::str_field(o, "creationTimestamp"))],
     }
 }

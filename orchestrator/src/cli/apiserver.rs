@@ -70,13 +70,20 @@ pub struct ApiserverArgs {
     /// The longest lifetime a requested service account token gets.
     #[arg(long, value_parser = super::control::parse_duration)]
     service_account_max_token_expiration: Option<Duration>,
+    /// How requests are authorized: RBAC, or AlwaysAllow.
+    #[arg(long, default_value = "RBAC")]
+    authorization_mode: apiserver::authz::Mode,
+    /// Where the audit log (JSON lines, audit.k8s.io/v1 Events) is appended; `-` for standard
+    /// output. No audit log without it.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
     /// How often watches that allow bookmarks get one while idle.
     #[arg(long, default_value = "60s", value_parser = super::control::parse_duration, hide = true)]
     watch_bookmark_interval: Duration,
 }
 
 pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
-    let mut tokens: HashMap<String, String> = HashMap::new();
+    let mut tokens: HashMap<String, apiserver::authn::User> = HashMap::new();
     if let Some(f) = &args.token_auth_file {
         let text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?;
         tokens = apiserver::parse_token_file(&text)
@@ -118,7 +125,11 @@ pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
                     t
                 }
             };
-            tokens.insert(token.clone(), "admin".into());
+            // The kubeconfig's user is the cluster's administrator, as kubeadm's admin.conf.
+            tokens.insert(
+                token.clone(),
+                apiserver::authn::User::new("admin", &["system:masters"]),
+            );
             Some(token)
         }
         None => None,
@@ -147,6 +158,8 @@ pub async fn run(args: ApiserverArgs) -> Result<ExitCode> {
         bind,
         tls: tls_config,
         tokens,
+        authorization: args.authorization_mode,
+        audit_log: args.audit_log_path.clone(),
         bootstrap_tokens: args.enable_bootstrap_token_auth,
         ip_range: args.service_cluster_ip_range.clone(),
         port_range: args.service_node_port_range.clone(),

@@ -5,6 +5,8 @@
 //! the `export KUBECONFIG=...` line, and on Ctrl-C stops the pods and everything else. Started
 //! again with the same data directory it resumes where it stopped. The service proxy and the
 //! cluster DNS server run here too, the DNS server behind kube-system/kube-dns as CoreDNS is.
+//! Each component authenticates with a token of its own as Kubernetes' identity for it, so the
+//! default RBAC policy, not the administrator's rights, decides what it may do.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -69,6 +71,9 @@ pub struct UpArgs {
     /// free.
     #[arg(long)]
     cluster_dns_listen: Option<SocketAddrV4>,
+    /// Append the API server's audit log (JSON lines) here; `-` for standard output.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
 }
 
 pub async fn run(args: UpArgs) -> Result<ExitCode> {
@@ -102,15 +107,45 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     // The `kubernetes` Service's address too, for clients inside pods.
     let sans = [args.advertise_address.to_string(), "10.96.0.1".to_string()];
     let files = tls::serving_files(&cert_dir, None, None, &sans)?;
-    let token_path = cert_dir.join("admin.token");
-    let token = match std::fs::read_to_string(&token_path) {
-        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-        _ => {
-            let t = tls::random_token();
-            std::fs::write(&token_path, &t)?;
-            t
-        }
+    let name = match &args.node_name {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
+            .trim()
+            .to_lowercase(),
     };
+    // Each component acts as the identity Kubernetes gives it, with a token of its own kept beside
+    // the certificates; the default policy binds each to the role it needs.
+    let node_user = format!("system:node:{name}");
+    let identities: [(&str, &str, &[&str]); 6] = [
+        ("admin", "admin", &["system:masters"]),
+        ("scheduler", "system:kube-scheduler", &[]),
+        ("controller-manager", "system:kube-controller-manager", &[]),
+        ("node", &node_user, &["system:nodes"]),
+        ("proxy", "system:kube-proxy", &[]),
+        (
+            "dns",
+            "system:serviceaccount:kube-system:kube-dns",
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:kube-system",
+            ],
+        ),
+    ];
+    let mut tokens = HashMap::new();
+    let mut component_tokens = HashMap::new();
+    for (component, user, groups) in identities {
+        let path = cert_dir.join(format!("{component}.token"));
+        let token = match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                let t = tls::random_token();
+                std::fs::write(&path, &t)?;
+                t
+            }
+        };
+        tokens.insert(token.clone(), apiserver::authn::User::new(user, groups));
+        component_tokens.insert(component, (user.to_string(), token));
+    }
     let store_client = cairn_client::Client::connect(endpoints, None)
         .await
         .context("connect to the store")?;
@@ -118,7 +153,9 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         registry: Registry::new(store_client, Transformer::default()),
         bind: SocketAddr::new(args.advertise_address, args.secure_port),
         tls: tls::server_config(&files)?,
-        tokens: HashMap::from([(token.clone(), "admin".to_string())]),
+        tokens,
+        authorization: apiserver::authz::Mode::Rbac,
+        audit_log: args.audit_log_path.clone(),
         bootstrap_tokens: true,
         ip_range: SERVICE_CIDR.into(),
         port_range: "30000-32767".into(),
@@ -133,11 +170,22 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     })
     .await?;
     let url = format!("https://{}", server.addr);
+    let token = component_tokens["admin"].1.clone();
     std::fs::write(
         &args.kubeconfig,
         cairn_orchestrator::client::kubeconfig(&url, &files.ca_pem, "admin", &token),
     )
     .with_context(|| format!("write {}", args.kubeconfig.display()))?;
+    let kubeconfig_of = |component: &str| -> Result<PathBuf> {
+        let (user, token) = &component_tokens[component];
+        let path = cert_dir.join(format!("{component}.kubeconfig"));
+        std::fs::write(
+            &path,
+            cairn_orchestrator::client::kubeconfig(&url, &files.ca_pem, user, token),
+        )
+        .with_context(|| format!("write {}", path.display()))?;
+        Ok(path)
+    };
 
     // The control plane and this machine's agent, as API clients of it.
     let throttle = Throttle {
@@ -145,21 +193,21 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         burst: 100,
     };
     let kc = &args.kubeconfig;
-    let (sched_client, cm_client, agent_client) = (
-        client::from_kubeconfig(kc, throttle).await?,
-        client::Clients::from_kubeconfig(kc, throttle).await?,
+    let (node_kc, proxy_kc, dns_kc) = (
+        kubeconfig_of("node")?,
+        kubeconfig_of("proxy")?,
+        kubeconfig_of("dns")?,
+    );
+    let (sched_client, cm_client, agent_client, admin_client) = (
+        client::from_kubeconfig(&kubeconfig_of("scheduler")?, throttle).await?,
+        client::Clients::from_kubeconfig(&kubeconfig_of("controller-manager")?, throttle).await?,
+        client::from_kubeconfig(&node_kc, throttle).await?,
         client::from_kubeconfig(kc, throttle).await?,
     );
     let helper = std::env::current_exe()?;
     let mut rcfg = RuntimeConfig::new(data_dir.join("agent"), helper);
     rcfg.cgroup_parent = args.cgroup_parent.clone();
-    let name = match &args.node_name {
-        Some(n) => n.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
-            .trim()
-            .to_lowercase(),
-    };
-    controllers::bootstrap::publish_cluster_info(&agent_client, &url, &files.ca_pem)
+    controllers::bootstrap::publish_cluster_info(&admin_client, &url, &files.ca_pem)
         .await
         .context("publish kube-public/cluster-info")?;
     let name_for_dns = name.clone();
@@ -170,7 +218,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     // ClusterFirst pods ask the kube-dns Service, as with CoreDNS behind it.
     acfg.dns.cluster_dns = vec![std::net::IpAddr::V4(dns::cluster_dns_ip(SERVICE_CIDR)?)];
     acfg.client_ca = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(kc)?,
+        kube::config::Kubeconfig::read_from(&node_kc)?,
         &Default::default(),
     )
     .await?
@@ -211,12 +259,17 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
 
     // Services in the kernel and the cluster's names, as kube-proxy and CoreDNS provide them.
     let services = proxy::Proxy::start(
-        client::from_kubeconfig(kc, throttle).await?,
+        client::from_kubeconfig(&proxy_kc, throttle).await?,
         proxy::ProxyConfig::new(name),
     )?;
     let cluster_dns = {
-        let (kc, name, listen) = (kc.to_path_buf(), name_for_dns, args.cluster_dns_listen);
-        tokio::spawn(async move { start_dns(&kc, throttle, &name, listen).await })
+        let (kc, admin, name, listen) = (
+            dns_kc,
+            kc.to_path_buf(),
+            name_for_dns,
+            args.cluster_dns_listen,
+        );
+        tokio::spawn(async move { start_dns(&kc, &admin, throttle, &name, listen).await })
     };
 
     println!(
@@ -267,10 +320,12 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The cluster DNS server and its kube-dns Service; a DNS server that cannot start (say, port 53
-/// taken) is reported and the rest of the cluster runs without it.
+/// The cluster DNS server (acting as kube-system's kube-dns service account, `kc`) and its
+/// kube-dns Service, which the administrator (`admin`) publishes as a manifest would; a DNS server
+/// that cannot start (say, port 53 taken) is reported and the rest of the cluster runs without it.
 async fn start_dns(
     kc: &std::path::Path,
+    admin: &std::path::Path,
     throttle: Throttle,
     node: &str,
     listen: Option<SocketAddrV4>,
@@ -288,7 +343,7 @@ async fn start_dns(
             anyhow::bail!("the DNS server listens on IPv6");
         };
         let ip = dns::cluster_dns_ip(SERVICE_CIDR)?;
-        dns::service::publish(client::from_kubeconfig(kc, throttle).await?, ip, addr)
+        dns::service::publish(client::from_kubeconfig(admin, throttle).await?, ip, addr)
             .await
             .context("publish kube-system/kube-dns")?;
         tracing::info!(service = %ip, server = %addr, "cluster DNS");

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use cairn_orchestrator::apiserver::authn::User;
 use cairn_orchestrator::apiserver::{self, tls};
 use cairn_orchestrator::registry::encryption::Transformer;
 use cairn_orchestrator::registry::Registry;
@@ -22,6 +23,12 @@ pub struct Options {
     pub bookmark_interval: Option<Duration>,
     /// Serve on this address (one of a network namespace the test made) instead of 127.0.0.1.
     pub bind: Option<std::net::IpAddr>,
+    /// Static tokens besides the administrator's: token -> user.
+    pub tokens: Vec<(String, User)>,
+    /// AlwaysAllow instead of RBAC.
+    pub always_allow: bool,
+    /// Keep an audit log in this file.
+    pub audit_log: Option<PathBuf>,
 }
 
 pub struct Cluster {
@@ -35,6 +42,10 @@ pub struct Cluster {
     transformer: Transformer,
     tls: std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
     bookmark_interval: Duration,
+    tokens: std::collections::HashMap<String, User>,
+    authorization: apiserver::authz::Mode,
+    audit_log: Option<PathBuf>,
+    ca_pem: String,
 }
 
 impl Cluster {
@@ -69,6 +80,16 @@ impl Cluster {
             transformer,
             tls,
             bookmark_interval: opts.bookmark_interval.unwrap_or(Duration::from_secs(60)),
+            tokens: std::iter::once((TOKEN.to_string(), User::new("admin", &["system:masters"])))
+                .chain(opts.tokens)
+                .collect(),
+            authorization: if opts.always_allow {
+                apiserver::authz::Mode::AlwaysAllow
+            } else {
+                apiserver::authz::Mode::Rbac
+            },
+            audit_log: opts.audit_log,
+            ca_pem: files.ca_pem.clone(),
         };
         c.start_apiserver().await;
         let url = c.url();
@@ -88,7 +109,9 @@ impl Cluster {
             registry: Registry::new(client, self.transformer.clone()),
             bind: self.addr,
             tls: self.tls.clone(),
-            tokens: [(TOKEN.to_string(), "admin".to_string())].into(),
+            tokens: self.tokens.clone(),
+            authorization: self.authorization,
+            audit_log: self.audit_log.clone(),
             bootstrap_tokens: true,
             ip_range: "10.96.0.0/16".into(),
             port_range: "30000-32767".into(),
@@ -117,6 +140,17 @@ impl Cluster {
         drop(self.server.take());
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.start_apiserver().await;
+    }
+
+    /// Writes a kubeconfig that presents `token`, and returns its path.
+    pub fn kubeconfig_for(&self, user: &str, token: &str) -> PathBuf {
+        let p = self.dir.path().join(format!("kubeconfig-{user}"));
+        std::fs::write(
+            &p,
+            cairn_orchestrator::client::kubeconfig(&self.url(), &self.ca_pem, user, token),
+        )
+        .unwrap();
+        p
     }
 
     pub fn url(&self) -> String {
