@@ -106,6 +106,19 @@ async fn kubectl_create_token_gives_tokens_that_authenticate_until_revoked() {
     ok(&c, 33, &["create", "namespace", "robots"]);
     namespace_ready(&c, &client, "robots").await;
     ok(&c, 33, &["create", "serviceaccount", "bot", "-n", "robots"]);
+    ok(
+        &c,
+        33,
+        &[
+            "create",
+            "rolebinding",
+            "bot-view",
+            "-n",
+            "robots",
+            "--clusterrole=view",
+            "--serviceaccount=robots:bot",
+        ],
+    );
     let sa_uid = ok(
         &c,
         33,
@@ -537,7 +550,24 @@ async fn a_pod_reads_its_token_ca_and_namespace_and_its_token_lists_pods() {
     );
 
     // What a client in the pod would send: the token lists the pods of its namespace.
-    let listed = get_pods_as(&c, 33, &token, "default").unwrap();
+    // With RBAC, reading takes a role: the namespace's `view`, as an operator would grant it.
+    ok(
+        &c,
+        33,
+        &[
+            "create",
+            "rolebinding",
+            "default-view",
+            "-n",
+            "default",
+            "--clusterrole=view",
+            "--serviceaccount=default:default",
+        ],
+    );
+    let listed = eventually("the binding taking effect", 10, || async {
+        get_pods_as(&c, 33, &token, "default").ok()
+    })
+    .await;
     assert!(listed.contains("pod/reader"), "{listed}");
     // An in-cluster client trusts only the pod's ca.crt and asks for the name it knows the
     // server by: the certificate checks out and the token lists pods.
@@ -573,4 +603,144 @@ async fn a_pod_reads_its_token_ca_and_namespace_and_its_token_lists_pods() {
     assert!(get_pods_as(&c, 33, &token, "default")
         .unwrap_err()
         .contains(UNAUTHORIZED));
+}
+
+/// `kubectl auth can-i` for `args`, answered for the caller `who` (`--token T` or `--as U`):
+/// "yes" or "no".
+fn can_i(c: &Cluster, who: &[&str], args: &[&str]) -> String {
+    let mut all = who.to_vec();
+    all.extend(["auth", "can-i"]);
+    all.extend(args);
+    text(&kubectl(c, 33, &all).stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_token_is_confined_to_what_its_roles_allow() {
+    let test = "a_service_account_token_is_confined_to_what_its_roles_allow";
+    if !have_kubectl(test, 33) {
+        return;
+    }
+    let c = Cluster::start().await;
+    let client = c.kube().await;
+    let _cm = controllers(&c, client.clone());
+    for ns in ["a", "b"] {
+        ok(&c, 33, &["create", "namespace", ns]);
+        namespace_ready(&c, &client, ns).await;
+    }
+    ok(&c, 33, &["create", "serviceaccount", "app", "-n", "a"]);
+    ok(
+        &c,
+        33,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "s",
+            "-n",
+            "b",
+            "--from-literal=k=v",
+        ],
+    );
+    ok(
+        &c,
+        33,
+        &["run", "p", "-n", "a", "--image=busybox", "--restart=Never"],
+    );
+    let token = ok(&c, 33, &["create", "token", "app", "-n", "a"]);
+    let token = token.trim();
+    let user = "system:serviceaccount:a:app";
+
+    // Authenticated, but no role yet: nothing to read.
+    assert_eq!(
+        get_pods_as(&c, 33, token, "a").unwrap_err().trim(),
+        format!(
+            "Error from server (Forbidden): pods is forbidden: User \"{user}\" cannot list \
+             resource \"pods\" in API group \"\" in the namespace \"a\""
+        )
+    );
+    ok(
+        &c,
+        33,
+        &[
+            "create",
+            "role",
+            "pod-reader",
+            "-n",
+            "a",
+            "--verb=get,list,watch",
+            "--resource=pods",
+        ],
+    );
+    ok(
+        &c,
+        33,
+        &[
+            "create",
+            "rolebinding",
+            "app-reads-pods",
+            "-n",
+            "a",
+            "--role=pod-reader",
+            "--serviceaccount=a:app",
+        ],
+    );
+    let listed = eventually("the binding taking effect", 10, || async {
+        get_pods_as(&c, 33, token, "a").ok()
+    })
+    .await;
+    assert!(listed.contains("pod/p"), "{listed}");
+
+    // Everything else stays refused, in Kubernetes' words.
+    let secrets = kubectl(&c, 33, &["--token", token, "get", "secrets", "-n", "b"]);
+    assert_eq!(
+        text(&secrets.stderr).trim(),
+        format!(
+            "Error from server (Forbidden): secrets is forbidden: User \"{user}\" cannot list \
+             resource \"secrets\" in API group \"\" in the namespace \"b\""
+        )
+    );
+    let secret = kubectl(&c, 33, &["--token", token, "get", "secret", "s", "-n", "b"]);
+    assert!(
+        text(&secret.stderr).contains(&format!(
+            "secrets \"s\" is forbidden: User \"{user}\" cannot get resource \"secrets\" in API \
+             group \"\" in the namespace \"b\""
+        )),
+        "{}",
+        text(&secret.stderr)
+    );
+    assert!(get_pods_as(&c, 33, token, "b").is_err());
+    let delete = kubectl(&c, 33, &["--token", token, "delete", "pod", "p", "-n", "a"]);
+    assert!(
+        text(&delete.stderr).contains("cannot delete resource \"pods\""),
+        "{}",
+        text(&delete.stderr)
+    );
+
+    // can-i, asked by the token itself and by the admin impersonating the account, answers what
+    // was enforced above.
+    let cases: [(&[&str], &str); 5] = [
+        (&["list", "pods", "-n", "a"], "yes"),
+        (&["get", "pods/p", "-n", "a"], "yes"),
+        (&["delete", "pods", "-n", "a"], "no"),
+        (&["list", "secrets", "-n", "b"], "no"),
+        (&["list", "pods", "-n", "b"], "no"),
+    ];
+    for (args, want) in cases {
+        assert_eq!(can_i(&c, &["--token", token], args), want, "self: {args:?}");
+        let who = format!("--as={user}");
+        assert_eq!(can_i(&c, &[&who], args), want, "--as: {args:?}");
+    }
+    let whoami = ok(
+        &c,
+        33,
+        &[
+            "--token",
+            token,
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(whoami.trim(), user);
 }
