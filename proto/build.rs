@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(
             &[
                 "proto/kv.proto",
+                "proto/auth.proto",
                 "proto/rpc.proto",
                 "proto/raft.proto",
                 "proto/v3lock.proto",

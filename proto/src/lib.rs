@@ -7,6 +7,11 @@ pub mod mvccpb {
     tonic::include_proto!("mvccpb");
 }
 
+/// etcd's users, roles and permissions.
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
 /// etcd's client API services and messages.
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");

@@ -13,10 +13,11 @@ use serde::Serialize;
 use super::backend::RowWrites;
 use super::error::StoreError;
 use super::keys::{
-    alarm_key, kv_key, lease_key, member_key, StoredKv, META_APPLIED, META_COMPACT,
-    META_MEMBERSHIP, META_REVISION,
+    alarm_key, kv_key, lease_key, member_key, prefixed, StoredKv, META_APPLIED, META_AUTH,
+    META_COMPACT, META_MEMBERSHIP, META_REVISION, ROLE_PREFIX, USER_PREFIX,
 };
 use super::store::{SledValues, StoreState};
+use crate::auth::{AuthChange, AuthError, AuthInfo, AuthState, AuthStore};
 use crate::codec::encode;
 use crate::command::{Applied, ApplyError, Command, CommandResponse, ALARM_NOSPACE};
 use crate::lease::LeaseTable;
@@ -69,7 +70,11 @@ impl StoreState {
             }
             Payload::Command(cmd) => {
                 let mut leases = state.leases.lock().unwrap_or_else(|p| p.into_inner());
+                let mut auth = state.auth.write();
                 let mut pending = Pending {
+                    auth: &mut auth,
+                    auth_store: &state.auth,
+                    auth_changes: Vec::new(),
                     stored: SledValues(sm),
                     overlay: HashMap::new(),
                     ops: Vec::new(),
@@ -86,6 +91,26 @@ impl StoreState {
                 };
                 let response = execute(&mut index, &mut pending, cmd);
                 events = pending.events;
+                if !pending.auth_changes.is_empty() {
+                    let changes = std::mem::take(&mut pending.auth_changes);
+                    let auth: &AuthState = pending.auth;
+                    for change in changes {
+                        match change {
+                            AuthChange::User(name) => match auth.users.get(&name) {
+                                Some(u) => batch.insert(prefixed(USER_PREFIX, &name), encode(u)?),
+                                None => batch.remove(prefixed(USER_PREFIX, &name)),
+                            },
+                            AuthChange::Role(name) => match auth.roles.get(&name) {
+                                Some(r) => batch.insert(prefixed(ROLE_PREFIX, &name), encode(r)?),
+                                None => batch.remove(prefixed(ROLE_PREFIX, &name)),
+                            },
+                            AuthChange::Meta => {
+                                batch.insert(META_AUTH, encode(&(auth.enabled, auth.revision))?)
+                            }
+                        }
+                    }
+                    state.auth.publish(auth);
+                }
                 let mut attrs = state.member_attrs.lock().unwrap_or_else(|p| p.into_inner());
                 for (id, name, client_urls) in pending.published {
                     let row = encode(&(&name, &client_urls))?;
@@ -198,6 +223,33 @@ fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> Comm
             pending.record(ops, Vec::new());
             Applied::Compact
         }),
+        Command::Auth(op) => {
+            // Without credentials, an admin change can only come from a member that had not
+            // yet seen auth enabled: refused like any anonymous one once it is.
+            let anonymous = if op.needs_admin() {
+                let state: &AuthState = pending.auth;
+                pending
+                    .auth_store
+                    .admin_permitted(state, &AuthInfo::default())
+            } else {
+                Ok(())
+            };
+            match anonymous {
+                Ok(()) => apply_auth(pending, op),
+                Err(e) => Err(ApplyError::Auth(e)),
+            }
+        }
+        Command::Authed {
+            user,
+            revision,
+            cmd,
+        } => match check_access(pending, &AuthInfo { user, revision }, &cmd) {
+            Ok(()) => match *cmd {
+                Command::Auth(op) => apply_auth(pending, op),
+                cmd => return execute(index, pending, cmd),
+            },
+            Err(e) => Err(ApplyError::Auth(e)),
+        },
         Command::Batch(cmds) => Ok(Applied::Batch(
             cmds.into_iter()
                 .map(|c| execute(index, pending, c))
@@ -252,8 +304,67 @@ fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> Comm
     }
 }
 
+fn apply_auth(pending: &mut Pending<'_>, op: crate::auth::AuthOp) -> Result<Applied, ApplyError> {
+    pending
+        .auth
+        .apply(op, &pending.auth_store.tokens, &mut pending.auth_changes)?;
+    Ok(Applied::Auth {
+        revision: pending.auth.revision,
+    })
+}
+
+/// etcd's apply-time auth checks of a client's command: the access each key or range it touches
+/// needs, including the keys attached to a lease it revokes or attaches a key to (whoever cannot
+/// write those keys cannot end the lease that deletes them); only root may change auth.
+fn check_access(pending: &Pending<'_>, info: &AuthInfo, cmd: &Command) -> Result<(), AuthError> {
+    let state: &AuthState = pending.auth;
+    if !state.enabled {
+        return Ok(());
+    }
+    let store = pending.auth_store;
+    let lease_keys = |id: i64| -> Result<(), AuthError> {
+        if let Some(lease) = pending.leases.get(id) {
+            for key in &lease.keys {
+                store.permitted(state, info, true, key, &[])?;
+            }
+        }
+        Ok(())
+    };
+    match cmd {
+        Command::Put(p) => {
+            store.permitted(state, info, true, &p.key, &[])?;
+            if p.lease != 0 {
+                lease_keys(p.lease)?;
+            }
+            if p.prev_kv {
+                store.permitted(state, info, false, &p.key, &[])?;
+            }
+        }
+        Command::DeleteRange(d) => {
+            store.permitted(state, info, true, &d.key, &d.range_end)?;
+            if d.prev_kv {
+                store.permitted(state, info, false, &d.key, &d.range_end)?;
+            }
+        }
+        Command::Txn(t) => store.txn_permitted(state, info, t)?,
+        Command::LeaseRevoke(id) => lease_keys(*id)?,
+        Command::Auth(op) if op.needs_admin() => store.admin_permitted(state, info)?,
+        Command::Batch(cmds) => {
+            for c in cmds {
+                check_access(pending, info, c)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Writes of the entry being applied, not yet in sled, layered over the stored values.
 struct Pending<'a> {
+    /// The auth state as this entry changes it, and what it changed.
+    auth: &'a mut AuthState,
+    auth_store: &'a AuthStore,
+    auth_changes: Vec<AuthChange>,
     stored: SledValues<'a>,
     /// `None` marks a revision deleted by compaction.
     overlay: HashMap<Revision, Option<KeyValue>>,

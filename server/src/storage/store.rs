@@ -38,10 +38,12 @@ use super::error::StoreError;
 use super::etcd_snapshot::{Export, DIGEST_LEN};
 use super::keys::{
     decode_alarm_key, decode_lease_key, decode_member_key, kv_key, StoredKv, ALARM_PREFIX,
-    KV_PREFIX, LEASE_PREFIX, MEMBER_PREFIX, META_APPLIED, META_APPLY_RECORD, META_COMPACT,
-    META_INSTALLING, META_MEMBERSHIP, META_RESTORING, META_REVISION,
+    KV_PREFIX, LEASE_PREFIX, MEMBER_PREFIX, META_APPLIED, META_APPLY_RECORD, META_AUTH,
+    META_COMPACT, META_INSTALLING, META_MEMBERSHIP, META_RESTORING, META_REVISION, ROLE_PREFIX,
+    USER_PREFIX,
 };
 use super::snapshot_file;
+use crate::auth::{AuthState, AuthStore};
 use crate::codec::decode;
 use crate::lease::{Lease, LeaseTable};
 use crate::mvcc::{
@@ -91,6 +93,8 @@ pub struct StoreState {
     pub(super) receiving: Mutex<Option<PathBuf>>,
     /// Serializes changes of the current snapshot (a build may finish while a newer one installs).
     pub(super) snapshot_lock: tokio::sync::Mutex<()>,
+    /// Users, roles and permissions; changed only by apply and loads.
+    pub(super) auth: Arc<AuthStore>,
 }
 
 /// A copy of the store being taken; see [`StoreState::capture`].
@@ -120,6 +124,7 @@ impl StoreState {
             rewrite_guard: Arc::new(tokio::sync::RwLock::new(())),
             receiving: Mutex::new(None),
             snapshot_lock: tokio::sync::Mutex::new(()),
+            auth: Arc::new(AuthStore::default()),
         });
         let current = state.current_snapshot::<M>()?.map(|(_, name)| name);
         snapshot_file::remove_others(&state.backend.snap_dir, current.as_deref(), true)?;
@@ -181,6 +186,11 @@ impl StoreState {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
+    }
+
+    /// The auth store this state machine's applies keep.
+    pub fn auth(&self) -> &Arc<AuthStore> {
+        &self.auth
     }
 
     /// The watch hub fed by this state machine's applies.
@@ -484,6 +494,21 @@ impl StoreState {
             attrs.insert(id, decode(&value)?);
         }
         *self.member_attrs.lock().unwrap_or_else(|p| p.into_inner()) = attrs;
+        let mut auth = AuthState::default();
+        if let Some(b) = sm.get(META_AUTH)? {
+            (auth.enabled, auth.revision) = decode(&b)?;
+        }
+        for item in sm.scan_prefix(USER_PREFIX) {
+            let (_, value) = item?;
+            let user: crate::auth::User = decode(&value)?;
+            auth.users.insert(user.name.clone(), user);
+        }
+        for item in sm.scan_prefix(ROLE_PREFIX) {
+            let (_, value) = item?;
+            let role: crate::auth::Role = decode(&value)?;
+            auth.roles.insert(role.name.clone(), role);
+        }
+        self.auth.replace(auth);
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         self.hub.reset_published(revision);
         Ok(())
