@@ -115,6 +115,9 @@ impl AuthState {
                 hash,
                 no_password,
             } => {
+                if name.is_empty() {
+                    return Err(AuthError::UserEmpty);
+                }
                 if self.users.contains_key(&name) {
                     return Err(AuthError::UserAlreadyExist);
                 }
@@ -167,6 +170,9 @@ impl AuthState {
                 changes.push(AuthChange::User(user));
             }
             AuthOp::RoleAdd(name) => {
+                if name.is_empty() {
+                    return Err(AuthError::RoleEmpty);
+                }
                 if self.roles.contains_key(&name) {
                     return Err(AuthError::RoleAlreadyExist);
                 }
@@ -194,9 +200,9 @@ impl AuthState {
             }
             AuthOp::RoleGrantPermission { role, perm } => {
                 let r = self.roles.get_mut(&role).ok_or(AuthError::RoleNotFound)?;
-                let at = r
-                    .perms
-                    .binary_search_by(|p| (&p.key, &p.range_end).cmp(&(&perm.key, &perm.range_end)));
+                let at = r.perms.binary_search_by(|p| {
+                    (&p.key, &p.range_end).cmp(&(&perm.key, &perm.range_end))
+                });
                 match at {
                     // The same key or range again: its type is replaced.
                     Ok(at) => r.perms[at].perm_type = perm.perm_type,
@@ -337,10 +343,7 @@ impl AuthStore {
         if info.user.is_empty() {
             return Err(AuthError::UserEmpty);
         }
-        let user = state
-            .users
-            .get(&info.user)
-            .ok_or(AuthError::UserNotFound)?;
+        let user = state.users.get(&info.user).ok_or(AuthError::UserNotFound)?;
         if has_root(user) {
             Ok(())
         } else {
@@ -393,7 +396,10 @@ mod tests {
     #[test]
     fn enable_needs_a_root_user_with_the_root_role() {
         let mut s = AuthState::default();
-        assert_eq!(apply(&mut s, AuthOp::Enable), Err(AuthError::RootUserNotExist));
+        assert_eq!(
+            apply(&mut s, AuthOp::Enable),
+            Err(AuthError::RootUserNotExist)
+        );
         let add = AuthOp::UserAdd {
             name: ROOT.into(),
             hash: "h".into(),
@@ -401,7 +407,10 @@ mod tests {
         };
         apply(&mut s, add.clone()).unwrap();
         assert_eq!(apply(&mut s, add), Err(AuthError::UserAlreadyExist));
-        assert_eq!(apply(&mut s, AuthOp::Enable), Err(AuthError::RootRoleNotExist));
+        assert_eq!(
+            apply(&mut s, AuthOp::Enable),
+            Err(AuthError::RootRoleNotExist)
+        );
         let grant = AuthOp::UserGrantRole {
             user: ROOT.into(),
             role: ROOT.into(),

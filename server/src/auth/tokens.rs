@@ -93,7 +93,10 @@ impl SimpleTokens {
     }
 
     pub(super) fn clear(&self) {
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 
@@ -152,7 +155,9 @@ impl TokenProvider {
         }
         let (mut public, mut private, mut method, mut ttl) = (None, None, None, DEFAULT_JWT_TTL);
         for part in parts {
-            let (k, v) = part.split_once('=').ok_or_else(|| bad("expected key=value"))?;
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| bad("expected key=value"))?;
             match k.trim() {
                 "pub-key" => public = Some(PathBuf::from(v)),
                 "priv-key" => private = Some(PathBuf::from(v)),
@@ -165,8 +170,10 @@ impl TokenProvider {
         let algorithm: Algorithm = method
             .parse()
             .map_err(|_| bad(&format!("unknown sign-method {method:?}")))?;
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| TokenError::Key(p.clone(), e.to_string()));
-        let key_err = |p: &PathBuf, e: jsonwebtoken::errors::Error| TokenError::Key(p.clone(), e.to_string());
+        let read =
+            |p: &PathBuf| std::fs::read(p).map_err(|e| TokenError::Key(p.clone(), e.to_string()));
+        let key_err =
+            |p: &PathBuf, e: jsonwebtoken::errors::Error| TokenError::Key(p.clone(), e.to_string());
         use Algorithm::*;
         let (encoding, decoding) = match algorithm {
             HS256 | HS384 | HS512 => {
@@ -241,7 +248,9 @@ impl TokenProvider {
         revision: u64,
     ) -> Result<String, TokenError> {
         match self {
-            TokenProvider::Simple { .. } => simple.ok_or(TokenError::Sign("no simple token".into())),
+            TokenProvider::Simple { .. } => {
+                simple.ok_or(TokenError::Sign("no simple token".into()))
+            }
             TokenProvider::Jwt(keys) => {
                 let key = keys.encoding.as_ref().ok_or(TokenError::NoPrivateKey)?;
                 let exp = SystemTime::now()
