@@ -642,6 +642,7 @@ async fn serve(
             bcrypt_cost: cfg.bcrypt_cost,
             client_cert_auth: cfg.client_tls.client_cert_auth,
         }),
+        caller: None,
     };
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     for (listener, url) in client_listeners.into_iter().zip(&cfg.listen_client_urls) {

@@ -311,6 +311,23 @@ async fn a_prefix_reader_reads_its_prefix_only_and_loses_it_on_the_next_request(
         watch.stdout,
         watch.stderr
     );
+    // etcdctl's lock recipe (lease, txn, range, watch) needs write access to the lock's keys.
+    fails_with(
+        &ctl,
+        Some(ALICE),
+        &["lock", "/app/l", "echo", "held"],
+        denied,
+    )
+    .await;
+    fails_with(
+        &ctl,
+        None,
+        &["lock", "/app/l", "echo", "held"],
+        "etcdserver: user name is empty",
+    )
+    .await;
+    let locked = as_user(&ctl, ROOT, &["lock", "/app/l", "echo", "held"]).await;
+    assert_eq!(locked.stdout, "held\n", "{}", locked.stderr);
     // Revoked: the very next request is refused.
     let revoke = as_user(
         &ctl,

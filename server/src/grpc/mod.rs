@@ -35,6 +35,9 @@ pub(crate) struct ServerContext {
     /// Ids for watch streams, including the private ones of the lock and election services.
     pub streams: Arc<std::sync::atomic::AtomicU64>,
     pub auth: Arc<AuthAccess>,
+    /// For the services that act for a caller over several steps (lock, election): the caller's
+    /// credentials, checked at each step. `None` for the member's own work.
+    pub caller: Option<Arc<Credentials>>,
 }
 
 /// What the services need to tell who a request comes from and what it may do.
@@ -121,6 +124,22 @@ impl ServerContext {
             }));
         }
         Ok(Some(AuthInfo::default()))
+    }
+
+    /// This context acting for the caller of `req`.
+    pub fn for_caller<T>(&self, req: &tonic::Request<T>) -> ServerContext {
+        ServerContext {
+            caller: Some(Arc::new(self.credentials(req))),
+            ..self.clone()
+        }
+    }
+
+    /// Who this context acts for now (see [`ServerContext::for_caller`]).
+    pub fn caller_info(&self) -> Result<Option<AuthInfo>, ServerError> {
+        match &self.caller {
+            Some(creds) => self.resolve(creds),
+            None => Ok(None),
+        }
     }
 
     /// Whether `info` may read `key` .. `range_end` (request conventions).
