@@ -11,9 +11,10 @@ use cairn_proto::etcdserverpb::auth_client::AuthClient;
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::{AuthenticateRequest, RangeRequest};
 use cairn_server::config::TlsInfo;
+use common::etcd::{etcd_present, Etcd};
 use common::etcdctl::{etcdctl_present, Ctl};
 use common::pki::Ca;
-use common::{wait_serving, ProcessCluster, TestNode};
+use common::{free_ports, wait_serving, ProcessCluster, TestNode};
 use tonic::transport::Channel;
 
 /// bcrypt's cheapest cost: the tests hash many passwords and measure nothing about hashing.
@@ -654,6 +655,120 @@ async fn a_cluster_shares_users_and_tokens_and_keeps_them_across_a_restart() {
     .await;
     fails_with(
         &ctl(1),
+        None,
+        &["get", "/app/x"],
+        "etcdserver: user name is empty",
+    )
+    .await;
+}
+
+/// Retries root's read through `ctl` until it succeeds (bounded at 30 s).
+async fn wait_root_serves(ctl: &Ctl, log: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = as_user(ctl, ROOT, &["get", "probe"]).await;
+        if out.ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not serving root within 30 s: {}\n{}",
+            out.stderr,
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_keeps_users_and_roles_for_cairn_and_for_etcd() {
+    if !etcd_present() {
+        return;
+    }
+    let node = node().await;
+    let ctl = Ctl {
+        endpoint: node.url(),
+    };
+    enable_auth(&ctl).await;
+    add_app_reader(&ctl).await;
+    assert!(as_user(&ctl, ROOT, &["put", "/app/x", "1"]).await.ok);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("auth.db");
+    let file_name = file.to_str().unwrap();
+    // A backup is root's to take.
+    fails_with(
+        &ctl,
+        Some(ALICE),
+        &["snapshot", "save", file_name],
+        "auth: permission denied",
+    )
+    .await;
+    let saved = as_user(&ctl, ROOT, &["snapshot", "save", file_name]).await;
+    assert!(saved.stdout.contains("Snapshot saved"), "{}", saved.stderr);
+
+    // Restored into Cairn.
+    let mut cluster = ProcessCluster::define(1, &["--bcrypt-cost", "4"]);
+    let initial = cluster.initial_cluster_of(&[0]);
+    cluster.spawn_with(0, &initial, &["--restore-from", file_name]);
+    let restored = Ctl {
+        endpoint: cluster.members[0].url(),
+    };
+    wait_root_serves(&restored, || cluster.log_of(0)).await;
+    let got = as_user(&restored, ALICE, &["get", "/app/x"]).await;
+    assert_eq!(got.stdout, "/app/x\n1\n", "{}", got.stderr);
+    fails_with(
+        &restored,
+        Some(ALICE),
+        &["put", "/app/x", "2"],
+        "etcdserver: permission denied",
+    )
+    .await;
+    fails_with(
+        &restored,
+        None,
+        &["get", "/app/x"],
+        "etcdserver: user name is empty",
+    )
+    .await;
+
+    // Restored into etcd: the password hashes and permissions are etcd's own format.
+    let peer_port = free_ports(1)[0];
+    let data_dir = dir.path().join("etcd");
+    let out = ctl
+        .run_with_input(
+            &[
+                "snapshot",
+                "restore",
+                file_name,
+                "--name",
+                "etcd0",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--initial-cluster",
+                &format!("etcd0={}", Etcd::peer_url(peer_port)),
+                "--initial-advertise-peer-urls",
+                &Etcd::peer_url(peer_port),
+            ],
+            None,
+        )
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let etcd = Etcd::start("etcd0", &data_dir, peer_port);
+    let etcd_ctl = Ctl {
+        endpoint: etcd.url(),
+    };
+    wait_root_serves(&etcd_ctl, String::new).await;
+    let got = as_user(&etcd_ctl, ALICE, &["get", "/app/x"]).await;
+    assert_eq!(got.stdout, "/app/x\n1\n", "{}", got.stderr);
+    fails_with(
+        &etcd_ctl,
+        Some(ALICE),
+        &["put", "/app/x", "2"],
+        "etcdserver: permission denied",
+    )
+    .await;
+    fails_with(
+        &etcd_ctl,
         None,
         &["get", "/app/x"],
         "etcdserver: user name is empty",
