@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
+use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 
 use serde::Serialize;
 
@@ -70,9 +71,8 @@ impl StoreState {
             }
             Payload::Command(cmd) => {
                 let mut leases = state.leases.lock().unwrap_or_else(|p| p.into_inner());
-                let mut auth = state.auth.write();
                 let mut pending = Pending {
-                    auth: &mut auth,
+                    auth: AuthLock::for_command(&state.auth, &cmd),
                     auth_store: &state.auth,
                     auth_changes: Vec::new(),
                     stored: SledValues(sm),
@@ -91,18 +91,16 @@ impl StoreState {
                 };
                 let response = execute(&mut index, &mut pending, cmd);
                 events = pending.events;
-                if !pending.auth_changes.is_empty() {
-                    let changes = std::mem::take(&mut pending.auth_changes);
-                    let auth: &AuthState = pending.auth;
-                    for change in changes {
+                if let (false, Some(auth)) = (pending.auth_changes.is_empty(), pending.auth.get()) {
+                    for change in &pending.auth_changes {
                         match change {
-                            AuthChange::User(name) => match auth.users.get(&name) {
-                                Some(u) => batch.insert(prefixed(USER_PREFIX, &name), encode(u)?),
-                                None => batch.remove(prefixed(USER_PREFIX, &name)),
+                            AuthChange::User(name) => match auth.users.get(name) {
+                                Some(u) => batch.insert(prefixed(USER_PREFIX, name), encode(u)?),
+                                None => batch.remove(prefixed(USER_PREFIX, name)),
                             },
-                            AuthChange::Role(name) => match auth.roles.get(&name) {
-                                Some(r) => batch.insert(prefixed(ROLE_PREFIX, &name), encode(r)?),
-                                None => batch.remove(prefixed(ROLE_PREFIX, &name)),
+                            AuthChange::Role(name) => match auth.roles.get(name) {
+                                Some(r) => batch.insert(prefixed(ROLE_PREFIX, name), encode(r)?),
+                                None => batch.remove(prefixed(ROLE_PREFIX, name)),
                             },
                             AuthChange::Meta => {
                                 batch.insert(META_AUTH, encode(&(auth.enabled, auth.revision))?)
@@ -226,13 +224,11 @@ fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> Comm
         Command::Auth(op) => {
             // Without credentials, an admin change can only come from a member that had not
             // yet seen auth enabled: refused like any anonymous one once it is.
-            let anonymous = if op.needs_admin() {
-                let state: &AuthState = pending.auth;
-                pending
+            let anonymous = match (op.needs_admin(), pending.auth.get()) {
+                (true, Some(state)) => pending
                     .auth_store
-                    .admin_permitted(state, &AuthInfo::default())
-            } else {
-                Ok(())
+                    .admin_permitted(state, &AuthInfo::default()),
+                _ => Ok(()),
             };
             match anonymous {
                 Ok(()) => apply_auth(pending, op),
@@ -305,19 +301,65 @@ fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> Comm
 }
 
 fn apply_auth(pending: &mut Pending<'_>, op: crate::auth::AuthOp) -> Result<Applied, ApplyError> {
-    pending
-        .auth
-        .apply(op, &pending.auth_store.tokens, &mut pending.auth_changes)?;
+    let AuthLock::Write(state) = &mut pending.auth else {
+        // Not reached: the lock is chosen from the command, and every auth change takes it for
+        // writing.
+        return Err(ApplyError::Auth(AuthError::InvalidAuthMgmt));
+    };
+    state.apply(op, &pending.auth_store.tokens, &mut pending.auth_changes)?;
     Ok(Applied::Auth {
-        revision: pending.auth.revision,
+        revision: state.revision,
     })
+}
+
+/// The auth state as an entry needs it: written by auth changes, read by the credential checks
+/// of clients' commands, and left unlocked by entries with neither (the members' own, and every
+/// command while auth is disabled), so requests checking permissions never wait on those.
+enum AuthLock<'a> {
+    Unused,
+    Read(RwLockReadGuard<'a, AuthState>),
+    Write(RwLockWriteGuard<'a, AuthState>),
+}
+
+impl<'a> AuthLock<'a> {
+    fn for_command(store: &'a AuthStore, cmd: &Command) -> AuthLock<'a> {
+        fn needs(cmd: &Command) -> (bool, bool) {
+            match cmd {
+                Command::Auth(_) => (true, true),
+                Command::Authed { cmd, .. } => {
+                    let (_, write) = needs(cmd);
+                    (true, write)
+                }
+                Command::Batch(cmds) => cmds
+                    .iter()
+                    .map(needs)
+                    .fold((false, false), |a, b| (a.0 || b.0, a.1 || b.1)),
+                _ => (false, false),
+            }
+        }
+        match needs(cmd) {
+            (_, true) => AuthLock::Write(store.write()),
+            (true, false) => AuthLock::Read(store.read()),
+            _ => AuthLock::Unused,
+        }
+    }
+
+    fn get(&self) -> Option<&AuthState> {
+        match self {
+            AuthLock::Unused => None,
+            AuthLock::Read(g) => Some(g),
+            AuthLock::Write(g) => Some(g),
+        }
+    }
 }
 
 /// etcd's apply-time auth checks of a client's command: the access each key or range it touches
 /// needs, including the keys attached to a lease it revokes or attaches a key to (whoever cannot
 /// write those keys cannot end the lease that deletes them); only root may change auth.
 fn check_access(pending: &Pending<'_>, info: &AuthInfo, cmd: &Command) -> Result<(), AuthError> {
-    let state: &AuthState = pending.auth;
+    let Some(state) = pending.auth.get() else {
+        return Ok(());
+    };
     if !state.enabled {
         return Ok(());
     }
@@ -362,7 +404,7 @@ fn check_access(pending: &Pending<'_>, info: &AuthInfo, cmd: &Command) -> Result
 /// Writes of the entry being applied, not yet in sled, layered over the stored values.
 struct Pending<'a> {
     /// The auth state as this entry changes it, and what it changed.
-    auth: &'a mut AuthState,
+    auth: AuthLock<'a>,
     auth_store: &'a AuthStore,
     auth_changes: Vec<AuthChange>,
     stored: SledValues<'a>,
