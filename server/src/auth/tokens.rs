@@ -218,6 +218,10 @@ impl TokenProvider {
         })))
     }
 
+    pub fn is_simple(&self) -> bool {
+        matches!(self, TokenProvider::Simple { .. })
+    }
+
     /// A new simple token to propose with Authenticate (`None` with JWTs): 16 random letters, a
     /// dot and this member's sequence number, etcd's shape.
     pub fn new_simple_token(&self) -> Option<String> {

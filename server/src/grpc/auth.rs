@@ -28,7 +28,7 @@ type Reply<T> = Result<Response<T>, Status>;
 impl AuthService {
     /// Proposes `op` with the caller's credentials; returns (store revision, auth revision).
     async fn change<T>(&self, req: &Request<T>, op: AuthOp) -> Result<(i64, u64), ServerError> {
-        let info = self.ctx.auth_info(req)?;
+        let info = self.ctx.auth_info(req).await?;
         self.propose(self.ctx.with_auth(info, Command::Auth(op)))
             .await
     }
@@ -46,7 +46,7 @@ impl AuthService {
     /// Waits until this member has applied every committed change, then returns the caller.
     async fn read<T>(&self, req: &Request<T>) -> Result<Option<AuthInfo>, ServerError> {
         self.ctx.raft.read_index().await?;
-        self.ctx.auth_info(req)
+        self.ctx.auth_info(req).await
     }
 
     fn header(&self) -> Option<pb::ResponseHeader> {

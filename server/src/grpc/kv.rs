@@ -40,7 +40,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
-        let info = self.ctx.auth_info(&req)?;
+        let info = self.ctx.auth_info(&req).await?;
         let req = req.into_inner();
         let serializable = req.serializable;
         let range = convert::range_request(req);
@@ -67,7 +67,7 @@ impl Kv for KvService {
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let info = self.ctx.auth_info(&req)?;
+        let info = self.ctx.auth_info(&req).await?;
         let req = req.into_inner();
         let bytes = req.encoded_len();
         self.check_size(bytes)?;
@@ -89,7 +89,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        let info = self.ctx.auth_info(&req)?;
+        let info = self.ctx.auth_info(&req).await?;
         let req = req.into_inner();
         let bytes = req.encoded_len();
         self.check_size(bytes)?;
@@ -107,7 +107,7 @@ impl Kv for KvService {
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let info = self.ctx.auth_info(&req)?;
+        let info = self.ctx.auth_info(&req).await?;
         let req = req.into_inner();
         let bytes = req.encoded_len();
         self.check_size(bytes)?;
@@ -132,7 +132,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        let info = self.ctx.auth_info(&req)?;
+        let info = self.ctx.auth_info(&req).await?;
         let cmd = self
             .ctx
             .with_auth(info, Command::Compact(req.into_inner().revision));

@@ -134,7 +134,7 @@ impl Lock for LockService {
             ..Default::default()
         };
         let cmd = ctx.with_auth(
-            ctx.caller_info()?,
+            ctx.caller_info().await?,
             crate::command::Command::DeleteRange(del),
         );
         let resp = ctx.raft.propose(cmd, 64).await.map_err(ServerError::from)?;

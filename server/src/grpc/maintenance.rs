@@ -138,7 +138,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        self.ctx.require_admin_untranslated(&req)?;
+        self.ctx.require_admin_untranslated(&req).await?;
         // This member only, as etcd's defrag: the store's database is rewritten compactly and
         // swapped in, giving what compaction freed back to the file system.
         self.ctx
@@ -155,7 +155,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        self.ctx.require_admin_untranslated(&req)?;
+        self.ctx.require_admin_untranslated(&req).await?;
         let (hash, revision) = self
             .ctx
             .raft
@@ -173,7 +173,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        self.ctx.require_admin_untranslated(&req)?;
+        self.ctx.require_admin_untranslated(&req).await?;
         let (hash, compact_revision, revision) = self
             .ctx
             .raft
@@ -195,7 +195,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        self.ctx.require_admin_untranslated(&req)?;
+        self.ctx.require_admin_untranslated(&req).await?;
         let (revision, size, chunks) = self
             .ctx
             .raft

@@ -61,7 +61,8 @@ pub(crate) struct Limits {
 
 /// A request's token (`Err` if not text) and, with `--client-cert-auth`, its client
 /// certificate's common name.
-#[derive(Clone, Debug, Default)]
+/// No `Debug`: a token is a password while it lives.
+#[derive(Clone, Default)]
 pub(crate) struct Credentials {
     token: Option<Result<String, ()>>,
     common_name: Option<String>,
@@ -79,11 +80,18 @@ fn common_name<T>(req: &tonic::Request<T>) -> Option<String> {
 impl ServerContext {
     /// Who `req` comes from while auth is enabled (`None` while it is disabled, the one check
     /// requests make then). See [`ServerContext::resolve`].
-    pub fn auth_info<T>(&self, req: &tonic::Request<T>) -> Result<Option<AuthInfo>, ServerError> {
-        if !self.auth.store.is_enabled() {
-            return Ok(None);
+    pub fn auth_info<T>(
+        &self,
+        req: &tonic::Request<T>,
+    ) -> impl std::future::Future<Output = Result<Option<AuthInfo>, ServerError>> + Send + '_ {
+        // Taken now, so the request itself is not held across the wait.
+        let creds = self.auth.store.is_enabled().then(|| self.credentials(req));
+        async move {
+            match creds {
+                None => Ok(None),
+                Some(creds) => self.resolve(&creds).await,
+            }
         }
-        self.resolve(&self.credentials(req))
     }
 
     /// What `req` carries to name its caller, kept by streams to check each request they carry.
@@ -105,17 +113,25 @@ impl ServerContext {
     /// of its verified client certificate (with `--client-cert-auth`), else nobody (credentials at
     /// revision 0, which every check refuses with "user name is empty"). A token this member does
     /// not know, or that expired, is refused.
-    pub fn resolve(&self, creds: &Credentials) -> Result<Option<AuthInfo>, ServerError> {
+    pub async fn resolve(&self, creds: &Credentials) -> Result<Option<AuthInfo>, ServerError> {
         let auth = &self.auth;
         if !auth.store.is_enabled() {
             return Ok(None);
         }
         if let Some(token) = &creds.token {
             let token = token.as_ref().map_err(|_| AuthError::InvalidAuthToken)?;
-            return match auth.tokens.info(&auth.store, token) {
-                Some(info) => Ok(Some(info)),
-                None => Err(AuthError::InvalidAuthToken.into()),
-            };
+            if let Some(info) = auth.tokens.info(&auth.store, token) {
+                return Ok(Some(info));
+            }
+            // A simple token another member issued a moment ago may not be applied here yet
+            // (clients spread requests over members): once this member has applied everything
+            // committed, it knows every token issued so far.
+            if auth.tokens.is_simple() && self.raft.read_index().await.is_ok() {
+                if let Some(info) = auth.tokens.info(&auth.store, token) {
+                    return Ok(Some(info));
+                }
+            }
+            return Err(AuthError::InvalidAuthToken.into());
         }
         if let Some(user) = &creds.common_name {
             return Ok(Some(AuthInfo {
@@ -135,9 +151,9 @@ impl ServerContext {
     }
 
     /// Who this context acts for now (see [`ServerContext::for_caller`]).
-    pub fn caller_info(&self) -> Result<Option<AuthInfo>, ServerError> {
+    pub async fn caller_info(&self) -> Result<Option<AuthInfo>, ServerError> {
         match &self.caller {
-            Some(creds) => self.resolve(creds),
+            Some(creds) => self.resolve(creds).await,
             None => Ok(None),
         }
     }
@@ -162,18 +178,18 @@ impl ServerContext {
     }
 
     /// Refuses `req` unless it comes from a root user (or auth is disabled).
-    pub fn require_admin<T>(&self, req: &tonic::Request<T>) -> Result<(), ServerError> {
-        let info = self.auth_info(req)?;
+    pub async fn require_admin<T>(&self, req: &tonic::Request<T>) -> Result<(), ServerError> {
+        let info = self.auth_info(req).await?;
         self.check_admin(&info)
     }
 
     /// [`ServerContext::require_admin`] for the Maintenance calls whose refusals etcd passes on
     /// untranslated.
-    pub fn require_admin_untranslated<T>(
+    pub async fn require_admin_untranslated<T>(
         &self,
         req: &tonic::Request<T>,
     ) -> Result<(), ServerError> {
-        self.require_admin(req).map_err(|e| match e {
+        self.require_admin(req).await.map_err(|e| match e {
             ServerError::Auth(a) => ServerError::AuthUntranslated(a),
             other => other,
         })

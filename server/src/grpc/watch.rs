@@ -84,6 +84,7 @@ async fn serve_requests(
                 // opened counts.
                 let permitted = ctx
                     .resolve(&creds)
+                    .await
                     .and_then(|info| ctx.check_read(&info, &c.key, &c.range_end));
                 if permitted.is_err() {
                     let msg = WatchMessage::Rejected {
