@@ -2,7 +2,8 @@
 //! the response header and maps errors to etcd's statuses.
 //!
 //! The top of the server: it may use `raft` (propose, read index, membership), `storage` (local
-//! reads), `mvcc`, `watch` and `lease`; nothing below may import it. Protobuf types stay here.
+//! reads), `mvcc`, `watch`, `lease` and `auth` (who a request comes from and what it may do, checked
+//! in one place: [`ServerContext::auth_info`] and the checks beside it); nothing below may import it. Protobuf types stay here.
 
 pub(crate) mod auth;
 pub(crate) mod authority;
@@ -60,8 +61,7 @@ pub(crate) struct Limits {
 }
 
 /// A request's token (`Err` if not text) and, with `--client-cert-auth`, its client
-/// certificate's common name.
-/// No `Debug`: a token is a password while it lives.
+/// certificate's common name. No `Debug`: a token is a password while it lives.
 #[derive(Clone, Default)]
 pub(crate) struct Credentials {
     token: Option<Result<String, ()>>,

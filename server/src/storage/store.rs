@@ -1,6 +1,6 @@
-//! The persisted MVCC store: the key index over sled's rows, leases, member attributes and alarms,
-//! loaded at open and kept in step by apply (`apply`); the read paths (ranges, hashes, watch
-//! history, point-in-time captures for snapshots and backups).
+//! The persisted MVCC store: the key index over sled's rows, leases, member attributes, alarms and
+//! the auth store (users, roles), loaded at open and kept in step by apply (`apply`); the read paths
+//! (ranges, hashes, watch history, point-in-time captures for snapshots and backups).
 //!
 //! Consensus' own rows (the applied position, the membership, snapshot metadata) are stored here
 //! but never interpreted: they reach storage encoded, or through [`SnapshotMeta`]. Must never
@@ -12,8 +12,9 @@
 //! hashes a canonical serialization of the replicated state instead, with the same CRC-32C
 //! (Castagnoli): the rows of a point-in-time copy ([`StoreState::capture`]) in their fixed order,
 //! first the `sm` rows other than key revisions in key order (member attributes, leases, the
-//! compaction and store revisions, alarms), then every stored key revision (puts and tombstones,
-//! up to the copy's revision) in revision order; each row as its key and its value, each preceded
+//! auth flag and revision, the compaction and store revisions, auth roles, auth users, alarms),
+//! then every stored key revision (puts and tombstones, up to the copy's revision) in revision
+//! order; each row as its key and its value, each preceded
 //! by its length (u32 big-endian). Left out are consensus' rows, which differ between members
 //! holding the same data: the applied log position (like etcd's consistent index, it moves with
 //! entries that change no data, such as an election's blank entry) and the membership (encoded
