@@ -179,6 +179,25 @@ impl StoreState {
 /// Runs one command against the index; its writes go to `pending` so that later commands of the
 /// same entry read them before they reach sled.
 fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> CommandResponse {
+    execute_as(index, pending, cmd, false)
+}
+
+/// [`execute`]; `checked` when `cmd` came with credentials that were checked.
+fn execute_as(
+    index: &mut KvIndex,
+    pending: &mut Pending<'_>,
+    cmd: Command,
+    checked: bool,
+) -> CommandResponse {
+    // Puts and transactions come only from clients. Without credentials once auth is enabled,
+    // one was sent before its member saw auth enabled: refused as etcd refuses a request without
+    // a user. (Deletes and lease revokes also come from the members themselves.)
+    if !checked && matches!(cmd, Command::Put(_) | Command::Txn(_)) && pending.auth_enabled() {
+        return CommandResponse {
+            revision: index.current_revision(),
+            result: Err(ApplyError::Auth(AuthError::UserEmpty)),
+        };
+    }
     let no_space = pending.alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE);
     if no_space && !matches!(cmd, Command::Batch(_)) && cmd.grows_store() {
         return CommandResponse {
@@ -242,7 +261,7 @@ fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> Comm
         } => match check_access(pending, &AuthInfo { user, revision }, &cmd) {
             Ok(()) => match *cmd {
                 Command::Auth(op) => apply_auth(pending, op),
-                cmd => return execute(index, pending, cmd),
+                cmd => return execute_as(index, pending, cmd, true),
             },
             Err(e) => Err(ApplyError::Auth(e)),
         },
@@ -423,6 +442,15 @@ struct Pending<'a> {
 }
 
 impl Pending<'_> {
+    /// Whether auth is enabled as of this point of the entry.
+    fn auth_enabled(&self) -> bool {
+        match self.auth.get() {
+            Some(state) => state.enabled,
+            // Nothing in this entry changes auth, so the state before it holds.
+            None => self.auth_store.is_enabled(),
+        }
+    }
+
     fn record(&mut self, ops: Vec<BackendOp>, events: Vec<Event>) {
         self.leases.track(&events);
         self.events.extend(events);

@@ -655,6 +655,89 @@ mod tests {
         assert_ne!(state.hash_kv(0).await.unwrap().0, hash);
     }
 
+    #[tokio::test]
+    async fn once_auth_is_enabled_writes_need_credentials_that_allow_them() {
+        use crate::auth::{AuthError, AuthOp, ROOT};
+        use crate::command::{ApplyError, Command};
+        use crate::mvcc::PutRequest;
+        use crate::storage::Payload;
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
+        let state = StoreState::open::<Meta>(backend, Duration::from_secs(600)).unwrap();
+        let mut index = 0u64;
+        let mut apply = |cmd: Command| {
+            index += 1;
+            let state = state.clone();
+            async move {
+                state
+                    .apply(&index, Payload::<()>::Command(cmd))
+                    .await
+                    .unwrap()
+                    .result
+            }
+        };
+        let put = |key: &str| {
+            Command::Put(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                lease: 0,
+                prev_kv: false,
+                ignore_value: false,
+                ignore_lease: false,
+            })
+        };
+        for op in [
+            AuthOp::UserAdd {
+                name: ROOT.into(),
+                hash: "h".into(),
+                no_password: false,
+            },
+            AuthOp::UserGrantRole {
+                user: ROOT.into(),
+                role: ROOT.into(),
+            },
+            AuthOp::Enable,
+        ] {
+            apply(Command::Auth(op)).await.unwrap();
+        }
+        let revision = state.auth().revision();
+        // Sent before its member saw auth enabled: no credentials.
+        assert_eq!(
+            apply(put("a")).await,
+            Err(ApplyError::Auth(AuthError::UserEmpty))
+        );
+        let as_root = |cmd: Command, revision: u64| Command::Authed {
+            user: ROOT.into(),
+            revision,
+            cmd: Box::new(cmd),
+        };
+        apply(as_root(put("a"), revision)).await.unwrap();
+        apply(as_root(
+            Command::Auth(AuthOp::RoleAdd("r".into())),
+            revision,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            apply(as_root(put("b"), revision)).await,
+            Err(ApplyError::Auth(AuthError::AuthOldRevision))
+        );
+        // Users, roles and the flag come back from the rows at the next open.
+        let before = state.auth().read().clone();
+        state.flush().await.unwrap();
+        let sm = state.backend.sm();
+        assert!(sm
+            .get(crate::storage::keys::prefixed(
+                crate::storage::keys::USER_PREFIX,
+                ROOT
+            ))
+            .unwrap()
+            .is_some());
+        state.load::<Meta>().unwrap();
+        assert_eq!(*state.auth().read(), before);
+        assert!(state.auth().is_enabled());
+    }
+
     #[test]
     fn a_store_left_by_a_restore_cut_short_does_not_open() {
         let dir = tempfile::tempdir().unwrap();
