@@ -1,8 +1,8 @@
 //! What a log entry carries ([`Command`]) and what applying it returns ([`CommandResponse`]).
 //!
 //! Owns the replicated vocabulary shared by the gRPC services, consensus and storage. It must never
-//! import openraft, sled, tonic or any module above `mvcc`: every layer speaks it, so it depends on
-//! none of them.
+//! import openraft, sled, tonic or any module above `mvcc` and `auth` (whose changes and errors it
+//! carries): every layer speaks it, so it depends on none of them.
 
 use std::fmt;
 
