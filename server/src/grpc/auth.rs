@@ -53,6 +53,12 @@ impl AuthService {
         self.ctx.header(self.ctx.raft.state().current_revision())
     }
 
+    /// Refuses a caller who could not make the change anyway before spending a hash on it (apply
+    /// checks again, against the state the change meets).
+    async fn before_hashing<T>(&self, req: &Request<T>) -> Result<(), ServerError> {
+        self.ctx.require_admin(req).await
+    }
+
     async fn hash(&self, password: String, hashed: String) -> Result<String, ServerError> {
         if !hashed.is_empty() {
             return Ok(hashed);
@@ -179,6 +185,7 @@ impl Auth for AuthService {
         req: Request<pb::AuthUserAddRequest>,
     ) -> Reply<pb::AuthUserAddResponse> {
         let (meta, r) = split(req);
+        self.before_hashing(&meta).await?;
         let no_password = r.options.is_some_and(|o| o.no_password);
         let hash = if no_password {
             String::new()
@@ -252,6 +259,7 @@ impl Auth for AuthService {
         req: Request<pb::AuthUserChangePasswordRequest>,
     ) -> Reply<pb::AuthUserChangePasswordResponse> {
         let (meta, r) = split(req);
+        self.before_hashing(&meta).await?;
         let hash = self.hash(r.password, r.hashed_password).await?;
         let op = AuthOp::UserChangePassword { name: r.name, hash };
         let (rev, _) = self.change(&meta, op).await?;
