@@ -8,13 +8,21 @@
 //!   the connection was refused). Any other failure after sending becomes [`Error::OutcomeUnknown`].
 //! - A channel whose connection broke is dropped and re-dialed on next use, so a refused re-dial is seen as
 //!   "not sent" rather than mixed with errors from a request in flight.
+//! - With a user ([`ConnectOptions::with_user`]), the client authenticates on connect and sends the token
+//!   in every request's `token` metadata, as etcd's clients do; a request refused because the token is
+//!   unknown, expired or older than the auth store (refused before any effect) gets a new token and is
+//!   sent once more.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use cairn_proto::etcdserverpb::auth_client::AuthClient;
+use cairn_proto::etcdserverpb::AuthenticateRequest;
 use tokio::time::Instant;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::{InterceptedService, Interceptor};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
@@ -30,6 +38,52 @@ pub struct ConnectOptions {
     pub(crate) discover: bool,
     pub(crate) max_backoff: Duration,
     pub(crate) tls: Option<TlsOptions>,
+    pub(crate) user: Option<UserCredentials>,
+}
+
+/// A user name and password for servers with auth enabled.
+#[derive(Clone)]
+pub(crate) struct UserCredentials {
+    name: String,
+    password: String,
+}
+
+impl std::fmt::Debug for UserCredentials {
+    // Never print the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserCredentials")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Puts the auth token, if there is one, in each request's `token` metadata, where etcd looks for it.
+#[derive(Clone)]
+pub struct TokenInterceptor(Option<AsciiMetadataValue>);
+
+impl Interceptor for TokenInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            req.metadata_mut().insert("token", token.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel whose requests carry the client's auth token.
+pub type AuthedChannel = InterceptedService<Channel, TokenInterceptor>;
+
+/// Refusals that a new token cures: etcd's clients authenticate again on these, and the request was
+/// refused before it had any effect.
+fn is_token_refusal(code: Code, message: &str) -> bool {
+    matches!(
+        (code, message),
+        (Code::Unauthenticated, "etcdserver: invalid auth token")
+            | (
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old"
+            )
+    )
 }
 
 /// TLS for `https://` endpoints, as etcdctl's `--cacert`, `--cert` and `--key` give it. Once set, bare
@@ -95,6 +149,7 @@ impl Default for ConnectOptions {
             discover: false,
             max_backoff: Duration::from_millis(500),
             tls: None,
+            user: None,
         }
     }
 }
@@ -138,6 +193,17 @@ impl ConnectOptions {
         self
     }
 
+    /// Authenticate as `name` (etcd's `--user`): the token the server gives goes with every request,
+    /// and is renewed when the server no longer accepts it. Against a server with auth disabled the
+    /// client works without a token.
+    pub fn with_user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some(UserCredentials {
+            name: name.into(),
+            password: password.into(),
+        });
+        self
+    }
+
     /// Upper bound of the pause between retries.
     pub fn with_max_backoff(mut self, backoff: Duration) -> Self {
         self.max_backoff = backoff;
@@ -164,6 +230,10 @@ pub(crate) struct Inner {
     pub(crate) options: ConnectOptions,
     slots: RwLock<Vec<Arc<Slot>>>,
     preferred: AtomicUsize,
+    /// The token from the last Authenticate, if auth is enabled on the server.
+    token: RwLock<Option<AsciiMetadataValue>>,
+    /// Held while authenticating, so that many requests refused at once authenticate once.
+    authenticating: tokio::sync::Mutex<()>,
 }
 
 struct Slot {
@@ -217,16 +287,84 @@ impl Client {
                 options,
                 slots: RwLock::new(slots),
                 preferred: AtomicUsize::new(0),
+                token: RwLock::new(None),
+                authenticating: tokio::sync::Mutex::new(()),
             }),
         };
         let deadline =
             Instant::now() + client.inner.options.dial_timeout * client.slot_count() as u32;
         let first = client.pick(deadline).await?;
         client.inner.preferred.store(first.index, Ordering::Relaxed);
+        client.authenticate().await?;
         if client.inner.options.discover {
             client.sync_endpoints().await?;
         }
         Ok(client)
+    }
+
+    /// `channel` with this client's current token on every request.
+    pub(crate) fn authed(&self, channel: Channel) -> AuthedChannel {
+        let token = self
+            .inner
+            .token
+            .read()
+            .expect("token lock poisoned")
+            .clone();
+        InterceptedService::new(channel, TokenInterceptor(token))
+    }
+
+    fn token(&self) -> Option<AsciiMetadataValue> {
+        self.inner
+            .token
+            .read()
+            .expect("token lock poisoned")
+            .clone()
+    }
+
+    /// Gets a token for the configured user (nothing without one). A server with auth disabled
+    /// answers "authentication is not enabled": the client then sends no token, as etcd's clients.
+    pub async fn authenticate(&self) -> Result<()> {
+        let Some(user) = self.inner.options.user.clone() else {
+            return Ok(());
+        };
+        let request = AuthenticateRequest {
+            name: user.name,
+            password: user.password,
+        };
+        let answer = self
+            .unary_as(true, None, |ch, _| {
+                let request = request.clone();
+                async move {
+                    Ok(AuthClient::new(ch)
+                        .authenticate(request)
+                        .await?
+                        .into_inner())
+                }
+            })
+            .await;
+        let token = match answer {
+            Ok(resp) => Some(AsciiMetadataValue::try_from(resp.token).map_err(|_| {
+                Error::InvalidArgument("the server's auth token is not ASCII".into())
+            })?),
+            Err(Error::Server { message, .. })
+                if message == "etcdserver: authentication is not enabled" =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        *self.inner.token.write().expect("token lock poisoned") = token;
+        Ok(())
+    }
+
+    /// Authenticates again after `refused` (the token the refused request carried), unless another
+    /// request already did.
+    async fn renew_token(&self, refused: Option<AsciiMetadataValue>) -> Result<()> {
+        let _one = self.inner.authenticating.lock().await;
+        if self.token() != refused {
+            return Ok(());
+        }
+        self.authenticate().await
     }
 
     /// The endpoints this client may use, in rotation order.
@@ -344,7 +482,31 @@ impl Client {
     #[tracing::instrument(level = "debug", skip_all, fields(idempotent))]
     pub(crate) async fn unary<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(AuthedChannel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let token = self.token();
+        match self.unary_as(idempotent, token.clone(), &mut call).await {
+            Err(Error::Server { code, message })
+                if self.inner.options.user.is_some() && is_token_refusal(code, &message) =>
+            {
+                tracing::debug!(%message, "authenticating again");
+                self.renew_token(token).await?;
+                self.unary_as(idempotent, self.token(), &mut call).await
+            }
+            other => other,
+        }
+    }
+
+    /// [`Client::unary`] with `token` (none for Authenticate) on every attempt.
+    async fn unary_as<T, F, Fut>(
+        &self,
+        idempotent: bool,
+        token: Option<AsciiMetadataValue>,
+        mut call: F,
+    ) -> Result<T>
+    where
+        F: FnMut(AuthedChannel, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.inner.options.request_timeout;
@@ -352,7 +514,8 @@ impl Client {
         loop {
             let picked = self.pick(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let outcome = tokio::time::timeout(remaining, call(picked.channel, remaining)).await;
+            let channel = InterceptedService::new(picked.channel, TokenInterceptor(token.clone()));
+            let outcome = tokio::time::timeout(remaining, call(channel, remaining)).await;
             let status = match outcome {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(status)) => status,

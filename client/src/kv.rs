@@ -24,7 +24,7 @@ use crate::txn::Txn;
 /// or transaction result is never refused by the client alone.
 pub(crate) const MAX_RECV: usize = i32::MAX as usize;
 
-fn kv_client(ch: tonic::transport::Channel) -> KvClient<tonic::transport::Channel> {
+fn kv_client(ch: crate::client::AuthedChannel) -> KvClient<crate::client::AuthedChannel> {
     KvClient::new(ch).max_decoding_message_size(MAX_RECV)
 }
 

@@ -235,7 +235,11 @@ impl KeeperTask {
             let reason = match self.client.pick(expires_at).await {
                 Err(e) => format!("no member renewed it within its TTL: {e}"),
                 Ok(picked) => match self
-                    .stream(picked.channel, picked.index, &mut expires_at)
+                    .stream(
+                        self.client.authed(picked.channel),
+                        picked.index,
+                        &mut expires_at,
+                    )
                     .await
                 {
                     StreamEnd::Lost(reason) => reason,
@@ -259,7 +263,7 @@ impl KeeperTask {
 
     async fn stream(
         &self,
-        channel: tonic::transport::Channel,
+        channel: crate::client::AuthedChannel,
         endpoint: usize,
         expires_at: &mut Instant,
     ) -> StreamEnd {

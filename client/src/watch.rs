@@ -294,7 +294,8 @@ impl WatchTask {
             };
             let url = picked.url.clone();
             let opened_at = Instant::now();
-            match self.stream_once(picked.channel, picked.index).await {
+            let channel = self.client.authed(picked.channel);
+            match self.stream_once(channel, picked.index).await {
                 Ended::Done => return,
                 Ended::Resume { endpoint, broken } => {
                     tracing::info!(endpoint = %url, next = self.next, "watch stream lost, resuming");
@@ -336,7 +337,11 @@ impl WatchTask {
         Ended::Done
     }
 
-    async fn stream_once(&mut self, channel: tonic::transport::Channel, endpoint: usize) -> Ended {
+    async fn stream_once(
+        &mut self,
+        channel: crate::client::AuthedChannel,
+        endpoint: usize,
+    ) -> Ended {
         let resume = |broken| Ended::Resume { endpoint, broken };
         let (req_tx, req_rx) = mpsc::channel(8);
         let mut create = self.create.clone();

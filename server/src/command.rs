@@ -1,13 +1,14 @@
 //! What a log entry carries ([`Command`]) and what applying it returns ([`CommandResponse`]).
 //!
 //! Owns the replicated vocabulary shared by the gRPC services, consensus and storage. It must never
-//! import openraft, sled, tonic or any module above `mvcc`: every layer speaks it, so it depends on
-//! none of them.
+//! import openraft, sled, tonic or any module above `mvcc` and `auth` (whose changes and errors it
+//! carries): every layer speaks it, so it depends on none of them.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{AuthError, AuthOp};
 use crate::mvcc::{
     DeleteRangeRequest, DeleteRangeResponse, MvccError, PutRequest, PutResponse, RequestOp,
     TxnRequest, TxnResponse,
@@ -42,6 +43,17 @@ pub enum Command {
         member: u64,
         alarm: i32,
     },
+    /// A change of users, roles, permissions or the enabled flag, or an Authenticate.
+    Auth(AuthOp),
+    /// A client's command with the credentials it came with, checked at apply against the auth
+    /// state of that moment (etcd's request header username and auth revision). Commands sent
+    /// while auth is disabled, and the members' own (lease expiry, compaction, publish), travel
+    /// without.
+    Authed {
+        user: String,
+        revision: u64,
+        cmd: Box<Command>,
+    },
     /// Several client commands in one log entry, applied in order as if they were separate entries:
     /// each write still gets its own revision. Batching amortizes the per-entry cost of consensus
     /// and storage across concurrent clients.
@@ -56,6 +68,8 @@ impl fmt::Display for Command {
             Command::Txn(t) => write!(f, "txn({} compares)", t.compare.len()),
             Command::Compact(rev) => write!(f, "compact({rev})"),
             Command::Batch(cmds) => write!(f, "batch({})", cmds.len()),
+            Command::Auth(op) => write!(f, "auth({})", op.name()),
+            Command::Authed { cmd, .. } => write!(f, "authed({cmd})"),
             Command::LeaseGrant { id, ttl } => write!(f, "lease_grant({id:x}, {ttl}s)"),
             Command::LeaseRevoke(id) => write!(f, "lease_revoke({id:x})"),
             Command::Publish { id, .. } => write!(f, "publish({id:x})"),
@@ -87,6 +101,8 @@ pub enum ApplyError {
     /// A write while the NOSPACE alarm is raised.
     #[error("database space exceeded")]
     NoSpace,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl Command {
@@ -95,6 +111,7 @@ impl Command {
         match self {
             Command::Compact(_) => true,
             Command::Batch(cmds) => cmds.iter().any(Command::compacts),
+            Command::Authed { cmd, .. } => cmd.compacts(),
             _ => false,
         }
     }
@@ -113,6 +130,7 @@ impl Command {
             Command::Put(_) | Command::LeaseGrant { .. } => true,
             Command::Txn(t) => txn_puts(t),
             Command::Batch(cmds) => cmds.iter().any(Command::grows_store),
+            Command::Authed { cmd, .. } => cmd.grows_store(),
             _ => false,
         }
     }
@@ -129,6 +147,10 @@ pub enum Applied {
         ttl: i64,
     },
     LeaseRevoke,
+    /// An auth change or Authenticate applied; the auth revision after it.
+    Auth {
+        revision: u64,
+    },
     /// One response per command of a [`Command::Batch`], in order.
     Batch(Vec<CommandResponse>),
     /// Blank and membership entries.

@@ -36,6 +36,8 @@ pub enum ConfigError {
     },
     #[error("invalid TLS flags: {0}")]
     Tls(String),
+    #[error("invalid --bcrypt-cost {0}: must be between 4 and 31")]
+    BcryptCost(u32),
 }
 
 /// One side's TLS (client or peer), as etcd's `--cert-file --key-file --trusted-ca-file
@@ -136,6 +138,12 @@ pub struct Config {
     pub client_tls: TlsInfo,
     /// TLS on `https://` peer URLs, and for dialing other members' `https://` peer URLs.
     pub peer_tls: TlsInfo,
+    /// etcd's `--auth-token`: `simple`, or `jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256,ttl=5m`.
+    pub auth_token: String,
+    /// How long a simple token lives after its last use (etcd's `--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
+    /// bcrypt cost of the password hashes (etcd's `--bcrypt-cost`, 4 to 31).
+    pub bcrypt_cost: u32,
 }
 
 /// etcd's auto-compaction policies.
@@ -187,6 +195,9 @@ impl Default for Config {
             listen_metrics_urls: Vec::new(),
             client_tls: TlsInfo::default(),
             peer_tls: TlsInfo::default(),
+            auth_token: "simple".into(),
+            auth_token_ttl: Duration::from_secs(300),
+            bcrypt_cost: 10,
         }
     }
 }
@@ -226,6 +237,14 @@ impl Config {
                  --peer-auto-tls)"
                     .into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a bcrypt cost the hash function does not accept.
+    pub fn check_auth(&self) -> Result<(), ConfigError> {
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err(ConfigError::BcryptCost(self.bcrypt_cost));
         }
         Ok(())
     }

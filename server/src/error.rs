@@ -5,6 +5,7 @@
 
 use tonic::{Code, Status};
 
+use crate::auth::AuthError;
 use crate::command::ApplyError;
 use crate::mvcc::{MvccError, ShapeError};
 use crate::raft::admin::AdminError;
@@ -45,6 +46,12 @@ pub enum ServerError {
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error("etcdserver: {0}")]
+    Auth(#[from] AuthError),
+    /// An auth refusal of the Maintenance service's admin calls (Hash, HashKV, Defragment,
+    /// Snapshot), which etcd passes on without its usual translation: code Unknown, `auth: ` text.
+    #[error("auth: {0}")]
+    AuthUntranslated(AuthError),
+    #[error("etcdserver: {0}")]
     Internal(String),
 }
 
@@ -66,6 +73,7 @@ impl From<ApplyError> for ServerError {
             ApplyError::Mvcc(e) => e.into(),
             ApplyError::LeaseExists => ServerError::LeaseExists,
             ApplyError::NoSpace => ServerError::NoSpace,
+            ApplyError::Auth(e) => ServerError::Auth(e),
         }
     }
 }
@@ -96,6 +104,25 @@ impl From<ServerError> for Status {
                 | AdminError::NotEnoughStarted => Code::FailedPrecondition,
                 AdminError::Failed(_) | AdminError::TransferFailed => Code::Unavailable,
             },
+            ServerError::Auth(a) => match a {
+                AuthError::UserEmpty
+                | AuthError::RoleEmpty
+                | AuthError::AuthFailed
+                | AuthError::AuthOldRevision => Code::InvalidArgument,
+                AuthError::PermissionDenied => Code::PermissionDenied,
+                AuthError::InvalidAuthToken => Code::Unauthenticated,
+                AuthError::RootUserNotExist
+                | AuthError::RootRoleNotExist
+                | AuthError::UserAlreadyExist
+                | AuthError::UserNotFound
+                | AuthError::RoleAlreadyExist
+                | AuthError::RoleNotFound
+                | AuthError::RoleNotGranted
+                | AuthError::PermissionNotGranted
+                | AuthError::AuthNotEnabled
+                | AuthError::InvalidAuthMgmt => Code::FailedPrecondition,
+            },
+            ServerError::AuthUntranslated(_) => Code::Unknown,
             ServerError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

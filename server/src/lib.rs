@@ -3,6 +3,7 @@
 //! Start a member in-process with [`Node::start`] and talk to it with any etcd v3 client at
 //! [`Node::client_url`]; or run the `cairn` binary.
 
+pub mod auth;
 pub(crate) mod codec;
 pub mod command;
 pub(crate) mod compactor;

@@ -131,6 +131,16 @@ struct Args {
     /// Peer TLS using a generated self-signed certificate (kept in <data-dir>/fixtures/peer).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     peer_auto_tls: bool,
+    /// Auth token type and options: `simple`, or `jwt,pub-key=PATH,priv-key=PATH,
+    /// sign-method=RS256,ttl=5m`.
+    #[arg(long, default_value = "simple")]
+    auth_token: String,
+    /// Seconds a simple token stays valid after its last use.
+    #[arg(long, default_value_t = 300)]
+    auth_token_ttl: u64,
+    /// Cost of the bcrypt password hashes (4 to 31).
+    #[arg(long, default_value_t = 10)]
+    bcrypt_cost: u32,
 }
 
 impl Args {
@@ -193,6 +203,9 @@ impl Args {
                 client_cert_auth: self.peer_client_cert_auth,
                 auto_tls: self.peer_auto_tls,
             },
+            auth_token: self.auth_token,
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
+            bcrypt_cost: self.bcrypt_cost,
             ..defaults
         })
     }

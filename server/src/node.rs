@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use cairn_proto::etcdserverpb::{
-    cluster_server, kv_server, lease_server, maintenance_server, watch_server,
+    auth_server, cluster_server, kv_server, lease_server, maintenance_server, watch_server,
 };
 use cairn_proto::raftpb::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
@@ -26,6 +26,7 @@ use tokio_stream::StreamExt;
 
 use crate::command::Command;
 use crate::config::{ClusterState, Config, ConfigError};
+use crate::grpc::auth::AuthService;
 use crate::grpc::authority::AuthorityFix;
 use crate::grpc::cluster::ClusterService;
 use crate::grpc::election::ElectionService;
@@ -34,7 +35,7 @@ use crate::grpc::lease::LeaseService;
 use crate::grpc::lock::LockService;
 use crate::grpc::maintenance::MaintenanceService;
 use crate::grpc::watch::WatchService;
-use crate::grpc::{Limits, ServerContext};
+use crate::grpc::{AuthAccess, Limits, ServerContext};
 use crate::members;
 use crate::metrics::{HttpLayer, Metrics};
 use crate::raft::admin::{AdminCall, AdminReply};
@@ -72,6 +73,8 @@ pub enum NodeError {
     Restore(String),
     #[error("{0}")]
     Tls(String),
+    #[error(transparent)]
+    AuthToken(#[from] crate::auth::TokenError),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -184,6 +187,8 @@ impl Node {
     #[tracing::instrument(skip_all, fields(name = %cfg.name, data_dir = %cfg.data_dir.display()))]
     pub async fn start(cfg: Config) -> Result<Node, NodeError> {
         cfg.check_tls()?;
+        cfg.check_auth()?;
+        let tokens = crate::auth::TokenProvider::parse(&cfg.auth_token)?;
         let backend = open_storage(&cfg)?;
         let tls = MemberTls::prepare(&cfg).map_err(|e| NodeError::Tls(e.to_string()))?;
         let listeners = Listeners::bind(&cfg).await?;
@@ -229,6 +234,7 @@ impl Node {
                 health: health_service,
                 identity: (member_id, cluster_id),
                 tls,
+                tokens,
             },
             &shutdown_rx,
         )
@@ -552,6 +558,7 @@ struct Serving<'a> {
     /// (member id, cluster id)
     identity: (NodeId, u64),
     tls: MemberTls,
+    tokens: crate::auth::TokenProvider,
 }
 
 type HealthService =
@@ -575,6 +582,7 @@ async fn serve(
         health: health_service,
         identity: (member_id, cluster_id),
         tls,
+        tokens,
     } = with;
     let mut servers = Vec::new();
     let http = HttpLayer {
@@ -624,6 +632,17 @@ async fn serve(
             quota_bytes: cfg.quota_bytes(),
         }),
         streams: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        auth: Arc::new(AuthAccess {
+            store: {
+                let store = handle.state().auth().clone();
+                store.tokens.set_ttl(cfg.auth_token_ttl);
+                store
+            },
+            tokens,
+            bcrypt_cost: cfg.bcrypt_cost,
+            client_cert_auth: cfg.client_tls.client_cert_auth,
+        }),
+        caller: None,
     };
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     for (listener, url) in client_listeners.into_iter().zip(&cfg.listen_client_urls) {
@@ -647,6 +666,9 @@ async fn serve(
                 ctx: ctx.clone(),
             }))
             .add_service(LockServer::new(LockService { ctx: ctx.clone() }))
+            .add_service(auth_server::AuthServer::new(AuthService {
+                ctx: ctx.clone(),
+            }))
             .add_service(ElectionServer::new(ElectionService {
                 ctx: ctx.clone(),
                 shutdown: shutdown_rx.clone(),

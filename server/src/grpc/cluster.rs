@@ -48,6 +48,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.ctx.require_admin(&req).await?;
         let req = req.into_inner();
         let reply = self
             .change(AdminCall::Add {
@@ -75,6 +76,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        self.ctx.require_admin(&req).await?;
         let id = req.into_inner().id;
         self.change(AdminCall::Remove(id)).await?;
         let members = Self::members(&self.ctx)
@@ -92,6 +94,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        self.ctx.require_admin(&req).await?;
         let req = req.into_inner();
         self.change(AdminCall::Update {
             id: req.id,
@@ -126,6 +129,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        self.ctx.require_admin(&req).await?;
         self.change(AdminCall::Promote(req.into_inner().id)).await?;
         Ok(Response::new(pb::MemberPromoteResponse {
             header: self.header(),

@@ -212,3 +212,19 @@ pub(crate) fn txn_response(r: TxnResponse, header: Option<pb::ResponseHeader>) -
         responses: inner(r, base, fin, &mut false),
     }
 }
+
+pub(crate) fn permission(p: cairn_proto::authpb::Permission) -> Option<crate::auth::Permission> {
+    Some(crate::auth::Permission {
+        perm_type: crate::auth::PermType::from_i32(p.perm_type)?,
+        key: p.key,
+        range_end: p.range_end,
+    })
+}
+
+pub(crate) fn permission_pb(p: &crate::auth::Permission) -> cairn_proto::authpb::Permission {
+    cairn_proto::authpb::Permission {
+        perm_type: p.perm_type as i32,
+        key: p.key.clone(),
+        range_end: p.range_end.clone(),
+    }
+}

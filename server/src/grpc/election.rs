@@ -136,15 +136,16 @@ impl Election for ElectionService {
         &self,
         req: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
+        let ctx = self.ctx.for_caller(&req);
         let req = req.into_inner();
         let lease = match req.lease {
-            0 => lease::grant(&self.ctx, 0, SESSION_TTL).await?.0,
+            0 => lease::grant(&ctx, 0, SESSION_TTL).await?.0,
             given => given,
         };
         let (prefix, key) = lease_key(&req.name, lease);
-        let (my_rev, value, _) = claim(&self.ctx, &key, &req.value, lease).await?;
+        let (my_rev, value, _) = claim(&ctx, &key, &req.value, lease).await?;
         let guard = AbandonGuard {
-            ctx: self.ctx.clone(),
+            ctx: ctx.clone(),
             key: Some(key.clone()),
         };
         let leader = pb::LeaderKey {
@@ -155,12 +156,12 @@ impl Election for ElectionService {
         };
         // Campaigning again with a new value updates the value in place, as etcd's clients do.
         if value != req.value {
-            proclaim(&self.ctx, &leader, &req.value).await?;
+            proclaim(&ctx, &leader, &req.value).await?;
         }
-        let rev = wait_turn(&self.ctx, &prefix, &key, my_rev).await?;
+        let rev = wait_turn(&ctx, &prefix, &key, my_rev).await?;
         guard.disarm();
         Ok(Response::new(pb::CampaignResponse {
-            header: self.ctx.header(rev),
+            header: ctx.header(rev),
             leader: Some(leader),
         }))
     }
@@ -169,11 +170,12 @@ impl Election for ElectionService {
         &self,
         req: Request<pb::ProclaimRequest>,
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
+        let ctx = self.ctx.for_caller(&req);
         let req = req.into_inner();
         let leader = leader_key(req.leader)?;
-        let rev = proclaim(&self.ctx, &leader, &req.value).await?;
+        let rev = proclaim(&ctx, &leader, &req.value).await?;
         Ok(Response::new(pb::ProclaimResponse {
-            header: self.ctx.header(rev),
+            header: ctx.header(rev),
         }))
     }
 
@@ -181,10 +183,11 @@ impl Election for ElectionService {
         &self,
         req: Request<pb::LeaderRequest>,
     ) -> Result<Response<pb::LeaderResponse>, Status> {
+        let ctx = self.ctx.for_caller(&req);
         let name = req.into_inner().name;
-        match current_leader(&self.ctx, &name).await? {
+        match current_leader(&ctx, &name).await? {
             (Some(kv), rev) => Ok(Response::new(pb::LeaderResponse {
-                header: self.ctx.header(rev),
+                header: ctx.header(rev),
                 kv: Some(convert::key_value(kv)),
             })),
             (None, _) => Err(ServerError::ElectionNoLeader.into()),
@@ -195,9 +198,10 @@ impl Election for ElectionService {
         &self,
         req: Request<pb::LeaderRequest>,
     ) -> Result<Response<BoxStream<pb::LeaderResponse>>, Status> {
+        let ctx = self.ctx.for_caller(&req);
         let name = req.into_inner().name;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(observe(self.ctx.clone(), name, tx, self.shutdown.clone()));
+        tokio::spawn(observe(ctx.clone(), name, tx, self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -205,6 +209,7 @@ impl Election for ElectionService {
         &self,
         req: Request<pb::ResignRequest>,
     ) -> Result<Response<pb::ResignResponse>, Status> {
+        let ctx = self.ctx.for_caller(&req);
         let leader = leader_key(req.into_inner().leader)?;
         let t = TxnRequest {
             compare: vec![create_revision_is(&leader.key, leader.rev)],
@@ -214,9 +219,9 @@ impl Election for ElectionService {
             })],
             failure: Vec::new(),
         };
-        let (_, rev) = recipes::txn(&self.ctx, t).await?;
+        let (_, rev) = recipes::txn(&ctx, t).await?;
         Ok(Response::new(pb::ResignResponse {
-            header: self.ctx.header(rev),
+            header: ctx.header(rev),
         }))
     }
 }

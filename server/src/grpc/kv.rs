@@ -40,10 +40,12 @@ impl Kv for KvService {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let info = self.ctx.auth_info(&req).await?;
         let req = req.into_inner();
         let serializable = req.serializable;
         let range = convert::range_request(req);
         check_range_shape(&range).map_err(ServerError::from)?;
+        self.ctx.check_read(&info, &range.key, &range.range_end)?;
         if !serializable {
             self.ctx
                 .raft
@@ -65,13 +67,15 @@ impl Kv for KvService {
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let info = self.ctx.auth_info(&req).await?;
         let req = req.into_inner();
         let bytes = req.encoded_len();
         self.check_size(bytes)?;
         let put = convert::put_request(req);
         check_put_shape(&put).map_err(ServerError::from)?;
         self.ctx.check_quota(bytes).await?;
-        match self.propose(Command::Put(put), bytes).await? {
+        let cmd = self.ctx.with_auth(info, Command::Put(put));
+        match self.propose(cmd, bytes).await? {
             (Applied::Put(r), rev) => Ok(Response::new(convert::put_response(
                 r,
                 self.ctx.header(rev),
@@ -85,12 +89,14 @@ impl Kv for KvService {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let info = self.ctx.auth_info(&req).await?;
         let req = req.into_inner();
         let bytes = req.encoded_len();
         self.check_size(bytes)?;
         let del = convert::delete_request(req);
         check_delete_shape(&del).map_err(ServerError::from)?;
-        match self.propose(Command::DeleteRange(del), bytes).await? {
+        let cmd = self.ctx.with_auth(info, Command::DeleteRange(del));
+        match self.propose(cmd, bytes).await? {
             (Applied::DeleteRange(r), rev) => Ok(Response::new(convert::delete_response(
                 r,
                 self.ctx.header(rev),
@@ -101,6 +107,7 @@ impl Kv for KvService {
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let info = self.ctx.auth_info(&req).await?;
         let req = req.into_inner();
         let bytes = req.encoded_len();
         self.check_size(bytes)?;
@@ -110,6 +117,7 @@ impl Kv for KvService {
         if cmd.grows_store() {
             self.ctx.check_quota(bytes).await?;
         }
+        let cmd = self.ctx.with_auth(info, cmd);
         match self.propose(cmd, bytes).await? {
             (Applied::Txn(r), rev) => Ok(Response::new(convert::txn_response(
                 r,
@@ -124,8 +132,11 @@ impl Kv for KvService {
         &self,
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        let req = req.into_inner();
-        match self.propose(Command::Compact(req.revision), 16).await? {
+        let info = self.ctx.auth_info(&req).await?;
+        let cmd = self
+            .ctx
+            .with_auth(info, Command::Compact(req.into_inner().revision));
+        match self.propose(cmd, 16).await? {
             (Applied::Compact, rev) => Ok(Response::new(pb::CompactionResponse {
                 header: self.ctx.header(rev),
             })),

@@ -72,6 +72,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        // Anyone may grant a lease, as in etcd 3.4; a bad token is still refused.
+        self.ctx.auth_info(&req).await?;
         let req = req.into_inner();
         if req.ttl > MAX_LEASE_TTL {
             return Err(ServerError::LeaseTtlTooLarge.into());
@@ -89,11 +91,13 @@ impl Lease for LeaseService {
         &self,
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let info = self.ctx.auth_info(&req).await?;
         let id = req.into_inner().id;
+        let cmd = self.ctx.with_auth(info, Command::LeaseRevoke(id));
         let CommandResponse { revision, result } = self
             .ctx
             .raft
-            .propose(Command::LeaseRevoke(id), 16)
+            .propose(cmd, 16)
             .await
             .map_err(ServerError::from)?;
         result.map_err(ServerError::from)?;

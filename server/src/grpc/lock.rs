@@ -103,21 +103,22 @@ impl Lock for LockService {
         &self,
         req: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
+        let ctx = self.ctx.for_caller(&req);
         let req = req.into_inner();
         let lease = match req.lease {
-            0 => lease::grant(&self.ctx, 0, SESSION_TTL).await?.0,
+            0 => lease::grant(&ctx, 0, SESSION_TTL).await?.0,
             given => given,
         };
         let (prefix, key) = lease_key(&req.name, lease);
-        let (my_rev, _, _) = claim(&self.ctx, &key, b"", lease).await?;
+        let (my_rev, _, _) = claim(&ctx, &key, b"", lease).await?;
         let guard = AbandonGuard {
-            ctx: self.ctx.clone(),
+            ctx: ctx.clone(),
             key: Some(key.clone()),
         };
-        let rev = wait_turn(&self.ctx, &prefix, &key, my_rev).await?;
+        let rev = wait_turn(&ctx, &prefix, &key, my_rev).await?;
         guard.disarm();
         Ok(Response::new(pb::LockResponse {
-            header: self.ctx.header(rev),
+            header: ctx.header(rev),
             key,
         }))
     }
@@ -126,20 +127,20 @@ impl Lock for LockService {
         &self,
         req: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
+        let ctx = self.ctx.for_caller(&req);
         let key = req.into_inner().key;
         let del = crate::mvcc::DeleteRangeRequest {
             key,
             ..Default::default()
         };
-        let resp = self
-            .ctx
-            .raft
-            .propose(crate::command::Command::DeleteRange(del), 64)
-            .await
-            .map_err(ServerError::from)?;
+        let cmd = ctx.with_auth(
+            ctx.caller_info().await?,
+            crate::command::Command::DeleteRange(del),
+        );
+        let resp = ctx.raft.propose(cmd, 64).await.map_err(ServerError::from)?;
         resp.result.map_err(ServerError::from)?;
         Ok(Response::new(pb::UnlockResponse {
-            header: self.ctx.header(resp.revision),
+            header: ctx.header(resp.revision),
         }))
     }
 }

@@ -136,8 +136,9 @@ impl Maintenance for MaintenanceService {
     #[tracing::instrument(skip_all)]
     async fn defragment(
         &self,
-        _req: Request<pb::DefragmentRequest>,
+        req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        self.ctx.require_admin_untranslated(&req).await?;
         // This member only, as etcd's defrag: the store's database is rewritten compactly and
         // swapped in, giving what compaction freed back to the file system.
         self.ctx
@@ -152,8 +153,9 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(
         &self,
-        _req: Request<pb::HashRequest>,
+        req: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        self.ctx.require_admin_untranslated(&req).await?;
         let (hash, revision) = self
             .ctx
             .raft
@@ -171,6 +173,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        self.ctx.require_admin_untranslated(&req).await?;
         let (hash, compact_revision, revision) = self
             .ctx
             .raft
@@ -190,8 +193,9 @@ impl Maintenance for MaintenanceService {
     #[tracing::instrument(skip_all)]
     async fn snapshot(
         &self,
-        _req: Request<pb::SnapshotRequest>,
+        req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        self.ctx.require_admin_untranslated(&req).await?;
         let (revision, size, chunks) = self
             .ctx
             .raft

@@ -56,7 +56,8 @@ pub(crate) async fn txn(
     ctx: &ServerContext,
     t: TxnRequest,
 ) -> Result<(TxnResponse, i64), ServerError> {
-    let CommandResponse { revision, result } = ctx.raft.propose(Command::Txn(t), 256).await?;
+    let cmd = ctx.with_auth(ctx.caller_info().await?, Command::Txn(t));
+    let CommandResponse { revision, result } = ctx.raft.propose(cmd, 256).await?;
     match result? {
         Applied::Txn(r) => Ok((r, revision)),
         other => Err(ServerError::Internal(format!(
@@ -70,6 +71,7 @@ pub(crate) async fn range(
     ctx: &ServerContext,
     r: RangeRequest,
 ) -> Result<(RangeResponse, i64), ServerError> {
+    ctx.check_read(&ctx.caller_info().await?, &r.key, &r.range_end)?;
     ctx.raft.read_index().await?;
     Ok(ctx.raft.state().range(&r)?)
 }
@@ -88,6 +90,7 @@ impl Drop for Watching {
 }
 
 pub(crate) async fn watch(ctx: &ServerContext, spec: WatchSpec) -> Result<Watching, ServerError> {
+    ctx.check_read(&ctx.caller_info().await?, &spec.key, &spec.range_end)?;
     let stream = ctx
         .streams
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -172,6 +175,8 @@ impl Drop for AbandonGuard {
                     key,
                     ..Default::default()
                 };
+                // Without the caller's credentials (which may have lapsed since): the member
+                // removes what the abandoned request itself created.
                 let _ = ctx.raft.propose(Command::DeleteRange(del), 64).await;
             });
         }

@@ -13,10 +13,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{convert, ServerContext};
+use super::{convert, Credentials, ServerContext};
 use crate::mvcc::{Event, EventType};
 use crate::watch::hub::WatchError;
 use crate::watch::{WatchHub, WatchMessage, WatchSpec};
+
+/// The cancel reason of a watch its caller may not read (a bad token included), as etcd words it:
+/// the text of its gRPC permission-denied status, which etcd clients show as is.
+const WATCH_PERMISSION_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 /// Messages a stream may have queued before its watchers fall back to catching up from history.
 const STREAM_BUFFER: usize = 128;
@@ -47,6 +52,8 @@ fn spec(c: &pb::WatchCreateRequest) -> WatchSpec {
 }
 
 async fn serve_requests(
+    ctx: ServerContext,
+    creds: Credentials,
     hub: Arc<WatchHub>,
     stream: u64,
     mut inbound: Streaming<pb::WatchRequest>,
@@ -73,6 +80,23 @@ async fn serve_requests(
                     }
                     next_auto_id
                 };
+                // Checked at each create, so a permission granted or revoked since the stream
+                // opened counts.
+                let permitted = ctx
+                    .resolve(&creds)
+                    .await
+                    .and_then(|info| ctx.check_read(&info, &c.key, &c.range_end));
+                if permitted.is_err() {
+                    let msg = WatchMessage::Rejected {
+                        watch_id: -1,
+                        revision: hub.published(),
+                        reason: WATCH_PERMISSION_DENIED.to_string(),
+                    };
+                    if tx.send(msg).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 if c.start_revision < 0 {
                     let reason =
                         "etcdserver: watch start revision must not be negative".to_string();
@@ -224,7 +248,10 @@ impl Watch for WatchService {
         let stream = self.ctx.streams.fetch_add(1, Ordering::Relaxed);
         let hub = self.ctx.raft.state().hub().clone();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let creds = self.ctx.credentials(&req);
         tokio::spawn(serve_requests(
+            self.ctx.clone(),
+            creds,
             hub,
             stream,
             req.into_inner(),

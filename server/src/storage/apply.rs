@@ -7,16 +7,18 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
+use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 
 use serde::Serialize;
 
 use super::backend::RowWrites;
 use super::error::StoreError;
 use super::keys::{
-    alarm_key, kv_key, lease_key, member_key, StoredKv, META_APPLIED, META_COMPACT,
-    META_MEMBERSHIP, META_REVISION,
+    alarm_key, kv_key, lease_key, member_key, prefixed, StoredKv, META_APPLIED, META_AUTH,
+    META_COMPACT, META_MEMBERSHIP, META_REVISION, ROLE_PREFIX, USER_PREFIX,
 };
 use super::store::{SledValues, StoreState};
+use crate::auth::{AuthChange, AuthError, AuthInfo, AuthState, AuthStore};
 use crate::codec::encode;
 use crate::command::{Applied, ApplyError, Command, CommandResponse, ALARM_NOSPACE};
 use crate::lease::LeaseTable;
@@ -70,6 +72,9 @@ impl StoreState {
             Payload::Command(cmd) => {
                 let mut leases = state.leases.lock().unwrap_or_else(|p| p.into_inner());
                 let mut pending = Pending {
+                    auth: AuthLock::for_command(&state.auth, &cmd),
+                    auth_store: &state.auth,
+                    auth_changes: Vec::new(),
                     stored: SledValues(sm),
                     overlay: HashMap::new(),
                     ops: Vec::new(),
@@ -86,6 +91,24 @@ impl StoreState {
                 };
                 let response = execute(&mut index, &mut pending, cmd);
                 events = pending.events;
+                if let (false, Some(auth)) = (pending.auth_changes.is_empty(), pending.auth.get()) {
+                    for change in &pending.auth_changes {
+                        match change {
+                            AuthChange::User(name) => match auth.users.get(name) {
+                                Some(u) => batch.insert(prefixed(USER_PREFIX, name), encode(u)?),
+                                None => batch.remove(prefixed(USER_PREFIX, name)),
+                            },
+                            AuthChange::Role(name) => match auth.roles.get(name) {
+                                Some(r) => batch.insert(prefixed(ROLE_PREFIX, name), encode(r)?),
+                                None => batch.remove(prefixed(ROLE_PREFIX, name)),
+                            },
+                            AuthChange::Meta => {
+                                batch.insert(META_AUTH, encode(&(auth.enabled, auth.revision))?)
+                            }
+                        }
+                    }
+                    state.auth.publish(auth);
+                }
                 let mut attrs = state.member_attrs.lock().unwrap_or_else(|p| p.into_inner());
                 for (id, name, client_urls) in pending.published {
                     let row = encode(&(&name, &client_urls))?;
@@ -156,6 +179,25 @@ impl StoreState {
 /// Runs one command against the index; its writes go to `pending` so that later commands of the
 /// same entry read them before they reach sled.
 fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> CommandResponse {
+    execute_as(index, pending, cmd, false)
+}
+
+/// [`execute`]; `checked` when `cmd` came with credentials that were checked.
+fn execute_as(
+    index: &mut KvIndex,
+    pending: &mut Pending<'_>,
+    cmd: Command,
+    checked: bool,
+) -> CommandResponse {
+    // Puts and transactions come only from clients. Without credentials once auth is enabled,
+    // one was sent before its member saw auth enabled: refused as etcd refuses a request without
+    // a user. (Deletes and lease revokes also come from the members themselves.)
+    if !checked && matches!(cmd, Command::Put(_) | Command::Txn(_)) && pending.auth_enabled() {
+        return CommandResponse {
+            revision: index.current_revision(),
+            result: Err(ApplyError::Auth(AuthError::UserEmpty)),
+        };
+    }
     let no_space = pending.alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE);
     if no_space && !matches!(cmd, Command::Batch(_)) && cmd.grows_store() {
         return CommandResponse {
@@ -198,6 +240,31 @@ fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> Comm
             pending.record(ops, Vec::new());
             Applied::Compact
         }),
+        Command::Auth(op) => {
+            // Without credentials, an admin change can only come from a member that had not
+            // yet seen auth enabled: refused like any anonymous one once it is.
+            let anonymous = match (op.needs_admin(), pending.auth.get()) {
+                (true, Some(state)) => pending
+                    .auth_store
+                    .admin_permitted(state, &AuthInfo::default()),
+                _ => Ok(()),
+            };
+            match anonymous {
+                Ok(()) => apply_auth(pending, op),
+                Err(e) => Err(ApplyError::Auth(e)),
+            }
+        }
+        Command::Authed {
+            user,
+            revision,
+            cmd,
+        } => match check_access(pending, &AuthInfo { user, revision }, &cmd) {
+            Ok(()) => match *cmd {
+                Command::Auth(op) => apply_auth(pending, op),
+                cmd => return execute_as(index, pending, cmd, true),
+            },
+            Err(e) => Err(ApplyError::Auth(e)),
+        },
         Command::Batch(cmds) => Ok(Applied::Batch(
             cmds.into_iter()
                 .map(|c| execute(index, pending, c))
@@ -252,8 +319,113 @@ fn execute(index: &mut KvIndex, pending: &mut Pending<'_>, cmd: Command) -> Comm
     }
 }
 
+fn apply_auth(pending: &mut Pending<'_>, op: crate::auth::AuthOp) -> Result<Applied, ApplyError> {
+    let AuthLock::Write(state) = &mut pending.auth else {
+        // Not reached: the lock is chosen from the command, and every auth change takes it for
+        // writing.
+        return Err(ApplyError::Auth(AuthError::InvalidAuthMgmt));
+    };
+    state.apply(op, &pending.auth_store.tokens, &mut pending.auth_changes)?;
+    Ok(Applied::Auth {
+        revision: state.revision,
+    })
+}
+
+/// The auth state as an entry needs it: written by auth changes, read by the credential checks
+/// of clients' commands, and left unlocked by entries with neither (the members' own, and every
+/// command while auth is disabled), so requests checking permissions never wait on those.
+enum AuthLock<'a> {
+    Unused,
+    Read(RwLockReadGuard<'a, AuthState>),
+    Write(RwLockWriteGuard<'a, AuthState>),
+}
+
+impl<'a> AuthLock<'a> {
+    fn for_command(store: &'a AuthStore, cmd: &Command) -> AuthLock<'a> {
+        fn needs(cmd: &Command) -> (bool, bool) {
+            match cmd {
+                Command::Auth(_) => (true, true),
+                Command::Authed { cmd, .. } => {
+                    let (_, write) = needs(cmd);
+                    (true, write)
+                }
+                Command::Batch(cmds) => cmds
+                    .iter()
+                    .map(needs)
+                    .fold((false, false), |a, b| (a.0 || b.0, a.1 || b.1)),
+                _ => (false, false),
+            }
+        }
+        match needs(cmd) {
+            (_, true) => AuthLock::Write(store.write()),
+            (true, false) => AuthLock::Read(store.read()),
+            _ => AuthLock::Unused,
+        }
+    }
+
+    fn get(&self) -> Option<&AuthState> {
+        match self {
+            AuthLock::Unused => None,
+            AuthLock::Read(g) => Some(g),
+            AuthLock::Write(g) => Some(g),
+        }
+    }
+}
+
+/// etcd's apply-time auth checks of a client's command: the access each key or range it touches
+/// needs, including the keys attached to a lease it revokes or attaches a key to (whoever cannot
+/// write those keys cannot end the lease that deletes them); only root may change auth.
+fn check_access(pending: &Pending<'_>, info: &AuthInfo, cmd: &Command) -> Result<(), AuthError> {
+    let Some(state) = pending.auth.get() else {
+        return Ok(());
+    };
+    if !state.enabled {
+        return Ok(());
+    }
+    let store = pending.auth_store;
+    let lease_keys = |id: i64| -> Result<(), AuthError> {
+        if let Some(lease) = pending.leases.get(id) {
+            for key in &lease.keys {
+                store.permitted(state, info, true, key, &[])?;
+            }
+        }
+        Ok(())
+    };
+    match cmd {
+        Command::Put(p) => {
+            store.permitted(state, info, true, &p.key, &[])?;
+            if p.lease != 0 {
+                lease_keys(p.lease)?;
+            }
+            if p.prev_kv {
+                store.permitted(state, info, false, &p.key, &[])?;
+            }
+        }
+        Command::DeleteRange(d) => {
+            store.permitted(state, info, true, &d.key, &d.range_end)?;
+            if d.prev_kv {
+                store.permitted(state, info, false, &d.key, &d.range_end)?;
+            }
+        }
+        Command::Txn(t) => store.txn_permitted(state, info, t)?,
+        Command::LeaseRevoke(id) => lease_keys(*id)?,
+        Command::Auth(op) if op.needs_admin() => store.admin_permitted(state, info)?,
+        Command::Batch(cmds) => {
+            for c in cmds {
+                check_access(pending, info, c)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Writes of the entry being applied, not yet in sled, layered over the stored values.
 struct Pending<'a> {
+    /// The auth state as this entry changes it, and what it changed.
+    auth: AuthLock<'a>,
+    auth_store: &'a AuthStore,
+    auth_changes: Vec<AuthChange>,
     stored: SledValues<'a>,
     /// `None` marks a revision deleted by compaction.
     overlay: HashMap<Revision, Option<KeyValue>>,
@@ -270,6 +442,15 @@ struct Pending<'a> {
 }
 
 impl Pending<'_> {
+    /// Whether auth is enabled as of this point of the entry.
+    fn auth_enabled(&self) -> bool {
+        match self.auth.get() {
+            Some(state) => state.enabled,
+            // Nothing in this entry changes auth, so the state before it holds.
+            None => self.auth_store.is_enabled(),
+        }
+    }
+
     fn record(&mut self, ops: Vec<BackendOp>, events: Vec<Event>) {
         self.leases.track(&events);
         self.events.extend(events);

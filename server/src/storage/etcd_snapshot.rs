@@ -21,8 +21,11 @@
 //!   `term` belong to the old cluster's log, which a restored member does not continue.
 //! - `members`, `members_removed`, `cluster`, `alarm`: the old cluster's membership and alarms,
 //!   dropped (a restore founds a new cluster, as `etcdctl snapshot restore` does) and written
-//!   empty. `auth*`: Cairn has no authentication; an etcd snapshot with auth enabled is restored
-//!   without it (with a warning), and exports carry it disabled.
+//!   empty.
+//! - `authUsers` (name -> authpb.User, its password a bcrypt hash), `authRoles` (name ->
+//!   authpb.Role), `auth` (`authEnabled` = 1 or 0, `authRevision` = 8 bytes big-endian): Cairn's
+//!   users, roles, enabled flag and auth revision, one for one, so a restore (into Cairn or etcd)
+//!   keeps who may do what.
 //!
 //! Must never import `raft/` or `grpc/`.
 
@@ -38,9 +41,10 @@ use super::bbolt::reader::Db;
 use super::bbolt::writer::{BucketBuilder, DbWriter, PAGE_SIZE};
 use super::error::RestoreError;
 use super::keys::{
-    decode_lease_key, kv_key, lease_key, StoredKv, KV_PREFIX, LEASE_PREFIX, META_COMPACT,
-    META_RESTORING, META_REVISION,
+    decode_lease_key, kv_key, lease_key, prefixed, StoredKv, KV_PREFIX, LEASE_PREFIX, META_AUTH,
+    META_COMPACT, META_RESTORING, META_REVISION, ROLE_PREFIX, USER_PREFIX,
 };
+use crate::auth::{PermType, Permission, Role, User};
 use crate::codec::{decode, encode};
 use crate::mvcc::{KeyValue, Revision};
 
@@ -53,16 +57,11 @@ const AUTH_BUCKET: &[u8] = b"auth";
 const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
 const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
 const AUTH_ENABLED: &[u8] = b"authEnabled";
+const AUTH_REVISION: &[u8] = b"authRevision";
+const USERS_BUCKET: &[u8] = b"authUsers";
+const ROLES_BUCKET: &[u8] = b"authRoles";
 /// Buckets etcd 3.4 keeps that an export leaves empty.
-const EMPTY_BUCKETS: [&[u8]; 7] = [
-    b"alarm",
-    b"auth",
-    b"authRoles",
-    b"authUsers",
-    b"cluster",
-    b"members",
-    b"members_removed",
-];
+const EMPTY_BUCKETS: [&[u8]; 4] = [b"alarm", b"cluster", b"members", b"members_removed"];
 
 /// mvccpb.KeyValue, as etcd stores it in the `key` bucket.
 #[derive(Clone, PartialEq, Message)]
@@ -90,6 +89,76 @@ struct EtcdLease {
     ttl: i64,
     #[prost(int64, tag = "3")]
     remaining_ttl: i64,
+}
+
+/// authpb.UserAddOptions.
+#[derive(Clone, PartialEq, Message)]
+struct EtcdUserOptions {
+    #[prost(bool, tag = "1")]
+    no_password: bool,
+}
+
+/// authpb.User, as etcd stores it in the `authUsers` bucket.
+#[derive(Clone, PartialEq, Message)]
+struct EtcdUser {
+    #[prost(bytes = "vec", tag = "1")]
+    name: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    password: Vec<u8>,
+    #[prost(string, repeated, tag = "3")]
+    roles: Vec<String>,
+    #[prost(message, optional, tag = "4")]
+    options: Option<EtcdUserOptions>,
+}
+
+/// authpb.Permission.
+#[derive(Clone, PartialEq, Message)]
+struct EtcdPermission {
+    #[prost(int32, tag = "1")]
+    perm_type: i32,
+    #[prost(bytes = "vec", tag = "2")]
+    key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    range_end: Vec<u8>,
+}
+
+/// authpb.Role, as etcd stores it in the `authRoles` bucket.
+#[derive(Clone, PartialEq, Message)]
+struct EtcdRole {
+    #[prost(bytes = "vec", tag = "1")]
+    name: Vec<u8>,
+    #[prost(message, repeated, tag = "2")]
+    key_permission: Vec<EtcdPermission>,
+}
+
+impl From<&User> for EtcdUser {
+    fn from(u: &User) -> Self {
+        EtcdUser {
+            name: u.name.as_bytes().to_vec(),
+            password: u.password.as_bytes().to_vec(),
+            roles: u.roles.clone(),
+            options: u
+                .no_password
+                .then_some(EtcdUserOptions { no_password: true }),
+        }
+    }
+}
+
+impl From<&Role> for EtcdRole {
+    fn from(r: &Role) -> Self {
+        EtcdRole {
+            name: r.name.as_bytes().to_vec(),
+            key_permission: r
+                .perms
+                .iter()
+                .map(|p| EtcdPermission {
+                    perm_type: p.perm_type as i32,
+                    key: p.key.clone(),
+                    range_end: p.range_end.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Whether a file's first bytes are a bbolt meta page.
@@ -227,12 +296,68 @@ pub(crate) fn import(path: &Path, db_len: u64, backend: &Backend) -> Result<i64,
         }
         Ok::<_, RestoreError>(())
     })?;
+    let (mut auth_enabled, mut auth_revision) = (false, 1u64);
     db.for_each(AUTH_BUCKET, |key, value| {
-        if key == AUTH_ENABLED && value == [1] {
-            tracing::warn!(
-                "the etcd snapshot has authentication enabled; Cairn serves its data without it"
-            );
+        if key == AUTH_ENABLED {
+            auth_enabled = value == [1];
+        } else if key == AUTH_REVISION {
+            auth_revision = <[u8; 8]>::try_from(value)
+                .map(u64::from_be_bytes)
+                .map_err(|_| image("auth bucket: bad authRevision".into()))?;
         }
+        Ok::<_, RestoreError>(())
+    })?;
+    // A store that never changed auth has no auth row.
+    if auth_enabled || auth_revision > 1 {
+        sm.insert(
+            META_AUTH,
+            encode(&(auth_enabled, auth_revision)).map_err(encoding)?,
+        )
+        .map_err(storage)?;
+    }
+    let text = |b: Vec<u8>, what: &str| {
+        String::from_utf8(b).map_err(|_| image(format!("{what}: name is not UTF-8")))
+    };
+    db.for_each(USERS_BUCKET, |_, value| {
+        let u = EtcdUser::decode(value).map_err(|e| image(format!("authUsers: {e}")))?;
+        let mut roles = u.roles;
+        roles.sort();
+        roles.dedup();
+        let user = User {
+            name: text(u.name, "authUsers")?,
+            password: text(u.password, "authUsers password")?,
+            roles,
+            no_password: u.options.is_some_and(|o| o.no_password),
+        };
+        sm.insert(
+            prefixed(USER_PREFIX, &user.name),
+            encode(&user).map_err(encoding)?,
+        )
+        .map_err(storage)?;
+        Ok::<_, RestoreError>(())
+    })?;
+    db.for_each(ROLES_BUCKET, |_, value| {
+        let r = EtcdRole::decode(value).map_err(|e| image(format!("authRoles: {e}")))?;
+        let mut perms = Vec::new();
+        for p in r.key_permission {
+            let perm_type = PermType::from_i32(p.perm_type)
+                .ok_or_else(|| image(format!("authRoles: permission type {}", p.perm_type)))?;
+            perms.push(Permission {
+                perm_type,
+                key: p.key,
+                range_end: p.range_end,
+            });
+        }
+        perms.sort_by(|a, b| (&a.key, &a.range_end).cmp(&(&b.key, &b.range_end)));
+        let role = Role {
+            name: text(r.name, "authRoles")?,
+            perms,
+        };
+        sm.insert(
+            prefixed(ROLE_PREFIX, &role.name),
+            encode(&role).map_err(encoding)?,
+        )
+        .map_err(storage)?;
         Ok::<_, RestoreError>(())
     })?;
 
@@ -265,6 +390,10 @@ pub(crate) struct Export {
     /// Lease rows come before the key revisions and are few: (id, TTL).
     leases: Vec<(i64, i64)>,
     compact: i64,
+    /// Users and roles (in name order, as the rows come) and (enabled, auth revision).
+    users: Vec<User>,
+    roles: Vec<Role>,
+    auth: (bool, u64),
 }
 
 impl Export {
@@ -275,6 +404,9 @@ impl Export {
             keys: BucketBuilder::new(),
             leases: Vec::new(),
             compact: -1,
+            users: Vec::new(),
+            roles: Vec::new(),
+            auth: (false, 1),
         })
     }
 
@@ -308,9 +440,17 @@ impl Export {
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad lease key"))?;
             self.leases.push((id, decode(value).map_err(bad)?));
             Ok(())
+        } else if key.starts_with(USER_PREFIX) {
+            self.users.push(decode(value).map_err(bad)?);
+            Ok(())
+        } else if key.starts_with(ROLE_PREFIX) {
+            self.roles.push(decode(value).map_err(bad)?);
+            Ok(())
         } else {
             if key == META_COMPACT {
                 self.compact = decode(value).map_err(bad)?;
+            } else if key == META_AUTH {
+                self.auth = decode(value).map_err(bad)?;
             }
             Ok(())
         }
@@ -337,6 +477,20 @@ impl Export {
             meta.put(db, SCHEDULED_COMPACT, &rev)?;
         }
         buckets.push((META_BUCKET.to_vec(), meta.finish(db)?));
+        let mut auth = BucketBuilder::new();
+        auth.put(db, AUTH_ENABLED, &[u8::from(self.auth.0)])?;
+        auth.put(db, AUTH_REVISION, &self.auth.1.to_be_bytes())?;
+        buckets.push((AUTH_BUCKET.to_vec(), auth.finish(db)?));
+        let mut users = BucketBuilder::new();
+        for u in &self.users {
+            users.put(db, u.name.as_bytes(), &EtcdUser::from(u).encode_to_vec())?;
+        }
+        buckets.push((USERS_BUCKET.to_vec(), users.finish(db)?));
+        let mut roles = BucketBuilder::new();
+        for r in &self.roles {
+            roles.put(db, r.name.as_bytes(), &EtcdRole::from(r).encode_to_vec())?;
+        }
+        buckets.push((ROLES_BUCKET.to_vec(), roles.finish(db)?));
         for name in EMPTY_BUCKETS {
             buckets.push((name.to_vec(), BucketBuilder::new().finish(db)?));
         }
@@ -379,7 +533,39 @@ mod tests {
             (META_COMPACT.to_vec(), encode(&4i64).unwrap()),
             (META_REVISION.to_vec(), encode(&2_000i64).unwrap()),
             (alarm_key(3, 1).to_vec(), Vec::new()),
+            (META_AUTH.to_vec(), encode(&(true, 5u64)).unwrap()),
         ];
+        let alice = User {
+            name: "alice".into(),
+            password: "$2b$04$hash".into(),
+            roles: vec!["reader".into(), "root".into()],
+            no_password: false,
+        };
+        let cn = User {
+            name: "cn-only".into(),
+            password: String::new(),
+            roles: Vec::new(),
+            no_password: true,
+        };
+        for u in [alice, cn] {
+            small.push((prefixed(USER_PREFIX, &u.name), encode(&u).unwrap()));
+        }
+        let reader = Role {
+            name: "reader".into(),
+            perms: vec![
+                Permission {
+                    perm_type: PermType::Read,
+                    key: b"/app/".to_vec(),
+                    range_end: b"/app0".to_vec(),
+                },
+                Permission {
+                    perm_type: PermType::ReadWrite,
+                    key: b"/k".to_vec(),
+                    range_end: Vec::new(),
+                },
+            ],
+        };
+        small.push((prefixed(ROLE_PREFIX, "reader"), encode(&reader).unwrap()));
         small.sort();
         let mut kvs = Vec::new();
         for main in 2..2_000 {
@@ -455,10 +641,12 @@ mod tests {
             "where etcd looks for the trailer"
         );
         let restored = restore(&path, &dir.path().join("new")).expect("restores");
-        let kept: Vec<_> = rows
+        let mut kept: Vec<_> = rows
             .into_iter()
             .filter(|(k, _)| !k.starts_with(b"a/") && !k.starts_with(b"x/"))
             .collect();
+        // Users (`u/`) sort after the key revisions.
+        kept.sort();
         assert_eq!(restored, kept);
     }
 

@@ -1,5 +1,5 @@
 //! How Cairn's rows are keyed and encoded in sled's `sm` tree: the MVCC key revisions, leases,
-//! member attributes, alarms and the `m/` meta rows.
+//! member attributes, alarms, auth users and roles, and the `m/` meta rows.
 //!
 //! Must never import `raft/` or `grpc/`; only storage reads these keys.
 
@@ -16,6 +16,12 @@ pub(crate) const LEASE_PREFIX: &[u8] = b"l/";
 pub(crate) const MEMBER_PREFIX: &[u8] = b"a/";
 /// Raised alarms: `x/` + member id (u64 big-endian) + alarm type (i32 big-endian) -> empty.
 pub(crate) const ALARM_PREFIX: &[u8] = b"x/";
+/// Auth users: `u/` + name -> bincode [`crate::auth::User`].
+pub(crate) const USER_PREFIX: &[u8] = b"u/";
+/// Auth roles: `o/` + name -> bincode [`crate::auth::Role`].
+pub(crate) const ROLE_PREFIX: &[u8] = b"o/";
+/// Whether auth is enabled, and the auth revision: bincode (bool, u64).
+pub(crate) const META_AUTH: &[u8] = b"m/auth";
 pub(crate) const META_APPLIED: &[u8] = b"m/applied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"m/membership";
 pub(crate) const META_REVISION: &[u8] = b"m/revision";
@@ -83,4 +89,10 @@ pub(crate) fn lease_key(id: i64) -> [u8; 10] {
 pub(crate) fn decode_lease_key(key: &[u8]) -> Option<i64> {
     let id = key.strip_prefix(LEASE_PREFIX)?;
     Some(i64::from_be_bytes(id.try_into().ok()?))
+}
+
+pub(crate) fn prefixed(prefix: &[u8], name: &str) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
 }

@@ -1,6 +1,6 @@
-//! The persisted MVCC store: the key index over sled's rows, leases, member attributes and alarms,
-//! loaded at open and kept in step by apply (`apply`); the read paths (ranges, hashes, watch
-//! history, point-in-time captures for snapshots and backups).
+//! The persisted MVCC store: the key index over sled's rows, leases, member attributes, alarms and
+//! the auth store (users, roles), loaded at open and kept in step by apply (`apply`); the read paths
+//! (ranges, hashes, watch history, point-in-time captures for snapshots and backups).
 //!
 //! Consensus' own rows (the applied position, the membership, snapshot metadata) are stored here
 //! but never interpreted: they reach storage encoded, or through [`SnapshotMeta`]. Must never
@@ -12,8 +12,9 @@
 //! hashes a canonical serialization of the replicated state instead, with the same CRC-32C
 //! (Castagnoli): the rows of a point-in-time copy ([`StoreState::capture`]) in their fixed order,
 //! first the `sm` rows other than key revisions in key order (member attributes, leases, the
-//! compaction and store revisions, alarms), then every stored key revision (puts and tombstones,
-//! up to the copy's revision) in revision order; each row as its key and its value, each preceded
+//! auth flag and revision, the compaction and store revisions, auth roles, auth users, alarms),
+//! then every stored key revision (puts and tombstones, up to the copy's revision) in revision
+//! order; each row as its key and its value, each preceded
 //! by its length (u32 big-endian). Left out are consensus' rows, which differ between members
 //! holding the same data: the applied log position (like etcd's consistent index, it moves with
 //! entries that change no data, such as an election's blank entry) and the membership (encoded
@@ -38,10 +39,12 @@ use super::error::StoreError;
 use super::etcd_snapshot::{Export, DIGEST_LEN};
 use super::keys::{
     decode_alarm_key, decode_lease_key, decode_member_key, kv_key, StoredKv, ALARM_PREFIX,
-    KV_PREFIX, LEASE_PREFIX, MEMBER_PREFIX, META_APPLIED, META_APPLY_RECORD, META_COMPACT,
-    META_INSTALLING, META_MEMBERSHIP, META_RESTORING, META_REVISION,
+    KV_PREFIX, LEASE_PREFIX, MEMBER_PREFIX, META_APPLIED, META_APPLY_RECORD, META_AUTH,
+    META_COMPACT, META_INSTALLING, META_MEMBERSHIP, META_RESTORING, META_REVISION, ROLE_PREFIX,
+    USER_PREFIX,
 };
 use super::snapshot_file;
+use crate::auth::{AuthState, AuthStore};
 use crate::codec::decode;
 use crate::lease::{Lease, LeaseTable};
 use crate::mvcc::{
@@ -91,6 +94,8 @@ pub struct StoreState {
     pub(super) receiving: Mutex<Option<PathBuf>>,
     /// Serializes changes of the current snapshot (a build may finish while a newer one installs).
     pub(super) snapshot_lock: tokio::sync::Mutex<()>,
+    /// Users, roles and permissions; changed only by apply and loads.
+    pub(super) auth: Arc<AuthStore>,
 }
 
 /// A copy of the store being taken; see [`StoreState::capture`].
@@ -120,6 +125,7 @@ impl StoreState {
             rewrite_guard: Arc::new(tokio::sync::RwLock::new(())),
             receiving: Mutex::new(None),
             snapshot_lock: tokio::sync::Mutex::new(()),
+            auth: Arc::new(AuthStore::default()),
         });
         let current = state.current_snapshot::<M>()?.map(|(_, name)| name);
         snapshot_file::remove_others(&state.backend.snap_dir, current.as_deref(), true)?;
@@ -181,6 +187,11 @@ impl StoreState {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
+    }
+
+    /// The auth store this state machine's applies keep.
+    pub fn auth(&self) -> &Arc<AuthStore> {
+        &self.auth
     }
 
     /// The watch hub fed by this state machine's applies.
@@ -484,6 +495,21 @@ impl StoreState {
             attrs.insert(id, decode(&value)?);
         }
         *self.member_attrs.lock().unwrap_or_else(|p| p.into_inner()) = attrs;
+        let mut auth = AuthState::default();
+        if let Some(b) = sm.get(META_AUTH)? {
+            (auth.enabled, auth.revision) = decode(&b)?;
+        }
+        for item in sm.scan_prefix(USER_PREFIX) {
+            let (_, value) = item?;
+            let user: crate::auth::User = decode(&value)?;
+            auth.users.insert(user.name.clone(), user);
+        }
+        for item in sm.scan_prefix(ROLE_PREFIX) {
+            let (_, value) = item?;
+            let role: crate::auth::Role = decode(&value)?;
+            auth.roles.insert(role.name.clone(), role);
+        }
+        self.auth.replace(auth);
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         self.hub.reset_published(revision);
         Ok(())
@@ -627,6 +653,89 @@ mod tests {
         assert_eq!(hash, crc32c::crc32c(&bytes));
         assert_ne!(hash, crc32fast::hash(&bytes));
         assert_ne!(state.hash_kv(0).await.unwrap().0, hash);
+    }
+
+    #[tokio::test]
+    async fn once_auth_is_enabled_writes_need_credentials_that_allow_them() {
+        use crate::auth::{AuthError, AuthOp, ROOT};
+        use crate::command::{ApplyError, Command};
+        use crate::mvcc::PutRequest;
+        use crate::storage::Payload;
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
+        let state = StoreState::open::<Meta>(backend, Duration::from_secs(600)).unwrap();
+        let mut index = 0u64;
+        let mut apply = |cmd: Command| {
+            index += 1;
+            let state = state.clone();
+            async move {
+                state
+                    .apply(&index, Payload::<()>::Command(cmd))
+                    .await
+                    .unwrap()
+                    .result
+            }
+        };
+        let put = |key: &str| {
+            Command::Put(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                lease: 0,
+                prev_kv: false,
+                ignore_value: false,
+                ignore_lease: false,
+            })
+        };
+        for op in [
+            AuthOp::UserAdd {
+                name: ROOT.into(),
+                hash: "h".into(),
+                no_password: false,
+            },
+            AuthOp::UserGrantRole {
+                user: ROOT.into(),
+                role: ROOT.into(),
+            },
+            AuthOp::Enable,
+        ] {
+            apply(Command::Auth(op)).await.unwrap();
+        }
+        let revision = state.auth().revision();
+        // Sent before its member saw auth enabled: no credentials.
+        assert_eq!(
+            apply(put("a")).await,
+            Err(ApplyError::Auth(AuthError::UserEmpty))
+        );
+        let as_root = |cmd: Command, revision: u64| Command::Authed {
+            user: ROOT.into(),
+            revision,
+            cmd: Box::new(cmd),
+        };
+        apply(as_root(put("a"), revision)).await.unwrap();
+        apply(as_root(
+            Command::Auth(AuthOp::RoleAdd("r".into())),
+            revision,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            apply(as_root(put("b"), revision)).await,
+            Err(ApplyError::Auth(AuthError::AuthOldRevision))
+        );
+        // Users, roles and the flag come back from the rows at the next open.
+        let before = state.auth().read().clone();
+        state.flush().await.unwrap();
+        let sm = state.backend.sm();
+        assert!(sm
+            .get(crate::storage::keys::prefixed(
+                crate::storage::keys::USER_PREFIX,
+                ROOT
+            ))
+            .unwrap()
+            .is_some());
+        state.load::<Meta>().unwrap();
+        assert_eq!(*state.auth().read(), before);
+        assert!(state.auth().is_enabled());
     }
 
     #[test]

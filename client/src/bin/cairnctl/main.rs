@@ -91,6 +91,12 @@ pub struct Global {
     // Own ids: commands have positional `key` arguments of their own.
     #[arg(long = "key", id = "tls_key", global = true, env = "CAIRNCTL_KEY")]
     pub key: Option<PathBuf>,
+    /// username[:password] for authentication (prompt if password is not supplied)
+    #[arg(long, global = true, env = "CAIRNCTL_USER")]
+    pub user: Option<String>,
+    /// password for authentication (if this option is used, --user option shouldn't include password)
+    #[arg(long, global = true, env = "CAIRNCTL_PASSWORD")]
+    pub password: Option<String>,
 }
 
 impl Global {
@@ -106,10 +112,44 @@ impl Global {
             .with_dial_timeout(self.dial_timeout)
             .with_request_timeout(self.command_timeout)
             .with_keep_alive(self.keepalive_time, self.keepalive_timeout);
-        Ok(match self.tls()? {
+        let options = match self.tls()? {
             Some(tls) => options.with_tls(tls),
             None => options,
+        };
+        Ok(match self.credentials()? {
+            Some((name, password)) => options.with_user(name, password),
+            None => options,
         })
+    }
+
+    /// The user and password of `--user name[:password]` and `--password`, as etcdctl reads them;
+    /// without either password, it is read from standard input.
+    fn credentials(&self) -> Result<Option<(String, String)>> {
+        let Some(user) = &self.user else {
+            return Ok(None);
+        };
+        let (name, password) = match (user.split_once(':'), &self.password) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("--user option shouldn't include password when --password is given")
+            }
+            (Some((name, password)), None) => (name.to_string(), password.to_string()),
+            (None, Some(password)) => (user.clone(), password.clone()),
+            (None, None) => {
+                eprint!("Password: ");
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the password")?;
+                (
+                    user.clone(),
+                    line.trim_end_matches(['\r', '\n']).to_string(),
+                )
+            }
+        };
+        if name.is_empty() {
+            anyhow::bail!("--user needs a user name");
+        }
+        Ok(Some((name, password)))
     }
 
     /// TLS from `--cacert --cert --key`, as etcdctl takes them; `None` when none is given.
