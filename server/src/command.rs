@@ -43,6 +43,12 @@ pub enum Command {
         member: u64,
         alarm: i32,
     },
+    /// Several client commands in one log entry, applied in order as if they were separate entries:
+    /// each write still gets its own revision. Batching amortizes the per-entry cost of consensus
+    /// and storage across concurrent clients.
+    Batch(Vec<Command>),
+    // Later variants go here, after the ones already on members' disks: bincode numbers
+    // variants by position.
     /// A change of users, roles, permissions or the enabled flag, or an Authenticate.
     Auth(AuthOp),
     /// A client's command with the credentials it came with, checked at apply against the auth
@@ -54,10 +60,6 @@ pub enum Command {
         revision: u64,
         cmd: Box<Command>,
     },
-    /// Several client commands in one log entry, applied in order as if they were separate entries:
-    /// each write still gets its own revision. Batching amortizes the per-entry cost of consensus
-    /// and storage across concurrent clients.
-    Batch(Vec<Command>),
 }
 
 impl fmt::Display for Command {

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::{CommittedLeaderId, EntryPayload, Membership, Vote};
 
 use super::types::{Entry, LogId, Member, StoredMembership};
+use crate::auth::AuthOp;
 use crate::codec::{decode, encode};
 use crate::command::Command;
 use crate::mvcc::{
@@ -80,6 +81,15 @@ fn commands() -> Vec<(&'static str, Command)> {
             "batch",
             Command::Batch(vec![Command::Compact(1), Command::LeaseRevoke(2)]),
         ),
+        ("auth", Command::Auth(AuthOp::RoleAdd("r".into()))),
+        (
+            "authed",
+            Command::Authed {
+                user: "u".into(),
+                revision: 3,
+                cmd: Box::new(Command::Compact(1)),
+            },
+        ),
     ]
 }
 
@@ -101,6 +111,8 @@ const COMMANDS: &[(&str, &str)] = &[
     ),
     ("alarm", "07010502"),
     ("batch", "080203020504"),
+    ("auth", "09070172"),
+    ("authed", "0a0175030302"),
 ];
 
 #[test]
