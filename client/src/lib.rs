@@ -17,6 +17,7 @@
 //! client, and otherwise fail with [`Error::OutcomeUnknown`].
 #![warn(missing_docs)]
 
+mod auth;
 mod client;
 mod cluster;
 pub mod concurrency;
@@ -28,6 +29,7 @@ mod namespace;
 mod txn;
 mod watch;
 
+pub use auth::{Permission, PermissionType};
 pub use client::{Client, ConnectOptions, TlsOptions};
 pub use concurrency::{Election, Fence, LeaderKey, Mutex, Session};
 pub use error::{Error, Result};

@@ -157,3 +157,72 @@ async fn a_client_with_a_user_works_while_auth_is_disabled() {
     .expect("connects without a token");
     client.put("k", "v", None).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_roles_and_permissions_are_managed_through_the_client() {
+    use cairn_client::{Permission, PermissionType};
+    let cluster = Cluster::cairn(1).await;
+    let url = cluster.members[0].url();
+    let admin = Client::connect([url.as_str()], None).await.unwrap();
+    admin.user_add("root", "rootpw").await.unwrap();
+    admin.role_add("root").await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.user_add("alice", "alicepw").await.unwrap();
+    admin.role_add("app").await.unwrap();
+    admin
+        .role_grant_permission(
+            "app",
+            Permission::new(PermissionType::ReadWrite, "/app/").with_prefix(),
+        )
+        .await
+        .unwrap();
+    admin.user_grant_role("alice", "app").await.unwrap();
+    assert_eq!(admin.user_get("alice").await.unwrap(), vec!["app"]);
+    assert_eq!(admin.user_list().await.unwrap(), vec!["alice", "root"]);
+    assert_eq!(admin.role_list().await.unwrap(), vec!["app", "root"]);
+    let perm = &admin.role_get("app").await.unwrap().perm[0];
+    assert_eq!(
+        (&perm.key[..], &perm.range_end[..]),
+        (&b"/app/"[..], &b"/app0"[..])
+    );
+    match admin.user_add("alice", "again").await {
+        Err(Error::Server { message, .. }) => {
+            assert_eq!(message, "etcdserver: user name already exists")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!admin.auth_status().await.unwrap().enabled);
+    admin.auth_enable().await.unwrap();
+
+    let root = Client::connect(
+        [url.as_str()],
+        Some(ConnectOptions::new().with_user("root", "rootpw")),
+    )
+    .await
+    .unwrap();
+    assert!(root.auth_status().await.unwrap().enabled);
+    let alice = Client::connect(
+        [url.as_str()],
+        Some(ConnectOptions::new().with_user("alice", "alicepw")),
+    )
+    .await
+    .unwrap();
+    alice.put("/app/x", "1", None).await.expect("granted");
+    // Taken back: the next request is refused.
+    root.role_revoke_permission("app", "/app/", "/app0")
+        .await
+        .unwrap();
+    match alice.get("/app/x", None).await {
+        Err(Error::Server { code, message }) => {
+            assert_eq!(code, tonic::Code::PermissionDenied);
+            assert_eq!(message, "etcdserver: permission denied");
+        }
+        other => panic!("expected permission denied, got {other:?}"),
+    }
+    root.user_revoke_role("alice", "app").await.unwrap();
+    root.role_delete("app").await.unwrap();
+    root.user_change_password("alice", "newpw").await.unwrap();
+    root.user_delete("alice").await.unwrap();
+    root.auth_disable().await.unwrap();
+    assert!(!admin.auth_status().await.unwrap().enabled);
+}
