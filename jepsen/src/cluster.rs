@@ -287,6 +287,17 @@ impl Cluster {
         self.members.iter().map(Member::url).collect()
     }
 
+    /// Turns authentication on (with `--security auth`); from then on every connection,
+    /// the harness's own included, authenticates as the workloads' user.
+    pub async fn enable_auth(&mut self) -> Result<(), ClusterError> {
+        if self.cfg.security == Security::Auth {
+            let endpoint = self.members[0].url();
+            self.options = crate::security::enable_auth(&endpoint, &self.options).await?;
+            tracing::info!("authentication enabled");
+        }
+        Ok(())
+    }
+
     /// How clients connect to the members (TLS and the user, when the cluster is secured).
     pub fn options(&self) -> &ConnectOptions {
         &self.options

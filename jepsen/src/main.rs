@@ -61,7 +61,8 @@ enum Command {
         /// often, so lagging or re-added members catch up by snapshot installs under the faults.
         #[arg(long)]
         snapshot_count: Option<u64>,
-        /// `plain` or `tls` (mutual TLS on client and peer ports, certificates made for the run).
+        /// `plain`, `tls` (mutual TLS on client and peer ports, certificates made for the run) or
+        /// `auth` (TLS, and authentication on: the workloads run as a user with a role).
         #[arg(long, default_value = "plain")]
         security: Security,
     },

@@ -145,6 +145,7 @@ pub async fn run(cfg: TestConfig) -> Result<TestOutcome, HarnessError> {
     .await?;
     let all: Vec<usize> = (0..cfg.nodes).collect();
     cluster.wait_serving(&all, Duration::from_secs(60)).await?;
+    cluster.enable_auth().await?;
 
     let recorder = Recorder::new();
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cairn_client::{ConnectOptions, TlsOptions};
+use cairn_client::{Client, ConnectOptions, Permission, PermissionType, TlsOptions};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -48,6 +48,10 @@ pub enum SecurityError {
     Certificate(#[from] rcgen::Error),
     #[error("writing certificates: {0}")]
     Io(#[from] std::io::Error),
+    #[error("authentication on, but a request without a user got {0}")]
+    NotEnforced(String),
+    #[error("turning authentication on: {0}")]
+    Auth(#[from] cairn_client::Error),
 }
 
 /// The run's certificates, as PEM files in the run's folder.
@@ -154,4 +158,33 @@ impl Secrets {
                 .with_identity(self.client.0.clone(), self.client.1.clone()),
         )
     }
+}
+
+/// Turns authentication on through `endpoint` as an operator would: user `root` with role
+/// `root`, and [`USER`] with a role that may read and write every key. Returns the options the
+/// workloads then connect with.
+pub async fn enable_auth(
+    endpoint: &str,
+    options: &ConnectOptions,
+) -> Result<ConnectOptions, SecurityError> {
+    let admin = Client::connect([endpoint], Some(options.clone())).await?;
+    admin.user_add("root", ROOT_PASSWORD).await?;
+    admin.role_add("root").await?;
+    admin.user_grant_role("root", "root").await?;
+    admin.role_add("readwrite").await?;
+    let every_key = Permission::new(PermissionType::ReadWrite, vec![0]).with_from_key();
+    admin.role_grant_permission("readwrite", every_key).await?;
+    admin.user_add(USER.0, USER.1).await?;
+    admin.user_grant_role(USER.0, "readwrite").await?;
+    admin.auth_enable().await?;
+    // Proof that it is enforced: a request without a token is refused from now on (the client
+    // certificate's name, "jepsen-client", is no user of the store).
+    match admin.get("jepsen-probe", None).await {
+        Err(cairn_client::Error::Server {
+            code: tonic::Code::PermissionDenied,
+            ..
+        }) => {}
+        other => return Err(SecurityError::NotEnforced(format!("{other:?}"))),
+    }
+    Ok(options.clone().with_user(USER.0, USER.1))
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cairn_jepsen::nemesis::Status;
 use cairn_jepsen::runner::{self, TestConfig, TestOutcome};
+use cairn_jepsen::security::Security;
 use cairn_jepsen::workload::Fault;
 
 /// `target/debug/cairn`, built by `cargo test --workspace --all-targets`.
@@ -32,6 +33,16 @@ async fn run(
     secs: u64,
     fault: Option<Fault>,
 ) -> (TestOutcome, tempfile::TempDir) {
+    run_secured(workload, nemesis, secs, fault, Security::Plain).await
+}
+
+async fn run_secured(
+    workload: &str,
+    nemesis: &str,
+    secs: u64,
+    fault: Option<Fault>,
+    security: Security,
+) -> (TestOutcome, tempfile::TempDir) {
     // Faulty runs read more, so a stale read meets a newer write within the short run.
     let rate = if fault.is_some() { 120.0 } else { 60.0 };
     let dir = tempfile::tempdir().expect("temp dir");
@@ -41,6 +52,7 @@ async fn run(
     cfg.rate = rate;
     cfg.clients = 6;
     cfg.fault = fault;
+    cfg.security = security;
     // A partition must outlast the isolated leader's lease (about 2 s) by enough for the majority
     // to elect a leader and write while the minority still answers reads: 8 s for faulty runs.
     cfg.fault_duration = Duration::from_secs(if fault.is_some() { 8 } else { 4 });
@@ -73,6 +85,15 @@ fn assert_valid(o: &TestOutcome, nemesis: &str) {
 async fn register_under_partitions_is_linearizable() {
     let (o, _dir) = run("register", "partition", 14, None).await;
     assert_valid(&o, "partition");
+}
+
+/// The same workload with mutual TLS on every port and authentication on: kills cut TLS sessions
+/// and members forget simple tokens on restart, so clients must authenticate again mid-run. The
+/// harness checks that a request without a user is refused before the workload starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_over_tls_with_auth_under_kills_is_linearizable() {
+    let (o, _dir) = run_secured("register", "kill", 12, None, Security::Auth).await;
+    assert_valid(&o, "kill");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
