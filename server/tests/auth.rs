@@ -507,6 +507,31 @@ async fn a_client_certificate_names_its_user() {
         "{}",
         list.stderr
     );
+
+    // A certificate naming no user, with `--user`: the token's user is who acts (etcdctl 3.4
+    // --cacert --cert --key --user against a TLS + auth member).
+    let stranger = ca.issue(dir.path(), "stranger");
+    let as_alice = |args: &'static [&'static str]| {
+        let mut flags = with_cert(&stranger);
+        flags.push("--user=alice:alicepw".into());
+        run(flags, args)
+    };
+    let got = as_alice(&["get", "/app/x"]).await;
+    assert_eq!(got.stdout, "/app/x\n1\n", "{}", got.stderr);
+    for args in [&["put", "/app/x", "3"][..], &["get", "/other/x"]] {
+        let out = as_alice(args).await;
+        assert!(
+            out.stderr.contains("etcdserver: permission denied"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let nobody = run(with_cert(&stranger), &["get", "/app/x"]).await;
+    assert!(
+        nobody.stderr.contains("etcdserver: permission denied"),
+        "{}",
+        nobody.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

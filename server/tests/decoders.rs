@@ -1,5 +1,5 @@
 //! Every request decoder of a member, fed random and damaged messages for a bounded time: each
-//! client-API method (KV, Watch, Lease, Cluster, Maintenance, Lock, Election) and each method of the
+//! client-API method (KV, Watch, Lease, Cluster, Maintenance, Auth, Lock, Election) and each method of the
 //! member-to-member transport. Requests are built two ways: well-formed messages with hostile field
 //! values (negative revisions, unknown enum numbers, empty and huge keys, deep transactions), and the
 //! same bytes damaged (bit flips, cuts, splices, length prefixes pointing past the end).
@@ -385,6 +385,7 @@ fn methods() -> Vec<Method> {
             .encode_to_vec()
         }),
     ];
+    all.extend(auth_methods());
     // The transport between members: its payloads are bincode, so the bytes are random outright.
     for path in [
         "/cairn.raft.RaftTransport/AppendEntries",
@@ -465,6 +466,110 @@ fn methods() -> Vec<Method> {
         generate: |r| el::LeaderRequest { name: bytes(r) }.encode_to_vec(),
     });
     all
+}
+
+/// A user or role name: the reserved ones, empty, or anything.
+fn name(rng: &mut fastrand::Rng) -> String {
+    match rng.u8(0..5) {
+        0 => "root".into(),
+        1 => String::new(),
+        2 => "u".into(),
+        _ => String::from_utf8_lossy(&bytes(rng)).into_owned(),
+    }
+}
+
+fn permission(rng: &mut fastrand::Rng) -> Option<cairn_proto::authpb::Permission> {
+    rng.u8(0..5).ne(&0).then(|| {
+        let key = bytes(rng);
+        cairn_proto::authpb::Permission {
+            perm_type: enum_value(rng),
+            range_end: range_end(rng, &key),
+            key,
+        }
+    })
+}
+
+/// The Auth service. Random calls may turn authentication on (root with role root exists, then
+/// enable); the member must still answer, with refusals.
+fn auth_methods() -> Vec<Method> {
+    vec![
+        method("/etcdserverpb.Auth/AuthEnable", |_| Vec::new()),
+        method("/etcdserverpb.Auth/AuthDisable", |_| Vec::new()),
+        method("/etcdserverpb.Auth/AuthStatus", |_| Vec::new()),
+        method("/etcdserverpb.Auth/Authenticate", |r| {
+            pb::AuthenticateRequest {
+                name: name(r),
+                password: name(r),
+            }
+            .encode_to_vec()
+        }),
+        method("/etcdserverpb.Auth/UserAdd", |r| {
+            pb::AuthUserAddRequest {
+                name: name(r),
+                password: name(r),
+                options: r.bool().then(|| cairn_proto::authpb::UserAddOptions {
+                    no_password: r.bool(),
+                }),
+                hashed_password: if r.bool() { String::new() } else { name(r) },
+            }
+            .encode_to_vec()
+        }),
+        method("/etcdserverpb.Auth/UserGet", |r| {
+            pb::AuthUserGetRequest { name: name(r) }.encode_to_vec()
+        }),
+        method("/etcdserverpb.Auth/UserList", |_| Vec::new()),
+        method("/etcdserverpb.Auth/UserDelete", |r| {
+            pb::AuthUserDeleteRequest { name: name(r) }.encode_to_vec()
+        }),
+        method("/etcdserverpb.Auth/UserChangePassword", |r| {
+            pb::AuthUserChangePasswordRequest {
+                name: name(r),
+                password: name(r),
+                hashed_password: if r.bool() { String::new() } else { name(r) },
+            }
+            .encode_to_vec()
+        }),
+        method("/etcdserverpb.Auth/UserGrantRole", |r| {
+            pb::AuthUserGrantRoleRequest {
+                user: name(r),
+                role: name(r),
+            }
+            .encode_to_vec()
+        }),
+        method("/etcdserverpb.Auth/UserRevokeRole", |r| {
+            pb::AuthUserRevokeRoleRequest {
+                name: name(r),
+                role: name(r),
+            }
+            .encode_to_vec()
+        }),
+        method("/etcdserverpb.Auth/RoleAdd", |r| {
+            pb::AuthRoleAddRequest { name: name(r) }.encode_to_vec()
+        }),
+        method("/etcdserverpb.Auth/RoleGet", |r| {
+            pb::AuthRoleGetRequest { role: name(r) }.encode_to_vec()
+        }),
+        method("/etcdserverpb.Auth/RoleList", |_| Vec::new()),
+        method("/etcdserverpb.Auth/RoleDelete", |r| {
+            pb::AuthRoleDeleteRequest { role: name(r) }.encode_to_vec()
+        }),
+        method("/etcdserverpb.Auth/RoleGrantPermission", |r| {
+            pb::AuthRoleGrantPermissionRequest {
+                name: name(r),
+                perm: permission(r),
+            }
+            .encode_to_vec()
+        }),
+        method("/etcdserverpb.Auth/RoleRevokePermission", |r| {
+            let key = bytes(r);
+            pb::AuthRoleRevokePermissionRequest {
+                role: name(r),
+                range_end: range_end(r, &key),
+                key,
+            }
+            .encode_to_vec()
+        }),
+    ]
 }
 
 /// Damages an encoding the ways a broken or hostile client would.
@@ -608,13 +713,23 @@ async fn still_serving(channel: Channel) -> Result<(), String> {
     let path = "/etcdserverpb.KV/Range".parse().expect("path");
     tokio::time::timeout(Duration::from_secs(10), async {
         grpc.ready().await.map_err(|e| e.to_string())?;
-        grpc.unary(tonic::Request::new(read.encode_to_vec()), path, Raw)
+        match grpc
+            .unary(tonic::Request::new(read.encode_to_vec()), path, Raw)
             .await
-            .map_err(|s| format!("{s:?}"))
+        {
+            Ok(_) => Ok(()),
+            // Refused because a random call turned authentication on: still an answer.
+            Err(s)
+                if s.code() == Code::PermissionDenied
+                    || s.message() == "etcdserver: user name is empty" =>
+            {
+                Ok(())
+            }
+            Err(s) => Err(format!("{s:?}")),
+        }
     })
     .await
     .map_err(|_| "no answer to a read within 10 s".to_string())?
-    .map(|_| ())
 }
 
 /// A random alarm may have stopped writes: clear every raised one, so later rounds still reach
