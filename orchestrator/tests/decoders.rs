@@ -11,6 +11,8 @@
 //! `CAIRN_FUZZ_SECS` sets the time spent (default 25 s) and `CAIRN_FUZZ_SEED` replays a run; the
 //! seed is printed first.
 
+#[path = "../../server/tests/common/damage.rs"]
+mod damage;
 mod kube_api;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -260,38 +262,6 @@ fn mutate(rng: &mut fastrand::Rng, v: &mut Value) {
     }
 }
 
-/// Damages the bytes of an encoded body.
-fn damage(rng: &mut fastrand::Rng, mut b: Vec<u8>) -> Vec<u8> {
-    for _ in 0..rng.usize(1..4) {
-        let len = b.len();
-        match rng.u8(0..5) {
-            0 if len > 0 => {
-                let i = rng.usize(0..len);
-                b[i] ^= 1 << rng.u8(0..8);
-            }
-            1 if len > 0 => b.truncate(rng.usize(0..len)),
-            2 => {
-                let at = rng.usize(0..=len);
-                let junk: Vec<u8> = (0..rng.usize(1..8)).map(|_| rng.u8(..)).collect();
-                b.splice(at..at, junk);
-            }
-            3 if len > 1 => {
-                let a = rng.usize(0..len);
-                let z = rng.usize(a..len);
-                let copy = b[a..=z].to_vec();
-                let at = rng.usize(0..=b.len());
-                b.splice(at..at, copy);
-            }
-            _ if len > 0 => {
-                let i = rng.usize(0..len);
-                b[i] = rng.u8(..);
-            }
-            _ => {}
-        }
-    }
-    b
-}
-
 /// A YAML document whose aliases would expand to billions of nodes.
 const ALIAS_BOMB: &str =
     "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n\
@@ -462,7 +432,7 @@ fn encode(rng: &mut fastrand::Rng, v: &Value, proto: Option<&Vec<u8>>) -> (&'sta
         // The protobuf body does not follow the JSON mutations, so it is damaged instead.
         (2, Some(p)) => ("application/vnd.kubernetes.protobuf", {
             if rng.bool() {
-                damage(rng, p.clone())
+                damage::damage(rng, p.clone(), true)
             } else {
                 p.clone()
             }
@@ -714,7 +684,7 @@ async fn request_decoders_survive_random_and_damaged_bodies() {
         };
         let s = if rng.u8(0..4) == 0 && !s.body.is_empty() {
             Sent {
-                body: damage(&mut rng, s.body),
+                body: damage::damage(&mut rng, s.body, false),
                 ..s
             }
         } else {

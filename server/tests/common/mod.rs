@@ -1,6 +1,7 @@
 //! Shared test helpers: in-process members and clusters of real `cairn` processes on loopback.
 #![allow(dead_code)]
 
+pub mod damage;
 pub mod etcd;
 pub mod etcdctl;
 pub mod pki;
