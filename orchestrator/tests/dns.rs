@@ -54,9 +54,21 @@ impl RequestHandler for Upstream {
 }
 
 async fn upstream() -> (SocketAddr, ServerFuture<Upstream>) {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // The kernel picks a free UDP port; the same TCP port may be taken (by any connection's
+    // source port), so pick again until both are free.
+    let mut tries = 0;
+    let (udp, tcp, addr) = loop {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(tcp) => break (udp, tcp, addr),
+            Err(e) if tries < 20 => {
+                tries += 1;
+                eprintln!("TCP port {} taken ({e}); picking another", addr.port());
+            }
+            Err(e) => panic!("no port free for both UDP and TCP after 20 tries: {e}"),
+        }
+    };
     let mut s = ServerFuture::new(Upstream);
     s.register_socket(udp);
     s.register_listener(tcp, Duration::from_secs(5));
