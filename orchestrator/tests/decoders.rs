@@ -15,8 +15,7 @@
 mod damage;
 mod kube_api;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
@@ -545,22 +544,8 @@ fn list_query(rng: &mut fastrand::Rng, watch: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_decoders_survive_random_and_damaged_bodies() {
-    let seed = std::env::var("CAIRN_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    let secs = std::env::var("CAIRN_FUZZ_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(25);
-    eprintln!("decoder fuzz: CAIRN_FUZZ_SEED={seed} CAIRN_FUZZ_SECS={secs}");
-    let panics = Arc::new(AtomicUsize::new(0));
-    let hook = std::panic::take_hook();
-    let seen = panics.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        seen.fetch_add(1, Ordering::SeqCst);
-        hook(info);
-    }));
+    let (seed, secs) = damage::settings(25);
+    let panics = damage::count_panics();
 
     let c = Cluster::start().await;
     let k = c.kube().await;

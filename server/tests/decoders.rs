@@ -15,8 +15,8 @@ mod common;
 
 use common::damage::damage;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cairn_proto::etcdserverpb as pb;
@@ -728,23 +728,8 @@ async fn clear_alarms(channel: Channel) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_decoder_survives_random_and_damaged_requests() {
-    let seed = std::env::var("CAIRN_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    let secs = std::env::var("CAIRN_FUZZ_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
-    eprintln!("decoder fuzz: CAIRN_FUZZ_SEED={seed} CAIRN_FUZZ_SECS={secs}");
-
-    let panics = Arc::new(AtomicUsize::new(0));
-    let hook = std::panic::take_hook();
-    let seen = panics.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        seen.fetch_add(1, Ordering::SeqCst);
-        hook(info);
-    }));
+    let (seed, secs) = common::damage::settings(20);
+    let panics = common::damage::count_panics();
 
     let node = common::TestNode::start().await;
     let running = node.node.as_ref().expect("running");

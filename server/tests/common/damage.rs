@@ -1,6 +1,38 @@
-//! Damaging encoded requests the ways a broken or hostile client would, for the decoder tests of
-//! the store and of the API server: bit flips, cuts, junk spliced in, slices repeated, bytes
-//! replaced, and (for protobuf) fields whose length claims far more than follows.
+//! What the decoder tests of the store and of the API server share: damaging encoded requests
+//! the ways a broken or hostile client would (bit flips, cuts, junk spliced in, slices repeated,
+//! bytes replaced, and for protobuf fields whose length claims far more than follows), the run's
+//! seed and length, and counting the panics of the server's handlers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// The run's seed and seconds: `CAIRN_FUZZ_SEED` replays a run and `CAIRN_FUZZ_SECS` (default
+/// `default_secs`) bounds it. Printed first, so a failure can be replayed.
+pub fn settings(default_secs: u64) -> (u64, u64) {
+    let seed = std::env::var("CAIRN_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    let secs = std::env::var("CAIRN_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_secs);
+    eprintln!("decoder fuzz: CAIRN_FUZZ_SEED={seed} CAIRN_FUZZ_SECS={secs}");
+    (seed, secs)
+}
+
+/// Counts every panic from now on, on any thread (handlers run on the runtime's), still printing
+/// each as before.
+pub fn count_panics() -> Arc<AtomicUsize> {
+    let panics = Arc::new(AtomicUsize::new(0));
+    let hook = std::panic::take_hook();
+    let seen = panics.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        hook(info);
+    }));
+    panics
+}
 
 /// Applies one to three damages to `msg`. `protobuf` adds the damages that only mean something
 /// to a protobuf decoder.
