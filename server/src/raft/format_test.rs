@@ -6,10 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use openraft::impls::leader_id_adv::LeaderId;
-use openraft::{EntryPayload, Membership};
+use openraft::{CommittedLeaderId, EntryPayload, Membership, Vote};
 
-use super::types::{Entry, LogId, Member, StoredMembership, Vote};
+use super::types::{Entry, LogId, Member, StoredMembership};
 use crate::auth::AuthOp;
 use crate::codec::{decode, encode};
 use crate::command::Command;
@@ -145,18 +144,12 @@ fn membership() -> Membership<u64, Member> {
         (2, Member::default()),
         (3, Member::default()),
     ]);
-    Membership::new(vec![voters], nodes).expect("a valid membership")
+    Membership::new(vec![voters], nodes)
 }
 
 #[test]
 fn raft_state_keeps_its_encoding() {
-    let log_id = LogId::new(
-        LeaderId {
-            term: 3,
-            node_id: 1,
-        },
-        17,
-    );
+    let log_id = LogId::new(CommittedLeaderId::new(3, 1), 17);
     let entries: Vec<(&str, Entry, &str)> = vec![
         (
             "normal",
@@ -191,7 +184,7 @@ fn raft_state_keeps_its_encoding() {
     }
     let vote = Vote::new_committed(4, 2);
     assert_eq!(hex(&encode(&vote).unwrap()), "040201", "vote");
-    assert_eq!(decode::<Vote>(&encode(&vote).unwrap()).unwrap(), vote);
+    assert_eq!(decode::<Vote<u64>>(&encode(&vote).unwrap()).unwrap(), vote);
     assert_eq!(hex(&encode(&Some(log_id)).unwrap()), "01030111", "log id");
     let stored = StoredMembership::new(Some(log_id), membership());
     let bytes = encode(&stored).unwrap();

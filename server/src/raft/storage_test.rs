@@ -1,6 +1,6 @@
 //! openraft's storage conformance suite against the log store and state machine.
 
-use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::testing::{StoreBuilder, Suite};
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::log_store::LogStore;
@@ -18,22 +18,20 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let backend = Backend::open(dir.path(), 1024 * 1024).expect("open the store");
         let histogram = || Histogram::new([1.0]);
         let (log, _flusher) = LogStore::new(&backend, histogram()).unwrap();
-        let sm = StateMachineStore::open(backend, std::time::Duration::from_secs(600), histogram())
-            .expect("open the state machine");
+        let sm =
+            StateMachineStore::open(backend, std::time::Duration::from_secs(600), histogram())?;
         Ok((dir, log, sm))
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openraft_storage_suite() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder).await
+#[test]
+fn openraft_storage_suite() -> Result<(), StorageError> {
+    Suite::test_all(SledBuilder)
 }
 
 mod snapshots {
-    use openraft::impls::leader_id_adv::LeaderId;
     use openraft::storage::RaftStateMachine;
-    use openraft::{EntryPayload, RaftSnapshotBuilder};
-    use openraft_legacy::network_v1::SnapshotReceiverFactory;
+    use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
     use prometheus_client::metrics::histogram::Histogram;
 
     use crate::command::Command;
@@ -70,25 +68,13 @@ mod snapshots {
 
     fn put(index: u64, key: &str, value: &str) -> Entry {
         Entry {
-            log_id: LogId::new(
-                LeaderId {
-                    term: 1,
-                    node_id: 1,
-                },
-                index,
-            ),
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Command::Put(PutRequest {
                 key: key.into(),
                 value: value.into(),
                 ..Default::default()
             })),
         }
-    }
-
-    /// Applies entries as openraft hands them over, without waiting callers.
-    async fn apply(sm: &mut StateMachineStore, entries: Vec<Entry>) {
-        let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
-        sm.apply(stream).await.unwrap();
     }
 
     fn rows(backend: &Backend) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -107,9 +93,9 @@ mod snapshots {
         data: &[u8],
     ) -> (Backend, StateMachineStore) {
         let (backend, mut sm) = open(dir);
-        apply(&mut sm, vec![put(1, "other", "x")]).await;
+        sm.apply(vec![put(1, "other", "x")]).await.unwrap();
         let mut file = sm.begin_receiving_snapshot().await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut file, data)
+        tokio::io::AsyncWriteExt::write_all(&mut *file, data)
             .await
             .unwrap();
         sm.install_snapshot(meta, file).await.unwrap();
@@ -123,7 +109,7 @@ mod snapshots {
         let entries: Vec<Entry> = (1..=200)
             .map(|i| put(i, &format!("k{}", i % 37), &format!("v{i}")))
             .collect();
-        apply(&mut source, entries).await;
+        source.apply(entries).await.unwrap();
         let snapshot = source
             .get_snapshot_builder()
             .await
@@ -134,7 +120,7 @@ mod snapshots {
         let mut data = Vec::new();
         {
             use tokio::io::{AsyncReadExt, AsyncSeekExt};
-            let mut file = snapshot.snapshot;
+            let mut file = *snapshot.snapshot;
             file.rewind().await.unwrap();
             file.read_to_end(&mut data).await.unwrap();
         }

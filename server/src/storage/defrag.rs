@@ -222,8 +222,8 @@ mod tests {
     }
 
     impl super::super::store::SnapshotMeta for Meta {
-        fn position(&self) -> String {
-            self.id.clone()
+        fn snapshot_id(&self) -> &str {
+            &self.id
         }
 
         fn newer_than(&self, _other: &Self) -> bool {

@@ -36,10 +36,7 @@ impl StoreState {
     ) -> Result<tokio::fs::File, StoreError> {
         let _changing = self.snapshot_lock.lock().await;
         let dir = self.backend.snap_dir.clone();
-        // Two snapshots of one position hold the same state, but a build and an install of it
-        // may finish together: the sequence number keeps their files apart.
-        let name =
-            snapshot_file::file_name(&format!("{}-{}", meta.position(), self.next_snapshot_seq()));
+        let name = snapshot_file::file_name(meta.snapshot_id());
         let path = dir.join(&name);
         let (sync_dir, target) = (dir.clone(), path.clone());
         tokio::task::spawn_blocking(move || {
@@ -173,7 +170,7 @@ impl StoreState {
     }
 
     /// A number for the next snapshot's id, unique while this store is open.
-    fn next_snapshot_seq(&self) -> u64 {
+    pub fn next_snapshot_seq(&self) -> u64 {
         self.snapshot_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
