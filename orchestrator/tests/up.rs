@@ -160,9 +160,11 @@ async fn up_and_resume() {
         !nft_table_exists(),
         "the proxy's table is removed on Ctrl-C"
     );
+    let left = up.runtime().list().unwrap();
     assert!(
-        up.runtime().list().unwrap().is_empty(),
-        "pods still running after Ctrl-C"
+        left.is_empty(),
+        "pods still running after Ctrl-C: {left:?}\n{}",
+        up.log()
     );
 
     up.start();

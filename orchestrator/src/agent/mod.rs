@@ -121,6 +121,8 @@ const BACKOFF_RESET: Duration = Duration::from_secs(600);
 const STATUS_WRITES: usize = 16;
 /// How long a pod whose start failed waits before the next attempt.
 const START_RETRY: Duration = Duration::from_secs(10);
+/// How long a stopping agent waits for the pod work it has started.
+const STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// What the agent remembers of one container between syncs.
 #[derive(Default)]
@@ -310,7 +312,10 @@ pub async fn run(
     loop {
         agent.sync(&store).await;
         tokio::select! {
-            _ = &mut stop => return Ok(()),
+            _ = &mut stop => {
+                agent.settle().await;
+                return Ok(());
+            }
             _ = wake.notified() => {}
             Some(done) = agent.tasks.join_next() => {
                 if let Ok(done) = done {
@@ -323,6 +328,26 @@ pub async fn run(
 }
 
 impl Agent {
+    /// Lets pod starts, restarts and removals in flight run to their end (within
+    /// `STOP_GRACE`): one cancelled half-way leaves a pod half made or half removed, and
+    /// whoever stops the pods after the agent would race with its remains.
+    async fn settle(&mut self) {
+        let drain = async {
+            while let Some(done) = self.tasks.join_next().await {
+                if let Ok(done) = done {
+                    self.finished(done);
+                }
+            }
+        };
+        if tokio::time::timeout(STOP_GRACE, drain).await.is_err() {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "pod work still running when the agent stopped: cancelled"
+            );
+        }
+        self.tasks.shutdown().await;
+    }
+
     fn finished(&mut self, done: Done) {
         match done {
             Done::Started(uid, r) => {

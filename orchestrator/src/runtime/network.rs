@@ -318,14 +318,13 @@ pub async fn delete_route(dst: Ipv4Net, via: Ipv4Addr, proto: u8) -> Result<(), 
 pub async fn delete_link(name: &str) -> Result<bool, NetworkError> {
     let h = connect()?;
     match link_index(&h, name).await {
-        Some(idx) => {
-            h.link()
-                .del(idx)
-                .execute()
-                .await
-                .map_err(nl(format!("delete {name}")))?;
-            Ok(true)
-        }
+        Some(idx) => match h.link().del(idx).execute().await {
+            Ok(()) => Ok(true),
+            // Gone between the lookup and the delete (its pod's other end went first, or
+            // another removal of the same pod won): what was asked for holds.
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => Ok(false),
+            Err(e) => Err(nl(format!("delete {name}"))(e)),
+        },
         None => Ok(false),
     }
 }

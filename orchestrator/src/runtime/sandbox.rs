@@ -223,8 +223,7 @@ impl Runtime {
             Ok(r) => r,
             Err(RuntimeError::NotFound(_)) if dir.exists() => {
                 super::volumes::unmount_files(&dir);
-                fs::remove_dir_all(&dir).map_err(ioc(format!("remove {}", dir.display())))?;
-                return Ok(());
+                return remove_state_dir(&dir);
             }
             Err(e) => return Err(e),
         };
@@ -247,9 +246,19 @@ impl Runtime {
         .await
         .map_err(|e| ioc("cgroup removal task")(io::Error::other(e)))??;
         super::volumes::unmount_files(&dir);
-        fs::remove_dir_all(&dir).map_err(ioc(format!("remove {}", dir.display())))?;
+        remove_state_dir(&dir)?;
         tracing::info!(pod, "pod removed");
         Ok(())
+    }
+}
+
+/// Removal is idempotent: a state directory another removal already took is removed.
+fn remove_state_dir(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(ioc(format!("remove {}", dir.display()))(e))
+        }
+        _ => Ok(()),
     }
 }
 
