@@ -191,3 +191,49 @@ fn keys_must_be_written_in_order() {
     assert!(b.put(&mut db, b"a", b"").is_err());
     assert!(b.put(&mut db, b"b", b"").is_err());
 }
+
+/// Keys larger than a page, among small ones and at every position, as the auth buckets hold long
+/// user and role names. Written on a thread: a tree that does not close keeps writing pages, and
+/// the test must fail rather than fill the disk.
+#[test]
+fn keys_larger_than_a_page_close_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let key = |i: u32, len: usize| {
+        let mut k = format!("k{i:05}").into_bytes();
+        k.resize(len, b'x');
+        k
+    };
+    let mut huge = Vec::new();
+    for i in 0..200u32 {
+        let len = match i % 7 {
+            _ if i % 50 == 10 => 2 * 1024 * 1024 + 70,
+            3 => PAGE_SIZE + 1,
+            5 => 3 * PAGE_SIZE,
+            _ => 8,
+        };
+        huge.push((key(i, len), vec![i as u8; (i % 5) as usize]));
+    }
+    let pair = vec![
+        (b"a".to_vec(), b"1".to_vec()),
+        (key(1, 2 * PAGE_SIZE), b"2".to_vec()),
+    ];
+    let lone = vec![(key(0, 5 * PAGE_SIZE), b"v".to_vec())];
+    let buckets = vec![
+        (b"huge".to_vec(), huge),
+        (b"lone".to_vec(), lone),
+        (b"pair".to_vec(), pair),
+    ];
+    let (done, wait) = std::sync::mpsc::channel();
+    let (written, target) = (buckets.clone(), path.clone());
+    std::thread::spawn(move || {
+        write(&target, &written);
+        let _ = done.send(());
+    });
+    wait.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the writer finished");
+    let db = open(&path).unwrap();
+    for (name, rows) in &buckets {
+        assert_eq!(&read_all(&db, name).unwrap(), rows, "bucket {name:?}");
+    }
+}

@@ -175,9 +175,12 @@ impl BucketBuilder {
     ) -> io::Result<()> {
         let size = ELEMENT + key.len() + if level == 0 { value.len() } else { 0 };
         let l = &self.levels[level];
-        // A page holds what fits; an element too large for any page gets a page (with overflow)
-        // of its own.
-        if !l.entries.is_empty() && PAGE_HEADER + l.bytes + size > db.page_size {
+        // A page holds what fits; a leaf element too large for any page gets a page (with
+        // overflow) of its own. A branch page takes at least two elements, with overflow if it
+        // must, as bbolt's own pages do: a key larger than a page, alone on a branch page, would
+        // be handed up alone again at every level, and the tree would never close.
+        let least = if level == 0 { 1 } else { 2 };
+        if l.entries.len() >= least && PAGE_HEADER + l.bytes + size > db.page_size {
             self.flush(db, level)?;
         }
         let l = &mut self.levels[level];
