@@ -165,7 +165,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric, with live gauges refreshed from `raft`.
     pub fn render(&self, raft: &RaftHandle) -> String {
-        let m = raft.raft().metrics().borrow().clone();
+        let m = raft.metrics();
         let state = raft.state();
         self.has_leader.set(i64::from(m.current_leader.is_some()));
         self.is_leader

@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -79,7 +79,7 @@ async fn fill(url: &str) {
 /// Every tenth key is kept, so the survivors are spread over the whole file and the store cannot
 /// give the space back by cutting its file's end.
 fn survives(i: usize) -> bool {
-    i % 10 == 0
+    i.is_multiple_of(10)
 }
 
 /// Every kept key reads back unchanged, and all `acked` writes made during the defrag are there.

@@ -173,7 +173,7 @@ fn open(
         Provider::AesCbc(keys) => {
             let (_, k) = keys.iter().find(|(n, _)| n == key_name)?;
             Some((|| {
-                if data.len() < 32 || data.len() % 16 != 0 {
+                if data.len() < 32 || !data.len().is_multiple_of(16) {
                     return Err(corrupt("ciphertext has a wrong length"));
                 }
                 let (iv, ct) = data.split_at(16);

@@ -53,7 +53,7 @@ impl Maintenance for MaintenanceService {
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let raft = &self.ctx.raft;
-        let metrics = raft.raft().metrics().borrow().clone();
+        let metrics = raft.metrics();
         let state = raft.state();
         let is_learner = !metrics
             .membership_config

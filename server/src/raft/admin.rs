@@ -8,6 +8,7 @@
 //!
 //! Must never import `grpc/` or `storage/`; ids come from `members`.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +89,7 @@ pub enum AdminError {
 
 /// Every member of `raft`'s current membership, with the attributes each published.
 pub(super) fn members(core: &Core) -> Vec<MemberInfo> {
-    let metrics = core.raft.metrics().borrow().clone();
+    let metrics = core.raft.metrics().borrow_watched().clone();
     let membership = metrics.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     membership
@@ -131,7 +132,7 @@ fn new_member_id(peer_urls: &[String], token: &str) -> NodeId {
 
 /// How far behind the leader's log a learner may be and still be promoted (etcd: 90% of it).
 fn in_sync(raft: &Raft, id: NodeId) -> bool {
-    let m = raft.metrics().borrow().clone();
+    let m = raft.metrics().borrow_watched().clone();
     let last = m.last_log_index.unwrap_or(0);
     let matched = m
         .replication
@@ -144,7 +145,7 @@ fn in_sync(raft: &Raft, id: NodeId) -> bool {
 /// Serves `call` as the leader.
 pub(super) async fn execute(core: &Core, call: AdminCall) -> Result<AdminReply, AdminError> {
     let raft = &core.raft;
-    let metrics = raft.metrics().borrow().clone();
+    let metrics = raft.metrics().borrow_watched().clone();
     let membership = metrics.membership_config.membership().clone();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let nodes: BTreeMap<NodeId, Member> =
@@ -244,7 +245,7 @@ pub(super) async fn execute(core: &Core, call: AdminCall) -> Result<AdminReply, 
             Ok(AdminReply::Done)
         }
         AdminCall::Campaign => {
-            raft.trigger().elect().await.map_err(failed)?;
+            raft.trigger().elect(false).await.map_err(failed)?;
             Ok(AdminReply::Done)
         }
         AdminCall::HoldElections(ms) => {
@@ -301,7 +302,7 @@ async fn move_leader(
     let deadline = tokio::time::Instant::now() + 4 * election_max;
     // The target must hold every entry the leader has, or it cannot win.
     loop {
-        let m = raft.metrics().borrow().clone();
+        let m = raft.metrics().borrow_watched().clone();
         let last = m.last_log_index;
         let matched = m
             .replication
@@ -332,7 +333,7 @@ async fn move_leader(
             let mut rx = raft.metrics();
             tokio::time::timeout(
                 2 * election_max,
-                rx.wait_for(|m| m.current_leader.is_some() && m.current_leader != Some(core.id)),
+                rx.wait_until(|m| m.current_leader.is_some() && m.current_leader != Some(core.id)),
             )
             .await
             .is_ok_and(|r| r.is_ok())
@@ -364,7 +365,7 @@ pub(super) async fn promote_loop(core: Arc<Core>, mut stop: tokio::sync::watch::
         }
         let pending: Vec<NodeId> = {
             let m = core.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             let membership = m.membership_config.membership();
             let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
             membership

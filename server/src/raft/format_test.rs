@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use openraft::{CommittedLeaderId, EntryPayload, Membership, Vote};
+use openraft::impls::leader_id_adv::LeaderId;
+use openraft::{EntryPayload, Membership};
 
-use super::types::{Entry, LogId, Member, StoredMembership};
+use super::types::{Entry, LogId, Member, StoredMembership, Vote};
 use crate::auth::AuthOp;
 use crate::codec::{decode, encode};
 use crate::command::Command;
@@ -144,12 +145,18 @@ fn membership() -> Membership<u64, Member> {
         (2, Member::default()),
         (3, Member::default()),
     ]);
-    Membership::new(vec![voters], nodes)
+    Membership::new(vec![voters], nodes).expect("a valid membership")
 }
 
 #[test]
 fn raft_state_keeps_its_encoding() {
-    let log_id = LogId::new(CommittedLeaderId::new(3, 1), 17);
+    let log_id = LogId::new(
+        LeaderId {
+            term: 3,
+            node_id: 1,
+        },
+        17,
+    );
     let entries: Vec<(&str, Entry, &str)> = vec![
         (
             "normal",
@@ -184,7 +191,7 @@ fn raft_state_keeps_its_encoding() {
     }
     let vote = Vote::new_committed(4, 2);
     assert_eq!(hex(&encode(&vote).unwrap()), "040201", "vote");
-    assert_eq!(decode::<Vote<u64>>(&encode(&vote).unwrap()).unwrap(), vote);
+    assert_eq!(decode::<Vote>(&encode(&vote).unwrap()).unwrap(), vote);
     assert_eq!(hex(&encode(&Some(log_id)).unwrap()), "01030111", "log id");
     let stored = StoredMembership::new(Some(log_id), membership());
     let bytes = encode(&stored).unwrap();

@@ -22,7 +22,9 @@ pub mod types;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -108,7 +110,8 @@ impl RaftHandle {
             reads: std::sync::OnceLock::new(),
         });
         let expiry = tokio::spawn(expiry::run(core.clone(), core.lessor.clone(), stop.clone()));
-        let promoter = tokio::spawn(admin::promote_loop(core.clone(), stop));
+        let promoter = tokio::spawn(admin::promote_loop(core.clone(), stop.clone()));
+        let addresses = tokio::spawn(track_addresses(core.clone(), stop));
         let (proposals, rx) = mpsc::unbounded_channel();
         let proposer = tokio::spawn(proposal_loop(core.clone(), rx));
         let (reads, rx) = mpsc::unbounded_channel();
@@ -120,7 +123,7 @@ impl RaftHandle {
             _reads: reads,
         };
         // Both loops end once every handle is dropped.
-        (handle, vec![proposer, reader, expiry, promoter])
+        (handle, vec![proposer, reader, expiry, promoter, addresses])
     }
 
     pub fn raft(&self) -> &Raft {
@@ -129,6 +132,11 @@ impl RaftHandle {
 
     pub fn state(&self) -> &Arc<StoreState> {
         &self.core.state
+    }
+
+    /// What Raft reports of this member now.
+    pub fn metrics(&self) -> types::RaftMetrics {
+        self.core.raft.metrics().borrow_watched().clone()
     }
 
     /// This member's id.
@@ -241,6 +249,27 @@ impl RaftHandle {
     /// Returns once this member's state reflects every write committed before the call.
     pub async fn read_index(&self) -> Result<(), ProposeError> {
         self.core.read_index().await
+    }
+}
+
+/// Keeps the peer channels' addresses in step with the membership.
+async fn track_addresses(core: Arc<Core>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    // Server metrics change with leadership and membership only, not with every write.
+    let mut rx = core.raft.server_metrics();
+    let mut seen = None;
+    loop {
+        {
+            let m = rx.borrow_watched();
+            let config = &m.membership_config;
+            if seen.as_ref() != Some(config.log_id()) {
+                seen = Some(*config.log_id());
+                core.channels.set_addresses(config.membership().nodes());
+            }
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 
@@ -381,7 +410,7 @@ pub(crate) enum LeaseReply {
 impl ExpiryHost for Core {
     fn leading_term(&self) -> Option<u64> {
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         (m.current_leader == Some(self.id)).then_some(m.current_term)
     }
 
@@ -538,18 +567,18 @@ impl Core {
     }
 
     fn term(&self) -> u64 {
-        self.raft.metrics().borrow().current_term
+        self.raft.metrics().borrow_watched().current_term
     }
 
     fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        self.raft.metrics().borrow_watched().current_leader
     }
 
     /// Waits until some member is known to lead, or the deadline passes.
     async fn wait_leader(&self, deadline: Instant) -> Result<NodeId, ProposeError> {
         let mut rx = self.raft.metrics();
         let found =
-            tokio::time::timeout_at(deadline, rx.wait_for(|m| m.current_leader.is_some())).await;
+            tokio::time::timeout_at(deadline, rx.wait_until(|m| m.current_leader.is_some())).await;
         match found {
             Ok(Ok(m)) => m.current_leader.ok_or(ProposeError::NoLeader),
             Ok(Err(_)) => Err(ProposeError::Internal("raft stopped".into())),
@@ -559,7 +588,7 @@ impl Core {
 
     fn peer_url(&self, id: NodeId) -> Option<String> {
         let metrics = self.raft.metrics();
-        let m = metrics.borrow();
+        let m = metrics.borrow_watched();
         m.membership_config
             .membership()
             .get_node(&id)
@@ -608,9 +637,9 @@ impl Core {
         loop {
             let leader = self.wait_leader(deadline).await?;
             if leader == self.id {
-                match self.raft.get_read_log_id().await {
-                    Ok((read, _)) => return Ok(read.map(|l| l.index)),
-                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {}
+                match self.raft.get_read_log_id(ReadPolicy::ReadIndex).await {
+                    Ok((read, _)) => return Ok(Some(read.log_id().index)),
+                    Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {}
                     Err(RaftError::APIError(e)) => {
                         return Err(ProposeError::Internal(e.to_string()))
                     }

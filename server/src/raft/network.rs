@@ -9,19 +9,17 @@ use std::time::Duration;
 
 use cairn_proto::raftpb::raft_transport_client::RaftTransportClient;
 use cairn_proto::raftpb::RaftPayload;
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
-use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft_legacy::network_v1::{
+    Adapter, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse, RaftNetwork,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use super::types::{Member, NodeId, TypeConfig};
+use super::types::{Member, NodeId, SnapshotData, TypeConfig};
 use crate::codec::{decode, encode};
 use crate::tls::PeerDialTls;
 
@@ -34,6 +32,9 @@ pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// How `https://` peer URLs are dialed; without it they fail to connect (never plaintext).
     tls: Option<PeerDialTls>,
+    /// Each member's peer URL in the latest membership. Replication to a member outlives a change
+    /// of its URL (openraft keeps the stream), so every call looks its address up here.
+    addresses: Arc<Mutex<HashMap<NodeId, String>>>,
 }
 
 impl PeerChannels {
@@ -41,7 +42,27 @@ impl PeerChannels {
         PeerChannels {
             channels: Arc::default(),
             tls,
+            addresses: Arc::default(),
         }
+    }
+
+    /// Records the members' peer URLs from a new membership.
+    pub(crate) fn set_addresses<'a>(
+        &self,
+        members: impl Iterator<Item = (&'a NodeId, &'a Member)>,
+    ) {
+        let addresses = members
+            .filter_map(|(id, m)| Some((*id, m.peer_urls.first()?.clone())))
+            .collect();
+        *self.addresses.lock().unwrap_or_else(|p| p.into_inner()) = addresses;
+    }
+
+    fn address(&self, id: NodeId) -> Option<String> {
+        self.addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     pub(crate) fn client(
@@ -84,27 +105,33 @@ pub struct Network {
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = PeerClient;
+    /// Snapshots go in chunks, as the peer protocol has always sent them.
+    type Network = Adapter<TypeConfig, PeerClient, SnapshotData>;
 
-    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
         let url = node.peer_urls.first().cloned().unwrap_or_default();
         PeerClient {
             target,
             client: self.channels.client(&url).map_err(|e| e.to_string()),
+            url,
+            channels: self.channels.clone(),
         }
+        .into_v2()
     }
 }
 
 pub struct PeerClient {
     target: NodeId,
+    url: String,
     client: Result<RaftTransportClient<Channel>, String>,
+    channels: PeerChannels,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct TransportError(String);
 
-type RpcResult<T, E> = Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
+type RpcResult<T, E> = Result<T, RPCError<TypeConfig, RaftError<TypeConfig, E>>>;
 
 impl PeerClient {
     async fn call<Req, Resp, E>(
@@ -118,6 +145,12 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if let Some(url) = self.channels.address(self.target) {
+            if url != self.url {
+                self.client = self.channels.client(&url).map_err(|e| e.to_string());
+                self.url = url;
+            }
+        }
         let client = match &mut self.client {
             Ok(c) => c,
             Err(e) => {
@@ -138,7 +171,7 @@ impl PeerClient {
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
-        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().data)
+        let result: Result<Resp, RaftError<TypeConfig, E>> = decode(&reply.into_inner().data)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
@@ -155,7 +188,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+    ) -> RpcResult<AppendEntriesResponse<TypeConfig>, openraft::error::Infallible> {
         self.call(RpcKind::Append, &rpc, &option).await
     }
 
@@ -163,15 +196,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+    ) -> RpcResult<InstallSnapshotResponse<TypeConfig>, InstallSnapshotError> {
         self.call(RpcKind::Snapshot, &rpc, &option).await
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+    ) -> RpcResult<VoteResponse<TypeConfig>, openraft::error::Infallible> {
         self.call(RpcKind::Vote, &rpc, &option).await
     }
 

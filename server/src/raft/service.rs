@@ -5,7 +5,9 @@
 use cairn_proto::raftpb::raft_transport_server::RaftTransport;
 use cairn_proto::raftpb::RaftPayload;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::ReadPolicy;
+use openraft_legacy::network_v1::{ChunkedSnapshotReceiver, InstallSnapshotRequest};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
@@ -29,7 +31,7 @@ pub(crate) enum ForwardError {
 }
 
 pub(crate) fn forward_error(
-    e: RaftError<NodeId, ClientWriteError<NodeId, super::types::Member>>,
+    e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
 ) -> ForwardError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
@@ -67,7 +69,7 @@ impl RaftTransport for PeerService {
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: VoteRequest<NodeId> = decode(&req.into_inner().data).map_err(bad_payload)?;
+        let rpc: VoteRequest<TypeConfig> = decode(&req.into_inner().data).map_err(bad_payload)?;
         reply(&self.raft.vote(rpc).await)
     }
 
@@ -105,16 +107,17 @@ impl RaftTransport for PeerService {
         &self,
         _req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let result: Result<u64, ForwardError> = match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _)) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
-            Err(RaftError::APIError(e)) => match e {
-                openraft::error::CheckIsLeaderError::ForwardToLeader(f) => {
-                    Err(ForwardError::NotLeader(f.leader_id))
-                }
-                other => Err(ForwardError::Failed(other.to_string())),
-            },
-            Err(RaftError::Fatal(f)) => Err(ForwardError::Failed(f.to_string())),
-        };
+        let result: Result<u64, ForwardError> =
+            match self.raft.get_read_log_id(ReadPolicy::ReadIndex).await {
+                Ok((read_log_id, _)) => Ok(read_log_id.log_id().index),
+                Err(RaftError::APIError(e)) => match e {
+                    openraft::error::LinearizableReadError::ForwardToLeader(f) => {
+                        Err(ForwardError::NotLeader(f.leader_id))
+                    }
+                    other => Err(ForwardError::Failed(other.to_string())),
+                },
+                Err(RaftError::Fatal(f)) => Err(ForwardError::Failed(f.to_string())),
+            };
         reply(&result)
     }
 }

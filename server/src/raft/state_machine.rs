@@ -5,32 +5,31 @@
 //! Owns the applied position and membership as openraft types (storage keeps them encoded). Must
 //! never name sled: everything below consensus goes through `storage/`.
 
+use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
-};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+use openraft_legacy::network_v1::SnapshotReceiverFactory;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use super::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::codec::encode;
-use crate::command::CommandResponse;
 use crate::storage::store::Capture;
 use crate::storage::{Backend, ConsensusRows, Payload, StoreError, StoreState};
 
-fn sm_err(verb: ErrorVerb) -> impl FnOnce(StoreError) -> StorageError {
-    move |e| StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&e)).into()
-}
-
-fn snap_err(verb: ErrorVerb) -> impl FnOnce(StoreError) -> StorageError {
-    move |e| StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::new(&e)).into()
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
 }
 
 impl crate::storage::SnapshotMeta for SnapshotMeta {
-    fn snapshot_id(&self) -> &str {
-        &self.snapshot_id
+    fn position(&self) -> String {
+        match &self.last_log_id {
+            Some(id) => format!("{}-{}", id.leader_id, id.index),
+            None => "empty".to_string(),
+        }
     }
 
     fn newer_than(&self, other: &Self) -> bool {
@@ -67,10 +66,9 @@ impl StateMachineStore {
         backend: Backend,
         progress_interval: Duration,
         apply_duration: Histogram,
-    ) -> Result<StateMachineStore, StorageError> {
-        let state = StoreState::open::<SnapshotMeta>(backend, progress_interval)
-            .map_err(sm_err(ErrorVerb::Read))?;
-        let applied = stored_applied(&state).map_err(sm_err(ErrorVerb::Read))?;
+    ) -> io::Result<StateMachineStore> {
+        let state = StoreState::open::<SnapshotMeta>(backend, progress_interval).map_err(io_err)?;
+        let applied = stored_applied(&state).map_err(io_err)?;
         Ok(StateMachineStore {
             state,
             applied: Arc::new(Mutex::new(applied)),
@@ -88,20 +86,19 @@ impl StateMachineStore {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<AppliedState, StorageError> {
+    async fn applied_state(&mut self) -> io::Result<AppliedState> {
         Ok(self.applied().clone())
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
     where
-        I: IntoIterator<Item = Entry> + Send,
-        I::IntoIter: Send,
+        S: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
     {
-        let mut responses = Vec::new();
-        for entry in entries {
+        while let Some((entry, responder)) = entries.try_next().await? {
             let started = std::time::Instant::now();
             let applied = Some(entry.log_id);
             let (response, membership) = match entry.payload {
@@ -123,7 +120,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     None,
                 ),
             };
-            let response = response.map_err(sm_err(ErrorVerb::Write))?;
+            let response = response.map_err(io_err)?;
             let mut current = self.applied();
             current.0 = applied;
             if let Some(membership) = membership {
@@ -131,9 +128,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             drop(current);
             self.apply_duration.observe(started.elapsed().as_secs_f64());
-            responses.push(response);
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
         }
-        Ok(responses)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
@@ -146,41 +145,38 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let file = self
-            .state
-            .begin_receiving_snapshot()
-            .await
-            .map_err(snap_err(ErrorVerb::Write))?;
-        Ok(Box::new(file))
-    }
-
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
+        snapshot: SnapshotData,
+    ) -> io::Result<()> {
         let file = snapshot.into_std().await;
         let bytes = self
             .state
             .install_snapshot(meta, file)
             .await
-            .map_err(snap_err(ErrorVerb::Write))?;
-        *self.applied() = stored_applied(&self.state).map_err(sm_err(ErrorVerb::Read))?;
-        tracing::info!(last_log_id = ?meta.last_log_id, snapshot_id = %meta.snapshot_id, bytes, "installed snapshot");
+            .map_err(io_err)?;
+        *self.applied() = stored_applied(&self.state).map_err(io_err)?;
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes, "installed snapshot");
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         let current = self
             .state
             .open_current_snapshot::<SnapshotMeta>()
             .await
-            .map_err(snap_err(ErrorVerb::Read))?;
-        Ok(current.map(|(meta, file)| Snapshot {
-            meta,
-            snapshot: Box::new(file),
-        }))
+            .map_err(io_err)?;
+        Ok(current.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
+
+/// A snapshot sent in chunks is received into a file of its own.
+impl SnapshotReceiverFactory<TypeConfig> for StateMachineStore {
+    type SnapshotReceiver = SnapshotData;
+
+    async fn begin_receiving_snapshot(&mut self) -> io::Result<SnapshotData> {
+        self.state.begin_receiving_snapshot().await.map_err(io_err)
     }
 }
 
@@ -193,40 +189,28 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let capture = self
             .capture
             .take()
-            .ok_or_else(|| {
-                snap_err(ErrorVerb::Read)(StoreError::Io(std::io::Error::other(
-                    "snapshot built twice",
-                )))
-            })?
-            .map_err(snap_err(ErrorVerb::Read))?;
-        let (applied, membership) = self.applied.clone();
-        let seq = self.state.next_snapshot_seq();
-        let snapshot_id = match applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, seq),
-            None => format!("empty-{seq}"),
-        };
+            .ok_or_else(|| io::Error::other("snapshot built twice"))?
+            .map_err(io_err)?;
+        let (last_log_id, last_membership) = self.applied.clone();
         let state = self.state.clone();
         let written = tokio::task::spawn_blocking(move || state.write_snapshot_file(capture))
             .await
-            .map_err(|e| snap_err(ErrorVerb::Write)(e.into()))?
-            .map_err(|e| snap_err(ErrorVerb::Write)(e.into()))?;
+            .map_err(io::Error::other)??;
         let meta = SnapshotMeta {
-            last_log_id: applied,
-            last_membership: membership,
-            snapshot_id,
+            last_log_id,
+            last_membership,
         };
-        let file = self
+        let snapshot = self
             .state
             .adopt_snapshot(&meta, written, false)
             .await
-            .map_err(snap_err(ErrorVerb::Write))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(file),
-        })
+            .map_err(io_err)?;
+        Ok(Snapshot { meta, snapshot })
     }
 }

@@ -1,6 +1,6 @@
 //! openraft's storage conformance suite against the log store and state machine.
 
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::log_store::LogStore;
@@ -18,20 +18,22 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let backend = Backend::open(dir.path(), 1024 * 1024).expect("open the store");
         let histogram = || Histogram::new([1.0]);
         let (log, _flusher) = LogStore::new(&backend, histogram()).unwrap();
-        let sm =
-            StateMachineStore::open(backend, std::time::Duration::from_secs(600), histogram())?;
+        let sm = StateMachineStore::open(backend, std::time::Duration::from_secs(600), histogram())
+            .expect("open the state machine");
         Ok((dir, log, sm))
     }
 }
 
-#[test]
-fn openraft_storage_suite() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite() -> Result<(), StorageError> {
+    Suite::test_all(SledBuilder).await
 }
 
 mod snapshots {
+    use openraft::impls::leader_id_adv::LeaderId;
     use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+    use openraft::{EntryPayload, RaftSnapshotBuilder};
+    use openraft_legacy::network_v1::SnapshotReceiverFactory;
     use prometheus_client::metrics::histogram::Histogram;
 
     use crate::command::Command;
@@ -68,13 +70,25 @@ mod snapshots {
 
     fn put(index: u64, key: &str, value: &str) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            log_id: LogId::new(
+                LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                index,
+            ),
             payload: EntryPayload::Normal(Command::Put(PutRequest {
                 key: key.into(),
                 value: value.into(),
                 ..Default::default()
             })),
         }
+    }
+
+    /// Applies entries as openraft hands them over, without waiting callers.
+    async fn apply(sm: &mut StateMachineStore, entries: Vec<Entry>) {
+        let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+        sm.apply(stream).await.unwrap();
     }
 
     fn rows(backend: &Backend) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -93,9 +107,9 @@ mod snapshots {
         data: &[u8],
     ) -> (Backend, StateMachineStore) {
         let (backend, mut sm) = open(dir);
-        sm.apply(vec![put(1, "other", "x")]).await.unwrap();
+        apply(&mut sm, vec![put(1, "other", "x")]).await;
         let mut file = sm.begin_receiving_snapshot().await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut *file, data)
+        tokio::io::AsyncWriteExt::write_all(&mut file, data)
             .await
             .unwrap();
         sm.install_snapshot(meta, file).await.unwrap();
@@ -109,7 +123,7 @@ mod snapshots {
         let entries: Vec<Entry> = (1..=200)
             .map(|i| put(i, &format!("k{}", i % 37), &format!("v{i}")))
             .collect();
-        source.apply(entries).await.unwrap();
+        apply(&mut source, entries).await;
         let snapshot = source
             .get_snapshot_builder()
             .await
@@ -120,7 +134,7 @@ mod snapshots {
         let mut data = Vec::new();
         {
             use tokio::io::{AsyncReadExt, AsyncSeekExt};
-            let mut file = *snapshot.snapshot;
+            let mut file = snapshot.snapshot;
             file.rewind().await.unwrap();
             file.read_to_end(&mut data).await.unwrap();
         }

@@ -1,7 +1,8 @@
 //! The Raft type configuration: log entries carry a [`Command`], applying one returns a
 //! [`CommandResponse`] (both in [`crate::command`]), and a member is described by a [`Member`].
 //!
-//! Must never import anything above `command`.
+//! Must never import anything above `command` (but names the state machine type, whose
+//! snapshots the Raft handle is typed by).
 
 use std::fmt;
 
@@ -13,20 +14,26 @@ use crate::command::{Command, CommandResponse};
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// Cairn's Raft types.
+    /// Cairn's Raft types. Errors carry `AnyError` sources: they cross the peer transport, so
+    /// they must serialize.
     pub TypeConfig:
         D = Command,
         R = CommandResponse,
         Node = Member,
-        SnapshotData = tokio::fs::File,
+        ErrorSource = openraft::AnyError,
 );
 
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
-pub type StorageError = openraft::StorageError<NodeId>;
+/// A snapshot travels and is installed as a file.
+pub type SnapshotData = tokio::fs::File;
+pub type Raft = openraft::Raft<TypeConfig, super::state_machine::StateMachineStore>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
+pub type StorageError = openraft::StorageError<TypeConfig>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 
 /// How a member is known to the cluster: what `etcdctl member list` shows.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

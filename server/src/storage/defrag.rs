@@ -222,8 +222,8 @@ mod tests {
     }
 
     impl super::super::store::SnapshotMeta for Meta {
-        fn snapshot_id(&self) -> &str {
-            &self.id
+        fn position(&self) -> String {
+            self.id.clone()
         }
 
         fn newer_than(&self, _other: &Self) -> bool {

@@ -119,9 +119,10 @@ fn cut_short(e: io::Error) -> io::Error {
     }
 }
 
-/// A file name for a snapshot id (ids carry a leader id, whose text is not ours to trust as a name).
-pub(crate) fn file_name(snapshot_id: &str) -> String {
-    let safe: String = snapshot_id
+/// A file name for a snapshot (its position carries a leader id, whose text is not ours to trust
+/// as a name).
+pub(crate) fn file_name(snapshot: &str) -> String {
+    let safe: String = snapshot
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();

@@ -36,7 +36,10 @@ impl StoreState {
     ) -> Result<tokio::fs::File, StoreError> {
         let _changing = self.snapshot_lock.lock().await;
         let dir = self.backend.snap_dir.clone();
-        let name = snapshot_file::file_name(meta.snapshot_id());
+        // Two snapshots of one position hold the same state, but a build and an install of it
+        // may finish together: the sequence number keeps their files apart.
+        let name =
+            snapshot_file::file_name(&format!("{}-{}", meta.position(), self.next_snapshot_seq()));
         let path = dir.join(&name);
         let (sync_dir, target) = (dir.clone(), path.clone());
         tokio::task::spawn_blocking(move || {
@@ -170,7 +173,7 @@ impl StoreState {
     }
 
     /// A number for the next snapshot's id, unique while this store is open.
-    pub fn next_snapshot_seq(&self) -> u64 {
+    fn next_snapshot_seq(&self) -> u64 {
         self.snapshot_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }

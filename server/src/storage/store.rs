@@ -56,7 +56,8 @@ use crate::watch::{History, WatchHub, WatchSpec};
 /// What storage needs of consensus' description of a snapshot, which it stores but does not
 /// interpret.
 pub trait SnapshotMeta: Serialize + DeserializeOwned + Send + Sync + 'static {
-    fn snapshot_id(&self) -> &str;
+    /// Names the log position the snapshot covers (its file name is made from it).
+    fn position(&self) -> String;
     /// Whether this snapshot covers a later log position than `other`.
     fn newer_than(&self, other: &Self) -> bool;
     /// Consensus' rows of a store replaced by this snapshot.
@@ -427,7 +428,7 @@ impl StoreState {
             let (meta, name) = self
                 .current_snapshot::<M>()?
                 .ok_or(StoreError::InstallFileGone)?;
-            tracing::warn!(snapshot_id = %meta.snapshot_id(), "redoing a snapshot install cut short");
+            tracing::warn!(snapshot = %meta.position(), "redoing a snapshot install cut short");
             let file = std::fs::File::open(self.backend.snap_dir.join(name))?;
             self.replace_from_snapshot(file, &meta.meta_rows()?)?;
         }
@@ -601,8 +602,8 @@ mod tests {
     }
 
     impl SnapshotMeta for Meta {
-        fn snapshot_id(&self) -> &str {
-            &self.id
+        fn position(&self) -> String {
+            self.id.clone()
         }
 
         fn newer_than(&self, other: &Self) -> bool {
