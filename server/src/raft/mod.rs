@@ -57,9 +57,9 @@ pub enum ProposeError {
 /// Most commands one log entry carries, and roughly how many request bytes.
 const MAX_BATCH: usize = 512;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Batches proposed but not yet applied. openraft 0.9 waits for each append's flush before it takes
-/// the next proposal, so every extra entry costs the leader an fsync: two in flight keep the pipeline
-/// busy (one replicating while the next gathers) without splitting load into many small entries.
+/// Batches proposed but not yet applied. Two in flight keep the pipeline busy (one replicating
+/// while the next gathers) without splitting load into many small entries; with the leader's write
+/// and replication overlapping, eight measured no better (within noise) at 16 and 256 clients.
 const MAX_BATCHES_IN_FLIGHT: usize = 2;
 /// A follower's batches merge into the leader's, so forwarding them eagerly costs no extra entries.
 const MAX_FORWARDS_IN_FLIGHT: usize = 16;
