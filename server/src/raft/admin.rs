@@ -287,10 +287,11 @@ pub(super) async fn execute(core: &Core, call: AdminCall) -> Result<AdminReply, 
 
 /// Hands leadership from this member (the leader) to `target`.
 ///
-/// openraft 0.9 has no leadership transfer, and its followers refuse to vote while their leader
-/// lease (the longest election timeout) runs. So the leader goes quiet: it holds back new
-/// proposals and heartbeats until every follower's lease has run out, the other followers hold
-/// their own elections back, and `target`, whose log has caught up, stands for election and wins.
+/// The peer protocol does not carry openraft's leadership-transfer message, and followers refuse to
+/// vote while their leader lease (the longest election timeout) runs. So the leader goes quiet: it
+/// holds back new proposals and heartbeats until every follower's lease has run out, the other
+/// followers hold their own elections back, and `target`, whose log has caught up, stands for
+/// election and wins.
 /// Writes wait (they are not refused) for the two or so election timeouts this takes.
 async fn move_leader(
     core: &Core,
