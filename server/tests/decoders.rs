@@ -398,20 +398,15 @@ fn methods() -> Vec<Method> {
         "/cairn.raft.RaftTransport/Lease",
         "/cairn.raft.RaftTransport/Admin",
     ] {
-        all.push(method(path, |r| {
-            let len = r.usize(0..64);
-            let mut data: Vec<u8> = (0..len).map(|_| r.u8(..)).collect();
-            // A length or count varint claiming far more than follows.
-            if r.bool() {
-                let at = r.usize(0..=data.len());
-                data.splice(
-                    at..at,
-                    [0xfc, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
-                );
-            }
-            cairn_proto::raftpb::RaftPayload { data }.encode_to_vec()
-        }));
+        all.push(method(path, raft_payload));
     }
+    // A member must answer a hostile replication stream too, not hold it open.
+    all.push(Method {
+        path: "/cairn.raft.RaftTransport/AppendStream",
+        shape: Shape::Bidi,
+        may_block: false,
+        generate: raft_payload,
+    });
     all.push(Method {
         path: "/etcdserverpb.Maintenance/Defragment",
         shape: Shape::Unary,
@@ -803,4 +798,18 @@ async fn every_decoder_survives_random_and_damaged_requests() {
         t.ok,
         t.refused
     );
+}
+
+/// Random bytes as a peer message, at times with a length prefix claiming far more than follows.
+fn raft_payload(r: &mut fastrand::Rng) -> Vec<u8> {
+    let len = r.usize(0..64);
+    let mut data: Vec<u8> = (0..len).map(|_| r.u8(..)).collect();
+    if r.bool() {
+        let at = r.usize(0..=data.len());
+        data.splice(
+            at..at,
+            [0xfc, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+        );
+    }
+    cairn_proto::raftpb::RaftPayload { data }.encode_to_vec()
 }

@@ -3,15 +3,24 @@
 //!
 //! Must never import `grpc/` or `storage/`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_proto::raftpb::raft_transport_client::RaftTransportClient;
 use cairn_proto::raftpb::RaftPayload;
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Unreachable};
-use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::error::{ReplicationClosed, StreamingError};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{stream_append_sequential, Backoff, RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::{SnapshotOf, VoteOf};
+use openraft::OptionalSend;
 use openraft_legacy::network_v1::{
     Adapter, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse, RaftNetwork,
 };
@@ -105,18 +114,188 @@ pub struct Network {
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
-    /// Snapshots go in chunks, as the peer protocol has always sent them.
-    type Network = Adapter<TypeConfig, PeerClient, SnapshotData>;
+    type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
         let url = node.peer_urls.first().cloned().unwrap_or_default();
-        PeerClient {
-            target,
-            client: self.channels.client(&url).map_err(|e| e.to_string()),
-            url,
-            channels: self.channels.clone(),
+        PeerNetwork {
+            v1: PeerClient {
+                target,
+                client: self.channels.client(&url).map_err(|e| e.to_string()),
+                url,
+                channels: self.channels.clone(),
+            }
+            .into_v2(),
+            streams: true,
         }
-        .into_v2()
+    }
+}
+
+/// openraft's connection to one member. Replication is a pipeline over `AppendStream`: the next
+/// append leaves before the previous one is answered, so a write's round trip and the follower's
+/// flush overlap with the ones before it. Snapshots go in chunks, as the peer protocol has always
+/// sent them.
+pub struct PeerNetwork {
+    v1: Adapter<TypeConfig, PeerClient, SnapshotData>,
+    /// Cleared once the member answers that it has no `AppendStream` (an older build during a
+    /// rolling upgrade): from then on appends go one at a time over `AppendEntries`.
+    streams: bool,
+}
+
+type StreamAnswers<'s> =
+    BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.v1.append_entries(rpc, option).await
+    }
+
+    /// Each request is answered within `option`'s time from when it was sent; with nothing
+    /// outstanding (the leader waiting for writes) the stream may stay idle indefinitely.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<StreamAnswers<'s>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        if !self.streams {
+            return stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move {
+            let ttl = option.hard_ttl();
+            let mut client = self.v1.inner_mut().connection()?.clone();
+            let in_flight: Arc<Mutex<VecDeque<tokio::time::Instant>>> = Arc::default();
+            let sent = in_flight.clone();
+            // An unencodable request ends the stream there: the answers must stay in step with
+            // the requests openraft produced.
+            let outgoing = input.scan((), move |_, rpc| {
+                let payload = match encode(&rpc) {
+                    Ok(data) => {
+                        lock(&sent).push_back(tokio::time::Instant::now());
+                        Some(RaftPayload { data })
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode an append request");
+                        None
+                    }
+                };
+                std::future::ready(payload)
+            });
+            let inbound = match tokio::time::timeout(
+                ttl,
+                client.append_stream(tonic::Request::new(outgoing)),
+            )
+            .await
+            {
+                Err(_) => return Err(no_answer(ttl)),
+                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(
+                        target = self.v1.inner().target,
+                        "member has no append stream: appending one request at a time"
+                    );
+                    self.streams = false;
+                    return Err(RPCError::Network(NetworkError::new(&status)));
+                }
+                Ok(Err(status)) => return Err(status_error(status)),
+                Ok(Ok(r)) => r.into_inner(),
+            };
+            let answers = futures::stream::unfold(Some(inbound), move |inbound| {
+                let in_flight = in_flight.clone();
+                async move {
+                    let mut inbound = inbound?;
+                    let answer = next_answer(&mut inbound, &in_flight, ttl).await?;
+                    let more = answer.is_ok().then_some(inbound);
+                    Some((answer, more))
+                }
+            });
+            Ok(Box::pin(answers) as StreamAnswers<'s>)
+        })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.v1.vote(rpc, option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        self.v1.full_snapshot(vote, snapshot, cancel, option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.v1.transfer_leader(req, option).await
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        self.v1.backoff()
+    }
+}
+
+/// The next answer on an append stream, or `None` once the member has ended it. The oldest
+/// request still unanswered must be answered within `ttl` of when it was sent.
+async fn next_answer(
+    inbound: &mut tonic::Streaming<RaftPayload>,
+    in_flight: &Mutex<VecDeque<tokio::time::Instant>>,
+    ttl: Duration,
+) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
+    loop {
+        let oldest = lock(in_flight).front().copied();
+        let check_at = oldest.unwrap_or_else(tokio::time::Instant::now) + ttl;
+        tokio::select! {
+            message = inbound.message() => {
+                return match message {
+                    Ok(Some(p)) => {
+                        lock(in_flight).pop_front();
+                        Some(decode(&p.data).map_err(|e| RPCError::Network(NetworkError::new(&e))))
+                    }
+                    Ok(None) => None,
+                    Err(status) => Some(Err(status_error(status))),
+                };
+            }
+            _ = tokio::time::sleep_until(check_at) => {
+                if oldest.is_some() {
+                    return Some(Err(no_answer(ttl)));
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn no_answer<E: std::error::Error>(ttl: Duration) -> RPCError<TypeConfig, E> {
+    RPCError::Network(NetworkError::new(&TransportError(format!(
+        "no answer within {ttl:?}"
+    ))))
+}
+
+/// A refused or failed call: unreachable (back off) when the member could not be reached.
+fn status_error<E: std::error::Error>(status: tonic::Status) -> RPCError<TypeConfig, E> {
+    match status.code() {
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+        _ => RPCError::Network(NetworkError::new(&status)),
     }
 }
 
@@ -134,6 +313,21 @@ struct TransportError(String);
 type RpcResult<T, E> = Result<T, RPCError<TypeConfig, RaftError<TypeConfig, E>>>;
 
 impl PeerClient {
+    /// The client for the member's address in the latest membership.
+    fn connection<E: std::error::Error>(
+        &mut self,
+    ) -> Result<&mut RaftTransportClient<Channel>, RPCError<TypeConfig, E>> {
+        if let Some(url) = self.channels.address(self.target) {
+            if url != self.url {
+                self.client = self.channels.client(&url).map_err(|e| e.to_string());
+                self.url = url;
+            }
+        }
+        self.client
+            .as_mut()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e.clone()))))
+    }
+
     async fn call<Req, Resp, E>(
         &mut self,
         kind: RpcKind,
@@ -145,20 +339,7 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        if let Some(url) = self.channels.address(self.target) {
-            if url != self.url {
-                self.client = self.channels.client(&url).map_err(|e| e.to_string());
-                self.url = url;
-            }
-        }
-        let client = match &mut self.client {
-            Ok(c) => c,
-            Err(e) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
-                    e.clone(),
-                ))))
-            }
-        };
+        let client = self.connection()?;
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
@@ -167,10 +348,7 @@ impl PeerClient {
             RpcKind::Vote => client.vote(request).await,
             RpcKind::Snapshot => client.install_snapshot(request).await,
         };
-        let reply = reply.map_err(|status| match status.code() {
-            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
-            _ => RPCError::Network(NetworkError::new(&status)),
-        })?;
+        let reply = reply.map_err(status_error)?;
         let result: Result<Resp, RaftError<TypeConfig, E>> = decode(&reply.into_inner().data)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -215,5 +393,150 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             std::iter::successors(Some(Duration::from_millis(50)), |d| Some(*d * 2))
                 .map(|d| d.min(Duration::from_secs(1))),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use cairn_proto::raftpb::raft_transport_server::{RaftTransport, RaftTransportServer};
+    use openraft::error::{Infallible, RaftError};
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+    use crate::raft::types::Vote;
+
+    /// A member that predates `AppendStream` (the generated default answers Unimplemented), or,
+    /// with `silent`, one that takes the stream and never answers.
+    #[derive(Default, Clone)]
+    struct Peer {
+        appends: Arc<AtomicUsize>,
+        silent: bool,
+    }
+
+    type Payloads =
+        std::pin::Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+
+    #[tonic::async_trait]
+    impl RaftTransport for Peer {
+        async fn append_entries(
+            &self,
+            _req: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            self.appends.fetch_add(1, Ordering::SeqCst);
+            let ok: Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig, Infallible>> =
+                Ok(AppendEntriesResponse::Success);
+            Ok(Response::new(RaftPayload {
+                data: encode(&ok).unwrap(),
+            }))
+        }
+
+        async fn append_stream(
+            &self,
+            req: Request<Streaming<RaftPayload>>,
+        ) -> Result<Response<Payloads>, Status> {
+            if !self.silent {
+                return Err(Status::unimplemented("Not yet implemented"));
+            }
+            // Reads the requests and answers none of them.
+            let mut incoming = req.into_inner();
+            let answers =
+                async_stream_of(async move { while let Ok(Some(_)) = incoming.message().await {} });
+            Ok(Response::new(answers))
+        }
+    }
+
+    fn async_stream_of(work: impl std::future::Future<Output = ()> + Send + 'static) -> Payloads {
+        Box::pin(futures::stream::once(work).filter_map(|()| async { None }))
+    }
+
+    async fn serve(peer: Peer) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftTransportServer::new(peer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        url
+    }
+
+    async fn network_to(url: &str) -> PeerNetwork {
+        let member = Member {
+            name: "b".into(),
+            peer_urls: vec![url.to_string()],
+            ..Default::default()
+        };
+        Network {
+            channels: PeerChannels::new(None),
+        }
+        .new_client(2, &member)
+        .await
+    }
+
+    fn heartbeat() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_without_append_streams_is_appended_to_one_request_at_a_time() {
+        let peer = Peer::default();
+        let url = serve(peer.clone()).await;
+        let mut net = network_to(&url).await;
+        let option = RPCOption::new(Duration::from_secs(5));
+        let refused = matches!(
+            net.stream_append(futures::stream::iter([heartbeat()]), option.clone())
+                .await,
+            Err(RPCError::Network(_))
+        );
+        assert!(refused, "the refused stream is a retryable error");
+        let answers: Vec<_> = net
+            .stream_append(futures::stream::iter([heartbeat(), heartbeat()]), option)
+            .await
+            .expect("sequential appends")
+            .collect()
+            .await;
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        assert!(
+            answers.iter().all(|a| matches!(a, Ok(Ok(None)))),
+            "{answers:?}"
+        );
+        assert_eq!(peer.appends.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_append_fails_the_stream_after_its_time() {
+        let url = serve(Peer {
+            silent: true,
+            ..Default::default()
+        })
+        .await;
+        let mut net = network_to(&url).await;
+        let ttl = Duration::from_millis(200);
+        // The input stays open, as openraft's does while it waits for new entries.
+        let input = futures::stream::iter([heartbeat()]).chain(futures::stream::pending());
+        let mut answers = net
+            .stream_append(Box::pin(input), RPCOption::new(ttl))
+            .await
+            .expect("stream opened");
+        let started = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(10), answers.next())
+            .await
+            .expect("an answer or an error within its time");
+        assert!(
+            matches!(answer, Some(Err(RPCError::Network(_)))),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() >= ttl - Duration::from_millis(50));
+        assert!(
+            answers.next().await.is_none(),
+            "the stream ends after an error"
+        );
     }
 }

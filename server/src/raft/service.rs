@@ -8,8 +8,12 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::ReadPolicy;
 use openraft_legacy::network_v1::{ChunkedSnapshotReceiver, InstallSnapshotRequest};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::types::{NodeId, Raft, TypeConfig};
 use crate::codec::{decode, encode};
@@ -57,8 +61,45 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     Ok(Response::new(RaftPayload { data }))
 }
 
+type PayloadStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl RaftTransport for PeerService {
+    /// Each answer is openraft's stream result for the request at the same position. The stream
+    /// ends after the first refused request (a conflict or a higher vote), as openraft's does; an
+    /// undecodable request ends the input there, and its error follows the answers to the requests
+    /// before it.
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<PayloadStream>, Status> {
+        let undecodable: Arc<Mutex<Option<Status>>> = Arc::default();
+        let seen = undecodable.clone();
+        let input = req.into_inner().scan((), move |_, item| {
+            let rpc = match item {
+                Ok(p) => match decode::<AppendEntriesRequest<TypeConfig>>(&p.data) {
+                    Ok(rpc) => Some(rpc),
+                    Err(e) => {
+                        *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(bad_payload(e));
+                        None
+                    }
+                },
+                // The leader reset the stream or went away: nothing more will be answered.
+                Err(_) => None,
+            };
+            std::future::ready(rpc)
+        });
+        let answers = self.raft.stream_append(input).map(|r| match r {
+            Ok(result) => reply(&result).map(Response::into_inner),
+            Err(fatal) => Err(Status::unavailable(format!("consensus stopped: {fatal}"))),
+        });
+        let tail = futures::stream::once(async move {
+            undecodable.lock().unwrap_or_else(|p| p.into_inner()).take()
+        })
+        .filter_map(|e| std::future::ready(e.map(Err)));
+        Ok(Response::new(Box::pin(answers.chain(tail))))
+    }
+
     async fn append_entries(
         &self,
         req: Request<RaftPayload>,
