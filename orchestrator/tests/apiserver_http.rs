@@ -184,6 +184,39 @@ async fn bad_input_gets_kubernetes_status_codes() {
     c.shutdown().await;
 }
 
+/// A request refused by its path alone still has its body read: a client sending a large body to
+/// a path that does not exist gets the 404, not a connection closed under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_to_a_missing_path_gets_its_answer() {
+    let c = Cluster::start().await;
+    let k = c.kube().await;
+    let body =
+        serde_json::to_vec(&json!({"metadata": {"annotations": {"a": "x".repeat(2 << 20)}}}))
+            .unwrap();
+    for path in [
+        // Leases have no status subresource.
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases/l/status",
+        "/api/v1/namespaces/default/widgets/w",
+    ] {
+        for _ in 0..3 {
+            let (code, _, s) = send(
+                &k,
+                "PATCH",
+                path,
+                "application/merge-patch+json",
+                "application/json",
+                body.clone(),
+            )
+            .await;
+            assert_eq!(
+                (code, s["kind"].as_str()),
+                (404, Some("Status")),
+                "{path}: {s}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_metrics_and_health() {
     let c = Cluster::start().await;

@@ -590,8 +590,8 @@ async fn resource_entry(AxState(st): AxState<Arc<State>>, req: Request) -> Respo
     }
     let target = match request::parse_target(&path) {
         Ok(Some(t)) => t,
-        Ok(None) => return not_found_path(),
-        Err(e) => return e.into_response(),
+        Ok(None) => return after_body(body, not_found_path()).await,
+        Err(e) => return after_body(body, e.into_response()).await,
     };
     if target.sub == Some(Subresource::Exec) {
         let req = Request::from_parts(parts, body);
@@ -697,6 +697,14 @@ async fn read_body(body: axum::body::Body) -> ApiResult<Bytes> {
         ));
     }
     Ok(buf.freeze())
+}
+
+/// Answers a request refused before its body was needed, once the body is read (as `read_body`
+/// reads it, to a bound). hyper closes a connection whose request body was left unread; a client
+/// still sending a large body would then get a broken pipe instead of this answer.
+async fn after_body(body: axum::body::Body, resp: Response) -> Response {
+    let _ = read_body(body).await;
+    resp
 }
 
 fn not_found_path() -> Response {
