@@ -156,8 +156,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         self.v1.append_entries(rpc, option).await
     }
 
-    /// Each request is answered within `option`'s time from when it was sent; with nothing
-    /// outstanding (the leader waiting for writes) the stream may stay idle indefinitely.
+    /// While requests are outstanding the member must answer one within `option`'s time (see
+    /// [`next_answer`]); with nothing outstanding (the leader waiting for writes) the stream may
+    /// stay idle indefinitely.
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
@@ -170,6 +171,14 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             return stream_append_sequential(self, input, option);
         }
         Box::pin(async move {
+            // openraft waits out its backoff inside the input stream, before yielding a request:
+            // the stream is opened once there is a request, so a member that cannot be reached
+            // is retried at the backoff's pace.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures::stream::empty()) as StreamAnswers<'s>);
+            };
+            let input = futures::stream::once(std::future::ready(first)).chain(input);
             let ttl = option.hard_ttl();
             let mut client = self.v1.inner_mut().connection()?.clone();
             let in_flight: Arc<Mutex<VecDeque<tokio::time::Instant>>> = Arc::default();
@@ -198,7 +207,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 Err(_) => return Err(no_answer(ttl)),
                 Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
                     tracing::info!(
-                        target = self.v1.inner().target,
+                        member = self.v1.inner().target,
                         "member has no append stream: appending one request at a time"
                     );
                     self.streams = false;
@@ -207,12 +216,15 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 Ok(Err(status)) => return Err(status_error(status)),
                 Ok(Ok(r)) => r.into_inner(),
             };
-            let answers = futures::stream::unfold(Some(inbound), move |inbound| {
+            let opened = tokio::time::Instant::now();
+            let answers = futures::stream::unfold(Some((inbound, opened)), move |state| {
                 let in_flight = in_flight.clone();
                 async move {
-                    let mut inbound = inbound?;
-                    let answer = next_answer(&mut inbound, &in_flight, ttl).await?;
-                    let more = answer.is_ok().then_some(inbound);
+                    let (mut inbound, since) = state?;
+                    let answer = next_answer(&mut inbound, &in_flight, since, ttl).await?;
+                    let more = answer
+                        .is_ok()
+                        .then(|| (inbound, tokio::time::Instant::now()));
                     Some((answer, more))
                 }
             });
@@ -251,16 +263,20 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     }
 }
 
-/// The next answer on an append stream, or `None` once the member has ended it. The oldest
-/// request still unanswered must be answered within `ttl` of when it was sent.
+/// The next answer on an append stream, or `None` once the member has ended it. With requests
+/// outstanding, an answer is due within `ttl` of the later of the oldest one's sending and the
+/// previous answer (`since`): a follower working through a queue of appends (catching up after a
+/// restart, on a slow disk) answers each in turn and is making progress, though the last in the
+/// queue waited longer than `ttl`; one that answers nothing is cut off.
 async fn next_answer(
     inbound: &mut tonic::Streaming<RaftPayload>,
     in_flight: &Mutex<VecDeque<tokio::time::Instant>>,
+    since: tokio::time::Instant,
     ttl: Duration,
 ) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
     loop {
         let oldest = lock(in_flight).front().copied();
-        let check_at = oldest.unwrap_or_else(tokio::time::Instant::now) + ttl;
+        let check_at = oldest.map_or_else(tokio::time::Instant::now, |o| o.max(since)) + ttl;
         tokio::select! {
             message = inbound.message() => {
                 return match message {
@@ -291,11 +307,16 @@ fn no_answer<E: std::error::Error>(ttl: Duration) -> RPCError<TypeConfig, E> {
     ))))
 }
 
-/// A refused or failed call: unreachable (back off) when the member could not be reached.
+/// A refused or failed call. Unreachable (openraft backs off) when the member could not be
+/// reached or the connection failed under the call (a status made from a transport error carries
+/// it as its source; one the member sent has none): a member that is down is retried at the
+/// backoff's pace, not as fast as connections can be refused.
 fn status_error<E: std::error::Error>(status: tonic::Status) -> RPCError<TypeConfig, E> {
-    match status.code() {
-        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
-        _ => RPCError::Network(NetworkError::new(&status)),
+    use std::error::Error as _;
+    if status.code() == tonic::Code::Unavailable || status.source().is_some() {
+        RPCError::Unreachable(Unreachable::new(&status))
+    } else {
+        RPCError::Network(NetworkError::new(&status))
     }
 }
 
@@ -386,14 +407,22 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         self.call(RpcKind::Vote, &rpc, &option).await
     }
 
-    /// Retries an unreachable peer after 50 ms, doubling up to 1 s: a member that was just added
-    /// (or restarted) is reached soon after it starts listening, and a dead one is not hammered.
     fn backoff(&self) -> Backoff {
-        Backoff::new(
-            std::iter::successors(Some(Duration::from_millis(50)), |d| Some(*d * 2))
-                .map(|d| d.min(Duration::from_secs(1))),
-        )
+        peer_backoff()
     }
+}
+
+/// Retries an unreachable peer after 50 ms, doubling up to 1 s: a member that was just added (or
+/// restarted) is reached soon after it starts listening, and a dead one is not hammered. The
+/// sequence stays at its cap however far it is read: openraft steps it further per failure the
+/// worse the failure, and a sequence that kept doubling would overflow `Duration` and panic the
+/// replication task.
+fn peer_backoff() -> Backoff {
+    const CAP: Duration = Duration::from_secs(1);
+    Backoff::new(std::iter::successors(
+        Some(Duration::from_millis(50)),
+        |d| Some((*d * 2).min(CAP)),
+    ))
 }
 
 #[cfg(test)]
@@ -482,6 +511,15 @@ mod tests {
             leader_commit: None,
             entries: vec![],
         }
+    }
+
+    #[test]
+    fn the_backoff_stays_at_its_cap() {
+        let waits: Vec<Duration> = peer_backoff().take(100_000).collect();
+        assert_eq!(waits[0], Duration::from_millis(50));
+        assert_eq!(waits[1], Duration::from_millis(100));
+        assert_eq!(*waits.last().unwrap(), Duration::from_secs(1));
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(1)));
     }
 
     #[tokio::test]
