@@ -776,3 +776,40 @@ async fn a_snapshot_keeps_users_and_roles_for_cairn_and_for_etcd() {
     )
     .await;
 }
+
+/// A user or role name larger than `--max-request-bytes` (1.5 MiB, under gRPC's 2 MiB message
+/// limit) is refused in etcd's words, as etcd refuses any such proposal, and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_over_the_request_limit_are_refused_as_etcd_refuses_them() {
+    let node = node().await;
+    let dir = tempfile::tempdir().unwrap();
+    let etcd =
+        etcd_present().then(|| Etcd::start("etcd0", &dir.path().join("etcd0"), free_ports(1)[0]));
+    let mut clients = vec![(
+        "cairn",
+        etcd_client::Client::connect([node.url()], None)
+            .await
+            .unwrap(),
+    )];
+    match &etcd {
+        Some(e) => clients.push(("etcd", e.client().await)),
+        None => println!("etcd is not installed: Cairn checked alone"),
+    }
+    let big = "n".repeat(1600 * 1024);
+    for (system, c) in &mut clients {
+        let e = c.user_add(big.clone(), "pw", None).await.unwrap_err();
+        assert!(
+            e.to_string().contains("etcdserver: request is too large"),
+            "{system}: {e}"
+        );
+        let e = c.role_add(big.clone()).await.unwrap_err();
+        assert!(
+            e.to_string().contains("etcdserver: request is too large"),
+            "{system}: {e}"
+        );
+        c.user_add("small", "pw", None).await.unwrap();
+        let users = c.user_list().await.unwrap();
+        assert_eq!(users.users(), ["small"], "{system}");
+        assert!(c.role_list().await.unwrap().roles().is_empty(), "{system}");
+    }
+}

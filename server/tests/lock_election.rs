@@ -288,3 +288,27 @@ async fn a_campaign_without_a_lease_holds_a_session_lease_of_its_own() {
     );
     node.stop().await;
 }
+
+/// A proclaimed value over `--max-request-bytes` is refused as etcd refuses the put beneath it;
+/// the leader keeps its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_over_the_request_limit_is_refused() {
+    let node = TestNode::start().await;
+    let mut c = client(&node).await;
+    let lease = c.lease_grant(30, None).await.unwrap().id();
+    let won = c.campaign("big", "v1", lease).await.unwrap();
+    let leader = won.leader().unwrap().clone();
+    let e = c
+        .proclaim(
+            vec![b'x'; 1600 * 1024],
+            Some(ProclaimOptions::new().with_leader(leader)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("etcdserver: request is too large"),
+        "{e}"
+    );
+    let now = c.leader("big").await.unwrap();
+    assert_eq!(now.kv().unwrap().value(), b"v1");
+}

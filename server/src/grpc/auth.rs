@@ -28,6 +28,7 @@ type Reply<T> = Result<Response<T>, Status>;
 impl AuthService {
     /// Proposes `op` with the caller's credentials; returns (store revision, auth revision).
     async fn change<T>(&self, req: &Request<T>, op: AuthOp) -> Result<(i64, u64), ServerError> {
+        self.ctx.check_change_size(&op)?;
         let info = self.ctx.auth_info(req).await?;
         self.propose(self.ctx.with_auth(info, Command::Auth(op)))
             .await

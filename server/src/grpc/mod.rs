@@ -216,6 +216,20 @@ impl ServerContext {
         })
     }
 
+    /// Refuses a change larger than `--max-request-bytes`, as etcd does for every proposal, not
+    /// only KV's: a user or role name, or a lock or election value, over the limit is refused
+    /// before it reaches the log (and, as a bbolt key in a backup, a page).
+    pub(crate) fn check_change_size<T: serde::Serialize>(
+        &self,
+        change: &T,
+    ) -> Result<(), ServerError> {
+        let len = crate::codec::encode(change).map_or(usize::MAX, |b| b.len());
+        if len > self.limits.max_request_bytes {
+            return Err(ServerError::RequestTooLarge);
+        }
+        Ok(())
+    }
+
     /// Refuses a write that would grow the store while the space quota is exhausted, raising the
     /// NOSPACE alarm (through Raft, for every member to see) the first time the quota is passed.
     pub async fn check_quota(&self, cost: usize) -> Result<(), ServerError> {

@@ -56,6 +56,7 @@ pub(crate) async fn txn(
     ctx: &ServerContext,
     t: TxnRequest,
 ) -> Result<(TxnResponse, i64), ServerError> {
+    ctx.check_change_size(&t)?;
     let cmd = ctx.with_auth(ctx.caller_info().await?, Command::Txn(t));
     let CommandResponse { revision, result } = ctx.raft.propose(cmd, 256).await?;
     match result? {
