@@ -217,6 +217,65 @@ async fn leases_survive_a_restart() {
     node.shutdown().await.unwrap();
 }
 
+/// A key follows the lease of its latest put: moved to another lease, kept on one by
+/// `ignore_lease`, or taken off by a plain put, before and after a restart; a revoke deletes
+/// exactly the keys still on the lease.
+#[tokio::test]
+async fn a_key_is_on_the_lease_of_its_latest_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cairn_server::Config::ephemeral(dir.path());
+    let node = cairn_server::Node::start(cfg.clone()).await.unwrap();
+    common::wait_leader(&node).await;
+    let mut c = client(&node.client_url()).await;
+    let (first, second) = (
+        c.lease_grant(60, None).await.unwrap().id(),
+        c.lease_grant(60, None).await.unwrap().id(),
+    );
+    let on = |lease| Some(PutOptions::new().with_lease(lease));
+    for k in ["moved", "kept", "freed"] {
+        c.put(k, "v", on(first)).await.unwrap();
+    }
+    c.put("moved", "v2", on(second)).await.unwrap();
+    c.put("kept", "v2", Some(PutOptions::new().with_ignore_lease()))
+        .await
+        .unwrap();
+    c.put("freed", "v2", None).await.unwrap();
+    let keys = |c: &mut Client, lease| {
+        let mut c = c.clone();
+        async move {
+            c.lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+                .await
+                .unwrap()
+                .keys()
+                .to_vec()
+        }
+    };
+    assert_eq!(keys(&mut c, first).await, [b"kept".to_vec()]);
+    assert_eq!(keys(&mut c, second).await, [b"moved".to_vec()]);
+    node.shutdown().await.unwrap();
+
+    let node = cairn_server::Node::start(cfg).await.unwrap();
+    common::wait_leader(&node).await;
+    let mut c = client(&node.client_url()).await;
+    assert_eq!(keys(&mut c, first).await, [b"kept".to_vec()]);
+    c.put("kept", "v3", None).await.unwrap();
+    c.put("moved", "v3", Some(PutOptions::new().with_ignore_lease()))
+        .await
+        .unwrap();
+    c.lease_revoke(first).await.unwrap();
+    c.lease_revoke(second).await.unwrap();
+    let left: Vec<(String, i64)> = c
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .unwrap()
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap().to_string(), kv.lease()))
+        .collect();
+    assert_eq!(left, [("freed".to_string(), 0), ("kept".to_string(), 0)]);
+    node.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_alive_lease_survives_a_leader_change() {
     let mut cluster = ProcessCluster::start(3);

@@ -9,7 +9,8 @@ use cairn_proto::etcdserverpb::watch_client::WatchClient;
 use cairn_proto::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest};
 use common::TestNode;
 use etcd_client::{
-    Client, EventType, GetOptions, WatchFilterType, WatchOptions, WatchResponse, WatchStream,
+    Client, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchFilterType,
+    WatchOptions, WatchResponse, WatchStream,
 };
 
 async fn client(node: &TestNode) -> Client {
@@ -117,6 +118,77 @@ async fn history_replay_prev_kv_and_filters() {
         .unwrap();
     let r = next_events(&mut deletes).await;
     assert_eq!(summary(&r), vec![(EventType::Delete, "h/a".into(), r3)]);
+    node.stop().await;
+}
+
+/// Live events carry the previous values a watcher asks for, though writes no longer read
+/// them: overwrites, a transaction, `ignore_value`, single and range deletes, and a re-create.
+#[tokio::test]
+async fn live_events_carry_prev_kv_to_watchers_that_ask() {
+    let mut node = TestNode::start().await;
+    let mut c = client(&node).await;
+    let mut with_prev = c
+        .watch(
+            "p/",
+            Some(WatchOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .unwrap();
+    assert!(next(&mut with_prev).await.created());
+    let mut without = c
+        .watch("p/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(next(&mut without).await.created());
+
+    c.put("p/a", "1", None).await.unwrap();
+    c.put("p/a", "2", None).await.unwrap();
+    c.txn(Txn::new().and_then([TxnOp::put("p/a", "3", None), TxnOp::put("p/b", "1", None)]))
+        .await
+        .unwrap();
+    c.put("p/a", "", Some(PutOptions::new().with_ignore_value()))
+        .await
+        .unwrap();
+    c.delete("p/a", None).await.unwrap();
+    c.delete("p/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    c.put("p/a", "4", None).await.unwrap();
+
+    type Seen = Vec<(EventType, String, String, Option<String>)>;
+    async fn collect(w: &mut WatchStream) -> Seen {
+        let mut seen = Vec::new();
+        while seen.len() < 8 {
+            for e in next_events(w).await.events() {
+                let kv = e.kv().unwrap();
+                seen.push((
+                    e.event_type(),
+                    kv.key_str().unwrap().to_string(),
+                    kv.value_str().unwrap().to_string(),
+                    e.prev_kv().map(|p| p.value_str().unwrap().to_string()),
+                ));
+            }
+        }
+        seen
+    }
+    let (put, del) = (EventType::Put, EventType::Delete);
+    let s = |v: &str| v.to_string();
+    let want: Seen = vec![
+        (put, s("p/a"), s("1"), None),
+        (put, s("p/a"), s("2"), Some(s("1"))),
+        (put, s("p/a"), s("3"), Some(s("2"))),
+        (put, s("p/b"), s("1"), None),
+        (put, s("p/a"), s("3"), Some(s("3"))),
+        (del, s("p/a"), s(""), Some(s("3"))),
+        (del, s("p/b"), s(""), Some(s("1"))),
+        (put, s("p/a"), s("4"), None),
+    ];
+    assert_eq!(collect(&mut with_prev).await, want);
+    let plain: Seen = want
+        .into_iter()
+        .map(|(t, k, v, _)| (t, k, v, None))
+        .collect();
+    assert_eq!(collect(&mut without).await, plain);
     node.stop().await;
 }
 

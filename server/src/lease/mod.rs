@@ -12,7 +12,7 @@
 pub mod expiry;
 pub mod lessor;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +35,9 @@ pub struct Lease {
 #[derive(Clone, Debug, Default)]
 pub struct LeaseTable {
     leases: BTreeMap<i64, Lease>,
+    /// The lease each attached key is on: a write learns here which lease a key leaves, without
+    /// reading the key's previous value.
+    attached: HashMap<Vec<u8>, i64>,
 }
 
 impl LeaseTable {
@@ -73,34 +76,41 @@ impl LeaseTable {
     }
 
     pub fn remove(&mut self, id: i64) -> Option<Lease> {
-        self.leases.remove(&id)
+        let lease = self.leases.remove(&id)?;
+        for key in &lease.keys {
+            self.attached.remove(key);
+        }
+        Some(lease)
     }
 
     /// Follows key attachments through applied changes.
     pub fn track(&mut self, events: &[Event]) {
         for e in events {
-            let key = &e.kv.key;
-            let before = e.prev_kv.as_ref().map_or(0, |p| p.lease);
             let after = match e.kind {
                 EventType::Put => e.kv.lease,
                 EventType::Delete => 0,
             };
+            if after == 0 && self.attached.is_empty() {
+                continue;
+            }
+            let key = &e.kv.key;
+            let before = self.attached.get(key).copied().unwrap_or(0);
             if before == after {
                 continue;
             }
             if let Some(l) = self.leases.get_mut(&before) {
                 l.keys.remove(key);
             }
-            if let Some(l) = self.leases.get_mut(&after) {
-                l.keys.insert(key.clone());
-            }
+            self.attached.remove(key);
+            self.attach(after, key);
         }
     }
 
-    /// Re-attaches a live key at load time.
+    /// Attaches `key` to `lease` (a live key at load time, or one a put moved there).
     pub fn attach(&mut self, lease: i64, key: &[u8]) {
         if let Some(l) = self.leases.get_mut(&lease) {
             l.keys.insert(key.to_vec());
+            self.attached.insert(key.to_vec(), lease);
         }
     }
 }
@@ -110,20 +120,22 @@ mod tests {
     use super::*;
     use crate::mvcc::KeyValue;
 
-    fn put(key: &str, lease: i64, prev: Option<i64>) -> Event {
+    /// A write's event as apply produces it: the previous value is not loaded.
+    fn event(kind: EventType, key: &str, lease: i64) -> Event {
         Event {
-            kind: EventType::Put,
+            kind,
             kv: KeyValue {
                 key: key.into(),
                 lease,
+                version: 2,
                 ..Default::default()
             },
-            prev_kv: prev.map(|l| KeyValue {
-                key: key.into(),
-                lease: l,
-                ..Default::default()
-            }),
+            prev_kv: None,
         }
+    }
+
+    fn put(key: &str, lease: i64) -> Event {
+        event(EventType::Put, key, lease)
     }
 
     #[test]
@@ -131,27 +143,31 @@ mod tests {
         let mut t = LeaseTable::default();
         t.insert(1, 10);
         t.insert(2, 10);
-        t.track(&[put("a", 1, None), put("b", 1, None)]);
+        t.track(&[put("a", 1), put("b", 1)]);
         assert_eq!(t.get(1).unwrap().keys.len(), 2);
         // Moving a key to another lease, then detaching it with a plain put.
-        t.track(&[put("a", 2, Some(1))]);
+        t.track(&[put("a", 2)]);
         assert_eq!(t.get(1).unwrap().keys, BTreeSet::from([b"b".to_vec()]));
         assert_eq!(t.get(2).unwrap().keys, BTreeSet::from([b"a".to_vec()]));
-        t.track(&[put("a", 0, Some(2))]);
+        t.track(&[put("a", 0)]);
         assert!(t.get(2).unwrap().keys.is_empty());
-        let del = Event {
-            kind: EventType::Delete,
-            kv: KeyValue {
-                key: b"b".to_vec(),
-                ..Default::default()
-            },
-            prev_kv: Some(KeyValue {
-                key: b"b".to_vec(),
-                lease: 1,
-                ..Default::default()
-            }),
-        };
-        t.track(&[del]);
+        t.track(&[event(EventType::Delete, "b", 0)]);
         assert!(t.get(1).unwrap().keys.is_empty());
+        assert!(t.attached.is_empty());
+    }
+
+    #[test]
+    fn a_revoked_lease_leaves_no_attachment_behind() {
+        let mut t = LeaseTable::default();
+        t.insert(1, 10);
+        t.track(&[put("a", 1)]);
+        let revoked = t.remove(1).expect("granted");
+        assert_eq!(revoked.keys, BTreeSet::from([b"a".to_vec()]));
+        // Granted again under the same id: the key written since is not on it.
+        t.insert(1, 10);
+        t.track(&[put("a", 0)]);
+        assert!(t.get(1).unwrap().keys.is_empty());
+        t.track(&[put("c", 1)]);
+        assert_eq!(t.get(1).unwrap().keys, BTreeSet::from([b"c".to_vec()]));
     }
 }

@@ -51,6 +51,18 @@ pub struct KeyIndex {
     pub modified: Revision,
     /// Oldest first; never empty.
     pub generations: Vec<Generation>,
+    /// What a put or a compare needs of the live value, kept here (as etcd's key index keeps
+    /// the create revision and version) so that neither reads the value from storage.
+    /// Meaningful only while the last generation is not empty.
+    pub live: Live,
+}
+
+/// The create revision, version and lease of a key's live value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
 }
 
 impl Default for KeyIndex {
@@ -65,11 +77,37 @@ impl KeyIndex {
         KeyIndex {
             modified: Revision::default(),
             generations: vec![Generation::default()],
+            live: Live::default(),
         }
     }
 
-    /// Records a put at `rev`, which must be newer than anything recorded.
-    pub fn put(&mut self, rev: Revision) {
+    /// Records a put at `rev` attaching `lease` (0 for none); `rev` must be newer than
+    /// anything recorded.
+    pub fn put(&mut self, rev: Revision, lease: i64) {
+        let live = match self.live_revision() {
+            Some(_) => Live {
+                version: self.live.version + 1,
+                lease,
+                ..self.live
+            },
+            None => Live {
+                create_revision: rev.main,
+                version: 1,
+                lease,
+            },
+        };
+        self.push(rev);
+        self.live = live;
+    }
+
+    /// Records a stored put whose value says what the live value is (its generation's earlier
+    /// revisions may have been compacted away, so the version cannot be counted).
+    pub fn restore_put(&mut self, rev: Revision, live: Live) {
+        self.push(rev);
+        self.live = live;
+    }
+
+    fn push(&mut self, rev: Revision) {
         debug_assert!(rev > self.modified, "{rev:?} <= {:?}", self.modified);
         self.generations
             .last_mut()
@@ -79,14 +117,25 @@ impl KeyIndex {
         self.modified = rev;
     }
 
+    /// The revision of the key's value as of its last write, if the key exists.
+    pub fn live_revision(&self) -> Option<Revision> {
+        self.generations
+            .last()
+            .expect("generations never empty")
+            .revs
+            .last()
+            .copied()
+    }
+
     /// Records a delete at `rev`. Returns false (and records nothing) if the
     /// key does not currently exist.
     pub fn tombstone(&mut self, rev: Revision) -> bool {
         if self.generations.last().is_none_or(Generation::is_empty) {
             return false;
         }
-        self.put(rev);
+        self.push(rev);
         self.generations.push(Generation::default());
+        self.live = Live::default();
         true
     }
 
@@ -104,6 +153,7 @@ impl KeyIndex {
         last.revs.push(rev);
         self.modified = rev;
         self.generations.push(Generation::default());
+        self.live = Live::default();
     }
 
     /// True when the key has no history left, i.e. it can be dropped from
@@ -195,10 +245,10 @@ mod tests {
     /// The example from the module documentation.
     fn foo() -> KeyIndex {
         let mut ki = KeyIndex::new();
-        ki.put(r(1, 0));
-        ki.put(r(2, 0));
+        ki.put(r(1, 0), 0);
+        ki.put(r(2, 0), 0);
         assert!(ki.tombstone(r(3, 0)));
-        ki.put(r(4, 0));
+        ki.put(r(4, 0), 0);
         assert!(ki.tombstone(r(5, 0)));
         ki
     }
@@ -244,10 +294,10 @@ mod tests {
     fn get_with_sub_revisions() {
         // Deleted and re-created inside one transaction at main revision 3.
         let mut ki = KeyIndex::new();
-        ki.put(r(2, 0));
+        ki.put(r(2, 0), 0);
         assert!(ki.tombstone(r(3, 0)));
-        ki.put(r(3, 1));
-        ki.put(r(3, 2));
+        ki.put(r(3, 1), 0);
+        ki.put(r(3, 2), 0);
         assert_eq!(ki.get(2), Some(r(2, 0)));
         assert_eq!(ki.get(3), Some(r(3, 2)));
         assert_eq!(ki.get(9), Some(r(3, 2)));
@@ -307,11 +357,11 @@ mod tests {
     fn compaction_keeps_reads_at_or_after_compact_revision() {
         let mut ki = KeyIndex::new();
         for main in 2..=4 {
-            ki.put(r(main, 0));
+            ki.put(r(main, 0), 0);
         }
         assert!(ki.tombstone(r(6, 0)));
-        ki.put(r(8, 0));
-        ki.put(r(9, 0));
+        ki.put(r(8, 0), 0);
+        ki.put(r(9, 0), 0);
         for at in 1..=10 {
             let (c, _) = compacted(ki.clone(), at);
             for read in at..=10 {
@@ -338,11 +388,11 @@ mod tests {
     fn compaction_when_recreated_in_the_same_revision() {
         // One transaction at revision 5 deletes the key and puts it twice.
         let mut ki = KeyIndex::new();
-        ki.put(r(3, 0));
+        ki.put(r(3, 0), 0);
         assert!(ki.tombstone(r(5, 0)));
-        ki.put(r(5, 1));
-        ki.put(r(5, 2));
-        ki.put(r(6, 0));
+        ki.put(r(5, 1), 0);
+        ki.put(r(5, 2), 0);
+        ki.put(r(6, 0), 0);
         let (c, removed) = compacted(ki.clone(), 5);
         assert_eq!(removed, vec![(3, 0), (5, 0), (5, 1)]);
         assert_eq!(gens(&c), vec![vec![(5, 2), (6, 0)]]);
@@ -353,7 +403,7 @@ mod tests {
     fn lone_tombstone_is_invisible_and_compacted_away() {
         let mut ki = KeyIndex::new();
         ki.restore_lone_tombstone(r(5, 0));
-        ki.put(r(7, 0));
+        ki.put(r(7, 0), 0);
         for at in 0..7 {
             assert_eq!(ki.get(at), None);
         }

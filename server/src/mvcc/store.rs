@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use super::key_index::KeyIndex;
+use super::key_index::{KeyIndex, Live};
 use super::revision::Revision;
 use super::types::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event,
@@ -103,7 +103,8 @@ impl KvIndex {
 
     /// Rebuilds the index from one stored entry. Call it for every stored
     /// entry in ascending revision order, then [`KvIndex::set_restored_meta`].
-    pub fn restore(&mut self, rev: Revision, key: &[u8], tombstone: bool) {
+    pub fn restore(&mut self, rev: Revision, kv: &KeyValue, tombstone: bool) {
+        let key = kv.key.as_slice();
         if !self.tree.contains_key(key) {
             self.tree.insert(key.to_vec(), KeyIndex::new());
         }
@@ -113,7 +114,12 @@ impl KvIndex {
             return;
         }
         if !tombstone {
-            ki.put(rev);
+            let live = Live {
+                create_revision: kv.create_revision,
+                version: kv.version,
+                lease: kv.lease,
+            };
+            ki.restore_put(rev, live);
         } else if !ki.tombstone(rev) {
             // The generation's puts were compacted away; keep the tombstone
             // so that a later compaction still deletes it from storage.
@@ -318,8 +324,14 @@ impl<'a> Exec<'a> {
     }
 
     /// Calls `f` for every key in the range, in key order, with its
-    /// revision visible at `at_rev`.
-    fn visit(&self, key: &[u8], range_end: &[u8], at_rev: i64, mut f: impl FnMut(&[u8], Revision)) {
+    /// revision visible at `at_rev` and its history.
+    fn visit(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        at_rev: i64,
+        mut f: impl FnMut(&[u8], Revision, &KeyIndex),
+    ) {
         let Some(bounds) = key_bounds(key, range_end) else {
             return;
         };
@@ -341,7 +353,7 @@ impl<'a> Exec<'a> {
             };
             let (k, ki) = next.expect("peeked");
             if let Some(rev) = ki.get(at_rev) {
-                f(k, rev);
+                f(k, rev, ki);
             }
         }
     }
@@ -355,11 +367,14 @@ impl<'a> Exec<'a> {
             .ok_or_else(|| MvccError::Storage(format!("no value stored at revision {rev:?}")))
     }
 
-    fn current(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
-        match self.key_index(key).and_then(|ki| ki.get(self.read_rev())) {
-            Some(rev) => self.read(rev).map(Some),
-            None => Ok(None),
-        }
+    /// The key's value as of "now" ([`Exec::read_rev`]), without reading it: its revision and
+    /// what the index keeps of it.
+    fn live(&self, key: &[u8]) -> Option<(Revision, Live)> {
+        let ki = self.key_index(key)?;
+        // Nothing is newer than "now", so the value then is the key's last write.
+        let rev = ki.live_revision()?;
+        debug_assert_eq!(ki.get(self.read_rev()), Some(rev));
+        Some((rev, ki.live))
     }
 
     fn range(&self, r: &RangeRequest) -> Result<RangeResponse, MvccError> {
@@ -378,7 +393,7 @@ impl<'a> Exec<'a> {
         }
 
         let mut revs = Vec::new();
-        self.visit(&r.key, &r.range_end, at, |_, rev| revs.push(rev));
+        self.visit(&r.key, &r.range_end, at, |_, rev, _| revs.push(rev));
         let count = revs.len() as i64;
         if r.count_only {
             return Ok(RangeResponse {
@@ -427,33 +442,37 @@ impl<'a> Exec<'a> {
     }
 
     fn put(&mut self, r: PutRequest) -> Result<PutResponse, MvccError> {
-        let prev = self.current(&r.key)?;
-        if (r.ignore_value || r.ignore_lease) && prev.is_none() {
+        let live = self.live(&r.key);
+        if (r.ignore_value || r.ignore_lease) && live.is_none() {
             return Err(MvccError::KeyNotFound);
         }
         if !r.ignore_lease && r.lease != 0 && !self.reader.lease_exists(r.lease) {
             return Err(MvccError::LeaseNotFound);
         }
+        // The previous value is read only when the request itself needs it, as etcd's put reads
+        // none: a watcher asking for previous values has them loaded when its events are sent
+        // (see `Event::prev_unloaded`).
+        let prev = match live {
+            Some((at, _)) if r.prev_kv || r.ignore_value => Some(self.read(at)?),
+            _ => None,
+        };
         let rev = self.next_rev();
-        let (create_revision, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
-            None => (rev.main, 1),
+        let (create_revision, version, lease) = match live {
+            Some((_, l)) => (l.create_revision, l.version + 1, l.lease),
+            None => (rev.main, 1, 0),
         };
         let kv = KeyValue {
-            value: match (&prev, r.ignore_value) {
+            value: match (prev.as_ref(), r.ignore_value) {
                 (Some(p), true) => p.value.clone(),
                 _ => r.value,
             },
-            lease: match (&prev, r.ignore_lease) {
-                (Some(p), true) => p.lease,
-                _ => r.lease,
-            },
+            lease: if r.ignore_lease { lease } else { r.lease },
             key: r.key,
             create_revision,
             mod_revision: rev.main,
             version,
         };
-        self.key_index_mut(&kv.key).put(rev);
+        self.key_index_mut(&kv.key).put(rev, kv.lease);
         self.values.insert(rev, kv.clone());
         self.ops.push(BackendOp::Put {
             rev,
@@ -472,13 +491,18 @@ impl<'a> Exec<'a> {
 
     fn delete_range(&mut self, r: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
         let mut targets = Vec::new();
-        self.visit(&r.key, &r.range_end, self.read_rev(), |k, rev| {
+        self.visit(&r.key, &r.range_end, self.read_rev(), |k, rev, _| {
             targets.push((k.to_vec(), rev))
         });
-        let prevs = targets
-            .iter()
-            .map(|(_, rev)| self.read(*rev))
-            .collect::<Result<Vec<_>, _>>()?;
+        // As for puts, the deleted values are read only when the request returns them.
+        let prevs = if r.prev_kv {
+            targets
+                .iter()
+                .map(|(_, rev)| self.read(*rev).map(Some))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            vec![None; targets.len()]
+        };
 
         let deleted = targets.len() as i64;
         for ((key, _), prev) in targets.into_iter().zip(&prevs) {
@@ -498,12 +522,12 @@ impl<'a> Exec<'a> {
             self.events.push(Event {
                 kind: EventType::Delete,
                 kv,
-                prev_kv: Some(prev.clone()),
+                prev_kv: prev.clone(),
             });
         }
         Ok(DeleteRangeResponse {
             deleted,
-            prev_kvs: if r.prev_kv { prevs } else { Vec::new() },
+            prev_kvs: prevs.into_iter().flatten().collect(),
         })
     }
 
@@ -528,8 +552,9 @@ impl<'a> Exec<'a> {
 
     fn compare(&self, c: &Compare) -> Result<bool, MvccError> {
         let mut revs = Vec::new();
-        self.visit(&c.key, &c.range_end, self.read_rev(), |_, rev| {
-            revs.push(rev)
+        // At "now" a key's visible value is its last write, which `live` describes.
+        self.visit(&c.key, &c.range_end, self.read_rev(), |_, rev, ki| {
+            revs.push((rev, ki.live))
         });
         if revs.is_empty() {
             // A missing value cannot be told apart from an empty one, so
@@ -539,8 +564,19 @@ impl<'a> Exec<'a> {
                 !matches!(c.target, CompareTarget::Value(_)) && compare_kv(c, &KeyValue::default())
             );
         }
-        for rev in revs {
-            if !compare_kv(c, &self.read(rev)?) {
+        for (rev, live) in revs {
+            // Only a value compare reads the value; the other targets are in the index.
+            let kv = match &c.target {
+                CompareTarget::Value(_) => self.read(rev)?,
+                _ => KeyValue {
+                    create_revision: live.create_revision,
+                    mod_revision: rev.main,
+                    version: live.version,
+                    lease: live.lease,
+                    ..KeyValue::default()
+                },
+            };
+            if !compare_kv(c, &kv) {
                 return Ok(false);
             }
         }

@@ -171,6 +171,16 @@ pub struct Event {
     /// For a delete only `key` and `mod_revision` (the deleting revision)
     /// are set, matching what etcd sends.
     pub kv: KeyValue,
-    /// The key's value just before this change, if it existed.
+    /// The key's value just before this change, if it existed and was loaded: writes read it
+    /// only when their request needs it ([`Event::prev_unloaded`]).
     pub prev_kv: Option<KeyValue>,
+}
+
+impl Event {
+    /// Whether the key had a value before this change that `prev_kv` does not hold: a delete
+    /// always had one, and a put had one unless it created the key (version 1). Whoever needs it
+    /// reads the key as of the revision before this one.
+    pub fn prev_unloaded(&self) -> bool {
+        self.prev_kv.is_none() && (self.kind == EventType::Delete || self.kv.version > 1)
+    }
 }

@@ -170,9 +170,24 @@ impl StoreState {
         batch.commit(sm)?;
         let revision = index.current_revision();
         drop(index);
-        // Only now is the entry readable from sled, which watchers catching up depend on.
-        state.hub.publish(&events, revision);
+        // Only now is the entry readable from sled, which watchers catching up depend on, and so
+        // are the previous values watchers may need loaded.
+        state
+            .hub
+            .publish(&events, revision, &|e| state.previous_value(e));
         Ok(response)
+    }
+}
+
+impl StoreState {
+    /// The value `e`'s key had just before `e`'s revision, if any.
+    fn previous_value(&self, e: &Event) -> Result<Option<KeyValue>, MvccError> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        match index.revision_at(&e.kv.key, e.kv.mod_revision - 1) {
+            // Taken under the index lock, as in `apply`.
+            Some(rev) => SledValues(&self.backend.sm()).read(rev),
+            None => Ok(None),
+        }
     }
 }
 

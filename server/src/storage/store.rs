@@ -451,7 +451,7 @@ impl StoreState {
             let rev =
                 Revision::from_bytes(&key[1..]).ok_or(StoreError::Corrupt("bad revision key"))?;
             let stored: StoredKv = decode(&value)?;
-            index.restore(rev, &stored.kv.key, stored.tombstone);
+            index.restore(rev, &stored.kv, stored.tombstone);
             in_use += (key.len() + value.len()) as u64;
         }
         let mut alarms = BTreeSet::new();

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
 
-use crate::mvcc::{Event, EventType, MvccError};
+use crate::mvcc::{Event, EventType, KeyValue, MvccError};
 
 /// About the most one catch-up message carries: clients commonly refuse messages over 4 MiB.
 const CATCH_UP_EVENTS: usize = 1000;
@@ -119,6 +119,53 @@ pub trait History: Send + Sync + 'static {
         max_bytes: usize,
     ) -> Result<(Vec<Event>, i64), MvccError>;
     fn compact_revision(&self) -> i64;
+}
+
+/// Reads an event's previous value: the key as of the revision before the event's.
+pub type PrevLoader<'a> = dyn Fn(&Event) -> Result<Option<KeyValue>, MvccError> + 'a;
+
+/// An event as watchers asking for previous values receive it.
+enum Filled {
+    /// Nobody needs more than the event as written.
+    AsIs,
+    Loaded(Event),
+    /// Reading the previous value failed.
+    Unreadable,
+}
+
+/// Loads the previous values that a synced watcher asking for them would receive unloaded; empty
+/// (every event as is) when no watcher asks.
+fn fill_prev(st: &HubState, events: &[Event], load_prev: &PrevLoader<'_>) -> Vec<Filled> {
+    let asking: Vec<&Watcher> = st
+        .watchers
+        .values()
+        .filter(|w| w.synced && w.spec.prev_kv)
+        .collect();
+    if asking.is_empty() {
+        return Vec::new();
+    }
+    events
+        .iter()
+        .map(|e| {
+            let wanted = e.prev_unloaded()
+                && asking
+                    .iter()
+                    .any(|w| e.kv.mod_revision >= w.next_rev && w.spec.wants(e));
+            if !wanted {
+                return Filled::AsIs;
+            }
+            match load_prev(e) {
+                Ok(prev_kv) => Filled::Loaded(Event {
+                    prev_kv,
+                    ..e.clone()
+                }),
+                Err(error) => {
+                    tracing::warn!(%error, revision = e.kv.mod_revision, "reading a previous value for watchers failed");
+                    Filled::Unreadable
+                }
+            }
+        })
+        .collect()
 }
 
 type WatcherKey = (u64, i64);
@@ -285,19 +332,40 @@ impl WatchHub {
 
     /// Offers applied changes up to `revision` (now readable from the store) to synced watchers.
     /// Never blocks: a watcher whose stream is full is left to catch up from history.
-    pub fn publish(&self, events: &[Event], revision: i64) {
+    ///
+    /// `load_prev` reads an event's previous value (the key as of the revision before it), for
+    /// watchers that ask for previous values when the write did not load it
+    /// ([`Event::prev_unloaded`]). It runs under the hub lock, so a watcher registered while
+    /// the entry was applied cannot miss it; each value is read once however many watchers want it.
+    pub fn publish(&self, events: &[Event], revision: i64, load_prev: &PrevLoader<'_>) {
         let mut st = self.lock();
         if revision <= st.published {
             return;
         }
+        let filled = fill_prev(&st, events, load_prev);
         let mut fell_behind = false;
         let mut closed = Vec::new();
         for (key, w) in st.watchers.iter_mut().filter(|(_, w)| w.synced) {
+            let mut unreadable = false;
             let mine: Vec<Event> = events
                 .iter()
-                .filter(|e| e.kv.mod_revision >= w.next_rev && w.spec.wants(e))
-                .map(|e| w.spec.shape(e))
+                .enumerate()
+                .filter(|(_, e)| e.kv.mod_revision >= w.next_rev && w.spec.wants(e))
+                .filter_map(|(i, e)| match filled.get(i).unwrap_or(&Filled::AsIs) {
+                    Filled::Loaded(full) if w.spec.prev_kv => Some(full.clone()),
+                    Filled::Unreadable if w.spec.prev_kv => {
+                        unreadable = true;
+                        None
+                    }
+                    _ => Some(w.spec.shape(e)),
+                })
                 .collect();
+            if unreadable {
+                // Catching up reads history, which reports what went wrong.
+                w.synced = false;
+                fell_behind = true;
+                continue;
+            }
             if !mine.is_empty() {
                 match w.out.try_send(WatchMessage::Events {
                     watch_id: key.1,
@@ -514,12 +582,12 @@ mod tests {
             ..Default::default()
         };
         hub.watch(1, 0, spec, &tx).await.unwrap();
-        hub.publish(&[put("k", 6)], 6);
+        hub.publish(&[put("k", 6)], 6, &|_| Ok(None));
         // A snapshot install makes every watcher catch up; the future start must survive that.
         hub.reset_published(8);
         assert!(hub.sync_round(&NoHistory));
-        hub.publish(&[put("k", 9)], 9);
-        hub.publish(&[put("k", 10)], 10);
+        hub.publish(&[put("k", 9)], 9, &|_| Ok(None));
+        hub.publish(&[put("k", 10)], 10, &|_| Ok(None));
         assert_eq!(drain(&mut rx), vec![10]);
     }
 
@@ -539,7 +607,7 @@ mod tests {
         .await
         .unwrap();
         for rev in 2..10 {
-            hub.publish(&[put("k", rev)], rev);
+            hub.publish(&[put("k", rev)], rev, &|_| Ok(None));
         }
         // Created + one event fit; the rest were left for catch-up instead of blocking.
         let st = hub.lock();
