@@ -271,8 +271,6 @@ struct Exec<'a> {
     reader: &'a dyn ValueReader,
     /// Copies of the key histories written by this request.
     keys: BTreeMap<Vec<u8>, KeyIndex>,
-    /// Values written by this request, so later reads in it can see them.
-    values: BTreeMap<Revision, KeyValue>,
     ops: Vec<BackendOp>,
     events: Vec<Event>,
 }
@@ -283,7 +281,6 @@ impl<'a> Exec<'a> {
             base,
             reader,
             keys: BTreeMap::new(),
-            values: BTreeMap::new(),
             ops: Vec::new(),
             events: Vec::new(),
         }
@@ -359,8 +356,11 @@ impl<'a> Exec<'a> {
     }
 
     fn read(&self, rev: Revision) -> Result<KeyValue, MvccError> {
-        if let Some(kv) = self.values.get(&rev) {
-            return Ok(kv.clone());
+        // This request's own writes: its `ops`, in sub-revision order.
+        if rev.main == self.base.current_rev + 1 {
+            if let Some(BackendOp::Put { kv, .. }) = self.ops.get(rev.sub as usize) {
+                return Ok(kv.clone());
+            }
         }
         self.reader
             .read(rev)?
@@ -473,7 +473,6 @@ impl<'a> Exec<'a> {
             version,
         };
         self.key_index_mut(&kv.key).put(rev, kv.lease);
-        self.values.insert(rev, kv.clone());
         self.ops.push(BackendOp::Put {
             rev,
             kv: kv.clone(),

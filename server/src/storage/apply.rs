@@ -442,8 +442,9 @@ struct Pending<'a> {
     auth_store: &'a AuthStore,
     auth_changes: Vec<AuthChange>,
     stored: SledValues<'a>,
-    /// `None` marks a revision deleted by compaction.
-    overlay: HashMap<Revision, Option<KeyValue>>,
+    /// Where in `ops` each revision this entry wrote is; `None` marks a revision deleted by
+    /// compaction.
+    overlay: HashMap<Revision, Option<usize>>,
     ops: Vec<BackendOp>,
     events: Vec<Event>,
     leases: &'a mut LeaseTable,
@@ -469,9 +470,9 @@ impl Pending<'_> {
     fn record(&mut self, ops: Vec<BackendOp>, events: Vec<Event>) {
         self.leases.track(&events);
         self.events.extend(events);
-        for op in &ops {
+        for (at, op) in (self.ops.len()..).zip(&ops) {
             match op {
-                BackendOp::Put { rev, kv, .. } => self.overlay.insert(*rev, Some(kv.clone())),
+                BackendOp::Put { rev, .. } => self.overlay.insert(*rev, Some(at)),
                 BackendOp::Delete { rev } => self.overlay.insert(*rev, None),
             };
         }
@@ -482,7 +483,11 @@ impl Pending<'_> {
 impl ValueReader for Pending<'_> {
     fn read(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
         match self.overlay.get(&rev) {
-            Some(v) => Ok(v.clone()),
+            Some(Some(at)) => match &self.ops[*at] {
+                BackendOp::Put { kv, .. } => Ok(Some(kv.clone())),
+                BackendOp::Delete { .. } => Ok(None),
+            },
+            Some(None) => Ok(None),
             None => self.stored.read(rev),
         }
     }

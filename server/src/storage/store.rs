@@ -618,6 +618,83 @@ mod tests {
         }
     }
 
+    /// Commands of one entry read what the commands before them wrote, before any of it is
+    /// stored: values, previous values and compares, and a compaction within the entry.
+    #[tokio::test]
+    async fn commands_of_a_batch_read_each_others_writes() {
+        use crate::command::{Applied, Command};
+        use crate::mvcc::{
+            Compare, CompareResult, CompareTarget, PutRequest, RangeRequest, RequestOp, ResponseOp,
+            TxnRequest,
+        };
+        use crate::storage::Payload;
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
+        let state = StoreState::open::<Meta>(backend, Duration::from_secs(600)).unwrap();
+        let put = |value: &str, prev_kv: bool| PutRequest {
+            key: b"k".to_vec(),
+            value: value.as_bytes().to_vec(),
+            prev_kv,
+            ..Default::default()
+        };
+        let get = RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        };
+        let batch = Command::Batch(vec![
+            Command::Put(put("a", false)),
+            Command::Txn(TxnRequest {
+                compare: vec![Compare {
+                    key: b"k".to_vec(),
+                    range_end: Vec::new(),
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Value(b"a".to_vec()),
+                }],
+                success: vec![
+                    RequestOp::Put(put("b", true)),
+                    RequestOp::Range(get.clone()),
+                ],
+                failure: Vec::new(),
+            }),
+            Command::Compact(3),
+            Command::Put(PutRequest {
+                ignore_value: true,
+                ..put("", true)
+            }),
+        ]);
+        let response = state
+            .apply(&1u64, Payload::<()>::Command(batch))
+            .await
+            .unwrap();
+        let Ok(Applied::Batch(responses)) = response.result else {
+            panic!("{response:?}");
+        };
+        let Ok(Applied::Txn(txn)) = &responses[1].result else {
+            panic!("{responses:?}");
+        };
+        assert!(txn.succeeded);
+        let ResponseOp::Put(put_b) = &txn.responses[0] else {
+            panic!("{txn:?}");
+        };
+        assert_eq!(put_b.prev_kv.as_ref().unwrap().value, b"a");
+        let ResponseOp::Range(read) = &txn.responses[1] else {
+            panic!("{txn:?}");
+        };
+        assert_eq!(read.kvs[0].value, b"b");
+        let Ok(Applied::Put(last)) = &responses[3].result else {
+            panic!("{responses:?}");
+        };
+        // Compacted at the transaction's revision, which stays readable.
+        let prev = last.prev_kv.as_ref().unwrap();
+        assert_eq!((prev.value.as_slice(), prev.version), (&b"b"[..], 2));
+        let index = state.index.read().unwrap();
+        let now = index.range(&get, &SledValues(&state.backend.sm())).unwrap();
+        assert_eq!(
+            (now.kvs[0].value.as_slice(), now.kvs[0].version),
+            (&b"b"[..], 3)
+        );
+    }
+
     #[tokio::test]
     async fn hash_kv_is_crc32c_over_the_stored_revisions_up_to_its_revision() {
         use crate::command::Command;
