@@ -54,6 +54,7 @@ impl StoreState {
         let mut batch = RowWrites::default();
         let mut events = Vec::new();
         let mut index = state.index.write().unwrap_or_else(|p| p.into_inner());
+        let before = (index.current_revision(), index.compact_revision());
         // Taken under the index lock, which a defragmentation holds while it swaps the database:
         // a tree taken before could be the replaced one.
         let sm = &state.backend.sm();
@@ -161,8 +162,13 @@ impl StoreState {
                 state
                     .bytes_in_use
                     .store((in_use + added).saturating_sub(freed), Ordering::Relaxed);
-                batch.insert(META_REVISION, encode(&index.current_revision())?);
-                batch.insert(META_COMPACT, encode(&index.compact_revision())?);
+                // Only a revision that moved is written: every row is a tree insert.
+                if index.current_revision() != before.0 {
+                    batch.insert(META_REVISION, encode(&index.current_revision())?);
+                }
+                if index.compact_revision() != before.1 {
+                    batch.insert(META_COMPACT, encode(&index.compact_revision())?);
+                }
                 response
             }
         };
