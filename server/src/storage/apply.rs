@@ -14,9 +14,10 @@ use serde::Serialize;
 use super::backend::RowWrites;
 use super::error::StoreError;
 use super::keys::{
-    alarm_key, kv_key, lease_key, member_key, prefixed, StoredKv, META_APPLIED, META_AUTH,
-    META_COMPACT, META_MEMBERSHIP, META_REVISION, ROLE_PREFIX, USER_PREFIX,
+    alarm_key, lease_key, member_key, prefixed, StoredKv, META_APPLIED, META_AUTH, META_COMPACT,
+    META_MEMBERSHIP, META_REVISION, ROLE_PREFIX, USER_PREFIX,
 };
+use super::revisions;
 use super::store::{SledValues, StoreState};
 use crate::auth::{AuthChange, AuthError, AuthInfo, AuthState, AuthStore};
 use crate::codec::encode;
@@ -141,20 +142,34 @@ impl StoreState {
                         None => batch.remove(lease_key(id)),
                     }
                 }
+                let mut deleted = Vec::new();
                 for op in pending.ops {
                     match op {
                         BackendOp::Put { rev, kv, tombstone } => {
                             let stored = StoredKv { kv, tombstone };
                             let value = encode(&stored)?;
-                            added += (17 + value.len()) as u64;
+                            added += revisions::stored_size(value.len());
                             batch.insert_new_revision(rev, value);
                         }
-                        BackendOp::Delete { rev } => {
-                            let key = kv_key(rev);
-                            if let Some(old) = sm.get(key)? {
-                                freed += (key.len() + old.len()) as u64;
-                            }
-                            batch.remove(key);
+                        BackendOp::Delete { rev } => deleted.push(rev),
+                    }
+                }
+                if !deleted.is_empty() {
+                    // A compaction: revisions this entry wrote itself are simply not stored.
+                    deleted.sort_unstable();
+                    deleted.retain(|rev| match batch.remove_new_revision(*rev) {
+                        Some(len) => {
+                            freed += revisions::stored_size(len);
+                            false
+                        }
+                        None => true,
+                    });
+                    let (changes, bytes) = revisions::removals(sm, &deleted)?;
+                    freed += bytes;
+                    for (key, value) in changes {
+                        match value {
+                            Some(value) => batch.insert(key, value),
+                            None => batch.remove(key),
                         }
                     }
                 }

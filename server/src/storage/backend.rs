@@ -22,7 +22,8 @@
 //!   `wal/` and emptied when a data dir from before is opened.
 //! - `raft`: vote, committed and last purged log ids; this member's identity.
 //! - `sm`: the state machine, replaced whole when a snapshot is installed. Keys starting with
-//!   `KV_PREFIX` hold MVCC revisions (`r` + 16-byte revision -> bincode [`StoredKv`]); keys
+//!   `KV_PREFIX` hold MVCC revisions (`r` + 16-byte revision -> bincode [`StoredKv`], or a pack
+//!   of an entry's revisions keyed by its first: see `revisions`); keys
 //!   starting with `m/` hold the applied log id, membership and store revisions. Everything an apply
 //!   changes is first written as one redo record (`META_APPLY_RECORD`), then row by row; see
 //!   [`RowWrites`].
@@ -34,6 +35,7 @@ use std::sync::{Arc, Mutex};
 
 pub(crate) use super::error::RowWriteError;
 use super::keys::{kv_key, KV_PREFIX, META_APPLY_RECORD};
+use super::revisions;
 use super::wal::Wal;
 use crate::mvcc::Revision;
 
@@ -58,14 +60,27 @@ use crate::mvcc::Revision;
 /// (u32 LE), value.
 #[derive(Default)]
 pub(crate) struct RowWrites {
-    new_revisions: Vec<([u8; 17], Vec<u8>)>,
+    /// Ascending.
+    new_revisions: Vec<(Revision, Vec<u8>)>,
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl RowWrites {
-    /// A key revision this entry creates (above the stored store revision).
+    /// A key revision this entry creates (above the stored store revision, and above the ones
+    /// before it).
     pub fn insert_new_revision(&mut self, rev: Revision, value: Vec<u8>) {
-        self.new_revisions.push((kv_key(rev), value));
+        debug_assert!(self.new_revisions.last().is_none_or(|(r, _)| *r < rev));
+        self.new_revisions.push((rev, value));
+    }
+
+    /// Drops a revision this entry created (a compaction later in the entry removed it), and
+    /// returns its value's length; `None` if it is not one of them.
+    pub fn remove_new_revision(&mut self, rev: Revision) -> Option<usize> {
+        let at = self
+            .new_revisions
+            .binary_search_by_key(&rev, |(r, _)| *r)
+            .ok()?;
+        Some(self.new_revisions.remove(at).1.len())
     }
 
     pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) {
@@ -77,9 +92,10 @@ impl RowWrites {
         self.writes.push((key.as_ref().to_vec(), None));
     }
 
-    /// Stores the new key revisions, the redo record, then each other row.
+    /// Stores the new key revisions (packed, see `revisions`), the redo record, then each other
+    /// row.
     pub fn commit(mut self, tree: &sled::Tree) -> Result<(), RowWriteError> {
-        for (key, value) in std::mem::take(&mut self.new_revisions) {
+        for (key, value) in revisions::rows(std::mem::take(&mut self.new_revisions)) {
             tree.insert(key, value)?;
         }
         tree.insert(META_APPLY_RECORD, self.encode())?;
@@ -87,7 +103,8 @@ impl RowWrites {
     }
 
     /// Removes key revisions above `revision` (the stored store revision): left by an entry whose
-    /// redo record never reached the disk.
+    /// redo record never reached the disk. A pack holds one entry's revisions only, so a row keyed
+    /// above `revision` holds nothing else.
     pub fn drop_unfinished_revisions(
         tree: &sled::Tree,
         revision: i64,

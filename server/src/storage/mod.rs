@@ -1,5 +1,5 @@
 //! Storage, below consensus: everything that names sled. The database and its durability
-//! (`backend`) and its compacting rewrite (`defrag`), how rows are keyed (`keys`), the persisted
+//! (`backend`) and its compacting rewrite (`defrag`), how rows are keyed (`keys`) and key revisions laid out (`revisions`), the persisted
 //! MVCC store and its loading (`store`),
 //! deterministic apply (`apply`), Raft snapshot files (`snapshot_file`, `snapshots`), backups
 //! (`backup`: etcd's snapshot format, `etcd_snapshot` over the `bbolt` file format, and Cairn's
@@ -19,6 +19,7 @@ pub(crate) mod error;
 pub(crate) mod etcd_snapshot;
 pub(crate) mod keys;
 pub(crate) mod log;
+pub(crate) mod revisions;
 pub(crate) mod snapshot_file;
 pub(crate) mod snapshots;
 pub(crate) mod store;

@@ -43,6 +43,7 @@ use super::keys::{
     META_COMPACT, META_INSTALLING, META_MEMBERSHIP, META_RESTORING, META_REVISION, ROLE_PREFIX,
     USER_PREFIX,
 };
+use super::revisions;
 use super::snapshot_file;
 use crate::auth::{AuthState, AuthStore};
 use crate::codec::decode;
@@ -263,13 +264,15 @@ impl StoreState {
         let hash = tokio::task::spawn_blocking(move || {
             let _guard = guard;
             let mut crc = 0;
-            let end = kv_key(Revision::new(revision + 1, 0));
-            for item in state.backend.sm().range(&[KV_PREFIX][..]..&end[..]) {
-                let (key, value) = item?;
-                crc = crc32c::crc32c_append(crc, &key);
+            let end = Revision::new(revision + 1, 0);
+            // One row per revision, as stored before packs: members hash alike however they
+            // store them.
+            for item in revisions::scan(&state.backend.sm(), Revision::new(0, 0), end)? {
+                let (rev, value) = item?;
+                crc = crc32c::crc32c_append(crc, &kv_key(rev));
                 crc = crc32c::crc32c_append(crc, &value);
             }
-            Ok::<_, sled::Error>(crc)
+            Ok::<_, StoreError>(crc)
         })
         .await
         .map_err(|e| storage(&e))?
@@ -345,10 +348,11 @@ impl StoreState {
         for (k, v) in &capture.rows {
             row(k, v)?;
         }
-        let end = kv_key(Revision::new(capture.revision + 1, 0));
-        for item in self.backend.sm().range(&[KV_PREFIX][..]..&end[..]) {
-            let (k, v) = item.map_err(std::io::Error::other)?;
-            row(&k, &v)?;
+        let end = Revision::new(capture.revision + 1, 0);
+        let sm = self.backend.sm();
+        for item in revisions::scan(&sm, Revision::new(0, 0), end).map_err(std::io::Error::other)? {
+            let (rev, v) = item.map_err(std::io::Error::other)?;
+            row(&kv_key(rev), &v)?;
         }
         Ok(())
     }
@@ -446,13 +450,11 @@ impl StoreState {
         }
         let mut index = KvIndex::new();
         let mut in_use = 0u64;
-        for item in sm.scan_prefix([KV_PREFIX]) {
-            let (key, value) = item?;
-            let rev =
-                Revision::from_bytes(&key[1..]).ok_or(StoreError::Corrupt("bad revision key"))?;
+        for item in revisions::scan_all(sm)? {
+            let (rev, value) = item?;
             let stored: StoredKv = decode(&value)?;
             index.restore(rev, &stored.kv, stored.tombstone);
-            in_use += (key.len() + value.len()) as u64;
+            in_use += revisions::stored_size(value.len());
         }
         let mut alarms = BTreeSet::new();
         for item in sm.scan_prefix(ALARM_PREFIX) {
@@ -527,17 +529,15 @@ impl History for StoreState {
         max_bytes: usize,
     ) -> Result<(Vec<Event>, i64), MvccError> {
         let storage = |e: &dyn std::fmt::Display| MvccError::Storage(e.to_string());
-        let start = kv_key(Revision::new(from, 0));
-        let end = kv_key(Revision::new(to + 1, 0));
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let values = SledValues(&self.backend.sm());
+        let sm = self.backend.sm();
+        let values = SledValues(&sm);
         let mut events = Vec::new();
         let mut last_main = from - 1;
         let mut bytes = 0;
-        for item in self.backend.sm().range(start..end) {
-            let (key, value) = item.map_err(|e| storage(&e))?;
-            let rev = Revision::from_bytes(&key[1..])
-                .ok_or_else(|| MvccError::Storage("bad revision key".into()))?;
+        let (start, end) = (Revision::new(from, 0), Revision::new(to + 1, 0));
+        for item in revisions::scan(&sm, start, end).map_err(|e| storage(&e))? {
+            let (rev, value) = item.map_err(|e| storage(&e))?;
             // Stop only between revisions: one revision's events always travel together.
             if (events.len() >= max_events || bytes >= max_bytes) && rev.main > last_main {
                 return Ok((events, rev.main - 1));
@@ -578,7 +578,7 @@ pub(crate) struct SledValues<'a>(pub &'a sled::Tree);
 
 impl ValueReader for SledValues<'_> {
     fn read(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
-        match self.0.get(kv_key(rev)) {
+        match revisions::get(self.0, rev) {
             Ok(Some(bytes)) => crate::codec::decode::<StoredKv>(&bytes)
                 .map(|s| Some(s.kv))
                 .map_err(|e| MvccError::Storage(e.to_string())),
@@ -616,6 +616,96 @@ mod tests {
                 membership: Vec::new(),
             })
         }
+    }
+
+    /// Writes applied as one entry (their revisions packed into shared rows) and the same writes
+    /// one entry each (a row per revision) make the same store: the same reads at every
+    /// revision, history, hashes and size in use, before and after a compaction that empties
+    /// some packs and thins others, and after reopening.
+    #[tokio::test]
+    async fn packed_revisions_read_hash_and_compact_as_rows_of_their_own() {
+        use crate::command::Command;
+        use crate::mvcc::{PutRequest, RangeRequest};
+        use crate::storage::Payload;
+        let put = |i: usize| {
+            Command::Put(PutRequest {
+                key: format!("k{}", i % 7).into_bytes(),
+                value: vec![b'a' + (i % 26) as u8; 40 + i * 13],
+                ..Default::default()
+            })
+        };
+        let writes = 60;
+        let (packed_dir, single_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let open = |dir: &std::path::Path| {
+            let backend = Backend::open(dir, 1024 * 1024).unwrap();
+            StoreState::open::<Meta>(backend, Duration::from_secs(600)).unwrap()
+        };
+        let (packed, single) = (open(packed_dir.path()), open(single_dir.path()));
+        let batch = Command::Batch((0..writes).map(put).collect());
+        packed
+            .apply(&1u64, Payload::<()>::Command(batch))
+            .await
+            .unwrap();
+        for i in 0..writes {
+            single
+                .apply(&(i as u64 + 1), Payload::<()>::Command(put(i)))
+                .await
+                .unwrap();
+        }
+        let rows = |s: &StoreState| s.backend.sm().scan_prefix([KV_PREFIX]).count();
+        assert!(rows(&packed) < writes / 4, "{} rows", rows(&packed));
+        assert_eq!(rows(&single), writes);
+
+        async fn same(a: &Arc<StoreState>, b: &Arc<StoreState>, from: i64) {
+            let all = RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            };
+            let current = a.index.read().unwrap().current_revision();
+            for at in from..=current {
+                let read = |s: &Arc<StoreState>| {
+                    let r = RangeRequest {
+                        revision: at,
+                        ..all.clone()
+                    };
+                    let index = s.index.read().unwrap();
+                    index.range(&r, &SledValues(&s.backend.sm())).unwrap()
+                };
+                assert_eq!(read(a), read(b), "at {at}");
+            }
+            let spec = WatchSpec {
+                key: vec![0],
+                range_end: vec![0],
+                prev_kv: true,
+                ..Default::default()
+            };
+            for start in [from, from + 5, from + 17] {
+                let history = |s: &Arc<StoreState>| s.events(&spec, start, current, 1000, 1 << 20);
+                assert_eq!(history(a).unwrap(), history(b).unwrap(), "from {start}");
+            }
+            assert_eq!(a.hash_kv(0).await.unwrap(), b.hash_kv(0).await.unwrap());
+            assert_eq!(a.hash().await.unwrap(), b.hash().await.unwrap());
+            assert_eq!(
+                a.bytes_in_use.load(Ordering::Relaxed),
+                b.bytes_in_use.load(Ordering::Relaxed)
+            );
+        }
+        same(&packed, &single, 2).await;
+        // Compacted in the middle of a pack: every key's older revisions go.
+        let compact = Command::Compact(40);
+        packed
+            .apply(&2u64, Payload::<()>::Command(compact.clone()))
+            .await
+            .unwrap();
+        single
+            .apply(&(writes as u64 + 1), Payload::<()>::Command(compact))
+            .await
+            .unwrap();
+        same(&packed, &single, 40).await;
+        drop(packed);
+        let packed = open(packed_dir.path());
+        same(&packed, &single, 40).await;
     }
 
     /// Commands of one entry read what the commands before them wrote, before any of it is
