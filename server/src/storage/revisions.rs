@@ -194,13 +194,16 @@ impl Iterator for Scan {
     }
 }
 
+/// A row to set to a value, or to delete (`None`).
+pub(crate) type RowChange = (IVec, Option<Vec<u8>>);
+
 /// The row changes that remove `revisions` (ascending, each stored): a revision's own row is
 /// deleted, a pack rewritten without them (deleted once empty). Also returns the bytes freed, as
 /// [`stored_size`] counts them.
 pub(crate) fn removals(
     tree: &sled::Tree,
     revisions: &[Revision],
-) -> Result<(Vec<(IVec, Option<Vec<u8>>)>, u64), StoreError> {
+) -> Result<(Vec<RowChange>, u64), StoreError> {
     let mut changes = Vec::new();
     let mut freed = 0;
     let mut i = 0;
