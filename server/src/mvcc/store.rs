@@ -171,56 +171,10 @@ impl KvIndex {
         r: PutRequest,
         reader: &dyn ValueReader,
     ) -> Result<WriteResult<PutResponse>, MvccError> {
-        if !(r.prev_kv || r.ignore_value || r.ignore_lease) {
-            return self.plain_put(r, reader);
-        }
         let mut exec = Exec::new(self, reader);
         let response = exec.put(r)?;
         let staged = exec.finish();
         Ok(self.commit(staged, response))
-    }
-
-    /// A put that reads nothing and returns nothing of the key's previous value, which is most of
-    /// them: once its lease is checked it cannot fail, so it is written in place, with one lookup
-    /// of the key instead of staging a copy of its history ([`Exec::put`] does the same for the
-    /// others).
-    fn plain_put(
-        &mut self,
-        r: PutRequest,
-        reader: &dyn ValueReader,
-    ) -> Result<WriteResult<PutResponse>, MvccError> {
-        if r.lease != 0 && !reader.lease_exists(r.lease) {
-            return Err(MvccError::LeaseNotFound);
-        }
-        let rev = Revision::new(self.current_rev + 1, 0);
-        let ki = match self.tree.get_mut(&r.key) {
-            Some(ki) => ki,
-            None => self.tree.entry(r.key.clone()).or_default(),
-        };
-        ki.put(rev, r.lease);
-        let kv = KeyValue {
-            key: r.key,
-            create_revision: ki.live.create_revision,
-            mod_revision: rev.main,
-            version: ki.live.version,
-            value: r.value,
-            lease: r.lease,
-        };
-        self.current_rev += 1;
-        Ok(WriteResult {
-            response: PutResponse { prev_kv: None },
-            revision: self.current_rev,
-            ops: vec![BackendOp::Put {
-                rev,
-                kv: kv.clone(),
-                tombstone: false,
-            }],
-            events: vec![Event {
-                kind: EventType::Put,
-                kv,
-                prev_kv: None,
-            }],
-        })
     }
 
     pub fn delete_range(
