@@ -198,9 +198,7 @@ impl StoreState {
             .publish(&events, revision, &|e| state.previous_value(e));
         Ok(response)
     }
-}
 
-impl StoreState {
     /// The value `e`'s key had just before `e`'s revision, if any.
     fn previous_value(&self, e: &Event) -> Result<Option<KeyValue>, MvccError> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
