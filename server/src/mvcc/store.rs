@@ -8,8 +8,9 @@
 //! has fully succeeded, so an error leaves the index untouched.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use super::key_index::{KeyIndex, Live};
 use super::revision::Revision;
@@ -78,7 +79,7 @@ pub struct WriteResult<T> {
 /// and compacted revisions.
 #[derive(Clone, Debug)]
 pub struct KvIndex {
-    tree: BTreeMap<Vec<u8>, KeyIndex>,
+    tree: Keys,
     current_rev: i64,
     /// -1 until the first compaction, as in etcd, so that compacting at 0
     /// is accepted once.
@@ -95,7 +96,7 @@ impl KvIndex {
     /// An empty store at revision 1; its first write gets revision 2.
     pub fn new() -> Self {
         KvIndex {
-            tree: BTreeMap::new(),
+            tree: Keys::default(),
             current_rev: 1,
             compact_rev: -1,
         }
@@ -104,11 +105,7 @@ impl KvIndex {
     /// Rebuilds the index from one stored entry. Call it for every stored
     /// entry in ascending revision order, then [`KvIndex::set_restored_meta`].
     pub fn restore(&mut self, rev: Revision, kv: &KeyValue, tombstone: bool) {
-        let key = kv.key.as_slice();
-        if !self.tree.contains_key(key) {
-            self.tree.insert(key.to_vec(), KeyIndex::new());
-        }
-        let ki = self.tree.get_mut(key).expect("just inserted");
+        let ki = self.tree.entry(&kv.key);
         if rev <= ki.modified {
             // Replayed twice or out of order: the first record wins.
             return;
@@ -143,6 +140,7 @@ impl KvIndex {
     /// Keys that exist at the current revision (a full scan of the index).
     pub fn key_count(&self) -> usize {
         self.tree
+            .by_key
             .values()
             .filter(|ki| ki.get(self.current_rev).is_some())
             .count()
@@ -219,7 +217,7 @@ impl KvIndex {
             return Err(MvccError::FutureRevision);
         }
         let mut removed = Vec::new();
-        self.tree.retain(|_, ki| {
+        self.tree.retain(|ki| {
             ki.compact(rev, &mut removed);
             !ki.is_empty()
         });
@@ -233,7 +231,9 @@ impl KvIndex {
 
     fn commit<T>(&mut self, staged: Staged, response: T) -> WriteResult<T> {
         if !staged.ops.is_empty() {
-            self.tree.extend(staged.keys);
+            for (key, ki) in staged.keys {
+                self.tree.set(key, ki);
+            }
             self.current_rev += 1;
         }
         WriteResult {
@@ -242,6 +242,66 @@ impl KvIndex {
             ops: staged.ops,
             events: staged.events,
         }
+    }
+}
+
+/// The key histories: found by key with one hash probe (what every write, compare and point read
+/// does), listed in key order through `order` (ranges). A tree keyed by the keys themselves made
+/// each lookup compare a dozen or more keys, each stored apart from the tree and each a likely
+/// cache miss on a large index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Keys {
+    by_key: HashMap<Arc<[u8]>, KeyIndex>,
+    /// The same keys as `by_key`, sharing their bytes.
+    order: BTreeSet<Arc<[u8]>>,
+}
+
+impl Keys {
+    fn get(&self, key: &[u8]) -> Option<&KeyIndex> {
+        self.by_key.get(key)
+    }
+
+    /// The key's history, created empty if the index has none.
+    fn entry(&mut self, key: &[u8]) -> &mut KeyIndex {
+        if !self.by_key.contains_key(key) {
+            let key: Arc<[u8]> = key.into();
+            self.order.insert(key.clone());
+            self.by_key.insert(key.clone(), KeyIndex::new());
+        }
+        self.by_key.get_mut(key).expect("just inserted")
+    }
+
+    fn set(&mut self, key: Vec<u8>, ki: KeyIndex) {
+        match self.by_key.get_mut(key.as_slice()) {
+            Some(slot) => *slot = ki,
+            None => {
+                let key: Arc<[u8]> = key.into();
+                self.order.insert(key.clone());
+                self.by_key.insert(key, ki);
+            }
+        }
+    }
+
+    /// Keeps the histories `keep` returns true for (it may change them).
+    fn retain(&mut self, mut keep: impl FnMut(&mut KeyIndex) -> bool) {
+        let order = &mut self.order;
+        self.by_key.retain(|key, ki| {
+            let kept = keep(ki);
+            if !kept {
+                order.remove(key);
+            }
+            kept
+        });
+    }
+
+    /// In key order.
+    fn range<'a>(
+        &'a self,
+        bounds: KeyBounds<'_>,
+    ) -> impl Iterator<Item = (&'a [u8], &'a KeyIndex)> + 'a {
+        self.order
+            .range::<[u8], _>(bounds)
+            .map(|key| (&key[..], &self.by_key[key]))
     }
 }
 
@@ -332,8 +392,12 @@ impl<'a> Exec<'a> {
         let Some(bounds) = key_bounds(key, range_end) else {
             return;
         };
-        let mut base = self.base.tree.range::<[u8], _>(bounds).peekable();
-        let mut staged = self.keys.range::<[u8], _>(bounds).peekable();
+        let mut base = self.base.tree.range(bounds).peekable();
+        let mut staged = self
+            .keys
+            .range::<[u8], _>(bounds)
+            .map(|(k, ki)| (k.as_slice(), ki))
+            .peekable();
         loop {
             let next = match (base.peek(), staged.peek()) {
                 (None, None) => break,
