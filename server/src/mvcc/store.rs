@@ -1093,6 +1093,26 @@ mod tests {
         assert_eq!(ops.len(), 2);
         be.apply(&ops);
         assert_eq!(be.entries.len(), 1);
+
+        // Keys left with no history leave both the lookup table and the key order, and come
+        // back to both when written again.
+        assert_eq!((idx.tree.by_key.len(), idx.tree.order.len()), (1, 1));
+        put(&mut idx, &mut be, "c", "2");
+        put(&mut idx, &mut be, "b", "2");
+        let all = RangeRequest {
+            key: b"\0".to_vec(),
+            range_end: vec![0],
+            ..Default::default()
+        };
+        let keys: Vec<_> = idx
+            .range(&all, &be)
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, [b"a", b"b", b"c"]);
+        assert_eq!(idx.tree.order.len(), idx.tree.by_key.len());
     }
 
     fn txn(success: Vec<RequestOp>) -> TxnRequest {
