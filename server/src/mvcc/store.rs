@@ -79,7 +79,7 @@ pub struct WriteResult<T> {
 /// and compacted revisions.
 #[derive(Clone, Debug)]
 pub struct KvIndex {
-    tree: Keys,
+    keys: Keys,
     current_rev: i64,
     /// -1 until the first compaction, as in etcd, so that compacting at 0
     /// is accepted once.
@@ -96,7 +96,7 @@ impl KvIndex {
     /// An empty store at revision 1; its first write gets revision 2.
     pub fn new() -> Self {
         KvIndex {
-            tree: Keys::default(),
+            keys: Keys::default(),
             current_rev: 1,
             compact_rev: -1,
         }
@@ -105,7 +105,7 @@ impl KvIndex {
     /// Rebuilds the index from one stored entry. Call it for every stored
     /// entry in ascending revision order, then [`KvIndex::set_restored_meta`].
     pub fn restore(&mut self, rev: Revision, kv: &KeyValue, tombstone: bool) {
-        let ki = self.tree.entry(&kv.key);
+        let ki = self.keys.entry(&kv.key);
         if rev <= ki.modified {
             // Replayed twice or out of order: the first record wins.
             return;
@@ -139,7 +139,7 @@ impl KvIndex {
 
     /// Keys that exist at the current revision (a full scan of the index).
     pub fn key_count(&self) -> usize {
-        self.tree
+        self.keys
             .by_key
             .values()
             .filter(|ki| ki.get(self.current_rev).is_some())
@@ -153,7 +153,7 @@ impl KvIndex {
 
     /// The revision holding `key`'s value as of `at_rev`, if the key existed then.
     pub fn revision_at(&self, key: &[u8], at_rev: i64) -> Option<Revision> {
-        self.tree.get(key)?.get(at_rev)
+        self.keys.get(key)?.get(at_rev)
     }
 
     pub fn range(
@@ -217,7 +217,7 @@ impl KvIndex {
             return Err(MvccError::FutureRevision);
         }
         let mut removed = Vec::new();
-        self.tree.retain(|ki| {
+        self.keys.retain(|ki| {
             ki.compact(rev, &mut removed);
             !ki.is_empty()
         });
@@ -232,7 +232,7 @@ impl KvIndex {
     fn commit<T>(&mut self, staged: Staged, response: T) -> WriteResult<T> {
         if !staged.ops.is_empty() {
             for (key, ki) in staged.keys {
-                self.tree.set(key, ki);
+                self.keys.set(key, ki);
             }
             self.current_rev += 1;
         }
@@ -266,7 +266,7 @@ impl Keys {
         if !self.by_key.contains_key(key) {
             let key: Arc<[u8]> = key.into();
             self.order.insert(key.clone());
-            self.by_key.insert(key.clone(), KeyIndex::new());
+            self.by_key.insert(key, KeyIndex::new());
         }
         self.by_key.get_mut(key).expect("just inserted")
     }
@@ -369,12 +369,12 @@ impl<'a> Exec<'a> {
     }
 
     fn key_index(&self, key: &[u8]) -> Option<&KeyIndex> {
-        self.keys.get(key).or_else(|| self.base.tree.get(key))
+        self.keys.get(key).or_else(|| self.base.keys.get(key))
     }
 
     fn key_index_mut(&mut self, key: &[u8]) -> &mut KeyIndex {
         if !self.keys.contains_key(key) {
-            let ki = self.base.tree.get(key).cloned().unwrap_or_default();
+            let ki = self.base.keys.get(key).cloned().unwrap_or_default();
             self.keys.insert(key.to_vec(), ki);
         }
         self.keys.get_mut(key).expect("just inserted")
@@ -392,7 +392,7 @@ impl<'a> Exec<'a> {
         let Some(bounds) = key_bounds(key, range_end) else {
             return;
         };
-        let mut base = self.base.tree.range(bounds).peekable();
+        let mut base = self.base.keys.range(bounds).peekable();
         let mut staged = self
             .keys
             .range::<[u8], _>(bounds)
@@ -988,7 +988,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(idx.txn(t, &be), Err(MvccError::KeyNotFound));
-        assert_eq!(idx.tree, before.tree);
+        assert_eq!(idx.keys, before.keys);
         assert_eq!(idx.current_revision(), 2);
         assert_eq!(get(&idx, &be, "a", 0).unwrap().unwrap().value, b"1");
     }
@@ -1087,7 +1087,7 @@ mod tests {
         // "c" survives in storage as put + tombstone; a restored index must
         // know about both so that compacting past them cleans them up.
         let mut restored = be.rebuild(idx.current_revision(), idx.compact_revision());
-        assert_eq!(restored.tree, idx.tree);
+        assert_eq!(restored.keys, idx.keys);
         let ops = restored.compact(7).unwrap();
         assert_eq!(ops, idx.compact(7).unwrap());
         assert_eq!(ops.len(), 2);
@@ -1096,7 +1096,7 @@ mod tests {
 
         // Keys left with no history leave both the lookup table and the key order, and come
         // back to both when written again.
-        assert_eq!((idx.tree.by_key.len(), idx.tree.order.len()), (1, 1));
+        assert_eq!((idx.keys.by_key.len(), idx.keys.order.len()), (1, 1));
         put(&mut idx, &mut be, "c", "2");
         put(&mut idx, &mut be, "b", "2");
         let all = RangeRequest {
@@ -1112,7 +1112,7 @@ mod tests {
             .map(|kv| kv.key)
             .collect();
         assert_eq!(keys, [b"a", b"b", b"c"]);
-        assert_eq!(idx.tree.order.len(), idx.tree.by_key.len());
+        assert_eq!(idx.keys.order.len(), idx.keys.by_key.len());
     }
 
     fn txn(success: Vec<RequestOp>) -> TxnRequest {
