@@ -8,9 +8,8 @@
 //! has fully succeeded, so an error leaves the index untouched.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::Arc;
 
 use super::key_index::{KeyIndex, Live};
 use super::revision::Revision;
@@ -79,7 +78,7 @@ pub struct WriteResult<T> {
 /// and compacted revisions.
 #[derive(Clone, Debug)]
 pub struct KvIndex {
-    keys: Keys,
+    tree: BTreeMap<Vec<u8>, KeyIndex>,
     current_rev: i64,
     /// -1 until the first compaction, as in etcd, so that compacting at 0
     /// is accepted once.
@@ -96,7 +95,7 @@ impl KvIndex {
     /// An empty store at revision 1; its first write gets revision 2.
     pub fn new() -> Self {
         KvIndex {
-            keys: Keys::default(),
+            tree: BTreeMap::new(),
             current_rev: 1,
             compact_rev: -1,
         }
@@ -105,7 +104,11 @@ impl KvIndex {
     /// Rebuilds the index from one stored entry. Call it for every stored
     /// entry in ascending revision order, then [`KvIndex::set_restored_meta`].
     pub fn restore(&mut self, rev: Revision, kv: &KeyValue, tombstone: bool) {
-        let ki = self.keys.entry(&kv.key);
+        let key = kv.key.as_slice();
+        if !self.tree.contains_key(key) {
+            self.tree.insert(key.to_vec(), KeyIndex::new());
+        }
+        let ki = self.tree.get_mut(key).expect("just inserted");
         if rev <= ki.modified {
             // Replayed twice or out of order: the first record wins.
             return;
@@ -139,8 +142,7 @@ impl KvIndex {
 
     /// Keys that exist at the current revision (a full scan of the index).
     pub fn key_count(&self) -> usize {
-        self.keys
-            .by_key
+        self.tree
             .values()
             .filter(|ki| ki.get(self.current_rev).is_some())
             .count()
@@ -153,7 +155,7 @@ impl KvIndex {
 
     /// The revision holding `key`'s value as of `at_rev`, if the key existed then.
     pub fn revision_at(&self, key: &[u8], at_rev: i64) -> Option<Revision> {
-        self.keys.get(key)?.get(at_rev)
+        self.tree.get(key)?.get(at_rev)
     }
 
     pub fn range(
@@ -217,7 +219,7 @@ impl KvIndex {
             return Err(MvccError::FutureRevision);
         }
         let mut removed = Vec::new();
-        self.keys.retain(|ki| {
+        self.tree.retain(|_, ki| {
             ki.compact(rev, &mut removed);
             !ki.is_empty()
         });
@@ -231,9 +233,7 @@ impl KvIndex {
 
     fn commit<T>(&mut self, staged: Staged, response: T) -> WriteResult<T> {
         if !staged.ops.is_empty() {
-            for (key, ki) in staged.keys {
-                self.keys.set(key, ki);
-            }
+            self.tree.extend(staged.keys);
             self.current_rev += 1;
         }
         WriteResult {
@@ -242,66 +242,6 @@ impl KvIndex {
             ops: staged.ops,
             events: staged.events,
         }
-    }
-}
-
-/// The key histories: found by key with one hash probe (what every write, compare and point read
-/// does), listed in key order through `order` (ranges). A tree keyed by the keys themselves made
-/// each lookup compare a dozen or more keys, each stored apart from the tree and each a likely
-/// cache miss on a large index.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Keys {
-    by_key: HashMap<Arc<[u8]>, KeyIndex>,
-    /// The same keys as `by_key`, sharing their bytes.
-    order: BTreeSet<Arc<[u8]>>,
-}
-
-impl Keys {
-    fn get(&self, key: &[u8]) -> Option<&KeyIndex> {
-        self.by_key.get(key)
-    }
-
-    /// The key's history, created empty if the index has none.
-    fn entry(&mut self, key: &[u8]) -> &mut KeyIndex {
-        if !self.by_key.contains_key(key) {
-            let key: Arc<[u8]> = key.into();
-            self.order.insert(key.clone());
-            self.by_key.insert(key, KeyIndex::new());
-        }
-        self.by_key.get_mut(key).expect("just inserted")
-    }
-
-    fn set(&mut self, key: Vec<u8>, ki: KeyIndex) {
-        match self.by_key.get_mut(key.as_slice()) {
-            Some(slot) => *slot = ki,
-            None => {
-                let key: Arc<[u8]> = key.into();
-                self.order.insert(key.clone());
-                self.by_key.insert(key, ki);
-            }
-        }
-    }
-
-    /// Keeps the histories `keep` returns true for (it may change them).
-    fn retain(&mut self, mut keep: impl FnMut(&mut KeyIndex) -> bool) {
-        let order = &mut self.order;
-        self.by_key.retain(|key, ki| {
-            let kept = keep(ki);
-            if !kept {
-                order.remove(key);
-            }
-            kept
-        });
-    }
-
-    /// In key order.
-    fn range<'a>(
-        &'a self,
-        bounds: KeyBounds<'_>,
-    ) -> impl Iterator<Item = (&'a [u8], &'a KeyIndex)> + 'a {
-        self.order
-            .range::<[u8], _>(bounds)
-            .map(|key| (&key[..], &self.by_key[key]))
     }
 }
 
@@ -369,12 +309,12 @@ impl<'a> Exec<'a> {
     }
 
     fn key_index(&self, key: &[u8]) -> Option<&KeyIndex> {
-        self.keys.get(key).or_else(|| self.base.keys.get(key))
+        self.keys.get(key).or_else(|| self.base.tree.get(key))
     }
 
     fn key_index_mut(&mut self, key: &[u8]) -> &mut KeyIndex {
         if !self.keys.contains_key(key) {
-            let ki = self.base.keys.get(key).cloned().unwrap_or_default();
+            let ki = self.base.tree.get(key).cloned().unwrap_or_default();
             self.keys.insert(key.to_vec(), ki);
         }
         self.keys.get_mut(key).expect("just inserted")
@@ -392,12 +332,8 @@ impl<'a> Exec<'a> {
         let Some(bounds) = key_bounds(key, range_end) else {
             return;
         };
-        let mut base = self.base.keys.range(bounds).peekable();
-        let mut staged = self
-            .keys
-            .range::<[u8], _>(bounds)
-            .map(|(k, ki)| (k.as_slice(), ki))
-            .peekable();
+        let mut base = self.base.tree.range::<[u8], _>(bounds).peekable();
+        let mut staged = self.keys.range::<[u8], _>(bounds).peekable();
         loop {
             let next = match (base.peek(), staged.peek()) {
                 (None, None) => break,
@@ -988,7 +924,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(idx.txn(t, &be), Err(MvccError::KeyNotFound));
-        assert_eq!(idx.keys, before.keys);
+        assert_eq!(idx.tree, before.tree);
         assert_eq!(idx.current_revision(), 2);
         assert_eq!(get(&idx, &be, "a", 0).unwrap().unwrap().value, b"1");
     }
@@ -1087,16 +1023,16 @@ mod tests {
         // "c" survives in storage as put + tombstone; a restored index must
         // know about both so that compacting past them cleans them up.
         let mut restored = be.rebuild(idx.current_revision(), idx.compact_revision());
-        assert_eq!(restored.keys, idx.keys);
+        assert_eq!(restored.tree, idx.tree);
         let ops = restored.compact(7).unwrap();
         assert_eq!(ops, idx.compact(7).unwrap());
         assert_eq!(ops.len(), 2);
         be.apply(&ops);
         assert_eq!(be.entries.len(), 1);
 
-        // Keys left with no history leave both the lookup table and the key order, and come
-        // back to both when written again.
-        assert_eq!((idx.keys.by_key.len(), idx.keys.order.len()), (1, 1));
+        // Keys left with no history leave the index, and come back in key order when written
+        // again.
+        assert_eq!(idx.tree.len(), 1);
         put(&mut idx, &mut be, "c", "2");
         put(&mut idx, &mut be, "b", "2");
         let all = RangeRequest {
@@ -1112,7 +1048,6 @@ mod tests {
             .map(|kv| kv.key)
             .collect();
         assert_eq!(keys, [b"a", b"b", b"c"]);
-        assert_eq!(idx.keys.order.len(), idx.keys.by_key.len());
     }
 
     fn txn(success: Vec<RequestOp>) -> TxnRequest {
