@@ -445,6 +445,12 @@ async fn assemble_raft(
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
         // Enough log behind a snapshot for a briefly lagging member to catch up without one.
         max_in_snapshot_log_to_keep: cfg.snapshot_count.min(1_000),
+        // A leader that restarts stands for election again, as etcd's do. Resuming leadership in
+        // the same term would serve read indexes from the commit index it recovered, which is
+        // not made durable and can lie below writes it acknowledged before the crash: a register
+        // run with the leader killed and restarted inside an election timeout read a value older
+        // than an acknowledged write. A new term's first entry bounds every read index instead.
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()
