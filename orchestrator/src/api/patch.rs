@@ -60,11 +60,15 @@ fn is_service_spec(path: &[String]) -> bool {
 }
 
 /// Applies an RFC 6902 JSON patch.
+///
+/// The patch runs on a copy that is dropped on failure, so the crate's undo-in-place mode is not
+/// used: its undo panics when a `move` removed its source and then failed to add, leaving the
+/// document changed under an earlier operation's undo record.
 pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, String> {
     let p: json_patch::Patch =
         serde_json::from_value(patch.clone()).map_err(|e| format!("invalid JSON patch: {e}"))?;
     let mut out = target.clone();
-    json_patch::patch(&mut out, &p).map_err(|e| e.to_string())?;
+    json_patch::patch_unsafe(&mut out, &p).map_err(|e| e.to_string())?;
     Ok(out)
 }
 
@@ -333,6 +337,23 @@ mod tests {
                      "ports": [{"containerPort": 80}]},
                     {"name": "side", "image": "busybox"}],
                 "volumes": [{"name": "v", "emptyDir": {}}]}}}})
+    }
+
+    #[test]
+    fn a_json_patch_whose_move_fails_halfway_is_an_error_and_leaves_the_object() {
+        let target = deploy();
+        // The move removes /metadata before failing to add under a missing parent; the first
+        // operation's undo then has no /metadata to write into.
+        let p = json!([
+            {"op": "add", "path": "/metadata/name", "value": "renamed"},
+            {"op": "move", "from": "/metadata", "path": "/missing/metadata"},
+        ]);
+        let err = json_patch(&target, &p).unwrap_err();
+        assert!(err.contains("operation '/1'"), "{err}");
+        assert_eq!(target, deploy());
+        let ok = json_patch(&target, &json!([{"op": "add", "path": "/metadata/name", "value": "e"}]))
+            .unwrap();
+        assert_eq!(ok["metadata"]["name"], "e");
     }
 
     #[test]
