@@ -351,8 +351,11 @@ mod tests {
         let err = json_patch(&target, &p).unwrap_err();
         assert!(err.contains("operation '/1'"), "{err}");
         assert_eq!(target, deploy());
-        let ok = json_patch(&target, &json!([{"op": "add", "path": "/metadata/name", "value": "e"}]))
-            .unwrap();
+        let ok = json_patch(
+            &target,
+            &json!([{"op": "add", "path": "/metadata/name", "value": "e"}]),
+        )
+        .unwrap();
         assert_eq!(ok["metadata"]["name"], "e");
     }
 

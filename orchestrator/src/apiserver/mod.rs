@@ -444,6 +444,7 @@ fn router(state: Arc<State>) -> Router {
             authn::authenticate,
         ));
     open.merge(authed)
+        .layer(middleware::from_fn(recover))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -473,6 +474,28 @@ async fn metrics(AxState(st): AxState<Arc<State>>) -> Response {
 }
 
 /// Counts and times every request by its Kubernetes verb and resource.
+/// A handler that panics answers 500 instead of dropping the client's connection, as
+/// kube-apiserver's panic filter does; the panic itself is already printed by the panic hook.
+async fn recover(req: Request, next: Next) -> Response {
+    use futures::FutureExt;
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::error!(%method, %uri, "request handler panicked");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "This request caused apiserver to panic. Look in the logs for details.\n",
+            )
+                .into_response()
+        }
+    }
+}
+
 async fn observe(AxState(st): AxState<Arc<State>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let query = Query::parse(req.uri().query());
@@ -843,6 +866,36 @@ pub fn default_cert_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_keeps_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async { panic!("handler failure under test") as &'static str }),
+            )
+            .route("/fine", get(|| async { "fine" }))
+            .layer(middleware::from_fn(recover));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /boom HTTP/1.1\r\nhost: x\r\n\r\nGET /fine HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut out))
+            .await
+            .expect("both answers in time")
+            .unwrap();
+        server.abort();
+        let first = out.find("HTTP/1.1 500").expect(&out);
+        let second = out.find("HTTP/1.1 200").expect(&out);
+        assert!(first < second, "{out}");
+        assert!(out.contains("caused apiserver to panic"), "{out}");
+        assert!(out.ends_with("fine"), "{out}");
+    }
 
     #[test]
     fn token_file_users_carry_their_groups() {
