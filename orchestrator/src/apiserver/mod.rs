@@ -473,7 +473,6 @@ async fn metrics(AxState(st): AxState<Arc<State>>) -> Response {
     resp
 }
 
-/// Counts and times every request by its Kubernetes verb and resource.
 /// A handler that panics answers 500 instead of dropping the client's connection, as
 /// kube-apiserver's panic filter does; the panic itself is already printed by the panic hook.
 async fn recover(req: Request, next: Next) -> Response {
@@ -496,6 +495,7 @@ async fn recover(req: Request, next: Next) -> Response {
     }
 }
 
+/// Counts and times every request by its Kubernetes verb and resource.
 async fn observe(AxState(st): AxState<Arc<State>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let query = Query::parse(req.uri().query());
