@@ -57,6 +57,15 @@ pub struct KeyIndex {
     pub live: Live,
 }
 
+/// A key history's position, taken before a request writes to it (see [`KeyIndex::mark`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    modified: Revision,
+    live: Live,
+    generations: usize,
+    last: usize,
+}
+
 /// The create revision, version and lease of a key's live value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Live {
@@ -79,6 +88,27 @@ impl KeyIndex {
             generations: vec![Generation::default()],
             live: Live::default(),
         }
+    }
+
+    /// Where this history stands, for [`KeyIndex::rewind`]: puts and tombstones only append, so
+    /// the lengths of the generation list and of its last generation say what came after.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            modified: self.modified,
+            live: self.live,
+            generations: self.generations.len(),
+            last: self.generations.last().map_or(0, |g| g.revs.len()),
+        }
+    }
+
+    /// Drops every put and tombstone recorded since `mark` was taken.
+    pub fn rewind(&mut self, mark: &Mark) {
+        self.generations.truncate(mark.generations);
+        if let Some(last) = self.generations.last_mut() {
+            last.revs.truncate(mark.last);
+        }
+        self.modified = mark.modified;
+        self.live = mark.live;
     }
 
     /// Records a put at `rev` attaching `lease` (0 for none); `rev` must be newer than

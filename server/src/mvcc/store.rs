@@ -9,9 +9,9 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::ops::{Bound, Deref, DerefMut};
 
-use super::key_index::{KeyIndex, Live};
+use super::key_index::{KeyIndex, Live, Mark};
 use super::revision::Revision;
 use super::types::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event,
@@ -76,7 +76,7 @@ pub struct WriteResult<T> {
 
 /// Per-key revision history of the whole keyspace, plus the store's current
 /// and compacted revisions.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvIndex {
     tree: BTreeMap<Vec<u8>, KeyIndex>,
     current_rev: i64,
@@ -172,9 +172,8 @@ impl KvIndex {
         reader: &dyn ValueReader,
     ) -> Result<WriteResult<PutResponse>, MvccError> {
         let mut exec = Exec::new(self, reader);
-        let response = exec.put(r)?;
-        let staged = exec.finish();
-        Ok(self.commit(staged, response))
+        let response = exec.put(r);
+        exec.conclude(response)
     }
 
     pub fn delete_range(
@@ -183,9 +182,8 @@ impl KvIndex {
         reader: &dyn ValueReader,
     ) -> Result<WriteResult<DeleteRangeResponse>, MvccError> {
         let mut exec = Exec::new(self, reader);
-        let response = exec.delete_range(&r)?;
-        let staged = exec.finish();
-        Ok(self.commit(staged, response))
+        let response = exec.delete_range(&r);
+        exec.conclude(response)
     }
 
     /// Executes a transaction. All compares, including those of nested
@@ -202,9 +200,8 @@ impl KvIndex {
         let mut path = Vec::new();
         exec.compare_path(&r, &mut path)?;
         let mut path = path.into_iter();
-        let response = exec.txn(r, &mut path)?;
-        let staged = exec.finish();
-        Ok(self.commit(staged, response))
+        let response = exec.txn(r, &mut path);
+        exec.conclude(response)
     }
 
     /// Compacts history up to `rev`: afterwards reads below `rev` fail with
@@ -230,26 +227,6 @@ impl KvIndex {
             .map(|rev| BackendOp::Delete { rev })
             .collect())
     }
-
-    fn commit<T>(&mut self, staged: Staged, response: T) -> WriteResult<T> {
-        if !staged.ops.is_empty() {
-            self.tree.extend(staged.keys);
-            self.current_rev += 1;
-        }
-        WriteResult {
-            response,
-            revision: self.current_rev,
-            ops: staged.ops,
-            events: staged.events,
-        }
-    }
-}
-
-/// The effects of a request, not yet merged into the index.
-struct Staged {
-    keys: BTreeMap<Vec<u8>, KeyIndex>,
-    ops: Vec<BackendOp>,
-    events: Vec<Event>,
 }
 
 type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
@@ -264,33 +241,28 @@ fn key_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<KeyBounds<'a>> {
     }
 }
 
-/// One request in flight: the committed index plus the key histories and
-/// values this request has written so far.
-struct Exec<'a> {
-    base: &'a KvIndex,
+/// One request in flight. A write request changes the key histories in place, and remembers where
+/// each history stood before it wrote to it: a request that fails part way is rewound (see
+/// [`Exec::conclude`]), so nothing it wrote stays, and no history is copied to be written to (a
+/// copy cost a put as much as the key's whole history since the last compaction).
+struct Exec<'a, B> {
+    base: B,
     reader: &'a dyn ValueReader,
-    /// Copies of the key histories written by this request.
-    keys: BTreeMap<Vec<u8>, KeyIndex>,
+    /// One per entry of `ops`: the history of that op's key before the op, `None` where the key
+    /// had none. Rewinding in reverse order restores each key to where the request found it.
+    marks: Vec<Option<Mark>>,
     ops: Vec<BackendOp>,
     events: Vec<Event>,
 }
 
-impl<'a> Exec<'a> {
-    fn new(base: &'a KvIndex, reader: &'a dyn ValueReader) -> Self {
+impl<'a, B: Deref<Target = KvIndex>> Exec<'a, B> {
+    fn new(base: B, reader: &'a dyn ValueReader) -> Self {
         Exec {
             base,
             reader,
-            keys: BTreeMap::new(),
+            marks: Vec::new(),
             ops: Vec::new(),
             events: Vec::new(),
-        }
-    }
-
-    fn finish(self) -> Staged {
-        Staged {
-            keys: self.keys,
-            ops: self.ops,
-            events: self.events,
         }
     }
 
@@ -309,15 +281,7 @@ impl<'a> Exec<'a> {
     }
 
     fn key_index(&self, key: &[u8]) -> Option<&KeyIndex> {
-        self.keys.get(key).or_else(|| self.base.tree.get(key))
-    }
-
-    fn key_index_mut(&mut self, key: &[u8]) -> &mut KeyIndex {
-        if !self.keys.contains_key(key) {
-            let ki = self.base.tree.get(key).cloned().unwrap_or_default();
-            self.keys.insert(key.to_vec(), ki);
-        }
-        self.keys.get_mut(key).expect("just inserted")
+        self.base.tree.get(key)
     }
 
     /// Calls `f` for every key in the range, in key order, with its
@@ -332,23 +296,7 @@ impl<'a> Exec<'a> {
         let Some(bounds) = key_bounds(key, range_end) else {
             return;
         };
-        let mut base = self.base.tree.range::<[u8], _>(bounds).peekable();
-        let mut staged = self.keys.range::<[u8], _>(bounds).peekable();
-        loop {
-            let next = match (base.peek(), staged.peek()) {
-                (None, None) => break,
-                (Some(_), None) => base.next(),
-                (None, Some(_)) => staged.next(),
-                (Some((kb, _)), Some((ks, _))) => match kb.cmp(ks) {
-                    Ordering::Less => base.next(),
-                    Ordering::Greater => staged.next(),
-                    Ordering::Equal => {
-                        base.next();
-                        staged.next()
-                    }
-                },
-            };
-            let (k, ki) = next.expect("peeked");
+        for (k, ki) in self.base.tree.range::<[u8], _>(bounds) {
             if let Some(rev) = ki.get(at_rev) {
                 f(k, rev, ki);
             }
@@ -439,6 +387,58 @@ impl<'a> Exec<'a> {
             }
         }
         Ok(RangeResponse { kvs, more, count })
+    }
+}
+
+impl<B: DerefMut<Target = KvIndex>> Exec<'_, B> {
+    /// The history of `key`, to write to; the next entry of `ops` must be that write.
+    fn key_index_mut(&mut self, key: &[u8]) -> &mut KeyIndex {
+        debug_assert_eq!(self.marks.len(), self.ops.len());
+        let tree = &mut self.base.tree;
+        if let Some(ki) = tree.get_mut(key) {
+            self.marks.push(Some(ki.mark()));
+            return tree.get_mut(key).expect("just found");
+        }
+        self.marks.push(None);
+        tree.entry(key.to_vec()).or_default()
+    }
+
+    /// Makes a request's writes part of the index under one new main revision, or, if it failed,
+    /// rewinds every key history it wrote to.
+    fn conclude<T>(mut self, outcome: Result<T, MvccError>) -> Result<WriteResult<T>, MvccError> {
+        debug_assert_eq!(self.marks.len(), self.ops.len());
+        match outcome {
+            Ok(response) => {
+                if !self.ops.is_empty() {
+                    self.base.current_rev += 1;
+                }
+                Ok(WriteResult {
+                    response,
+                    revision: self.base.current_rev,
+                    ops: self.ops,
+                    events: self.events,
+                })
+            }
+            Err(e) => {
+                for (op, mark) in self.ops.iter().zip(&self.marks).rev() {
+                    let BackendOp::Put { kv, .. } = op else {
+                        unreachable!("a request writes puts and tombstones only");
+                    };
+                    match mark {
+                        Some(mark) => self
+                            .base
+                            .tree
+                            .get_mut(&kv.key)
+                            .expect("a key written to stays in the index")
+                            .rewind(mark),
+                        None => {
+                            self.base.tree.remove(&kv.key);
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     fn put(&mut self, r: PutRequest) -> Result<PutResponse, MvccError> {
@@ -813,6 +813,43 @@ mod tests {
             ..Default::default()
         };
         idx.range(&r, be).map(|r| r.kvs.into_iter().next())
+    }
+
+    #[test]
+    fn a_transaction_that_fails_part_way_leaves_the_index_as_it_was() {
+        let mut idx = KvIndex::new();
+        let mut be = MemBackend::default();
+        put(&mut idx, &mut be, "a", "1");
+        put(&mut idx, &mut be, "b", "1");
+        del(&mut idx, &mut be, "b", "");
+        let before = idx.clone();
+        let txn = TxnRequest {
+            success: vec![
+                // Appended to an existing history, a new key, a new generation after a delete,
+                // a tombstone, then a put that fails.
+                RequestOp::Put(put_req("a", "2")),
+                RequestOp::Put(put_req("new", "1")),
+                RequestOp::Put(put_req("b", "2")),
+                RequestOp::DeleteRange(DeleteRangeRequest {
+                    key: "a".into(),
+                    ..Default::default()
+                }),
+                RequestOp::Put(PutRequest {
+                    key: "missing".into(),
+                    ignore_value: true,
+                    ..Default::default()
+                }),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(idx.txn(txn, &be).unwrap_err(), MvccError::KeyNotFound);
+        assert_eq!(idx, before);
+        let rev = put(&mut idx, &mut be, "a", "3");
+        assert_eq!(rev, before.current_revision() + 1);
+        let a = get(&idx, &be, "a", 0).unwrap().unwrap();
+        assert_eq!((a.version, a.create_revision), (2, 2));
+        assert_eq!(get(&idx, &be, "new", 0).unwrap(), None);
+        assert_eq!(get(&idx, &be, "b", 0).unwrap(), None);
     }
 
     fn put(idx: &mut KvIndex, be: &mut MemBackend, k: &str, v: &str) -> i64 {
