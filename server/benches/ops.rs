@@ -1,5 +1,7 @@
 //! Cluster operations beside etcd: how long a backup, a member join (to promotable) and a
-//! leadership move take on a store holding `CAIRN_BENCH_KEYS` keys (default 50,000 × 256 B).
+//! leadership move take on a store holding `CAIRN_BENCH_KEYS` keys (default 50,000 × 256 B), and
+//! how long as many updates of one key take (each put must cost the same however long the key's
+//! history is).
 //!
 //! `cargo bench -p cairn-server --bench ops`; `CAIRN_BENCH_SYSTEMS=cairn` to skip etcd.
 
@@ -20,7 +22,8 @@ fn keys() -> usize {
         .unwrap_or(50_000)
 }
 
-async fn fill(url: &str, n: usize) -> Duration {
+/// `n` puts from `WRITERS` concurrent writers, the `i`th to `key(i)`.
+async fn fill(url: &str, n: usize, key: fn(usize) -> String) -> Duration {
     let started = Instant::now();
     let tasks: Vec<_> = (0..WRITERS)
         .map(|w| {
@@ -28,7 +31,7 @@ async fn fill(url: &str, n: usize) -> Duration {
             tokio::spawn(async move {
                 let mut c = connect(&url).await;
                 for i in (w..n).step_by(WRITERS) {
-                    c.put(format!("key/{i:08}"), vec![b'v'; VALUE_SIZE], None)
+                    c.put(key(i), vec![b'v'; VALUE_SIZE], None)
                         .await
                         .expect("put");
                 }
@@ -66,10 +69,21 @@ fn ms(d: Duration) -> String {
 
 async fn bench(system: System, mut rows: Vec<Row>) -> Vec<Row> {
     let n = keys();
+    {
+        // A member of its own, so the rows after it see a store of `n` keys only.
+        let hot = common::start(system, 1);
+        let took = fill(&hot.client_urls[0], n, |_| "hot".to_string()).await;
+        record(
+            &mut rows,
+            &format!("update one key {n} times ({WRITERS} writers)"),
+            system,
+            format!("{:.1} s", took.as_secs_f64()),
+        );
+    }
     let mut cluster = common::start(system, 1);
     let url = cluster.client_urls[0].clone();
     let mut c: Client = connect(&url).await;
-    let took = fill(&url, n).await;
+    let took = fill(&url, n, |i| format!("key/{i:08}")).await;
     record(
         &mut rows,
         &format!("load {n} keys ({WRITERS} writers)"),
