@@ -391,16 +391,18 @@ impl<'a, B: Deref<Target = KvIndex>> Exec<'a, B> {
 }
 
 impl<B: DerefMut<Target = KvIndex>> Exec<'_, B> {
-    /// The history of `key`, to write to; the next entry of `ops` must be that write.
-    fn key_index_mut(&mut self, key: &[u8]) -> &mut KeyIndex {
+    /// Writes to the history of `key` with `write`, first recording where it stood; the next
+    /// entry of `ops` must be that write. A key that exists is searched for once: the write
+    /// happens inside (returning the history to the caller would take a second search, since the
+    /// borrow checker cannot end a conditional borrow early).
+    fn write_key<T>(&mut self, key: &[u8], write: impl FnOnce(&mut KeyIndex) -> T) -> T {
         debug_assert_eq!(self.marks.len(), self.ops.len());
-        let tree = &mut self.base.tree;
-        if let Some(ki) = tree.get_mut(key) {
+        if let Some(ki) = self.base.tree.get_mut(key) {
             self.marks.push(Some(ki.mark()));
-            return tree.get_mut(key).expect("just found");
+            return write(ki);
         }
         self.marks.push(None);
-        tree.entry(key.to_vec()).or_default()
+        write(self.base.tree.entry(key.to_vec()).or_default())
     }
 
     /// Makes a request's writes part of the index under one new main revision, or, if it failed,
@@ -442,23 +444,48 @@ impl<B: DerefMut<Target = KvIndex>> Exec<'_, B> {
     }
 
     fn put(&mut self, r: PutRequest) -> Result<PutResponse, MvccError> {
-        let live = self.live(&r.key);
-        if (r.ignore_value || r.ignore_lease) && live.is_none() {
-            return Err(MvccError::KeyNotFound);
-        }
+        // The previous value is read only when the request itself needs it, as etcd's put reads
+        // none: a watcher asking for previous values has them loaded when its events are sent
+        // (see `Event::prev_unloaded`). Reading needs the whole request, so these puts search
+        // the index once more.
+        let prev = if r.prev_kv || r.ignore_value {
+            match self.live(&r.key) {
+                Some((at, _)) => Some(self.read(at)?),
+                None if r.ignore_value => return Err(MvccError::KeyNotFound),
+                None => None,
+            }
+        } else {
+            None
+        };
         if !r.ignore_lease && r.lease != 0 && !self.reader.lease_exists(r.lease) {
             return Err(MvccError::LeaseNotFound);
         }
-        // The previous value is read only when the request itself needs it, as etcd's put reads
-        // none: a watcher asking for previous values has them loaded when its events are sent
-        // (see `Event::prev_unloaded`).
-        let prev = match live {
-            Some((at, _)) if r.prev_kv || r.ignore_value => Some(self.read(at)?),
-            _ => None,
-        };
         let rev = self.next_rev();
+        // Every other put searches the index once: what the live value was, the mark and the
+        // write all come from the one history found (see `write_key`).
+        let live = match self.base.tree.get_mut(&r.key) {
+            Some(ki) => {
+                let live = ki.live_revision().map(|_| ki.live);
+                let lease = match (r.ignore_lease, live) {
+                    (false, _) => r.lease,
+                    (true, Some(l)) => l.lease,
+                    (true, None) => return Err(MvccError::KeyNotFound),
+                };
+                self.marks.push(Some(ki.mark()));
+                ki.put(rev, lease);
+                live
+            }
+            None if r.ignore_lease => return Err(MvccError::KeyNotFound),
+            None => {
+                self.marks.push(None);
+                let mut ki = KeyIndex::new();
+                ki.put(rev, r.lease);
+                self.base.tree.insert(r.key.clone(), ki);
+                None
+            }
+        };
         let (create_revision, version, lease) = match live {
-            Some((_, l)) => (l.create_revision, l.version + 1, l.lease),
+            Some(l) => (l.create_revision, l.version + 1, l.lease),
             None => (rev.main, 1, 0),
         };
         let kv = KeyValue {
@@ -472,7 +499,6 @@ impl<B: DerefMut<Target = KvIndex>> Exec<'_, B> {
             mod_revision: rev.main,
             version,
         };
-        self.key_index_mut(&kv.key).put(rev, kv.lease);
         self.ops.push(BackendOp::Put {
             rev,
             kv: kv.clone(),
@@ -506,7 +532,7 @@ impl<B: DerefMut<Target = KvIndex>> Exec<'_, B> {
         let deleted = targets.len() as i64;
         for ((key, _), prev) in targets.into_iter().zip(&prevs) {
             let rev = self.next_rev();
-            let existed = self.key_index_mut(&key).tombstone(rev);
+            let existed = self.write_key(&key, |ki| ki.tombstone(rev));
             debug_assert!(existed, "visited key must exist");
             let kv = KeyValue {
                 key,

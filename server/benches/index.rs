@@ -1,0 +1,155 @@
+//! The key index alone, without consensus, storage or RPC: what one put, get or compare-and-swap
+//! costs in the index every member applies it to. The cluster bench's shape (8-byte keys drawn
+//! from 100,000, 256-byte values), and one key updated over and over (each update must cost the
+//! same however long the key's history is). Each row runs `CAIRN_BENCH_ROUNDS` times (default 5)
+//! on a fresh index; the table gives the fastest and the median round, in nanoseconds per operation.
+//!
+//! `cargo bench -p cairn-server --bench index`
+
+use std::time::Instant;
+
+use cairn_server::mvcc::{
+    Compare, CompareResult, CompareTarget, KeyValue, KvIndex, PutRequest, RangeRequest, RequestOp,
+    Revision, StoreError, TxnRequest, ValueReader,
+};
+
+const KEYS: u64 = 100_000;
+const OPS: usize = 400_000;
+const HOT_KEY_UPDATES: usize = 100_000;
+const VALUE_SIZE: usize = 256;
+
+/// Values are not stored here: a get reads an empty one (a put reads no previous value unless
+/// asked to).
+struct NoValues;
+
+impl ValueReader for NoValues {
+    fn read(&self, rev: Revision) -> Result<Option<KeyValue>, StoreError> {
+        Ok(Some(KeyValue {
+            mod_revision: rev.main,
+            ..KeyValue::default()
+        }))
+    }
+}
+
+/// The same pseudo-random key sequence for every round and build (xorshift).
+fn keys(n: usize) -> Vec<Vec<u8>> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{:08}", x % KEYS).into_bytes()
+        })
+        .collect()
+}
+
+fn put(key: &[u8]) -> PutRequest {
+    PutRequest {
+        key: key.to_vec(),
+        value: vec![b'v'; VALUE_SIZE],
+        ..PutRequest::default()
+    }
+}
+
+/// An index holding every key once.
+fn filled() -> KvIndex {
+    let mut index = KvIndex::new();
+    for k in 0..KEYS {
+        index
+            .put(put(format!("{k:08}").as_bytes()), &NoValues)
+            .expect("put");
+    }
+    index
+}
+
+/// Runs `op` over `keys` on the index `setup` makes, and returns nanoseconds per op.
+fn round(setup: fn() -> KvIndex, keys: &[Vec<u8>], op: fn(&mut KvIndex, &[u8])) -> f64 {
+    let mut index = setup();
+    let started = Instant::now();
+    for key in keys {
+        op(&mut index, key);
+    }
+    started.elapsed().as_nanos() as f64 / keys.len() as f64
+}
+
+/// A row: its name, the index it starts from, the keys it runs over and what it does with each.
+type Row<'a> = (&'static str, fn() -> KvIndex, &'a [Vec<u8>], Op);
+type Op = fn(&mut KvIndex, &[u8]);
+
+fn main() {
+    let rounds: usize = std::env::var("CAIRN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let spread = keys(OPS);
+    let hot = vec![b"hot-key!".to_vec(); HOT_KEY_UPDATES];
+    let rows: [Row; 5] = [
+        (
+            "put, keys spread over 100,000 (most exist)",
+            KvIndex::new,
+            &spread,
+            |index, key| {
+                index.put(put(key), &NoValues).expect("put");
+            },
+        ),
+        ("put, every key exists", filled, &spread, |index, key| {
+            index.put(put(key), &NoValues).expect("put");
+        }),
+        (
+            "get (point range), every key exists",
+            filled,
+            &spread,
+            |index, key| {
+                let r = RangeRequest {
+                    key: key.to_vec(),
+                    ..RangeRequest::default()
+                };
+                let got = index.range(&r, &NoValues);
+                assert_eq!(got.map(|r| r.count).ok(), Some(1));
+            },
+        ),
+        (
+            "txn compare-and-swap (version > 0, then put), every key exists",
+            filled,
+            &spread,
+            |index, key| {
+                let txn = TxnRequest {
+                    compare: vec![Compare {
+                        key: key.to_vec(),
+                        range_end: Vec::new(),
+                        result: CompareResult::Greater,
+                        target: CompareTarget::Version(0),
+                    }],
+                    success: vec![RequestOp::Put(put(key))],
+                    failure: Vec::new(),
+                };
+                let done = index.txn(txn, &NoValues).expect("txn");
+                assert!(done.response.succeeded);
+            },
+        ),
+        (
+            "put, one key 100,000 times",
+            KvIndex::new,
+            &hot,
+            |index, key| {
+                index.put(put(key), &NoValues).expect("put");
+            },
+        ),
+    ];
+    println!("| workload | fastest round, ns/op | median round, ns/op |");
+    println!("|---|---|---|");
+    for (name, setup, keys, op) in rows {
+        let mut times: Vec<f64> = (0..rounds).map(|_| round(setup, keys, op)).collect();
+        times.sort_by(f64::total_cmp);
+        println!(
+            "| {name} | {:.0} | {:.0} |",
+            times[0],
+            times[times.len() / 2]
+        );
+    }
+    println!(
+        "\n{rounds} rounds per row, {OPS} operations per round ({HOT_KEY_UPDATES} for one key), \
+         {VALUE_SIZE}-byte values"
+    );
+}
