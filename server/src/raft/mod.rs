@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use self::admin::{AdminCall, AdminError, AdminReply};
 use self::network::PeerChannels;
-use self::peer::{AdminAnswer, CallError, PeerClient};
+use self::peer::{AdminAnswer, CallError, ForwardStreams, PeerClient};
 use self::service::{forward_error, ForwardError};
 use self::types::{NodeId, Raft};
 use crate::command::{Applied, Command, CommandResponse};
@@ -99,6 +99,7 @@ impl RaftHandle {
             raft,
             id,
             channels,
+            forwards: ForwardStreams::default(),
             state,
             request_timeout: settings.request_timeout,
             lessor: Arc::new(Lessor::new(settings.election_timeout)),
@@ -379,6 +380,8 @@ struct Core {
     raft: Raft,
     id: NodeId,
     channels: PeerChannels,
+    /// Writes handed to the leader, on one stream per leader.
+    forwards: ForwardStreams,
     state: Arc<StoreState>,
     request_timeout: Duration,
     lessor: Arc<Lessor>,
@@ -617,7 +620,11 @@ impl Core {
                     Err(e) => forward_error(e),
                 }
             } else {
-                match self.peer(leader)?.forward(&cmd, until(deadline)).await? {
+                let url = self.peer_url(leader).ok_or(ProposeError::NoLeader)?;
+                let forwarded = self
+                    .forwards
+                    .forward(&self.channels, &url, &cmd, until(deadline));
+                match forwarded.await? {
                     Ok(r) => return Ok(r),
                     Err(e) => e,
                 }

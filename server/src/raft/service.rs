@@ -11,6 +11,8 @@ use openraft_legacy::network_v1::{ChunkedSnapshotReceiver, InstallSnapshotReques
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, Streaming};
@@ -132,6 +134,67 @@ impl RaftTransport for PeerService {
             .await
             .map_err(ForwardError::Rejected);
         reply(&result)
+    }
+
+    /// Each request is `(id, command)`; each answer `(id, result)`, sent when that write
+    /// completes, so answers may overtake one another. Writes are proposed as they arrive and join
+    /// this member's batches like its own clients' writes. The stream of answers does the work
+    /// itself (reading requests, waiting on their proposals), so a write costs no task of its own.
+    /// An undecodable request ends the stream with its error; writes still pending then go
+    /// unanswered, as on any broken stream.
+    async fn forward_stream(
+        &self,
+        req: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<PayloadStream>, Status> {
+        struct Forwarding {
+            input: Streaming<RaftPayload>,
+            /// The follower closed its side (or went away): answer what is pending, then end.
+            input_ended: bool,
+            pending: FuturesUnordered<BoxFuture<'static, Result<RaftPayload, Status>>>,
+            handle: super::RaftHandle,
+        }
+        let state = Forwarding {
+            input: req.into_inner(),
+            input_ended: false,
+            pending: FuturesUnordered::new(),
+            handle: self.handle.clone(),
+        };
+        let answers = futures::stream::unfold(state, |mut s| async move {
+            loop {
+                if s.input_ended && s.pending.is_empty() {
+                    return None;
+                }
+                tokio::select! {
+                    biased;
+                    Some(answer) = s.pending.next(), if !s.pending.is_empty() => {
+                        return Some((answer, s));
+                    }
+                    request = s.input.next(), if !s.input_ended => match request {
+                        Some(Ok(p)) => match decode::<(u64, Command)>(&p.data) {
+                            Ok((id, cmd)) => {
+                                let (handle, bytes) = (s.handle.clone(), p.data.len());
+                                s.pending.push(Box::pin(async move {
+                                    let result: Result<CommandResponse, ForwardError> = handle
+                                        .propose(cmd, bytes)
+                                        .await
+                                        .map_err(ForwardError::Rejected);
+                                    encode(&(id, &result))
+                                        .map(|data| RaftPayload { data })
+                                        .map_err(|e| Status::internal(e.to_string()))
+                                }));
+                            }
+                            Err(e) => {
+                                s.input_ended = true;
+                                s.pending = FuturesUnordered::new();
+                                return Some((Err(bad_payload(e)), s));
+                            }
+                        },
+                        _ => s.input_ended = true,
+                    },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn lease(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
