@@ -615,6 +615,7 @@ async fn serve(
         let svc = RaftTransportServer::new(PeerService {
             raft: raft.clone(),
             handle: handle.clone(),
+            stop: shutdown_rx.clone(),
         })
         .max_decoding_message_size(PEER_MAX_MESSAGE)
         .max_encoding_message_size(PEER_MAX_MESSAGE);

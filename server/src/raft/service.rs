@@ -52,6 +52,9 @@ pub struct PeerService {
     pub(crate) raft: Raft,
     /// Forwarded commands join this member's own batches rather than becoming entries of their own.
     pub(crate) handle: super::RaftHandle,
+    /// Set when the member stops: forward streams end then, since the peer server's graceful
+    /// shutdown waits for every open stream, and a follower keeps its stream open for good.
+    pub(crate) stop: tokio::sync::watch::Receiver<bool>,
 }
 
 fn bad_payload(e: impl std::fmt::Display) -> Status {
@@ -152,20 +155,27 @@ impl RaftTransport for PeerService {
             input_ended: bool,
             pending: FuturesUnordered<BoxFuture<'static, Result<RaftPayload, Status>>>,
             handle: super::RaftHandle,
+            stop: tokio::sync::watch::Receiver<bool>,
         }
         let state = Forwarding {
             input: req.into_inner(),
             input_ended: false,
             pending: FuturesUnordered::new(),
             handle: self.handle.clone(),
+            stop: self.stop.clone(),
         };
         let answers = futures::stream::unfold(state, |mut s| async move {
             loop {
-                if s.input_ended && s.pending.is_empty() {
+                // On stop, writes still pending go unanswered: the follower takes them as
+                // undetermined.
+                if *s.stop.borrow() || (s.input_ended && s.pending.is_empty()) {
                     return None;
                 }
                 tokio::select! {
                     biased;
+                    changed = s.stop.changed() => if changed.is_err() {
+                        return None;
+                    },
                     Some(answer) = s.pending.next(), if !s.pending.is_empty() => {
                         return Some((answer, s));
                     }
