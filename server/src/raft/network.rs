@@ -425,11 +425,29 @@ fn peer_backoff() -> Backoff {
     ))
 }
 
+/// Serves `transport` (a stand-in member) on a loopback port of its own; returns its URL.
+#[cfg(test)]
+pub(crate) async fn serve_transport<T>(transport: T) -> String
+where
+    T: cairn_proto::raftpb::raft_transport_server::RaftTransport,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                cairn_proto::raftpb::raft_transport_server::RaftTransportServer::new(transport),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    url
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use cairn_proto::raftpb::raft_transport_server::{RaftTransport, RaftTransportServer};
+    use cairn_proto::raftpb::raft_transport_server::RaftTransport;
     use openraft::error::{Infallible, RaftError};
     use tonic::{Request, Response, Status, Streaming};
 
@@ -480,17 +498,6 @@ mod tests {
         Box::pin(futures::stream::once(work).filter_map(|()| async { None }))
     }
 
-    async fn serve(peer: Peer) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(RaftTransportServer::new(peer))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        url
-    }
-
     async fn network_to(url: &str) -> PeerNetwork {
         let member = Member {
             name: "b".into(),
@@ -525,7 +532,7 @@ mod tests {
     #[tokio::test]
     async fn a_member_without_append_streams_is_appended_to_one_request_at_a_time() {
         let peer = Peer::default();
-        let url = serve(peer.clone()).await;
+        let url = serve_transport(peer.clone()).await;
         let mut net = network_to(&url).await;
         let option = RPCOption::new(Duration::from_secs(5));
         let refused = matches!(
@@ -550,7 +557,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unanswered_append_fails_the_stream_after_its_time() {
-        let url = serve(Peer {
+        let url = serve_transport(Peer {
             silent: true,
             ..Default::default()
         })

@@ -317,13 +317,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use cairn_proto::raftpb::raft_transport_server::{RaftTransport, RaftTransportServer};
+    use cairn_proto::raftpb::raft_transport_server::RaftTransport;
     use futures::StreamExt;
     use tonic::{Request, Response, Status, Streaming};
 
     use super::*;
     use crate::command::Applied;
     use crate::mvcc::{PutRequest, PutResponse};
+    use crate::raft::network::serve_transport;
 
     /// A leader that answers a write to key `n` with revision `n`, each after `n` milliseconds, so
     /// answers overtake one another; without `streams` it predates `ForwardStream` (the
@@ -403,17 +404,6 @@ mod tests {
         }
     }
 
-    async fn serve(leader: Leader) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(RaftTransportServer::new(leader))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        url
-    }
-
     fn put(n: usize) -> Command {
         Command::Put(PutRequest {
             key: n.to_string().into_bytes(),
@@ -450,7 +440,7 @@ mod tests {
             streams: true,
             ..Leader::default()
         };
-        let url = serve(leader.clone()).await;
+        let url = serve_transport(leader.clone()).await;
         let streams = Arc::new(ForwardStreams::default());
         let want: Vec<i64> = (0..64).collect();
         assert_eq!(forward_all(&streams, &url, 64).await, want);
@@ -467,7 +457,7 @@ mod tests {
     #[tokio::test]
     async fn a_leader_without_the_stream_gets_a_call_per_write() {
         let leader = Leader::default();
-        let url = serve(leader.clone()).await;
+        let url = serve_transport(leader.clone()).await;
         let streams = Arc::new(ForwardStreams::default());
         let want: Vec<i64> = (0..16).collect();
         assert_eq!(forward_all(&streams, &url, 16).await, want);
@@ -482,7 +472,7 @@ mod tests {
             break_after: Some(2),
             ..Leader::default()
         };
-        let url = serve(leader.clone()).await;
+        let url = serve_transport(leader.clone()).await;
         let streams = ForwardStreams::default();
         let channels = PeerChannels::new(None);
         // Key 500 answers after half a second: the second write breaks the stream first.
