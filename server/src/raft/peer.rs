@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use cairn_proto::raftpb::raft_transport_client::RaftTransportClient;
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
 use super::admin::{AdminCall, AdminError, AdminReply};
-use super::network::PeerChannels;
+use super::network::{lock, PeerChannels};
 use super::service::ForwardError;
 use super::{LeaseCall, LeaseReply, ProposeError};
 use crate::codec::{decode, encode};
@@ -154,7 +154,8 @@ enum Route {
 }
 
 /// One open stream: requests go out through `requests`, and a task reading the answers hands each
-/// to the waiter registered under its id.
+/// to the waiter registered under its id. That task holds it weakly: once neither the routes nor a
+/// waiting write hold it, `requests` drops, which closes the stream.
 struct ForwardStream {
     requests: mpsc::UnboundedSender<RaftPayload>,
     /// `None` once the stream ended: nothing registered after that could be answered.
@@ -234,12 +235,12 @@ impl ForwardStreams {
                     waiting: Mutex::new(Some(HashMap::new())),
                     next_id: AtomicU64::new(0),
                 });
-                tokio::spawn(read_answers(answers.into_inner(), stream.clone()));
+                tokio::spawn(read_answers(answers.into_inner(), Arc::downgrade(&stream)));
                 Route::Stream(stream)
             }
         };
-        // Two writes may have opened one each: the first stays, the other's is dropped, which
-        // closes it (nothing was sent on it).
+        // Two writes may have opened one each: the first stays, and the other's is closed once
+        // dropped (nothing was sent on it).
         Ok(lock(&self.routes)
             .entry(url.to_string())
             .or_insert(route)
@@ -294,11 +295,16 @@ impl ForwardStream {
     }
 }
 
-async fn read_answers(mut answers: tonic::Streaming<RaftPayload>, stream: Arc<ForwardStream>) {
+async fn read_answers(mut answers: tonic::Streaming<RaftPayload>, stream: Weak<ForwardStream>) {
+    // Ends when the leader ends the stream, or once the stream is dropped and the leader has
+    // answered what was sent.
     while let Ok(Some(p)) = answers.message().await {
         let Ok((id, answer)) = decode::<(u64, Answer)>(&p.data) else {
             tracing::warn!("undecodable answer on the forward stream");
             break;
+        };
+        let Some(stream) = stream.upgrade() else {
+            return;
         };
         let waiter = lock(&stream.waiting).as_mut().and_then(|w| w.remove(&id));
         if let Some(waiter) = waiter {
@@ -306,11 +312,9 @@ async fn read_answers(mut answers: tonic::Streaming<RaftPayload>, stream: Arc<Fo
             let _ = waiter.send(answer);
         }
     }
-    stream.end();
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    if let Some(stream) = stream.upgrade() {
+        stream.end();
+    }
 }
 
 #[cfg(test)]
@@ -336,6 +340,8 @@ mod tests {
         break_after: Option<usize>,
         calls: Arc<AtomicUsize>,
         opened: Arc<AtomicUsize>,
+        /// Streams whose follower closed its side.
+        closed: Arc<AtomicUsize>,
     }
 
     fn answer(cmd: &Command) -> Answer {
@@ -398,6 +404,7 @@ mod tests {
                         let _ = tx.send(Ok(RaftPayload { data }));
                     });
                 }
+                leader.closed.fetch_add(1, Ordering::SeqCst);
             });
             let answers = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
             Ok(Response::new(Box::pin(answers)))
@@ -446,9 +453,21 @@ mod tests {
         assert_eq!(forward_all(&streams, &url, 64).await, want);
         assert_eq!(forward_all(&streams, &url, 64).await, want);
         assert_eq!(leader.calls.load(Ordering::SeqCst), 0);
-        // Concurrent first writes may each open one; one stays and carries the rest.
+        // Concurrent first writes may each open one; one stays and carries the rest, and the
+        // others are closed.
         let opened = leader.opened.load(Ordering::SeqCst);
         assert!((1..=64).contains(&opened), "{opened} streams opened");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while leader.closed.load(Ordering::SeqCst) < opened - 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {} extra streams closed",
+                leader.closed.load(Ordering::SeqCst),
+                opened - 1
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(leader.closed.load(Ordering::SeqCst), opened - 1);
         let before = opened;
         assert_eq!(forward_all(&streams, &url, 8).await, want[..8]);
         assert_eq!(leader.opened.load(Ordering::SeqCst), before);
