@@ -108,6 +108,14 @@ pub enum ApplyError {
 }
 
 impl Command {
+    /// How many client commands this carries (a batch, perhaps a follower's, counts its own).
+    pub fn count(&self) -> usize {
+        match self {
+            Command::Batch(cmds) => cmds.iter().map(Command::count).sum(),
+            _ => 1,
+        }
+    }
+
     /// Whether the command deletes stored revisions (a compaction, perhaps inside a batch).
     pub fn compacts(&self) -> bool {
         match self {
