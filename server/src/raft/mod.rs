@@ -285,7 +285,7 @@ async fn proposal_loop(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Proposal
     let forward_slots = Arc::new(Semaphore::new(MAX_FORWARDS_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         // While no batch may start, more proposals queue up and join this one.
-        let mut slot = if core.leader() == Some(core.id) {
+        let slot = if core.leader() == Some(core.id) {
             Slot::Leader(leader_slots.admit().await)
         } else {
             let Ok(permit) = forward_slots.clone().acquire_owned().await else {
@@ -304,7 +304,7 @@ async fn proposal_loop(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Proposal
                 Err(_) => break,
             }
         }
-        if let Slot::Leader(admitted) = &mut slot {
+        if let Slot::Leader(admitted) = &slot {
             // A follower's forwarded batch counts as the commands it carries.
             admitted.carries(batch.iter().map(|p| p.cmd.count()).sum());
         }
@@ -400,7 +400,7 @@ struct Admitted {
 }
 
 impl Admitted {
-    fn carries(&mut self, commands: usize) {
+    fn carries(&self, commands: usize) {
         let mut state = self
             .in_flight
             .state
@@ -806,9 +806,9 @@ mod tests {
     #[tokio::test]
     async fn a_second_batch_starts_only_while_batches_are_small() {
         let in_flight = Arc::new(InFlight::default());
-        let mut first = admitted_now(&in_flight).await.expect("nothing in flight");
+        let first = admitted_now(&in_flight).await.expect("nothing in flight");
         first.carries(1);
-        let mut second = admitted_now(&in_flight)
+        let second = admitted_now(&in_flight)
             .await
             .expect("batches have been small");
         second.carries(1);
@@ -832,7 +832,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(first);
-        let mut third = tokio::time::timeout(Duration::from_secs(5), waiter)
+        let third = tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("the waiter was woken")
             .expect("waiter task");
