@@ -375,11 +375,15 @@ struct InFlightState {
 }
 
 impl InFlight {
+    fn state(&self) -> std::sync::MutexGuard<'_, InFlightState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Waits until a batch may start. Only the proposal loop calls it, one at a time.
     async fn admit(self: &Arc<Self>) -> Admitted {
         loop {
             {
-                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let mut state = self.state();
                 let small = state.average < SMALL_BATCH * 16;
                 if state.batches == 0 || (state.batches < MAX_BATCHES_IN_FLIGHT && small) {
                     state.batches += 1;
@@ -401,11 +405,7 @@ struct Admitted {
 
 impl Admitted {
     fn carries(&self, commands: usize) {
-        let mut state = self
-            .in_flight
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut state = self.in_flight.state();
         let sample = commands.min(MAX_BATCH) * 16;
         state.average = (state.average * 7 + sample) / 8;
     }
@@ -413,14 +413,7 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        {
-            let mut state = self
-                .in_flight
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            state.batches -= 1;
-        }
+        self.in_flight.state().batches -= 1;
         self.in_flight.freed.notify_one();
     }
 }
