@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use cairn_proto::etcdserverpb::lease_client::LeaseClient as RawLeaseClient;
 use cairn_proto::etcdserverpb::LeaseKeepAliveRequest;
-use common::{connect, record, rss_kib, start, Cluster, Row, System};
+use common::{connect, record, rss_kib, start, Cluster, Row, Stolen, System};
 use etcd_client::{WatchOptions, WatchStream};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -308,6 +308,7 @@ async fn bench_watch(cluster: &Cluster, system: System, secs: u64, rows: &mut Ve
     let mut put_tasks = Vec::with_capacity(puts);
     let first_send = shared.now_ns();
     let cpu_before = (members_cpu_secs(cluster), cpu_secs("self"));
+    let stolen = Stolen::start();
     for i in 0..puts {
         tick.tick().await;
         shared.sent_at[i].store(shared.now_ns().max(1), Ordering::Release);
@@ -349,6 +350,7 @@ async fn bench_watch(cluster: &Cluster, system: System, secs: u64, rows: &mut Ve
         cpu_secs("self") - cpu_before.1,
     );
     let cpu_wall = (shared.now_ns() - first_send) as f64 / 1e9;
+    let steal = stolen.percent();
     let _ = stop_tx.send(true);
     let mut outcomes = Vec::new();
     for r in readers {
@@ -447,16 +449,20 @@ async fn bench_watch(cluster: &Cluster, system: System, secs: u64, rows: &mut Ve
     // Both sides share the same cores, so the client's share bounds what the members could use.
     let wall = cpu_wall;
     eprintln!(
-        "{} fan-out CPU: members {:.1} s, bench client {:.1} s over {wall:.1} s",
+        "{} fan-out CPU: members {:.1} s, bench client {:.1} s over {wall:.1} s, steal {steal:.0} %",
         system.name(),
         cpu_used.0,
         cpu_used.1
     );
     record(
         rows,
-        "fan-out: CPU cores busy, members summed / bench client",
+        "fan-out: CPU cores busy, members summed / bench client; CPU stolen by the host",
         system,
-        format!("{:.2} / {:.2}", cpu_used.0 / wall, cpu_used.1 / wall),
+        format!(
+            "{:.2} / {:.2}; {steal:.0} %",
+            cpu_used.0 / wall,
+            cpu_used.1 / wall
+        ),
     );
 }
 
@@ -607,6 +613,7 @@ async fn bench_leases(cluster: &Cluster, system: System, rows: &mut Vec<Row>) {
     // Stream k takes leases k, k+100, ... in grant order, so its first pass reaches each lease at
     // most about max(grant time, TTL/3) after the grant.
     let started = Instant::now();
+    let stolen = Stolen::start();
     let until = started + Duration::from_secs(KEEPALIVE_SECS);
     let phase_step = Duration::from_secs_f64(LEASE_TTL as f64 / 3.0 / LEASES as f64);
     let mut keepers = Vec::new();
@@ -638,11 +645,12 @@ async fn bench_leases(cluster: &Cluster, system: System, rows: &mut Vec<Row>) {
         }
         latencies.append(&mut o.latencies_us);
     }
+    let steal = stolen.percent();
     let ka_secs = started.elapsed().as_secs_f64().min(KEEPALIVE_SECS as f64);
     latencies.sort_unstable();
     let (p50, p99) = (pct_ms(&latencies, 0.50), pct_ms(&latencies, 0.99));
     eprintln!(
-        "{} keep-alive: {renewed} renewals ({:.0}/s), p50 {p50:.1} ms p99 {p99:.1} ms, {not_found} answered lease-not-found, {broken} broken streams{}",
+        "{} keep-alive: {renewed} renewals ({:.0}/s), p50 {p50:.1} ms p99 {p99:.1} ms, steal {steal:.0} %, {not_found} answered lease-not-found, {broken} broken streams{}",
         system.name(),
         renewed as f64 / ka_secs,
         first_error
@@ -652,9 +660,12 @@ async fn bench_leases(cluster: &Cluster, system: System, rows: &mut Vec<Row>) {
     );
     record(
         rows,
-        "leases: keep-alives/s (p50 / p99 ms)",
+        "leases: keep-alives/s (p50 / p99 ms); CPU stolen by the host",
         system,
-        format!("{:.0} ({p50:.1} / {p99:.1})", renewed as f64 / ka_secs),
+        format!(
+            "{:.0} ({p50:.1} / {p99:.1}); {steal:.0} %",
+            renewed as f64 / ka_secs
+        ),
     );
     record(
         rows,

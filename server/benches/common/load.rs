@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, KvClient, Txn, TxnOp, TxnOpResponse, TxnResponse};
 
-use super::{record, Row, System, Usage};
+use super::{record, Row, Stolen, System, Usage};
 
 pub const KEY_SPACE: u64 = 100_000;
 pub const VALUE_SIZE: usize = 256;
@@ -37,6 +37,8 @@ pub struct Measured {
     pub members: Usage,
     pub generator: Usage,
     pub ops: usize,
+    /// The share of the machine's CPU time the host took during the row.
+    pub stolen_percent: f64,
 }
 
 impl Measured {
@@ -44,10 +46,11 @@ impl Measured {
     pub fn cost(&self) -> String {
         let per_op = |u: Usage| u.cpu_secs * 1e6 / self.ops.max(1) as f64;
         format!(
-            "{:.0} / {:.0} µs, {:.1} switches",
+            "{:.0} / {:.0} µs, {:.1} switches, steal {:.0} %",
             per_op(self.members),
             per_op(self.generator),
-            self.members.switches as f64 / self.ops.max(1) as f64
+            self.members.switches as f64 / self.ops.max(1) as f64,
+            self.stolen_percent
         )
     }
 }
@@ -64,6 +67,7 @@ pub enum Op {
 pub async fn load(kvs: &[KvClient], pids: &[u32], clients: usize, op: Op, secs: u64) -> Measured {
     let me = [std::process::id()];
     let (members_before, generator_before) = (Usage::of(pids), Usage::of(&me));
+    let stolen = Stolen::start();
     let value = Arc::new(vec![b'v'; VALUE_SIZE]);
     let stop = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
@@ -121,6 +125,7 @@ pub async fn load(kvs: &[KvClient], pids: &[u32], clients: usize, op: Op, secs: 
         members,
         generator,
         ops: all.len(),
+        stolen_percent: stolen.percent(),
     }
 }
 
@@ -150,11 +155,12 @@ fn swapped_revision(r: &TxnResponse) -> i64 {
 /// what each operation cost.
 pub fn report(rows: &mut Vec<Row>, system: System, what: &str, m: &Measured) {
     eprintln!(
-        "{} {what}: {:.0}/s p50 {:.2} ms p99 {:.2} ms",
+        "{} {what}: {:.0}/s p50 {:.2} ms p99 {:.2} ms, steal {:.0} %",
         system.name(),
         m.ops_per_sec,
         m.p50_ms,
-        m.p99_ms
+        m.p99_ms,
+        m.stolen_percent
     );
     record(
         rows,
@@ -164,7 +170,7 @@ pub fn report(rows: &mut Vec<Row>, system: System, what: &str, m: &Measured) {
     );
     record(
         rows,
-        &format!("{what}: CPU per op, members / generator; members' switches per op"),
+        &format!("{what}: CPU per op, members / generator; members' switches per op; CPU stolen by the host"),
         system,
         m.cost(),
     );

@@ -288,6 +288,44 @@ pub fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// CPU time the hypervisor gave to others while this machine's CPUs had work (`steal` in
+/// `/proc/stat`), in seconds summed over the CPUs. On a shared VM a row's latency tail follows it.
+fn stolen_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    // "cpu  user nice system idle iowait irq softirq steal ...", in ticks of 1/100 s.
+    stat.lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(8))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0) as f64
+        / 100.0
+}
+
+/// The share of the machine's CPU time taken by the host since `start`.
+#[derive(Clone, Copy)]
+pub struct Stolen {
+    since: Instant,
+    secs: f64,
+}
+
+impl Stolen {
+    pub fn start() -> Stolen {
+        Stolen {
+            since: Instant::now(),
+            secs: stolen_secs(),
+        }
+    }
+
+    pub fn percent(self) -> f64 {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let wall = self.since.elapsed().as_secs_f64() * cpus;
+        if wall <= 0.0 {
+            return 0.0;
+        }
+        (stolen_secs() - self.secs) * 100.0 / wall
+    }
+}
+
 /// Context switches (voluntary and involuntary) of every live thread of a process: each is a
 /// thread going to sleep or being preempted, the cost of a hand-off between tasks or threads.
 pub fn context_switches(pid: u32) -> u64 {
