@@ -464,6 +464,7 @@ async fn assemble_raft(
         counters.apply_duration.clone(),
     )
     .map_err(storage)?;
+    let sync_lone_writes = log_store.sync_lone_writes();
     let state = sm.state();
     let channels = PeerChannels::new(tls.dial.clone());
     let network = Network {
@@ -484,6 +485,7 @@ async fn assemble_raft(
             tracing::warn!(error = %e, "cluster initialization skipped");
         }
     }
+    let mut stop_lone = stop.clone();
     let (handle, mut tasks) = RaftHandle::new(
         raft.clone(),
         member_id,
@@ -499,6 +501,25 @@ async fn assemble_raft(
         stop,
     );
     tasks.push(flusher);
+    // Keeps the log store told whether it syncs lone writes itself: while this member leads
+    // alone (see `LogStore::sync_lone_writes`).
+    let mut server_metrics = raft.server_metrics();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            let alone = {
+                let m = server_metrics.borrow_watched();
+                let mut voters = m.membership_config.membership().voter_ids();
+                m.current_leader == Some(member_id)
+                    && voters.next() == Some(member_id)
+                    && voters.next().is_none()
+            };
+            sync_lone_writes.store(alone, std::sync::atomic::Ordering::Release);
+            tokio::select! {
+                changed = server_metrics.changed() => if changed.is_err() { return },
+                _ = stop_lone.wait_for(|s| *s) => return,
+            }
+        }
+    }));
     Ok(Consensus {
         raft,
         handle,

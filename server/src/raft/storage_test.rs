@@ -8,7 +8,11 @@ use super::state_machine::StateMachineStore;
 use super::types::{StorageError, TypeConfig};
 use crate::storage::Backend;
 
-struct SledBuilder;
+/// `lone_inline`: whether the log store syncs lone writes itself, as on a leader that is the only
+/// voter, or hands every sync to its flusher, as on other members.
+struct SledBuilder {
+    lone_inline: bool,
+}
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
     async fn build(
@@ -18,6 +22,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let backend = Backend::open(dir.path(), 1024 * 1024).expect("open the store");
         let histogram = || Histogram::new([1.0]);
         let (log, _flusher) = LogStore::new(&backend, histogram()).unwrap();
+        log.sync_lone_writes()
+            .store(self.lone_inline, std::sync::atomic::Ordering::Release);
         let sm = StateMachineStore::open(backend, std::time::Duration::from_secs(600), histogram())
             .expect("open the state machine");
         Ok((dir, log, sm))
@@ -25,21 +31,141 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openraft_storage_suite() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder).await
+async fn openraft_storage_suite_syncing_lone_writes_itself() -> Result<(), StorageError> {
+    Suite::test_all(SledBuilder { lone_inline: true }).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_with_every_sync_on_the_flusher() -> Result<(), StorageError> {
+    Suite::test_all(SledBuilder { lone_inline: false }).await
+}
+
+/// An entry of term 1 carrying `cmd`.
+fn entry(index: u64, cmd: crate::command::Command) -> super::types::Entry {
+    use openraft::impls::leader_id_adv::LeaderId;
+    super::types::Entry {
+        log_id: super::types::LogId::new(
+            LeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        ),
+        payload: openraft::EntryPayload::Normal(cmd),
+    }
+}
+
+/// Which appends the log store syncs itself and which it hands to its flusher.
+mod lone_writes {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use openraft::storage::{IOFlushed, RaftLogStorage};
+    use openraft::type_config::TypeConfigExt;
+    use openraft::RaftLogReader;
+    use prometheus_client::metrics::histogram::Histogram;
+    use tokio::sync::oneshot;
+
+    use crate::command::Command;
+    use crate::mvcc::PutRequest;
+    use crate::raft::log_store::LogStore;
+    use crate::raft::types::{Entry, TypeConfig};
+    use crate::storage::Backend;
+
+    fn put(key: &str) -> Command {
+        Command::Put(PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+    }
+
+    type Flushed = oneshot::Receiver<Result<(), std::io::Error>>;
+
+    async fn append(log: &mut LogStore, e: Entry) -> Flushed {
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append([e], IOFlushed::signal(tx)).await.unwrap();
+        rx
+    }
+
+    async fn durable(rx: Flushed) {
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("the append was not made durable within 10 s")
+            .expect("the callback was dropped")
+            .expect("the sync failed");
+    }
+
+    fn store(dir: &std::path::Path, lone_inline: bool) -> LogStore {
+        let backend = Backend::open(dir, 1024 * 1024).expect("open the store");
+        let (log, _flusher) = LogStore::new(&backend, Histogram::new([1.0])).unwrap();
+        log.sync_lone_writes().store(lone_inline, Ordering::Release);
+        log
+    }
+
+    #[tokio::test]
+    async fn a_sole_voter_makes_a_lone_write_durable_before_append_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = store(dir.path(), true);
+        let mut rx = append(&mut log, super::entry(1, put("a"))).await;
+        assert!(
+            matches!(rx.try_recv(), Ok(Ok(()))),
+            "a lone write's sync was left to the flusher"
+        );
+        let read = log.try_get_log_entries(1..2).await.unwrap();
+        assert_eq!(read.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn entries_with_several_writes_and_other_members_lone_writes_go_to_the_flusher() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = store(dir.path(), true);
+        let batch = Command::Batch(vec![put("a"), put("b")]);
+        durable(append(&mut log, super::entry(1, batch)).await).await;
+        log.sync_lone_writes().store(false, Ordering::Release);
+        durable(append(&mut log, super::entry(2, put("c"))).await).await;
+        assert_eq!(log.try_get_log_entries(1..3).await.unwrap().len(), 2);
+    }
+
+    /// openraft takes an append's completion as covering every earlier one: a lone write synced
+    /// on the spot must not complete while an earlier append still waits in the flusher's queue.
+    #[tokio::test]
+    async fn a_lone_write_never_completes_before_an_earlier_queued_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = store(dir.path(), true);
+        for round in 0..50u64 {
+            let first = super::entry(2 * round + 1, Command::Batch(vec![put("a"), put("b")]));
+            let mut queued = append(&mut log, first).await;
+            let mut lone = append(&mut log, super::entry(2 * round + 2, put("c"))).await;
+            let lone_done = lone.try_recv();
+            let queued_done = queued.try_recv();
+            if lone_done.is_ok() {
+                assert!(
+                    queued_done.is_ok(),
+                    "round {round}: the lone write completed before the append queued ahead of it"
+                );
+            }
+            // Both end durable, whichever way they went.
+            if lone_done.is_err() {
+                durable(lone).await;
+            }
+            if queued_done.is_err() {
+                durable(queued).await;
+            }
+        }
+    }
 }
 
 mod snapshots {
-    use openraft::impls::leader_id_adv::LeaderId;
     use openraft::storage::RaftStateMachine;
-    use openraft::{EntryPayload, RaftSnapshotBuilder};
+    use openraft::RaftSnapshotBuilder;
     use openraft_legacy::network_v1::SnapshotReceiverFactory;
     use prometheus_client::metrics::histogram::Histogram;
 
     use crate::command::Command;
     use crate::mvcc::PutRequest;
     use crate::raft::state_machine::StateMachineStore;
-    use crate::raft::types::{Entry, LogId};
+    use crate::raft::types::Entry;
     use crate::storage::Backend;
 
     fn open(dir: &std::path::Path) -> (Backend, StateMachineStore) {
@@ -69,20 +195,14 @@ mod snapshots {
     }
 
     fn put(index: u64, key: &str, value: &str) -> Entry {
-        Entry {
-            log_id: LogId::new(
-                LeaderId {
-                    term: 1,
-                    node_id: 1,
-                },
-                index,
-            ),
-            payload: EntryPayload::Normal(Command::Put(PutRequest {
+        super::entry(
+            index,
+            Command::Put(PutRequest {
                 key: key.into(),
                 value: value.into(),
                 ..Default::default()
-            })),
-        }
+            }),
+        )
     }
 
     /// Applies entries as openraft hands them over, without waiting callers.
