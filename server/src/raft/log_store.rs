@@ -77,13 +77,6 @@ impl LogStore {
         self.sync_lone_writes.clone()
     }
 
-    fn sync_now(&self) -> io::Result<()> {
-        let started = std::time::Instant::now();
-        let result = self.rows.sync_log();
-        self.fsync.observe(started.elapsed().as_secs_f64());
-        result
-    }
-
     fn read_meta<T: serde::de::DeserializeOwned>(&self, which: LogMeta) -> io::Result<Option<T>> {
         self.rows.meta(which).map_err(io_err)
     }
@@ -102,6 +95,14 @@ impl LogStore {
     }
 }
 
+/// Makes every appended entry durable, recording how long the sync took.
+fn timed_sync(rows: &LogRows, fsync: &Histogram) -> io::Result<()> {
+    let started = std::time::Instant::now();
+    let result = rows.sync_log();
+    fsync.observe(started.elapsed().as_secs_f64());
+    result
+}
+
 /// Completes appends in groups: wait for one, take all that queued behind it, sync once.
 fn flush_loop(
     rows: LogRows,
@@ -115,9 +116,7 @@ fn flush_loop(
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
-        let started = std::time::Instant::now();
-        let result = rows.sync_log();
-        fsync.observe(started.elapsed().as_secs_f64());
+        let result = timed_sync(&rows, &fsync);
         for cb in pending.drain(..) {
             let r = match &result {
                 Ok(_) => Ok(()),
@@ -202,7 +201,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             && self.sync_lone_writes.load(Ordering::Acquire)
             && self.queued.load(Ordering::Acquire) == 0
         {
-            callback.io_completed(self.sync_now());
+            callback.io_completed(timed_sync(&self.rows, &self.fsync));
             return Ok(());
         }
         self.queued.fetch_add(1, Ordering::AcqRel);
