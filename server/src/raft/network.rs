@@ -178,7 +178,17 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             let Some(first) = input.next().await else {
                 return Ok(Box::pin(futures::stream::empty()) as StreamAnswers<'s>);
             };
-            let input = futures::stream::once(std::future::ready(first)).chain(input);
+            // A later request without entries only moves the follower's commit index: nothing
+            // here waits on it, so it goes once this member's ready work is done, and the commit
+            // it announces is applied and answered first. (A heartbeat, which a read may wait
+            // on, is the first and only request of a stream of its own.)
+            let commits_last = input.then(|rpc| async move {
+                if rpc.entries.is_empty() {
+                    tokio::task::yield_now().await;
+                }
+                rpc
+            });
+            let input = futures::stream::once(std::future::ready(first)).chain(commits_last);
             let ttl = option.hard_ttl();
             let mut client = self.v1.inner_mut().connection()?.clone();
             let in_flight: Arc<Mutex<VecDeque<tokio::time::Instant>>> = Arc::default();
