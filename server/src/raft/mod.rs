@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{LinearizableReadError, RaftError};
+use openraft::raft::ClientWriteResult;
 use openraft::ReadPolicy;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
@@ -33,7 +34,7 @@ use self::admin::{AdminCall, AdminError, AdminReply};
 use self::network::PeerChannels;
 use self::peer::{AdminAnswer, CallError, ForwardStreams, PeerClient};
 use self::service::{forward_error, ForwardError};
-use self::types::{NodeId, Raft};
+use self::types::{Callback, NodeId, Raft, TypeConfig};
 use crate::command::{Applied, Command, CommandResponse};
 use crate::counters::Counters;
 use crate::lease::expiry::{self, ExpiryHost};
@@ -88,7 +89,7 @@ type ReadWaiter = oneshot::Sender<Result<(), ProposeError>>;
 struct Proposal {
     cmd: Command,
     bytes: usize,
-    reply: oneshot::Sender<Result<CommandResponse, ProposeError>>,
+    reply: Reply,
 }
 
 impl RaftHandle {
@@ -308,46 +309,91 @@ async fn proposal_loop(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Proposal
             // A follower's forwarded batch counts as the commands it carries.
             admitted.carries(batch.iter().map(|p| p.cmd.count()).sum());
         }
-        let core = core.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let (cmds, replies): (Vec<Command>, Vec<_>) =
-                batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-            let single = cmds.len() == 1;
-            let cmd = if single {
-                cmds.into_iter().next().expect("one command")
-            } else {
-                Command::Batch(cmds)
-            };
-            match core.propose(cmd).await {
-                Ok(resp) if single => {
-                    let _ = replies
-                        .into_iter()
-                        .next()
-                        .expect("one reply")
-                        .send(Ok(resp));
-                }
-                Ok(CommandResponse {
-                    result: Ok(Applied::Batch(responses)),
-                    ..
-                }) if responses.len() == replies.len() => {
-                    for (reply, resp) in replies.into_iter().zip(responses) {
-                        let _ = reply.send(Ok(resp));
-                    }
-                }
-                Ok(other) => {
-                    let e = ProposeError::Internal(format!("unexpected batch result {other:?}"));
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
+        let (cmds, replies): (Vec<Command>, Vec<Reply>) =
+            batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+        let cmd = if cmds.len() == 1 {
+            cmds.into_iter().next().expect("one command")
+        } else {
+            Command::Batch(cmds)
+        };
+        match slot {
+            Slot::Leader(admitted) if !*core.holding.borrow() => {
+                submit(&core, cmd, replies, admitted).await;
             }
-        });
+            slot => {
+                let core = core.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    answer(replies, core.propose(cmd).await);
+                });
+            }
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<CommandResponse, ProposeError>>;
+
+/// Hands a batch to Raft on the leader with no task waiting for it: the task that applies the
+/// entry answers its proposers itself, one hand-off fewer per entry on the way to the clients.
+/// A batch Raft refuses or drops before committing (leadership moved) is proposed again the way
+/// [`Core::propose`] retries, through whichever member leads by then.
+async fn submit(core: &Arc<Core>, cmd: Command, replies: Vec<Reply>, admitted: Admitted) {
+    let again = cmd.clone();
+    let retry = core.clone();
+    let responder = Callback::new(move |result: ClientWriteResult<TypeConfig>| {
+        // The batch's place is given back once its proposers are answered.
+        let _slot = admitted;
+        let e = match result {
+            Ok(written) => return answer(replies, Ok(written.data)),
+            Err(e) => forward_error(RaftError::APIError(e)),
+        };
+        match (e, tokio::runtime::Handle::try_current()) {
+            (ForwardError::NotLeader(_), Ok(runtime)) => {
+                runtime.spawn(async move { answer(replies, retry.propose(again).await) });
+            }
+            (ForwardError::NotLeader(_), Err(_)) => {
+                answer(replies, Err(ProposeError::LeaderChanged))
+            }
+            (other, _) => answer(replies, Err(ProposeError::Internal(other.to_string()))),
+        }
+    });
+    // A stopped Raft drops the responder, and with it the replies: their proposers see the
+    // proposer stopped.
+    if let Err(fatal) = core.raft.client_write_ff(cmd, Some(responder)).await {
+        tracing::warn!(error = %fatal, "consensus stopped; proposals dropped");
+    }
+}
+
+/// Gives each proposer of a batch its own response (a lone command's batch is the command).
+fn answer(replies: Vec<Reply>, result: Result<CommandResponse, ProposeError>) {
+    let single = replies.len() == 1;
+    match result {
+        Ok(resp) if single => {
+            let _ = replies
+                .into_iter()
+                .next()
+                .expect("one reply")
+                .send(Ok(resp));
+        }
+        Ok(CommandResponse {
+            result: Ok(Applied::Batch(responses)),
+            ..
+        }) if responses.len() == replies.len() => {
+            for (reply, resp) in replies.into_iter().zip(responses) {
+                let _ = reply.send(Ok(resp));
+            }
+        }
+        Ok(other) => {
+            let e = ProposeError::Internal(format!("unexpected batch result {other:?}"));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
     }
 }
 

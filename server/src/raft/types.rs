@@ -13,15 +13,50 @@ use crate::command::{Command, CommandResponse};
 /// Member ids are etcd-style 64-bit ids derived from the member's name and peer URLs.
 pub type NodeId = u64;
 
-openraft::declare_raft_types!(
-    /// Cairn's Raft types. Errors carry `AnyError` sources: they cross the peer transport, so
-    /// they must serialize.
-    pub TypeConfig:
-        D = Command,
-        R = CommandResponse,
-        Node = Member,
-        ErrorSource = openraft::AnyError,
-);
+/// Cairn's Raft types, spelled out rather than declared through openraft's macro, which cannot
+/// name a responder of our own. Errors carry `AnyError` sources: they cross the peer transport,
+/// so they must serialize.
+#[derive(Debug, Clone, Copy, Default, Eq, PartialEq, Ord, PartialOrd)]
+pub struct TypeConfig {}
+
+impl openraft::RaftTypeConfig for TypeConfig {
+    type D = Command;
+    type R = CommandResponse;
+    type NodeId = NodeId;
+    type Node = Member;
+    type Term = u64;
+    type LeaderId = openraft::impls::leader_id_adv::LeaderId<Self::Term, Self::NodeId>;
+    type Vote = openraft::impls::Vote<Self::LeaderId>;
+    type Payload = openraft::EntryPayload<Self::D, Self::NodeId, Self::Node>;
+    type Entry =
+        openraft::Entry<<Self::LeaderId as openraft::vote::RaftLeaderId>::Committed, Self::Payload>;
+    type AsyncRuntime = openraft::impls::TokioRuntime;
+    type Responder<T>
+        = Callback<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type Batch<T>
+        = openraft::impls::InlineBatch<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type ErrorSource = openraft::AnyError;
+}
+
+/// Completes a client write by calling back into whoever proposed it, on the task that applied
+/// (or refused) the entry: no task of the proposer's has to wait on a channel for it.
+pub struct Callback<T>(Box<dyn FnOnce(T) + Send>);
+
+impl<T> Callback<T> {
+    pub fn new(f: impl FnOnce(T) + Send + 'static) -> Self {
+        Callback(Box::new(f))
+    }
+}
+
+impl<T: Send + 'static> openraft::raft::responder::Responder<TypeConfig, T> for Callback<T> {
+    fn on_complete(self, result: T) {
+        (self.0)(result)
+    }
+}
 
 /// A snapshot travels and is installed as a file.
 pub type SnapshotData = tokio::fs::File;
