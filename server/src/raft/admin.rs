@@ -289,10 +289,10 @@ pub(super) async fn execute(core: &Core, call: AdminCall) -> Result<AdminReply, 
 ///
 /// The peer protocol does not carry openraft's leadership-transfer message, and followers refuse to
 /// vote while their leader lease (the longest election timeout) runs. So the leader goes quiet: it
-/// holds back new proposals and heartbeats until every follower's lease has run out, the other
-/// followers hold their own elections back, and `target`, whose log has caught up, stands for
-/// election and wins.
-/// Writes wait (they are not refused) for the two or so election timeouts this takes.
+/// holds back new proposals until `target` has its whole log, then its heartbeats too until every
+/// follower's lease has run out; the other followers hold their own elections back, and `target`
+/// stands for election and wins. Writes wait (they are not refused) for the two or so election
+/// timeouts this takes.
 async fn move_leader(
     core: &Core,
     target: NodeId,
@@ -301,6 +301,9 @@ async fn move_leader(
     let raft = &core.raft;
     let election_max = Duration::from_millis(raft.config().election_timeout_max);
     let deadline = tokio::time::Instant::now() + 4 * election_max;
+    // New writes wait from here on, so the log stops growing and the target can catch up with it
+    // (under steady load the leader's last entry is always one the target has not answered yet).
+    core.hold_proposals(true);
     // The target must hold every entry the leader has, or it cannot win.
     loop {
         let m = raft.metrics().borrow_watched().clone();
@@ -314,6 +317,7 @@ async fn move_leader(
             break;
         }
         if tokio::time::Instant::now() >= deadline {
+            core.hold_proposals(false);
             return Err(AdminError::TransferFailed);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -325,7 +329,6 @@ async fn move_leader(
             tracing::debug!(member = format!("{id:x}"), error = %e, "holding elections back");
         }
     }
-    core.hold_proposals(true);
     raft.runtime_config().heartbeat(false);
     tokio::time::sleep(election_max + Duration::from_millis(200)).await;
     let campaign = core.call_member(target, AdminCall::Campaign).await;
