@@ -14,7 +14,7 @@ use cairn_server::config::TlsInfo;
 use common::etcd::{etcd_present, Etcd};
 use common::etcdctl::{etcdctl_present, Ctl};
 use common::pki::Ca;
-use common::{free_ports, wait_serving, ProcessCluster, TestNode};
+use common::{connect, free_ports, leader_index, options, wait_serving, ProcessCluster, TestNode};
 use tonic::transport::Channel;
 
 /// bcrypt's cheapest cost: the tests hash many passwords and measure nothing about hashing.
@@ -661,6 +661,36 @@ async fn a_cluster_shares_users_and_tokens_and_keeps_them_across_a_restart() {
         "etcdserver: user name is empty",
     )
     .await;
+}
+
+/// A linearizable read is judged by the auth state it reads at: through a follower, right after
+/// auth was enabled through it, a read without credentials is refused, never served unchecked
+/// because the follower had not applied the enabling when the read arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_right_after_auth_is_enabled_through_a_follower_is_checked() {
+    let cluster = ProcessCluster::start_with(3, &["--bcrypt-cost", "4"]);
+    wait_serving(&cluster, &[0, 1, 2]).await;
+    let follower = (leader_index(&cluster, &[0, 1, 2]).await + 1) % 3;
+    let url = cluster.members[follower].url();
+    let mut c = connect(&url).await.expect("connect");
+    c.user_add("root", "rootpw", None).await.unwrap();
+    c.role_add("root").await.unwrap();
+    c.user_grant_role("root", "root").await.unwrap();
+    let as_root = options().with_user("root", "rootpw");
+    for round in 0..10 {
+        c.auth_enable().await.unwrap();
+        match c.get("k", None).await {
+            Err(e) => assert!(
+                e.to_string().contains("user name is empty"),
+                "round {round}: {e}"
+            ),
+            Ok(r) => panic!("round {round}: read without credentials served: {r:?}"),
+        }
+        let mut root = etcd_client::Client::connect([url.clone()], Some(as_root.clone()))
+            .await
+            .unwrap();
+        root.auth_disable().await.unwrap();
+    }
 }
 
 /// Retries root's read through `ctl` until it succeeds (bounded at 30 s).

@@ -72,8 +72,9 @@ pub(crate) async fn range(
     ctx: &ServerContext,
     r: RangeRequest,
 ) -> Result<(RangeResponse, i64), ServerError> {
-    ctx.check_read(&ctx.caller_info().await?, &r.key, &r.range_end)?;
+    // Checked against the auth state the read sees (see the KV service's range).
     ctx.raft.read_index().await?;
+    ctx.check_read(&ctx.caller_info().await?, &r.key, &r.range_end)?;
     Ok(ctx.raft.state().range(&r)?)
 }
 
