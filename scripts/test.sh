@@ -27,4 +27,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
-cargo test --workspace --all-targets "$@"
+# Every target but binaries marked `test = false` (which `--all-targets` would build as a test
+# harness anyway): libraries, binaries' unit tests, integration tests, benches (built, and run
+# without measuring) and examples.
+cargo test --workspace --tests --benches --examples "$@"

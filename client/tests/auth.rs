@@ -2,7 +2,7 @@
 //! sends its token with every request, gets a new token when the server forgets the old one, and
 //! `cairnctl --user` works as etcdctl's does.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

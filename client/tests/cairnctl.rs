@@ -3,7 +3,7 @@
 //! below (taken from etcd's behaviour) on both. Plus: two `cairnctl lock` processes on a 3-member cluster
 //! never overlap and see increasing fencing revisions; watch, maintenance and membership commands.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};

@@ -1,6 +1,6 @@
 //! Session, Mutex, Election and Namespace through real gRPC, against `cairn` and (when installed) `etcd`.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! KV and Txn through real gRPC: the same suite against a `cairn` member and (when installed) `etcd`, plus
 //! failover on a 3-member `cairn` cluster.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

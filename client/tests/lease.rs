@@ -1,7 +1,7 @@
 //! Leases through real gRPC: the suite against `cairn` and (when installed) `etcd`, and a keeper that keeps
 //! its key alive across a leader change of a 3-member `cairn` cluster.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

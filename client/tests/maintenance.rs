@@ -1,6 +1,6 @@
 //! Maintenance and membership calls through real gRPC, against `cairn` and (when installed) `etcd`.
 
-mod common;
+use crate::common;
 
 use cairn_client::proto::AlarmType;
 use cairn_client::{AlarmAction, Client};

@@ -1,7 +1,7 @@
 //! TLS from the client side: `cairnctl --cacert --cert --key` (as etcdctl takes them) and the
 //! library's [`TlsOptions`] against a `cairn` member that requires client certificates.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! Watches through real gRPC: the suite against `cairn` and (when installed) `etcd`, and a watch that keeps
 //! delivering every event exactly once while the leader of a 3-member `cairn` cluster is killed.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -6,8 +6,8 @@
 //! downwardAPI and projected volumes kept up to date, init containers, lifecycle hooks and
 //! termination messages, resources in cgroups and in the environment, OOMKilled.
 
-mod common;
-mod kube_api;
+use crate::common;
+use crate::kube_api;
 
 use common::node::AgentNode;
 

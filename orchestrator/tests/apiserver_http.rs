@@ -2,7 +2,7 @@
 //! for bad input, discovery's negotiated media types, metrics, watch bookmarks and selector
 //! transitions, Service IP and port allocation, and a store that has gone away.
 
-mod kube_api;
+use crate::kube_api;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Real kubectl builds against the API server: the everyday workflow people run, checked by what
 //! kubectl prints and by what the server then holds.
 
-mod kube_api;
+use crate::kube_api;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

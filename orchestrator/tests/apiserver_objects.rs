@@ -2,7 +2,7 @@
 //! finalizers and deletionTimestamp, namespaces being terminated, generation, status subresources,
 //! server-side apply, LimitRange defaults and bounds.
 
-mod kube_api;
+use crate::kube_api;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};

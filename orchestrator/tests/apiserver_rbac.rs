@@ -4,7 +4,7 @@
 //! waits; `kubectl auth can-i` (also `--as`, `--list`) agreeing with what is enforced; `kubectl auth
 //! whoami` from 1.27 and 1.33; the audit log's lines; and roleRef immutability.
 
-mod kube_api;
+use crate::kube_api;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! concurrency, watches that resume across an API server restart, 410 for compacted history, paged
 //! lists, quota under concurrent creates, and secrets encrypted at rest.
 
-mod kube_api;
+use crate::kube_api;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The `runtime` CLI end to end: run, ps, logs, exec, stop, rm.
 
-mod common;
+use crate::common;
 
 use common::{can_run, HELPER};
 use std::process::Command;

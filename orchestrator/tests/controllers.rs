@@ -3,7 +3,7 @@
 //! without dropping below `replicas - maxUnavailable` ready pods at any observed step, and kubectl's
 //! `rollout status`, `history` and `undo` work.
 
-mod kube_api;
+use crate::kube_api;
 
 use std::time::{Duration, Instant};
 

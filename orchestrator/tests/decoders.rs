@@ -13,7 +13,7 @@
 
 #[path = "../../server/tests/common/damage.rs"]
 mod damage;
-mod kube_api;
+use crate::kube_api;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! through it, and queries go over real UDP and TCP sockets on 127.0.0.1 as a stub resolver sends
 //! them. Names outside the cluster go to an upstream server the test runs on loopback.
 
-mod kube_api;
+use crate::kube_api;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

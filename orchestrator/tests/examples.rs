@@ -5,8 +5,8 @@
 //! localhost; the Secret arrives as env and as a file; the quota refuses a pod over it. The image
 //! (`busybox:1.36`) is a busybox built here and loaded with `image import`, so nothing is pulled.
 
-mod common;
-mod kube_api;
+use crate::common;
+use crate::kube_api;
 
 use std::path::Path;
 use std::process::Command;
@@ -89,7 +89,7 @@ async fn run_examples() {
         "image import: {}",
         String::from_utf8_lossy(&imported.stderr)
     );
-    let mut up = Up::new(dir);
+    let mut up = Up::new(dir, "examples");
     up.start();
     up.client().await;
     until(dir, "the node to be Ready", 60, &["get", "nodes"], |o| {

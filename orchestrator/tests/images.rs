@@ -8,8 +8,8 @@
 //! layout and a `docker save` archive, `image ls` lists them, pods with imagePullPolicy Never run
 //! them, `image rm` and garbage collection remove only what no container uses.
 
-mod common;
-mod kube_api;
+use crate::common;
+use crate::kube_api;
 
 use common::image::{build_image, have_tools, run};
 use common::node::AgentNode;

@@ -5,8 +5,8 @@
 //! tokens are cleaned up; and (root) `agent --join` brings a real node into the cluster that runs a
 //! pod.
 
-mod common;
-mod kube_api;
+use crate::common;
+use crate::kube_api;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

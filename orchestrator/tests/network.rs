@@ -7,8 +7,8 @@
 //! a host-network pod has the node's address; resolv.conf and /etc/hosts are the kubelet's; a
 //! restarted agent keeps its pods' addresses; a deleted node's route goes.
 
-mod common;
-mod kube_api;
+use crate::common;
+use crate::kube_api;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

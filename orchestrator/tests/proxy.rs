@@ -4,8 +4,8 @@
 //! server, and the proxy programs the node namespace's nftables (its `nft` runs there through
 //! `ip netns exec`). Connections from the client show where the rules send them.
 
-mod kube_api;
-mod netlab;
+use crate::kube_api;
+use crate::netlab;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,7 +1,7 @@
 //! End-to-end tests of the namespace runtime on the real kernel: real
 //! namespaces, cgroups, veths and bridges created (and removed) per test.
 
-mod common;
+use crate::common;
 
 use cairn_orchestrator::runtime::{
     cgroup, ConfigMaps, ContainerState, ExitReason, Pod, Runtime, RuntimeConfig,

@@ -3,7 +3,7 @@
 //! arrives, cordoned nodes are skipped; and Lease leader election hands over only after the holder
 //! stopped renewing for a lease duration.
 
-mod kube_api;
+use crate::kube_api;
 
 use std::time::{Duration, Instant};
 

@@ -5,8 +5,8 @@
 //! account and token volume; and (root) a pod run by the node agent finds its token, CA and
 //! namespace under /var/run/secrets/kubernetes.io/serviceaccount, and that token lists pods.
 
-mod common;
-mod kube_api;
+use crate::common;
+use crate::kube_api;
 
 use std::process::Output;
 

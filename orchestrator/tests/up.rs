@@ -5,8 +5,8 @@
 //! node's podCIDR, which the controller manager cut from `up`'s cluster CIDR. The cluster DNS answers
 //! behind kube-system/kube-dns, reached through the service proxy's rules on this machine.
 
-mod common;
-mod kube_api;
+use crate::common;
+use crate::kube_api;
 
 use common::up::Up;
 
@@ -47,7 +47,7 @@ fn up_runs_a_deployment_stops_on_ctrl_c_and_resumes() {
 
 async fn up_and_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let mut up = Up::new(dir.path());
+    let mut up = Up::new(dir.path(), "up");
     up.start();
     let client = up.client().await;
     let deps: Api<Deployment> = Api::namespaced(client.clone(), "default");
@@ -73,10 +73,8 @@ async fn up_and_resume() {
     .await;
     let before = running_pods(&pods).await;
     // The node got the first range of the cluster CIDR, and the pods their addresses from it.
-    let node: k8s_openapi::api::core::v1::Node = Api::all(client.clone())
-        .get(&format!("up-{}", std::process::id()))
-        .await
-        .unwrap();
+    let node: k8s_openapi::api::core::v1::Node =
+        Api::all(client.clone()).get(up.node_name()).await.unwrap();
     let cidr = node.spec.and_then(|s| s.pod_cidr);
     assert_eq!(cidr.as_deref(), Some("10.244.0.0/24"));
     let mut ips = Vec::new();

@@ -3,7 +3,7 @@
 //! and watches, revocation on the next request, token expiry, client-certificate names, JWTs, and
 //! auth state that survives a restart and is shared by a cluster.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

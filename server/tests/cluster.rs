@@ -3,7 +3,7 @@
 //! load leaves no write unanswered, and a leader restarted at once reads nothing older than what
 //! it acknowledged.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,7 @@
 //! Watches on a real 3-member cluster: followers deliver what the leader delivers, and a watch
 //! resumed on another member after the leader is killed continues with no gap and no duplicate.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

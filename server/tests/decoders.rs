@@ -11,7 +11,7 @@
 //! `CAIRN_FUZZ_SECS` sets the time spent (default 20 s) and `CAIRN_FUZZ_SEED` replays a run; the
 //! seed is printed first.
 
-mod common;
+use crate::common;
 
 use common::damage::damage;
 

@@ -2,7 +2,7 @@
 //! about 200 MB, 90 % of it is deleted and compacted away, and defragmenting the member must at
 //! least halve its data directory while every remaining key still reads back and writes go on.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! etcd compatibility through a client we did not write: the `etcd-client` crate against an
 //! in-process Cairn member over real gRPC on loopback.
 
-mod common;
+use crate::common;
 
 use common::{status, TestNode};
 use etcd_client::{

@@ -3,7 +3,7 @@
 //! member), promote a learner, check it with `endpoint status|health|hashkv --cluster`, remove a
 //! member, back it up with `snapshot save`, `defrag`, and restore the backup into a new cluster.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! etcd compatibility through the real `etcdctl` (v3.4) binary. Skips, saying why, when etcdctl is
 //! not installed; the test script installs it.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 

@@ -1,7 +1,7 @@
 //! Lease semantics through the `etcd-client` crate: expiry with DELETE events, keep-alive, revoke,
 //! time-to-live, persistence across restarts and leader changes.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! The Lock and Election services through the `etcd-client` crate.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

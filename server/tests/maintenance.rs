@@ -3,7 +3,7 @@
 //! as Prometheus text), `/health` and the gRPC health service; and, on a cluster of `cairn`
 //! processes, the answers of Defragment and MoveLeader and the agreement of Hash.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

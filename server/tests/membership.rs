@@ -2,7 +2,7 @@
 //! is promoted, and a voter added directly), then shrink 3 -> 2 by removing the leader. No
 //! acknowledged write is lost and the survivors hash alike.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

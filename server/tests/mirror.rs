@@ -7,7 +7,7 @@
 //! the protobuf encoding of each KeyValue), so the same logical data mirrored into another
 //! store lands at other revisions and hashes differently even between two etcds.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

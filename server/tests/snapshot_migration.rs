@@ -5,7 +5,7 @@
 //! versions, leases and their keys, the history after the compaction point, the compaction point
 //! itself and the current revision.
 
-mod common;
+use crate::common;
 
 use std::time::Instant;
 

@@ -3,7 +3,7 @@
 //! cluster whose members authenticate each other (and refuse one with a foreign certificate), and
 //! `https://` URLs without certificates refused at start.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

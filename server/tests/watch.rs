@@ -1,7 +1,7 @@
 //! Watch semantics through the `etcd-client` crate (and raw gRPC for a stalled reader) against an
 //! in-process member.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

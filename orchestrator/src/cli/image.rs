@@ -37,31 +37,6 @@ enum ImageCommand {
     Pull { image: String },
 }
 
-/// Go's `units.HumanSize`, as crictl prints sizes: four significant digits, decimal units.
-fn human_size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i < units.len() - 1 {
-        v /= 1000.0;
-        i += 1;
-    }
-    let digits = if v >= 100.0 {
-        1
-    } else if v >= 10.0 {
-        2
-    } else {
-        3
-    };
-    let s = format!("{v:.digits$}");
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    };
-    format!("{s}{}", units[i])
-}
-
 /// Images and layers the pods recorded under the root directory use.
 fn in_use(root: &std::path::Path) -> Result<InUse> {
     let helper = std::env::current_exe().context("locate own executable")?;
@@ -120,7 +95,7 @@ pub async fn run(args: ImageArgs) -> Result<ExitCode> {
                     writeln!(
                         out,
                         "{repo:<48} {tag:<20} {digest:<14} {}",
-                        human_size(img.size)
+                        images::human_size(img.size)
                     )?;
                 }
             }
@@ -136,18 +111,4 @@ pub async fn run(args: ImageArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human_size;
-
-    #[test]
-    fn sizes_read_as_crictl_prints_them() {
-        assert_eq!(human_size(999), "999B");
-        assert_eq!(human_size(1_000), "1kB");
-        assert_eq!(human_size(1_234_567), "1.235MB");
-        assert_eq!(human_size(12_345_678), "12.35MB");
-        assert_eq!(human_size(123_456_789), "123.5MB");
-    }
 }

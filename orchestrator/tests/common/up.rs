@@ -22,11 +22,15 @@ pub struct Up {
     args: Vec<String>,
     child: Option<Child>,
     cgroup_parent: String,
+    node_name: String,
 }
 
 impl Up {
-    pub fn new(dir: &Path) -> Up {
-        let cgroup_parent = format!("cairn-up-{}", std::process::id());
+    /// `tag` keeps the node name and cgroup parent apart from other tests' in the same process.
+    pub fn new(dir: &Path, tag: &str) -> Up {
+        let id = format!("{}-{tag}", std::process::id());
+        let cgroup_parent = format!("cairn-up-{id}");
+        let node_name = format!("up-{id}");
         let args = vec![
             "up".into(),
             "--data-dir".into(),
@@ -42,7 +46,7 @@ impl Up {
             "--agent-port".into(),
             free_port().to_string(),
             "--node-name".into(),
-            format!("up-{}", std::process::id()),
+            node_name.clone(),
             "--cgroup-parent".into(),
             cgroup_parent.clone(),
         ];
@@ -51,6 +55,7 @@ impl Up {
             args,
             child: None,
             cgroup_parent,
+            node_name,
         }
     }
 
@@ -67,6 +72,11 @@ impl Up {
                 .spawn()
                 .unwrap(),
         );
+    }
+
+    /// The name `up` registers its node under.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
     }
 
     pub fn log(&self) -> String {

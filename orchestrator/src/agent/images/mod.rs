@@ -250,6 +250,31 @@ pub struct Summary {
     pub last_used_ms: u64,
 }
 
+/// A size as `crictl images` prints it (Go's `units.HumanSize`): four significant digits, decimal units.
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < units.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    let digits = if v >= 100.0 {
+        1
+    } else if v >= 10.0 {
+        2
+    } else {
+        3
+    };
+    let s = format!("{v:.digits$}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    };
+    format!("{s}{}", units[i])
+}
+
 /// imagePullPolicy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullPolicy {
@@ -686,6 +711,15 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_as_crictl_prints_them() {
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(1_000), "1kB");
+        assert_eq!(human_size(1_234_567), "1.235MB");
+        assert_eq!(human_size(12_345_678), "12.35MB");
+        assert_eq!(human_size(123_456_789), "123.5MB");
+    }
 
     fn image(cfg: ImageConfig) -> Image {
         Image {
