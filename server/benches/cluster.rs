@@ -6,6 +6,7 @@
 //! only Cairn is measured). `CAIRN_BENCH_SECS` sets the seconds per measurement (default 10),
 //! `CAIRN_BENCH_SYSTEMS=cairn` skips etcd, `CAIRN_BENCH_CLIENTS=256` picks put concurrency levels,
 //! `CAIRN_BENCH_TARGET=leader` (or `=follower`) sends every request to one member of that kind,
+//! and a list (`=leader,follower`, `=follower,follower`) spreads them over one member of each,
 //! `CAIRN_BENCH_MEMBERS=1|3|5` sets the cluster size. Each row also reports the CPU time per
 //! operation of the members and of the load generator, and the members' context switches.
 
@@ -34,19 +35,23 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
     );
 
     // Connections spread over all members, as a client given every endpoint would (or, with
-    // CAIRN_BENCH_TARGET=leader or =follower, all on one member of that kind, to tell forwarding
-    // costs from the rest).
+    // CAIRN_BENCH_TARGET, over the members of the kinds listed, one each: to tell forwarding
+    // costs, and what serving clients costs a follower, from the rest).
     let mut targets = cluster.client_urls.clone();
-    if let Ok(want) = std::env::var("CAIRN_BENCH_TARGET") {
-        let mut picked = None;
-        for (url, c) in cluster.client_urls.iter().zip(clients.iter_mut()) {
+    if let Ok(wants) = std::env::var("CAIRN_BENCH_TARGET") {
+        let mut kinds = Vec::new();
+        for c in clients.iter_mut() {
             let status = c.status().await.expect("status");
-            let leads = status.header().map(|h| h.member_id()) == Some(status.leader());
-            if leads == (want == "leader") && picked.is_none() {
-                picked = Some(url.clone());
-            }
+            kinds.push(status.header().map(|h| h.member_id()) == Some(status.leader()));
         }
-        targets = vec![picked.unwrap_or_else(|| panic!("no {want} to pin the load to"))];
+        targets = Vec::new();
+        for want in wants.split(',') {
+            let found = (0..kinds.len()).find(|&i| {
+                kinds[i] == (want == "leader") && !targets.contains(&cluster.client_urls[i])
+            });
+            let i = found.unwrap_or_else(|| panic!("no {want} left to put load on"));
+            targets.push(cluster.client_urls[i].clone());
+        }
     }
     let mut kvs = Vec::new();
     for i in 0..CONNECTIONS {
