@@ -39,16 +39,21 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
     // costs, and what serving clients costs a follower, from the rest).
     let mut targets = cluster.client_urls.clone();
     if let Ok(wants) = std::env::var("CAIRN_BENCH_TARGET") {
-        let mut kinds = Vec::new();
+        // Whether each member leads, in the order of `client_urls`.
+        let mut leads = Vec::new();
         for c in clients.iter_mut() {
             let status = c.status().await.expect("status");
-            kinds.push(status.header().map(|h| h.member_id()) == Some(status.leader()));
+            leads.push(status.header().map(|h| h.member_id()) == Some(status.leader()));
         }
         targets = Vec::new();
         for want in wants.split(',') {
-            let found = (0..kinds.len()).find(|&i| {
-                kinds[i] == (want == "leader") && !targets.contains(&cluster.client_urls[i])
-            });
+            let leader = match want {
+                "leader" => true,
+                "follower" => false,
+                _ => panic!("CAIRN_BENCH_TARGET: {want:?} is neither leader nor follower"),
+            };
+            let found = (0..leads.len())
+                .find(|&i| leads[i] == leader && !targets.contains(&cluster.client_urls[i]));
             let i = found.unwrap_or_else(|| panic!("no {want} left to put load on"));
             targets.push(cluster.client_urls[i].clone());
         }

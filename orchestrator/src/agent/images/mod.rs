@@ -250,7 +250,8 @@ pub struct Summary {
     pub last_used_ms: u64,
 }
 
-/// A size as `crictl images` prints it (Go's `units.HumanSize`): four significant digits, decimal units.
+/// A size as `crictl images` prints it (Go's `units.HumanSize`): four significant digits,
+/// decimal units.
 pub fn human_size(bytes: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB", "PB"];
     let mut v = bytes as f64;
