@@ -256,11 +256,21 @@ fn worker_threads() -> usize {
         .max(1)
 }
 
+/// How many tasks a worker runs from its own queue before it looks at the runtime's shared one.
+/// Wake-ups from outside the workers land in the shared queue, and the log's sync thread is the
+/// one that matters: its end of an `fdatasync` is what lets a leader commit and a follower answer
+/// the append the leader's quorum waits on. Left to itself the runtime spaces the looks about
+/// 200 µs of work apart, so under load that wake-up can wait behind client requests; looking
+/// every fourth task bounds the wait to a few polls, and a look at an empty shared queue is one
+/// atomic load. Measured in docs/benchmarks.md ("The sync thread's wake-up first").
+const GLOBAL_QUEUE_INTERVAL: u32 = 4;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_level, args.log_format);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads())
+        .global_queue_interval(GLOBAL_QUEUE_INTERVAL)
         .enable_all()
         .build()
         .context("starting the runtime")?
