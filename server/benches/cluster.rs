@@ -8,13 +8,16 @@
 //! `CAIRN_BENCH_TARGET=leader` (or `=follower`) sends every request to one member of that kind,
 //! and a list (`=leader,follower`, `=follower,follower`) spreads them over one member of each,
 //! `CAIRN_BENCH_MEMBERS=1|3|5` sets the cluster size. Each row also reports the CPU time per
-//! operation of the members and of the load generator, and the members' context switches.
+//! operation of the members and of the load generator, the members' context switches, and for
+//! writes how many a Raft entry carried.
 
 mod common;
 
 use std::time::Duration;
 
-use common::load::{client_counts, load, members, report, Op, CONNECTIONS, KEY_SPACE, VALUE_SIZE};
+use common::load::{
+    client_counts, load, members, report, Measured, Op, CONNECTIONS, KEY_SPACE, VALUE_SIZE,
+};
 use common::{connect, record, rss_kib, start, Row, System};
 
 async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
@@ -65,11 +68,29 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
     }
     let pids: Vec<u32> = cluster.children.iter().map(|c| c.id()).collect();
     for &n in &client_counts() {
+        let before = raft_index(&mut clients[0]).await;
         let m = load(&kvs, &pids, n, Op::Put, secs).await;
-        report(rows, system, &format!("put, {n} clients"), &m);
+        let what = format!("put, {n} clients");
+        report(rows, system, &what, &m);
+        per_entry(
+            rows,
+            system,
+            &what,
+            &m,
+            raft_index(&mut clients[0]).await - before,
+        );
     }
+    let before = raft_index(&mut clients[0]).await;
     let m = load(&kvs, &pids, 64, Op::Cas, secs).await;
     report(rows, system, "txn compare-and-swap, 64 clients", &m);
+    let entries = raft_index(&mut clients[0]).await - before;
+    per_entry(
+        rows,
+        system,
+        "txn compare-and-swap, 64 clients",
+        &m,
+        entries,
+    );
     let m = load(&kvs, &pids, 256, Op::Get, secs).await;
     report(rows, system, "linearizable get, 256 clients", &m);
     let rss: Vec<u64> = cluster.children.iter().map(|c| rss_kib(c.id())).collect();
@@ -79,6 +100,24 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
         "RSS per member after load (max of 3)",
         system,
         format!("{max_rss:.1} MiB"),
+    );
+}
+
+/// The member's Raft log index. etcd proposes every write as an entry of its own; Cairn batches
+/// them, so the writes per entry a row reached tell what each entry's fixed cost (a log append and
+/// sync on a quorum, a round trip to each follower, an apply) was shared by.
+async fn raft_index(client: &mut etcd_client::Client) -> u64 {
+    client.status().await.expect("status").raft_index()
+}
+
+fn per_entry(rows: &mut Vec<Row>, system: System, what: &str, m: &Measured, entries: u64) {
+    let per = m.ops as f64 / entries.max(1) as f64;
+    eprintln!("{} {what}: {per:.1} writes per Raft entry", system.name());
+    record(
+        rows,
+        &format!("{what}: writes per Raft entry"),
+        system,
+        format!("{per:.1}"),
     );
 }
 
