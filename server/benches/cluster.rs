@@ -72,18 +72,13 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
         let m = load(&kvs, &pids, n, Op::Put, secs).await;
         let what = format!("put, {n} clients");
         report(rows, system, &what, &m);
-        per_entry(
-            rows,
-            system,
-            &what,
-            &m,
-            raft_index(&mut clients[0]).await - before,
-        );
+        let entries = raft_index(&mut clients[0]).await.saturating_sub(before);
+        per_entry(rows, system, &what, &m, entries);
     }
     let before = raft_index(&mut clients[0]).await;
     let m = load(&kvs, &pids, 64, Op::Cas, secs).await;
     report(rows, system, "txn compare-and-swap, 64 clients", &m);
-    let entries = raft_index(&mut clients[0]).await - before;
+    let entries = raft_index(&mut clients[0]).await.saturating_sub(before);
     per_entry(
         rows,
         system,
