@@ -19,6 +19,7 @@ use common::load::{
     client_counts, load, members, report, Measured, Op, CONNECTIONS, KEY_SPACE, VALUE_SIZE,
 };
 use common::{connect, record, rss_kib, start, Row, System};
+use etcd_client::KvClient;
 
 async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
     let cluster = start(system, members());
@@ -68,23 +69,16 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
     }
     let pids: Vec<u32> = cluster.children.iter().map(|c| c.id()).collect();
     for &n in &client_counts() {
-        let before = raft_index(&mut clients[0]).await;
-        let m = load(&kvs, &pids, n, Op::Put, secs).await;
-        let what = format!("put, {n} clients");
-        report(rows, system, &what, &m);
-        let entries = raft_index(&mut clients[0]).await.saturating_sub(before);
-        per_entry(rows, system, &what, &m, entries);
+        let (m, per_entry) = writes(&mut clients[0], &kvs, &pids, n, Op::Put, secs).await;
+        report_writes(rows, system, &format!("put, {n} clients"), &m, per_entry);
     }
-    let before = raft_index(&mut clients[0]).await;
-    let m = load(&kvs, &pids, 64, Op::Cas, secs).await;
-    report(rows, system, "txn compare-and-swap, 64 clients", &m);
-    let entries = raft_index(&mut clients[0]).await.saturating_sub(before);
-    per_entry(
+    let (m, per_entry) = writes(&mut clients[0], &kvs, &pids, 64, Op::Cas, secs).await;
+    report_writes(
         rows,
         system,
         "txn compare-and-swap, 64 clients",
         &m,
-        entries,
+        per_entry,
     );
     let m = load(&kvs, &pids, 256, Op::Get, secs).await;
     report(rows, system, "linearizable get, 256 clients", &m);
@@ -98,21 +92,37 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
     );
 }
 
-/// The member's Raft log index. etcd proposes every write as an entry of its own; Cairn batches
-/// them, so the writes per entry a row reached tell what each entry's fixed cost (a log append and
-/// sync on a quorum, a round trip to each follower, an apply) was shared by.
-async fn raft_index(client: &mut etcd_client::Client) -> u64 {
-    client.status().await.expect("status").raft_index()
+/// A row of writes, with how many writes a Raft entry carried (the difference in the Raft index
+/// `status`'s member reports). etcd proposes every write as an entry of its own; Cairn batches
+/// them, so the writes per entry tell what each entry's fixed cost (a log append and sync on a
+/// quorum, a round trip to each follower, an apply) was shared by.
+async fn writes(
+    status: &mut etcd_client::Client,
+    kvs: &[KvClient],
+    pids: &[u32],
+    clients: usize,
+    op: Op,
+    secs: u64,
+) -> (Measured, f64) {
+    let before = status.status().await.expect("status").raft_index();
+    let m = load(kvs, pids, clients, op, secs).await;
+    let after = status.status().await.expect("status").raft_index();
+    let per_entry = m.ops as f64 / after.saturating_sub(before).max(1) as f64;
+    (m, per_entry)
 }
 
-fn per_entry(rows: &mut Vec<Row>, system: System, what: &str, m: &Measured, entries: u64) {
-    let per = m.ops as f64 / entries.max(1) as f64;
-    eprintln!("{} {what}: {per:.1} writes per Raft entry", system.name());
+fn report_writes(rows: &mut Vec<Row>, system: System, what: &str, m: &Measured, per_entry: f64) {
+    report(rows, system, what, m);
+    eprintln!(
+        "{} {what}: {per_entry:.1} writes per Raft entry",
+        system.name()
+    );
+    let per_entry = format!("{per_entry:.1}");
     record(
         rows,
         &format!("{what}: writes per Raft entry"),
         system,
-        format!("{per:.1}"),
+        per_entry,
     );
 }
 
