@@ -84,17 +84,17 @@ impl<T> Histogram<T> {
             return out;
         }
         let mut bucket = 0;
-        // Values in the buckets before `bucket`.
-        let mut below = 0u64;
+        // Values in the buckets before `bucket`; wide, so that counts near u64::MAX cannot wrap.
+        let mut below = 0u128;
         for (slot, &p) in out.iter_mut().zip(ps) {
             // The 1-based position in ascending order; ceil so that p = 0.5 of 2 values is the
             // first, as a nearest-rank percentile is.
             let rank = ((self.total as f64 * p).ceil() as u64).clamp(1, self.total);
-            while below + self.buckets[bucket] < rank {
-                below += self.buckets[bucket];
+            while below + u128::from(self.buckets[bucket]) < u128::from(rank) {
+                below += u128::from(self.buckets[bucket]);
                 bucket += 1;
             }
-            *slot = value_within(bucket, rank - below, self.buckets[bucket]);
+            *slot = value_within(bucket, u128::from(rank) - below, self.buckets[bucket]);
         }
         out
     }
@@ -127,10 +127,10 @@ impl<T> Histogram<T> {
 }
 
 /// Where the `rank`-th of a bucket's `count` values lies, spreading them evenly over the bucket.
-fn value_within(bucket: usize, rank: u64, count: u64) -> u64 {
+fn value_within(bucket: usize, rank: u128, count: u64) -> u64 {
     let (low, span) = bucket_bounds(bucket);
     // The middle of the rank's share of the span: (rank - 1/2) / count of the way in.
-    let offset = (u128::from(span) * u128::from(2 * rank - 1)) / u128::from(2 * count);
+    let offset = u128::from(span) * (2 * rank - 1) / (2 * u128::from(count));
     low + offset as u64
 }
 
@@ -272,6 +272,12 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.total(), 7);
         assert!(a.percentile(1.0) >= 7 << 61);
+        // Counts saturate rather than wrap, and percentiles of them still land in their bucket.
+        let mut huge = Histogram::<()>::new();
+        huge.record_n(5, u64::MAX);
+        huge.record_n(900, u64::MAX);
+        assert_eq!(huge.total(), u64::MAX);
+        assert_eq!(huge.percentile(1.0), 5);
         let empty = Histogram::<()>::new();
         assert_eq!(empty.percentile_stats().samples, 0);
         assert_eq!(empty.percentile(0.5), 0);
