@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::load::{
     client_counts, load, members, report, Measured, Op, CONNECTIONS, KEY_SPACE, VALUE_SIZE,
 };
-use common::{connect, record, rss_kib, start, Row, System};
+use common::{connect, peak_rss_kib, record, rss_kib, start, Row, System};
 use etcd_client::KvClient;
 
 async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
@@ -82,13 +82,29 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
     );
     let m = load(&kvs, &pids, 256, Op::Get, secs).await;
     report(rows, system, "linearizable get, 256 clients", &m);
-    let rss: Vec<u64> = cluster.children.iter().map(|c| rss_kib(c.id())).collect();
-    let max_rss = *rss.iter().max().unwrap() as f64 / 1024.0;
+    let max_of = |read: fn(u32) -> u64| {
+        let kib = cluster.children.iter().map(|c| read(c.id())).max();
+        format!("{:.1} MiB", kib.unwrap_or(0) as f64 / 1024.0)
+    };
     record(
         rows,
         "RSS per member after load (max of 3)",
         system,
-        format!("{max_rss:.1} MiB"),
+        max_of(rss_kib),
+    );
+    record(
+        rows,
+        "peak RSS per member during load (max of 3)",
+        system,
+        max_of(peak_rss_kib),
+    );
+    // What a member keeps once the load stops: an allocator may hold freed memory for a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    record(
+        rows,
+        "RSS per member 3 s after load (max of 3)",
+        system,
+        max_of(rss_kib),
     );
 }
 

@@ -13,6 +13,28 @@ use clap::{Parser, ValueEnum};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How often freed memory is offered back to the system; mimalloc's purge delay is one second.
+const PURGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// mimalloc gives back memory freed a purge delay ago only from inside a later free of a whole
+/// page, so what a member frees just before it goes quiet stays resident until it is busy again:
+/// an idle member kept 4 MiB of its start-up's allocations for good (19.2 MiB resident against 15.1
+/// with this thread). Under load the frees ask anyway, so this adds no purging there.
+fn purge_freed_memory_periodically() -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("mem-purge".into())
+        .spawn(|| loop {
+            std::thread::sleep(PURGE_INTERVAL);
+            // Not forced: only memory free for the purge delay goes, as it would on a free.
+            #[allow(unsafe_code)]
+            // SAFETY: `mi_collect` takes no pointers and may be called from any thread.
+            unsafe {
+                libmimalloc_sys::mi_collect(false)
+            };
+        })?;
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum InitialState {
     New,
@@ -268,6 +290,7 @@ const GLOBAL_QUEUE_INTERVAL: u32 = 4;
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_level, args.log_format);
+    purge_freed_memory_periodically().context("starting the memory purge thread")?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads())
         .global_queue_interval(GLOBAL_QUEUE_INTERVAL)
