@@ -49,7 +49,11 @@ impl StoreState {
         let state = self;
         // A compaction deletes stored revisions: it waits for copies in progress.
         let _rewriting = match &payload {
-            Payload::Command(cmd) if cmd.compacts() => Some(state.rewrite_guard.write().await),
+            Payload::Command(cmd) if cmd.compacts() => {
+                let mut rewriting = state.rewrite_guard.write().await;
+                *rewriting += 1;
+                Some(rewriting)
+            }
             _ => None,
         };
         let mut batch = RowWrites::default();

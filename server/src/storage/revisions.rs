@@ -81,7 +81,7 @@ fn is_pack(value: &[u8]) -> bool {
     value.first() == Some(&PACK_MARK)
 }
 
-fn is_revision_key(key: &[u8]) -> bool {
+pub(crate) fn is_revision_key(key: &[u8]) -> bool {
     key.len() == 17 && key[0] == KV_PREFIX
 }
 

@@ -9,7 +9,9 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const MAGIC: &[u8] = b"CAIRN-RAFT-SNAPSHOT-1\n";
 const END: u32 = u32::MAX;
@@ -70,6 +72,30 @@ impl RowReader<BufReader<File>> {
         use std::io::Seek;
         file.rewind()?;
         RowReader::new(BufReader::with_capacity(1 << 20, file))
+    }
+}
+
+impl RowReader<BufReader<SharedFile>> {
+    /// Reads a whole snapshot file that others may be reading at the same time, from its start.
+    pub fn shared(file: Arc<File>) -> io::Result<Self> {
+        RowReader::new(BufReader::with_capacity(
+            1 << 20,
+            SharedFile { file, at: 0 },
+        ))
+    }
+}
+
+/// Reads a file by position: readers sharing one open file would move each other's offset.
+pub(crate) struct SharedFile {
+    file: Arc<File>,
+    at: u64,
+}
+
+impl Read for SharedFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 

@@ -5,11 +5,12 @@
 //! storage reads it only through `SnapshotMeta`. Must never import `raft/` or `grpc/`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::error::StoreError;
 use super::keys::{META_APPLIED, META_INSTALLING, META_MEMBERSHIP, SNAP_CURRENT};
 use super::snapshot_file;
-use super::store::{Capture, ConsensusRows, SnapshotMeta, StoreState};
+use super::store::{BuiltSnapshot, Capture, ConsensusRows, SnapshotMeta, StoreState};
 use crate::codec::{decode, encode};
 
 impl StoreState {
@@ -75,8 +76,15 @@ impl StoreState {
     pub(crate) fn write_snapshot_file(&self, capture: Capture) -> std::io::Result<PathBuf> {
         let tmp = snapshot_file::temp_path(&self.backend.snap_dir, "build");
         let mut out = snapshot_file::RowWriter::create(&tmp)?;
+        let (revision, rewrites) = (capture.revision, capture.rewrites);
         self.captured_rows(capture, |k, v| out.row(k, v))?;
         out.finish_file()?;
+        let file = Arc::new(std::fs::File::open(&tmp)?);
+        *self.built.lock().unwrap_or_else(|p| p.into_inner()) = Some(BuiltSnapshot {
+            file,
+            revision,
+            rewrites,
+        });
         Ok(tmp)
     }
 
@@ -141,7 +149,10 @@ impl StoreState {
         let (ready, bytes) =
             tokio::task::spawn_blocking(move || keep_snapshot_file(file, received, &dir)).await??;
         // Replacing the store must not happen under a copy in progress.
-        let _rewriting = self.rewrite_guard.write().await;
+        let mut rewriting = self.rewrite_guard.write().await;
+        *rewriting += 1;
+        // Its file no longer holds the store's revisions: let it go.
+        *self.built.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let file = self
             .adopt_snapshot(meta, ready, true)
             .await?

@@ -89,9 +89,11 @@ pub struct StoreState {
     /// Bytes of stored key revisions (keys and values as stored): what the space quota limits.
     /// Compaction lowers it.
     pub(super) bytes_in_use: AtomicU64,
-    /// Held (shared) by copies in progress; compaction and snapshot installs, which delete stored
-    /// revisions, take it exclusively.
-    pub(super) rewrite_guard: Arc<tokio::sync::RwLock<()>>,
+    /// Held (shared) by copies in progress; compaction, defragmentation and snapshot installs,
+    /// which delete or rewrite stored revisions, take it exclusively and count themselves in it.
+    pub(super) rewrite_guard: Arc<tokio::sync::RwLock<u64>>,
+    /// The last Raft snapshot this member built; see [`BuiltSnapshot`].
+    pub(super) built: Mutex<Option<BuiltSnapshot>>,
     /// The temporary file a snapshot is being received into.
     pub(super) receiving: Mutex<Option<PathBuf>>,
     /// Serializes changes of the current snapshot (a build may finish while a newer one installs).
@@ -104,7 +106,23 @@ pub struct StoreState {
 pub(crate) struct Capture {
     rows: Rows,
     pub revision: i64,
-    _guard: tokio::sync::OwnedRwLockReadGuard<()>,
+    /// The rewrite count the copy was taken at.
+    pub(super) rewrites: u64,
+    /// A snapshot file holding the stored revisions up to the given one as they still are.
+    base: Option<(Arc<std::fs::File>, i64)>,
+    _guard: tokio::sync::OwnedRwLockReadGuard<u64>,
+}
+
+/// A snapshot file this member built, kept open (a newer snapshot unlinks it), with what it holds:
+/// the stored revisions up to `revision`, as they were at rewrite count `rewrites`. Stored
+/// revisions never change between rewrites, so while the count stays the same the next copy reads
+/// them from this file, in order, instead of from sled: reading every revision through sled pulled
+/// the whole tree into memory at each snapshot (sled 0.34 evicts by counting accesses, and a scan
+/// touches each page once), which was a member's peak memory.
+pub(super) struct BuiltSnapshot {
+    pub(super) file: Arc<std::fs::File>,
+    pub(super) revision: i64,
+    pub(super) rewrites: u64,
 }
 
 impl StoreState {
@@ -124,7 +142,8 @@ impl StoreState {
             snapshot_seq: AtomicU64::new(0),
             alarms: Mutex::new(BTreeSet::new()),
             bytes_in_use: AtomicU64::new(0),
-            rewrite_guard: Arc::new(tokio::sync::RwLock::new(())),
+            rewrite_guard: Arc::new(tokio::sync::RwLock::new(0)),
+            built: Mutex::new(None),
             receiving: Mutex::new(None),
             snapshot_lock: tokio::sync::Mutex::new(()),
             auth: Arc::new(AuthStore::default()),
@@ -317,6 +336,14 @@ impl StoreState {
         let guard = self.rewrite_guard.clone().read_owned().await;
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         let revision = index.current_revision();
+        let rewrites = *guard;
+        let base = self
+            .built
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|built| built.rewrites == rewrites && built.revision <= revision)
+            .map(|built| (built.file.clone(), built.revision));
         let sm = &self.backend.sm();
         let mut rows = Vec::new();
         let after_kv = [KV_PREFIX + 1];
@@ -334,12 +361,15 @@ impl StoreState {
         Ok(Capture {
             rows,
             revision,
+            rewrites,
+            base,
             _guard: guard,
         })
     }
 
     /// Feeds a capture's rows to `row`: the small rows taken with it, then the key revisions up to
-    /// its revision, read from sled as they go (blocking; run off the async threads).
+    /// its revision, those the last built snapshot holds from its file and the rest from sled, as
+    /// they go (blocking; run off the async threads).
     pub(super) fn captured_rows(
         &self,
         capture: Capture,
@@ -348,9 +378,19 @@ impl StoreState {
         for (k, v) in &capture.rows {
             row(k, v)?;
         }
+        let mut from = Revision::new(0, 0);
+        if let Some((file, revision)) = &capture.base {
+            let mut earlier = snapshot_file::RowReader::shared(file.clone())?;
+            while let Some((k, v)) = earlier.next_row()? {
+                if revisions::is_revision_key(&k) {
+                    row(&k, &v)?;
+                }
+            }
+            from = Revision::new(revision + 1, 0);
+        }
         let end = Revision::new(capture.revision + 1, 0);
         let sm = self.backend.sm();
-        for item in revisions::scan(&sm, Revision::new(0, 0), end).map_err(std::io::Error::other)? {
+        for item in revisions::scan(&sm, from, end).map_err(std::io::Error::other)? {
             let (rev, v) = item.map_err(std::io::Error::other)?;
             row(&kv_key(rev), &v)?;
         }
@@ -919,5 +959,98 @@ mod tests {
             .err()
             .expect("refused");
         assert!(err.to_string().contains("restore"), "{err}");
+    }
+
+    /// A snapshot built after another reads the revisions that one holds from its file and the
+    /// rest from sled, and holds exactly what a copy read wholly from sled holds; a compaction
+    /// (which changes stored revisions) sends the next one wholly to sled again.
+    #[tokio::test]
+    async fn a_snapshot_after_another_reads_its_revisions_from_it_and_holds_the_same_rows() {
+        use crate::command::Command;
+        use crate::mvcc::{DeleteRangeRequest, PutRequest};
+        use crate::storage::Payload;
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
+        let state = StoreState::open::<Meta>(backend, Duration::from_secs(600)).unwrap();
+        let mut applied = 0u64;
+        let mut apply = |cmd: Command| {
+            applied += 1;
+            let (state, at) = (state.clone(), applied);
+            async move { state.apply(&at, Payload::<()>::Command(cmd)).await.unwrap() }
+        };
+        let put = |i: usize| {
+            Command::Put(PutRequest {
+                key: format!("k{}", i % 11).into_bytes(),
+                value: vec![b'a' + (i % 26) as u8; 30 + i * 7],
+                ..Default::default()
+            })
+        };
+        // Entries of one write and entries of many (their revisions packed in shared rows).
+        let mut written = 0;
+        let mut write = |n: usize| {
+            let cmds: Vec<Command> = (written..written + n).map(put).collect();
+            written += n;
+            if n == 1 {
+                cmds.into_iter().next().unwrap()
+            } else {
+                Command::Batch(cmds)
+            }
+        };
+        for n in [1, 5, 1, 12] {
+            apply(write(n)).await;
+        }
+        // Built from a capture, the way consensus builds one.
+        let build = |state: &Arc<StoreState>, capture: Capture| {
+            std::fs::read(state.write_snapshot_file(capture).unwrap()).unwrap()
+        };
+        let wholly_from_sled = |state: &Arc<StoreState>| {
+            let state = state.clone();
+            async move {
+                let kept = state.built.lock().unwrap().take();
+                let capture = state.capture().await.unwrap();
+                assert!(capture.base.is_none());
+                let file = build(&state, capture);
+                *state.built.lock().unwrap() = kept;
+                file
+            }
+        };
+        let capture = state.capture().await.unwrap();
+        assert!(capture.base.is_none(), "nothing built yet");
+        let first_revision = capture.revision;
+        build(&state, capture);
+
+        for n in [3, 1, 20] {
+            apply(write(n)).await;
+        }
+        apply(Command::DeleteRange(DeleteRangeRequest {
+            key: b"k3".to_vec(),
+            ..Default::default()
+        }))
+        .await;
+        let capture = state.capture().await.unwrap();
+        assert_eq!(capture.base.as_ref().map(|b| b.1), Some(first_revision));
+        let second_revision = capture.revision;
+        assert!(second_revision > first_revision);
+        let second = build(&state, capture);
+        assert_eq!(second, wholly_from_sled(&state).await);
+
+        // Nothing written since: the file alone.
+        let capture = state.capture().await.unwrap();
+        assert_eq!(capture.base.as_ref().map(|b| b.1), Some(second_revision));
+        assert_eq!(build(&state, capture), second);
+
+        apply(write(4)).await;
+        apply(Command::Compact(second_revision - 10)).await;
+        apply(write(2)).await;
+        let capture = state.capture().await.unwrap();
+        assert!(capture.base.is_none(), "compacted since the last build");
+        let after_compaction = build(&state, capture);
+        assert_eq!(after_compaction, wholly_from_sled(&state).await);
+
+        apply(write(6)).await;
+        let capture = state.capture().await.unwrap();
+        assert!(capture.base.is_some());
+        let last = build(&state, capture);
+        assert_eq!(last, wholly_from_sled(&state).await);
     }
 }
