@@ -216,6 +216,11 @@ struct Passthrough {
     paths: HashMap<u64, PathBuf>,
     inodes: HashMap<PathBuf, u64>,
     next: u64,
+    /// The backing file behind each open handle: a file stays readable through a handle opened
+    /// before it was unlinked, as on a real filesystem (a snapshot being sent while a newer one
+    /// replaces it).
+    handles: HashMap<u64, std::fs::File>,
+    next_handle: u64,
 }
 
 impl Passthrough {
@@ -226,6 +231,8 @@ impl Passthrough {
             paths: HashMap::new(),
             inodes: HashMap::new(),
             next: 2,
+            handles: HashMap::new(),
+            next_handle: 1,
         };
         p.paths.insert(fuser::FUSE_ROOT_ID, PathBuf::new());
         p.inodes.insert(PathBuf::new(), fuser::FUSE_ROOT_ID);
@@ -245,6 +252,15 @@ impl Passthrough {
         self.paths.insert(i, rel.to_path_buf());
         self.inodes.insert(rel.to_path_buf(), i);
         i
+    }
+
+    /// Opens the backing file of `rel` for reading and returns its handle number.
+    fn open_handle(&mut self, rel: &Path) -> std::io::Result<u64> {
+        let file = std::fs::File::open(self.backing.join(rel))?;
+        let fh = self.next_handle;
+        self.next_handle += 1;
+        self.handles.insert(fh, file);
+        Ok(fh)
     }
 
     fn child(&self, parent: u64, name: &OsStr) -> Option<PathBuf> {
@@ -407,8 +423,11 @@ impl Filesystem for Passthrough {
             .truncate(false)
             .mode(mode & 0o7777)
             .open(self.backing.join(&rel));
-        match res.and_then(|_| self.attr(&rel)) {
-            Ok(a) => reply.created(&TTL, &a, 0, 0, fuser::consts::FOPEN_DIRECT_IO),
+        match res
+            .and_then(|_| self.attr(&rel))
+            .and_then(|a| Ok((a, self.open_handle(&rel)?)))
+        {
+            Ok((a, fh)) => reply.created(&TTL, &a, 0, fh, fuser::consts::FOPEN_DIRECT_IO),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -487,32 +506,54 @@ impl Filesystem for Passthrough {
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        match self.paths.get(&ino) {
-            Some(rel) if self.backing.join(rel).exists() => {
-                reply.opened(0, fuser::consts::FOPEN_DIRECT_IO)
-            }
-            _ => reply.error(ENOENT),
+        let Some(rel) = self.paths.get(&ino).cloned() else {
+            return reply.error(ENOENT);
+        };
+        match self.open_handle(&rel) {
+            Ok(fh) => reply.opened(fh, fuser::consts::FOPEN_DIRECT_IO),
+            Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.remove(&fh);
+        reply.ok()
     }
 
     fn read(
         &mut self,
         _req: &Request<'_>,
         ino: u64,
-        _fh: u64,
+        fh: u64,
         offset: i64,
         size: u32,
         _flags: i32,
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
-        let Some(rel) = self.paths.get(&ino).cloned() else {
-            return reply.error(ENOENT);
-        };
+        // An unlinked file has no path any more, and its unsynced changes went with it.
+        let rel = self.paths.get(&ino).cloned();
         let offset = offset.max(0) as u64;
-        let file = match std::fs::File::open(self.backing.join(&rel)) {
-            Ok(f) => f,
-            Err(e) => return reply.error(errno(&e)),
+        let reopened;
+        let file = match (self.handles.get(&fh), &rel) {
+            (Some(file), _) => file,
+            (None, Some(rel)) => match std::fs::File::open(self.backing.join(rel)) {
+                Ok(f) => {
+                    reopened = f;
+                    &reopened
+                }
+                Err(e) => return reply.error(errno(&e)),
+            },
+            (None, None) => return reply.error(ENOENT),
         };
         let disk = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut buf = vec![0u8; size as usize];
@@ -524,7 +565,10 @@ impl Filesystem for Passthrough {
                 Err(e) => return reply.error(errno(&e)),
             }
         }
-        self.overlay().read(&rel, offset, &mut buf, disk);
+        match &rel {
+            Some(rel) => self.overlay().read(rel, offset, &mut buf, disk),
+            None => buf.truncate(disk.saturating_sub(offset).min(buf.len() as u64) as usize),
+        }
         reply.data(&buf)
     }
 
@@ -632,14 +676,7 @@ mod tests {
 
     #[test]
     fn mounted_fs_drops_unsynced_data_on_power_loss() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = match LazyFs::mount(&dir.path().join("disk"), &dir.path().join("mnt")) {
-            Ok(fs) => fs,
-            Err(why) => {
-                eprintln!("skipping: cannot mount the lazy filesystem: {why}");
-                return;
-            }
-        };
+        let Some((dir, fs)) = mounted() else { return };
         let m = fs.mountpoint().to_path_buf();
         std::fs::create_dir(m.join("n0.data")).unwrap();
         let synced = m.join("n0.data/synced");
@@ -663,6 +700,45 @@ mod tests {
         assert_eq!(std::fs::read(&synced).unwrap(), b"durable");
         // The file exists (metadata is eager) but its data was never synced.
         assert_eq!(std::fs::read(m.join("n0.data/renamed")).unwrap(), b"");
+    }
+
+    /// As on a real filesystem, a file opened before it is renamed and then unlinked (a Raft
+    /// snapshot being sent while newer ones replace it) reads whole through that handle.
+    #[test]
+    fn an_open_file_reads_after_it_is_renamed_and_unlinked() {
+        use std::io::Read;
+        let Some((_dir, fs)) = mounted() else { return };
+        let m = fs.mountpoint().to_path_buf();
+        let (first, second) = (m.join("a.snap"), m.join("b.snap"));
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        {
+            let f = std::fs::File::create(&first).unwrap();
+            f.write_all_at(&content, 0).unwrap();
+            f.sync_all().unwrap();
+        }
+        let mut reader = std::fs::File::open(&first).unwrap();
+        let mut head = vec![0; 1000];
+        reader.read_exact(&mut head).unwrap();
+        std::fs::rename(&first, &second).unwrap();
+        std::fs::remove_file(&second).unwrap();
+        assert!(std::fs::File::open(&second).is_err());
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        head.extend(rest);
+        assert_eq!(head, content);
+    }
+
+    /// A lazy filesystem over a fresh directory (kept alive with it), or `None` with the reason
+    /// printed where FUSE is not available.
+    fn mounted() -> Option<(tempfile::TempDir, LazyFs)> {
+        let dir = tempfile::tempdir().unwrap();
+        match LazyFs::mount(&dir.path().join("disk"), &dir.path().join("mnt")) {
+            Ok(fs) => Some((dir, fs)),
+            Err(why) => {
+                eprintln!("skipping: cannot mount the lazy filesystem: {why}");
+                None
+            }
+        }
     }
 
     fn read(o: &Overlay, p: &Path, disk: &[u8], offset: u64, n: usize) -> Vec<u8> {
