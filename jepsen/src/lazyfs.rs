@@ -202,6 +202,7 @@ impl LazyFs {
 
 const ENOENT: i32 = 2;
 const EIO: i32 = 5;
+const EBADF: i32 = 9;
 /// Attributes are never cached by the kernel: sizes change with the overlay.
 const TTL: Duration = Duration::ZERO;
 
@@ -543,17 +544,9 @@ impl Filesystem for Passthrough {
         // An unlinked file has no path any more, and its unsynced changes went with it.
         let rel = self.paths.get(&ino).cloned();
         let offset = offset.max(0) as u64;
-        let reopened;
-        let file = match (self.handles.get(&fh), &rel) {
-            (Some(file), _) => file,
-            (None, Some(rel)) => match std::fs::File::open(self.backing.join(rel)) {
-                Ok(f) => {
-                    reopened = f;
-                    &reopened
-                }
-                Err(e) => return reply.error(errno(&e)),
-            },
-            (None, None) => return reply.error(ENOENT),
+        // Every read comes through a handle `open` or `create` gave out.
+        let Some(file) = self.handles.get(&fh) else {
+            return reply.error(EBADF);
         };
         let disk = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut buf = vec![0u8; size as usize];
