@@ -1,6 +1,7 @@
 //! Cairn beside etcd on the same machine in the same run: 3 members on loopback each, fsync on.
-//! Measures Put throughput and latency at 1, 16 and 256 concurrent clients, compare-and-swap Txns
-//! at 64 clients, linearizable point reads at 256 clients, and idle memory per member. Prints a markdown table.
+//! Measures Put throughput and latency at 1, 16 and 256 concurrent clients, a lone client's
+//! serializable point reads (the round trip under its puts), compare-and-swap Txns at 64 clients,
+//! linearizable point reads at 256 clients, and idle memory per member. Prints a markdown table.
 //!
 //! `cargo bench -p cairn-server --bench cluster` (etcd comes from Debian's `etcd-server`; without it
 //! only Cairn is measured). `CAIRN_BENCH_SECS` sets the seconds per measurement (default 10),
@@ -41,14 +42,14 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
     // Connections spread over all members, as a client given every endpoint would (or, with
     // CAIRN_BENCH_TARGET, over the members of the kinds listed, one each: to tell forwarding
     // costs, and what serving clients costs a follower, from the rest).
+    // Whether each member leads, in the order of `client_urls`.
+    let mut leads = Vec::new();
+    for c in clients.iter_mut() {
+        let status = c.status().await.expect("status");
+        leads.push(status.header().map(|h| h.member_id()) == Some(status.leader()));
+    }
     let mut targets = cluster.client_urls.clone();
     if let Ok(wants) = std::env::var("CAIRN_BENCH_TARGET") {
-        // Whether each member leads, in the order of `client_urls`.
-        let mut leads = Vec::new();
-        for c in clients.iter_mut() {
-            let status = c.status().await.expect("status");
-            leads.push(status.header().map(|h| h.member_id()) == Some(status.leader()));
-        }
         targets = Vec::new();
         for want in wants.split(',') {
             let leader = match want {
@@ -62,6 +63,20 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
             targets.push(cluster.client_urls[i].clone());
         }
     }
+    // A lone client uses the first connection: whether its member leads decides whether its
+    // writes are forwarded, so the 1-client rows of two runs compare only alongside this.
+    let first = cluster.client_urls.iter().position(|u| *u == targets[0]);
+    record(
+        rows,
+        "the 1-client rows' member",
+        system,
+        if first.is_some_and(|i| leads[i]) {
+            "leader"
+        } else {
+            "follower"
+        }
+        .to_string(),
+    );
     let mut kvs = Vec::new();
     for i in 0..CONNECTIONS {
         let url = &targets[i % targets.len()];
@@ -72,6 +87,9 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
         let (m, per_entry) = writes(&mut clients[0], &kvs, &pids, n, Op::Put, secs).await;
         report_writes(rows, system, &format!("put, {n} clients"), &m, per_entry);
     }
+    // The floor under the 1-client put: the same client's round trip with no consensus in it.
+    let m = load(&kvs, &pids, 1, Op::SerializableGet, secs).await;
+    report(rows, system, "serializable get, 1 client", &m);
     let (m, per_entry) = writes(&mut clients[0], &kvs, &pids, 64, Op::Cas, secs).await;
     report_writes(
         rows,

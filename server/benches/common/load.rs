@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, KvClient, Txn, TxnOp, TxnOpResponse, TxnResponse};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
 
 use super::{record, Row, Stolen, System, Usage};
 
@@ -59,6 +61,9 @@ impl Measured {
 pub enum Op {
     Put,
     Get,
+    /// A point read the member answers from its own store: the round trip every request pays,
+    /// without consensus.
+    SerializableGet,
     /// Compare-and-swap as Kubernetes writes: `If mod_revision(key) == seen Then Put Else Range`,
     /// each client on a key of its own, so nearly every swap succeeds.
     Cas,
@@ -89,6 +94,10 @@ pub async fn load(kvs: &[KvClient], pids: &[u32], clients: usize, op: Op, secs: 
                 let ok = match op {
                     Op::Put => kv.put(key, value.as_slice(), None).await.is_ok(),
                     Op::Get => kv.get(key, None).await.is_ok(),
+                    Op::SerializableGet => kv
+                        .get(key, Some(GetOptions::new().with_serializable()))
+                        .await
+                        .is_ok(),
                     Op::Cas => match kv.txn(cas(&cas_key, seen, &value)).await {
                         Ok(r) => {
                             seen = swapped_revision(&r);
