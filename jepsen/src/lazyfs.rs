@@ -1,7 +1,9 @@
 //! A lazy filesystem for power-loss faults, after Jepsen's lazyfs: file data written through it
 //! stays in memory until the file is fsynced; a simulated power loss throws the unsynced data
 //! away. Metadata operations (create, rename, unlink, mkdir) go straight to the backing
-//! directory, as on a journaling filesystem that commits metadata eagerly.
+//! directory, as on a journaling filesystem that commits metadata eagerly. A file unlinked while
+//! open stays readable and writable through its handles until they close, as a page cache keeps
+//! it; nothing of it survives a power loss.
 //!
 //! [`Overlay`] is the data model (unit-tested alone); [`LazyFs`] mounts it.
 
@@ -255,9 +257,15 @@ impl Passthrough {
         i
     }
 
-    /// Opens the backing file of `rel` for reading and returns its handle number.
+    /// Opens the backing file of `rel` and returns its handle number. Writable where the backing
+    /// file is: once the file is unlinked, its writes go through the handle.
     fn open_handle(&mut self, rel: &Path) -> std::io::Result<u64> {
-        let file = std::fs::File::open(self.backing.join(rel))?;
+        let path = self.backing.join(rel);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .or_else(|_| std::fs::File::open(&path))?;
         let fh = self.next_handle;
         self.next_handle += 1;
         self.handles.insert(fh, file);
@@ -311,6 +319,11 @@ impl Passthrough {
 
     /// Writes the pending changes of one file to disk and syncs it.
     fn sync(&mut self, rel: &Path) -> std::io::Result<()> {
+        self.write_pending(rel)?.sync_all()
+    }
+
+    /// Writes the pending changes of one file to disk, unsynced; returns the file.
+    fn write_pending(&mut self, rel: &Path) -> std::io::Result<std::fs::File> {
         let pending = self.overlay().take(rel);
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -321,7 +334,7 @@ impl Passthrough {
                 Pending::Truncate { len } => file.set_len(len)?,
             }
         }
-        file.sync_all()
+        Ok(file)
     }
 }
 
@@ -437,6 +450,14 @@ impl Filesystem for Passthrough {
         let Some(rel) = self.child(parent, name) else {
             return reply.error(ENOENT);
         };
+        // A file open elsewhere stays readable through its handles, with what was written to it:
+        // its unsynced data goes to the backing file, which goes with the name. Nothing of an
+        // unlinked file survives a power loss, whether it was synced or not.
+        if let Err(e) = self.write_pending(&rel) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return reply.error(errno(&e));
+            }
+        }
         match std::fs::remove_file(self.backing.join(&rel)) {
             Ok(()) => {
                 self.overlay().remove(&rel);
@@ -569,7 +590,7 @@ impl Filesystem for Passthrough {
         &mut self,
         _req: &Request<'_>,
         ino: u64,
-        _fh: u64,
+        fh: u64,
         offset: i64,
         data: &[u8],
         _write_flags: u32,
@@ -577,10 +598,19 @@ impl Filesystem for Passthrough {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
+        let offset = offset.max(0) as u64;
         let Some(rel) = self.paths.get(&ino).cloned() else {
-            return reply.error(ENOENT);
+            // Unlinked while open: written through the handle, as a page cache would keep it for
+            // the file's remaining readers.
+            let Some(file) = self.handles.get(&fh) else {
+                return reply.error(EBADF);
+            };
+            return match file.write_all_at(data, offset) {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(errno(&e)),
+            };
         };
-        self.overlay().write(&rel, offset.max(0) as u64, data);
+        self.overlay().write(&rel, offset, data);
         reply.written(data.len() as u32)
     }
 
@@ -719,6 +749,25 @@ mod tests {
         reader.read_to_end(&mut rest).unwrap();
         head.extend(rest);
         assert_eq!(head, content);
+    }
+
+    #[test]
+    fn an_open_file_is_written_and_read_after_it_is_unlinked() {
+        let Some((_dir, fs)) = mounted() else { return };
+        let path = fs.mountpoint().join("kept.tmp");
+        let f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        f.write_all_at(b"before-", 0).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(std::fs::File::open(&path).is_err());
+        f.write_all_at(b"after", 7).unwrap();
+        let mut back = vec![0; 12];
+        f.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(back, b"before-after");
     }
 
     /// A lazy filesystem over a fresh directory (kept alive with it), or `None` with the reason
