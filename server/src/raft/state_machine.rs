@@ -140,7 +140,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // key revisions are copied while applying goes on.
         SnapshotBuilder {
             state: self.state.clone(),
-            capture: Some(self.state.capture().await),
+            capture: Some(self.state.capture_for_snapshot().await),
             applied: self.applied().clone(),
         }
     }

@@ -52,6 +52,7 @@ impl StoreState {
             Payload::Command(cmd) if cmd.compacts() => {
                 let mut rewriting = state.rewrite_guard.write().await;
                 *rewriting += 1;
+                state.drop_kept_revisions();
                 Some(rewriting)
             }
             _ => None,
@@ -192,6 +193,9 @@ impl StoreState {
             }
         };
         batch.insert(META_APPLIED, encode(applied)?);
+        if !batch.new_revisions().is_empty() {
+            state.keep_revisions(batch.new_revisions());
+        }
         batch.commit(sm)?;
         let revision = index.current_revision();
         drop(index);

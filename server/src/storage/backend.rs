@@ -73,6 +73,11 @@ impl RowWrites {
         self.new_revisions.push((rev, value));
     }
 
+    /// The key revisions this entry creates, ascending, each with its stored value.
+    pub fn new_revisions(&self) -> &[(Revision, Vec<u8>)] {
+        &self.new_revisions
+    }
+
     /// Drops a revision this entry created (a compaction later in the entry removed it), and
     /// returns its value's length; `None` if it is not one of them.
     pub fn remove_new_revision(&mut self, rev: Revision) -> Option<usize> {

@@ -51,6 +51,7 @@ impl StoreState {
         let mut rewriting = self.rewrite_guard.clone().write_owned().await;
         // The revisions keep their content but the count keeps the rule simple: every rewrite.
         *rewriting += 1;
+        self.drop_kept_revisions();
         let bytes_before = self.backend.size_on_disk();
         let up_to = self.current_revision();
         let state = self.clone();

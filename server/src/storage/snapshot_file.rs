@@ -18,6 +18,14 @@ const END: u32 = u32::MAX;
 /// Snapshot files end in this; anything else in the directory (`.tmp`) is unfinished.
 pub(crate) const EXTENSION: &str = "snap";
 
+/// Bytes a file's start takes before its first row.
+pub(crate) const START_LEN: u64 = MAGIC.len() as u64;
+
+/// Bytes a row of this key and value takes in a file.
+pub(crate) fn row_len(key: &[u8], value: &[u8]) -> u64 {
+    (8 + key.len() + value.len()) as u64
+}
+
 /// Writes rows in the layout above to any byte sink.
 pub(crate) struct RowWriter<W: Write> {
     out: W,
@@ -53,6 +61,11 @@ impl<W: Write> RowWriter<W> {
         Ok(())
     }
 
+    /// Hands what was written so far to the sink's file, so readers of the file see it.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     /// Writes the end marker and hands the sink back.
     pub fn finish(mut self) -> io::Result<W> {
         self.out.write_all(&END.to_le_bytes())?;
@@ -83,6 +96,16 @@ impl RowReader<BufReader<SharedFile>> {
             SharedFile { file, at: 0 },
         ))
     }
+}
+
+/// Reads the rows in a file's first `len` bytes, which rows are still being added after: the
+/// rows a writer had flushed when it wrote `len` bytes, as if the file ended there.
+pub(crate) fn shared_prefix(file: Arc<File>, len: u64) -> io::Result<RowReader<impl Read>> {
+    let rows = SharedFile { file, at: 0 }.take(len);
+    RowReader::new(BufReader::with_capacity(
+        1 << 20,
+        rows.chain(io::Cursor::new(END.to_le_bytes())),
+    ))
 }
 
 /// Reads a file by position: readers sharing one open file would move each other's offset.

@@ -153,6 +153,7 @@ impl StoreState {
         *rewriting += 1;
         // Its file no longer holds the store's revisions: let it go.
         *self.built.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.drop_kept_revisions();
         let file = self
             .adopt_snapshot(meta, ready, true)
             .await?
