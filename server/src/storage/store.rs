@@ -425,16 +425,15 @@ impl StoreState {
             let mut slot = self.delta.lock().unwrap_or_else(|p| p.into_inner());
             let usable = match (&base, slot.as_mut()) {
                 (Some((_, built)), Some(d)) if d.rewrites == rewrites && d.from == *built => {
-                    match d.out.flush() {
-                        Ok(()) => Some((d.file.clone(), d.len)),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "revisions since the last snapshot unreadable; reading them from the store");
-                            None
-                        }
-                    }
+                    d.out.flush().map(|()| Some((d.file.clone(), d.len)))
                 }
-                _ => None,
+                _ => Ok(None),
             };
+            let usable = usable.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "revisions since the last snapshot unreadable; reading them from the store");
+                *slot = None;
+                None
+            });
             if for_snapshot {
                 *slot = match Delta::create(&self.backend.snap_dir, revision, rewrites) {
                     Ok(d) => Some(d),
