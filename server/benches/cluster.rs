@@ -8,7 +8,8 @@
 //! `CAIRN_BENCH_SYSTEMS=cairn` skips etcd, `CAIRN_BENCH_CLIENTS=256` picks put concurrency levels,
 //! `CAIRN_BENCH_TARGET=leader` (or `=follower`) sends every request to one member of that kind,
 //! and a list (`=leader,follower`, `=follower,follower`) spreads them over one member of each,
-//! `CAIRN_BENCH_MEMBERS=1|3|5` sets the cluster size. Each row also reports the CPU time per
+//! `CAIRN_BENCH_MEMBERS=1|3|5` sets the cluster size, `CAIRN_BENCH_ROWS=puts` runs only the put
+//! rows. Each row also reports the CPU time per
 //! operation of the members and of the load generator, the members' context switches, and for
 //! writes how many a Raft entry carried.
 
@@ -19,7 +20,7 @@ use std::time::Duration;
 use common::load::{
     client_counts, load, members, report, Measured, Op, CONNECTIONS, KEY_SPACE, VALUE_SIZE,
 };
-use common::{connect, peak_rss_kib, record, rss_kib, start, Row, System};
+use common::{connect, histogram_totals, peak_rss_kib, record, rss_kib, start, Row, System};
 use etcd_client::KvClient;
 
 async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
@@ -83,23 +84,23 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
         kvs.push(connect(url).await.kv_client());
     }
     let pids: Vec<u32> = cluster.children.iter().map(|c| c.id()).collect();
-    for &n in &client_counts() {
-        let (m, per_entry) = writes(&mut clients[0], &kvs, &pids, n, Op::Put, secs).await;
-        report_writes(rows, system, &format!("put, {n} clients"), &m, per_entry);
-    }
-    // The floor under the 1-client put: the same client's round trip with no consensus in it.
-    let m = load(&kvs, &pids, 1, Op::SerializableGet, secs).await;
-    report(rows, system, "serializable get, 1 client", &m);
-    let (m, per_entry) = writes(&mut clients[0], &kvs, &pids, 64, Op::Cas, secs).await;
-    report_writes(
-        rows,
-        system,
-        "txn compare-and-swap, 64 clients",
-        &m,
-        per_entry,
+    let mut order: Vec<usize> = (0..leads.len()).collect();
+    order.sort_by_key(|&i| !leads[i]);
+    let members = Members(
+        order
+            .iter()
+            .map(|&i| cluster.client_urls[i].clone())
+            .collect(),
     );
-    let m = load(&kvs, &pids, 256, Op::Get, secs).await;
-    report(rows, system, "linearizable get, 256 clients", &m);
+    for &n in &client_counts() {
+        let w = writes(&mut clients[0], &kvs, &pids, &members, n, Op::Put, secs).await;
+        report_writes(rows, system, &format!("put, {n} clients"), &w);
+    }
+    // Only the put rows, for comparing builds on them alone (`CAIRN_BENCH_ROWS=puts`).
+    let puts_only = std::env::var("CAIRN_BENCH_ROWS").is_ok_and(|r| r == "puts");
+    if !puts_only {
+        other_rows(&mut clients[0], &kvs, &pids, &members, system, secs, rows).await;
+    }
     let max_of = |read: fn(u32) -> u64| {
         let kib = cluster.children.iter().map(|c| read(c.id())).max();
         format!("{:.1} MiB", kib.unwrap_or(0) as f64 / 1024.0)
@@ -126,27 +127,100 @@ async fn bench(system: System, secs: u64, rows: &mut Vec<Row>) {
     );
 }
 
+/// The rows beside the puts: the 1-client read floor, compare-and-swap, linearizable gets.
+async fn other_rows(
+    status: &mut etcd_client::Client,
+    kvs: &[KvClient],
+    pids: &[u32],
+    members: &Members,
+    system: System,
+    secs: u64,
+    rows: &mut Vec<Row>,
+) {
+    // The floor under the 1-client put: the same client's round trip with no consensus in it.
+    let m = load(kvs, pids, 1, Op::SerializableGet, secs).await;
+    report(rows, system, "serializable get, 1 client", &m);
+    let w = writes(status, kvs, pids, members, 64, Op::Cas, secs).await;
+    report_writes(rows, system, "txn compare-and-swap, 64 clients", &w);
+    let m = load(kvs, pids, 256, Op::Get, secs).await;
+    report(rows, system, "linearizable get, 256 clients", &m);
+}
+
 /// A row of writes, with how many writes a Raft entry carried (the difference in the Raft index
 /// `status`'s member reports). etcd proposes every write as an entry of its own; Cairn batches
 /// them, so the writes per entry tell what each entry's fixed cost (a log append and sync on a
 /// quorum, a round trip to each follower, an apply) was shared by.
+///
+/// Also the members' mean log `fdatasync` over the row (etcd's and Cairn's
+/// `etcd_disk_wal_fsync_duration_seconds`), the leader's first: at 1 client the commit waits for
+/// a follower's.
 async fn writes(
     status: &mut etcd_client::Client,
     kvs: &[KvClient],
     pids: &[u32],
+    members: &Members,
     clients: usize,
     op: Op,
     secs: u64,
-) -> (Measured, f64) {
+) -> Written {
     let before = status.status().await.expect("status").raft_index();
+    let syncs_before = members.syncs().await;
     let m = load(kvs, pids, clients, op, secs).await;
     let after = status.status().await.expect("status").raft_index();
+    let syncs = members.syncs().await;
     let per_entry = m.ops as f64 / after.saturating_sub(before).max(1) as f64;
-    (m, per_entry)
+    let fsync = syncs
+        .iter()
+        .zip(&syncs_before)
+        .map(|((sum, n), (sum0, n0))| {
+            let n = n - n0;
+            if n > 0.0 {
+                format!("{:.0}", (sum - sum0) / n * 1e6)
+            } else {
+                "-".to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" / ");
+    Written {
+        m,
+        per_entry,
+        fsync: format!("{fsync} µs"),
+    }
 }
 
-fn report_writes(rows: &mut Vec<Row>, system: System, what: &str, m: &Measured, per_entry: f64) {
+/// The members' client URLs, the leader's first.
+struct Members(Vec<String>);
+
+impl Members {
+    async fn syncs(&self) -> Vec<(f64, f64)> {
+        let mut out = Vec::new();
+        for url in &self.0 {
+            out.push(histogram_totals(url, "etcd_disk_wal_fsync_duration_seconds").await);
+        }
+        out
+    }
+}
+
+struct Written {
+    m: Measured,
+    per_entry: f64,
+    fsync: String,
+}
+
+fn report_writes(rows: &mut Vec<Row>, system: System, what: &str, w: &Written) {
+    let Written {
+        m,
+        per_entry,
+        fsync,
+    } = w;
     report(rows, system, what, m);
+    record(
+        rows,
+        &format!("{what}: mean log fdatasync per member, leader first"),
+        system,
+        fsync.clone(),
+    );
     eprintln!(
         "{} {what}: {per_entry:.1} writes per Raft entry",
         system.name()

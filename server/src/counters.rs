@@ -14,6 +14,9 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 pub struct Counters {
     pub leader_changes: Counter,
     pub proposals_pending: Gauge,
+    /// Range requests the member is serving. Not exported (etcd has no such figure): with
+    /// `proposals_pending` it tells the log store whether clients wait on this member.
+    pub reads_pending: Gauge,
     pub proposals_failed: Counter,
     pub apply_duration: Histogram,
     pub wal_fsync_duration: Histogram,
@@ -25,6 +28,7 @@ impl Default for Counters {
         Counters {
             leader_changes: Counter::default(),
             proposals_pending: Gauge::default(),
+            reads_pending: Gauge::default(),
             proposals_failed: Counter::default(),
             apply_duration: seconds(),
             wal_fsync_duration: seconds(),

@@ -40,7 +40,7 @@ use crate::grpc::{AuthAccess, Limits, ServerContext};
 use crate::members;
 use crate::metrics::{HttpLayer, Metrics};
 use crate::raft::admin::{AdminCall, AdminReply};
-use crate::raft::log_store::LogStore;
+use crate::raft::log_store::{ClientWork, LogStore, LoneWrites};
 use crate::raft::network::{Network, PeerChannels, PEER_MAX_MESSAGE};
 use crate::raft::peer::{CallError, PeerClient};
 use crate::raft::service::PeerService;
@@ -456,15 +456,22 @@ async fn assemble_raft(
     .validate()
     .map_err(|e| NodeError::Raft(e.to_string()))?;
     let counters = metrics.counters.clone();
-    let (log_store, flusher) =
-        LogStore::new(backend, counters.wal_fsync_duration.clone()).map_err(storage)?;
+    let (log_store, flusher) = LogStore::new(
+        backend,
+        counters.wal_fsync_duration.clone(),
+        ClientWork(vec![
+            counters.proposals_pending.clone(),
+            counters.reads_pending.clone(),
+        ]),
+    )
+    .map_err(storage)?;
     let sm = StateMachineStore::open(
         backend.clone(),
         cfg.watch_progress_notify_interval,
         counters.apply_duration.clone(),
     )
     .map_err(storage)?;
-    let sync_lone_writes = log_store.sync_lone_writes();
+    let lone_writes = log_store.lone_writes();
     let state = sm.state();
     let channels = PeerChannels::new(tls.dial.clone());
     let network = Network {
@@ -501,19 +508,23 @@ async fn assemble_raft(
         stop,
     );
     tasks.push(flusher);
-    // Keeps the log store told whether it syncs lone writes itself: while this member leads
-    // alone (see `LogStore::sync_lone_writes`).
+    // Keeps the log store told where it syncs lone writes: the member's role decides (see
+    // `LoneWrites`).
     let mut server_metrics = raft.server_metrics();
     tasks.push(tokio::spawn(async move {
         loop {
-            let alone = {
+            let role = {
                 let m = server_metrics.borrow_watched();
                 let mut voters = m.membership_config.membership().voter_ids();
-                m.current_leader == Some(member_id)
-                    && voters.next() == Some(member_id)
-                    && voters.next().is_none()
+                let leads = m.current_leader == Some(member_id);
+                let alone = voters.next() == Some(member_id) && voters.next().is_none();
+                match (leads, alone) {
+                    (true, true) => LoneWrites::AtOnce,
+                    (true, false) => LoneWrites::Flusher,
+                    (false, _) => LoneWrites::AtOnceWhileIdle,
+                }
             };
-            sync_lone_writes.store(alone, std::sync::atomic::Ordering::Release);
+            lone_writes.set(role);
             tokio::select! {
                 changed = server_metrics.changed() => if changed.is_err() { return },
                 _ = stop_lone.wait_for(|s| *s) => return,
@@ -672,6 +683,7 @@ async fn serve(
             client_cert_auth: cfg.client_tls.client_cert_auth,
         }),
         caller: None,
+        reads_pending: metrics.counters.reads_pending.clone(),
     };
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     for (listener, url) in client_listeners.into_iter().zip(&cfg.listen_client_urls) {

@@ -259,6 +259,31 @@ pub async fn connect_with(url: &str, opts: ConnectOptions) -> Client {
     }
 }
 
+/// The sum and count of an unlabelled histogram on a plaintext member's `/metrics`, (0, 0) if
+/// it cannot be read.
+pub async fn histogram_totals(url: &str, name: &str) -> (f64, f64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let read = async {
+        let mut s = tokio::net::TcpStream::connect(url.trim_start_matches("http://")).await?;
+        // HTTP/1.0: the answer ends with the connection, never chunked.
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        Ok::<_, std::io::Error>(text)
+    };
+    let Ok(Ok(text)) = tokio::time::timeout(Duration::from_secs(5), read).await else {
+        return (0.0, 0.0);
+    };
+    let value = |suffix: &str| {
+        let metric = format!("{name}_{suffix} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&metric))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    (value("sum"), value("count"))
+}
+
 pub fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
 }

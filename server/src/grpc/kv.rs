@@ -29,6 +29,22 @@ impl KvService {
     }
 }
 
+/// Counts a request in a gauge for as long as it is served.
+struct Serving<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Serving<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Serving<'a> {
+        gauge.inc();
+        Serving(gauge)
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn unexpected(a: &Applied) -> ServerError {
     ServerError::Internal(format!("unexpected apply result {a:?}"))
 }
@@ -40,6 +56,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let _serving = Serving::new(&self.ctx.reads_pending);
         let creds = self.ctx.credentials(&req);
         let req = req.into_inner();
         let serializable = req.serializable;

@@ -39,6 +39,8 @@ pub(crate) struct ServerContext {
     /// For the services that act for a caller over several steps (lock, election): the caller's
     /// credentials, checked at each step. `None` for the member's own work.
     pub caller: Option<Arc<Credentials>>,
+    /// Range requests being served (see `Counters::reads_pending`).
+    pub reads_pending: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// What the services need to tell who a request comes from and what it may do.

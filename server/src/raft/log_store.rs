@@ -3,20 +3,20 @@
 //! An append is written to the log file at once (so it is readable) and acknowledged to openraft only
 //! after an `fdatasync` has made it durable. Syncs are grouped: a single flusher thread takes every
 //! append that arrived while the previous sync ran and completes them all with one, so 256
-//! concurrent writers cost a handful of fsyncs, not 256. An append of a single write on a leader
-//! that is the only voter is synced by the caller at once instead (see
-//! [`LogStore::sync_lone_writes`]).
+//! concurrent writers cost a handful of fsyncs, not 256. An append of a single write may be synced
+//! by the member's worker instead, as its role allows (see [`LoneWrites`]).
 //!
 //! Must never name sled: the rows are `storage/`'s.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{EntryPayload, RaftLogReader};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -28,6 +28,81 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// Where an append that carries at most one client write is synced, by the member's role. Such an
+/// append is a lone write's whole path, and handing its sync to the flusher and being woken back
+/// costs two cross-CPU wake-ups on it; under load entries carry many writes and always go to the
+/// flusher, so the worker keeps reading requests while the disk works and the next entry gathers
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum LoneWrites {
+    /// Every append goes to the flusher.
+    Flusher = 0,
+    /// Synced by the caller at once: a leader that is the only voter, with nothing to overlap
+    /// the sync with.
+    AtOnce = 1,
+    /// At once while no client waits on this member: a follower. One that serves clients would
+    /// leave their requests unread for the length of the sync. A leader with followers keeps the
+    /// flusher: its own sync is off a lone write's path, which waits for a follower's.
+    AtOnceWhileIdle = 2,
+}
+
+/// Who syncs one append.
+#[derive(Debug, PartialEq, Eq)]
+enum SyncBy {
+    Flusher,
+    Caller,
+}
+
+impl LoneWrites {
+    /// For an append of `writes` client writes, with `queued` appends in the flusher's hands,
+    /// while clients are or are not `waiting` on this member.
+    fn sync_by(self, writes: usize, queued: usize, waiting: bool) -> SyncBy {
+        // Only with nothing queued: an earlier append must not complete after this one.
+        if writes > 1 || queued > 0 {
+            return SyncBy::Flusher;
+        }
+        match self {
+            LoneWrites::Flusher => SyncBy::Flusher,
+            LoneWrites::AtOnceWhileIdle if waiting => SyncBy::Flusher,
+            LoneWrites::AtOnce | LoneWrites::AtOnceWhileIdle => SyncBy::Caller,
+        }
+    }
+
+    fn from_u8(v: u8) -> LoneWrites {
+        match v {
+            1 => LoneWrites::AtOnce,
+            2 => LoneWrites::AtOnceWhileIdle,
+            _ => LoneWrites::Flusher,
+        }
+    }
+}
+
+/// The setting a member's role keeps current (see [`LogStore::lone_writes`]).
+#[derive(Clone)]
+pub(crate) struct LoneWritesSetting(Arc<AtomicU8>);
+
+impl LoneWritesSetting {
+    pub(crate) fn set(&self, to: LoneWrites) {
+        self.0.store(to as u8, Ordering::Release);
+    }
+
+    fn get(&self) -> LoneWrites {
+        LoneWrites::from_u8(self.0.load(Ordering::Acquire))
+    }
+}
+
+/// Gauges of the client requests a member is serving: while any is above zero, clients wait on
+/// its worker.
+#[derive(Clone, Default)]
+pub(crate) struct ClientWork(pub Vec<Gauge>);
+
+impl ClientWork {
+    fn waiting(&self) -> bool {
+        self.0.iter().any(|g| g.get() > 0)
+    }
+}
+
 /// The log storage handed to openraft.
 #[derive(Clone)]
 pub struct LogStore {
@@ -35,8 +110,8 @@ pub struct LogStore {
     flusher: mpsc::UnboundedSender<IOFlushed<TypeConfig>>,
     /// Appends handed to the flusher and not yet completed.
     queued: Arc<AtomicUsize>,
-    /// See [`LogStore::sync_lone_writes`].
-    sync_lone_writes: Arc<AtomicBool>,
+    lone_writes: LoneWritesSetting,
+    client_work: ClientWork,
     fsync: Histogram,
 }
 
@@ -45,6 +120,7 @@ impl LogStore {
     pub(crate) fn new(
         backend: &Backend,
         fsync: Histogram,
+        client_work: ClientWork,
     ) -> io::Result<(LogStore, JoinHandle<()>)> {
         let (tx, rx) = mpsc::unbounded_channel();
         // A thread of its own: the sync blocks, and a wake-up here is one hop where an async task
@@ -60,21 +136,16 @@ impl LogStore {
             rows,
             flusher: tx,
             queued,
-            sync_lone_writes: Arc::new(AtomicBool::new(false)),
+            lone_writes: LoneWritesSetting(Arc::new(AtomicU8::new(LoneWrites::Flusher as u8))),
+            client_work,
             fsync,
         };
         Ok((store, flusher))
     }
 
-    /// Set while an append that carries at most one client write is synced on the spot rather
-    /// than by the flusher: on a leader that is the only voter. There a lone write has nothing to
-    /// overlap its sync with, and handing the sync over and being woken back costs two cross-CPU
-    /// wake-ups on its path. Under load entries carry many writes and still go to the flusher, so
-    /// the worker keeps reading requests while the disk works and the next entry gathers them. A
-    /// leader with followers overlaps its sync with replication; a follower syncing on its only
-    /// worker measured no faster (fewer switches, but its clients' writes wait to be read).
-    pub(crate) fn sync_lone_writes(&self) -> Arc<AtomicBool> {
-        self.sync_lone_writes.clone()
+    /// Where this store syncs lone writes; the member's role keeps it current.
+    pub(crate) fn lone_writes(&self) -> LoneWritesSetting {
+        self.lone_writes.clone()
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, which: LogMeta) -> io::Result<Option<T>> {
@@ -103,6 +174,13 @@ fn timed_sync(rows: &LogRows, fsync: &Histogram) -> io::Result<()> {
     result
 }
 
+fn copy_result(result: &io::Result<()>) -> io::Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+    }
+}
+
 /// Completes appends in groups: wait for one, take all that queued behind it, sync once.
 fn flush_loop(
     rows: LogRows,
@@ -118,11 +196,7 @@ fn flush_loop(
         }
         let result = timed_sync(&rows, &fsync);
         for cb in pending.drain(..) {
-            let r = match &result {
-                Ok(_) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            };
-            cb.io_completed(r);
+            cb.io_completed(copy_result(&result));
             queued.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -196,11 +270,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 (e.log_id.index, e)
             }))
             .map_err(io_err)?;
-        // Only with nothing queued: an earlier append must not complete after this one.
-        if writes <= 1
-            && self.sync_lone_writes.load(Ordering::Acquire)
-            && self.queued.load(Ordering::Acquire) == 0
-        {
+        let by = self.lone_writes.get().sync_by(
+            writes,
+            self.queued.load(Ordering::Acquire),
+            self.client_work.waiting(),
+        );
+        if by == SyncBy::Caller {
             callback.io_completed(timed_sync(&self.rows, &self.fsync));
             return Ok(());
         }
@@ -225,5 +300,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .purge_to(log_id.index, &log_id)
             .await
             .map_err(io_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LoneWrites, SyncBy};
+
+    #[test]
+    fn only_a_lone_write_with_nothing_queued_is_synced_by_its_caller() {
+        use LoneWrites::*;
+        for mode in [Flusher, AtOnce, AtOnceWhileIdle] {
+            assert_eq!(mode.sync_by(2, 0, false), SyncBy::Flusher, "{mode:?}");
+            assert_eq!(mode.sync_by(1, 1, false), SyncBy::Flusher, "{mode:?}");
+        }
+        assert_eq!(Flusher.sync_by(1, 0, false), SyncBy::Flusher);
+        assert_eq!(AtOnce.sync_by(1, 0, true), SyncBy::Caller);
+        assert_eq!(AtOnceWhileIdle.sync_by(0, 0, false), SyncBy::Caller);
+        assert_eq!(AtOnceWhileIdle.sync_by(1, 0, true), SyncBy::Flusher);
     }
 }

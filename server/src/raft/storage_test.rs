@@ -3,15 +3,14 @@
 use openraft::testing::log::{StoreBuilder, Suite};
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::log_store::LogStore;
+use super::log_store::{ClientWork, LogStore, LoneWrites};
 use super::state_machine::StateMachineStore;
 use super::types::{StorageError, TypeConfig};
 use crate::storage::Backend;
 
-/// `lone_inline`: whether the log store syncs lone writes itself, as on a leader that is the only
-/// voter, or hands every sync to its flusher, as on other members.
+/// `lone_writes`: where the log store syncs lone writes, as a member's role sets it.
 struct SledBuilder {
-    lone_inline: bool,
+    lone_writes: LoneWrites,
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
@@ -21,9 +20,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let dir = tempfile::tempdir().expect("temp dir");
         let backend = Backend::open(dir.path(), 1024 * 1024).expect("open the store");
         let histogram = || Histogram::new([1.0]);
-        let (log, _flusher) = LogStore::new(&backend, histogram()).unwrap();
-        log.sync_lone_writes()
-            .store(self.lone_inline, std::sync::atomic::Ordering::Release);
+        let (log, _flusher) = LogStore::new(&backend, histogram(), ClientWork::default()).unwrap();
+        log.lone_writes().set(self.lone_writes);
         let sm = StateMachineStore::open(backend, std::time::Duration::from_secs(600), histogram())
             .expect("open the state machine");
         Ok((dir, log, sm))
@@ -32,12 +30,18 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_syncing_lone_writes_itself() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder { lone_inline: true }).await
+    Suite::test_all(SledBuilder {
+        lone_writes: LoneWrites::AtOnce,
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_with_every_sync_on_the_flusher() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder { lone_inline: false }).await
+    Suite::test_all(SledBuilder {
+        lone_writes: LoneWrites::Flusher,
+    })
+    .await
 }
 
 /// An entry of term 1 carrying `cmd`.
@@ -57,18 +61,18 @@ fn entry(index: u64, cmd: crate::command::Command) -> super::types::Entry {
 
 /// Which appends the log store syncs itself and which it hands to its flusher.
 mod lone_writes {
-    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     use openraft::storage::{IOFlushed, RaftLogStorage};
     use openraft::type_config::TypeConfigExt;
     use openraft::RaftLogReader;
+    use prometheus_client::metrics::gauge::Gauge;
     use prometheus_client::metrics::histogram::Histogram;
     use tokio::sync::oneshot;
 
     use crate::command::Command;
     use crate::mvcc::PutRequest;
-    use crate::raft::log_store::LogStore;
+    use crate::raft::log_store::{ClientWork, LogStore, LoneWrites};
     use crate::raft::types::{Entry, TypeConfig};
     use crate::storage::Backend;
 
@@ -96,17 +100,52 @@ mod lone_writes {
             .expect("the sync failed");
     }
 
-    fn store(dir: &std::path::Path, lone_inline: bool) -> LogStore {
+    fn store(dir: &std::path::Path, lone_writes: LoneWrites) -> LogStore {
+        store_with(dir, lone_writes, Gauge::default())
+    }
+
+    /// `client_writes`: client requests waiting on the member, as its proposer counts its writes.
+    fn store_with(
+        dir: &std::path::Path,
+        lone_writes: LoneWrites,
+        client_writes: Gauge,
+    ) -> LogStore {
         let backend = Backend::open(dir, 1024 * 1024).expect("open the store");
-        let (log, _flusher) = LogStore::new(&backend, Histogram::new([1.0])).unwrap();
-        log.sync_lone_writes().store(lone_inline, Ordering::Release);
+        let (log, _flusher) = LogStore::new(
+            &backend,
+            Histogram::new([1.0]),
+            ClientWork(vec![client_writes]),
+        )
+        .unwrap();
+        log.lone_writes().set(lone_writes);
         log
+    }
+
+    #[tokio::test]
+    async fn an_idle_follower_makes_a_lone_write_durable_before_append_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let client_writes = Gauge::default();
+        let mut log = store_with(
+            dir.path(),
+            LoneWrites::AtOnceWhileIdle,
+            client_writes.clone(),
+        );
+        let mut rx = append(&mut log, super::entry(1, put("a"))).await;
+        assert!(
+            matches!(rx.try_recv(), Ok(Ok(()))),
+            "an idle follower left a lone write's sync to the flusher"
+        );
+        // With a client write of its own waiting, the sync goes to the flusher, and still ends
+        // durable.
+        client_writes.inc();
+        durable(append(&mut log, super::entry(2, put("b"))).await).await;
+        assert_eq!(log.try_get_log_entries(1..3).await.unwrap().len(), 2);
     }
 
     #[tokio::test]
     async fn a_sole_voter_makes_a_lone_write_durable_before_append_returns() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = store(dir.path(), true);
+        let mut log = store(dir.path(), LoneWrites::AtOnce);
         let mut rx = append(&mut log, super::entry(1, put("a"))).await;
         assert!(
             matches!(rx.try_recv(), Ok(Ok(()))),
@@ -119,10 +158,10 @@ mod lone_writes {
     #[tokio::test]
     async fn entries_with_several_writes_and_other_members_lone_writes_go_to_the_flusher() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = store(dir.path(), true);
+        let mut log = store(dir.path(), LoneWrites::AtOnce);
         let batch = Command::Batch(vec![put("a"), put("b")]);
         durable(append(&mut log, super::entry(1, batch)).await).await;
-        log.sync_lone_writes().store(false, Ordering::Release);
+        log.lone_writes().set(LoneWrites::Flusher);
         durable(append(&mut log, super::entry(2, put("c"))).await).await;
         assert_eq!(log.try_get_log_entries(1..3).await.unwrap().len(), 2);
     }
@@ -132,7 +171,7 @@ mod lone_writes {
     #[tokio::test]
     async fn a_lone_write_never_completes_before_an_earlier_queued_append() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = store(dir.path(), true);
+        let mut log = store(dir.path(), LoneWrites::AtOnce);
         for round in 0..50u64 {
             let first = super::entry(2 * round + 1, Command::Batch(vec![put("a"), put("b")]));
             let mut queued = append(&mut log, first).await;
