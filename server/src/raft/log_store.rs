@@ -174,13 +174,6 @@ fn timed_sync(rows: &LogRows, fsync: &Histogram) -> io::Result<()> {
     result
 }
 
-fn copy_result(result: &io::Result<()>) -> io::Result<()> {
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-    }
-}
-
 /// Completes appends in groups: wait for one, take all that queued behind it, sync once.
 fn flush_loop(
     rows: LogRows,
@@ -196,7 +189,11 @@ fn flush_loop(
         }
         let result = timed_sync(&rows, &fsync);
         for cb in pending.drain(..) {
-            cb.io_completed(copy_result(&result));
+            let r = match &result {
+                Ok(_) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            cb.io_completed(r);
             queued.fetch_sub(1, Ordering::AcqRel);
         }
     }
