@@ -1,6 +1,7 @@
 //! The key index alone, without consensus, storage or RPC: what one put, get or compare-and-swap
 //! costs in the index every member applies it to. The cluster bench's shape (8-byte keys drawn
-//! from 100,000, 256-byte values), and one key updated over and over (each update must cost the
+//! from 100,000, 256-byte values), the same keys behind the long prefix Kubernetes gives its keys,
+//! and one key updated over and over (each update must cost the
 //! same however long the key's history is). Each row runs `CAIRN_BENCH_ROUNDS` times (default 5)
 //! on a fresh index; the table gives the fastest and the median round, in nanoseconds per operation.
 //!
@@ -44,6 +45,13 @@ fn keys(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The same keys as Kubernetes names its objects: a long prefix every key shares.
+fn registry_key(key: &[u8]) -> Vec<u8> {
+    let mut k = b"/registry/pods/default/pod-".to_vec();
+    k.extend_from_slice(key);
+    k
+}
+
 fn put(key: &[u8]) -> PutRequest {
     PutRequest {
         key: key.to_vec(),
@@ -58,6 +66,17 @@ fn filled() -> KvIndex {
     for k in 0..KEYS {
         index
             .put(put(format!("{k:08}").as_bytes()), &NoValues)
+            .expect("put");
+    }
+    index
+}
+
+/// An index holding every Kubernetes-style key once.
+fn filled_registry() -> KvIndex {
+    let mut index = KvIndex::new();
+    for k in 0..KEYS {
+        index
+            .put(put(&registry_key(format!("{k:08}").as_bytes())), &NoValues)
             .expect("put");
     }
     index
@@ -84,7 +103,8 @@ fn main() {
         .unwrap_or(5);
     let spread = keys(OPS);
     let hot = vec![b"hot-key!".to_vec(); HOT_KEY_UPDATES];
-    let rows: [Row; 5] = [
+    let registry: Vec<Vec<u8>> = spread.iter().map(|k| registry_key(k)).collect();
+    let rows: [Row; 6] = [
         (
             "put, keys spread over 100,000 (most exist)",
             KvIndex::new,
@@ -96,6 +116,14 @@ fn main() {
         ("put, every key exists", filled, &spread, |index, key| {
             index.put(put(key), &NoValues).expect("put");
         }),
+        (
+            "put, every key exists, Kubernetes-style keys",
+            filled_registry,
+            &registry,
+            |index, key| {
+                index.put(put(key), &NoValues).expect("put");
+            },
+        ),
         (
             "get (point range), every key exists",
             filled,
