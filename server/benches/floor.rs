@@ -378,6 +378,12 @@ fn cluster(base: &Path, hand_off: &str, secs: f64) -> Run {
 }
 
 fn run() {
+    // As a test (`cargo test --benches`) it only says how to run it: a run writes 64 MiB of zeros
+    // per member and cluster.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("floor bench: run with `cargo bench -p cairn-server --bench floor`");
+        return;
+    }
     let secs: f64 = std::env::var("CAIRN_FLOOR_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
