@@ -400,9 +400,27 @@ fn check_state(m: &Model, idx: &KvIndex, be: &MemBackend) {
 // ---------------------------------------------------------------------------
 // Generators.
 
-const KEYS: &[&[u8]] = &[b"a", b"ab", b"b", b"c", b"d"];
+// Two keys longer than the index holds inline (`index_key::INLINE`), ordered among the short
+// ones, so that both forms meet in one tree.
+const KEYS: &[&[u8]] = &[
+    b"a",
+    b"ab",
+    b"ab/longer-than-the-inline-limit",
+    b"b",
+    b"c",
+    b"c/longer-than-the-inline-limit",
+    b"d",
+];
 const VALUES: &[&[u8]] = &[b"", b"x", b"y", b"z"];
-const RANGE_ENDS: &[&[u8]] = &[b"a", b"ab", b"b", b"c", b"d", b"e"];
+const RANGE_ENDS: &[&[u8]] = &[
+    b"a",
+    b"ab",
+    b"ab/longer-than-the-inline-limit-too",
+    b"b",
+    b"c",
+    b"d",
+    b"e",
+];
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
     prop::sample::select(KEYS).prop_map(|k| k.to_vec())

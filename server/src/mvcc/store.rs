@@ -11,6 +11,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::{Bound, Deref, DerefMut};
 
+use super::index_key::IndexKey;
 use super::key_index::{KeyIndex, Live, Mark};
 use super::revision::Revision;
 use super::types::{
@@ -78,7 +79,7 @@ pub struct WriteResult<T> {
 /// and compacted revisions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvIndex {
-    tree: BTreeMap<Vec<u8>, KeyIndex>,
+    tree: BTreeMap<IndexKey, KeyIndex>,
     current_rev: i64,
     /// -1 until the first compaction, as in etcd, so that compacting at 0
     /// is accepted once.
@@ -106,7 +107,7 @@ impl KvIndex {
     pub fn restore(&mut self, rev: Revision, kv: &KeyValue, tombstone: bool) {
         let key = kv.key.as_slice();
         if !self.tree.contains_key(key) {
-            self.tree.insert(key.to_vec(), KeyIndex::new());
+            self.tree.insert(IndexKey::from(key), KeyIndex::new());
         }
         let ki = self.tree.get_mut(key).expect("just inserted");
         if rev <= ki.modified {
@@ -402,7 +403,7 @@ impl<B: DerefMut<Target = KvIndex>> Exec<'_, B> {
             return write(ki);
         }
         self.marks.push(None);
-        write(self.base.tree.entry(key.to_vec()).or_default())
+        write(self.base.tree.entry(IndexKey::from(key)).or_default())
     }
 
     /// Makes a request's writes part of the index under one new main revision, or, if it failed,
@@ -430,11 +431,11 @@ impl<B: DerefMut<Target = KvIndex>> Exec<'_, B> {
                         Some(mark) => self
                             .base
                             .tree
-                            .get_mut(&kv.key)
+                            .get_mut(kv.key.as_slice())
                             .expect("a key written to stays in the index")
                             .rewind(mark),
                         None => {
-                            self.base.tree.remove(&kv.key);
+                            self.base.tree.remove(kv.key.as_slice());
                         }
                     }
                 }
@@ -463,7 +464,7 @@ impl<B: DerefMut<Target = KvIndex>> Exec<'_, B> {
         let rev = self.next_rev();
         // Every other put searches the index once: what the live value was, the mark and the
         // write all come from the one history found (see `write_key`).
-        let live = match self.base.tree.get_mut(&r.key) {
+        let live = match self.base.tree.get_mut(r.key.as_slice()) {
             Some(ki) => {
                 let live = ki.live_revision().map(|_| ki.live);
                 let lease = match (r.ignore_lease, live) {
@@ -480,7 +481,7 @@ impl<B: DerefMut<Target = KvIndex>> Exec<'_, B> {
                 self.marks.push(None);
                 let mut ki = KeyIndex::new();
                 ki.put(rev, r.lease);
-                self.base.tree.insert(r.key.clone(), ki);
+                self.base.tree.insert(IndexKey::from(r.key.as_slice()), ki);
                 None
             }
         };
