@@ -4,6 +4,9 @@
 //! and one key updated over and over (each update must cost the
 //! same however long the key's history is). Each row runs `CAIRN_BENCH_ROUNDS` times (default 5)
 //! on a fresh index; the table gives the fastest and the median round, in nanoseconds per operation.
+//! A second table grows an index of `CAIRN_BENCH_LARGE_KEYS` Kubernetes-style keys (default
+//! 2,000,000) from empty: the slowest create, a count of every key and a page of a listing (which
+//! counts the rest of its range, as etcd's does).
 //!
 //! `cargo bench -p cairn-server --bench index`
 
@@ -179,5 +182,70 @@ fn main() {
     println!(
         "\n{rounds} rounds per row, {OPS} operations per round ({HOT_KEY_UPDATES} for one key), \
          {VALUE_SIZE}-byte values"
+    );
+    large(rounds);
+}
+
+/// `CAIRN_BENCH_LARGE_KEYS` (default 2,000,000): the size of the large index.
+fn large_keys() -> u64 {
+    std::env::var("CAIRN_BENCH_LARGE_KEYS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000_000)
+}
+
+/// A large index grown from empty, as an orchestrator's keyspace grows: no create may stall the
+/// apply behind it (an index that grows by rebuilding itself would), and listing must stay a walk.
+fn large(rounds: usize) {
+    let n = large_keys();
+    let mut rows: Vec<[f64; 4]> = Vec::new();
+    for _ in 0..rounds {
+        let mut index = KvIndex::new();
+        let mut slowest = 0f64;
+        let started = Instant::now();
+        for k in 0..n {
+            let key = registry_key(format!("{k:08}").as_bytes());
+            let t = Instant::now();
+            index.put(put(&key), &NoValues).expect("put");
+            slowest = slowest.max(t.elapsed().as_secs_f64());
+        }
+        let create = started.elapsed().as_secs_f64();
+        let all = RangeRequest {
+            key: b"/registry/".to_vec(),
+            range_end: b"/registry0".to_vec(),
+            count_only: true,
+            ..RangeRequest::default()
+        };
+        let t = Instant::now();
+        let counted = index.range(&all, &NoValues).expect("count");
+        let count = t.elapsed().as_secs_f64();
+        assert_eq!(counted.count, n as i64);
+        let page = RangeRequest {
+            key: registry_key(format!("{:08}", n / 2).as_bytes()),
+            range_end: b"/registry0".to_vec(),
+            limit: 500,
+            keys_only: true,
+            ..RangeRequest::default()
+        };
+        let t = Instant::now();
+        let listed = index.range(&page, &NoValues).expect("page");
+        let list = t.elapsed().as_secs_f64();
+        assert_eq!(listed.kvs.len(), 500);
+        rows.push([create, slowest, count, list]);
+        drop(index);
+    }
+    let median = |i: usize| {
+        let mut v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("\n| {n} Kubernetes-style keys, created in order | median of {rounds} |");
+    println!("|---|---|");
+    println!("| create all: total | {:.0} ms |", median(0) * 1e3);
+    println!("| create all: slowest put | {:.0} µs |", median(1) * 1e6);
+    println!("| count every key | {:.1} ms |", median(2) * 1e3);
+    println!(
+        "| list 500 keys from the middle, keys only | {:.0} µs |",
+        median(3) * 1e6
     );
 }
