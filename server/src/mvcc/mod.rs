@@ -9,7 +9,7 @@
 //! The bottom of the server: it must never import another module of the crate, nor openraft,
 //! sled, tonic or prost.
 
-pub mod index_key;
+mod index_key;
 pub mod key_index;
 pub mod revision;
 pub mod store;
