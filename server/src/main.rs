@@ -264,6 +264,13 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
 /// another CPU: on 2 CPUs one worker cut the context switches per write by 40 % and raised
 /// throughput. The other half is left to the log's sync thread, sled's IO threads and the kernel's
 /// network work, which all run beside the workers.
+///
+/// One worker still runs on the multi-thread scheduler, not the current-thread one: that one runs
+/// woken tasks in the order they were woken, where this one runs the task just woken next. The
+/// first order sends the answers of one applied entry in one write per connection, but with
+/// clients on both the leader and its followers the leader's entries carried fewer writes, and
+/// the 16-client puts lost more than the 256-client ones gained (docs/benchmarks.md, "A
+/// current-thread runtime").
 fn worker_threads() -> usize {
     if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
         .ok()
