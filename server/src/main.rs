@@ -267,10 +267,10 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
 ///
 /// One worker still runs on the multi-thread scheduler, not the current-thread one: that one runs
 /// woken tasks in the order they were woken, where this one runs the task just woken next. The
-/// first order sends the answers of one applied entry in one write per connection (256-client
-/// puts 8 % faster), but with clients on both the leader and its followers the leader's entries
-/// carried fewer writes and the 16-client puts, the row furthest from its goal, were 5 % slower
-/// (docs/benchmarks.md, "A current-thread runtime").
+/// current-thread order sends the answers of one applied entry in one write per connection
+/// (256-client puts 8 % faster), but with clients on both the leader and its followers the
+/// leader's entries carried fewer writes and the 16-client puts, the row furthest from its goal,
+/// were 5 % slower (docs/benchmarks.md, "A current-thread runtime").
 fn worker_threads() -> usize {
     if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
         .ok()
